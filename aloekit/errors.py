@@ -1,0 +1,23 @@
+"""Errors that the CLI reports as one line, without a traceback."""
+
+from __future__ import annotations
+
+
+class AloeError(Exception):
+    """Base class for errors caused by input, configuration or an unreachable backend."""
+
+
+class ConfigError(AloeError):
+    """A config file or value is malformed or invalid."""
+
+
+class SpecError(AloeError):
+    """A backend spec string is malformed or names an unknown backend."""
+
+
+class BackendError(AloeError):
+    """A backend could not be built, or a model call failed after its retries."""
+
+
+class StoreError(AloeError):
+    """The SQLite store cannot be opened or is from a newer aloekit."""

@@ -1,0 +1,1 @@
+"""evaluation stage (see the issues that build it)."""

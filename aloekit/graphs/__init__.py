@@ -1,0 +1,1 @@
+"""graphs stage (see the issues that build it)."""

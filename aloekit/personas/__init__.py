@@ -1,0 +1,1 @@
+"""personas stage (see the issues that build it)."""

@@ -1,0 +1,41 @@
+"""Keep API keys out of the database, logs and exports: they are read from the environment only."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+_SECRET_ENV_NAMES: set[str] = {"OPENAI_API_KEY"}
+_MIN_SECRET_LEN = 8  # shorter values are placeholders, and redacting them would mangle ordinary text
+
+
+def register_secret_env(name: str) -> None:
+    """Mark an environment variable as holding a secret, so its value is redacted everywhere."""
+    _SECRET_ENV_NAMES.add(name)
+
+
+def read_secret(name: str) -> str | None:
+    """Read a secret from the environment and remember to redact it."""
+    register_secret_env(name)
+    return os.environ.get(name) or None
+
+
+def redact(text: str) -> str:
+    """Replace the value of every known secret environment variable in ``text`` with ``***``."""
+    for name in _SECRET_ENV_NAMES:
+        value = os.environ.get(name)
+        if value and len(value) >= _MIN_SECRET_LEN and value in text:
+            text = text.replace(value, "***")
+    return text
+
+
+class RedactingFilter(logging.Filter):
+    """Logging filter that redacts secrets from every record before a handler writes it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Render the message, redact it, and keep the record."""
+        message = record.getMessage()
+        clean = redact(message)
+        if clean != message:
+            record.msg, record.args = clean, None
+        return True

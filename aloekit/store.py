@@ -1,0 +1,242 @@
+"""The project's SQLite database: runs, the LLM call log and its cache, with versioned migrations."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sqlite3
+import subprocess
+import threading
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import sqlite_utils
+
+from aloekit.errors import StoreError
+
+DEFAULT_DB = Path("aloe.db")
+TRACKED_PACKAGES = (
+    "aloekit",
+    "torch",
+    "transformers",
+    "trl",
+    "peft",
+    "accelerate",
+    "datasets",
+    "langgraph",
+    "autogen-agentchat",
+    "autogen-ext",
+    "networkx",
+    "sqlite-utils",
+    "pydantic",
+)
+
+
+def utcnow() -> str:
+    """Current UTC time as an ISO-8601 string (sortable, stored as TEXT)."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+def _migrate_1(conn: sqlite3.Connection) -> None:
+    conn.execute(
+        """CREATE TABLE runs (
+            id TEXT PRIMARY KEY,
+            command TEXT NOT NULL,
+            config TEXT NOT NULL,
+            versions TEXT NOT NULL,
+            git_sha TEXT,
+            seed INTEGER,
+            started_at TEXT NOT NULL,
+            ended_at TEXT,
+            status TEXT NOT NULL,
+            error TEXT
+        )"""
+    )
+    conn.execute(
+        """CREATE TABLE llm_calls (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            run_id TEXT,
+            role TEXT NOT NULL,
+            spec TEXT NOT NULL,
+            cache_key TEXT NOT NULL,
+            cacheable INTEGER NOT NULL,
+            messages TEXT NOT NULL,
+            options TEXT NOT NULL,
+            response TEXT,
+            finish_reason TEXT,
+            prompt_tokens INTEGER,
+            completion_tokens INTEGER,
+            latency_s REAL,
+            attempts INTEGER,
+            cached INTEGER NOT NULL DEFAULT 0,
+            status TEXT NOT NULL,
+            error TEXT,
+            created_at TEXT NOT NULL
+        )"""
+    )
+    conn.execute("CREATE INDEX idx_llm_calls_cache ON llm_calls (cache_key, status, cacheable)")
+    conn.execute("CREATE INDEX idx_llm_calls_run ON llm_calls (run_id)")
+
+
+# Append-only: migration i+1 upgrades a database at schema version i. Never edit a released one.
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_migrate_1]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def cache_key(spec: str, messages: list[dict[str, Any]], options: Mapping[str, Any]) -> str:
+    """Hash of (backend spec, messages, generation options) identifying one LLM request."""
+    payload = json.dumps({"spec": spec, "messages": messages, "options": dict(options)}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+class Store:
+    """The SQLite database behind every stage, written through sqlite-utils.
+
+    WAL mode lets readers run beside the writer, a busy timeout makes concurrent processes wait their
+    turn instead of failing, and one lock per process keeps a single writer per process.
+    """
+
+    def __init__(self, path: Path | str = DEFAULT_DB, *, busy_timeout_s: float = 30.0) -> None:
+        self.path = Path(path)
+        if self.path.parent and not self.path.parent.exists():
+            raise StoreError(f"database {self.path}: folder {self.path.parent} does not exist")
+        try:
+            conn = sqlite3.connect(self.path, timeout=busy_timeout_s, check_same_thread=False, isolation_level=None)
+            conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = NORMAL")
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"database {self.path}: {exc}") from None
+        self.db = sqlite_utils.Database(conn)
+        self._lock = threading.RLock()
+        self.migrate()
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        """The underlying connection (autocommit; use :meth:`transaction` to group writes)."""
+        return self.db.conn
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """Group writes atomically; ``BEGIN IMMEDIATE`` takes the write lock up front so it never deadlocks."""
+        with self._lock:
+            self.conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self.conn
+            except BaseException:
+                self.conn.execute("ROLLBACK")
+                raise
+            self.conn.execute("COMMIT")
+
+    def migrate(self) -> None:
+        """Bring the schema up to :data:`SCHEMA_VERSION`, once, even with several processes starting."""
+        with self.transaction() as conn:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise StoreError(
+                    f"database {self.path}: schema version {version} is newer than this aloekit "
+                    f"({SCHEMA_VERSION}); upgrade aloekit"
+                )
+            for step in MIGRATIONS[version:]:
+                step(conn)
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    @property
+    def schema_version(self) -> int:
+        """The schema version recorded in the database."""
+        return self.conn.execute("PRAGMA user_version").fetchone()[0]
+
+    def insert(self, table: str, row: Mapping[str, Any]) -> int | None:
+        """Insert one row under the process's write lock; returns its rowid."""
+        with self._lock:
+            return self.db[table].insert(dict(row)).last_rowid
+
+    def update(self, table: str, pk: Any, values: Mapping[str, Any]) -> None:
+        """Update one row by primary key under the process's write lock."""
+        with self._lock:
+            self.db[table].update(pk, dict(values))
+
+    # Runs -------------------------------------------------------------------------------------------
+
+    def start_run(self, command: str, config: Mapping[str, Any], seed: int | None = None) -> str:
+        """Record a new run with its resolved config, package versions and git sha; return its id."""
+        run_id = datetime.now(UTC).strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+        self.insert(
+            "runs",
+            {
+                "id": run_id,
+                "command": command,
+                "config": json.dumps(config, sort_keys=True, default=str),
+                "versions": json.dumps(package_versions(), sort_keys=True),
+                "git_sha": git_sha(),
+                "seed": seed,
+                "started_at": utcnow(),
+                "status": "running",
+            },
+        )
+        return run_id
+
+    def finish_run(self, run_id: str, status: str = "completed", error: str | None = None) -> None:
+        """Mark a run ended with ``status`` (completed, failed, interrupted)."""
+        self.update("runs", run_id, {"status": status, "ended_at": utcnow(), "error": error})
+
+    def get_run(self, run_id: str) -> dict[str, Any] | None:
+        """Return one run row, or None."""
+        rows = list(self.db["runs"].rows_where("id = ?", [run_id]))
+        return rows[0] if rows else None
+
+    def list_runs(self, limit: int = 50) -> list[dict[str, Any]]:
+        """Return the newest runs first, each with its LLM call and token counts."""
+        sql = """
+            SELECT r.*, COUNT(c.id) AS calls,
+                   COALESCE(SUM(c.prompt_tokens), 0) + COALESCE(SUM(c.completion_tokens), 0) AS tokens
+            FROM runs r LEFT JOIN llm_calls c ON c.run_id = r.id
+            GROUP BY r.id ORDER BY r.started_at DESC LIMIT ?"""
+        return [dict(row) for row in self.db.query(sql, [limit])]
+
+    # LLM call log and cache -------------------------------------------------------------------------
+
+    def log_call(self, row: Mapping[str, Any]) -> None:
+        """Append one LLM call (successful, failed or served from cache) to the log."""
+        self.insert("llm_calls", {"created_at": utcnow(), **row})
+
+    def cached_response(self, key: str) -> dict[str, Any] | None:
+        """Return the newest successful cacheable call with this key, or None (failures never match)."""
+        rows = self.db.query(
+            "SELECT * FROM llm_calls WHERE cache_key = ? AND status = 'ok' AND cacheable = 1 AND cached = 0 "
+            "ORDER BY id DESC LIMIT 1",
+            [key],
+        )
+        return next(iter(rows), None)
+
+    def close(self) -> None:
+        """Close the connection."""
+        self.conn.close()
+
+
+def package_versions() -> dict[str, str]:
+    """Installed versions of the packages that shape a run's results."""
+    versions = {}
+    for name in TRACKED_PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def git_sha(cwd: Path | None = None) -> str | None:
+    """The current git commit of ``cwd``, if it is a git checkout."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=cwd or os.getcwd(), capture_output=True, text=True, timeout=5
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None

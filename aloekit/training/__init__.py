@@ -1,0 +1,1 @@
+"""training stage (see the issues that build it)."""

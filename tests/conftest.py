@@ -1,0 +1,62 @@
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from aloekit.agents.backends.registry import register_backend
+from tests.helpers import ScriptedClient, build_tiny_chat_model
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "aloe-paper-data"
+
+# A backend registered from the tests, the way a user or plugin adds one; `scripted:NAME` looks up
+# the client a test put in SCRIPTED_CLIENTS.
+SCRIPTED_CLIENTS: dict[str, ScriptedClient] = {}
+
+
+@register_backend("scripted", description="test-only scripted client")
+def _build_scripted(spec, settings):
+    return SCRIPTED_CLIENTS[spec.target]
+
+
+@pytest.fixture
+def scripted():
+    """Register a ScriptedClient under ``scripted:NAME`` for the test."""
+    names = []
+
+    def add(name: str, client: ScriptedClient) -> str:
+        SCRIPTED_CLIENTS[name] = client
+        names.append(name)
+        return f"scripted:{name}"
+
+    yield add
+    for name in names:
+        SCRIPTED_CLIENTS.pop(name, None)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    return build_tiny_chat_model(tmp_path_factory.mktemp("tiny-model"))
+
+
+@pytest.fixture
+def run_aloe(tmp_path):
+    """Run the real CLI in a subprocess in ``tmp_path``; returns CompletedProcess."""
+
+    def run(*args: str, env: dict[str, str] | None = None, input: str | None = None, timeout: float = 120):
+        full_env = {**os.environ, "ALOE_DB": str(tmp_path / "aloe.db"), **(env or {})}
+        return subprocess.run(
+            [sys.executable, "-m", "aloekit.cli", *args],
+            cwd=tmp_path,
+            env=full_env,
+            input=input,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+
+    return run

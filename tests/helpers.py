@@ -1,0 +1,134 @@
+"""Shared test helpers: a scripted backend and a tiny random chat model built with no downloads."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from autogen_core.models import ChatCompletionClient, CreateResult, ModelInfo, RequestUsage
+
+from aloekit.agents.backends.messages import to_dicts
+
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|> {{ m['role'] }} {{ m['content'] }} <|im_end|> {% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|> assistant {% endif %}"
+)
+WORDS = (
+    "hello hi the a cat dog likes runs fast slow red blue what is capital of france paris one two three "
+    "four five user assistant system say yes no i you we they good bad music books tea coffee"
+).split()
+
+
+class ScriptedClient(ChatCompletionClient):
+    """Answers with ``respond(messages, options)``; an exception in ``failures`` is raised instead, once each."""
+
+    component_type = "model"
+
+    def __init__(
+        self,
+        respond: Callable[[list[dict[str, str]], Mapping[str, Any]], str] | None = None,
+        failures: Sequence[BaseException] = (),
+        delay_s: float = 0.0,
+    ) -> None:
+        self.respond = respond or (lambda messages, options: f"echo: {messages[-1]['content']}")
+        self.failures = list(failures)
+        self.delay_s = delay_s
+        self.calls: list[tuple[list[dict[str, str]], dict[str, Any]]] = []
+
+    async def create(
+        self,
+        messages,
+        *,
+        tools=(),
+        tool_choice="auto",
+        json_output=None,
+        extra_create_args: Mapping[str, Any] = {},
+        cancellation_token=None,
+    ) -> CreateResult:
+        dicts = to_dicts(messages)
+        self.calls.append((dicts, dict(extra_create_args)))
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)
+        if self.failures:
+            raise self.failures.pop(0)
+        text = self.respond(dicts, extra_create_args)
+        return CreateResult(
+            finish_reason="stop",
+            content=text,
+            cached=False,
+            usage=RequestUsage(
+                prompt_tokens=sum(len(m["content"].split()) for m in dicts), completion_tokens=len(text.split())
+            ),
+        )
+
+    async def create_stream(self, messages, **kwargs) -> AsyncGenerator[Any, None]:
+        result = await self.create(messages, **kwargs)
+        yield result.content
+        yield result
+
+    async def close(self) -> None:
+        pass
+
+    def actual_usage(self) -> RequestUsage:
+        return RequestUsage(prompt_tokens=0, completion_tokens=0)
+
+    def total_usage(self) -> RequestUsage:
+        return RequestUsage(prompt_tokens=0, completion_tokens=0)
+
+    def count_tokens(self, messages, *, tools=()) -> int:
+        return sum(len(m["content"].split()) for m in to_dicts(messages))
+
+    def remaining_tokens(self, messages, *, tools=()) -> int:
+        return 4096 - self.count_tokens(messages)
+
+    @property
+    def capabilities(self):  # type: ignore[override]
+        return {"vision": False, "function_calling": False, "json_output": False}
+
+    @property
+    def model_info(self) -> ModelInfo:
+        return ModelInfo(
+            vision=False, function_calling=False, json_output=False, family="unknown", structured_output=False
+        )
+
+
+def build_tiny_chat_model(path: Path, seed: int = 0) -> Path:
+    """Save a 2-layer random Llama with a word-level tokenizer and a chat template to ``path``."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    specials = ["<unk>", "<pad>", "<|im_start|>", "<|im_end|>"]
+    vocab = {token: i for i, token in enumerate(specials + WORDS)}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.decoder = decoders.WordPiece(prefix="##")  # joins words with spaces
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        unk_token="<unk>",
+        pad_token="<pad>",
+        eos_token="<|im_end|>",
+        bos_token="<|im_start|>",
+    )
+    tokenizer.chat_template = CHAT_TEMPLATE
+    config = LlamaConfig(
+        vocab_size=len(vocab),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        bos_token_id=vocab["<|im_start|>"],
+        eos_token_id=vocab["<|im_end|>"],
+        pad_token_id=vocab["<pad>"],
+        tie_word_embeddings=True,
+    )
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config)
+    path.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
