@@ -8,6 +8,8 @@ import logging
 import shlex
 import sys
 import time
+from collections.abc import Awaitable, Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -131,7 +133,7 @@ async def _chat_once(
     await _ensure_loaded(app, pool, spec)
     client = pool.client(spec, role="chat")
     started = time.monotonic()
-    with app.console.status(f"waiting for {spec}") if not (app.quiet or app.as_json) else _nullcontext():
+    with app.console.status(f"waiting for {spec}") if not (app.quiet or app.as_json) else nullcontext():
         result = await client.create(from_dicts(messages), extra_create_args=options)
     return {
         "spec": spec,
@@ -143,15 +145,7 @@ async def _chat_once(
     }
 
 
-class _nullcontext:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-
-def _run_recorded(app: App, coro_factory: Any) -> Any:
+def _run_recorded(app: App, coro_factory: Callable[[BackendPool], Awaitable[Any]]) -> Any:
     """Run ``coro_factory(pool)`` as a recorded run: config, versions and status land in the store."""
     store = app.store
     run_id = store.start_run(_command_line(), app.config.model_dump(mode="json"), app.config.seed)
