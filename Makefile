@@ -32,6 +32,7 @@ lint: install
 
 bench: install
 	$(PY) benchmarks/bench_local_batching.py
+	$(PY) benchmarks/bench_persona_filter.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -84,8 +84,32 @@ def _migrate_1(conn: sqlite3.Connection) -> None:
     conn.execute("CREATE INDEX idx_llm_calls_run ON llm_calls (run_id)")
 
 
+def _migrate_2(conn: sqlite3.Connection) -> None:
+    conn.execute(
+        """CREATE TABLE personas (
+            id TEXT PRIMARY KEY,
+            kind TEXT NOT NULL,
+            text TEXT NOT NULL,
+            source TEXT NOT NULL,
+            created_at TEXT NOT NULL,
+            embedding BLOB,
+            embedding_model TEXT
+        )"""
+    )
+    conn.execute("CREATE INDEX idx_personas_kind ON personas (kind)")
+    conn.execute(
+        """CREATE TABLE persona_pairs (
+            id TEXT PRIMARY KEY,
+            profile_id TEXT NOT NULL REFERENCES personas(id),
+            personality_id TEXT NOT NULL REFERENCES personas(id),
+            source TEXT NOT NULL,
+            created_at TEXT NOT NULL
+        )"""
+    )
+
+
 # Append-only: migration i+1 upgrades a database at schema version i. Never edit a released one.
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_migrate_1]
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_migrate_1, _migrate_2]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -132,3 +132,26 @@ def build_tiny_chat_model(path: Path, seed: int = 0) -> Path:
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+class BagOfWordsEmbedder:
+    """A deterministic fake embedder: hashed bag of words, L2-normalised (shared words => similar)."""
+
+    name = "bag-of-words"
+
+    def __init__(self, dim: int = 512) -> None:
+        self.dim = dim
+        self.calls: list[list[str]] = []
+
+    def embed(self, texts):
+        import zlib
+
+        import numpy as np
+
+        self.calls.append(list(texts))
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        for row, text in enumerate(texts):
+            for word in text.lower().replace(".", " ").replace(",", " ").split():
+                out[row, zlib.crc32(word.encode()) % self.dim] += 1
+        norms = np.linalg.norm(out, axis=1, keepdims=True)
+        return out / np.where(norms == 0, 1, norms)

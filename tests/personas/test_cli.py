@@ -1,0 +1,54 @@
+import json
+
+from aloekit.testing import StubOpenAIServer
+
+
+def test_import_list_stats_export(run_aloe, tmp_path):
+    (tmp_path / "p.jsonl").write_text(
+        '"She is a 30-year-old baker who loves jazz."\n"He is a pilot who collects stamps."\n'
+    )
+    proc = run_aloe("personas", "import", "p.jsonl", "--kind", "profile")
+    assert proc.returncode == 0 and "2 added, 0 duplicates skipped" in proc.stdout
+    assert "0 added, 2 duplicates skipped" in run_aloe("personas", "import", "p.jsonl", "--kind", "profile").stdout
+    listed = json.loads(run_aloe("--json", "personas", "list", "--kind", "profile").stdout)
+    assert [p["text"][:6] for p in listed] == ["She is", "He is "]
+    stats = json.loads(run_aloe("--json", "personas", "stats", "--no-similarity").stdout)
+    assert stats == {"profile": {"count": 2}, "personality": {"count": 0}}
+    assert run_aloe("personas", "export", "--kind", "profile", "--out", "out.jsonl").returncode == 0
+    assert (tmp_path / "out.jsonl").read_text() == (tmp_path / "p.jsonl").read_text()
+
+
+def test_bad_file_is_one_line_and_writes_nothing(run_aloe, tmp_path):
+    (tmp_path / "p.jsonl").write_text('"ok text here"\n{broken\n')
+    proc = run_aloe("personas", "import", "p.jsonl", "--kind", "profile")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip() == (
+        "error: p.jsonl:2: invalid JSON: Expecting property name enclosed in double quotes (column 2); "
+        "nothing imported from p.jsonl (use --skip-bad)"
+    )
+    assert json.loads(run_aloe("--json", "personas", "stats", "--no-similarity").stdout)["profile"]["count"] == 0
+    skipped = run_aloe("personas", "import", "p.jsonl", "--kind", "profile", "--skip-bad")
+    assert "1 added" in skipped.stdout and "p.jsonl:2" in skipped.stderr
+
+
+def test_generate_with_a_server_backend(run_aloe):
+    lines = "\n".join(f"{i}. " + " ".join(f"z{i}q{j}" for j in range(10)) for i in range(1, 6))
+    with StubOpenAIServer(respond=lambda messages: lines) as server:
+        proc = run_aloe(
+            "--json",
+            "personas",
+            "generate",
+            "--kind",
+            "profile",
+            "--target",
+            "22",
+            "--backend",
+            server.spec(),
+            "--candidates",
+            "5",
+            "--threshold",
+            "0.95",
+        )
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout)
+    assert summary["start_size"] == 20 and summary["final_size"] == 22 and summary["stop_reason"] == "target reached"
