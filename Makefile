@@ -33,6 +33,7 @@ lint: install
 bench: install
 	$(PY) benchmarks/bench_local_batching.py
 	$(PY) benchmarks/bench_persona_filter.py
+	$(PY) benchmarks/bench_simulate.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import shlex
 import sys
 import time
@@ -76,11 +77,9 @@ def _setup_logging(verbose: int) -> None:
     if verbose < 2:  # HTTP client chatter is only useful when debugging
         for name in ("httpx", "httpx2", "httpcore", "httpcore2", "openai", "autogen_core", "autogen_ext"):
             logging.getLogger(name).setLevel(max(level, logging.WARNING))
-    if verbose == 0:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.set_verbosity_error()
-        hf_logging.disable_progress_bar()
+    if verbose == 0:  # set through the environment so start-up does not import transformers
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 
 @click.group(cls=AloeGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -96,6 +95,13 @@ def _setup_logging(verbose: int) -> None:
 @click.option("-q", "--quiet", is_flag=True, help="Print only results.")
 @click.option("--json", "as_json", is_flag=True, help="Print results as JSON on stdout.")
 @click.option("-v", "--verbose", count=True, help="More logging (-vv for debug).")
+@click.option(
+    "--plugin",
+    "plugins",
+    multiple=True,
+    metavar="MODULE",
+    help="Import MODULE first (registers your roles/backends). Repeatable.",
+)
 @click.version_option(package_name="aloekit")
 @click.pass_context
 def cli(
@@ -106,11 +112,25 @@ def cli(
     quiet: bool,
     as_json: bool,
     verbose: int,
+    plugins: tuple[str, ...],
 ) -> None:
     """aloekit: teach language models to align with a user's unspoken preferences by interacting."""
     _setup_logging(verbose)
     config = load_config(config_path, overrides={"db": db, "seed": seed})
+    _import_plugins([*config.plugins, *plugins])
     ctx.obj = App(config=config, quiet=quiet, as_json=as_json)
+
+
+def _import_plugins(modules: list[str]) -> None:
+    import importlib
+
+    if modules and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # a plugin module next to the config file, as users expect
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except Exception as exc:
+            raise AloeError(f"plugin {name!r} could not be imported: {type(exc).__name__}: {exc}") from None
 
 
 pass_app = click.make_pass_decorator(App)
@@ -456,6 +476,272 @@ def personas_export(app: App, kind: str, out: Path) -> None:
     app.emit_json({"kind": kind, "out": str(out), "count": n}) if app.as_json else click.echo(
         f"wrote {n} {kind}s to {out}"
     )
+
+
+# simulation -------------------------------------------------------------------------------------------
+
+
+def _simulation_config(app: App, overrides: dict[str, Any], roles: tuple[str, ...]) -> Any:
+    from pydantic import ValidationError
+
+    from aloekit.graphs import SimulationConfig
+
+    data = {**app.config.simulation, **{k: v for k, v in overrides.items() if v is not None}}
+    try:
+        config = SimulationConfig.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        raise AloeError(f"simulation config: field {'.'.join(map(str, err['loc']))}: {err['msg']}") from None
+    for assignment in roles:
+        role, sep, spec = assignment.partition("=")
+        if not sep or not spec:
+            raise AloeError(f"--role expects ROLE=SPEC, got {assignment!r}")
+        config = config.with_backend(role.strip(), spec.strip())
+    return config
+
+
+@cli.command()
+@click.option("--conversations", type=int, help="Conversation trees to grow.")
+@click.option("--turns", type=int, help="User turns per conversation.")
+@click.option("--concurrency", type=int, help="Conversations in progress at once.")
+@click.option(
+    "--role",
+    "roles",
+    multiple=True,
+    metavar="ROLE=SPEC",
+    help="Backend for a role: user, inducer, preferred, plain, judge, or all. Repeatable.",
+)
+@click.option("--max-calls", type=int, help="Stop cleanly after this many model calls.")
+@click.option("--max-tokens", type=int, help="Stop cleanly after this many tokens.")
+@click.option("--judge-both-orders", is_flag=True, default=None, help="Ask the judge in both orders.")
+@click.option("--paper-exact", is_flag=True, default=None, help="The authors' judge: fixed order, exact match.")
+@click.option("--seed", "sim_seed", type=int, help="Seed for personas, judge order and branches (default: --seed).")
+@click.option("--resume", "resume_run", metavar="RUN", help="Continue the unfinished conversations of RUN.")
+@pass_app
+def simulate(
+    app: App,
+    conversations: int | None,
+    turns: int | None,
+    concurrency: int | None,
+    roles: tuple[str, ...],
+    max_calls: int | None,
+    max_tokens: int | None,
+    judge_both_orders: bool | None,
+    paper_exact: bool | None,
+    sim_seed: int | None,
+    resume_run: str | None,
+) -> None:
+    """Grow conversation trees: persona-conditioned users chat with candidate responders, judged per turn."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from aloekit.agents.backends import Budget
+    from aloekit.graphs import SimulationConfig, TreeStore, run_conversations
+    from aloekit.personas import PersonaPool
+
+    store, trees = app.store, TreeStore(app.store)
+    flags = {
+        "conversations": conversations,
+        "turns": turns,
+        "concurrency": concurrency,
+        "max_calls": max_calls,
+        "max_tokens": max_tokens,
+        "judge_both_orders": judge_both_orders,
+        "paper_exact": paper_exact,
+    }
+    if resume_run:
+        run = store.get_run(resume_run)
+        if run is None:
+            raise AloeError(f"no run {resume_run!r} in {store.path}")
+        stored = json.loads(run["config"]).get("simulation_resolved")
+        if stored is None:
+            raise AloeError(f"run {resume_run} is not a simulation run")
+        base = SimulationConfig.model_validate(stored)
+        # A budget caps one invocation: the resumed run gets only the caps given now.
+        resumed = {"max_calls": max_calls, "max_tokens": max_tokens, "concurrency": concurrency or base.concurrency}
+        config = SimulationConfig.model_validate({**base.model_dump(), **resumed})
+        for assignment in roles:
+            role, _, spec = assignment.partition("=")
+            config = config.with_backend(role.strip(), spec.strip())
+        run_id = resume_run
+        store.update("runs", run_id, {"status": "running", "ended_at": None})
+    else:
+        config = _simulation_config(app, flags, roles)
+        pool = PersonaPool(store)
+        for kind in ("profile", "personality"):
+            pool.ensure_seeds(kind)
+        personas = pool.sample_pairs(config.conversations, seed=config.seed)
+        run_config = {**app.config.model_dump(mode="json"), "simulation_resolved": config.model_dump(mode="json")}
+        run_id = store.start_run(_command_line(), run_config, config.seed)
+        trees.create_conversations(run_id, personas, config.turns)
+
+    total = len(trees.conversations(run_id))
+    backends = BackendPool(
+        app.config, store=store, run_id=run_id, budget=Budget(max_calls=config.max_calls, max_tokens=config.max_tokens)
+    )
+    progress = Progress(
+        TextColumn("simulate {task.fields[run]}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[stats]}"),
+        TimeElapsedColumn(),
+        console=app.console,
+        disable=app.quiet or app.as_json,
+    )
+    counts = {"turns": 0, "failed": 0}
+
+    def stats() -> str:
+        calls = sum(u.calls for u in backends.ledger.by_role.values())
+        tokens = sum(u.prompt_tokens + u.completion_tokens for u in backends.ledger.by_role.values())
+        return f"turns {counts['turns']}  calls {calls}  tokens {tokens}  failed {counts['failed']}"
+
+    async def main() -> Any:
+        specs = {
+            config.user.backend,
+            config.inducer.backend,
+            config.judge.backend,
+            *(r.backend for r in config.responders),
+        }
+        for spec in sorted(specs):
+            await _ensure_loaded(app, backends, spec)
+        with progress:
+            done = total - len(trees.conversations(run_id, statuses=("pending", "running", "incomplete", "failed")))
+            task = progress.add_task("", total=total, completed=done, run=run_id, stats=stats())
+
+            def on_turn(cid: str, turn: int) -> None:
+                counts["turns"] += 1
+                progress.update(task, stats=stats())
+
+            def on_done(cid: str, status: str) -> None:
+                counts["failed"] += status == "failed"
+                progress.update(task, advance=1 if status == "complete" else 0, stats=stats())
+
+            try:
+                return await run_conversations(trees, backends, config, run_id, on_turn, on_done)
+            finally:
+                await backends.aclose()
+
+    try:
+        summary = asyncio.run(main())
+    except KeyboardInterrupt:
+        store.finish_run(run_id, "interrupted")
+        raise
+    store.finish_run(run_id, "completed" if summary.finished else "incomplete")
+    result = {
+        "run_id": run_id,
+        "conversations": total,
+        "statuses": summary.statuses,
+        "turns_saved": summary.turns_saved,
+        "unlabelled_turns": summary.unlabelled_turns,
+        "usage": backends.ledger.as_dict(),
+        "failures": summary.failures,
+    }
+    if app.as_json:
+        app.emit_json(result)
+        return
+    status_line = ", ".join(f"{n} {s}" for s, n in sorted(summary.statuses.items()))
+    click.echo(
+        f"run {run_id}: {status_line}; {summary.turns_saved} turns saved, "
+        f"{summary.unlabelled_turns} without a valid judge verdict"
+    )
+    for failure in summary.failures:
+        click.echo(f"  failed: {failure}")
+    if not summary.finished:
+        click.echo(f"resume with: aloe simulate --resume {run_id}")
+
+
+@cli.group()
+def trees() -> None:
+    """List, show and export conversation trees."""
+
+
+@trees.command("list")
+@click.option("--run", "run_id", help="Only this run's conversations.")
+@pass_app
+def trees_list(app: App, run_id: str | None) -> None:
+    """Conversations with persona, turns and status."""
+    from aloekit.graphs import TreeStore
+
+    rows = TreeStore(app.store).conversations(run_id)
+    if app.as_json:
+        app.emit_json(
+            [
+                {
+                    "id": c.id,
+                    "run_id": c.run_id,
+                    "status": c.status,
+                    "turns_done": c.turns_done,
+                    "max_turns": c.max_turns,
+                    "error": c.error,
+                    "profile": c.persona.profile.text,
+                    "personality": c.persona.personality.text,
+                }
+                for c in rows
+            ]
+        )
+        return
+    for c in rows:
+        click.echo(f"{c.id}  {c.status:<10} {c.turns_done:>2}/{c.max_turns:<2}  {c.persona.profile.text[:70]}")
+
+
+@trees.command("show")
+@click.argument("conversation_id")
+@pass_app
+def trees_show(app: App, conversation_id: str) -> None:
+    """A readable transcript with every candidate, its label and the branch that continued."""
+    from aloekit.graphs import TreeStore
+
+    store = TreeStore(app.store)
+    conversation = store.get(conversation_id)
+    tree = store.tree(conversation_id)
+    if app.as_json:
+        app.emit_json(tree.to_json())
+        return
+    click.echo(f"conversation {conversation_id} ({conversation.status}, {conversation.turns_done} turns)")
+    click.echo(conversation.persona.describe())
+    click.echo(tree.transcript())
+
+
+@trees.command("export")
+@click.argument("conversation_id")
+@click.option("--format", "fmt", type=click.Choice(["json", "mermaid", "dot"]), default="json", show_default=True)
+@click.option("--out", type=click.Path(path_type=Path), help="File to write (default: stdout).")
+@pass_app
+def trees_export(app: App, conversation_id: str, fmt: str, out: Path | None) -> None:
+    """Export one tree as node-link JSON, Mermaid or Graphviz DOT."""
+    from aloekit.graphs import TreeStore
+
+    tree = TreeStore(app.store).tree(conversation_id)
+    text = {"json": lambda: json.dumps(tree.to_json(), indent=1), "mermaid": tree.to_mermaid, "dot": tree.to_dot}[fmt]()
+    if out is None:
+        click.echo(text)
+    else:
+        out.write_text(text, encoding="utf-8")
+        app.say(f"wrote {out}")
+
+
+@cli.group()
+def graph() -> None:
+    """The simulation state machine."""
+
+
+@graph.command("show")
+def graph_show() -> None:
+    """Print the turn loop as Mermaid."""
+    click.echo(generation_graph_mermaid())
+
+
+def generation_graph_mermaid() -> str:
+    """Mermaid of the generation graph (its shape does not depend on the roles, so placeholders serve)."""
+    from aloekit.graphs import Responder, RoleSet, build_generation_graph
+
+    placeholder: Any = None
+    roles = RoleSet(
+        user=placeholder,
+        inducer=placeholder,
+        judge=placeholder,
+        responders=[Responder(placeholder, True), Responder(placeholder, False)],
+    )
+    return build_generation_graph(roles).get_graph().draw_mermaid()
 
 
 # runs -------------------------------------------------------------------------------------------------

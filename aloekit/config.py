@@ -92,6 +92,10 @@ class AloeConfig(BaseModel):
     """Default settings for every backend."""
     backends: dict[str, dict[str, Any]] = {}
     """Per-spec overrides of ``backend``, e.g. ``{"openai:gpt-4o-mini": {"max_concurrency": 32}}``."""
+    plugins: list[str] = []
+    """Python modules imported before a command runs, e.g. to register your own roles or backends."""
+    simulation: dict[str, Any] = {}
+    """Settings for ``aloe simulate`` (see :class:`aloekit.graphs.SimulationConfig`), validated when it runs."""
 
     @field_validator("backends")
     @classmethod

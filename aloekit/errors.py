@@ -21,3 +21,7 @@ class BackendError(AloeError):
 
 class StoreError(AloeError):
     """The SQLite store cannot be opened or is from a newer aloekit."""
+
+
+class BudgetExhausted(AloeError):
+    """A run's call or token budget is spent; work stops cleanly and can be resumed."""

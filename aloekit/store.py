@@ -108,8 +108,52 @@ def _migrate_2(conn: sqlite3.Connection) -> None:
     )
 
 
+def _migrate_3(conn: sqlite3.Connection) -> None:
+    conn.execute(
+        """CREATE TABLE conversations (
+            id TEXT PRIMARY KEY,
+            run_id TEXT NOT NULL REFERENCES runs(id),
+            kind TEXT NOT NULL,
+            position INTEGER NOT NULL,
+            profile_id TEXT,
+            personality_id TEXT,
+            persona TEXT NOT NULL,
+            max_turns INTEGER NOT NULL,
+            turns_done INTEGER NOT NULL DEFAULT 0,
+            status TEXT NOT NULL,
+            error TEXT,
+            created_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL
+        )"""
+    )
+    conn.execute("CREATE INDEX idx_conversations_run ON conversations (run_id, position)")
+    conn.execute(
+        """CREATE TABLE turns (
+            conversation_id TEXT NOT NULL REFERENCES conversations(id),
+            turn INTEGER NOT NULL,
+            record TEXT NOT NULL,
+            created_at TEXT NOT NULL,
+            PRIMARY KEY (conversation_id, turn)
+        )"""
+    )
+    conn.execute(
+        """CREATE TABLE tree_nodes (
+            id TEXT PRIMARY KEY,
+            conversation_id TEXT NOT NULL REFERENCES conversations(id),
+            parent_id TEXT,
+            turn INTEGER NOT NULL,
+            role TEXT NOT NULL,
+            text TEXT NOT NULL,
+            label TEXT,
+            chosen INTEGER NOT NULL DEFAULT 0,
+            data TEXT NOT NULL
+        )"""
+    )
+    conn.execute("CREATE INDEX idx_tree_nodes_conversation ON tree_nodes (conversation_id, turn)")
+
+
 # Append-only: migration i+1 upgrades a database at schema version i. Never edit a released one.
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_migrate_1, _migrate_2]
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_migrate_1, _migrate_2, _migrate_3]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -6,6 +6,8 @@ Used by aloekit's own tests and benchmarks, and by users testing their roles wit
 from __future__ import annotations
 
 import json
+import random
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -32,6 +34,9 @@ class Reply:
 class StubOpenAIServer:
     """A threaded OpenAI-compatible ``/v1/chat/completions`` server for tests and benchmarks.
 
+    Replies follow ``script`` first, then ``respond(messages)``; with ``fault_rate`` a random share of
+    requests fail (500, 429 with Retry-After, malformed JSON, or a reply slower than ``slow_s``).
+
     Example:
         >>> with StubOpenAIServer(script=[Reply("status", status=500)]) as server:
         ...     spec = server.spec()  # "openai:http://127.0.0.1:PORT/v1#stub"
@@ -44,11 +49,17 @@ class StubOpenAIServer:
         respond: Callable[[list[dict[str, Any]]], str] | None = None,
         latency_s: float = 0.0,
         model: str = "stub",
+        fault_rate: float = 0.0,
+        slow_s: float = 2.0,
+        seed: int = 0,
     ) -> None:
         self.script = list(script)
         self.respond = respond or (lambda messages: f"stub reply to: {messages[-1]['content'][:40]}")
         self.latency_s = latency_s
         self.model = model
+        self.fault_rate = fault_rate
+        self.slow_s = slow_s
+        self._rng = random.Random(seed)
         self.requests: list[dict[str, Any]] = []  # bodies received, in order
         self.auth_headers: list[str | None] = []
         self._lock = threading.Lock()
@@ -69,7 +80,18 @@ class StubOpenAIServer:
         with self._lock:
             self.requests.append(body)
             self.auth_headers.append(auth)
-            return self.script.pop(0) if self.script else Reply()
+            if self.script:
+                return self.script.pop(0)
+            if self._rng.random() < self.fault_rate:  # chaos mode, for fault-tolerance tests
+                return self._rng.choice(
+                    [
+                        Reply("status", status=500),
+                        Reply("status", status=429, headers={"Retry-After": "0.1"}),
+                        Reply("malformed"),
+                        Reply("hang", delay_s=self.slow_s),
+                    ]
+                )
+            return Reply()
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         server = self
@@ -79,6 +101,12 @@ class StubOpenAIServer:
 
             def log_message(self, *args: Any) -> None:  # keep test output clean
                 pass
+
+            def setup(self) -> None:
+                super().setup()
+                # Headers and body go out in separate writes; without this, Nagle's algorithm and delayed
+                # ACKs add ~40 ms to every response, which would swamp latency measurements.
+                self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
             def _send(self, status: int, payload: bytes, headers: dict[str, str] | None = None) -> None:
                 self.send_response(status)
@@ -154,3 +182,36 @@ class StubOpenAIServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def role_aware_reply(messages: list[dict[str, Any]]) -> str:
+    """A plausible answer to any built-in ALOE role prompt, for stub servers in tests and benchmarks."""
+    system = str(messages[0].get("content", "")) if messages else ""
+    last = str(messages[-1].get("content", "")) if messages else ""
+    if "Candidate replies:" in last:
+        return "Message 1"
+    if last.startswith("The chat so far:"):
+        return "None" if last.count("User:") <= 1 else "Profile: enjoys cooking\nPersonalities: cheerful"
+    if system.startswith("You are playing a real person"):
+        return f"Just got back from the market, turn {sum(m.get('role') == 'assistant' for m in messages) + 1}!"
+    return f"That sounds lovely! Tell me more about {last[:30]}"
+
+
+def main() -> None:
+    """Serve a role-aware stub on 127.0.0.1 until interrupted: ``python -m aloekit.testing --latency-ms 100``."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description="A stub OpenAI-compatible server for tests and benchmarks.")
+    parser.add_argument("--latency-ms", type=float, default=0.0)
+    parser.add_argument("--fault-rate", type=float, default=0.0)
+    args = parser.parse_args()
+    server = StubOpenAIServer(respond=role_aware_reply, latency_s=args.latency_ms / 1000, fault_rate=args.fault_rate)
+    print(server.spec(), flush=True)  # the first line tells the caller where to connect
+    try:
+        server._httpd.serve_forever()
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    main()

@@ -1,5 +1,41 @@
-"""Agent roles and the LLM backends they run on."""
+"""Agent roles (user simulator, inducer, responders, judge) and the LLM backends they run on."""
 
+from aloekit.agents.agentchat import AgentChatRole
 from aloekit.agents.backends import BackendPool, ManagedClient, parse_spec, register_backend
+from aloekit.agents.base import (
+    CallRecord,
+    PromptRole,
+    Role,
+    RoleOutput,
+    RoleView,
+    get_role_factory,
+    list_roles,
+    register_role,
+)
+from aloekit.agents.inducer import Inducer
+from aloekit.agents.judge import INVALID, PreferenceJudge, Verdict, parse_verdict
+from aloekit.agents.responder import Responder
+from aloekit.agents.user import UserSimulator
 
-__all__ = ["BackendPool", "ManagedClient", "parse_spec", "register_backend"]
+__all__ = [
+    "INVALID",
+    "AgentChatRole",
+    "BackendPool",
+    "CallRecord",
+    "Inducer",
+    "ManagedClient",
+    "PreferenceJudge",
+    "PromptRole",
+    "Responder",
+    "Role",
+    "RoleOutput",
+    "RoleView",
+    "UserSimulator",
+    "Verdict",
+    "get_role_factory",
+    "list_roles",
+    "parse_spec",
+    "parse_verdict",
+    "register_backend",
+    "register_role",
+]

@@ -1,7 +1,7 @@
 """LLM backends: autogen ``ChatCompletionClient``s chosen by a spec string such as ``local:smollm2``."""
 
 from aloekit.agents.backends.local import TransformersChatClient, converted_model_dir, find_smollm2_gguf
-from aloekit.agents.backends.managed import ManagedClient, RoleUsage, UsageLedger, is_retryable
+from aloekit.agents.backends.managed import Budget, ManagedClient, RoleUsage, UsageLedger, is_retryable
 from aloekit.agents.backends.messages import from_dicts, to_dicts
 from aloekit.agents.backends.pool import BackendPool
 from aloekit.agents.backends.registry import (
@@ -15,6 +15,7 @@ from aloekit.agents.backends.registry import (
 
 __all__ = [
     "Backend",
+    "Budget",
     "BackendPool",
     "BackendSpec",
     "ManagedClient",

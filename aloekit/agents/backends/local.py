@@ -119,6 +119,7 @@ def _batch_key(options: Mapping[str, Any]) -> tuple[Any, ...]:
         options.get("top_p") if sampling else None,
         options.get("seed") if sampling else None,
         tuple(options.get("stop") or ()),
+        options.get("repetition_penalty"),
     )
 
 
@@ -143,6 +144,7 @@ class TransformersChatClient(ChatCompletionClient):
         max_batch_size: int = 8,
         batch_wait_s: float = 0.01,
         default_max_tokens: int = DEFAULT_MAX_TOKENS,
+        repetition_penalty: float | None = 1.15,
         device: str | None = None,
         name: str = "transformers",
     ) -> None:
@@ -151,6 +153,9 @@ class TransformersChatClient(ChatCompletionClient):
         self.max_batch_size = max_batch_size
         self.batch_wait_s = batch_wait_s
         self.default_max_tokens = default_max_tokens
+        # Small models loop on greedy decoding ("I'm sure I'm sure..."); a mild penalty keeps them readable.
+        # A request's own ``repetition_penalty`` (passed through extra_create_args) wins.
+        self.repetition_penalty = repetition_penalty
         self.device = device
         self.name = name
         self.model: Any = None
@@ -268,12 +273,14 @@ class TransformersChatClient(ChatCompletionClient):
         tokenizer, model = self.tokenizer, self.model
         texts = [tokenizer.apply_chat_template(r.messages, add_generation_prompt=True, tokenize=False) for r in batch]
         encoded = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
-        sampling, temperature, top_p, seed, stop = batch[0].batch_key
+        sampling, temperature, top_p, seed, stop, repetition_penalty = batch[0].batch_key
         kwargs: dict[str, Any] = {
             "max_new_tokens": max(r.max_tokens for r in batch),
             "pad_token_id": tokenizer.pad_token_id,
             "do_sample": sampling,
         }
+        if (penalty := repetition_penalty or self.repetition_penalty) is not None:
+            kwargs["repetition_penalty"] = penalty
         if sampling:
             kwargs["temperature"] = temperature
             if top_p is not None:

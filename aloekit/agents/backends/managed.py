@@ -26,7 +26,7 @@ from autogen_core.tools import Tool, ToolSchema
 
 from aloekit.agents.backends.messages import to_dicts
 from aloekit.config import BackendSettings, GenerationOptions
-from aloekit.errors import BackendError
+from aloekit.errors import BackendError, BudgetExhausted
 from aloekit.secrets import redact
 from aloekit.store import Store, cache_key
 
@@ -61,6 +61,28 @@ class UsageLedger:
     def as_dict(self) -> dict[str, dict[str, Any]]:
         """A JSON-ready copy of every role's counters."""
         return {name: asdict(usage) for name, usage in sorted(self.by_role.items())}
+
+
+@dataclass
+class Budget:
+    """Caps on model calls and tokens shared by every client of a pool (None: no cap)."""
+
+    max_calls: int | None = None
+    max_tokens: int | None = None
+    calls: int = 0
+    tokens: int = 0
+
+    def reserve(self) -> None:
+        """Count a call about to start, or raise :class:`BudgetExhausted` if a cap is reached."""
+        if self.max_calls is not None and self.calls >= self.max_calls:
+            raise BudgetExhausted(f"call budget of {self.max_calls} spent")
+        if self.max_tokens is not None and self.tokens >= self.max_tokens:
+            raise BudgetExhausted(f"token budget of {self.max_tokens} spent")
+        self.calls += 1
+
+    def spend(self, usage: RequestUsage) -> None:
+        """Add a finished call's tokens."""
+        self.tokens += usage.prompt_tokens + usage.completion_tokens
 
 
 def status_code(exc: BaseException) -> int | None:
@@ -151,8 +173,10 @@ class ManagedClient(ChatCompletionClient):
         store: Store | None = None,
         run_id: str | None = None,
         rng: random.Random | None = None,
+        budget: Budget | None = None,
     ) -> None:
         self.inner = inner
+        self.budget = budget
         self.spec = spec
         self.role = role
         self.settings = settings
@@ -224,6 +248,8 @@ class ManagedClient(ChatCompletionClient):
                     cached=True,
                 )
 
+        if self.budget is not None:
+            self.budget.reserve()
         started = time.monotonic()
         attempt = 0
         while True:
@@ -274,6 +300,8 @@ class ManagedClient(ChatCompletionClient):
                 await asyncio.sleep(delay)
 
         latency = time.monotonic() - started
+        if self.budget is not None:
+            self.budget.spend(result.usage)
         usage.calls += 1
         usage.prompt_tokens += result.usage.prompt_tokens
         usage.completion_tokens += result.usage.completion_tokens

@@ -7,7 +7,7 @@ import random
 
 from autogen_core.models import ChatCompletionClient
 
-from aloekit.agents.backends.managed import ManagedClient, UsageLedger
+from aloekit.agents.backends.managed import Budget, ManagedClient, UsageLedger
 from aloekit.agents.backends.registry import get_backend, parse_spec
 from aloekit.config import AloeConfig, GenerationOptions
 from aloekit.errors import BackendError, SpecError
@@ -24,8 +24,16 @@ class BackendPool:
         >>> result = await judge.create(messages, extra_create_args={"max_tokens": 8})  # doctest: +SKIP
     """
 
-    def __init__(self, config: AloeConfig | None = None, *, store: Store | None = None, run_id: str | None = None):
+    def __init__(
+        self,
+        config: AloeConfig | None = None,
+        *,
+        store: Store | None = None,
+        run_id: str | None = None,
+        budget: Budget | None = None,
+    ):
         self.config = config or AloeConfig()
+        self.budget = budget
         self.store = store
         self.run_id = run_id
         self.ledger = UsageLedger()
@@ -63,6 +71,7 @@ class BackendPool:
             store=self.store,
             run_id=self.run_id,
             rng=self._rng,
+            budget=self.budget,
         )
 
     async def aclose(self) -> None:

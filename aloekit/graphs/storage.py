@@ -1,0 +1,134 @@
+"""Conversations, their turn records and tree nodes in the store, written one completed turn at a time."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from aloekit.errors import AloeError
+from aloekit.graphs.records import TurnRecord
+from aloekit.graphs.tree import ConversationTree, candidate_node_id, root_id, turn_nodes
+from aloekit.personas.models import PersonaPair
+from aloekit.store import Store, utcnow
+
+UNFINISHED = ("pending", "running", "incomplete", "failed")
+
+
+@dataclass
+class Conversation:
+    """A stored conversation's header."""
+
+    id: str
+    run_id: str
+    kind: str
+    persona: PersonaPair
+    max_turns: int
+    turns_done: int
+    status: str
+    error: str | None
+
+
+class TreeStore:
+    """Reads and writes conversations; a turn's record and nodes land in one transaction, so a crash
+    leaves either the whole turn or none of it, and primary keys make a duplicate node impossible."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def create_conversations(
+        self, run_id: str, personas: list[PersonaPair], max_turns: int, kind: str = "simulation"
+    ) -> list[str]:
+        """Add one pending conversation per persona (with its root node); returns their ids."""
+        ids = []
+        now = utcnow()
+        with self.store.transaction():
+            for position, persona in enumerate(personas):
+                cid = f"{run_id}-{position:04d}"
+                self.store.db["conversations"].insert({
+                    "id": cid, "run_id": run_id, "kind": kind, "position": position,
+                    "profile_id": persona.profile.id, "personality_id": persona.personality.id,
+                    "persona": persona.model_dump_json(), "max_turns": max_turns, "turns_done": 0,
+                    "status": "pending", "created_at": now, "updated_at": now,
+                })  # fmt: skip
+                self.store.db["tree_nodes"].insert({
+                    "id": root_id(cid), "conversation_id": cid, "parent_id": None, "turn": 0, "role": "persona",
+                    "text": persona.describe(), "label": None, "chosen": 1,
+                    "data": json.dumps({"persona": persona.model_dump()}),
+                })  # fmt: skip
+                ids.append(cid)
+        return ids
+
+    def _conversation(self, row: dict[str, Any]) -> Conversation:
+        return Conversation(
+            id=row["id"], run_id=row["run_id"], kind=row["kind"],
+            persona=PersonaPair.model_validate_json(row["persona"]), max_turns=row["max_turns"],
+            turns_done=row["turns_done"], status=row["status"], error=row["error"],
+        )  # fmt: skip
+
+    def get(self, conversation_id: str) -> Conversation:
+        """One conversation, or an error naming the unknown id."""
+        rows = list(self.store.db["conversations"].rows_where("id = ?", [conversation_id]))
+        if not rows:
+            raise AloeError(f"no conversation {conversation_id!r} in {self.store.path}")
+        return self._conversation(rows[0])
+
+    def conversations(self, run_id: str | None = None, statuses: tuple[str, ...] | None = None) -> list[Conversation]:
+        """Conversations of a run (or all), in creation order, optionally filtered by status."""
+        clauses, args = [], []
+        if run_id:
+            clauses.append("run_id = ?")
+            args.append(run_id)
+        if statuses:
+            clauses.append(f"status IN ({','.join('?' * len(statuses))})")
+            args += list(statuses)
+        rows = self.store.db["conversations"].rows_where(
+            " AND ".join(clauses) or None, args, order_by="created_at, position"
+        )
+        return [self._conversation(r) for r in rows]
+
+    def records(self, conversation_id: str) -> list[TurnRecord]:
+        """The saved turns of a conversation, in order."""
+        rows = self.store.db["turns"].rows_where("conversation_id = ?", [conversation_id], order_by="turn")
+        return [TurnRecord.model_validate_json(r["record"]) for r in rows]
+
+    def save_turn(self, record: TurnRecord, complete: bool = False) -> None:
+        """Persist one finished turn (record, nodes, progress) atomically."""
+        cid, turn = record.conversation_id, record.turn
+        with self.store.transaction() as conn:
+            if turn == 1:
+                parent = root_id(cid)
+            else:
+                previous = conn.execute(
+                    "SELECT record FROM turns WHERE conversation_id = ? AND turn = ?", [cid, turn - 1]
+                ).fetchone()
+                if previous is None:
+                    raise AloeError(f"{cid}: turn {turn} saved before turn {turn - 1}")
+                parent = candidate_node_id(cid, turn - 1, TurnRecord.model_validate_json(previous[0]).continued)
+            self.store.db["turns"].insert(
+                {"conversation_id": cid, "turn": turn, "record": record.model_dump_json(), "created_at": utcnow()}
+            )
+            for node in turn_nodes(record, parent):
+                row = node | {"conversation_id": cid, "chosen": int(node["chosen"]), "data": json.dumps(node["data"])}
+                self.store.db["tree_nodes"].insert(row)
+            status = "complete" if complete else "running"
+            conn.execute(
+                "UPDATE conversations SET turns_done = ?, status = ?, error = NULL, updated_at = ? WHERE id = ?",
+                [turn, status, utcnow(), cid],
+            )
+
+    def set_status(self, conversation_id: str, status: str, error: str | None = None) -> None:
+        """Mark a conversation pending/running/complete/incomplete/failed (with the reason)."""
+        self.store.update("conversations", conversation_id, {"status": status, "error": error, "updated_at": utcnow()})
+
+    def tree(self, conversation_id: str) -> ConversationTree:
+        """The conversation's tree, rebuilt from its saved turns."""
+        conversation = self.get(conversation_id)
+        return ConversationTree.from_records(conversation_id, conversation.persona, self.records(conversation_id))
+
+    def status_counts(self, run_id: str) -> dict[str, int]:
+        """How many conversations of a run are in each status."""
+        rows = self.store.conn.execute(
+            "SELECT status, COUNT(*) FROM conversations WHERE run_id = ? GROUP BY status", [run_id]
+        ).fetchall()
+        return dict(rows)

@@ -1,0 +1,77 @@
+import json
+
+from aloekit.testing import StubOpenAIServer, role_aware_reply
+from tests.graphs.test_generation import SNAPSHOT
+
+
+def test_simulate_then_inspect_trees(run_aloe, tmp_path):
+    with StubOpenAIServer(respond=role_aware_reply) as server:
+        proc = run_aloe("--json", "simulate", "--conversations", "2", "--turns", "2", "--role", f"all={server.spec()}",
+                        "--seed", "3")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["statuses"] == {"complete": 2} and result["turns_saved"] == 4 and result["unlabelled_turns"] == 0
+    assert set(result["usage"]) == {"user", "inducer", "preferred", "plain", "judge"}
+    listed = json.loads(run_aloe("--json", "trees", "list", "--run", result["run_id"]).stdout)
+    assert [c["turns_done"] for c in listed] == [2, 2]
+    cid = listed[0]["id"]
+    shown = run_aloe("trees", "show", cid).stdout
+    assert "[turn 2] USER:" in shown and "->" in shown and "[preferred" in shown and "[rejected" in shown
+    data = json.loads(run_aloe("trees", "export", cid, "--format", "json").stdout)
+    assert len(data["nodes"]) == 7 and len(data["edges"]) == 6
+    assert run_aloe("trees", "export", cid, "--format", "mermaid", "--out", "t.mmd").returncode == 0
+    assert (tmp_path / "t.mmd").read_text().startswith("flowchart TD")
+    assert run_aloe("trees", "export", cid, "--format", "dot").stdout.startswith("digraph")
+    run = json.loads(run_aloe("--json", "runs", "list").stdout)[0]
+    assert run["status"] == "completed" and run["config"]["simulation_resolved"]["turns"] == 2
+
+
+def test_simulate_budget_then_resume(run_aloe):
+    with StubOpenAIServer(respond=role_aware_reply) as server:
+        first = run_aloe("--json", "simulate", "--conversations", "2", "--turns", "2", "--max-calls", "7",
+                         "--role", f"all={server.spec()}")  # fmt: skip
+        result = json.loads(first.stdout)
+        assert "complete" not in result["statuses"] or result["statuses"]["complete"] < 2
+        resumed = json.loads(run_aloe("--json", "simulate", "--resume", result["run_id"]).stdout)
+    assert resumed["statuses"] == {"complete": 2}
+    assert result["turns_saved"] + resumed["turns_saved"] == 4
+
+
+def test_simulate_bad_input_is_one_line(run_aloe):
+    for args, message in [
+        (("--role", "boss=openai:gpt-4o-mini"), "unknown role 'boss'"),
+        (("--role", "judge"), "--role expects ROLE=SPEC"),
+        (("--turns", "0", "--role", "all=replay:x.json"), "simulation config: field turns"),
+        (("--resume", "nope"), "no run 'nope'"),
+    ]:
+        proc = run_aloe("simulate", *args)
+        assert proc.returncode == 1 and "Traceback" not in proc.stderr
+        assert proc.stderr.startswith("error: ") and message in proc.stderr, proc.stderr
+    proc = run_aloe("trees", "show", "missing")
+    assert proc.returncode == 1 and "no conversation 'missing'" in proc.stderr
+
+
+def test_graph_show_prints_the_state_machine(run_aloe):
+    assert run_aloe("graph", "show").stdout.strip() == SNAPSHOT.read_text().strip()
+
+
+def test_custom_role_plugin_from_config(run_aloe, tmp_path):
+    (tmp_path / "my_roles.py").write_text(
+        "from aloekit.agents import PromptRole, register_role\n\n"
+        "@register_role('shouting_inducer')\n"
+        "class ShoutingInducer(PromptRole):\n"
+        "    system_prompt = 'Report what the user revealed.'\n"
+        "    def parse(self, text, view):\n"
+        "        return 'PROFILE: ' + text.upper()\n"
+    )
+    (tmp_path / "aloe.toml").write_text('plugins = ["my_roles"]\n[simulation.inducer]\nkind = "shouting_inducer"\n')
+    with StubOpenAIServer(respond=role_aware_reply) as server:
+        proc = run_aloe("--json", "--config", "aloe.toml", "simulate", "--conversations", "1", "--turns", "1",
+                        "--role", f"all={server.spec()}")  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+        cid = json.loads(run_aloe("--json", "trees", "list").stdout)[0]["id"]
+        tree = json.loads(run_aloe("trees", "export", cid).stdout)
+    user_node = next(n for n in tree["nodes"] if n["role"] == "user")
+    assert user_node["data"]["hint"].startswith("PROFILE: THAT SOUNDS LOVELY")
+    bad = run_aloe("--plugin", "no_such_module", "runs", "list")
+    assert bad.returncode == 1 and bad.stderr.startswith("error: plugin 'no_such_module' could not be imported")
