@@ -18,6 +18,7 @@ from typing import Any
 import click
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from aloekit.agents.backends import BackendPool, TransformersChatClient, from_dicts, list_backends
@@ -48,6 +49,11 @@ class App:
         """Human-oriented progress text on stderr (silent with --quiet or --json)."""
         if not (self.quiet or self.as_json):
             self.console.print(text)
+
+    def progress(self, label: str, note: str) -> Progress:
+        """A progress bar on stderr (off with --quiet/--json): label, bar, done/total, note, elapsed."""
+        columns = (TextColumn(label), BarColumn(), MofNCompleteColumn(), TextColumn(note), TimeElapsedColumn())
+        return Progress(*columns, console=self.console, disable=self.quiet or self.as_json)
 
     def emit_json(self, data: Any) -> None:
         """Machine-readable result on stdout."""
@@ -361,8 +367,6 @@ def personas_generate(
     temperature: float,
 ) -> None:
     """Grow the pool of KIND to TARGET by LLM self-generation, keeping only dissimilar candidates."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
     from aloekit.personas import GenerationConfig, PersonaPool, generate_personas, get_embedder
 
     config = GenerationConfig(
@@ -385,15 +389,7 @@ def personas_generate(
     async def grow(backends: BackendPool) -> Any:
         await _ensure_loaded(app, backends, backend_spec)
         client = backends.client(backend_spec, role="persona_generator")
-        progress = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[note]}"),
-            TimeElapsedColumn(),
-            console=app.console,
-            disable=app.quiet or app.as_json,
-        )
+        progress = app.progress("{task.description}", "{task.fields[note]}")
         with progress:
             task = progress.add_task(f"{kind} pool", total=target, completed=pool.count(kind), note="embedding pool")
             tried = kept = 0
@@ -532,8 +528,6 @@ def simulate(
     resume_run: str | None,
 ) -> None:
     """Grow conversation trees: persona-conditioned users chat with candidate responders, judged per turn."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
     from aloekit.agents.backends import Budget
     from aloekit.graphs import SimulationConfig, TreeStore, run_conversations
     from aloekit.personas import PersonaPool
@@ -578,15 +572,7 @@ def simulate(
     backends = BackendPool(
         app.config, store=store, run_id=run_id, budget=Budget(max_calls=config.max_calls, max_tokens=config.max_tokens)
     )
-    progress = Progress(
-        TextColumn("simulate {task.fields[run]}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[stats]}"),
-        TimeElapsedColumn(),
-        console=app.console,
-        disable=app.quiet or app.as_json,
-    )
+    progress = app.progress("simulate {task.fields[run]}", "{task.fields[stats]}")
     counts = {"turns": 0, "failed": 0}
 
     def stats() -> str:

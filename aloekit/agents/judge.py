@@ -38,6 +38,21 @@ _NUMBER = re.compile(r"(?<![\w.])(\d+)(?![\w.])")
 _ORDINAL = re.compile(r"\b(first|second|third|fourth|fifth)\b")
 
 
+def _json_choice(text: str) -> str | None:
+    """The choice field of a JSON verdict such as ``{"choice": 2}``, as text; None if not JSON."""
+    if not text.startswith("{"):
+        return None
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return None
+    if isinstance(data, dict):
+        for key in ("choice", "preferred", "answer", "message", "winner", "verdict"):
+            if key in data:
+                return str(data[key])
+    return None
+
+
 _LETTER_LABELLED = re.compile(r"\b(?:message|reply|response|option|candidate|answer)\s*\(?([a-z])\b", re.I)
 _LETTER = re.compile(r"(?<![\w'])([A-Z])(?![\w'])")
 
@@ -45,15 +60,8 @@ _LETTER = re.compile(r"(?<![\w'])([A-Z])(?![\w'])")
 def parse_letter_verdict(text: str, n_candidates: int) -> int | None:
     """The 1-based choice in ``text`` when replies are labelled A, B, ...: 'B', 'Reply A', '(A)', JSON."""
     stripped = text.strip()
-    if stripped.startswith("{"):
-        try:
-            data = json.loads(stripped)
-        except ValueError:
-            data = None
-        if isinstance(data, dict):
-            for key in ("choice", "preferred", "answer", "message", "winner", "verdict"):
-                if key in data:
-                    return parse_letter_verdict(str(data[key]), n_candidates)
+    if (inner := _json_choice(stripped)) is not None:
+        return parse_letter_verdict(inner, n_candidates)
     valid = {chr(ord("A") + i) for i in range(n_candidates)}
     for pattern in (_LETTER_LABELLED, _LETTER):
         found = {m.upper() for m in pattern.findall(stripped)}
@@ -68,15 +76,8 @@ def parse_letter_verdict(text: str, n_candidates: int) -> int | None:
 def parse_verdict(text: str, n_candidates: int) -> int | None:
     """The 1-based choice in ``text`` ('Message 1', 'First.', '2', JSON...), or None when ambiguous or invalid."""
     stripped = text.strip()
-    if stripped.startswith("{"):
-        try:
-            data = json.loads(stripped)
-        except ValueError:
-            data = None
-        if isinstance(data, dict):
-            for key in ("choice", "preferred", "answer", "message", "winner", "verdict"):
-                if key in data:
-                    return parse_verdict(str(data[key]), n_candidates)
+    if (inner := _json_choice(stripped)) is not None:
+        return parse_verdict(inner, n_candidates)
     lowered = stripped.lower()
     for pattern in (_LABELLED, _ORDINAL, _NUMBER):
         found = {_ORDINALS.get(m, None) or int(m) for m in pattern.findall(lowered)}
