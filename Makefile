@@ -34,6 +34,7 @@ bench: install
 	$(PY) benchmarks/bench_local_batching.py
 	$(PY) benchmarks/bench_persona_filter.py
 	$(PY) benchmarks/bench_simulate.py
+	$(PY) benchmarks/bench_train.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

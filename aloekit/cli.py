@@ -9,6 +9,7 @@ import os
 import shlex
 import sys
 import time
+import warnings
 from collections.abc import Awaitable, Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -86,6 +87,9 @@ def _setup_logging(verbose: int) -> None:
     if verbose == 0:  # set through the environment so start-up does not import transformers
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+        # trl still passes transformers' renamed gradient_checkpointing options; that is for them to fix.
+        warnings.filterwarnings("ignore", category=FutureWarning, module=r"transformers\.")
 
 
 @click.group(cls=AloeGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -728,6 +732,225 @@ def generation_graph_mermaid() -> str:
         responders=[Responder(placeholder, True), Responder(placeholder, False)],
     )
     return build_generation_graph(roles).get_graph().draw_mermaid()
+
+
+# training ---------------------------------------------------------------------------------------------
+
+
+def _write_jsonl(rows: list[dict[str, Any]], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
+
+
+@cli.command("export")
+@click.argument("kind", type=click.Choice(["sft", "dpo", "tree"]))
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="JSONL file (train split).")
+@click.option("--run", "run_ids", multiple=True, help="Only these runs (repeatable; default: every simulation run).")
+@click.option(
+    "--branch",
+    type=click.Choice(["preferred", "rejected"]),
+    default="preferred",
+    show_default=True,
+    help="SFT: train on the preferred replies, or the rejected ones (the paper's control).",
+)
+@click.option(
+    "--val-fraction",
+    type=float,
+    default=0.0,
+    show_default=True,
+    help="Share of conversations held out, written beside --out as NAME.val.jsonl.",
+)
+@click.option("--min-turns", type=int, default=1, show_default=True, help="Skip conversations with fewer turns.")
+@click.option("--require-agreement", is_flag=True, help="Only turns whose judge agreed with itself in both orders.")
+@click.option("--hf-dataset", type=click.Path(path_type=Path), help="Also save a datasets.DatasetDict here.")
+@click.option("--push-to-hub", "hub_repo", help="Also push the DatasetDict to this Hub repo (needs HF_TOKEN).")
+@pass_app
+def export(
+    app: App,
+    kind: str,
+    out: Path,
+    run_ids: tuple[str, ...],
+    branch: str,
+    val_fraction: float,
+    min_turns: int,
+    require_agreement: bool,
+    hf_dataset: Path | None,
+    hub_repo: str | None,
+) -> None:
+    """Flatten stored conversation trees into SFT, DPO or flat-tree JSONL."""
+    from aloekit.graphs import TreeStore
+    from aloekit.training import FlattenReport, dpo_rows, sft_rows, split_by_conversation, tree_rows
+
+    if hub_repo and not os.environ.get("HF_TOKEN"):
+        raise AloeError("--push-to-hub needs a Hugging Face token in HF_TOKEN")
+    if not 0 <= val_fraction < 1:
+        raise AloeError(f"--val-fraction must be in [0, 1), got {val_fraction}")
+    trees = TreeStore(app.store)
+    conversations = [c for run in (run_ids or (None,)) for c in trees.conversations(run)]
+    for run in run_ids:
+        if app.store.get_run(run) is None:
+            raise AloeError(f"no run {run!r} in {app.store.path}")
+    conversations = [c for c in conversations if c.kind == "simulation"]
+    records = {c.id: trees.records(c.id) for c in conversations}
+    report = FlattenReport()
+    if kind == "sft":
+        rows = sft_rows(records, branch=branch, min_turns=min_turns, require_agreement=require_agreement, report=report)
+    elif kind == "dpo":
+        rows = dpo_rows(records, min_turns=min_turns, require_agreement=require_agreement, report=report)
+    else:
+        rows = tree_rows(trees.tree(c.id) for c in conversations if len(records[c.id]) >= min_turns)
+    if not rows:
+        raise AloeError(
+            f"nothing to export: {len(conversations)} conversations gave no {kind} rows "
+            f"({report.unlabelled_turns} unlabelled turns, {report.identical_pairs} identical pairs, "
+            f"{report.short_conversations} too short)"
+        )
+    train, val = split_by_conversation(rows, val_fraction, seed=app.config.seed)
+    _write_jsonl(train, out)
+    written = {"train": str(out), "train_rows": len(train)}
+    if val:
+        val_path = out.with_name(f"{out.stem}.val{out.suffix}")
+        _write_jsonl(val, val_path)
+        written |= {"validation": str(val_path), "validation_rows": len(val)}
+    if hf_dataset or hub_repo:
+        from datasets import Dataset, DatasetDict
+
+        splits = {"train": Dataset.from_list(train)} | ({"validation": Dataset.from_list(val)} if val else {})
+        dataset = DatasetDict(splits)
+        if hf_dataset:
+            dataset.save_to_disk(str(hf_dataset))
+            written["hf_dataset"] = str(hf_dataset)
+        if hub_repo:
+            dataset.push_to_hub(hub_repo, token=os.environ["HF_TOKEN"])
+            written["hub"] = hub_repo
+    result = {
+        "kind": kind,
+        "conversations": len(conversations),
+        **written,
+        "skipped": {
+            "unlabelled_turns": report.unlabelled_turns,
+            "disagreeing_turns": report.disagreeing_turns,
+            "identical_pairs": report.identical_pairs,
+            "short_conversations": report.short_conversations,
+        },
+    }
+    if app.as_json:
+        app.emit_json(result)
+        return
+    click.echo(
+        f"wrote {len(train)} {kind} rows to {out}" + (f" and {len(val)} to {written['validation']}" if val else "")
+    )
+    skipped = {k: v for k, v in result["skipped"].items() if v}
+    if skipped:
+        click.echo("skipped: " + ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in skipped.items()))
+
+
+@cli.command("train")
+@click.argument("method", type=click.Choice(["sft", "dpo"]))
+@click.option(
+    "--data", type=click.Path(path_type=Path), required=True, help="JSONL from aloe export, or --hf-dataset folder."
+)
+@click.option("--base", default="local:smollm2", show_default=True, help="local:smollm2 or hf:PATH.")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Folder for the LoRA adapter.")
+@click.option("--max-steps", type=int, help="Stop after N optimiser steps.")
+@click.option("--epochs", type=float, help="Passes over the data (when --max-steps is not set).")
+@click.option("--config", "train_config", type=click.Path(path_type=Path), help="YAML/TOML over the shipped defaults.")
+@click.option("--init-adapter", type=click.Path(path_type=Path), help="Continue from this adapter (SFT, then DPO).")
+@click.option("--beta", type=float, help="DPO beta (default 0.9, the paper's).")
+@click.option("--max-length", type=int, help="Longest row in tokens; longer rows are dropped and counted.")
+@click.option("--lora-r", type=int, help="LoRA rank.")
+@click.option("--lora-alpha", type=int, help="LoRA alpha.")
+@click.option("--lora-dropout", type=float, help="LoRA dropout.")
+@click.option("--target-modules", help="Comma-separated module names, or all-linear.")
+@click.option(
+    "--trl",
+    "trl_options",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Any SFTConfig/DPOConfig field, e.g. --trl learning_rate=1e-4 (JSON values). Repeatable.",
+)
+@click.option("--overwrite", is_flag=True, help="Replace an adapter already in --out.")
+@pass_app
+def train_command(
+    app: App,
+    method: str,
+    data: Path,
+    base: str,
+    out: Path,
+    max_steps: int | None,
+    epochs: float | None,
+    train_config: Path | None,
+    init_adapter: Path | None,
+    beta: float | None,
+    max_length: int | None,
+    lora_r: int | None,
+    lora_alpha: int | None,
+    lora_dropout: float | None,
+    target_modules: str | None,
+    trl_options: tuple[str, ...],
+    overwrite: bool,
+) -> None:
+    """LoRA-train METHOD (sft or dpo) with trl + peft; the adapter then works as the backend hf:BASE+OUT."""
+    from aloekit.training import build_train_config, train
+    from aloekit.training.progress import StepReporter
+
+    trl: dict[str, Any] = {}
+    for option in trl_options:
+        key, sep, raw = option.partition("=")
+        if not sep:
+            raise AloeError(f"--trl expects KEY=VALUE, got {option!r}")
+        try:
+            trl[key.strip()] = json.loads(raw)
+        except ValueError:
+            trl[key.strip()] = raw
+    modules = target_modules.split(",") if target_modules and target_modules != "all-linear" else target_modules
+    lora = {"r": lora_r, "alpha": lora_alpha, "dropout": lora_dropout, "target_modules": modules}
+    config = build_train_config(
+        method,
+        train_config,
+        data=data,
+        base=base,
+        out=out,
+        max_steps=max_steps,
+        epochs=epochs,
+        init_adapter=init_adapter,
+        beta=beta,
+        max_length=max_length,
+        overwrite=overwrite or None,
+        seed=app.config.seed,
+        lora={k: v for k, v in lora.items() if v is not None},
+        trl=trl,
+    )
+    run_id = app.store.start_run(
+        _command_line(),
+        {**app.config.model_dump(mode="json"), "train": config.model_dump(mode="json")},
+        app.config.seed,
+    )
+    progress = app.progress(f"train {method}", "{task.fields[note]}")
+    with progress:
+        task = progress.add_task("", total=None, note="loading")
+
+        def report(step: int, total: int, logs: dict[str, Any]) -> None:
+            loss = logs.get("loss")
+            note = f"step {step}" + (f"  loss {float(loss):.4f}" if loss is not None else "")
+            progress.update(task, completed=step, total=total or None, note=note)
+
+        try:
+            summary = train(
+                config, callbacks=[StepReporter(report)], on_status=lambda text: progress.update(task, note=text)
+            )
+        except AloeError as exc:
+            app.store.finish_run(run_id, "failed", str(exc))
+            raise
+    app.store.finish_run(run_id, "completed")
+    if app.as_json:
+        app.emit_json(summary)
+        return
+    click.echo(
+        f"{method}: {summary['steps']} steps on {summary['rows']} rows in {summary['runtime_s']:.1f}s, "
+        f"final loss {summary['final_loss']}"
+    )
+    click.echo(f"adapter: {out}  (use it as --model/--role backend {summary['adapter_spec']})")
 
 
 # runs -------------------------------------------------------------------------------------------------

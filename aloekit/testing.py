@@ -194,6 +194,8 @@ def role_aware_reply(messages: list[dict[str, Any]]) -> str:
         return "None" if last.count("User:") <= 1 else "Profile: enjoys cooking\nPersonalities: cheerful"
     if system.startswith("You are playing a real person"):
         return f"Just got back from the market, turn {sum(m.get('role') == 'assistant' for m in messages) + 1}!"
+    if "revealed about themselves so far" in system:  # the responder that got the inducer's hint
+        return f"Oh, a fellow cook! What are you making with what you found? ({last[:30]})"
     return f"That sounds lovely! Tell me more about {last[:30]}"
 
 

@@ -1,1 +1,27 @@
-"""training stage (see the issues that build it)."""
+"""Training: conversation trees -> SFT/DPO rows -> LoRA adapters (trl + peft)."""
+
+from aloekit.training.data import (
+    FlattenReport,
+    data_hash,
+    dpo_rows,
+    sft_rows,
+    split_by_conversation,
+    tree_rows,
+    trees_from_rows,
+)
+from aloekit.training.train import LoraSettings, TrainConfig, build_train_config, load_rows, train
+
+__all__ = [
+    "FlattenReport",
+    "LoraSettings",
+    "TrainConfig",
+    "build_train_config",
+    "data_hash",
+    "dpo_rows",
+    "load_rows",
+    "sft_rows",
+    "split_by_conversation",
+    "train",
+    "tree_rows",
+    "trees_from_rows",
+]

@@ -1,0 +1,176 @@
+"""Flatten conversation trees into trl's conversational formats: SFT ``messages`` rows, DPO
+``prompt``/``chosen``/``rejected`` rows, and a flat one-row-per-node tree export. Pure functions."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from aloekit.agents.base import Message
+from aloekit.graphs.records import TurnRecord
+from aloekit.graphs.tree import ConversationTree
+
+Branch = Literal["preferred", "rejected"]
+
+
+@dataclass
+class FlattenReport:
+    """What flattening kept and skipped, with reasons counted."""
+
+    rows: int = 0
+    conversations: int = 0
+    unlabelled_turns: int = 0
+    disagreeing_turns: int = 0
+    identical_pairs: int = 0
+    short_conversations: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+def _keep_turn(record: TurnRecord, require_agreement: bool, report: FlattenReport) -> bool:
+    if not record.labelled:
+        report.unlabelled_turns += 1
+        return False
+    if require_agreement and record.verdict.agreement is False:
+        report.disagreeing_turns += 1
+        return False
+    return True
+
+
+def _rejected_index(record: TurnRecord) -> int:
+    """With more than two candidates, the rejected reply of SFT's control branch is the first non-preferred one."""
+    return next(c.index for c in record.candidates if c.index != record.verdict.preferred)
+
+
+def sft_rows(
+    conversations: dict[str, Sequence[TurnRecord]],
+    branch: Branch = "preferred",
+    min_turns: int = 1,
+    require_agreement: bool = False,
+    report: FlattenReport | None = None,
+) -> list[dict[str, Any]]:
+    """One ``{"messages": [...]}`` row per conversation: each turn's *actual* user message, answered by
+    the ``preferred`` (or, as the paper's control, the ``rejected``) reply.
+
+    A conversation is cut before its first turn without a usable verdict (the reply to train on is
+    unknown there); conversations left with fewer than ``min_turns`` turns are skipped.
+    """
+    report = report if report is not None else FlattenReport()
+    rows = []
+    for cid, records in conversations.items():
+        messages: list[Message] = []
+        turns = 0
+        for record in sorted(records, key=lambda r: r.turn):
+            if not _keep_turn(record, require_agreement, report):
+                break
+            index = record.verdict.preferred if branch == "preferred" else _rejected_index(record)
+            reply = next(c.text for c in record.candidates if c.index == index)
+            messages += [{"role": "user", "content": record.user_message}, {"role": "assistant", "content": reply}]
+            turns += 1
+        if turns < max(min_turns, 1):
+            report.short_conversations += 1
+            continue
+        rows.append({"messages": messages, "conversation_id": cid, "turns": turns})
+    report.rows, report.conversations = len(rows), len(rows)
+    return rows
+
+
+def dpo_rows(
+    conversations: dict[str, Sequence[TurnRecord]],
+    min_turns: int = 1,
+    require_agreement: bool = False,
+    report: FlattenReport | None = None,
+) -> list[dict[str, Any]]:
+    """One row per labelled turn (per rejected candidate when there are more than two), in trl's
+    conversational explicit-prompt format. ``prompt`` is the path the conversation actually took up to
+    and including that turn's user message."""
+    report = report if report is not None else FlattenReport()
+    rows = []
+    for cid, records in conversations.items():
+        records = sorted(records, key=lambda r: r.turn)
+        if len(records) < min_turns:
+            report.short_conversations += 1
+            continue
+        history: list[Message] = []
+        kept = False
+        for record in records:
+            prompt = [*history, {"role": "user", "content": record.user_message}]
+            if _keep_turn(record, require_agreement, report):
+                chosen = next(c.text for c in record.candidates if c.index == record.verdict.preferred)
+                for candidate in record.candidates:
+                    if candidate.index == record.verdict.preferred:
+                        continue
+                    if candidate.text.strip() == chosen.strip():
+                        report.identical_pairs += 1  # nothing to learn from identical replies
+                        continue
+                    rows.append({
+                        "prompt": prompt,
+                        "chosen": [{"role": "assistant", "content": chosen}],
+                        "rejected": [{"role": "assistant", "content": candidate.text}],
+                        "conversation_id": cid,
+                        "turn": record.turn,
+                    })  # fmt: skip
+                    kept = True
+            history = [*prompt, {"role": "assistant", "content": record.candidates[record.continued].text}]
+        report.conversations += kept
+    report.rows = len(rows)
+    return rows
+
+
+def tree_rows(trees: Iterable[ConversationTree]) -> list[dict[str, Any]]:
+    """One row per node with ``parent_id`` (like OpenAssistant's tree exports): nothing judged is lost."""
+    rows = []
+    for tree in trees:
+        for node, attrs in tree.graph.nodes(data=True):
+            parents = list(tree.graph.predecessors(node))
+            rows.append({
+                "id": node, "parent_id": parents[0] if parents else None, "conversation_id": tree.conversation_id,
+                "role": attrs["role"], "turn": attrs["turn"], "text": attrs["text"], "label": attrs["label"],
+                "chosen": attrs["chosen"], "data": attrs["data"],
+            })  # fmt: skip
+    return rows
+
+
+def trees_from_rows(rows: Iterable[dict[str, Any]]) -> list[ConversationTree]:
+    """Inverse of :func:`tree_rows`."""
+    import networkx as nx
+
+    graphs: dict[str, nx.DiGraph] = {}
+    pending_edges = []
+    for row in rows:
+        graph = graphs.setdefault(row["conversation_id"], nx.DiGraph(conversation_id=row["conversation_id"]))
+        graph.add_node(row["id"], role=row["role"], turn=row["turn"], text=row["text"], label=row["label"],
+                       chosen=row["chosen"], data=row["data"])  # fmt: skip
+        if row["parent_id"] is not None:
+            pending_edges.append((row["conversation_id"], row["parent_id"], row["id"], row["chosen"]))
+    for cid, parent, child, chosen in pending_edges:
+        graphs[cid].add_edge(parent, child, continued=bool(chosen))
+    return [ConversationTree(g) for g in graphs.values()]
+
+
+def split_by_conversation(
+    rows: Sequence[dict[str, Any]], val_fraction: float, seed: int = 0
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Train/validation split by conversation, never by turn, so no conversation leaks across."""
+    if not 0 <= val_fraction < 1:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    ids = sorted({row["conversation_id"] for row in rows})
+    random.Random(seed).shuffle(ids)
+    n_val = round(len(ids) * val_fraction)
+    if val_fraction > 0 and n_val == 0 and len(ids) > 1:
+        n_val = 1
+    val_ids = set(ids[:n_val])
+    return [r for r in rows if r["conversation_id"] not in val_ids], [
+        r for r in rows if r["conversation_id"] in val_ids
+    ]
+
+
+def data_hash(rows: Iterable[dict[str, Any]]) -> str:
+    """Content hash of training rows, recorded with every adapter."""
+    digest = hashlib.sha256()
+    for row in rows:
+        digest.update(json.dumps(row, sort_keys=True).encode())
+    return digest.hexdigest()[:16]

@@ -1,0 +1,61 @@
+import json
+
+from datasets import load_from_disk
+
+from aloekit.testing import StubOpenAIServer, role_aware_reply
+
+
+def _simulate(run_aloe, n=4, turns=3):
+    with StubOpenAIServer(respond=role_aware_reply) as server:
+        proc = run_aloe("--json", "simulate", "--conversations", str(n), "--turns", str(turns), "--role",
+                        f"all={server.spec()}")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)["run_id"]
+
+
+def _read(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_export_sft_dpo_tree(run_aloe, tmp_path):
+    run_id = _simulate(run_aloe)
+    proc = run_aloe("--json", "export", "dpo", "--out", "data/dpo.jsonl", "--run", run_id, "--val-fraction", "0.25")
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    train, val = _read(tmp_path / "data/dpo.jsonl"), _read(tmp_path / "data/dpo.val.jsonl")
+    assert result["train_rows"] == len(train) and result["validation_rows"] == len(val) == 2
+    assert not {r["conversation_id"] for r in train} & {r["conversation_id"] for r in val}
+    assert result["skipped"]["identical_pairs"] == 4  # the stub's turn-1 replies are identical
+    sft = run_aloe("export", "sft", "--out", "sft.jsonl", "--branch", "rejected")
+    assert sft.returncode == 0 and "wrote 4 sft rows" in sft.stdout
+    tree = run_aloe("export", "tree", "--out", "tree.jsonl", "--hf-dataset", "tree_ds")
+    assert tree.returncode == 0, tree.stderr
+    rows = _read(tmp_path / "tree.jsonl")
+    assert len(rows) == 4 * (1 + 3 * 3) and len(load_from_disk(str(tmp_path / "tree_ds"))["train"]) == len(rows)
+
+
+def test_export_errors(run_aloe):
+    proc = run_aloe("export", "dpo", "--out", "x.jsonl")
+    assert proc.returncode == 1 and proc.stderr.startswith("error: nothing to export: 0 conversations")
+    proc = run_aloe("export", "dpo", "--out", "x.jsonl", "--push-to-hub", "me/data", env={"HF_TOKEN": ""})
+    assert proc.returncode == 1 and "needs a Hugging Face token in HF_TOKEN" in proc.stderr
+    proc = run_aloe("export", "dpo", "--out", "x.jsonl", "--run", "nope")
+    assert proc.returncode == 1 and "no run 'nope'" in proc.stderr
+
+
+def test_train_cli_on_tiny_model(run_aloe, tmp_path, tiny_model_dir):
+    _simulate(run_aloe)
+    assert run_aloe("export", "dpo", "--out", "dpo.jsonl").returncode == 0
+    proc = run_aloe("--json", "train", "dpo", "--data", "dpo.jsonl", "--base", f"hf:{tiny_model_dir}", "--out",
+                    "adapter", "--max-steps", "2", "--lora-r", "4", "--trl", "learning_rate=0.001")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout)
+    assert summary["steps"] == 2 and summary["config"]["lora"]["r"] == 4
+    assert summary["config"]["trl"]["learning_rate"] == 0.001 and summary["config"]["beta"] == 0.9
+    again = run_aloe("train", "dpo", "--data", "dpo.jsonl", "--base", f"hf:{tiny_model_dir}", "--out", "adapter")
+    assert again.returncode == 1 and "already holds an adapter" in again.stderr and "Traceback" not in again.stderr
+    (tmp_path / "bad.jsonl").write_text('{"prompt": []}\n')
+    bad = run_aloe("train", "dpo", "--data", "bad.jsonl", "--base", f"hf:{tiny_model_dir}", "--out", "a2")
+    assert bad.returncode == 1 and "bad.jsonl: row 1: missing field 'chosen'" in bad.stderr
+    runs = json.loads(run_aloe("--json", "runs", "list").stdout)
+    assert [r["status"] for r in runs[:2]] == ["failed", "failed"] and runs[2]["status"] == "completed"

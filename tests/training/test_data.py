@@ -1,0 +1,92 @@
+import json
+from pathlib import Path
+
+from aloekit.graphs import ConversationTree
+from aloekit.graphs.records import TurnRecord
+from aloekit.training import FlattenReport, dpo_rows, sft_rows, split_by_conversation, tree_rows, trees_from_rows
+from tests.graphs.scripted import PERSONA
+from tests.training.records import conversation_a, conversation_b, record
+
+U, A = "user", "assistant"
+
+
+def msg(role, content):
+    return {"role": role, "content": content}
+
+
+def test_dpo_rows_exact():
+    report = FlattenReport()
+    rows = dpo_rows({"a": conversation_a(), "b": conversation_b()}, report=report)
+    assert [(r["conversation_id"], r["turn"]) for r in rows] == [("a", 1), ("a", 3), ("b", 1), ("b", 2)]
+    assert rows[0] == {
+        "prompt": [msg(U, "hi, I bake bread")], "chosen": [msg(A, "ooh what kind?")], "rejected": [msg(A, "ok")],
+        "conversation_id": "a", "turn": 1,
+    }  # fmt: skip
+    # The prompt follows the path actually taken: "ok" continued turn 1, "nice" continued turn 2.
+    assert rows[1]["prompt"] == [msg(U, "hi, I bake bread"), msg(A, "ok"), msg(U, "sourdough mostly"),
+                                 msg(A, "nice"), msg(U, "and you?")]  # fmt: skip
+    assert (rows[1]["chosen"], rows[1]["rejected"]) == ([msg(A, "I love rye")], [msg(A, "no")])
+    assert rows[2]["chosen"] == [msg(A, "wow")] and rows[2]["rejected"] == [msg(A, "how many?")]
+    assert report.unlabelled_turns == 1 and report.rows == 4
+
+
+def test_dpo_prompt_is_a_prefix_of_the_continued_path_and_pairs_differ():
+    conversations = {"a": conversation_a(), "b": conversation_b()}
+    for row in dpo_rows(conversations):
+        records = sorted(conversations[row["conversation_id"]], key=lambda r: r.turn)
+        path = []
+        for r in records:
+            path += [msg(U, r.user_message), msg(A, r.candidates[r.continued].text)]
+        assert path[: len(row["prompt"])] == row["prompt"]
+        assert row["prompt"][-1]["role"] == U and row["chosen"] != row["rejected"]
+
+
+def test_identical_replies_and_disagreement_are_filtered():
+    same = [record("c", 1, "hello", ["same", "same "], preferred=0, continued=0)]
+    report = FlattenReport()
+    assert dpo_rows({"c": same}, report=report) == [] and report.identical_pairs == 1
+    report = FlattenReport()
+    rows = dpo_rows({"b": conversation_b()}, require_agreement=True, report=report)
+    assert [r["turn"] for r in rows] == [1] and report.disagreeing_turns == 1
+
+
+def test_more_than_two_candidates_give_a_row_per_rejected_reply():
+    three = [record("d", 1, "hey", ["best", "worse", "worst"], preferred=0, continued=2)]
+    rows = dpo_rows({"d": three})
+    assert [r["rejected"][0]["content"] for r in rows] == ["worse", "worst"]
+
+
+def test_sft_rows_use_each_turns_actual_user_message():
+    report = FlattenReport()
+    rows = sft_rows({"a": conversation_a(), "b": conversation_b()}, report=report)
+    # Conversation a stops before its unlabelled turn 2.
+    assert rows == [
+        {"messages": [msg(U, "hi, I bake bread"), msg(A, "ooh what kind?")], "conversation_id": "a", "turns": 1},
+        {"messages": [msg(U, "I run marathons"), msg(A, "wow"), msg(U, "twelve so far"), msg(A, "impressive!")],
+         "conversation_id": "b", "turns": 2},
+    ]  # fmt: skip
+    rejected = sft_rows({"b": conversation_b()}, branch="rejected")
+    assert [m["content"] for m in rejected[0]["messages"]] == ["I run marathons", "how many?", "twelve so far",
+                                                             "same reply"]  # fmt: skip
+    assert sft_rows({"a": conversation_a()}, min_turns=2) == []
+
+
+def test_split_by_conversation_has_no_leakage():
+    rows = [{"conversation_id": f"c{i}", "turn": t} for i in range(20) for t in range(3)]
+    train, val = split_by_conversation(rows, 0.25, seed=1)
+    train_ids, val_ids = {r["conversation_id"] for r in train}, {r["conversation_id"] for r in val}
+    assert not train_ids & val_ids and len(val_ids) == 5 and len(train) + len(val) == 60
+    assert split_by_conversation(rows, 0.25, seed=1) == (train, val)
+    assert split_by_conversation(rows, 0.0) == (rows, [])
+
+
+def test_flat_tree_export_round_trips(tmp_path):
+    path = Path(__file__).parent.parent / "data" / "turn_records.json"
+    records = [TurnRecord.model_validate(r) for r in json.loads(path.read_text())]
+    tree = ConversationTree.from_records("conv", PERSONA, records)
+    rows = json.loads(json.dumps(tree_rows([tree])))
+    assert len(rows) == 7 and sum(r["parent_id"] is None for r in rows) == 1
+    [again] = trees_from_rows(rows)
+    assert sorted(again.graph.nodes(data=True)) == sorted(tree.graph.nodes(data=True))
+    assert sorted(again.graph.edges(data=True)) == sorted(tree.graph.edges(data=True))
+    assert again.continued_path() == tree.continued_path()

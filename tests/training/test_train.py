@@ -1,0 +1,149 @@
+"""LoRA training on a tiny random model built in-process (no downloads), SFT and DPO."""
+
+import json
+
+import pytest
+import torch
+from peft import PeftModel
+from transformers import AutoModelForCausalLM
+
+from aloekit.agents.backends import BackendPool, from_dicts
+from aloekit.errors import AloeError, ConfigError
+from aloekit.training import build_train_config, train
+
+SFT_ROWS = [{"messages": [{"role": "user", "content": "hello what is the capital of france"},
+                          {"role": "assistant", "content": "paris is the capital"}]}] * 6  # fmt: skip
+DPO_ROWS = [{"prompt": [{"role": "user", "content": "hello"}], "chosen": [{"role": "assistant", "content": "hi good"}],
+             "rejected": [{"role": "assistant", "content": "bad no"}]}] * 6  # fmt: skip
+
+
+def write(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def lora_and_base_weights(base_dir, adapter_dir):
+    base = AutoModelForCausalLM.from_pretrained(base_dir)
+    original = {k: v.clone() for k, v in base.state_dict().items()}
+    model = PeftModel.from_pretrained(base, adapter_dir)
+    lora = {k: v for k, v in model.state_dict().items() if "lora_" in k}
+    base_after = {k.replace("base_model.model.", "").replace(".base_layer", ""): v
+                  for k, v in model.state_dict().items() if "lora_" not in k}  # fmt: skip
+    return original, lora, base_after
+
+
+@pytest.mark.parametrize(("method", "rows"), [("sft", SFT_ROWS), ("dpo", DPO_ROWS)])
+def test_lora_changes_and_base_does_not(tmp_path, tiny_model_dir, method, rows):
+    config = build_train_config(method, data=write(tmp_path / "d.jsonl", rows), base=f"hf:{tiny_model_dir}",
+                                out=tmp_path / "adapter", max_steps=3, trl={"learning_rate": 1e-2})  # fmt: skip
+    summary = train(config)
+    assert summary["steps"] == 3 and summary["rows"] == 6 and summary["final_loss"] is not None
+    saved = json.loads((tmp_path / "adapter" / "training_summary.json").read_text())
+    assert saved["data_hash"] == summary["data_hash"] and saved["config"]["method"] == method
+    original, lora, base_after = lora_and_base_weights(tiny_model_dir, tmp_path / "adapter")
+    # LoRA B matrices start at zero: trained ones are not.
+    lora_b = [v for k, v in lora.items() if "lora_B" in k]
+    assert lora_b and any(v.abs().sum() > 0 for v in lora_b)
+    compared = [name for name in original if name in base_after]
+    assert len(compared) >= len(original) - 1  # every base weight (the tied head may be listed once)
+    for name in compared:
+        assert torch.equal(original[name], base_after[name]), name
+
+
+async def test_adapter_reloads_through_the_hf_backend_and_generates(tmp_path, tiny_model_dir):
+    config = build_train_config("sft", data=write(tmp_path / "d.jsonl", SFT_ROWS), base=f"hf:{tiny_model_dir}",
+                                out=tmp_path / "adapter", max_steps=2)  # fmt: skip
+    train(config)
+    client = BackendPool().client(f"hf:{tiny_model_dir}+{tmp_path / 'adapter'}")
+    result = await client.create(
+        from_dicts([{"role": "user", "content": "hello"}]), extra_create_args={"max_tokens": 4}
+    )
+    assert isinstance(result.content, str) and result.usage.completion_tokens >= 0
+
+
+def test_sft_then_dpo_continues_the_adapter(tmp_path, tiny_model_dir):
+    base = f"hf:{tiny_model_dir}"
+    train(build_train_config("sft", data=write(tmp_path / "s.jsonl", SFT_ROWS), base=base, out=tmp_path / "sft",
+                             max_steps=2))  # fmt: skip
+    summary = train(build_train_config("dpo", data=write(tmp_path / "d.jsonl", DPO_ROWS), base=base,
+                                       out=tmp_path / "dpo", max_steps=2, init_adapter=tmp_path / "sft"))  # fmt: skip
+    assert summary["steps"] == 2 and (tmp_path / "dpo" / "adapter_config.json").is_file()
+
+
+@pytest.mark.parametrize(
+    ("rows", "message"),
+    [
+        ([], "no rows to train on"),
+        ([{"text": "x"}], "row 1: missing field 'prompt'"),
+        ([DPO_ROWS[0], {**DPO_ROWS[0], "chosen": "hi"}], "row 2: field 'chosen' must be a non-empty list"),
+        ([{**DPO_ROWS[0], "rejected": [{"role": "user", "content": "x"}]}], "row 1: field 'rejected[0].role'"),
+        ([{**DPO_ROWS[0], "prompt": [{"role": "user"}]}], "row 1: field 'prompt[0]' must be an object with a string"),
+    ],
+)
+def test_bad_dpo_data_names_row_and_field(tmp_path, tiny_model_dir, rows, message):
+    config = build_train_config("dpo", data=write(tmp_path / "d.jsonl", rows), base=f"hf:{tiny_model_dir}",
+                                out=tmp_path / "out")  # fmt: skip
+    with pytest.raises(AloeError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        train(config)
+
+
+def test_bad_sft_data(tmp_path, tiny_model_dir):
+    rows = [{"messages": [{"role": "user", "content": "only a question"}]}]
+    config = build_train_config("sft", data=write(tmp_path / "d.jsonl", rows), base=f"hf:{tiny_model_dir}",
+                                out=tmp_path / "out")  # fmt: skip
+    with pytest.raises(AloeError, match="row 1: field 'messages' has no assistant message"):
+        train(config)
+
+
+def test_existing_adapter_is_refused_unless_overwrite(tmp_path, tiny_model_dir):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "adapter_config.json").write_text("{}")
+    data = write(tmp_path / "d.jsonl", SFT_ROWS)
+    with pytest.raises(AloeError, match="already holds an adapter; choose another --out or pass --overwrite"):
+        train(build_train_config("sft", data=data, base=f"hf:{tiny_model_dir}", out=tmp_path / "out"))
+    summary = train(build_train_config("sft", data=data, base=f"hf:{tiny_model_dir}", out=tmp_path / "out",
+                                       overwrite=True, max_steps=1))  # fmt: skip
+    assert summary["steps"] == 1
+
+
+def test_long_rows_are_dropped_and_counted_not_cut(tmp_path, tiny_model_dir):
+    long = {"messages": [{"role": "user", "content": "hello " * 300}, {"role": "assistant", "content": "hi"}]}
+    config = build_train_config("sft", data=write(tmp_path / "d.jsonl", [*SFT_ROWS, long]), base=f"hf:{tiny_model_dir}",
+                                out=tmp_path / "out", max_steps=1, max_length=64)  # fmt: skip
+    summary = train(config)
+    assert summary["rows"] == 6 and summary["dropped_long_rows"] == 1
+
+
+def test_config_errors(tmp_path, tiny_model_dir):
+    with pytest.raises(ConfigError, match="field lora.r"):
+        build_train_config("sft", data=tmp_path, base="hf:x", out=tmp_path, lora={"r": 0})
+    config = build_train_config("sft", data=write(tmp_path / "d.jsonl", SFT_ROWS), base=f"hf:{tiny_model_dir}",
+                                out=tmp_path / "out", trl={"no_such_option": 1})  # fmt: skip
+    with pytest.raises(ConfigError, match="SFTConfig rejected the options"):
+        train(config)
+    with pytest.raises(AloeError, match="names an adapter"):
+        train(build_train_config("sft", data=tmp_path / "d.jsonl", base=f"hf:{tiny_model_dir}+x", out=tmp_path / "o"))
+    with pytest.raises(AloeError, match="training data not found"):
+        train(build_train_config("sft", data=tmp_path / "none.jsonl", base="hf:x", out=tmp_path / "o"))
+
+
+def test_shipped_defaults_follow_the_paper():
+    config = build_train_config("dpo", data="d.jsonl", base="local:smollm2", out="o")
+    assert config.beta == 0.9 and config.max_length == 2048 and config.lora.target_modules == "all-linear"
+
+
+@pytest.mark.parametrize(("method", "rows"), [("sft", SFT_ROWS), ("dpo", DPO_ROWS)])
+def test_in_memory_only_lora_parameters_move(tmp_path, tiny_model_dir, method, rows):
+    """trl's own check: snapshot every parameter, train, compare."""
+    from aloekit.training.train import build_trainer, load_model_and_tokenizer
+
+    config = build_train_config(method, data=tmp_path / "d.jsonl", base=f"hf:{tiny_model_dir}", out=tmp_path / "o",
+                                max_steps=3, trl={"learning_rate": 1e-2})  # fmt: skip
+    model, tokenizer = load_model_and_tokenizer(tiny_model_dir)
+    trainer = build_trainer(config, rows, [], model, tokenizer)
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    trainer.train()
+    after = dict(trainer.model.named_parameters())
+    moved = {n for n in before if not torch.equal(before[n], after[n])}
+    assert moved and all("lora_" in n for n in moved)
+    assert any("lora_B" in n for n in moved)
