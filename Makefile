@@ -35,6 +35,7 @@ bench: install
 	$(PY) benchmarks/bench_persona_filter.py
 	$(PY) benchmarks/bench_simulate.py
 	$(PY) benchmarks/bench_train.py
+	$(PY) benchmarks/bench_eval.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -953,6 +953,170 @@ def train_command(
     click.echo(f"adapter: {out}  (use it as --model/--role backend {summary['adapter_spec']})")
 
 
+# evaluation -------------------------------------------------------------------------------------------
+
+
+@cli.command("eval")
+@click.option("--model", "model_spec", help="Backend spec of the model under test (e.g. local:smollm2+adapters/dpo).")
+@click.option("--role", "roles", multiple=True, metavar="ROLE=SPEC", help="user=SPEC or judge=SPEC. Repeatable.")
+@click.option(
+    "--mode", type=click.Choice(["live", "replay"]), help="live (default): the user reacts; replay: stored user turns."
+)
+@click.option("--replay-run", help="replay mode: the run whose trees supply personas and user turns.")
+@click.option("--eval-set", help="builtin (default, ours, not the paper's) or a folder with the paper's two files.")
+@click.option("--personas", type=int, help="Only the first N personas.")
+@click.option("--turns", type=int, help="Turns per conversation (K, default 10).")
+@click.option("--concurrency", type=int, help="Conversations in progress at once.")
+@click.option("--baseline", type=click.Choice(["blind", "oracle"]), help="oracle: tell the model the true persona.")
+@click.option("--max-calls", type=int, help="Stop cleanly after this many model calls.")
+@click.option("--max-tokens", type=int, help="Stop cleanly after this many tokens.")
+@click.option("--seed", "eval_seed", type=int, help="Seed (default: --seed).")
+@click.option("--resume", "resume_run", metavar="RUN", help="Continue the unfinished conversations of RUN.")
+@pass_app
+def eval_command(
+    app: App,
+    model_spec: str | None,
+    roles: tuple[str, ...],
+    mode: str | None,
+    replay_run: str | None,
+    eval_set: str | None,
+    personas: int | None,
+    turns: int | None,
+    concurrency: int | None,
+    baseline: str | None,
+    max_calls: int | None,
+    max_tokens: int | None,
+    eval_seed: int | None,
+    resume_run: str | None,
+) -> None:
+    """Run the ALOE benchmark: a simulated user chats with the model; a judge scores every reply 1-5."""
+    from pydantic import ValidationError
+
+    from aloekit.agents.backends import Budget
+    from aloekit.evaluation import EvalConfig, create_eval_conversations, run_evaluation
+    from aloekit.evaluation.report import eval_config, run_results
+
+    store = app.store
+    replayed = None
+    if resume_run:
+        base = eval_config(store, resume_run)
+        config = base.model_copy(update={"max_calls": max_calls, "max_tokens": max_tokens,
+                                         "concurrency": concurrency or base.concurrency})  # fmt: skip
+        run_id = resume_run
+        store.update("runs", run_id, {"status": "running", "ended_at": None})
+    else:
+        if not model_spec:
+            raise AloeError("eval needs --model SPEC (or --resume RUN)")
+        flags = {"model": model_spec, "mode": mode, "replay_run": replay_run, "eval_set": eval_set,
+                 "personas": personas, "turns": turns, "concurrency": concurrency, "baseline": baseline,
+                 "max_calls": max_calls, "max_tokens": max_tokens,
+                 "seed": eval_seed if eval_seed is not None else app.config.evaluation.get("seed", app.config.seed),
+                 }  # fmt: skip
+        try:
+            config = EvalConfig.model_validate(
+                {**app.config.evaluation, **{k: v for k, v in flags.items() if v is not None}}
+            )
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            raise AloeError(f"eval config: field {'.'.join(map(str, err['loc']))}: {err['msg']}") from None
+        for assignment in roles:
+            role, sep, spec = assignment.partition("=")
+            if not sep or not spec:
+                raise AloeError(f"--role expects ROLE=SPEC, got {assignment!r}")
+            config = config.with_backend(role.strip(), spec.strip())
+        run_config = {**app.config.model_dump(mode="json"), "eval_resolved": config.model_dump(mode="json")}
+        run_id = store.start_run(_command_line(), run_config, config.seed)
+        replayed = create_eval_conversations(store, run_id, config)
+
+    from aloekit.graphs import TreeStore
+
+    total = len(TreeStore(store).conversations(run_id))
+    backends = BackendPool(app.config, store=store, run_id=run_id,
+                           budget=Budget(max_calls=config.max_calls, max_tokens=config.max_tokens))  # fmt: skip
+    progress = app.progress("eval {task.fields[run]}", "{task.fields[stats]}")
+    counts = {"turns": 0, "failed": 0}
+
+    async def main() -> Any:
+        specs = {config.model, config.judge.backend, *([config.user.backend] if config.mode == "live" else [])}
+        for spec in sorted(specs):
+            await _ensure_loaded(app, backends, spec)
+        with progress:
+            task = progress.add_task("", total=total, run=run_id, stats="")
+
+            def on_turn(cid: str, turn: int) -> None:
+                counts["turns"] += 1
+                calls = sum(u.calls for u in backends.ledger.by_role.values())
+                progress.update(task, stats=f"turns {counts['turns']}  calls {calls}  failed {counts['failed']}")
+
+            def on_done(cid: str, status: str) -> None:
+                counts["failed"] += status == "failed"
+                progress.update(task, advance=1 if status == "complete" else 0)
+
+            try:
+                return await run_evaluation(store, backends, config, run_id, replayed, on_turn, on_done)
+            finally:
+                await backends.aclose()
+
+    try:
+        summary = asyncio.run(main())
+    except KeyboardInterrupt:
+        store.finish_run(run_id, "interrupted")
+        raise
+    store.finish_run(run_id, "completed" if summary.finished else "incomplete")
+    results = run_results(store, run_id, n_boot=200)
+    m = results["metrics"]
+    out = {
+        "run_id": run_id, "statuses": summary.statuses, "turns_saved": summary.turns_saved, "unscored": m.unscored,
+        "avg": m.avg, "ir": m.ir, "r2": m.r2, "al": m.al, "failures": summary.failures,
+    }  # fmt: skip
+    if app.as_json:
+        app.emit_json(out)
+        return
+    status_line = ", ".join(f"{n} {s}" for s, n in sorted(summary.statuses.items()))
+    click.echo(
+        f"run {run_id} ({config.mode}): {status_line}; {summary.turns_saved} turns scored, {m.unscored} unscored"
+    )
+    click.echo(f"AVG {m.avg:.3f}  IR {m.ir:+.3f}  R2 {m.r2:.3f}  AL(k) " + " ".join(f"{v:.2f}" for v in m.al))
+    for failure in summary.failures:
+        click.echo(f"  failed: {failure}")
+    if not summary.finished:
+        click.echo(f"resume with: aloe eval --resume {run_id}")
+
+
+@cli.command("compare")
+@click.argument("run_a")
+@click.argument("run_b")
+@pass_app
+def compare_command(app: App, run_a: str, run_b: str) -> None:
+    """Compare two evaluation runs on their shared personas (B minus A): paired bootstrap and Wilcoxon."""
+    from aloekit.evaluation.report import comparison_dict, comparison_lines, run_results
+
+    comparison = comparison_dict(run_results(app.store, run_a, n_boot=0), run_results(app.store, run_b, n_boot=0))
+    if app.as_json:
+        app.emit_json(comparison)
+        return
+    click.echo(f"{run_b} minus {run_a}")
+    click.echo("\n".join(comparison_lines(comparison)))
+
+
+@cli.command("report")
+@click.argument("run_ids", nargs=-1, required=True)
+@click.option(
+    "--out", type=click.Path(path_type=Path), required=True, help="Folder for report.md, summary.json, al_curve.png."
+)
+@click.option("--note", help="A line shown at the top of the report.")
+@pass_app
+def report_command(app: App, run_ids: tuple[str, ...], out: Path, note: str | None) -> None:
+    """Write report.md, summary.json and al_curve.png for one or more evaluation runs."""
+    from aloekit.evaluation import write_report
+
+    summary = write_report(app.store, list(run_ids), out, note=note)
+    if app.as_json:
+        app.emit_json(summary)
+        return
+    click.echo(f"wrote {out / 'report.md'}, {out / 'summary.json'} and {out / 'al_curve.png'}")
+
+
 # runs -------------------------------------------------------------------------------------------------
 
 

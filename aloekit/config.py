@@ -96,6 +96,8 @@ class AloeConfig(BaseModel):
     """Python modules imported before a command runs, e.g. to register your own roles or backends."""
     simulation: dict[str, Any] = {}
     """Settings for ``aloe simulate`` (see :class:`aloekit.graphs.SimulationConfig`), validated when it runs."""
+    evaluation: dict[str, Any] = {}
+    """Settings for ``aloe eval`` (see :class:`aloekit.evaluation.EvalConfig`), validated when it runs."""
 
     @field_validator("backends")
     @classmethod

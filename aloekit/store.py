@@ -152,8 +152,21 @@ def _migrate_3(conn: sqlite3.Connection) -> None:
     conn.execute("CREATE INDEX idx_tree_nodes_conversation ON tree_nodes (conversation_id, turn)")
 
 
+def _migrate_4(conn: sqlite3.Connection) -> None:
+    conn.execute(
+        """CREATE TABLE eval_turns (
+            conversation_id TEXT NOT NULL REFERENCES conversations(id),
+            turn INTEGER NOT NULL,
+            score INTEGER,
+            record TEXT NOT NULL,
+            created_at TEXT NOT NULL,
+            PRIMARY KEY (conversation_id, turn)
+        )"""
+    )
+
+
 # Append-only: migration i+1 upgrades a database at schema version i. Never edit a released one.
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_migrate_1, _migrate_2, _migrate_3]
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_migrate_1, _migrate_2, _migrate_3, _migrate_4]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

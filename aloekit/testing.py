@@ -190,6 +190,8 @@ def role_aware_reply(messages: list[dict[str, Any]]) -> str:
     last = str(messages[-1].get("content", "")) if messages else ""
     if "Candidate replies:" in last:
         return "Message 1"
+    if last.rstrip().endswith("Score (1-5):"):
+        return f"Score: {1 + len(last) % 5}"
     if last.startswith("The chat so far:"):
         return "None" if last.count("User:") <= 1 else "Profile: enjoys cooking\nPersonalities: cheerful"
     if system.startswith("You are playing a real person"):

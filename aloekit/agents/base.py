@@ -191,4 +191,4 @@ def list_roles() -> list[str]:
 
 
 def _ensure_builtins() -> None:
-    from aloekit.agents import inducer, judge, responder, user  # noqa: F401
+    from aloekit.agents import inducer, judge, responder, scorer, user  # noqa: F401

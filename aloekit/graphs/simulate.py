@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -13,10 +12,11 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from aloekit.agents.backends import BackendPool
 from aloekit.agents.base import get_role_factory
 from aloekit.config import GenerationOptions
-from aloekit.errors import AloeError, BudgetExhausted
+from aloekit.errors import AloeError
 from aloekit.graphs.generation import Responder as ResponderSlot
 from aloekit.graphs.generation import RoleSet, build_generation_graph, initial_state, recursion_limit
-from aloekit.graphs.storage import UNFINISHED, TreeStore
+from aloekit.graphs.runner import drive_conversations
+from aloekit.graphs.storage import Conversation, TreeStore
 
 logger = logging.getLogger(__name__)
 
@@ -168,44 +168,23 @@ async def run_conversations(
     go on. A spent budget marks the rest incomplete. Either way, a later call resumes them.
     """
     graph = build_generation_graph(build_roles(config, backends))
-    gate = asyncio.Semaphore(config.concurrency)
     summary = SimulationSummary(run_id, {})
 
-    async def grow(conversation_id: str) -> None:
-        async with gate:
-            conversation = trees.get(conversation_id)
-            done = trees.records(conversation_id)
-            if len(done) >= conversation.max_turns:
-                trees.set_status(conversation_id, "complete")
-                return
-            trees.set_status(conversation_id, "running")
-            state = initial_state(conversation_id, conversation.persona, conversation.max_turns, config.seed, done)
-            try:
-                async for update in graph.astream(
-                    state, stream_mode="updates", config={"recursion_limit": recursion_limit(conversation.max_turns)}
-                ):
-                    if "select" in update:
-                        record = update["select"]["records"][-1]
-                        trees.save_turn(record, complete=record.turn >= conversation.max_turns)
-                        summary.turns_saved += 1
-                        summary.unlabelled_turns += not record.labelled
-                        if on_turn:
-                            on_turn(conversation_id, record.turn)
-                status = "complete"
-            except BudgetExhausted as exc:
-                trees.set_status(conversation_id, "incomplete", str(exc))
-                status = "incomplete"
-            except AloeError as exc:
-                logger.warning("conversation %s failed: %s", conversation_id, exc)
-                trees.set_status(conversation_id, "failed", str(exc))
-                summary.failures.append(f"{conversation_id}: {exc}")
-                status = "failed"
-            if on_done:
-                on_done(conversation_id, status)
+    async def advance(conversation: Conversation) -> None:
+        done = trees.records(conversation.id)
+        if len(done) >= conversation.max_turns:
+            return
+        state = initial_state(conversation.id, conversation.persona, conversation.max_turns, config.seed, done)
+        limit = {"recursion_limit": recursion_limit(conversation.max_turns)}
+        async for update in graph.astream(state, stream_mode="updates", config=limit):
+            if "select" in update:
+                record = update["select"]["records"][-1]
+                trees.save_turn(record, complete=record.turn >= conversation.max_turns)
+                summary.turns_saved += 1
+                summary.unlabelled_turns += not record.labelled
+                if on_turn:
+                    on_turn(conversation.id, record.turn)
 
-    pending = trees.conversations(run_id, statuses=UNFINISHED)
-    async with asyncio.TaskGroup() as group:  # an unexpected error cancels the rest instead of orphaning them
-        for conversation in pending:
-            group.create_task(grow(conversation.id))
+    summary.failures = await drive_conversations(trees, run_id, config.concurrency, advance, on_done)
     summary.statuses = trees.status_counts(run_id)
     return summary

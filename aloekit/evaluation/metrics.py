@@ -1,0 +1,204 @@
+"""ALOE metrics: AL(k), AVG, IR (least-squares slope of AL over k), R2, and their min-max normalised
+forms N-AL, N-IR, N-R2; bootstrap confidence intervals over personas; paired comparison of two runs."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+
+# scores[persona_id][k] is the judge's 1-5 score of the model's reply at turn k (1-based), or None when
+# the judge's answer could not be parsed (unscored: excluded, and counted).
+Scores = Mapping[str, Mapping[int, int | None]]
+
+
+@dataclass
+class LineFit:
+    """Least-squares fit AL(k) = slope * k + intercept over k = 1..K."""
+
+    slope: float
+    intercept: float
+    r2: float
+
+
+def fit_line(values: list[float]) -> LineFit:
+    """Closed-form least squares over k = 1..K. A perfectly flat curve is fitted exactly: slope 0, R2 1."""
+    k = np.arange(1, len(values) + 1, dtype=float)
+    y = np.asarray(values, dtype=float)
+    mask = ~np.isnan(y)
+    k, y = k[mask], y[mask]
+    if len(y) < 2:
+        return LineFit(slope=0.0, intercept=float(y[0]) if len(y) else math.nan, r2=math.nan)
+    k_bar, y_bar = k.mean(), y.mean()
+    slope = float(((k - k_bar) * (y - y_bar)).sum() / ((k - k_bar) ** 2).sum())
+    intercept = float(y_bar - slope * k_bar)
+    ss_tot = float(((y - y_bar) ** 2).sum())
+    ss_res = float(((y - (slope * k + intercept)) ** 2).sum())
+    r2 = 1.0 if ss_tot == 0 else 1.0 - ss_res / ss_tot
+    return LineFit(slope, intercept, r2)
+
+
+def normalize(values: list[float], method: str = "minmax") -> list[float]:
+    """Min-max normalise a curve over its own range; a flat curve (max = min) maps to all zeros."""
+    if method != "minmax":
+        raise ValueError(f"unknown normalisation {method!r} (supported: minmax)")
+    y = np.asarray(values, dtype=float)
+    if np.isnan(y).all():
+        return [math.nan] * len(y)
+    lo, hi = np.nanmin(y), np.nanmax(y)
+    if hi == lo:
+        return [0.0 if not math.isnan(v) else math.nan for v in y]
+    return [float(v) for v in (y - lo) / (hi - lo)]
+
+
+def al_curve(scores: Scores, turns: int) -> tuple[list[float], list[int]]:
+    """AL(k) for k = 1..turns (NaN where nobody was scored) and how many personas were scored at each k."""
+    curve, counts = [], []
+    for k in range(1, turns + 1):
+        values = [s[k] for s in scores.values() if s.get(k) is not None]
+        curve.append(float(np.mean(values)) if values else math.nan)
+        counts.append(len(values))
+    return curve, counts
+
+
+@dataclass
+class Metrics:
+    """Every ALOE metric for one run."""
+
+    al: list[float]
+    scored: list[int]
+    unscored: int
+    avg: float
+    ir: float
+    intercept: float
+    r2: float
+    n_al: list[float]
+    n_ir: float
+    n_r2: float
+
+
+def compute_metrics(scores: Scores, turns: int, normalization: str = "minmax") -> Metrics:
+    """AL(k), AVG, IR, intercept, R2 and the normalised N-AL, N-IR, N-R2."""
+    al, scored = al_curve(scores, turns)
+    fit = fit_line(al)
+    n_al = normalize(al, normalization)
+    n_fit = fit_line(n_al)
+    unscored = sum(1 for s in scores.values() for k, v in s.items() if v is None and k <= turns)
+    return Metrics(
+        al=al, scored=scored, unscored=unscored, avg=float(np.nanmean(al)) if scored and any(scored) else math.nan,
+        ir=fit.slope, intercept=fit.intercept, r2=fit.r2, n_al=n_al, n_ir=n_fit.slope, n_r2=n_fit.r2,
+    )  # fmt: skip
+
+
+@dataclass
+class Interval:
+    """A point estimate with a 95% bootstrap confidence interval."""
+
+    value: float
+    low: float
+    high: float
+
+
+@dataclass
+class BootstrapCIs:
+    """95% bootstrap CIs (personas resampled) for AVG, IR and each AL(k)."""
+
+    avg: Interval
+    ir: Interval
+    al: list[Interval] = field(default_factory=list)
+
+
+def _percentile_interval(value: float, samples: list[float]) -> Interval:
+    clean = [s for s in samples if not math.isnan(s)]
+    if not clean:
+        return Interval(value, math.nan, math.nan)
+    low, high = np.percentile(clean, [2.5, 97.5])
+    return Interval(value, float(low), float(high))
+
+
+def bootstrap(scores: Scores, turns: int, n_boot: int = 1000, seed: int = 0) -> BootstrapCIs:
+    """Resample personas with replacement ``n_boot`` times; percentile intervals."""
+    ids = sorted(scores)
+    point = compute_metrics(scores, turns)
+    rng = np.random.default_rng(seed)
+    avgs, irs, als = [], [], [[] for _ in range(turns)]
+    for _ in range(n_boot):
+        sample = {f"{i}:{pid}": scores[pid] for i, pid in enumerate(rng.choice(ids, size=len(ids), replace=True))}
+        m = compute_metrics(sample, turns)
+        avgs.append(m.avg)
+        irs.append(m.ir)
+        for k, v in enumerate(m.al):
+            als[k].append(v)
+    return BootstrapCIs(
+        avg=_percentile_interval(point.avg, avgs),
+        ir=_percentile_interval(point.ir, irs),
+        al=[_percentile_interval(point.al[k], als[k]) for k in range(turns)],
+    )
+
+
+@dataclass
+class Comparison:
+    """Run B minus run A on the personas both scored."""
+
+    personas: int
+    avg_diff: Interval
+    ir_diff: Interval
+    wilcoxon_statistic: float | None
+    wilcoxon_p: float | None
+    turns_differing: list[int]
+    al_diff: list[Interval]
+
+
+def persona_means(scores: Scores) -> dict[str, float]:
+    """Each persona's mean score over its scored turns."""
+    out = {}
+    for pid, by_turn in scores.items():
+        values = [v for v in by_turn.values() if v is not None]
+        if values:
+            out[pid] = float(np.mean(values))
+    return out
+
+
+def compare(a: Scores, b: Scores, turns: int, n_boot: int = 1000, seed: int = 0) -> Comparison:
+    """Paired bootstrap CIs of B - A for AVG, IR and each AL(k); Wilcoxon signed-rank on persona means."""
+    common = sorted(set(a) & set(b))
+    if not common:
+        raise ValueError("the two runs share no personas")
+    rng = np.random.default_rng(seed)
+
+    def stat(scores: Scores, ids: list[str]) -> Metrics:
+        return compute_metrics({f"{i}:{pid}": scores[pid] for i, pid in enumerate(ids)}, turns)
+
+    def diff(fn: Callable[[Metrics], float], ma: Metrics, mb: Metrics) -> float:
+        return fn(mb) - fn(ma)
+
+    base_a, base_b = stat(a, common), stat(b, common)
+    avg_d, ir_d, al_d = [], [], [[] for _ in range(turns)]
+    for _ in range(n_boot):
+        ids = list(rng.choice(common, size=len(common), replace=True))
+        ma, mb = stat(a, ids), stat(b, ids)
+        avg_d.append(diff(lambda m: m.avg, ma, mb))
+        ir_d.append(diff(lambda m: m.ir, ma, mb))
+        for k in range(turns):
+            al_d[k].append(mb.al[k] - ma.al[k])
+    al_diff = [_percentile_interval(base_b.al[k] - base_a.al[k], al_d[k]) for k in range(turns)]
+    means_a, means_b = persona_means(a), persona_means(b)
+    paired = [(means_a[p], means_b[p]) for p in common if p in means_a and p in means_b]
+    statistic = p_value = None
+    differences = [y - x for x, y in paired]
+    if len(paired) >= 2 and any(d != 0 for d in differences):
+        from scipy.stats import wilcoxon
+
+        result = wilcoxon(differences)
+        statistic, p_value = float(result.statistic), float(result.pvalue)
+    return Comparison(
+        personas=len(common),
+        avg_diff=_percentile_interval(base_b.avg - base_a.avg, avg_d),
+        ir_diff=_percentile_interval(base_b.ir - base_a.ir, ir_d),
+        wilcoxon_statistic=statistic,
+        wilcoxon_p=p_value,
+        turns_differing=[k + 1 for k, ci in enumerate(al_diff) if ci.low > 0 or ci.high < 0],
+        al_diff=al_diff,
+    )

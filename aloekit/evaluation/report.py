@@ -1,0 +1,166 @@
+"""Evaluation results: metrics with bootstrap CIs per run, and report.md / summary.json / al_curve.png."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from aloekit.errors import AloeError
+from aloekit.evaluation.metrics import BootstrapCIs, Interval, Metrics, bootstrap, compare, compute_metrics
+from aloekit.evaluation.task import EvalConfig, EvalStore
+from aloekit.store import Store
+
+
+def eval_config(store: Store, run_id: str) -> EvalConfig:
+    """The resolved config an evaluation run was started with."""
+    run = store.get_run(run_id)
+    if run is None:
+        raise AloeError(f"no run {run_id!r} in {store.path}")
+    stored = json.loads(run["config"]).get("eval_resolved")
+    if stored is None:
+        raise AloeError(f"run {run_id} is not an evaluation run")
+    return EvalConfig.model_validate(stored)
+
+
+def run_results(store: Store, run_id: str, n_boot: int = 1000) -> dict[str, Any]:
+    """Metrics, CIs and context of one evaluation run."""
+    config = eval_config(store, run_id)
+    evals = EvalStore(store)
+    scores = evals.scores(run_id)
+    turns = max((c.max_turns for c in evals.trees.conversations(run_id)), default=config.turns)
+    metrics = compute_metrics(scores, turns)
+    cis = bootstrap(scores, turns, n_boot=n_boot, seed=config.seed)
+    return {"run_id": run_id, "config": config, "scores": scores, "turns": turns, "metrics": metrics, "cis": cis,
+            "statuses": evals.trees.status_counts(run_id)}  # fmt: skip
+
+
+def _fmt(value: float, digits: int = 3) -> str:
+    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
+
+
+def _ci(interval: Interval) -> str:
+    return f"{_fmt(interval.value)} [{_fmt(interval.low)}, {_fmt(interval.high)}]"
+
+
+def label(result: dict[str, Any]) -> str:
+    """Short name of a run in tables and plots."""
+    config: EvalConfig = result["config"]
+    tag = "" if config.baseline == "blind" else f", {config.baseline}"
+    return f"{config.model} ({config.mode}{tag})"
+
+
+def write_plot(results: list[dict[str, Any]], path: Path) -> None:
+    """AL(k) with 95% CI bands, one line per run, and the normalised curves beside it."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display needed
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for result in results:
+        m: Metrics = result["metrics"]
+        cis: BootstrapCIs = result["cis"]
+        ks = list(range(1, len(m.al) + 1))
+        line = left.plot(ks, m.al, marker="o", label=label(result))[0]
+        left.fill_between(ks, [c.low for c in cis.al], [c.high for c in cis.al], color=line.get_color(), alpha=0.2)
+        right.plot(ks, m.n_al, marker="o", color=line.get_color(), label=f"{label(result)}  N-IR {_fmt(m.n_ir)}")
+    left.set(title="AL(k): mean judge score at turn k (95% CI)", xlabel="turn k", ylabel="AL(k), 1-5", ylim=(0.8, 5.2))
+    right.set(title="N-AL(k): min-max normalised", xlabel="turn k", ylabel="N-AL(k)", ylim=(-0.05, 1.05))
+    for axis in (left, right):
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_report(store: Store, run_ids: list[str], out: Path, note: str | None = None, n_boot: int = 1000) -> dict:
+    """Write report.md, summary.json and al_curve.png for ``run_ids`` into ``out``; returns the summary."""
+    if not run_ids:
+        raise AloeError("report needs at least one evaluation run id")
+    results = [run_results(store, run_id, n_boot) for run_id in run_ids]
+    out.mkdir(parents=True, exist_ok=True)
+    write_plot(results, out / "al_curve.png")
+    summary = {"runs": []}
+    for r in results:
+        config: EvalConfig = r["config"]
+        m: Metrics = r["metrics"]
+        summary["runs"].append({
+            "run_id": r["run_id"], "model": config.model, "mode": config.mode, "baseline": config.baseline,
+            "user_backend": config.user.backend if config.mode == "live" else f"replay of {config.replay_run}",
+            "judge_backend": config.judge.backend, "personas": len(r["scores"]), "turns": r["turns"],
+            "statuses": r["statuses"], "metrics": asdict(m), "ci": asdict(r["cis"]),
+        })  # fmt: skip
+    lines = ["# ALOE evaluation report", ""]
+    if note:
+        lines += [f"> {note}", ""]
+    lines += [
+        "| run | model | mode | personas | AVG [95% CI] | IR [95% CI] | R2 | N-IR | N-R2 | unscored |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in results:
+        m, cis, config = r["metrics"], r["cis"], r["config"]
+        lines.append(
+            f"| {r['run_id']} | {config.model} | {config.mode}, {config.baseline} | {len(r['scores'])} | "
+            f"{_ci(cis.avg)} | {_ci(cis.ir)} | {_fmt(m.r2)} | {_fmt(m.n_ir)} | {_fmt(m.n_r2)} | {m.unscored} |"
+        )
+    turns = max(r["turns"] for r in results)
+    lines += ["", "## AL(k) per turn (95% CI; n = personas scored)", "",
+              "| k | " + " | ".join(label(r) for r in results) + " |", "| --- |" + " --- |" * len(results)]  # fmt: skip
+    for k in range(turns):
+        cells = []
+        for r in results:
+            if k < len(r["metrics"].al):
+                cells.append(f"{_ci(r['cis'].al[k])} (n={r['metrics'].scored[k]})")
+            else:
+                cells.append("")
+        lines.append(f"| {k + 1} | " + " | ".join(cells) + " |")
+    lines += ["", "## Setup", ""]
+    for run in summary["runs"]:
+        lines.append(
+            f"- {run['run_id']}: model `{run['model']}`, {run['mode']} mode, baseline {run['baseline']}, "
+            f"user `{run['user_backend']}`, judge `{run['judge_backend']}`, statuses {run['statuses']}"
+        )
+    lines += ["", "Metrics: AL(k) = mean score at turn k; AVG = mean of AL(k); IR = least-squares slope of AL(k) "
+              "over k (with intercept and R2); N-AL = AL min-max normalised over the run's own curve; N-IR, N-R2 = "
+              "the same fit on N-AL. Unscored replies (unparsable judge answers) are excluded and counted.",
+              "", "![AL(k)](al_curve.png)", ""]  # fmt: skip
+    if len(results) == 2:
+        comparison = comparison_dict(results[0], results[1])
+        summary["comparison"] = comparison
+        lines += ["## Comparison (second run minus first)", "", *comparison_lines(comparison), ""]
+    (out / "report.md").write_text("\n".join(lines), encoding="utf-8")
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str), encoding="utf-8")
+    return summary
+
+
+def comparison_dict(a: dict[str, Any], b: dict[str, Any], n_boot: int = 1000) -> dict[str, Any]:
+    """Paired comparison of two run results on their shared personas."""
+    turns = min(a["turns"], b["turns"])
+    try:
+        c = compare(a["scores"], b["scores"], turns, n_boot=n_boot, seed=a["config"].seed)
+    except ValueError as exc:
+        raise AloeError(f"cannot compare {a['run_id']} and {b['run_id']}: {exc}") from None
+    return {"run_a": a["run_id"], "run_b": b["run_id"], **asdict(c)}
+
+
+def comparison_lines(c: dict[str, Any]) -> list[str]:
+    """Human-readable lines for a comparison."""
+
+    def iv(d: dict[str, float]) -> str:
+        return f"{_fmt(d['value'])} [{_fmt(d['low'])}, {_fmt(d['high'])}]"
+
+    p = "n/a (no differences)" if c["wilcoxon_p"] is None else f"{c['wilcoxon_p']:.4f}"
+    turns = ", ".join(map(str, c["turns_differing"])) or "none"
+    return [
+        f"- personas compared: {c['personas']}",
+        f"- AVG difference (B - A): {iv(c['avg_diff'])}",
+        f"- IR difference (B - A): {iv(c['ir_diff'])}",
+        f"- Wilcoxon signed-rank on per-persona means: p = {p}",
+        f"- turns whose AL differs (95% CI excludes 0): {turns}",
+    ]

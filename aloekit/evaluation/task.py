@@ -1,0 +1,323 @@
+"""The ALOE evaluation task, shaped like an inspect_ai task: a dataset of personas, a solver (a LangGraph
+conversation between a simulated user and the model under test), a scorer (the 1-5 judge), metrics."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+from langgraph.graph import END, START, StateGraph
+from pydantic import BaseModel, ConfigDict, Field
+from typing_extensions import TypedDict
+
+from aloekit.agents.backends import BackendPool
+from aloekit.agents.base import CallRecord, Message, Role, RoleView, get_role_factory
+from aloekit.agents.scorer import Score
+from aloekit.config import GenerationOptions
+from aloekit.errors import AloeError
+from aloekit.graphs.runner import drive_conversations
+from aloekit.graphs.simulate import RoleConfig
+from aloekit.graphs.storage import Conversation, TreeStore
+from aloekit.graphs.tree import root_id
+from aloekit.personas.models import PersonaPair
+from aloekit.personas.pool import eval_set
+from aloekit.store import Store, utcnow
+
+Mode = Literal["live", "replay"]
+Baseline = Literal["blind", "oracle"]
+BUILTIN_EVAL_SET = "builtin"
+
+
+def builtin_eval_dir() -> Path:
+    """A small eval set written for aloekit's offline demos (8 profiles x 5 personalities; not the paper's)."""
+    return Path(str(resources.files("aloekit.evaluation") / "data"))
+
+
+def load_eval_personas(source: str | Path, n_personalities: int = 5) -> list[PersonaPair]:
+    """Eval personas from ``builtin`` or a folder holding the paper's two files, in a stable order."""
+    folder = builtin_eval_dir() if str(source) == BUILTIN_EVAL_SET else Path(source)
+    profiles, personalities = folder / "profile_eval.jsonl", folder / "personality_eval.jsonl"
+    for path in (profiles, personalities):
+        if not path.is_file():
+            raise AloeError(f"eval set {folder}: missing {path.name}")
+    return eval_set(profiles, personalities, n_personalities)
+
+
+class EvalConfig(BaseModel):
+    """Settings of one ``aloe eval`` run."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str
+    """Backend spec of the model under test."""
+    mode: Mode = "live"
+    """live: the simulated user reacts to this model (the paper's protocol); replay: user turns come from
+    the continued path of stored trees, so every model sees the same user side."""
+    eval_set: str = BUILTIN_EVAL_SET
+    """``builtin``, or a folder with profile_eval.jsonl and personality_eval.jsonl (the paper's format)."""
+    replay_run: str | None = None
+    """replay mode: the run whose conversations supply personas and user turns."""
+    personas: int | None = Field(default=None, gt=0)
+    """Evaluate only the first N personas."""
+    turns: int = Field(default=10, gt=0)
+    """Turns per conversation (K)."""
+    concurrency: int = Field(default=16, gt=0)
+    """Conversations in progress at once."""
+    seed: int = 0
+    """Seed for anything random."""
+    baseline: Baseline = "blind"
+    """blind: the model as is; oracle: the same model told the true persona in a system prompt."""
+    user: RoleConfig = RoleConfig(kind="user_simulator", generation=GenerationOptions(max_tokens=64, temperature=0.8))
+    """The user simulator (live mode)."""
+    judge: RoleConfig = RoleConfig(kind="alignment_scorer", generation=GenerationOptions(max_tokens=8, temperature=0))
+    """The 1-5 scorer."""
+    model_generation: GenerationOptions = GenerationOptions(max_tokens=128, temperature=0)
+    """Generation options of the model under test."""
+    max_calls: int | None = Field(default=None, gt=0)
+    """Stop cleanly after this many model calls (resumable)."""
+    max_tokens: int | None = Field(default=None, gt=0)
+    """Stop cleanly after this many tokens (resumable)."""
+
+    def with_backend(self, role: str, spec: str) -> EvalConfig:
+        """A copy with ``user`` or ``judge`` on backend ``spec``."""
+        if role not in ("user", "judge"):
+            raise AloeError(f"unknown role {role!r} in --role (use user or judge; --model sets the model under test)")
+        return self.model_copy(update={role: getattr(self, role).model_copy(update={"backend": spec})})
+
+
+class EvalTurnRecord(BaseModel):
+    """One evaluated turn."""
+
+    conversation_id: str
+    turn: int
+    user_message: str
+    user_calls: list[CallRecord]
+    reply: str
+    model_calls: list[CallRecord]
+    score: Score
+    judge_calls: list[CallRecord]
+
+
+class EvalState(TypedDict, total=False):
+    """State of one evaluation conversation in the graph."""
+
+    conversation_id: str
+    persona: PersonaPair
+    seed: int
+    turn: int
+    max_turns: int
+    history: list[Message]
+    replay_user_messages: list[str] | None
+    user_message: str
+    user_calls: list
+    reply: str
+    model_calls: list
+    record: EvalTurnRecord
+
+
+@dataclass
+class EvalRoles:
+    """The roles of an evaluation: the user simulator (None in replay mode), the model, the scorer."""
+
+    model: Role
+    scorer: Role
+    user: Role | None = None
+    model_sees_persona: bool = False
+
+
+def build_eval_graph(roles: EvalRoles) -> Any:
+    """user (or replayed user turn) -> model -> score -> next turn or end."""
+
+    def view(state: EvalState, persona: bool = True, **extra: Any) -> RoleView:
+        return RoleView(conversation_id=state["conversation_id"], turn=state["turn"],
+                        history=tuple(state.get("history", [])), persona=state["persona"] if persona else None,
+                        seed=state.get("seed", 0), **extra)  # fmt: skip
+
+    async def user(state: EvalState) -> dict[str, Any]:
+        replayed = state.get("replay_user_messages")
+        if replayed is not None:
+            return {"user_message": replayed[state["turn"] - 1], "user_calls": []}
+        out = await roles.user(view(state))
+        return {"user_message": out.text, "user_calls": out.calls}
+
+    async def model(state: EvalState) -> dict[str, Any]:
+        out = await roles.model(view(state, persona=roles.model_sees_persona, user_message=state["user_message"]))
+        return {"reply": out.text, "model_calls": out.calls}
+
+    async def score(state: EvalState) -> dict[str, Any]:
+        out = await roles.scorer(view(state, user_message=state["user_message"], candidates=(state["reply"],)))
+        record = EvalTurnRecord(
+            conversation_id=state["conversation_id"], turn=state["turn"], user_message=state["user_message"],
+            user_calls=state["user_calls"], reply=state["reply"], model_calls=state["model_calls"],
+            score=out.value, judge_calls=out.calls,
+        )  # fmt: skip
+        history = [*state.get("history", []), {"role": "user", "content": state["user_message"]},
+                   {"role": "assistant", "content": state["reply"]}]  # fmt: skip
+        return {"record": record, "history": history, "turn": state["turn"] + 1}
+
+    def next_step(state: EvalState) -> Literal["user", "__end__"]:
+        return "user" if state["turn"] <= state["max_turns"] else END
+
+    builder = StateGraph(EvalState)
+    for name, node in (("user", user), ("model", model), ("score", score)):
+        builder.add_node(name, node)
+    builder.add_edge(START, "user")
+    builder.add_edge("user", "model")
+    builder.add_edge("model", "score")
+    builder.add_conditional_edges("score", next_step, {"user": "user", END: END})
+    return builder.compile()
+
+
+def build_eval_roles(config: EvalConfig, backends: BackendPool) -> EvalRoles:
+    """Instantiate the model under test, the scorer and (live mode) the user simulator."""
+
+    def build(name: str, rc: RoleConfig, **extra: Any) -> Any:
+        factory = get_role_factory(rc.kind)
+        return factory(name, backends.client(rc.backend, role=name), backend=rc.backend,
+                       generation=rc.generation.as_create_args(), **{**rc.options, **extra})  # fmt: skip
+
+    oracle = config.baseline == "oracle"
+    model = RoleConfig(kind="model_under_test", backend=config.model, generation=config.model_generation)
+    return EvalRoles(
+        model=build("model", model, oracle=oracle),
+        scorer=build("judge", config.judge),
+        user=build("user", config.user) if config.mode == "live" else None,
+        model_sees_persona=oracle,
+    )
+
+
+class EvalStore:
+    """Evaluation conversations in the store: the shared ``conversations`` table, per-turn scores in
+    ``eval_turns``, and linear tree nodes so the tree viewer shows transcripts too."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.trees = TreeStore(store)
+
+    def records(self, conversation_id: str) -> list[EvalTurnRecord]:
+        """Saved turns, in order."""
+        rows = self.store.db["eval_turns"].rows_where("conversation_id = ?", [conversation_id], order_by="turn")
+        return [EvalTurnRecord.model_validate_json(r["record"]) for r in rows]
+
+    def save_turn(self, record: EvalTurnRecord) -> None:
+        """Persist one scored turn and its two tree nodes atomically."""
+        cid, turn = record.conversation_id, record.turn
+        parent = root_id(cid) if turn == 1 else f"{cid}/t{turn - 1}/reply"
+        with self.store.transaction() as conn:
+            row = {"conversation_id": cid, "turn": turn, "score": record.score.score,
+                   "record": record.model_dump_json(), "created_at": utcnow()}  # fmt: skip
+            self.store.db["eval_turns"].insert(row)
+            user_id, reply_id = f"{cid}/t{turn}/user", f"{cid}/t{turn}/reply"
+            user_data = {"calls": [c.model_dump() for c in record.user_calls]}
+            reply_data = {"calls": [c.model_dump() for c in record.model_calls], "score": record.score.score,
+                          "judge_raw": record.score.raw, "judge_retried": record.score.retried,
+                          "prompt_hash": record.score.prompt_hash,
+                          "judge_calls": [c.model_dump() for c in record.judge_calls]}  # fmt: skip
+            for node_id, parent_id, role, text, data in (
+                (user_id, parent, "user", record.user_message, user_data),
+                (reply_id, user_id, "assistant", record.reply, reply_data),
+            ):
+                self.store.db["tree_nodes"].insert({"id": node_id, "conversation_id": cid, "parent_id": parent_id,
+                                                    "turn": turn, "role": role, "text": text, "label": None,
+                                                    "chosen": 1, "data": json.dumps(data)})  # fmt: skip
+            conn.execute("UPDATE conversations SET turns_done = ?, updated_at = ? WHERE id = ?", [turn, utcnow(), cid])
+
+    def scores(self, run_id: str) -> dict[str, dict[int, int | None]]:
+        """scores[persona pair id][turn] for a run (None: unscored)."""
+        out: dict[str, dict[int, int | None]] = {}
+        for conversation in self.trees.conversations(run_id):
+            by_turn = out.setdefault(conversation.persona.id, {})
+            for row in self.store.db["eval_turns"].rows_where("conversation_id = ?", [conversation.id]):
+                by_turn[row["turn"]] = row["score"]
+        return out
+
+
+def replay_source(store: Store, run_id: str) -> list[tuple[PersonaPair, list[str]]]:
+    """Personas and continued-path user turns of a stored run (simulation or evaluation)."""
+    trees, evals = TreeStore(store), EvalStore(store)
+    conversations = trees.conversations(run_id)
+    if not conversations:
+        raise AloeError(f"replay run {run_id!r} has no conversations in {store.path}")
+    out = []
+    for c in conversations:
+        if c.kind == "simulation":
+            users = [r.user_message for r in trees.records(c.id)]
+        else:
+            users = [r.user_message for r in evals.records(c.id)]
+        if users:
+            out.append((c.persona, users))
+    return out
+
+
+def create_eval_conversations(store: Store, run_id: str, config: EvalConfig) -> dict[str, list[str]]:
+    """Add the run's conversations; returns replayed user turns by conversation id (empty in live mode)."""
+    replayed: dict[str, list[str]] = {}
+    if config.mode == "replay":
+        if not config.replay_run:
+            raise AloeError("replay mode needs --replay-run RUN (a run whose trees supply the user turns)")
+        source = replay_source(store, config.replay_run)[: config.personas]
+        personas = [p for p, _ in source]
+        turns = min(config.turns, min(len(u) for _, u in source))
+    else:
+        personas = load_eval_personas(config.eval_set)[: config.personas]
+        turns = config.turns
+    ids = TreeStore(store).create_conversations(run_id, personas, turns, kind="evaluation")
+    if config.mode == "replay":
+        replayed = {cid: users[:turns] for cid, (_, users) in zip(ids, source, strict=True)}
+    return replayed
+
+
+@dataclass
+class EvalSummary:
+    """How an evaluation run ended."""
+
+    run_id: str
+    statuses: dict[str, int]
+    turns_saved: int = 0
+    unscored: int = 0
+    failures: list[str] = field(default_factory=list)
+
+    @property
+    def finished(self) -> bool:
+        """Whether every conversation is complete."""
+        return set(self.statuses) <= {"complete"}
+
+
+async def run_evaluation(
+    store: Store, backends: BackendPool, config: EvalConfig, run_id: str, replayed: dict[str, list[str]] | None = None,
+    on_turn: Any = None, on_done: Any = None,
+) -> EvalSummary:  # fmt: skip
+    """Continue every unfinished evaluation conversation of ``run_id``; scores are saved per turn."""
+    evals = EvalStore(store)
+    graph = build_eval_graph(build_eval_roles(config, backends))
+    summary = EvalSummary(run_id, {})
+    if config.mode == "replay" and not replayed:  # resuming: rebuild the mapping the run was created with
+        source = replay_source(store, config.replay_run)
+        replayed = {c.id: users for c, (_, users) in zip(evals.trees.conversations(run_id), source, strict=False)}
+
+    async def advance(conversation: Conversation) -> None:
+        done = evals.records(conversation.id)
+        if len(done) >= conversation.max_turns:
+            return
+        history: list[Message] = []
+        for r in done:
+            history += [{"role": "user", "content": r.user_message}, {"role": "assistant", "content": r.reply}]
+        state = EvalState(conversation_id=conversation.id, persona=conversation.persona, seed=config.seed,
+                          turn=len(done) + 1, max_turns=conversation.max_turns, history=history,
+                          replay_user_messages=(replayed or {}).get(conversation.id))  # fmt: skip
+        limit = {"recursion_limit": 10 + 4 * conversation.max_turns}
+        async for update in graph.astream(state, stream_mode="updates", config=limit):
+            if "score" in update:
+                record = update["score"]["record"]
+                evals.save_turn(record)
+                summary.turns_saved += 1
+                summary.unscored += record.score.score is None
+                if on_turn:
+                    on_turn(conversation.id, record.turn)
+
+    summary.failures = await drive_conversations(evals.trees, run_id, config.concurrency, advance, on_done)
+    summary.statuses = evals.trees.status_counts(run_id)
+    return summary
