@@ -4,7 +4,7 @@ PYTHON ?= python3
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint bench clean
+.PHONY: install browser-deps demo test lint bench clean
 
 install: $(STAMP)
 
@@ -23,7 +23,12 @@ demo: install
 	$(VENV)/bin/aloe backends check local:smollm2
 	$(VENV)/bin/aloe chat local:smollm2 "Suggest one weekend hobby for someone who likes running and brewing beer." --max-tokens 64 --temperature 0
 
-test: install lint
+# The viewer's browser tests drive Debian's Chromium through chromedriver (needs root to install).
+browser-deps:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium chromium-driver)
+
+test: install browser-deps lint
 	$(PY) -m pytest
 
 lint: install

@@ -693,15 +693,27 @@ def trees_show(app: App, conversation_id: str) -> None:
 
 @trees.command("export")
 @click.argument("conversation_id")
-@click.option("--format", "fmt", type=click.Choice(["json", "mermaid", "dot"]), default="json", show_default=True)
+@click.option(
+    "--format", "fmt", type=click.Choice(["json", "mermaid", "dot", "html"]), default="json", show_default=True
+)
 @click.option("--out", type=click.Path(path_type=Path), help="File to write (default: stdout).")
 @pass_app
 def trees_export(app: App, conversation_id: str, fmt: str, out: Path | None) -> None:
-    """Export one tree as node-link JSON, Mermaid or Graphviz DOT."""
+    """Export one tree as node-link JSON, Mermaid, Graphviz DOT, or a self-contained HTML page."""
     from aloekit.graphs import TreeStore
 
-    tree = TreeStore(app.store).tree(conversation_id)
-    text = {"json": lambda: json.dumps(tree.to_json(), indent=1), "mermaid": tree.to_mermaid, "dot": tree.to_dot}[fmt]()
+    if fmt == "html":
+        from aloekit.viewer import tree_page
+
+        rendered = tree_page(app.store, conversation_id, standalone=True)
+        if rendered is None:
+            raise AloeError(f"no conversation {conversation_id!r} in {app.store.path}")
+        text = rendered[0]
+    else:
+        tree = TreeStore(app.store).tree(conversation_id)
+        text = {"json": lambda: json.dumps(tree.to_json(), indent=1), "mermaid": tree.to_mermaid, "dot": tree.to_dot}[
+            fmt
+        ]()
     if out is None:
         click.echo(text)
     else:
@@ -1115,6 +1127,32 @@ def report_command(app: App, run_ids: tuple[str, ...], out: Path, note: str | No
         app.emit_json(summary)
         return
     click.echo(f"wrote {out / 'report.md'}, {out / 'summary.json'} and {out / 'al_curve.png'}")
+
+
+# viewer -----------------------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.option("--db", "view_db", type=click.Path(path_type=Path), help="Database to show (default: --db / ./aloe.db).")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=int, default=8765, show_default=True)
+@click.option(
+    "--allow-remote", is_flag=True, help="Allow a non-loopback --host (anyone who can reach it sees the data)."
+)
+@pass_app
+def view(app: App, view_db: Path | None, host: str, port: int, allow_remote: bool) -> None:
+    """Browse runs, conversation trees and evaluations in a local, read-only web page."""
+    from aloekit.viewer import build_server
+
+    server = build_server(view_db or app.config.db, host, port, allow_remote)
+    bound_host, bound_port = server.server_address[:2]
+    click.echo(f"aloekit viewer on http://{bound_host}:{bound_port}/ (read-only; Ctrl-C stops)")
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
 
 
 # runs -------------------------------------------------------------------------------------------------

@@ -183,20 +183,33 @@ class Store:
     turn instead of failing, and one lock per process keeps a single writer per process.
     """
 
-    def __init__(self, path: Path | str = DEFAULT_DB, *, busy_timeout_s: float = 30.0) -> None:
+    def __init__(self, path: Path | str = DEFAULT_DB, *, busy_timeout_s: float = 30.0, readonly: bool = False) -> None:
         self.path = Path(path)
+        self.readonly = readonly
         if self.path.parent and not self.path.parent.exists():
             raise StoreError(f"database {self.path}: folder {self.path.parent} does not exist")
+        if readonly and not self.path.is_file():
+            raise StoreError(f"database {self.path}: not found")
         try:
-            conn = sqlite3.connect(self.path, timeout=busy_timeout_s, check_same_thread=False, isolation_level=None)
+            target = f"file:{self.path.resolve()}?mode=ro" if readonly else self.path
+            conn = sqlite3.connect(
+                target, timeout=busy_timeout_s, check_same_thread=False, isolation_level=None, uri=readonly
+            )
             conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
-            conn.execute("PRAGMA journal_mode = WAL")
-            conn.execute("PRAGMA synchronous = NORMAL")
+            if not readonly:
+                conn.execute("PRAGMA journal_mode = WAL")
+                conn.execute("PRAGMA synchronous = NORMAL")
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"database {self.path}: {exc}") from None
         self.db = sqlite_utils.Database(conn)
         self._lock = threading.RLock()
-        self.migrate()
+        if not readonly:
+            self.migrate()
+        elif self.schema_version != SCHEMA_VERSION:
+            raise StoreError(
+                f"database {self.path}: schema version {self.schema_version}, this aloekit reads "
+                f"{SCHEMA_VERSION}; run any writing aloe command on it once to migrate it"
+            )
 
     @property
     def conn(self) -> sqlite3.Connection:

@@ -1,0 +1,306 @@
+"""Server-side HTML for the viewer. Every string from the database goes through :func:`esc`; the only
+script is ours, allowed by a per-page nonce in the Content-Security-Policy, so injected markup can
+neither render as HTML nor run."""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+import secrets
+from typing import Any
+
+from aloekit.graphs.storage import TreeStore
+from aloekit.graphs.tree import ConversationTree
+from aloekit.store import Store
+
+STYLE = """
+body{font:15px/1.45 system-ui,sans-serif;margin:0;color:#1d2330;background:#f6f7fb}
+header{background:#27304a;color:#fff;padding:10px 20px}header a{color:#fff;text-decoration:none;font-weight:600}
+main{padding:16px 22px;max-width:1200px}table{border-collapse:collapse;width:100%;background:#fff}
+th,td{border:1px solid #dde1ea;padding:5px 8px;text-align:left;vertical-align:top}th{background:#eef1f7}
+.persona{background:#fff;border:1px solid #dde1ea;padding:10px 14px;margin-bottom:14px;white-space:pre-wrap}
+.legend span{display:inline-block;padding:1px 8px;margin-right:8px;border-radius:4px}
+ol.spine{list-style:none;padding:0}li.turn{margin:0 0 18px;padding:8px;border-left:4px solid #b9c3d8}
+li.turn:focus{outline:3px solid #f0b400}.candidates{display:flex;gap:10px;margin:8px 0 0 28px;flex-wrap:wrap}
+details.node{border:1px solid #c6ccd8;border-radius:6px;padding:6px 10px;background:#fff;flex:1;min-width:260px}
+details.node summary{cursor:pointer}.node .full{white-space:pre-wrap;margin:6px 0}
+.node.user,.legend .user{background:#dbe8fb}.node.preferred,.legend .preferred{background:#d6f5d2}
+.node.rejected,.legend .rejected{background:#f9d6d6}.node.unlabelled,.legend .unlabelled{background:#eceff3}
+details.continued{border:3px solid #27304a}.badge{font-size:12px;background:#27304a;color:#fff;border-radius:3px;padding:0 5px}
+pre{white-space:pre-wrap;background:#f3f4f8;padding:6px;font-size:12px;max-height:320px;overflow:auto}
+.score{font-weight:700}.muted{color:#667}svg{background:#fff;border:1px solid #dde1ea}
+"""
+
+SCRIPT = """
+const turns=[...document.querySelectorAll('li.turn')];let current=-1;
+function go(i){if(!turns.length)return;current=Math.max(0,Math.min(turns.length-1,i));turns[current].focus();
+turns[current].scrollIntoView({block:'center'});}
+document.addEventListener('keydown',e=>{if(e.target.tagName==='INPUT')return;
+if(e.key==='j'||e.key==='ArrowDown'){go(current+1);e.preventDefault();}
+else if(e.key==='k'||e.key==='ArrowUp'){go(current-1);e.preventDefault();}
+else if(e.key==='e'){document.querySelectorAll('details').forEach(d=>d.open=true);}
+else if(e.key==='c'){document.querySelectorAll('details.node').forEach(d=>d.open=false);}});
+"""
+
+
+def esc(value: Any) -> str:
+    """HTML-escape anything (quotes included), so database text is always shown as text."""
+    return html.escape("" if value is None else str(value), quote=True)
+
+
+def _short(text: str, width: int = 110) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= width else text[: width - 1] + "\u2026"
+
+
+def page(title: str, body: str, standalone: bool = False) -> tuple[str, str]:
+    """A complete page and its Content-Security-Policy (also set as a meta tag, for exported files)."""
+    nonce = secrets.token_urlsafe(16)
+    csp = (f"default-src 'none'; style-src 'nonce-{nonce}'; script-src 'nonce-{nonce}'; img-src data:; "
+           "base-uri 'none'; form-action 'none'")  # fmt: skip
+    nav = "" if standalone else '<header><a href="/">aloekit viewer</a></header>'
+    document = (
+        f'<!doctype html><html lang="en"><head><meta charset="utf-8">'
+        f'<meta http-equiv="Content-Security-Policy" content="{esc(csp)}">'
+        f'<meta name="viewport" content="width=device-width, initial-scale=1"><title>{esc(title)}</title>'
+        f'<style nonce="{nonce}">{STYLE}</style></head><body>{nav}<main>{body}</main>'
+        f'<script nonce="{nonce}">{SCRIPT}</script></body></html>'
+    )
+    return document, csp
+
+
+# Runs -------------------------------------------------------------------------------------------------
+
+
+def _backends(config: dict[str, Any]) -> dict[str, str]:
+    if sim := config.get("simulation_resolved"):
+        out = {"user": sim["user"]["backend"], "inducer": sim["inducer"]["backend"], "judge": sim["judge"]["backend"]}
+        out |= {r["name"]: r["backend"] for r in sim["responders"]}
+        return out
+    if ev := config.get("eval_resolved"):
+        out = {"model": ev["model"], "judge": ev["judge"]["backend"]}
+        return out | ({"user": ev["user"]["backend"]} if ev["mode"] == "live" else {})
+    return {}
+
+
+def runs_page(store: Store) -> tuple[str, str]:
+    """All runs: command, status, start, conversation counts, backends per role, tokens."""
+    counts: dict[str, dict[str, int]] = {}
+    for run_id, status, n in store.conn.execute("SELECT run_id, status, COUNT(*) FROM conversations GROUP BY 1, 2"):
+        counts.setdefault(run_id, {})[status] = n
+    rows = []
+    for run in store.list_runs(limit=500):
+        config = json.loads(run["config"])
+        kind = "evaluation" if "eval_resolved" in config else "simulation" if "simulation_resolved" in config else ""
+        backends = "<br>".join(f"{esc(k)}: <code>{esc(v)}</code>" for k, v in _backends(config).items())
+        status_counts = ", ".join(f"{n} {esc(s)}" for s, n in sorted(counts.get(run["id"], {}).items()))
+        rows.append(
+            f'<tr><td><a href="/runs/{esc(run["id"])}">{esc(run["id"])}</a></td><td>{esc(kind)}</td>'
+            f"<td><code>{esc(run['command'])}</code></td><td>{esc(run['status'])}</td>"
+            f"<td>{esc(run['started_at'][:19])}</td><td>{status_counts}</td><td>{backends}</td>"
+            f"<td>{esc(run['tokens'])}</td></tr>"
+        )
+    body = ("<h1>Runs</h1><table id=\"runs\"><tr><th>run</th><th>kind</th><th>command</th><th>status</th>"
+            "<th>started</th><th>conversations</th><th>backends per role</th><th>tokens</th></tr>"
+            + "".join(rows) + "</table>")  # fmt: skip
+    return page("aloekit runs", body)
+
+
+def run_page(store: Store, run_id: str) -> tuple[str, str] | None:
+    """One run's conversations: persona, turns, status, preferred/rejected counts, judge flip rate."""
+    run = store.get_run(run_id)
+    if run is None:
+        return None
+    trees = TreeStore(store)
+    config = json.loads(run["config"])
+    rows = []
+    for c in trees.conversations(run_id):
+        preferred = rejected = flips = both = 0
+        for record in trees.records(c.id):
+            if record.labelled:
+                preferred += 1
+                rejected += len(record.candidates) - 1
+            if record.verdict.agreement is not None:
+                both += 1
+                flips += not record.verdict.agreement
+        flip = f"{flips / both:.0%}" if both else "not asked"
+        rows.append(
+            f'<tr><td><a href="/trees/{esc(c.id)}">{esc(c.id)}</a></td><td>{esc(_short(c.persona.profile.text, 90))}'
+            f'<br><span class="muted">{esc(_short(c.persona.personality.text, 90))}</span></td>'
+            f"<td>{c.turns_done}/{c.max_turns}</td><td>{esc(c.status)}{'<br>' + esc(c.error) if c.error else ''}</td>"
+            f"<td>{preferred}</td><td>{rejected}</td><td>{esc(flip)}</td></tr>"
+        )
+    eval_link = (
+        f'<p><a id="eval-link" href="/evals/{esc(run_id)}">evaluation results</a></p>'
+        if "eval_resolved" in config
+        else ""
+    )
+    body = (f"<h1>Run {esc(run_id)}</h1><p><code>{esc(run['command'])}</code> &middot; {esc(run['status'])}</p>{eval_link}"
+            "<table id=\"conversations\"><tr><th>conversation</th><th>persona</th><th>turns</th><th>status</th>"
+            "<th>preferred</th><th>rejected</th><th>judge flip rate</th></tr>" + "".join(rows) + "</table>")  # fmt: skip
+    return page(f"run {run_id}", body)
+
+
+# Trees ------------------------------------------------------------------------------------------------
+
+
+def _node_class(attrs: dict[str, Any]) -> str:
+    if attrs["role"] == "user":
+        return "user"
+    return attrs["label"] or "unlabelled"
+
+
+def _details(node_id: str, attrs: dict[str, Any], extra: str = "", is_open: bool = False) -> str:
+    kind = _node_class(attrs)
+    continued = attrs["role"] == "assistant" and attrs["chosen"]
+    data = attrs.get("data") or {}
+    facts = []
+    if attrs["role"] == "user" and data.get("inducer_output") is not None:
+        facts.append(("inducer output", data.get("inducer_output")))
+        facts.append(("judge verdict", f"{data.get('judge_verdict')} (order shown: {data.get('judge_order')})"))
+        facts.append(("judge raw", data.get("judge_raw")))
+    if attrs["role"] == "assistant":
+        facts += [(k, data[k]) for k in ("responder", "backend", "used_hint", "hint", "score", "judge_raw",
+                                         "judge_verdict", "judge_order", "prompt_tokens", "completion_tokens",
+                                         "latency_s") if k in data]  # fmt: skip
+    listed = "".join(f"<dt>{esc(k)}</dt><dd>{esc(v)}</dd>" for k, v in facts)
+    calls = json.dumps(data.get("calls", []), indent=1, ensure_ascii=False)
+    badge = ' <span class="badge">continued</span>' if continued else ""
+    label = "user" if attrs["role"] == "user" else kind
+    score = f' <span class="score">score {esc(data["score"])}</span>' if "score" in data else ""
+    return (
+        f'<details class="node {kind}{" continued" if continued else ""}" id="{esc(node_id)}" data-label="{esc(label)}"'
+        f"{' open' if is_open else ''}><summary><b>{esc(label)}</b>{badge}{score} {esc(_short(attrs['text']))}</summary>"
+        f'<div class="full">{esc(attrs["text"])}</div>{extra}<dl>{listed}</dl>'
+        f"<details><summary>raw calls</summary><pre>{esc(calls)}</pre></details></details>"
+    )
+
+
+def tree_body(tree: ConversationTree, title: str) -> str:
+    """The tree: user turns down the spine, each with its candidate replies side by side."""
+    g = tree.graph
+    root = g.nodes[tree.continued_path()[0]]
+    items = []
+    for node in tree.continued_path()[1:]:
+        attrs = g.nodes[node]
+        if attrs["role"] != "user":
+            continue
+        children = sorted(g.successors(node), key=lambda n: n.rsplit("/", 1)[-1])
+        candidates = "".join(_details(child, g.nodes[child]) for child in children)
+        items.append(
+            f'<li class="turn" tabindex="-1" data-turn="{attrs["turn"]}"><div class="turn-label muted">turn {attrs["turn"]}</div>'
+            f'{_details(node, attrs, is_open=True)}<div class="candidates">{candidates}</div></li>'
+        )
+    legend = ('<p class="legend"><span class="user">user</span><span class="preferred">preferred</span>'
+              '<span class="rejected">rejected</span><span class="unlabelled">unlabelled</span> thick border: the '
+              "branch that continued &middot; keys: j/k or arrows move between turns, e expands, c collapses</p>")  # fmt: skip
+    return (f"<h1>{esc(title)}</h1><div class=\"persona\">{esc(root['text'])}</div>{legend}"
+            f'<ol class="spine">{"".join(items)}</ol>')  # fmt: skip
+
+
+def tree_page(store: Store, conversation_id: str, standalone: bool = False) -> tuple[str, str] | None:
+    """One conversation tree (also the body of ``aloe trees export --format html``)."""
+    trees = TreeStore(store)
+    row = store.conn.execute("SELECT kind FROM conversations WHERE id = ?", [conversation_id]).fetchone()
+    if row is None:
+        return None
+    if row[0] == "evaluation":
+        tree = _linear_tree(store, conversation_id)
+    else:
+        tree = trees.tree(conversation_id)
+    return page(f"conversation {conversation_id}", tree_body(tree, f"Conversation {conversation_id}"), standalone)
+
+
+def _linear_tree(store: Store, conversation_id: str) -> ConversationTree:
+    import networkx as nx
+
+    graph = nx.DiGraph(conversation_id=conversation_id)
+    rows = list(store.db["tree_nodes"].rows_where("conversation_id = ?", [conversation_id], order_by="turn, role DESC"))
+    for r in rows:
+        graph.add_node(r["id"], role=r["role"], turn=r["turn"], text=r["text"], label=r["label"], chosen=bool(r["chosen"]),
+                       data=json.loads(r["data"]))  # fmt: skip
+    for r in rows:
+        if r["parent_id"]:
+            graph.add_edge(r["parent_id"], r["id"], continued=True)
+    return ConversationTree(graph)
+
+
+# Evaluations ------------------------------------------------------------------------------------------
+
+
+def al_svg(
+    curves: list[tuple[str, list[float], list[tuple[float, float]]]], width: int = 640, height: int = 300
+) -> str:
+    """AL(k) curves with CI bands as inline SVG (no external requests, works from file://)."""
+    colours = ["#2f6fdf", "#e07b1a", "#2a9d4b", "#c0392b"]
+    pad, turns = 40, max((len(c[1]) for c in curves), default=1)
+
+    def x(k: int) -> float:
+        return pad + (width - 2 * pad) * ((k - 1) / max(turns - 1, 1))
+
+    def y(v: float) -> float:
+        return height - pad - (height - 2 * pad) * ((v - 1) / 4)
+
+    parts = [f'<svg id="al-curve" xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img">',
+             f'<text x="{width / 2}" y="18" text-anchor="middle">AL(k): mean score at turn k (95% CI)</text>']  # fmt: skip
+    for v in range(1, 6):
+        parts.append(f'<line x1="{pad}" x2="{width - pad}" y1="{y(v)}" y2="{y(v)}" stroke="#e3e6ee"/>'
+                     f'<text x="{pad - 8}" y="{y(v) + 4}" text-anchor="end" font-size="11">{v}</text>')  # fmt: skip
+    for k in range(1, turns + 1):
+        parts.append(f'<text x="{x(k)}" y="{height - pad + 16}" text-anchor="middle" font-size="11">{k}</text>')
+    for i, (name, al, band) in enumerate(curves):
+        colour = colours[i % len(colours)]
+        points = [(k + 1, v) for k, v in enumerate(al) if not math.isnan(v)]
+        ok_band = [(k + 1, lo, hi) for k, (lo, hi) in enumerate(band) if not (math.isnan(lo) or math.isnan(hi))]
+        if ok_band:
+            poly = [f"{x(k)},{y(hi)}" for k, _, hi in ok_band] + [f"{x(k)},{y(lo)}" for k, lo, _ in reversed(ok_band)]
+            parts.append(f'<polygon points="{" ".join(poly)}" fill="{colour}" opacity="0.15"/>')
+        parts.append(f'<polyline fill="none" stroke="{colour}" stroke-width="2" '
+                     f'points="{" ".join(f"{x(k)},{y(v)}" for k, v in points)}"/>')  # fmt: skip
+        for k, v in points:
+            parts.append(
+                f'<circle cx="{x(k)}" cy="{y(v)}" r="4" fill="{colour}"><title>{esc(name)} AL({k}) = {v:.2f}</title></circle>'
+            )
+        parts.append(f'<text x="{pad + 6}" y="{36 + 14 * i}" fill="{colour}" font-size="12">{esc(name)}</text>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def eval_page(store: Store, run_id: str) -> tuple[str, str] | None:
+    """An evaluation run: AL(k) curve, metrics with CIs, and each persona's transcript with its scores."""
+    from aloekit.errors import AloeError
+    from aloekit.evaluation.report import _ci, _fmt, run_results
+    from aloekit.evaluation.task import EvalStore
+
+    try:
+        result = run_results(store, run_id, n_boot=300)
+    except AloeError:
+        return None
+    m, cis, config = result["metrics"], result["cis"], result["config"]
+    svg = al_svg([(config.model, m.al, [(c.low, c.high) for c in cis.al])])
+    metrics = (f'<table id="metrics"><tr><th>AVG [95% CI]</th><th>IR [95% CI]</th><th>R2</th><th>N-IR</th><th>N-R2</th>'
+               f"<th>unscored</th><th>mode</th></tr><tr><td>{esc(_ci(cis.avg))}</td><td>{esc(_ci(cis.ir))}</td>"
+               f"<td>{esc(_fmt(m.r2))}</td><td>{esc(_fmt(m.n_ir))}</td><td>{esc(_fmt(m.n_r2))}</td><td>{m.unscored}</td>"
+               f"<td>{esc(config.mode)}, {esc(config.baseline)}</td></tr></table>")  # fmt: skip
+    per_turn = "".join(
+        f"<tr><td>{k + 1}</td><td>{esc(_ci(cis.al[k]))}</td><td>{m.scored[k]}</td></tr>" for k in range(len(m.al))
+    )
+    evals = EvalStore(store)
+    transcripts = []
+    for c in evals.trees.conversations(run_id):
+        lines = "".join(
+            f"<tr><td>{r.turn}</td><td>{esc(r.user_message)}</td><td>{esc(r.reply)}</td>"
+            f'<td class="score">{esc(r.score.score if r.score.score is not None else "unscored")}</td></tr>'
+            for r in evals.records(c.id)
+        )
+        transcripts.append(
+            f'<details class="transcript"><summary><a href="/trees/{esc(c.id)}">{esc(c.id)}</a> '
+            f"{esc(_short(c.persona.profile.text, 80))}</summary><table><tr><th>k</th><th>user</th><th>model</th>"
+            f"<th>score</th></tr>{lines}</table></details>"
+        )
+    body = (f"<h1>Evaluation {esc(run_id)}</h1><p>model <code>{esc(config.model)}</code>, judge "
+            f"<code>{esc(config.judge.backend)}</code></p>{svg}<h2>Metrics</h2>{metrics}<h2>AL(k)</h2>"
+            f"<table><tr><th>k</th><th>AL(k) [95% CI]</th><th>scored</th></tr>{per_turn}</table>"
+            f"<h2>Transcripts</h2>{''.join(transcripts)}")  # fmt: skip
+    return page(f"evaluation {run_id}", body)
