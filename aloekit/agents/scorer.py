@@ -82,14 +82,19 @@ class AlignmentScorer(PromptRole):
             prompt += SCORER_STRICT_SUFFIX
         return [{"role": "system", "content": self.system(view)}, {"role": "user", "content": prompt}]
 
+    def __init__(self, name: str, client: Any, *, guided_choice: bool = False, **kwargs: Any) -> None:
+        super().__init__(name, client, **kwargs)
+        # For backends that support it (the in-process one; vLLM via extra_body): answers are always 1-5.
+        self.choice_args = {"guided_choice": ["1", "2", "3", "4", "5"]} if guided_choice else {}
+
     async def __call__(self, view: RoleView) -> RoleOutput:
         """Score once; retry once with a stricter instruction if the answer is unparsable."""
         messages = self.render_score(view)
         prompt_hash = hashlib.sha256(json.dumps(messages, sort_keys=True).encode()).hexdigest()[:16]
-        calls = [await self.complete(messages)]
+        calls = [await self.complete(messages, **self.choice_args)]
         score = parse_score(calls[0].raw)
         if score is None:
-            calls.append(await self.complete(self.render_score(view, strict=True)))
+            calls.append(await self.complete(self.render_score(view, strict=True), **self.choice_args))
             score = parse_score(calls[-1].raw)
         value = Score(score=score, raw=[c.raw for c in calls], retried=len(calls) > 1, prompt_hash=prompt_hash)
         return RoleOutput(text=calls[-1].raw.strip(), value=value, calls=calls)

@@ -78,3 +78,11 @@ async def test_load_failure_reaches_every_waiting_request(tmp_path):
     client = TransformersChatClient(tmp_path)
     results = await asyncio.gather(client.create(_msgs("a")), client.create(_msgs("b")), return_exceptions=True)
     assert all(isinstance(r, Exception) for r in results)
+
+
+async def test_guided_choice_answers_one_of_the_options(tiny_model_dir):
+    client = TransformersChatClient(tiny_model_dir)
+    options = {"guided_choice": ["1", "2", "3", "4", "5"], "max_tokens": 1}
+    results = await asyncio.gather(*(client.create(_msgs(p), extra_create_args=options) for p in PROMPTS))
+    assert client.batch_sizes == [4]
+    assert all(r.content in {"1", "2", "3", "4", "5"} and r.usage.completion_tokens == 1 for r in results)

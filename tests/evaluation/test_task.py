@@ -194,3 +194,14 @@ def test_sigkill_then_resume_gives_the_same_scores(tmp_path):
         return [(json.loads(r[0])["user_message"], json.loads(r[0])["reply"]) for r in rows]
 
     assert texts(got_rows) == texts(ref_rows)
+
+
+async def test_scorer_guided_choice_option_is_passed_to_the_backend(scripted):
+    from aloekit.agents import RoleView
+    from aloekit.agents.scorer import AlignmentScorer
+    from tests.graphs.scripted import PERSONA
+
+    client = ScriptedClient(lambda m, o: "3")
+    scorer = AlignmentScorer("judge", BackendPool().client(scripted("guided", client)), guided_choice=True)
+    out = await scorer(RoleView(conversation_id="c", turn=1, persona=PERSONA, user_message="hi", candidates=("yo",)))
+    assert out.value.score == 3 and client.calls[0][1]["guided_choice"] == ["1", "2", "3", "4", "5"]

@@ -1,0 +1,26 @@
+"""`aloe demo --quick` end to end on the embedded model: the main job, as CI runs it."""
+
+import json
+
+import pytest
+from PIL import Image
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+def test_quick_demo_produces_every_output(run_aloe, tmp_path):
+    proc = run_aloe("--json", "demo", "--quick", "--out", "demo", timeout=1500)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout)
+    out = tmp_path / "demo"
+    report = (out / "report" / "report.md").read_text()
+    assert "135M" in report and "## Comparison" in report and "| AVG [95% CI] |" in report
+    with Image.open(out / "report" / "al_curve.png") as image:
+        assert image.size[0] > 800
+    html = (out / "tree.html").read_text()
+    assert html.startswith("<!doctype html>") and 'class="turn"' in html
+    assert (out / "adapters" / "dpo" / "adapter_config.json").is_file()
+    dpo = (out / "data" / "dpo.jsonl").read_text().splitlines()
+    assert len(dpo) >= 40 and result["dpo_pairs"] == len(dpo)
+    assert set(json.loads(dpo[0])) >= {"prompt", "chosen", "rejected"}
+    assert len(result["eval_runs"]) == 2  # its duration is reported in the README, not asserted here
