@@ -14,12 +14,12 @@ from pydantic import BaseModel, ConfigDict, Field
 from typing_extensions import TypedDict
 
 from aloekit.agents.backends import BackendPool
-from aloekit.agents.base import CallRecord, Message, Role, RoleView, get_role_factory
+from aloekit.agents.base import CallRecord, Message, Role, RoleView
 from aloekit.agents.scorer import Score
 from aloekit.config import GenerationOptions
 from aloekit.errors import AloeError
 from aloekit.graphs.runner import drive_conversations
-from aloekit.graphs.simulate import RoleConfig
+from aloekit.graphs.simulate import RoleConfig, build_role
 from aloekit.graphs.storage import Conversation, TreeStore
 from aloekit.graphs.tree import root_id
 from aloekit.personas.models import PersonaPair
@@ -175,9 +175,7 @@ def build_eval_roles(config: EvalConfig, backends: BackendPool) -> EvalRoles:
     """Instantiate the model under test, the scorer and (live mode) the user simulator."""
 
     def build(name: str, rc: RoleConfig, **extra: Any) -> Any:
-        factory = get_role_factory(rc.kind)
-        return factory(name, backends.client(rc.backend, role=name), backend=rc.backend,
-                       generation=rc.generation.as_create_args(), **{**rc.options, **extra})  # fmt: skip
+        return build_role(backends, name, rc, **extra)
 
     oracle = config.baseline == "oracle"
     model = RoleConfig(kind="model_under_test", backend=config.model, generation=config.model_generation)

@@ -110,14 +110,20 @@ class SimulationConfig(BaseModel):
         return SimulationConfig.model_validate(data)
 
 
+def build_role(backends: BackendPool, name: str, rc: RoleConfig, **extra: Any) -> Any:
+    """Instantiate the role kind ``rc.kind`` as ``name`` on its backend client (usage is booked under ``name``)."""
+    factory = get_role_factory(rc.kind)
+    client = backends.client(rc.backend, role=name)
+    return factory(
+        name, client, backend=rc.backend, generation=rc.generation.as_create_args(), **{**rc.options, **extra}
+    )
+
+
 def build_roles(config: SimulationConfig, backends: BackendPool) -> RoleSet:
     """Instantiate every configured role on its backend client."""
 
     def build(name: str, rc: RoleConfig, **extra: Any) -> Any:
-        factory = get_role_factory(rc.kind)
-        client = backends.client(rc.backend, role=name)
-        return factory(name, client, backend=rc.backend, generation=rc.generation.as_create_args(),
-                       **{**rc.options, **extra})  # fmt: skip
+        return build_role(backends, name, rc, **extra)
 
     judge_extra = {}
     if config.judge.kind == "preference_judge":
