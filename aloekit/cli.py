@@ -1060,7 +1060,7 @@ def eval_command(
         app, "eval", run_id, backends, specs,
         lambda on_turn, on_done: run_evaluation(store, backends, config, run_id, replayed, on_turn, on_done),
     )  # fmt: skip
-    results = run_results(store, run_id, n_boot=200)
+    results = run_results(store, run_id, n_boot=0)  # point metrics only; `aloe report` adds the CIs
     m = results["metrics"]
     out = {
         "run_id": run_id, "statuses": summary.statuses, "turns_saved": summary.turns_saved, "unscored": m.unscored,

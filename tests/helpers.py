@@ -155,3 +155,16 @@ class BagOfWordsEmbedder:
                 out[row, zlib.crc32(word.encode()) % self.dim] += 1
         norms = np.linalg.norm(out, axis=1, keepdims=True)
         return out / np.where(norms == 0, 1, norms)
+
+
+def seeded_run(store, n: int, turns: int, seed: int = 0, config: dict | None = None) -> str:
+    """Seed the persona pool, start a run and create ``n`` pending simulation conversations; returns the run id."""
+    from aloekit.graphs import TreeStore
+    from aloekit.personas import PersonaPool
+
+    pool = PersonaPool(store)
+    pool.ensure_seeds("profile")
+    pool.ensure_seeds("personality")
+    run_id = store.start_run("test", config or {}, seed)
+    TreeStore(store).create_conversations(run_id, pool.sample_pairs(n, seed=seed), turns)
+    return run_id

@@ -21,12 +21,11 @@ from aloekit.evaluation import (
     run_evaluation,
 )
 from aloekit.graphs import TreeStore, run_conversations
-from aloekit.personas import PersonaPool
 from aloekit.store import Store
 from aloekit.testing import StubOpenAIServer, role_aware_reply
 from tests.conftest import SHARED_DATA
 from tests.graphs.scripted import scripted_setup
-from tests.helpers import ScriptedClient
+from tests.helpers import ScriptedClient, seeded_run
 
 PERSONALITIES = [p.personality.text for p in load_eval_personas("builtin")[:4]]
 
@@ -81,11 +80,7 @@ async def test_live_scripted_end_to_end(tmp_path, scripted):
 async def test_replay_uses_the_stored_user_turns(tmp_path, scripted):
     sim_config, sim_backends, _ = scripted_setup(scripted, turns=3)
     store = Store(tmp_path / "aloe.db")
-    pool = PersonaPool(store)
-    pool.ensure_seeds("profile")
-    pool.ensure_seeds("personality")
-    sim_run = store.start_run("sim", {}, 0)
-    TreeStore(store).create_conversations(sim_run, pool.sample_pairs(4, seed=0), 3)
+    sim_run = seeded_run(store, 4, 3)
     await run_conversations(TreeStore(store), sim_backends, sim_config, sim_run)
 
     judge = scripted(f"judge-replay-{id(tmp_path)}", ScriptedClient(lambda m, o: "4/5"))

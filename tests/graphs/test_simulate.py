@@ -11,19 +11,14 @@ import pytest
 from aloekit.agents.backends import BackendPool, Budget
 from aloekit.config import AloeConfig
 from aloekit.graphs import SimulationConfig, TreeStore, run_conversations
-from aloekit.personas import PersonaPool
 from aloekit.store import Store
 from aloekit.testing import StubOpenAIServer, role_aware_reply
 from tests.graphs.scripted import scripted_setup
+from tests.helpers import seeded_run
 
 
 def _new_run(store, config, n):
-    pool = PersonaPool(store)
-    pool.ensure_seeds("profile")
-    pool.ensure_seeds("personality")
-    run_id = store.start_run("test", {"simulation_resolved": config.model_dump(mode="json")}, config.seed)
-    TreeStore(store).create_conversations(run_id, pool.sample_pairs(n, seed=config.seed), config.turns)
-    return run_id
+    return seeded_run(store, n, config.turns, config.seed, {"simulation_resolved": config.model_dump(mode="json")})
 
 
 def assert_exact(store, run_id, n, turns):

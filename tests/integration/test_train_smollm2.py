@@ -6,10 +6,10 @@ import pytest
 
 from aloekit.agents.backends import BackendPool, from_dicts
 from aloekit.graphs import TreeStore, run_conversations
-from aloekit.personas import PersonaPool
 from aloekit.store import Store
 from aloekit.training import build_train_config, dpo_rows, train
 from tests.graphs.scripted import scripted_setup
+from tests.helpers import seeded_run
 
 pytestmark = pytest.mark.integration
 
@@ -17,12 +17,8 @@ pytestmark = pytest.mark.integration
 async def test_dpo_on_smollm2_then_chat(tmp_path, scripted):
     config, backends, _ = scripted_setup(scripted, turns=3)
     store = Store(tmp_path / "aloe.db")
-    pool = PersonaPool(store)
-    pool.ensure_seeds("profile")
-    pool.ensure_seeds("personality")
-    run_id = store.start_run("test", {}, 0)
+    run_id = seeded_run(store, 4, 3)
     trees = TreeStore(store)
-    trees.create_conversations(run_id, pool.sample_pairs(4, seed=0), 3)
     await run_conversations(trees, backends, config, run_id)
     rows = dpo_rows({c.id: trees.records(c.id) for c in trees.conversations(run_id)})
     assert len(rows) >= 8

@@ -54,11 +54,13 @@ async def test_adapter_reloads_through_the_hf_backend_and_generates(tmp_path, ti
     config = build_train_config("sft", data=write(tmp_path / "d.jsonl", SFT_ROWS), base=f"hf:{tiny_model_dir}",
                                 out=tmp_path / "adapter", max_steps=2)  # fmt: skip
     train(config)
-    client = BackendPool().client(f"hf:{tiny_model_dir}+{tmp_path / 'adapter'}")
-    result = await client.create(
+    pool = BackendPool()
+    spec = f"hf:{tiny_model_dir}+{tmp_path / 'adapter'}"
+    result = await pool.client(spec).create(
         from_dicts([{"role": "user", "content": "hello"}]), extra_create_args={"max_tokens": 4}
     )
-    assert isinstance(result.content, str) and result.usage.completion_tokens >= 0
+    assert isinstance(pool.inner(spec).model, PeftModel)  # the adapter really sits on the base
+    assert isinstance(result.content, str) and result.usage.prompt_tokens > 0
 
 
 def test_sft_then_dpo_continues_the_adapter(tmp_path, tiny_model_dir):
