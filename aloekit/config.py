@@ -7,7 +7,7 @@ import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -32,6 +32,9 @@ class GenerationOptions(BaseModel):
     """Sampling seed; a seeded call is reproducible and therefore cacheable."""
     stop: list[str] | None = None
     """Strings at which generation stops (the stop string is not returned)."""
+    repetition_penalty: float | None = Field(default=None, gt=0)
+    """Penalty on repeated tokens (1 = none): in-process models, and servers that read it (vLLM, SGLang).
+    Applied only where set, and recorded with the run, so every backend samples alike."""
 
     def as_create_args(self) -> dict[str, Any]:
         """Return the options that are set, as autogen ``extra_create_args``."""
@@ -75,6 +78,11 @@ class BackendSettings(BaseModel):
     """In-process backends: how long the first request of a batch waits for others to join."""
     cache: bool = False
     """Reuse stored answers for identical deterministic or seeded requests."""
+    guided_choice: Literal["auto", "guided_choice", "structured_outputs", "logprobs"] = "auto"
+    """OpenAI-compatible servers: how a constrained answer is asked for. ``guided_choice`` (vLLM's field)
+    or ``structured_outputs`` (vLLM >= 0.10) in the request body, or ``logprobs``: not constrained, the
+    answer read from the first token's top_logprobs. ``auto``: guided_choice for a server URL, logprobs
+    for the OpenAI API (which rejects unknown fields)."""
 
 
 class AloeConfig(BaseModel):

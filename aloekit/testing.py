@@ -6,6 +6,7 @@ Used by aloekit's own tests and benchmarks, and by users testing their roles wit
 from __future__ import annotations
 
 import json
+import math
 import random
 import socket
 import threading
@@ -36,6 +37,8 @@ class StubOpenAIServer:
 
     Replies follow ``script`` first, then ``respond(messages)``; with ``fault_rate`` a random share of
     requests fail (500, 429 with Retry-After, malformed JSON, or a reply slower than ``slow_s``).
+    A request asking for ``logprobs`` gets, for its first token, ``top_logprobs`` from
+    ``distribution(messages)`` (token -> probability), in the OpenAI format (``token``, ``logprob``, ``bytes``).
 
     Example:
         >>> with StubOpenAIServer(script=[Reply("status", status=500)]) as server:
@@ -52,8 +55,10 @@ class StubOpenAIServer:
         fault_rate: float = 0.0,
         slow_s: float = 2.0,
         seed: int = 0,
+        distribution: Callable[[list[dict[str, Any]]], dict[str, float]] | None = None,
     ) -> None:
         self.script = list(script)
+        self.distribution = distribution
         self.respond = respond or (lambda messages: f"stub reply to: {messages[-1]['content'][:40]}")
         self.latency_s = latency_s
         self.model = model
@@ -144,18 +149,19 @@ class StubOpenAIServer:
                     return
                 text = reply.text if reply.text is not None else server.respond(body.get("messages", []))
                 prompt_tokens = sum(len(str(m.get("content", "")).split()) for m in body.get("messages", []))
+                choice: dict[str, Any] = {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": text},
+                    "finish_reason": "stop",
+                }
+                if body.get("logprobs") and server.distribution is not None:
+                    choice["logprobs"] = server.logprobs(body.get("messages", []), text, body.get("top_logprobs"))
                 payload = {
                     "id": "chatcmpl-stub",
                     "object": "chat.completion",
                     "created": int(time.time()),
                     "model": body.get("model", server.model),
-                    "choices": [
-                        {
-                            "index": 0,
-                            "message": {"role": "assistant", "content": text},
-                            "finish_reason": "stop",
-                        }
-                    ],
+                    "choices": [choice],
                     "usage": {
                         "prompt_tokens": prompt_tokens,
                         "completion_tokens": len(text.split()),
@@ -165,6 +171,18 @@ class StubOpenAIServer:
                 self._send(200, json.dumps(payload).encode())
 
         return Handler
+
+    def logprobs(self, messages: list[dict[str, Any]], text: str, top: int | None) -> dict[str, Any]:
+        """The ``logprobs`` object of a reply: the first token's top alternatives from ``distribution``."""
+        assert self.distribution is not None
+        ranked = sorted(self.distribution(messages).items(), key=lambda item: -item[1])[: top or 1]
+
+        def entry(token: str, p: float) -> dict[str, Any]:
+            return {"token": token, "logprob": math.log(p) if p > 0 else -9999.0, "bytes": list(token.encode())}
+
+        first = text.split()[0] if text.split() else text
+        chosen = dict(ranked).get(first, 0.0)
+        return {"content": [{**entry(first, chosen), "top_logprobs": [entry(t, p) for t, p in ranked]}]}
 
     def start(self) -> StubOpenAIServer:
         """Serve in a background thread."""

@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from autogen_core.models import ChatCompletionClient, CreateResult, ModelInfo, RequestUsage
+from autogen_core.models import (
+    ChatCompletionClient,
+    ChatCompletionTokenLogprob,
+    CreateResult,
+    ModelInfo,
+    RequestUsage,
+    TopLogprob,
+)
 
 from aloekit.agents.backends.messages import to_dicts
 
@@ -22,7 +30,11 @@ WORDS = (
 
 
 class ScriptedClient(ChatCompletionClient):
-    """Answers with ``respond(messages, options)``; an exception in ``failures`` is raised instead, once each."""
+    """Answers with ``respond(messages, options)``; an exception in ``failures`` is raised instead, once each.
+
+    ``respond`` may return ``(text, {token: probability})``: the result then carries that distribution as the
+    first token's ``top_logprobs``, as an OpenAI-compatible server returns them.
+    """
 
     component_type = "model"
 
@@ -54,10 +66,17 @@ class ScriptedClient(ChatCompletionClient):
         if self.failures:
             raise self.failures.pop(0)
         text = self.respond(dicts, extra_create_args)
+        logprobs = None
+        if isinstance(text, tuple):
+            text, distribution = text
+            tops = [TopLogprob(logprob=math.log(p) if p > 0 else -1e4, bytes=list(t.encode()))
+                    for t, p in distribution.items()]  # fmt: skip
+            logprobs = [ChatCompletionTokenLogprob(token=text, logprob=0.0, top_logprobs=tops)]
         return CreateResult(
             finish_reason="stop",
             content=text,
             cached=False,
+            logprobs=logprobs,
             usage=RequestUsage(
                 prompt_tokens=sum(len(m["content"].split()) for m in dicts), completion_tokens=len(text.split())
             ),

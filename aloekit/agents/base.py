@@ -6,8 +6,9 @@ Roles are registered by name, so a config (or ``--role``) can name a role writte
 
 from __future__ import annotations
 
+import hashlib
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
@@ -15,10 +16,19 @@ from autogen_core.models import ChatCompletionClient
 from pydantic import BaseModel
 
 from aloekit.agents.backends.messages import from_dicts
+from aloekit.agents.parsing import option_distribution
 from aloekit.errors import AloeError
 from aloekit.personas.models import PersonaPair
 
 Message = dict[str, str]
+TOP_LOGPROBS = 20
+"""Alternatives asked for with a constrained answer (the OpenAI API's and vLLM's default maximum)."""
+
+
+def draw_seed(seed: int, conversation_index: int, turn: int, purpose: str) -> int:
+    """A 31-bit seed for one random draw, derived from (run seed, conversation index, turn, purpose) only."""
+    key = f"{seed}:{conversation_index}:{turn}:{purpose}"
+    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:4], "big") >> 1
 
 
 @dataclass(frozen=True)
@@ -26,7 +36,8 @@ class RoleView:
     """Everything a role may see for one call; nothing else is remembered between calls.
 
     ``history`` is the continued path before this turn (user/assistant messages, alternating).
-    ``persona`` is None for roles that must not see it (the responders).
+    ``persona`` is None for roles that must not see it (the responders). Random draws derive from
+    ``(seed, conversation_index, turn)``, never from the id (which holds the run's timestamp).
     """
 
     conversation_id: str
@@ -37,6 +48,13 @@ class RoleView:
     hint: str | None = None
     candidates: tuple[str, ...] = ()
     seed: int = 0
+    conversation_index: int = 0
+    hinted: tuple[bool, ...] = ()
+    """For a judge: which candidates were written with the inducer's hint (parallel to ``candidates``)."""
+
+    def draw_seed(self, purpose: str) -> int:
+        """The seed of one random draw of this turn (see :func:`draw_seed`)."""
+        return draw_seed(self.seed, self.conversation_index, self.turn, purpose)
 
     @property
     def transcript(self) -> tuple[Message, ...]:
@@ -56,6 +74,8 @@ class CallRecord(BaseModel):
     completion_tokens: int = 0
     latency_s: float = 0.0
     cached: bool = False
+    distribution: dict[str, float] | None = None
+    """For a constrained answer: P(option) from the first token's logprobs, renormalised over the options."""
 
 
 @dataclass
@@ -139,10 +159,28 @@ class PromptRole:
         """Tidy the raw reply before it is used or parsed."""
         return text.strip()
 
-    async def complete(self, messages: list[Message], **overrides: Any) -> CallRecord:
-        """Call the backend once and record the call."""
+    async def complete(
+        self,
+        messages: list[Message],
+        view: RoleView | None = None,
+        *,
+        choices: Sequence[str] | None = None,
+        **overrides: Any,
+    ) -> CallRecord:
+        """Call the backend once and record the call.
+
+        Given the ``view``, a sampled call without a configured seed gets one derived from (seed,
+        conversation index, turn, role), so a rerun with the same seed draws the same samples.
+        ``choices`` constrains the answer to one of them (``guided_choice``) and asks for the first
+        token's logprobs, recorded as the call's ``distribution`` when the backend returns them.
+        """
+        options = {**self.generation, **overrides}
+        if view is not None and options.get("seed") is None and options.get("temperature") != 0:
+            options["seed"] = view.draw_seed(f"sample:{self.name}")
+        if choices:
+            options |= {"guided_choice": list(choices), "logprobs": True, "top_logprobs": TOP_LOGPROBS}
         started = time.monotonic()
-        result = await self.client.create(from_dicts(messages), extra_create_args={**self.generation, **overrides})
+        result = await self.client.create(from_dicts(messages), extra_create_args=options)
         raw = result.content if isinstance(result.content, str) else str(result.content)
         return CallRecord(
             backend=self.backend,
@@ -152,11 +190,12 @@ class PromptRole:
             completion_tokens=result.usage.completion_tokens,
             latency_s=round(time.monotonic() - started, 4),
             cached=result.cached,
+            distribution=option_distribution(result.logprobs, choices) if choices else None,
         )
 
     async def __call__(self, view: RoleView) -> RoleOutput:
         """Render, call, clean, parse."""
-        call = await self.complete(self.render(view))
+        call = await self.complete(self.render(view), view)
         text = self.clean(call.raw)
         return RoleOutput(text=text, value=self.parse(text, view), calls=[call])
 

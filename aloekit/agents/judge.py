@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import random
-import re
-from typing import Any
+from typing import Any, Literal
 
 from autogen_core.models import ChatCompletionClient
 from pydantic import BaseModel
 
 from aloekit.agents.base import CallRecord, Message, PromptRole, RoleOutput, RoleView, register_role
+from aloekit.agents.parsing import parse_verdict
+from aloekit.errors import ConfigError
 
 JUDGE_SYSTEM_PROMPT = """You decide which reply a particular person would prefer in a chat.
 
@@ -27,66 +27,29 @@ JUDGE_USER_PROMPT = """The person just wrote:
 Candidate replies:
 {candidates}
 
-Which message would this person prefer? Answer with the message number only, for example "Message 1"."""
+Which message would this person prefer? {instruction}"""
 
+TEXT_INSTRUCTION = 'Answer with the message {kind} only, for example "Message {example}".'
+CHOICE_INSTRUCTION = "Answer with the message {kind} only: {choices}."
 STRICT_SUFFIX = "\n\nAnswer with exactly one of: {choices}. Write nothing else."
 
+# The authors' judge (data_generation.py in their repository), reworded but with the same content and
+# protocol: one user message, profile and personality, the hinted reply always first, no user message,
+# and an answer of 'first' or 'second' compared as an exact string.
+PAPER_JUDGE_PROMPT = """You are given a user's profile and personality descriptions and two messages sent to the user. \
+Decide which message this user would prefer, based on their profile and personalities.
+The user's profile and personality descriptions:
+Profile: {profile}
+Personalities: {personality}
+
+The two messages to compare:
+Message 1: {first}
+Message 2: {second}
+Do not explain how you decided. If Message 1 is preferred, output 'first'. \
+If Message 2 is preferred, output 'second'."""
+
 INVALID = -1
-_ORDINALS = {"first": 1, "second": 2, "third": 3, "fourth": 4, "fifth": 5, "one": 1, "two": 2, "three": 3}
-_LABELLED = re.compile(r"\b(?:message|reply|response|option|candidate|answer)\s*#?\s*(\d+|one|two|three)\b")
-_NUMBER = re.compile(r"(?<![\w.])(\d+)(?![\w.])")
-_ORDINAL = re.compile(r"\b(first|second|third|fourth|fifth)\b")
-
-
-def _json_choice(text: str) -> str | None:
-    """The choice field of a JSON verdict such as ``{"choice": 2}``, as text; None if not JSON."""
-    if not text.startswith("{"):
-        return None
-    try:
-        data = json.loads(text)
-    except ValueError:
-        return None
-    if isinstance(data, dict):
-        for key in ("choice", "preferred", "answer", "message", "winner", "verdict"):
-            if key in data:
-                return str(data[key])
-    return None
-
-
-_LETTER_LABELLED = re.compile(r"\b(?:message|reply|response|option|candidate|answer)\s*\(?([a-z])\b", re.I)
-_LETTER = re.compile(r"(?<![\w'])([A-Z])(?![\w'])")
-
-
-def parse_letter_verdict(text: str, n_candidates: int) -> int | None:
-    """The 1-based choice in ``text`` when replies are labelled A, B, ...: 'B', 'Reply A', '(A)', JSON."""
-    stripped = text.strip()
-    if (inner := _json_choice(stripped)) is not None:
-        return parse_letter_verdict(inner, n_candidates)
-    valid = {chr(ord("A") + i) for i in range(n_candidates)}
-    for pattern in (_LETTER_LABELLED, _LETTER):
-        found = {m.upper() for m in pattern.findall(stripped)}
-        if len(found) == 1:
-            letter = found.pop()
-            return ord(letter) - ord("A") + 1 if letter in valid else None
-        if len(found) > 1:
-            return None
-    return None
-
-
-def parse_verdict(text: str, n_candidates: int) -> int | None:
-    """The 1-based choice in ``text`` ('Message 1', 'First.', '2', JSON...), or None when ambiguous or invalid."""
-    stripped = text.strip()
-    if (inner := _json_choice(stripped)) is not None:
-        return parse_verdict(inner, n_candidates)
-    lowered = stripped.lower()
-    for pattern in (_LABELLED, _ORDINAL, _NUMBER):
-        found = {_ORDINALS.get(m, None) or int(m) for m in pattern.findall(lowered)}
-        if len(found) == 1:
-            choice = found.pop()
-            return choice if 1 <= choice <= n_candidates else None
-        if len(found) > 1:
-            return None  # names two different replies: ambiguous
-    return None
+ScoreMode = Literal["text", "expected"]
 
 
 class Verdict(BaseModel):
@@ -102,6 +65,10 @@ class Verdict(BaseModel):
     """Whether a stricter retry was needed."""
     agreement: bool | None = None
     """With ``judge_both_orders``: whether both orders picked the same candidate (None if not asked)."""
+    probabilities: list[float] | None = None
+    """``score_mode="expected"``: P(each candidate is preferred), original order (both orders averaged)."""
+    defaulted: bool = False
+    """``paper_exact``: the answer was not exactly 'first', so the authors' rule gave the un-hinted reply the win."""
 
 
 @register_role("preference_judge")
@@ -109,10 +76,16 @@ class PreferenceJudge(PromptRole):
     """Sees the true persona and the candidates; shows them in a random order, recorded in the verdict.
 
     ``labels="letters"`` shows "Message A", "Message B"... instead of numbers: very small models
-    answer with a valid letter far more often than with a valid number. ``paper_exact`` reproduces the
-    authors' behaviour for comparison: fixed order, and only an exact "Message 1"/"Message 2" counts.
-    ``both_orders`` asks again with the order reversed and records whether the two answers agree (the
-    flip rate is the share that disagree).
+    answer with a valid letter far more often than with a valid number. ``score_mode="expected"``
+    constrains the answer to one label and reads P(label) from the first token's logprobs: the
+    preferred reply is the most probable one and the probabilities are stored (a judge that cannot
+    return logprobs gives no verdict). ``both_orders`` asks again with the order reversed and records
+    whether the two answers agree (the flip rate is the share that disagree); in expected mode the
+    two orders' probabilities are averaged, which cancels a constant position bias.
+
+    ``paper_exact`` reproduces the authors' judge for comparison runs: their prompt, the hinted reply
+    always shown first, no retry, and exact-match semantics: the hinted reply wins only when the answer
+    is exactly ``first``; any other answer, nonsense included, is a win for the un-hinted reply.
     """
 
     system_prompt = JUDGE_SYSTEM_PROMPT
@@ -126,66 +99,107 @@ class PreferenceJudge(PromptRole):
         both_orders: bool = False,
         user_prompt: str = JUDGE_USER_PROMPT,
         labels: str = "numbers",
+        score_mode: ScoreMode = "text",
         **kwargs: Any,
     ) -> None:
         super().__init__(name, client, **kwargs)
         if labels not in ("numbers", "letters"):
-            raise ValueError(f"judge labels must be 'numbers' or 'letters', got {labels!r}")
-        self.letters = labels == "letters"
+            raise ConfigError(f"judge labels must be 'numbers' or 'letters', got {labels!r}")
+        if score_mode not in ("text", "expected"):
+            raise ConfigError(f"judge score_mode must be 'text' or 'expected', got {score_mode!r}")
+        if paper_exact and (score_mode != "text" or labels != "numbers"):
+            raise ConfigError("paper_exact reproduces the authors' text judge: it takes no score_mode or labels")
+        self.labels = labels
+        self.score_mode = score_mode
         self.paper_exact = paper_exact
         self.both_orders = both_orders
         self.user_prompt = user_prompt
 
     def order(self, view: RoleView) -> list[int]:
-        """Presentation order: shuffled by a seed derived from the conversation and turn (reproducible)."""
+        """Presentation order: shuffled from (seed, conversation index, turn), or hinted-first for paper_exact."""
         order = list(range(len(view.candidates)))
-        if not self.paper_exact:
-            random.Random(f"{view.seed}:{view.conversation_id}:{view.turn}:judge-order").shuffle(order)
+        if self.paper_exact:
+            return sorted(order, key=lambda i: not (view.hinted[i] if view.hinted else i == 0))
+        random.Random(view.draw_seed("judge-order")).shuffle(order)
         return order
 
     def label(self, position: int) -> str:
         """How the candidate shown at ``position`` (0-based) is named: '1', '2'... or 'A', 'B'..."""
-        return chr(ord("A") + position) if self.letters else str(position + 1)
+        return chr(ord("A") + position) if self.labels == "letters" else str(position + 1)
 
     def render_order(self, view: RoleView, order: list[int], strict: bool = False) -> list[Message]:
         """Messages showing the candidates in ``order``."""
-        listed = "\n\n".join(f"Message {self.label(i)}:\n{view.candidates[c]}" for i, c in enumerate(order))
-        prompt = self.user_prompt.format(user_message=view.user_message or "", candidates=listed)
-        if self.letters:
-            prompt = prompt.replace('"Message 1"', '"Message A"')
+        if self.paper_exact:
+            first, second = (view.candidates[c] for c in order)
+            prompt = PAPER_JUDGE_PROMPT.format(**self.fields(view), first=first, second=second)
+            return [{"role": "user", "content": prompt}]
+        labels = [self.label(i) for i in range(len(order))]
+        listed = "\n\n".join(f"Message {lab}:\n{view.candidates[c]}" for lab, c in zip(labels, order, strict=True))
+        kind = "letter" if self.labels == "letters" else "number"
+        if self.score_mode == "expected":
+            instruction = CHOICE_INSTRUCTION.format(kind=kind, choices=" or ".join(labels))
+        else:
+            instruction = TEXT_INSTRUCTION.format(kind=kind, example=labels[0])
+        prompt = self.user_prompt.format(user_message=view.user_message or "", candidates=listed,
+                                         instruction=instruction)  # fmt: skip
         if strict:
-            prompt += STRICT_SUFFIX.format(choices=", ".join(f"Message {self.label(i)}" for i in range(len(order))))
+            prompt += STRICT_SUFFIX.format(choices=", ".join(f"Message {lab}" for lab in labels))
         return [{"role": "system", "content": self.system(view)}, {"role": "user", "content": prompt}]
 
-    def _parse(self, text: str, n: int) -> int | None:
-        if self.paper_exact:
-            exact = {f"Message {self.label(i)}": i + 1 for i in range(n)}
-            return exact.get(text.strip())
-        return parse_letter_verdict(text, n) if self.letters else parse_verdict(text, n)
+    async def _ask(self, view: RoleView, order: list[int], calls: list[CallRecord]) -> tuple[int, list[float] | None]:
+        """One verdict in ``order``: (preferred candidate or -1, P(candidate) in original order or None).
 
-    async def _ask(self, view: RoleView, order: list[int], calls: list[CallRecord]) -> tuple[int, bool]:
-        """Ask once, and once more with a stricter instruction if the answer is invalid."""
-        call = await self.complete(self.render_order(view, order))
-        calls.append(call)
-        choice = self._parse(call.raw, len(order))
-        if choice is None and not self.paper_exact:
-            call = await self.complete(self.render_order(view, order, strict=True))
-            calls.append(call)
-            choice = self._parse(call.raw, len(order))
-            return (INVALID if choice is None else order[choice - 1]), True
-        return (INVALID if choice is None else order[choice - 1]), False
+        Retried once with a stricter instruction when the answer (or its distribution) is unusable.
+        """
+        labels = [self.label(i) for i in range(len(order))]
+        for strict in (False, True):
+            if self.score_mode == "expected":
+                call = await self.complete(self.render_order(view, order, strict), view, choices=labels)
+                calls.append(call)
+                if call.distribution is not None:
+                    probabilities = [0.0] * len(order)
+                    for position, candidate in enumerate(order):
+                        probabilities[candidate] = call.distribution[labels[position]]
+                    return _argmax(probabilities), probabilities
+            else:
+                call = await self.complete(self.render_order(view, order, strict), view)
+                calls.append(call)
+                choice = parse_verdict(call.raw, len(order), self.labels)
+                if choice is not None:
+                    return order[choice - 1], None
+        return INVALID, None
+
+    async def _paper_verdict(self, view: RoleView) -> RoleOutput:
+        if len(view.candidates) != 2 or (view.hinted and sum(view.hinted) != 1):
+            raise ConfigError("paper_exact needs exactly two candidates, one of them written with the hint")
+        order = self.order(view)
+        call = await self.complete(self.render_order(view, order), view)
+        hinted_wins = call.raw == "first"  # the authors' test: exact string, no stripping
+        verdict = Verdict(preferred=order[0] if hinted_wins else order[1], order=order, raw=[call.raw],
+                          defaulted=call.raw != "second" and not hinted_wins)  # fmt: skip
+        return RoleOutput(text=call.raw.strip(), value=verdict, calls=[call])
 
     async def __call__(self, view: RoleView) -> RoleOutput:
         """Judge the candidates; the value is a :class:`Verdict`."""
+        if self.paper_exact:
+            return await self._paper_verdict(view)
         calls: list[CallRecord] = []
         order = self.order(view)
-        preferred, retried = await self._ask(view, order, calls)
+        preferred, probabilities = await self._ask(view, order, calls)
         agreement = None
         if self.both_orders:
-            second, retried_again = await self._ask(view, order[::-1], calls)
-            retried = retried or retried_again
+            second, second_probabilities = await self._ask(view, order[::-1], calls)
             agreement = preferred != INVALID and preferred == second
-        verdict = Verdict(
-            preferred=preferred, order=order, raw=[c.raw for c in calls], retried=retried, agreement=agreement
-        )
+            if probabilities is not None and second_probabilities is not None:
+                probabilities = [(a + b) / 2 for a, b in zip(probabilities, second_probabilities, strict=True)]
+                preferred = _argmax(probabilities)
+        verdict = Verdict(preferred=preferred, order=order, raw=[c.raw for c in calls], retried=len(calls) > (
+            2 if self.both_orders else 1), agreement=agreement, probabilities=probabilities)  # fmt: skip
         return RoleOutput(text=calls[0].raw.strip(), value=verdict, calls=calls)
+
+
+def _argmax(probabilities: list[float]) -> int:
+    """The most probable candidate; -1 for an exact tie (no preference to learn from)."""
+    best = max(probabilities)
+    winners = [i for i, p in enumerate(probabilities) if p == best]
+    return winners[0] if len(winners) == 1 else INVALID

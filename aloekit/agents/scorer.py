@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from typing import Any
 
 from pydantic import BaseModel
 
-from aloekit.agents.base import Message, PromptRole, RoleOutput, RoleView, register_role
+from aloekit.agents.base import CallRecord, Message, PromptRole, RoleOutput, RoleView, register_role
+from aloekit.agents.parsing import expected_value, parse_score
+from aloekit.errors import ConfigError
 
 SCORER_SYSTEM_PROMPT = """You rate how well a chat reply is tailored to one particular person.
 
@@ -32,48 +33,44 @@ The reply:
 Score (1-5):"""
 
 SCORER_STRICT_SUFFIX = "\n\nAnswer with a single digit from 1 to 5 and nothing else."
-
-_SCORE_LABELLED = re.compile(r"\b(?:score|rating)\s*(?:is|of|:|=)?\s*\**\s*([1-5])\b", re.I)
-_OUT_OF_FIVE = re.compile(r"\b([1-5])\s*(?:/|out of)\s*5\b", re.I)
-_DIGIT = re.compile(r"(?<![\d.])(\d+)(?![\d.])")
-
-
-def parse_score(text: str) -> int | None:
-    """A 1-5 score from '4', 'Score: 4', '4/5', '4 out of 5' or ``{"score": 4}``; None if absent or ambiguous."""
-    stripped = text.strip()
-    if stripped.startswith("{"):
-        try:
-            data = json.loads(stripped)
-        except ValueError:
-            data = None
-        if isinstance(data, dict):
-            for key in ("score", "rating", "value"):
-                if key in data:
-                    return parse_score(str(data[key]))
-    for pattern in (_SCORE_LABELLED, _OUT_OF_FIVE):
-        found = {int(m) for m in pattern.findall(stripped)}
-        if len(found) == 1:
-            return found.pop()
-    numbers = {int(m) for m in _DIGIT.findall(stripped)}
-    if len(numbers) == 1 and 1 <= (n := next(iter(numbers))) <= 5:
-        return n
-    return None
+SCORE_OPTIONS = ("1", "2", "3", "4", "5")
 
 
 class Score(BaseModel):
-    """A scorer's decision: the score, or None when unparsable (never replaced by a default)."""
+    """A scorer's decision: the score, or None when unscored (never replaced by a default)."""
 
-    score: int | None
+    score: float | None
+    """The 1-5 score; in ``expected`` mode the probability-weighted mean, so not a whole number."""
     raw: list[str]
     retried: bool
     prompt_hash: str
+    mode: str = "text"
+    """``text``: parsed from the answer; ``expected``: sum of k * P(k) over the first token's distribution."""
+    distribution: dict[str, float] | None = None
+    """``expected`` mode: P(score) for 1..5, renormalised over the five options."""
 
 
 @register_role("alignment_scorer")
 class AlignmentScorer(PromptRole):
-    """Sees the true persona, the current user message and the model's reply; outputs only an integer."""
+    """Sees the true persona, the current user message and the model's reply; outputs only an integer.
+
+    ``guided_choice=True`` constrains the answer to one of 1-5 where the backend supports it.
+    ``score_mode="expected"`` (G-Eval) also reads P(1..5) from the first token's logprobs and scores
+    the reply with the expected value: a small judge that nearly always *answers* "1" still ranks
+    replies by how much probability it puts on the higher scores. A backend that returns no logprobs
+    leaves the turn unscored (counted), never scored from the text instead.
+    """
 
     system_prompt = SCORER_SYSTEM_PROMPT
+
+    def __init__(
+        self, name: str, client: Any, *, guided_choice: bool = False, score_mode: str = "text", **kwargs: Any
+    ) -> None:
+        super().__init__(name, client, **kwargs)
+        if score_mode not in ("text", "expected"):
+            raise ConfigError(f"scorer score_mode must be 'text' or 'expected', got {score_mode!r}")
+        self.score_mode = score_mode
+        self.choices = SCORE_OPTIONS if guided_choice or score_mode == "expected" else None
 
     def render_score(self, view: RoleView, strict: bool = False) -> list[Message]:
         """The scoring prompt for the reply in ``view.candidates[0]``."""
@@ -82,21 +79,23 @@ class AlignmentScorer(PromptRole):
             prompt += SCORER_STRICT_SUFFIX
         return [{"role": "system", "content": self.system(view)}, {"role": "user", "content": prompt}]
 
-    def __init__(self, name: str, client: Any, *, guided_choice: bool = False, **kwargs: Any) -> None:
-        super().__init__(name, client, **kwargs)
-        # For backends that support it (the in-process one; vLLM via extra_body): answers are always 1-5.
-        self.choice_args = {"guided_choice": ["1", "2", "3", "4", "5"]} if guided_choice else {}
+    def _read(self, call: CallRecord) -> float | None:
+        if self.score_mode == "expected":
+            return None if call.distribution is None else round(expected_value(call.distribution), 6)
+        score = parse_score(call.raw)
+        return None if score is None else float(score)
 
     async def __call__(self, view: RoleView) -> RoleOutput:
-        """Score once; retry once with a stricter instruction if the answer is unparsable."""
+        """Score once; retry once with a stricter instruction if the answer is unusable."""
         messages = self.render_score(view)
         prompt_hash = hashlib.sha256(json.dumps(messages, sort_keys=True).encode()).hexdigest()[:16]
-        calls = [await self.complete(messages, **self.choice_args)]
-        score = parse_score(calls[0].raw)
+        calls = [await self.complete(messages, view, choices=self.choices)]
+        score = self._read(calls[0])
         if score is None:
-            calls.append(await self.complete(self.render_score(view, strict=True), **self.choice_args))
-            score = parse_score(calls[-1].raw)
-        value = Score(score=score, raw=[c.raw for c in calls], retried=len(calls) > 1, prompt_hash=prompt_hash)
+            calls.append(await self.complete(self.render_score(view, strict=True), view, choices=self.choices))
+            score = self._read(calls[-1])
+        value = Score(score=score, raw=[c.raw for c in calls], retried=len(calls) > 1, prompt_hash=prompt_hash,
+                      mode=self.score_mode, distribution=calls[-1].distribution)  # fmt: skip
         return RoleOutput(text=calls[-1].raw.strip(), value=value, calls=calls)
 
 

@@ -7,6 +7,7 @@ import asyncio
 import importlib.util
 import logging
 import os
+import secrets
 import shutil
 import tempfile
 import threading
@@ -18,11 +19,13 @@ from typing import Any
 from autogen_core import CancellationToken
 from autogen_core.models import (
     ChatCompletionClient,
+    ChatCompletionTokenLogprob,
     CreateResult,
     LLMMessage,
     ModelCapabilities,
     ModelInfo,
     RequestUsage,
+    TopLogprob,
 )
 from autogen_core.tools import Tool, ToolSchema
 
@@ -105,23 +108,52 @@ def converted_model_dir(gguf: Path) -> Path:
 class _Request:
     messages: list[dict[str, str]]
     max_tokens: int
+    seed: int | None
     batch_key: tuple[Any, ...]
     future: asyncio.Future[CreateResult]
 
 
 def _batch_key(options: Mapping[str, Any]) -> tuple[Any, ...]:
-    # Requests share one generate() call only when they sample the same way; max_tokens may differ.
+    # Requests share one generate() call only when they sample the same way; max_tokens and seeds may
+    # differ (each sampled row draws from its own seeded generator).
     temperature = options.get("temperature")
     sampling = temperature is not None and temperature > 0
     return (
         sampling,
         temperature if sampling else None,
         options.get("top_p") if sampling else None,
-        options.get("seed") if sampling else None,
         tuple(options.get("stop") or ()),
         options.get("repetition_penalty"),
         tuple(options.get("guided_choice") or ()),
     )
+
+
+def _row_sampler(seeds: list[int], temperature: float, top_p: float | None) -> Any:
+    """A logits processor that samples each row with its own ``torch.Generator`` and leaves only the
+    sampled token finite, so greedy search emits it. A seeded request then draws the same tokens
+    whichever batch it lands in (transformers' own sampling shares one global generator per batch)."""
+    import torch
+    from transformers import LogitsProcessor
+
+    class RowSampler(LogitsProcessor):
+        def __init__(self) -> None:
+            self.generators: list[Any] = []
+
+        def __call__(self, input_ids: Any, scores: Any) -> Any:
+            if not self.generators:
+                self.generators = [torch.Generator(device=scores.device).manual_seed(s) for s in seeds]
+            probs = torch.softmax(scores.float() / temperature, dim=-1)
+            if top_p is not None and top_p < 1:
+                ordered, index = probs.sort(dim=-1, descending=True)
+                outside = ordered.cumsum(dim=-1) - ordered > top_p  # keep the smallest prefix reaching top_p
+                probs = probs.scatter(-1, index, ordered.masked_fill(outside, 0.0))
+            picked = torch.full_like(scores, float("-inf"))
+            for row, generator in enumerate(self.generators):
+                token = torch.multinomial(probs[row], 1, generator=generator)
+                picked[row, token] = 0.0
+            return picked
+
+    return RowSampler()
 
 
 class TransformersChatClient(ChatCompletionClient):
@@ -130,7 +162,10 @@ class TransformersChatClient(ChatCompletionClient):
     Requests that arrive while a ``generate`` call runs wait, and are then grouped (left-padded)
     into the next call, up to ``max_batch_size``: on a CPU, 8 rows cost little more time than one.
     ``extra_create_args={"guided_choice": ["1", "2", ...]}`` constrains the answer to one option (as
-    vLLM's guided choice): one forward pass, the option whose first token scores highest.
+    vLLM's guided choice): one forward pass, the option whose first token scores highest; the result's
+    ``logprobs`` carry every option's first-token log-probability, as an OpenAI-compatible server's
+    ``top_logprobs`` would. Generation options are applied as given: no repetition penalty unless
+    a request sets ``repetition_penalty``, so in-process and server backends sample alike.
 
     Example:
         >>> client = TransformersChatClient("/path/to/model")            # doctest: +SKIP
@@ -147,7 +182,6 @@ class TransformersChatClient(ChatCompletionClient):
         max_batch_size: int = 8,
         batch_wait_s: float = 0.01,
         default_max_tokens: int = DEFAULT_MAX_TOKENS,
-        repetition_penalty: float | None = 1.15,
         device: str | None = None,
         name: str = "transformers",
     ) -> None:
@@ -156,9 +190,6 @@ class TransformersChatClient(ChatCompletionClient):
         self.max_batch_size = max_batch_size
         self.batch_wait_s = batch_wait_s
         self.default_max_tokens = default_max_tokens
-        # Small models loop on greedy decoding ("I'm sure I'm sure..."); a mild penalty keeps them readable.
-        # A request's own ``repetition_penalty`` (passed through extra_create_args) wins.
-        self.repetition_penalty = repetition_penalty
         self.device = device
         self.name = name
         self.model: Any = None
@@ -222,7 +253,10 @@ class TransformersChatClient(ChatCompletionClient):
         if loop is not self._loop:  # a new event loop (e.g. a second asyncio.run): start afresh
             self._loop, self._pending, self._draining = loop, [], False
         max_tokens = extra_create_args.get("max_tokens") or self.default_max_tokens
-        request = _Request(to_dicts(messages), int(max_tokens), _batch_key(extra_create_args), loop.create_future())
+        seed = extra_create_args.get("seed")
+        request = _Request(
+            to_dicts(messages), int(max_tokens), seed, _batch_key(extra_create_args), loop.create_future()
+        )
         self._pending.append(request)
         if not self._draining:
             self._draining = True
@@ -270,15 +304,31 @@ class TransformersChatClient(ChatCompletionClient):
         self._pending = [r for r in live if id(r) not in taken]
         return batch
 
-    def _choose(self, encoded: Any, choices: tuple[str, ...]) -> list[str]:
-        """Guided choice (as vLLM's ``guided_choice``): the option whose first token the model rates highest."""
+    def _choose(self, encoded: Any, choices: tuple[str, ...]) -> list[CreateResult]:
+        """Guided choice (as vLLM's ``guided_choice``): the option whose first token the model rates highest,
+        with every option's first-token log-probability (over the whole vocabulary) as ``top_logprobs``."""
         import torch
 
         first_tokens = [self.tokenizer(choice, add_special_tokens=False)["input_ids"][0] for choice in choices]
         with torch.inference_mode():
-            logits = self.model(**encoded).logits[:, -1, :]
-        picks = logits[:, first_tokens].argmax(dim=-1).tolist()
-        return [choices[i] for i in picks]
+            logprobs = torch.log_softmax(self.model(**encoded).logits[:, -1, :].float(), dim=-1)[:, first_tokens]
+        results = []
+        for row, values in enumerate(logprobs.tolist()):
+            pick = max(range(len(choices)), key=values.__getitem__)
+            alternatives = [TopLogprob(logprob=v, bytes=list(c.encode())) for c, v in zip(choices, values, strict=True)]
+            results.append(
+                CreateResult(
+                    finish_reason="stop",
+                    content=choices[pick],
+                    cached=False,
+                    usage=RequestUsage(prompt_tokens=int(encoded["attention_mask"][row].sum()), completion_tokens=1),
+                    logprobs=[
+                        ChatCompletionTokenLogprob(token=choices[pick], logprob=values[pick], top_logprobs=alternatives)
+                    ],
+                )
+            )
+        self.batch_sizes.append(len(results))
+        return results
 
     def _generate(self, batch: list[_Request]) -> list[CreateResult]:
         import torch
@@ -286,32 +336,19 @@ class TransformersChatClient(ChatCompletionClient):
         tokenizer, model = self.tokenizer, self.model
         texts = [tokenizer.apply_chat_template(r.messages, add_generation_prompt=True, tokenize=False) for r in batch]
         encoded = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
-        sampling, temperature, top_p, seed, stop, repetition_penalty, choices = batch[0].batch_key
+        sampling, temperature, top_p, stop, repetition_penalty, choices = batch[0].batch_key
         if choices:
-            self.batch_sizes.append(len(batch))
-            picks = self._choose(encoded, choices)
-            return [
-                CreateResult(
-                    finish_reason="stop",
-                    content=choice,
-                    cached=False,
-                    usage=RequestUsage(prompt_tokens=int(encoded["attention_mask"][row].sum()), completion_tokens=1),
-                )
-                for row, choice in enumerate(picks)
-            ]
+            return self._choose(encoded, choices)
         kwargs: dict[str, Any] = {
             "max_new_tokens": max(r.max_tokens for r in batch),
             "pad_token_id": tokenizer.pad_token_id,
-            "do_sample": sampling,
+            "do_sample": False,  # sampling, when asked, is done per row by _row_sampler
         }
-        if (penalty := repetition_penalty or self.repetition_penalty) is not None:
-            kwargs["repetition_penalty"] = penalty
+        if repetition_penalty is not None:
+            kwargs["repetition_penalty"] = repetition_penalty
         if sampling:
-            kwargs["temperature"] = temperature
-            if top_p is not None:
-                kwargs["top_p"] = top_p
-            if seed is not None:
-                torch.manual_seed(seed)
+            seeds = [r.seed if r.seed is not None else secrets.randbits(31) for r in batch]
+            kwargs["logits_processor"] = [_row_sampler(seeds, temperature, top_p)]
         if stop:
             kwargs.update(stop_strings=list(stop), tokenizer=tokenizer)
         with torch.inference_mode():

@@ -210,7 +210,8 @@ class ManagedClient(ChatCompletionClient):
         create_args = {**options.as_create_args(), **passthrough}
         message_dicts = to_dicts(messages)
         key = cache_key(self.spec, message_dicts, create_args)
-        cacheable = options.deterministic and not tools
+        # A stored answer has no logprobs, so a request for them is never served from the cache.
+        cacheable = options.deterministic and not tools and not passthrough.get("logprobs")
         use_cache = (self.settings.cache if cache is None else cache) and cacheable and self.store is not None
         usage = self.ledger.role(self.role)
         log_row = {

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from autogen_core.models import ChatCompletionClient, ModelInfo
+import functools
+from collections.abc import AsyncGenerator, Mapping, Sequence
+from typing import Any
+
+from autogen_core.models import ChatCompletionClient, CreateResult, LLMMessage, ModelInfo
 
 from aloekit.agents.backends.registry import BackendSpec, register_backend
 from aloekit.config import BackendSettings
@@ -41,6 +45,63 @@ def _model_info(model: str) -> ModelInfo | None:
         return _GENERIC_MODEL_INFO
 
 
+# Options that are not OpenAI API parameters: they go into the request body where a server reads them.
+_SERVER_OPTIONS = ("repetition_penalty",)
+
+
+def translate_create_args(args: Mapping[str, Any], *, server: bool, guided_choice: str) -> dict[str, Any]:
+    """Move options the OpenAI SDK does not know into ``extra_body`` the way vLLM and SGLang read them.
+
+    ``guided_choice`` becomes vLLM's ``guided_choice`` field (or ``structured_outputs.choice``), or,
+    in ``logprobs`` mode (the default for the OpenAI API, which rejects unknown fields), is dropped: the
+    caller then reads the answer from the first token's ``top_logprobs`` instead.
+    """
+    out = dict(args)
+    body = dict(out.pop("extra_body", None) or {})
+    choices = out.pop("guided_choice", None)
+    mode = guided_choice if guided_choice != "auto" else ("guided_choice" if server else "logprobs")
+    if choices:
+        if mode == "guided_choice":
+            body["guided_choice"] = list(choices)
+        elif mode == "structured_outputs":
+            body["structured_outputs"] = {"choice": list(choices)}
+    for name in _SERVER_OPTIONS:
+        if name in out:
+            if not server:
+                raise BackendError(f"{name} is not an OpenAI API option; set it only for OpenAI-compatible servers")
+            body[name] = out.pop(name)
+    if body:
+        out["extra_body"] = body
+    return out
+
+
+@functools.cache
+def _client_class() -> type[ChatCompletionClient]:
+    from autogen_ext.models.openai import OpenAIChatCompletionClient
+
+    class OpenAICompatibleClient(OpenAIChatCompletionClient):
+        """autogen's client, with vLLM-style options (``guided_choice``, ``repetition_penalty``) translated."""
+
+        def __init__(self, *, server: bool, guided_choice: str, **kwargs: Any) -> None:
+            super().__init__(**kwargs)
+            self._translate = {"server": server, "guided_choice": guided_choice}
+
+        async def create(
+            self, messages: Sequence[LLMMessage], *, extra_create_args: Mapping[str, Any] = {}, **kwargs: Any
+        ) -> CreateResult:
+            args = translate_create_args(extra_create_args, **self._translate)
+            return await super().create(messages, extra_create_args=args, **kwargs)
+
+        async def create_stream(  # type: ignore[override]
+            self, messages: Sequence[LLMMessage], *, extra_create_args: Mapping[str, Any] = {}, **kwargs: Any
+        ) -> AsyncGenerator[str | CreateResult, None]:
+            args = translate_create_args(extra_create_args, **self._translate)
+            async for chunk in super().create_stream(messages, extra_create_args=args, **kwargs):
+                yield chunk
+
+    return OpenAICompatibleClient
+
+
 @register_backend(
     "openai",
     description="OpenAI, or any OpenAI-compatible server (vLLM, SGLang, Ollama, llama.cpp server)",
@@ -49,7 +110,7 @@ def _model_info(model: str) -> ModelInfo | None:
 def build_openai_client(spec: BackendSpec, settings: BackendSettings) -> ChatCompletionClient:
     """autogen-ext's OpenAI client; retries are ours (SDK retries off), the key comes from the env."""
     try:
-        from autogen_ext.models.openai import OpenAIChatCompletionClient
+        client_class = _client_class()
     except ImportError as exc:
         raise BackendError(
             f"{spec.text}: the openai backend needs autogen-ext[openai]: pip install 'autogen-ext[openai]'"
@@ -66,4 +127,4 @@ def build_openai_client(spec: BackendSpec, settings: BackendSettings) -> ChatCom
         kwargs["model_info"] = _GENERIC_MODEL_INFO  # a server's model names are not OpenAI's
     elif (info := _model_info(model)) is not None:
         kwargs["model_info"] = info
-    return OpenAIChatCompletionClient(**kwargs)
+    return client_class(server=base_url is not None, guided_choice=settings.guided_choice, **kwargs)

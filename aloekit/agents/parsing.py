@@ -1,0 +1,208 @@
+"""Reading a judge's answer: exactly one asserted candidate or one in-range score, and nothing else.
+
+The parsers are strict on purpose. A verdict that negates, hedges, names a range or several
+candidates, or a score that is negative, fractional or on another scale, is *invalid*: the judge is
+asked once more, then the turn is counted as unlabelled or unscored. A lenient parser that guesses
+turns a judge's nonsense into training labels.
+
+With ``score_mode = "expected"`` a judge's answer is read from its next-token distribution instead
+(:func:`option_distribution`): the probability-weighted mean of the allowed answers (G-Eval).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+_WORD_NUMBERS = {"one": 1, "two": 2, "three": 3, "four": 4, "five": 5}
+_ORDINALS = {"first": 1, "second": 2, "third": 3, "fourth": 4, "fifth": 5, "1st": 1, "2nd": 2, "3rd": 3, "4th": 4}
+_JSON_KEYS = ("choice", "preferred", "answer", "message", "winner", "verdict", "score", "rating", "value")
+
+# Words that make an answer something other than one plain assertion.
+_NEGATION = re.compile(r"\b(?:not|no|never|neither|nor|none|nothing|cannot|without)\b|n't\b")
+_HEDGE = re.compile(r"\b(?:both|either|tie|tied|equal|equally|same|depends|unsure|unclear|undecided|maybe)\b")
+# "First of all, I'd pick 2": "first" here is not a candidate.
+_DISCOURSE = re.compile(r"\b(?:first of all|first off|at first(?: glance)?|firstly|first and foremost)\b", re.I)
+_CANDIDATE_TOKEN = r"(?:-?\d+(?:\.\d+)?|one|two|three|four|five|first|second|third|fourth|fifth)"
+_ALTERNATIVE = re.compile(
+    rf"{_CANDIDATE_TOKEN}\s*(?:[-\u2013\u2014/]|\bor\b|\band\b|\bto\b|\bvs\.?|\bversus\b)\s*"
+    rf"(?:message\s*|reply\s*|response\s*|option\s*)?{_CANDIDATE_TOKEN}\b"
+)
+_LETTER_ALTERNATIVE = re.compile(
+    r"\b[a-e]\s*(?:[-\u2013\u2014/]|\bor\b|\band\b|\bvs\.?|\bversus\b)\s*(?:message\s*|reply\s*|option\s*)?[a-e]\b"
+)
+_LABEL_WORDS = r"(?:message|reply|response|option|candidate|answer|choice)"
+_LABELLED = re.compile(rf"\b{_LABEL_WORDS}\s*#?\s*\(?\s*(-?\d+(?:\.\d+)?|one|two|three|four|five|[a-z])(?![\w.]\w)")
+_NUMBER = re.compile(r"(?<![\w.])-?\d+(?:\.\d+)?(?![\w]|\.\d)")
+_ORDINAL = re.compile(r"\b(first|second|third|fourth|fifth|1st|2nd|3rd|4th)\b")
+_UPPER_LETTER = re.compile(r"(?<![\w'])([A-Z])(?![\w'])")
+_MARKUP = re.compile(r"[*_`\"\u201c\u201d]")
+
+# Scores: the scale itself ("Score (1-5):", "on a scale of 1 to 5") is not an answer.
+_SCALE = re.compile(r"\(?\s*(?:(?:on\s+)?a\s+scale\s+(?:of|from)\s+|from\s+)?\b1\s*(?:-|\u2013|to)\s*5\b\s*\)?(?!\s*/)")
+_FRACTION = re.compile(r"(?<![\w.])(-?\d+(?:\.\d+)?)\s*(?:/|out of)\s*(\d+)\b")
+_SCORE_RANGE = re.compile(
+    r"\b\d+(?:\.\d+)?\s*(?:-|\u2013|\bto\b|\bor\b|\band\b)\s*\d+(?:\.\d+)?\b"
+    r"|\b(?:one|two|three|four|five)\s+(?:to|or|and)\s+(?:one|two|three|four|five)\b"
+)
+_SCORE_LABELLED = re.compile(
+    r"\b(?:score|scored|rating|rate|rated|grade|give|gave|giving|assign)\b[^\d\n.!?;]{0,24}?(?<![\w.])(-?\d+(?:\.\d+)?)"
+    r"(?![\w]|\.\d)"
+)
+
+
+def _clean(text: str) -> str:
+    return " ".join(_MARKUP.sub(" ", text).split())
+
+
+def _json_value(text: str) -> str | None:
+    """The answer field of a JSON object such as ``{"choice": 2}``, as text; None if not such JSON."""
+    stripped = text.strip()
+    if not stripped.startswith(("{", "[")):
+        return None
+    try:
+        data = json.loads(stripped)
+    except ValueError:
+        return None
+    if isinstance(data, dict):
+        found = [str(data[k]) for k in _JSON_KEYS if k in data]
+        return found[0] if len(found) == 1 else ""
+    return ""  # a list or several keys is not one answer
+
+
+def _as_int(token: str) -> int | None:
+    """An integer token; None for a negative or fractional one (never a valid label or score)."""
+    if token.startswith("-") or "." in token:
+        return None
+    return int(token)
+
+
+def _single(values: list[int | None], low: int, high: int) -> int | None:
+    """The one value asserted, if every mention names it and it is in range."""
+    if not values or any(v is None for v in values):
+        return None
+    distinct = set(values)
+    if len(distinct) != 1:
+        return None
+    value = distinct.pop()
+    return value if low <= value <= high else None
+
+
+def parse_verdict(text: str, n_candidates: int, labels: str = "numbers") -> int | None:
+    """The 1-based candidate ``text`` asserts ('Message 1', 'First.', '2.', JSON...), or None.
+
+    ``labels="letters"`` reads "Message A", "B", "(A)"... instead of numbers. None whenever the answer
+    negates, hedges, names a range or more than one candidate, or names one that does not exist.
+    """
+    if (inner := _json_value(text)) is not None:
+        return parse_verdict(inner, n_candidates, labels) if inner else None
+    original = _clean(text)
+    lowered = original.lower()
+    if not lowered or _NEGATION.search(lowered) or _HEDGE.search(lowered):
+        return None
+    if _ALTERNATIVE.search(lowered) or (labels == "letters" and _LETTER_ALTERNATIVE.search(lowered)):
+        return None
+    lowered = _DISCOURSE.sub(" ", lowered)
+    original = _DISCOURSE.sub(" ", original)
+
+    labelled: list[int | None] = []
+    for token in _LABELLED.findall(lowered):
+        if token.isalpha() and len(token) == 1:
+            labelled.append(ord(token) - ord("a") + 1 if labels == "letters" else None)
+        elif token in _WORD_NUMBERS:
+            labelled.append(_WORD_NUMBERS[token] if labels == "numbers" else None)
+        else:
+            labelled.append(_as_int(token) if labels == "numbers" else None)
+    rest = _LABELLED.sub(" ", lowered)
+    ordinals = [_ORDINALS[m] for m in _ORDINAL.findall(rest)]
+    if labelled:
+        mentions = labelled + ordinals
+    elif labels == "letters":
+        letters = [m for m in _UPPER_LETTER.findall(_LABELLED.sub(" ", original)) if m != "I"]
+        mentions = [ord(m) - ord("A") + 1 for m in letters] + ordinals
+        if len(lowered.strip(" .!")) == 1 and lowered.strip(" .!").isalpha():  # a lone lowercase "b"
+            mentions.append(ord(lowered.strip(" .!")) - ord("a") + 1)
+    else:
+        mentions = [_as_int(m) for m in _NUMBER.findall(rest)] + ordinals
+        if (word := lowered.strip(" .!")) in _WORD_NUMBERS:
+            mentions.append(_WORD_NUMBERS[word])
+    return _single(mentions, 1, n_candidates)
+
+
+def parse_letter_verdict(text: str, n_candidates: int) -> int | None:
+    """:func:`parse_verdict` for replies labelled A, B, ..."""
+    return parse_verdict(text, n_candidates, labels="letters")
+
+
+def parse_score(text: str, low: int = 1, high: int = 5) -> int | None:
+    """A score from '4', '4.', 'Score: 4', '4/5', 'I would rate this a 4.' or ``{"score": 4}``, else None.
+
+    None for a negation, a range ('3-4', 'between 3 and 4'), another scale ('5/10'), a negative or
+    fractional number, a number outside ``low``..``high``, or two different numbers with no label.
+    """
+    if (inner := _json_value(text)) is not None:
+        return parse_score(inner, low, high) if inner else None
+    lowered = _clean(text).lower()
+    if not lowered or _NEGATION.search(lowered):
+        return None
+    lowered = _SCALE.sub(" ", lowered)
+    labelled: list[int | None] = []
+    for numerator, denominator in _FRACTION.findall(lowered):
+        labelled.append(_as_int(numerator) if int(denominator) == high else None)
+    lowered = _FRACTION.sub(" ", lowered)
+    if _SCORE_RANGE.search(lowered):
+        return None
+    labelled += [_as_int(m) for m in _SCORE_LABELLED.findall(lowered)]
+    if labelled:
+        return _single(labelled, low, high)
+    numbers = [_as_int(m) for m in _NUMBER.findall(lowered)]
+    if (word := lowered.strip(" .!")) in _WORD_NUMBERS:
+        numbers.append(_WORD_NUMBERS[word])
+    return _single(numbers, low, high)
+
+
+# Probability-weighted answers ----------------------------------------------------------------------------
+
+
+def option_distribution(logprobs: Sequence[Any] | None, options: Sequence[str]) -> dict[str, float] | None:
+    """P(option) from the first generated token's ``top_logprobs``, renormalised over ``options``.
+
+    ``logprobs`` is autogen's ``CreateResult.logprobs``; tokens are read from their UTF-8 ``bytes``
+    (autogen keeps only those for the alternatives). Tokens equal to an option once whitespace is
+    stripped (letters: case-insensitively) add to it. None when no option appears at all.
+    """
+    if not logprobs:
+        return None
+    first = logprobs[0]
+    alternatives = list(getattr(first, "top_logprobs", None) or [])
+    token = getattr(first, "token", None)
+    pairs: list[tuple[str, float]] = []
+    for alt in alternatives:
+        raw = getattr(alt, "bytes", None)
+        text = bytes(raw).decode("utf-8", errors="replace") if raw else getattr(alt, "token", None)
+        if text is not None:
+            pairs.append((text, float(alt.logprob)))
+    if not pairs and token is not None:  # no alternatives returned: the chosen token alone
+        pairs.append((token, float(first.logprob)))
+    canonical = {_canon(o): o for o in options}
+    mass = dict.fromkeys(options, 0.0)
+    for text, logprob in pairs:
+        option = canonical.get(_canon(text))
+        if option is not None and math.isfinite(logprob):
+            mass[option] += math.exp(logprob)
+    total = sum(mass.values())
+    if total <= 0:
+        return None
+    return {option: p / total for option, p in mass.items()}
+
+
+def _canon(text: str) -> str:
+    return text.strip().upper()
+
+
+def expected_value(distribution: Mapping[str, float]) -> float:
+    """The probability-weighted mean of numeric options (``{"1": 0.2, "5": 0.8}`` -> 4.2)."""
+    return sum(float(option) * p for option, p in distribution.items())
