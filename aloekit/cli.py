@@ -36,6 +36,8 @@ class App:
     config: AloeConfig
     quiet: bool = False
     as_json: bool = False
+    cli_seed: int | None = None
+    """``aloe --seed N``: wins over seeds in the config file's sections."""
     console: Console = field(default_factory=lambda: Console(stderr=True))
     _store: Store | None = None
 
@@ -50,6 +52,17 @@ class App:
         """Human-oriented progress text on stderr (silent with --quiet or --json)."""
         if not (self.quiet or self.as_json):
             self.console.print(text)
+
+    def warn(self, text: str) -> None:
+        """A line on stderr that matters for trusting results: shown even with --quiet or --json."""
+        click.echo(text, err=True)
+
+    def seed_for(self, flag: int | None, section: dict[str, Any]) -> int:
+        """A stage's seed: its own --seed, else ``aloe --seed``, else its config section's, else the top-level one."""
+        for candidate in (flag, self.cli_seed, section.get("seed")):
+            if candidate is not None:
+                return int(candidate)
+        return self.config.seed
 
     def progress(self, label: str, note: str) -> Progress:
         """A progress bar on stderr (off with --quiet/--json): label, bar, done/total, note, elapsed."""
@@ -128,7 +141,7 @@ def cli(
     _setup_logging(verbose)
     config = load_config(config_path, overrides={"db": db, "seed": seed})
     _import_plugins([*config.plugins, *plugins])
-    ctx.obj = App(config=config, quiet=quiet, as_json=as_json)
+    ctx.obj = App(config=config, quiet=quiet, as_json=as_json, cli_seed=seed)
 
 
 def _import_plugins(modules: list[str]) -> None:
@@ -175,15 +188,21 @@ async def _chat_once(
     }
 
 
-def _run_recorded(app: App, coro_factory: Callable[[BackendPool], Awaitable[Any]]) -> Any:
-    """Run ``coro_factory(pool)`` as a recorded run: config, versions and status land in the store."""
+def _run_recorded(
+    app: App, coro_factory: Callable[..., Awaitable[Any]], extra_config: dict[str, Any] | None = None
+) -> Any:
+    """Run ``coro_factory(pool)`` as a recorded run: config, versions and status land in the store.
+
+    With ``extra_config`` (stored beside the app config) the factory is called as ``(pool, run_id)``.
+    """
     store = app.store
-    run_id = store.start_run(_command_line(), app.config.model_dump(mode="json"), app.config.seed)
+    run_id = store.start_run(_command_line(), {**app.config.model_dump(mode="json"), **(extra_config or {})},
+                             app.config.seed)  # fmt: skip
     pool = BackendPool(app.config, store=store, run_id=run_id)
 
     async def main() -> Any:
         try:
-            return await coro_factory(pool)
+            return await (coro_factory(pool, run_id) if extra_config is not None else coro_factory(pool))
         finally:
             await pool.aclose()
 
@@ -495,6 +514,14 @@ def _simulation_config(app: App, overrides: dict[str, Any], roles: tuple[str, ..
     return _apply_roles(config, roles)
 
 
+def _show_notice(app: App, line: str) -> None:
+    """A judge-audit line: warnings always reach stderr, a passed audit is progress text."""
+    if line.startswith("warning:"):
+        app.warn(line)
+    else:
+        app.say(line)
+
+
 def _apply_roles(config: Any, roles: tuple[str, ...]) -> Any:
     """Apply ``--role ROLE=SPEC`` assignments through the config's own ``with_backend``."""
     for assignment in roles:
@@ -569,6 +596,8 @@ def _run_with_progress(
 @click.option("--judge-both-orders", is_flag=True, default=None, help="Ask the judge in both orders.")
 @click.option("--paper-exact", is_flag=True, default=None, help="The authors' judge: fixed order, exact match.")
 @click.option("--seed", "sim_seed", type=int, help="Seed for personas, judge order and branches (default: --seed).")
+@click.option("--eval-set", help="Eval set whose personas are kept out of sampling (default: builtin).")
+@click.option("--allow-eval-personas", is_flag=True, default=None, help="Also sample the eval set's personas.")
 @click.option("--resume", "resume_run", metavar="RUN", help="Continue the unfinished conversations of RUN.")
 @pass_app
 def simulate(
@@ -582,10 +611,14 @@ def simulate(
     judge_both_orders: bool | None,
     paper_exact: bool | None,
     sim_seed: int | None,
+    eval_set: str | None,
+    allow_eval_personas: bool | None,
     resume_run: str | None,
 ) -> None:
     """Grow conversation trees: persona-conditioned users chat with candidate responders, judged per turn."""
     from aloekit.agents.backends import Budget
+    from aloekit.evaluation.audit import audit_notice
+    from aloekit.evaluation.task import eval_persona_ids
     from aloekit.graphs import SimulationConfig, TreeStore, run_conversations
     from aloekit.personas import PersonaPool
 
@@ -598,7 +631,11 @@ def simulate(
         "max_tokens": max_tokens,
         "judge_both_orders": judge_both_orders,
         "paper_exact": paper_exact,
+        "seed": app.seed_for(sim_seed, app.config.simulation),
+        "eval_set": eval_set,
+        "allow_eval_personas": allow_eval_personas,
     }
+    excluded: dict[str, Any] = {}
     if resume_run:
         run = store.get_run(resume_run)
         if run is None:
@@ -618,10 +655,24 @@ def simulate(
         pool = PersonaPool(store)
         for kind in ("profile", "personality"):
             pool.ensure_seeds(kind)
-        personas = pool.sample_pairs(config.conversations, seed=config.seed)
-        run_config = {**app.config.model_dump(mode="json"), "simulation_resolved": config.model_dump(mode="json")}
+        held_out = set() if config.allow_eval_personas else eval_persona_ids(config.eval_set)
+        excluded = {kind: sum(p.id in held_out for p in pool.list(kind)) for kind in ("profile", "personality")}
+        try:
+            personas = pool.sample_pairs(config.conversations, seed=config.seed, exclude=held_out)
+        except AloeError as exc:
+            if not held_out:
+                raise
+            raise AloeError(f"{exc}, after keeping the {config.eval_set} eval personas out (import more personas, "
+                            "or pass --allow-eval-personas)") from None  # fmt: skip
+        audit_id, notice = audit_notice(store, "simulate", config.judge, config.paper_exact)
+        run_config = {**app.config.model_dump(mode="json"), "simulation_resolved": config.model_dump(mode="json"),
+                      "excluded_eval_personas": excluded, "judge_audit": audit_id}  # fmt: skip
         run_id = store.start_run(_command_line(), run_config, config.seed)
         trees.create_conversations(run_id, personas, config.turns)
+        _show_notice(app, notice)
+        if any(excluded.values()):
+            app.say(f"kept out of sampling: {excluded['profile']} profiles and {excluded['personality']} "
+                    f"personalities of the {config.eval_set} eval set")  # fmt: skip
 
     total = len(trees.conversations(run_id))
     backends = BackendPool(
@@ -638,6 +689,8 @@ def simulate(
         "statuses": summary.statuses,
         "turns_saved": summary.turns_saved,
         "unlabelled_turns": summary.unlabelled_turns,
+        "seed": config.seed,
+        "excluded_eval_personas": excluded,
         "usage": backends.ledger.as_dict(),
         "failures": summary.failures,
     }
@@ -667,12 +720,14 @@ def trees_list(app: App, run_id: str | None) -> None:
     """Conversations with persona, turns and status."""
     from aloekit.graphs import TreeStore
 
-    rows = TreeStore(app.store).conversations(run_id)
+    trees = TreeStore(app.store)
+    rows = trees.conversations(run_id)
     if app.as_json:
         app.emit_json(
             [
                 {
                     "id": c.id,
+                    "key": trees.key(c),
                     "run_id": c.run_id,
                     "status": c.status,
                     "turns_done": c.turns_done,
@@ -680,6 +735,8 @@ def trees_list(app: App, run_id: str | None) -> None:
                     "error": c.error,
                     "profile": c.persona.profile.text,
                     "personality": c.persona.personality.text,
+                    "profile_id": c.persona.profile.id,
+                    "personality_id": c.persona.personality.id,
                 }
                 for c in rows
             ]
@@ -789,7 +846,13 @@ def _write_jsonl(rows: list[dict[str, Any]], path: Path) -> None:
     help="Share of conversations held out, written beside --out as NAME.val.jsonl.",
 )
 @click.option("--min-turns", type=int, default=1, show_default=True, help="Skip conversations with fewer turns.")
+@click.option(
+    "--whole-conversations",
+    is_flag=True,
+    help="SFT: one messages row per conversation, cut where it stops being coherent (default: one row per turn).",
+)
 @click.option("--require-agreement", is_flag=True, help="Only turns whose judge agreed with itself in both orders.")
+@click.option("--eval-set", default="builtin", show_default=True, help="Eval set to report persona overlap against.")
 @click.option("--hf-dataset", type=click.Path(path_type=Path), help="Also save a datasets.DatasetDict here.")
 @click.option("--push-to-hub", "hub_repo", help="Also push the DatasetDict to this Hub repo (needs HF_TOKEN).")
 @pass_app
@@ -801,13 +864,23 @@ def export(
     branch: str,
     val_fraction: float,
     min_turns: int,
+    whole_conversations: bool,
     require_agreement: bool,
+    eval_set: str,
     hf_dataset: Path | None,
     hub_repo: str | None,
 ) -> None:
     """Flatten stored conversation trees into SFT, DPO or flat-tree JSONL."""
+    from aloekit.evaluation.task import eval_persona_ids
     from aloekit.graphs import TreeStore
-    from aloekit.training import FlattenReport, dpo_rows, sft_rows, split_by_conversation, tree_rows
+    from aloekit.training import (
+        FlattenReport,
+        conversation_rows,
+        dpo_rows,
+        sft_rows,
+        split_by_conversation,
+        tree_rows,
+    )
 
     if hub_repo and not os.environ.get("HF_TOKEN"):
         raise AloeError("--push-to-hub needs a Hugging Face token in HF_TOKEN")
@@ -819,14 +892,22 @@ def export(
         if app.store.get_run(run) is None:
             raise AloeError(f"no run {run!r} in {app.store.path}")
     conversations = [c for c in conversations if c.kind == "simulation"]
-    records = {c.id: trees.records(c.id) for c in conversations}
+    # Rows name conversations by a key from (seed, position, persona), so a rerun exports the same bytes.
+    keys = {c.id: trees.key(c) for c in conversations}
+    records = {keys[c.id]: trees.records(c.id) for c in conversations}
     report = FlattenReport()
+    options = {"min_turns": min_turns, "require_agreement": require_agreement, "report": report}
     if kind == "sft":
-        rows = sft_rows(records, branch=branch, min_turns=min_turns, require_agreement=require_agreement, report=report)
+        flatten = conversation_rows if whole_conversations else sft_rows
+        rows = flatten(records, branch=branch, **options)
     elif kind == "dpo":
-        rows = dpo_rows(records, min_turns=min_turns, require_agreement=require_agreement, report=report)
+        rows = dpo_rows(records, **options)
     else:
-        rows = tree_rows(trees.tree(c.id) for c in conversations if len(records[c.id]) >= min_turns)
+        rows = tree_rows(trees.tree(c.id) for c in conversations if len(records[keys[c.id]]) >= min_turns)
+    held_out = eval_persona_ids(eval_set)
+    overlapping = [c.id for c in conversations if {c.persona.profile.id, c.persona.personality.id} & held_out]
+    names = {*overlapping, *(keys[cid] for cid in overlapping)}  # tree rows keep database ids
+    overlap_rows = sum(r["conversation_id"] in names for r in rows)
     if not rows:
         raise AloeError(
             f"nothing to export: {len(conversations)} conversations gave no {kind} rows "
@@ -860,8 +941,13 @@ def export(
             "disagreeing_turns": report.disagreeing_turns,
             "identical_pairs": report.identical_pairs,
             "short_conversations": report.short_conversations,
+            "cut_conversations": report.cut_conversations,
         },
+        "eval_overlap": {"eval_set": eval_set, "conversations": len(overlapping), "rows": overlap_rows},
     }
+    if overlap_rows:
+        app.warn(f"warning: {overlap_rows} rows from {len(overlapping)} conversations use personas of the "
+                 f"{eval_set} eval set: evaluating on it would measure memory, not adaptation")  # fmt: skip
     if app.as_json:
         app.emit_json(result)
         return
@@ -871,6 +957,9 @@ def export(
     skipped = {k: v for k, v in result["skipped"].items() if v}
     if skipped:
         click.echo("skipped: " + ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in skipped.items()))
+    if report.cut_conversations:
+        click.echo(f"{report.cut_conversations} conversations were cut where they continued with another reply "
+                   "(a whole-conversation row must show every reply its user answered)")  # fmt: skip
 
 
 @cli.command("train")
@@ -981,6 +1070,79 @@ def train_command(
     click.echo(f"adapter: {out}  (use it as --model/--role backend {summary['adapter_spec']})")
 
 
+# judge audit ------------------------------------------------------------------------------------------
+
+
+@cli.group()
+def judge() -> None:
+    """Measure a judge before trusting it."""
+
+
+@judge.command("audit")
+@click.option(
+    "--stage",
+    type=click.Choice(["eval", "simulate"]),
+    default="eval",
+    show_default=True,
+    help="eval: the 1-5 scorer of aloe eval; simulate: the preference judge of aloe simulate.",
+)
+@click.option(
+    "--role", "roles", multiple=True, metavar="ROLE=SPEC", help="judge=SPEC, user=SPEC or generator=SPEC. Repeatable."
+)
+@click.option("--eval-set", help="Personas of the probes: builtin (default) or a folder with the paper's files.")
+@click.option("--personas", type=int, default=8, show_default=True, help="Eval personas probed (two probes each).")
+@click.option("--labels", "labels_path", type=click.Path(path_type=Path), help="JSONL of reference preferences.")
+@click.option("--concurrency", type=int, default=8, show_default=True, help="Personas probed at once.")
+@click.option("--seed", "audit_seed", type=int, help="Seed (default: --seed).")
+@pass_app
+def judge_audit(
+    app: App,
+    stage: str,
+    roles: tuple[str, ...],
+    eval_set: str | None,
+    personas: int,
+    labels_path: Path | None,
+    concurrency: int,
+    audit_seed: int | None,
+) -> None:
+    """Known-answer probes from the eval personas: accuracy with a CI, position flips, invalid answers."""
+    from dataclasses import asdict
+
+    from aloekit.evaluation.audit import audit_config, read_labels, run_audit, save_audit
+
+    section = app.config.evaluation if stage == "eval" else app.config.simulation
+    assignments = {}
+    for assignment in roles:
+        role, sep, spec = assignment.partition("=")
+        if not sep or not spec or role.strip() not in ("judge", "user", "generator"):
+            raise AloeError(f"--role expects judge=SPEC, user=SPEC or generator=SPEC, got {assignment!r}")
+        assignments[role.strip()] = spec.strip()
+    config = audit_config(stage, section, assignments, eval_set=eval_set, personas=personas, concurrency=concurrency,
+                          seed=app.seed_for(audit_seed, section))  # fmt: skip
+    labels = read_labels(labels_path) if labels_path else None
+
+    async def audit(backends: BackendPool, run_id: str) -> tuple[str, Any]:
+        for spec in sorted({config.judge.backend, config.user.backend, config.generator.backend}):
+            await _ensure_loaded(app, backends, spec)
+        with app.console.status("probing the judge") if not (app.quiet or app.as_json) else nullcontext():
+            result = await run_audit(config, backends, labels)
+        return save_audit(app.store, run_id, result), result
+
+    audit_id, result = _run_recorded(app, audit, {"audit": config.model_dump(mode="json")})
+    if app.as_json:
+        app.emit_json({"id": audit_id, "passed": result.passed, **asdict(result)})
+        return
+    click.echo(f"audit {audit_id} of {config.judge.backend} ({config.judge.kind}, --stage {stage}): "
+               f"{result.summary_line()}")  # fmt: skip
+    for kind, counts in sorted(result.by_kind.items()):
+        click.echo(f"  {kind.replace('_', ' ')} probes: {counts['correct']}/{counts['trials']} correct")
+    if result.labels:
+        kappa = result.labels["kappa"]
+        click.echo(f"  reference labels: accuracy {result.labels['accuracy']:.0%} on {result.labels['rows']} rows, "
+                   f"Cohen's kappa {'n/a' if kappa is None else f'{kappa:.2f}'}")  # fmt: skip
+    click.echo(result.plain_words())
+
+
 # evaluation -------------------------------------------------------------------------------------------
 
 
@@ -1022,7 +1184,8 @@ def eval_command(
 
     from aloekit.agents.backends import Budget
     from aloekit.evaluation import EvalConfig, create_eval_conversations, run_evaluation
-    from aloekit.evaluation.report import eval_config, run_results
+    from aloekit.evaluation.audit import audit_notice
+    from aloekit.evaluation.report import eval_config, format_value, run_results
 
     store = app.store
     replayed = None
@@ -1038,8 +1201,7 @@ def eval_command(
         flags = {"model": model_spec, "mode": mode, "replay_run": replay_run, "eval_set": eval_set,
                  "personas": personas, "turns": turns, "concurrency": concurrency, "baseline": baseline,
                  "max_calls": max_calls, "max_tokens": max_tokens,
-                 "seed": eval_seed if eval_seed is not None else app.config.evaluation.get("seed", app.config.seed),
-                 }  # fmt: skip
+                 "seed": app.seed_for(eval_seed, app.config.evaluation)}  # fmt: skip
         try:
             config = EvalConfig.model_validate(
                 {**app.config.evaluation, **{k: v for k, v in flags.items() if v is not None}}
@@ -1048,9 +1210,12 @@ def eval_command(
             err = exc.errors()[0]
             raise AloeError(f"eval config: field {'.'.join(map(str, err['loc']))}: {err['msg']}") from None
         config = _apply_roles(config, roles)
-        run_config = {**app.config.model_dump(mode="json"), "eval_resolved": config.model_dump(mode="json")}
+        audit_id, notice = audit_notice(store, "eval", config.judge)
+        run_config = {**app.config.model_dump(mode="json"), "eval_resolved": config.model_dump(mode="json"),
+                      "judge_audit": audit_id}  # fmt: skip
         run_id = store.start_run(_command_line(), run_config, config.seed)
         replayed = create_eval_conversations(store, run_id, config)
+        _show_notice(app, notice)
 
     backends = BackendPool(
         app.config, store=store, run_id=run_id, budget=Budget(max_calls=config.max_calls, max_tokens=config.max_tokens)
@@ -1064,16 +1229,16 @@ def eval_command(
     m = results["metrics"]
     out = {
         "run_id": run_id, "statuses": summary.statuses, "turns_saved": summary.turns_saved, "unscored": m.unscored,
-        "avg": m.avg, "ir": m.ir, "r2": m.r2, "al": m.al, "failures": summary.failures,
+        "avg": m.avg, "ir": m.ir, "r2": m.r2, "al": m.al, "scored": m.scored, "failures": summary.failures,
+        "judge_audit": results["audit_id"],
     }  # fmt: skip
     if app.as_json:
         app.emit_json(out)
         return
     status_line = ", ".join(f"{n} {s}" for s, n in sorted(summary.statuses.items()))
-    click.echo(
-        f"run {run_id} ({config.mode}): {status_line}; {summary.turns_saved} turns scored, {m.unscored} unscored"
-    )
-    click.echo(f"AVG {m.avg:.3f}  IR {m.ir:+.3f}  R2 {m.r2:.3f}  AL(k) " + " ".join(f"{v:.2f}" for v in m.al))
+    click.echo(f"run {run_id} ({config.mode}): {status_line}; {sum(m.scored)} turns scored, {m.unscored} unscored")
+    click.echo(f"AVG {format_value(m.avg)}  IR {format_value(m.ir)}  R2 {format_value(m.r2)}  AL(k) "
+               + " ".join(f"{format_value(v, 2)} (n={n})" for v, n in zip(m.al, m.scored, strict=True)))  # fmt: skip
     for failure in summary.failures:
         click.echo(f"  failed: {failure}")
     if not summary.finished:

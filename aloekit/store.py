@@ -165,8 +165,33 @@ def _migrate_4(conn: sqlite3.Connection) -> None:
     )
 
 
+def _migrate_5(conn: sqlite3.Connection) -> None:
+    conn.execute(
+        """CREATE TABLE judge_audits (
+            id TEXT PRIMARY KEY,
+            run_id TEXT NOT NULL REFERENCES runs(id),
+            judge_key TEXT NOT NULL,
+            stage TEXT NOT NULL,
+            judge TEXT NOT NULL,
+            passed INTEGER NOT NULL,
+            accuracy REAL,
+            ci_low REAL,
+            ci_high REAL,
+            result TEXT NOT NULL,
+            created_at TEXT NOT NULL
+        )"""
+    )
+    conn.execute("CREATE INDEX idx_judge_audits_key ON judge_audits (judge_key, created_at)")
+
+
 # Append-only: migration i+1 upgrades a database at schema version i. Never edit a released one.
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_migrate_1, _migrate_2, _migrate_3, _migrate_4]
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
+    _migrate_1,
+    _migrate_2,
+    _migrate_3,
+    _migrate_4,
+    _migrate_5,
+]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

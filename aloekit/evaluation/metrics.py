@@ -1,17 +1,20 @@
 """ALOE metrics: AL(k), AVG, IR (least-squares slope of AL over k), R2, and their min-max normalised
-forms N-AL, N-IR, N-R2; bootstrap confidence intervals over personas; paired comparison of two runs."""
+forms N-AL, N-IR, N-R2; bootstrap confidence intervals over personas; paired comparison of two runs
+(Wilcoxon signed-rank from scipy, Holm's step-down correction across turns).
+
+Anything that cannot be computed (nothing scored, a one-point curve) is NaN, shown as "n/a", never 0."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
 
-# scores[persona_id][k] is the judge's 1-5 score of the model's reply at turn k (1-based), or None when
-# the judge's answer could not be parsed (unscored: excluded, and counted).
-Scores = Mapping[str, Mapping[int, int | None]]
+# scores[persona_id][k] is the judge's 1-5 score of the model's reply at turn k (1-based; a fraction with
+# expected scores), or None when the judge's answer was unusable (unscored: excluded, and counted).
+Scores = Mapping[str, Mapping[int, float | None]]
 
 
 @dataclass
@@ -24,13 +27,14 @@ class LineFit:
 
 
 def fit_line(values: list[float]) -> LineFit:
-    """Closed-form least squares over k = 1..K. A perfectly flat curve is fitted exactly: slope 0, R2 1."""
+    """Closed-form least squares over k = 1..K (NaN points skipped). A perfectly flat curve is fitted
+    exactly (slope 0, R2 1); fewer than two points give NaN: no slope can be measured."""
     k = np.arange(1, len(values) + 1, dtype=float)
     y = np.asarray(values, dtype=float)
     mask = ~np.isnan(y)
     k, y = k[mask], y[mask]
     if len(y) < 2:
-        return LineFit(slope=0.0, intercept=float(y[0]) if len(y) else math.nan, r2=math.nan)
+        return LineFit(slope=math.nan, intercept=math.nan, r2=math.nan)
     k_bar, y_bar = k.mean(), y.mean()
     slope = float(((k - k_bar) * (y - y_bar)).sum() / ((k - k_bar) ** 2).sum())
     intercept = float(y_bar - slope * k_bar)
@@ -103,16 +107,18 @@ class Interval:
 
 @dataclass
 class BootstrapCIs:
-    """95% bootstrap CIs (personas resampled) for AVG, IR and each AL(k)."""
+    """95% bootstrap CIs (personas resampled) for AVG, IR, R2, N-IR and each AL(k)."""
 
     avg: Interval
     ir: Interval
+    r2: Interval
+    n_ir: Interval
     al: list[Interval] = field(default_factory=list)
 
 
 def _percentile_interval(value: float, samples: list[float]) -> Interval:
     clean = [s for s in samples if not math.isnan(s)]
-    if not clean:
+    if not clean or math.isnan(value):
         return Interval(value, math.nan, math.nan)
     low, high = np.percentile(clean, [2.5, 97.5])
     return Interval(value, float(low), float(high))
@@ -123,46 +129,87 @@ def bootstrap(scores: Scores, turns: int, n_boot: int = 1000, seed: int = 0) -> 
     ids = sorted(scores)
     point = compute_metrics(scores, turns)
     rng = np.random.default_rng(seed)
-    avgs, irs, als = [], [], [[] for _ in range(turns)]
-    for _ in range(n_boot):
+    samples: dict[str, list[float]] = {"avg": [], "ir": [], "r2": [], "n_ir": []}
+    als: list[list[float]] = [[] for _ in range(turns)]
+    for _ in range(n_boot if ids else 0):
         sample = {f"{i}:{pid}": scores[pid] for i, pid in enumerate(rng.choice(ids, size=len(ids), replace=True))}
         m = compute_metrics(sample, turns)
-        avgs.append(m.avg)
-        irs.append(m.ir)
+        for name, values in samples.items():
+            values.append(getattr(m, name))
         for k, v in enumerate(m.al):
             als[k].append(v)
     return BootstrapCIs(
-        avg=_percentile_interval(point.avg, avgs),
-        ir=_percentile_interval(point.ir, irs),
+        **{name: _percentile_interval(getattr(point, name), values) for name, values in samples.items()},
         al=[_percentile_interval(point.al[k], als[k]) for k in range(turns)],
     )
 
 
+def holm(p_values: list[float | None]) -> list[float | None]:
+    """Holm's step-down adjustment of ``p_values`` (None stays None: no test was possible).
+
+    Written here because scipy has no Holm correction and statsmodels would be a dependency for one function.
+    """
+    tested = sorted((p, i) for i, p in enumerate(p_values) if p is not None)
+    adjusted: list[float | None] = [None] * len(p_values)
+    running = 0.0
+    for rank, (p, i) in enumerate(tested):
+        running = max(running, min(1.0, (len(tested) - rank) * p))
+        adjusted[i] = running
+    return adjusted
+
+
+def signed_rank_p(differences: list[float]) -> float | None:
+    """Two-sided Wilcoxon signed-rank p of paired differences; 1.0 when all are zero, None when there are none."""
+    if not differences:
+        return None
+    if all(d == 0 for d in differences):
+        return 1.0
+    from scipy.stats import wilcoxon
+
+    return float(wilcoxon(differences).pvalue)
+
+
 @dataclass
 class Comparison:
-    """Run B minus run A on the personas both scored."""
+    """Run B minus run A on the personas both scored, over turns 1..``turns``."""
 
     personas: int
+    turns: int
     avg_diff: Interval
     ir_diff: Interval
     wilcoxon_statistic: float | None
     wilcoxon_p: float | None
+    """Signed-rank test on per-persona mean scores over the compared turns scored in both runs."""
+    wilcoxon_n: int
+    """Personas in that test."""
+    turn_p: list[float | None]
+    """Per turn: signed-rank p on the paired scores at that turn (None: nothing paired)."""
+    turn_p_holm: list[float | None]
+    """The same, Holm-adjusted across turns."""
+    turn_n: list[int]
+    """Per turn: personas scored at that turn in both runs."""
     turns_differing: list[int]
+    """Turns whose Holm-adjusted p is below ``alpha``."""
     al_diff: list[Interval]
+    alpha: float = 0.05
 
 
-def persona_means(scores: Scores) -> dict[str, float]:
-    """Each persona's mean score over its scored turns."""
+def persona_means(scores: Scores, turns_by_persona: Mapping[str, set[int]]) -> dict[str, float]:
+    """Each persona's mean score over the turns listed for it (personas with none are left out)."""
     out = {}
-    for pid, by_turn in scores.items():
-        values = [v for v in by_turn.values() if v is not None]
+    for pid, turns in turns_by_persona.items():
+        values = [v for k, v in scores[pid].items() if k in turns and v is not None]
         if values:
             out[pid] = float(np.mean(values))
     return out
 
 
-def compare(a: Scores, b: Scores, turns: int, n_boot: int = 1000, seed: int = 0) -> Comparison:
-    """Paired bootstrap CIs of B - A for AVG, IR and each AL(k); Wilcoxon signed-rank on persona means."""
+def compare(a: Scores, b: Scores, turns: int, n_boot: int = 1000, seed: int = 0, alpha: float = 0.05) -> Comparison:
+    """Paired comparison of B - A on shared personas over turns 1..``turns``.
+
+    Paired-bootstrap CIs for AVG, IR and each AL(k); a Wilcoxon signed-rank test on per-persona means
+    taken over exactly the turns both runs scored; a signed-rank test per turn, Holm-adjusted across turns.
+    """
     common = sorted(set(a) & set(b))
     if not common:
         raise ValueError("the two runs share no personas")
@@ -171,34 +218,44 @@ def compare(a: Scores, b: Scores, turns: int, n_boot: int = 1000, seed: int = 0)
     def stat(scores: Scores, ids: list[str]) -> Metrics:
         return compute_metrics({f"{i}:{pid}": scores[pid] for i, pid in enumerate(ids)}, turns)
 
-    def diff(fn: Callable[[Metrics], float], ma: Metrics, mb: Metrics) -> float:
-        return fn(mb) - fn(ma)
-
     base_a, base_b = stat(a, common), stat(b, common)
     avg_d, ir_d, al_d = [], [], [[] for _ in range(turns)]
     for _ in range(n_boot):
         ids = list(rng.choice(common, size=len(common), replace=True))
         ma, mb = stat(a, ids), stat(b, ids)
-        avg_d.append(diff(lambda m: m.avg, ma, mb))
-        ir_d.append(diff(lambda m: m.ir, ma, mb))
+        avg_d.append(mb.avg - ma.avg)
+        ir_d.append(mb.ir - ma.ir)
         for k in range(turns):
             al_d[k].append(mb.al[k] - ma.al[k])
     al_diff = [_percentile_interval(base_b.al[k] - base_a.al[k], al_d[k]) for k in range(turns)]
-    means_a, means_b = persona_means(a), persona_means(b)
-    paired = [(means_a[p], means_b[p]) for p in common if p in means_a and p in means_b]
+
+    def both(pid: str, k: int) -> bool:
+        return a[pid].get(k) is not None and b[pid].get(k) is not None
+
+    compared = {pid: {k for k in range(1, turns + 1) if both(pid, k)} for pid in common}
+    means_a, means_b = persona_means(a, compared), persona_means(b, compared)
+    paired = [means_b[p] - means_a[p] for p in common if p in means_a and p in means_b]
     statistic = p_value = None
-    differences = [y - x for x, y in paired]
-    if len(paired) >= 2 and any(d != 0 for d in differences):
+    if paired and any(d != 0 for d in paired):
         from scipy.stats import wilcoxon
 
-        result = wilcoxon(differences)
+        result = wilcoxon(paired)
         statistic, p_value = float(result.statistic), float(result.pvalue)
+    per_turn = [[b[p][k] - a[p][k] for p in common if k in compared[p]] for k in range(1, turns + 1)]
+    turn_p = [signed_rank_p(d) for d in per_turn]
+    adjusted = holm(turn_p)
     return Comparison(
         personas=len(common),
+        turns=turns,
         avg_diff=_percentile_interval(base_b.avg - base_a.avg, avg_d),
         ir_diff=_percentile_interval(base_b.ir - base_a.ir, ir_d),
         wilcoxon_statistic=statistic,
         wilcoxon_p=p_value,
-        turns_differing=[k + 1 for k, ci in enumerate(al_diff) if ci.low > 0 or ci.high < 0],
+        wilcoxon_n=len(paired),
+        turn_p=turn_p,
+        turn_p_holm=adjusted,
+        turn_n=[len(d) for d in per_turn],
+        turns_differing=[k + 1 for k, p in enumerate(adjusted) if p is not None and p < alpha],
         al_diff=al_diff,
+        alpha=alpha,
     )

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from aloekit.errors import AloeError
+from aloekit.evaluation.audit import AuditResult, get_audit, judge_key, latest_audit
 from aloekit.evaluation.metrics import BootstrapCIs, Interval, Metrics, bootstrap, compare, compute_metrics
 from aloekit.evaluation.task import EvalConfig, EvalStore
 from aloekit.store import Store
@@ -25,24 +26,47 @@ def eval_config(store: Store, run_id: str) -> EvalConfig:
     return EvalConfig.model_validate(stored)
 
 
+def run_audit(store: Store, run_id: str, config: EvalConfig) -> tuple[str | None, AuditResult | None]:
+    """The judge audit recorded when the run started, else the newest audit of the same judge."""
+    run = store.get_run(run_id)
+    recorded = json.loads(run["config"]).get("judge_audit") if run else None
+    if recorded and (result := get_audit(store, recorded)) is not None:
+        return recorded, result
+    found = latest_audit(store, judge_key("eval", config.judge))
+    return found if found else (None, None)
+
+
 def run_results(store: Store, run_id: str, n_boot: int = 1000) -> dict[str, Any]:
-    """Metrics, CIs and context of one evaluation run."""
+    """Metrics, CIs, the judge's audit and context of one evaluation run."""
     config = eval_config(store, run_id)
     evals = EvalStore(store)
     scores = evals.scores(run_id)
     turns = max((c.max_turns for c in evals.trees.conversations(run_id)), default=config.turns)
     metrics = compute_metrics(scores, turns)
     cis = bootstrap(scores, turns, n_boot=n_boot, seed=config.seed)
+    audit_id, audit = run_audit(store, run_id, config)
     return {"run_id": run_id, "config": config, "scores": scores, "turns": turns, "metrics": metrics, "cis": cis,
-            "statuses": evals.trees.status_counts(run_id)}  # fmt: skip
+            "statuses": evals.trees.status_counts(run_id), "audit_id": audit_id, "audit": audit}  # fmt: skip
 
 
-def _fmt(value: float, digits: int = 3) -> str:
+def format_value(value: float | None, digits: int = 3) -> str:
+    """A number for tables: fixed digits, or "n/a" for None and NaN (never 0)."""
     return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
 
 
-def _ci(interval: Interval) -> str:
-    return f"{_fmt(interval.value)} [{_fmt(interval.low)}, {_fmt(interval.high)}]"
+def audit_sentence(result: dict[str, Any]) -> str:
+    """What the run's judge audit means for its numbers, in plain words."""
+    audit: AuditResult | None = result["audit"]
+    judge = f"{result['config'].judge.backend} ({result['config'].judge.kind})"
+    if audit is None:
+        return (f"Judge {judge} has no audit: nothing shows that its scores track tailoring "
+                "(run `aloe judge audit --stage eval`).")  # fmt: skip
+    return f"Judge {judge}, audit {result['audit_id']}: {audit.plain_words()}"
+
+
+def format_interval(interval: Interval) -> str:
+    """``value [low, high]`` with :func:`format_value`."""
+    return f"{format_value(interval.value)} [{format_value(interval.low)}, {format_value(interval.high)}]"
 
 
 def label(result: dict[str, Any]) -> str:
@@ -67,7 +91,9 @@ def write_plot(results: list[dict[str, Any]], path: Path) -> None:
         ks = list(range(1, len(m.al) + 1))
         line = left.plot(ks, m.al, marker="o", label=label(result))[0]
         left.fill_between(ks, [c.low for c in cis.al], [c.high for c in cis.al], color=line.get_color(), alpha=0.2)
-        right.plot(ks, m.n_al, marker="o", color=line.get_color(), label=f"{label(result)}  N-IR {_fmt(m.n_ir)}")
+        right.plot(
+            ks, m.n_al, marker="o", color=line.get_color(), label=f"{label(result)}  N-IR {format_value(m.n_ir)}"
+        )
     left.set(title="AL(k): mean judge score at turn k (95% CI)", xlabel="turn k", ylabel="AL(k), 1-5", ylim=(0.8, 5.2))
     right.set(title="N-AL(k): min-max normalised", xlabel="turn k", ylabel="N-AL(k)", ylim=(-0.05, 1.05))
     for axis in (left, right):
@@ -95,19 +121,31 @@ def write_report(store: Store, run_ids: list[str], out: Path, note: str | None =
             "user_backend": config.user.backend if config.mode == "live" else f"replay of {config.replay_run}",
             "judge_backend": config.judge.backend, "personas": len(r["scores"]), "turns": r["turns"],
             "statuses": r["statuses"], "metrics": asdict(m), "ci": asdict(r["cis"]),
+            "judge_audit": {"id": r["audit_id"], "passed": r["audit"].passed, "summary": r["audit"].summary_line()}
+            if r["audit"] else None,
         })  # fmt: skip
     lines = ["# ALOE evaluation report", ""]
     if note:
         lines += [f"> {note}", ""]
     lines += [
-        "| run | model | mode | personas | AVG [95% CI] | IR [95% CI] | R2 | N-IR | N-R2 | unscored |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| run | model | mode | personas | AVG [95% CI] | IR [95% CI] | R2 [95% CI] | N-IR [95% CI] | N-R2 | "
+        "unscored | judge audit |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in results:
         m, cis, config = r["metrics"], r["cis"], r["config"]
+        audit = "none" if r["audit"] is None else ("passed" if r["audit"].passed else "FAILED")
+        ci = [format_interval(x) for x in (cis.avg, cis.ir, cis.r2, cis.n_ir)]
         lines.append(
             f"| {r['run_id']} | {config.model} | {config.mode}, {config.baseline} | {len(r['scores'])} | "
-            f"{_ci(cis.avg)} | {_ci(cis.ir)} | {_fmt(m.r2)} | {_fmt(m.n_ir)} | {_fmt(m.n_r2)} | {m.unscored} |"
+            f"{' | '.join(ci)} | {format_value(m.n_r2)} | {m.unscored} | {audit} |"
+        )
+    lines += ["", "## What the judge's audit means for these numbers", ""]
+    lines += [f"- {audit_sentence(r)}" for r in results]
+    if any(r["config"].judge.options.get("score_mode") == "expected" for r in results):
+        lines.append(
+            "- Scores are expected values (sum of k x P(k) over the judge's next-token distribution on 1-5), "
+            "so they are fractions, and a judge that always *answers* 1 can still rank replies."
         )
     turns = max(r["turns"] for r in results)
     lines += ["", "## AL(k) per turn (95% CI; n = personas scored)", "",
@@ -116,7 +154,7 @@ def write_report(store: Store, run_ids: list[str], out: Path, note: str | None =
         cells = []
         for r in results:
             if k < len(r["metrics"].al):
-                cells.append(f"{_ci(r['cis'].al[k])} (n={r['metrics'].scored[k]})")
+                cells.append(f"{format_interval(r['cis'].al[k])} (n={r['metrics'].scored[k]})")
             else:
                 cells.append("")
         lines.append(f"| {k + 1} | " + " | ".join(cells) + " |")
@@ -153,14 +191,23 @@ def comparison_lines(c: dict[str, Any]) -> list[str]:
     """Human-readable lines for a comparison."""
 
     def iv(d: dict[str, float]) -> str:
-        return f"{_fmt(d['value'])} [{_fmt(d['low'])}, {_fmt(d['high'])}]"
+        return f"{format_value(d['value'])} [{format_value(d['low'])}, {format_value(d['high'])}]"
 
     p = "n/a (no differences)" if c["wilcoxon_p"] is None else f"{c['wilcoxon_p']:.4f}"
     turns = ", ".join(map(str, c["turns_differing"])) or "none"
-    return [
-        f"- personas compared: {c['personas']}",
+    lines = [
+        f"- personas compared: {c['personas']}, turns 1-{c['turns']}",
         f"- AVG difference (B - A): {iv(c['avg_diff'])}",
         f"- IR difference (B - A): {iv(c['ir_diff'])}",
-        f"- Wilcoxon signed-rank on per-persona means: p = {p}",
-        f"- turns whose AL differs (95% CI excludes 0): {turns}",
+        f"- Wilcoxon signed-rank on per-persona means over the turns both runs scored: p = {p} "
+        f"(n = {c['wilcoxon_n']} personas)",
+        f"- turns whose scores differ (per-turn signed-rank test, Holm-adjusted p < {c['alpha']}): {turns}",
+        "",
+        "| k | n | AL difference (B - A) [95% CI] | p | p (Holm) |",
+        "| --- | --- | --- | --- | --- |",
     ]
+    for k, (n, diff, p_raw, p_holm) in enumerate(
+        zip(c["turn_n"], c["al_diff"], c["turn_p"], c["turn_p_holm"], strict=True), start=1
+    ):
+        lines.append(f"| {k} | {n} | {iv(diff)} | {format_value(p_raw, 4)} | {format_value(p_holm, 4)} |")
+    return lines

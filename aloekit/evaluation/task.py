@@ -46,6 +46,11 @@ def load_eval_personas(source: str | Path, n_personalities: int = 5) -> list[Per
     return eval_set(profiles, personalities, n_personalities)
 
 
+def eval_persona_ids(source: str | Path) -> set[str]:
+    """Content-hash ids of every profile and personality in an eval set (to keep them out of training)."""
+    return {p.id for pair in load_eval_personas(source) for p in (pair.profile, pair.personality)}
+
+
 class EvalConfig(BaseModel):
     """Settings of one ``aloe eval`` run."""
 
@@ -105,6 +110,7 @@ class EvalState(TypedDict, total=False):
     """State of one evaluation conversation in the graph."""
 
     conversation_id: str
+    conversation_index: int
     persona: PersonaPair
     seed: int
     turn: int
@@ -134,7 +140,8 @@ def build_eval_graph(roles: EvalRoles) -> Any:
     def view(state: EvalState, persona: bool = True, **extra: Any) -> RoleView:
         return RoleView(conversation_id=state["conversation_id"], turn=state["turn"],
                         history=tuple(state.get("history", [])), persona=state["persona"] if persona else None,
-                        seed=state.get("seed", 0), **extra)  # fmt: skip
+                        seed=state.get("seed", 0), conversation_index=state.get("conversation_index", 0),
+                        **extra)  # fmt: skip
 
     async def user(state: EvalState) -> dict[str, Any]:
         replayed = state.get("replay_user_messages")
@@ -258,13 +265,13 @@ def create_eval_conversations(store: Store, run_id: str, config: EvalConfig) -> 
             raise AloeError("replay mode needs --replay-run RUN (a run whose trees supply the user turns)")
         source = replay_source(store, config.replay_run)[: config.personas]
         personas = [p for p, _ in source]
-        turns = min(config.turns, min(len(u) for _, u in source))
+        turns: int | list[int] = [min(config.turns, len(users)) for _, users in source]  # each keeps its own length
     else:
         personas = load_eval_personas(config.eval_set)[: config.personas]
         turns = config.turns
     ids = TreeStore(store).create_conversations(run_id, personas, turns, kind="evaluation")
     if config.mode == "replay":
-        replayed = {cid: users[:turns] for cid, (_, users) in zip(ids, source, strict=True)}
+        replayed = {cid: users[: config.turns] for cid, (_, users) in zip(ids, source, strict=True)}
     return replayed
 
 
@@ -303,7 +310,8 @@ async def run_evaluation(
         history: list[Message] = []
         for r in done:
             history += [{"role": "user", "content": r.user_message}, {"role": "assistant", "content": r.reply}]
-        state = EvalState(conversation_id=conversation.id, persona=conversation.persona, seed=config.seed,
+        state = EvalState(conversation_id=conversation.id, conversation_index=conversation.position,
+                          persona=conversation.persona, seed=config.seed,
                           turn=len(done) + 1, max_turns=conversation.max_turns, history=history,
                           replay_user_messages=(replayed or {}).get(conversation.id))  # fmt: skip
         limit = {"recursion_limit": 10 + 4 * conversation.max_turns}

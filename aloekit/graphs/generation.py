@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal, TypedDict
 from langgraph.graph import END, START, StateGraph
 from langgraph.types import Send
 
-from aloekit.agents.base import Message, Role, RoleView
+from aloekit.agents.base import Message, Role, RoleView, draw_seed
 from aloekit.agents.judge import Verdict
 from aloekit.graphs.records import CandidateRecord, TurnRecord
 from aloekit.personas.models import PersonaPair
@@ -45,6 +45,7 @@ class GenerationState(TypedDict, total=False):
     """State of one conversation as it moves through the graph."""
 
     conversation_id: str
+    conversation_index: int
     persona: PersonaPair
     seed: int
     turn: int
@@ -62,9 +63,9 @@ class GenerationState(TypedDict, total=False):
     records: Annotated[list[TurnRecord], operator.add]
 
 
-def continue_index(seed: int, conversation_id: str, turn: int, n_candidates: int) -> int:
-    """Which candidate the conversation continues with: uniform, reproducible from the seed."""
-    return random.Random(f"{seed}:{conversation_id}:{turn}:continue").randrange(n_candidates)
+def continue_index(seed: int, conversation_index: int, turn: int, n_candidates: int) -> int:
+    """Which candidate the conversation continues with: uniform, drawn from (seed, conversation index, turn)."""
+    return random.Random(draw_seed(seed, conversation_index, turn, "continue")).randrange(n_candidates)
 
 
 def build_generation_graph(roles: RoleSet, checkpointer: Any = None) -> Any:
@@ -77,6 +78,7 @@ def build_generation_graph(roles: RoleSet, checkpointer: Any = None) -> Any:
             history=tuple(state.get("history", [])),
             persona=state["persona"] if persona else None,
             seed=state.get("seed", 0),
+            conversation_index=state.get("conversation_index", 0),
             **extra,
         )
 
@@ -104,14 +106,14 @@ def build_generation_graph(roles: RoleSet, checkpointer: Any = None) -> Any:
 
     async def judge(state: GenerationState) -> dict[str, Any]:
         candidates = sorted(state["candidates"], key=lambda c: c.index)
-        out = await roles.judge(
-            view(state, user_message=state["user_message"], candidates=tuple(c.text for c in candidates))
-        )
+        texts, hinted = tuple(c.text for c in candidates), tuple(c.used_hint for c in candidates)
+        out = await roles.judge(view(state, user_message=state["user_message"], candidates=texts, hinted=hinted))
         return {"verdict": out.value, "judge_calls": out.calls}
 
     def select(state: GenerationState) -> dict[str, Any]:
         candidates = sorted(state["candidates"], key=lambda c: c.index)
-        chosen = continue_index(state.get("seed", 0), state["conversation_id"], state["turn"], len(candidates))
+        index = state.get("conversation_index", 0)
+        chosen = continue_index(state.get("seed", 0), index, state["turn"], len(candidates))
         record = TurnRecord(
             conversation_id=state["conversation_id"],
             turn=state["turn"],
@@ -148,7 +150,12 @@ def build_generation_graph(roles: RoleSet, checkpointer: Any = None) -> Any:
 
 
 def initial_state(
-    conversation_id: str, persona: PersonaPair, max_turns: int, seed: int, done: list[TurnRecord] | None = None
+    conversation_id: str,
+    persona: PersonaPair,
+    max_turns: int,
+    seed: int,
+    done: list[TurnRecord] | None = None,
+    conversation_index: int = 0,
 ) -> GenerationState:
     """The state to start (or, given the saved turns, resume) a conversation from."""
     history: list[Message] = []
@@ -156,7 +163,8 @@ def initial_state(
         history += [{"role": "user", "content": record.user_message},
                     {"role": "assistant", "content": record.candidates[record.continued].text}]  # fmt: skip
     return GenerationState(
-        conversation_id=conversation_id, persona=persona, seed=seed, turn=len(done or []) + 1,
+        conversation_id=conversation_id, conversation_index=conversation_index, persona=persona, seed=seed,
+        turn=len(done or []) + 1,
         max_turns=max_turns, history=history, candidates=[], records=[],
     )  # fmt: skip
 

@@ -67,7 +67,11 @@ class SimulationConfig(BaseModel):
     concurrency: int = Field(default=8, gt=0)
     """Conversations in progress at once (backends keep their own limits too)."""
     seed: int = 0
-    """Seeds persona sampling, judge order and which branch continues."""
+    """Seeds persona sampling, judge order, which branch continues and every sampled call."""
+    eval_set: str = "builtin"
+    """Eval set whose personas (profiles and personalities, by content hash) are kept out of sampling."""
+    allow_eval_personas: bool = False
+    """Sample eval personas too (their scores then measure memory, not adaptation)."""
     user: RoleConfig = RoleConfig(kind="user_simulator", generation=GenerationOptions(max_tokens=64, temperature=0.8))
     """The user simulator."""
     inducer: RoleConfig = RoleConfig(kind="inducer", generation=GenerationOptions(max_tokens=96, temperature=0))
@@ -86,10 +90,12 @@ class SimulationConfig(BaseModel):
     """Stop cleanly after this many tokens (resumable)."""
 
     @model_validator(mode="after")
-    def _unique_responder_names(self) -> SimulationConfig:
+    def _check_responders(self) -> SimulationConfig:
         names = [r.name for r in self.responders]
         if len(set(names)) != len(names):
             raise ValueError(f"responder names must be unique, got {names}")
+        if self.paper_exact and (len(self.responders) != 2 or sum(r.use_hint for r in self.responders) != 1):
+            raise ValueError("paper_exact needs exactly two responders, one with use_hint (the authors' setup)")
         return self
 
     def role_names(self) -> list[str]:
@@ -180,7 +186,8 @@ async def run_conversations(
         done = trees.records(conversation.id)
         if len(done) >= conversation.max_turns:
             return
-        state = initial_state(conversation.id, conversation.persona, conversation.max_turns, config.seed, done)
+        state = initial_state(conversation.id, conversation.persona, conversation.max_turns, config.seed, done,
+                              conversation_index=conversation.position)  # fmt: skip
         limit = {"recursion_limit": recursion_limit(conversation.max_turns)}
         async for update in graph.astream(state, stream_mode="updates", config=limit):
             if "select" in update:

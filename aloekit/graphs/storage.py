@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,11 +24,18 @@ class Conversation:
     id: str
     run_id: str
     kind: str
+    position: int
+    """Index of the conversation in its run: random draws derive from it, never from the id."""
     persona: PersonaPair
     max_turns: int
     turns_done: int
     status: str
     error: str | None
+
+
+def conversation_key(seed: int, position: int, persona: PersonaPair) -> str:
+    """A conversation's name in exports: the same in every rerun with the same seed (its id holds a timestamp)."""
+    return hashlib.sha256(f"{seed}:{position}:{persona.id}".encode()).hexdigest()[:16]
 
 
 class TreeStore:
@@ -37,18 +46,22 @@ class TreeStore:
         self.store = store
 
     def create_conversations(
-        self, run_id: str, personas: list[PersonaPair], max_turns: int, kind: str = "simulation"
+        self, run_id: str, personas: list[PersonaPair], max_turns: int | Sequence[int], kind: str = "simulation"
     ) -> list[str]:
-        """Add one pending conversation per persona (with its root node); returns their ids."""
+        """Add one pending conversation per persona (with its root node); returns their ids.
+
+        ``max_turns`` is one length for all, or one per persona.
+        """
         ids = []
         now = utcnow()
+        lengths = [max_turns] * len(personas) if isinstance(max_turns, int) else list(max_turns)
         with self.store.transaction():
-            for position, persona in enumerate(personas):
+            for position, (persona, turns) in enumerate(zip(personas, lengths, strict=True)):
                 cid = f"{run_id}-{position:04d}"
                 self.store.db["conversations"].insert({
                     "id": cid, "run_id": run_id, "kind": kind, "position": position,
                     "profile_id": persona.profile.id, "personality_id": persona.personality.id,
-                    "persona": persona.model_dump_json(), "max_turns": max_turns, "turns_done": 0,
+                    "persona": persona.model_dump_json(), "max_turns": turns, "turns_done": 0,
                     "status": "pending", "created_at": now, "updated_at": now,
                 })  # fmt: skip
                 self.store.db["tree_nodes"].insert({
@@ -61,7 +74,7 @@ class TreeStore:
 
     def _conversation(self, row: dict[str, Any]) -> Conversation:
         return Conversation(
-            id=row["id"], run_id=row["run_id"], kind=row["kind"],
+            id=row["id"], run_id=row["run_id"], kind=row["kind"], position=row["position"],
             persona=PersonaPair.model_validate_json(row["persona"]), max_turns=row["max_turns"],
             turns_done=row["turns_done"], status=row["status"], error=row["error"],
         )  # fmt: skip
@@ -120,6 +133,11 @@ class TreeStore:
     def set_status(self, conversation_id: str, status: str, error: str | None = None) -> None:
         """Mark a conversation pending/running/complete/incomplete/failed (with the reason)."""
         self.store.update("conversations", conversation_id, {"status": status, "error": error, "updated_at": utcnow()})
+
+    def key(self, conversation: Conversation) -> str:
+        """The conversation's export key (:func:`conversation_key`, seeded by its run's seed)."""
+        run = self.store.get_run(conversation.run_id)
+        return conversation_key((run or {}).get("seed") or 0, conversation.position, conversation.persona)
 
     def tree(self, conversation_id: str) -> ConversationTree:
         """The conversation's tree, rebuilt from its saved turns."""

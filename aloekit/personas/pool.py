@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -128,9 +128,14 @@ class PersonaPool:
             out[kind] = entry
         return out
 
-    def sample_pairs(self, n: int, seed: int = 0) -> list[PersonaPair]:
-        """The paper's scheme: pass over the profiles, giving each a random personality it has not had yet."""
-        return sample_pairs(self.list("profile"), self.list("personality"), n, seed)
+    def sample_pairs(self, n: int, seed: int = 0, exclude: Collection[str] = ()) -> list[PersonaPair]:
+        """The paper's scheme: pass over the profiles, giving each a random personality it has not had yet.
+
+        Personas whose id (a content hash) is in ``exclude``, such as the eval set's, are never drawn.
+        """
+        profiles = [p for p in self.list("profile") if p.id not in exclude]
+        personalities = [p for p in self.list("personality") if p.id not in exclude]
+        return sample_pairs(profiles, personalities, n, seed)
 
 
 def sample_pairs(

@@ -2,6 +2,7 @@
 
 from aloekit.training.data import (
     FlattenReport,
+    conversation_rows,
     data_hash,
     dpo_rows,
     sft_rows,
@@ -16,6 +17,7 @@ __all__ = [
     "LoraSettings",
     "TrainConfig",
     "build_train_config",
+    "conversation_rows",
     "data_hash",
     "dpo_rows",
     "load_rows",

@@ -1,5 +1,7 @@
-"""Flatten conversation trees into trl's conversational formats: SFT ``messages`` rows, DPO
-``prompt``/``chosen``/``rejected`` rows, and a flat one-row-per-node tree export. Pure functions."""
+"""Flatten conversation trees into trl's conversational formats: SFT ``prompt``/``completion`` rows
+(or coherent whole-conversation ``messages`` rows), DPO ``prompt``/``chosen``/``rejected`` rows, and a
+flat one-row-per-node tree export. Every row follows the path the conversation actually took. Pure
+functions."""
 
 from __future__ import annotations
 
@@ -27,6 +29,8 @@ class FlattenReport:
     disagreeing_turns: int = 0
     identical_pairs: int = 0
     short_conversations: int = 0
+    cut_conversations: int = 0
+    """Whole-conversation SFT: conversations cut after a turn that continued with another reply."""
     notes: list[str] = field(default_factory=list)
 
 
@@ -40,9 +44,15 @@ def _keep_turn(record: TurnRecord, require_agreement: bool, report: FlattenRepor
     return True
 
 
-def _rejected_index(record: TurnRecord) -> int:
-    """With more than two candidates, the rejected reply of SFT's control branch is the first non-preferred one."""
+def _branch_index(record: TurnRecord, branch: Branch) -> int:
+    """The candidate a branch trains on; with more than two, the rejected one is the first non-preferred."""
+    if branch == "preferred":
+        return record.verdict.preferred
     return next(c.index for c in record.candidates if c.index != record.verdict.preferred)
+
+
+def _reply(record: TurnRecord, index: int) -> str:
+    return next(c.text for c in record.candidates if c.index == index)
 
 
 def sft_rows(
@@ -52,11 +62,47 @@ def sft_rows(
     require_agreement: bool = False,
     report: FlattenReport | None = None,
 ) -> list[dict[str, Any]]:
-    """One ``{"messages": [...]}`` row per conversation: each turn's *actual* user message, answered by
-    the ``preferred`` (or, as the paper's control, the ``rejected``) reply.
+    """One prompt-completion row per labelled turn, in trl's conversational format.
 
-    A conversation is cut before its first turn without a usable verdict (the reply to train on is
-    unknown there); conversations left with fewer than ``min_turns`` turns are skipped.
+    ``prompt`` is the path the conversation actually took up to and including turn t's user message
+    (so it holds the replies that really continued it, rejected ones included); ``completion`` is turn
+    t's ``preferred`` reply (``rejected``: the paper's control). trl puts the loss on the completion.
+    """
+    report = report if report is not None else FlattenReport()
+    rows = []
+    for cid, records in conversations.items():
+        records = sorted(records, key=lambda r: r.turn)
+        if len(records) < min_turns:
+            report.short_conversations += 1
+            continue
+        history: list[Message] = []
+        kept = False
+        for record in records:
+            prompt = [*history, {"role": "user", "content": record.user_message}]
+            if _keep_turn(record, require_agreement, report):
+                reply = _reply(record, _branch_index(record, branch))
+                rows.append({"prompt": prompt, "completion": [{"role": "assistant", "content": reply}],
+                             "conversation_id": cid, "turn": record.turn})  # fmt: skip
+                kept = True
+            history = [*prompt, {"role": "assistant", "content": record.candidates[record.continued].text}]
+        report.conversations += kept
+    report.rows = len(rows)
+    return rows
+
+
+def conversation_rows(
+    conversations: dict[str, Sequence[TurnRecord]],
+    branch: Branch = "preferred",
+    min_turns: int = 1,
+    require_agreement: bool = False,
+    report: FlattenReport | None = None,
+) -> list[dict[str, Any]]:
+    """One ``{"messages": [...]}`` row per conversation, kept only as far as it is coherent.
+
+    Each user message must answer the reply the row shows before it, so a row ends at the first turn
+    whose conversation continued with a reply other than ``branch``'s (that turn is included: its user
+    message still answered a reply in the row), or before a turn without a usable verdict.
+    Conversations left with fewer than ``min_turns`` turns are skipped.
     """
     report = report if report is not None else FlattenReport()
     rows = []
@@ -66,10 +112,13 @@ def sft_rows(
         for record in sorted(records, key=lambda r: r.turn):
             if not _keep_turn(record, require_agreement, report):
                 break
-            index = record.verdict.preferred if branch == "preferred" else _rejected_index(record)
-            reply = next(c.text for c in record.candidates if c.index == index)
-            messages += [{"role": "user", "content": record.user_message}, {"role": "assistant", "content": reply}]
+            index = _branch_index(record, branch)
+            messages += [{"role": "user", "content": record.user_message},
+                         {"role": "assistant", "content": _reply(record, index)}]  # fmt: skip
             turns += 1
+            if record.continued != index and record.turn < max(r.turn for r in records):
+                report.cut_conversations += 1
+                break
         if turns < max(min_turns, 1):
             report.short_conversations += 1
             continue

@@ -126,8 +126,22 @@ def validate_rows(rows: list[dict[str, Any]], method: Method, source: str) -> No
         if not isinstance(row, dict):
             raise AloeError(f"{where}: expected an object")
         if method == "sft":
+            shape = "prompt-completion" if "prompt" in row or "completion" in row else "messages"
+            first_shape = "prompt-completion" if "prompt" in rows[0] or "completion" in rows[0] else "messages"
+            if shape != first_shape:
+                raise AloeError(f"{where}: a {shape} row among {first_shape} rows (use one SFT format per file)")
+            if shape == "prompt-completion":
+                for name in ("prompt", "completion"):
+                    if name not in row:
+                        raise AloeError(f"{where}: missing field '{name}' (prompt-completion SFT rows need both)")
+                _check_messages(row["prompt"], where, "prompt", chat_roles)
+                _check_messages(row["completion"], where, "completion", {"assistant"})
+                continue
             if "messages" not in row:
-                raise AloeError(f"{where}: missing field 'messages' (SFT rows are {{\"messages\": [...]}})")
+                raise AloeError(
+                    f'{where}: missing fields: SFT rows are {{"prompt": [...], "completion": [...]}} '
+                    'or {"messages": [...]}'
+                )
             _check_messages(row["messages"], where, "messages", chat_roles)
             if not any(m["role"] == "assistant" for m in row["messages"]):
                 raise AloeError(f"{where}: field 'messages' has no assistant message to learn from")
@@ -173,7 +187,10 @@ def load_rows(path: Path, method: Method) -> tuple[list[dict[str, Any]], list[di
 
 
 def _trl_columns(rows: list[dict[str, Any]], method: Method) -> list[dict[str, Any]]:
-    keep = ("messages",) if method == "sft" else ("prompt", "chosen", "rejected")
+    if method == "dpo":
+        keep: tuple[str, ...] = ("prompt", "chosen", "rejected")
+    else:
+        keep = ("prompt", "completion") if rows and "prompt" in rows[0] else ("messages",)
     return [{k: row[k] for k in keep} for row in rows]
 
 
@@ -185,7 +202,7 @@ def row_length(row: dict[str, Any], tokenizer: Any, method: Method) -> int:
         return len(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids)
 
     if method == "sft":
-        return count(row["messages"])
+        return count(row["messages"]) if "messages" in row else count(row["prompt"] + row["completion"])
     return max(count(row["prompt"] + row["chosen"]), count(row["prompt"] + row["rejected"]))
 
 

@@ -270,7 +270,7 @@ def al_svg(
 def eval_page(store: Store, run_id: str) -> tuple[str, str] | None:
     """An evaluation run: AL(k) curve, metrics with CIs, and each persona's transcript with its scores."""
     from aloekit.errors import AloeError
-    from aloekit.evaluation.report import _ci, _fmt, run_results
+    from aloekit.evaluation.report import audit_sentence, format_interval, format_value, run_results
     from aloekit.evaluation.task import EvalStore
 
     try:
@@ -279,19 +279,22 @@ def eval_page(store: Store, run_id: str) -> tuple[str, str] | None:
         return None
     m, cis, config = result["metrics"], result["cis"], result["config"]
     svg = al_svg([(config.model, m.al, [(c.low, c.high) for c in cis.al])])
-    metrics = (f'<table id="metrics"><tr><th>AVG [95% CI]</th><th>IR [95% CI]</th><th>R2</th><th>N-IR</th><th>N-R2</th>'
-               f"<th>unscored</th><th>mode</th></tr><tr><td>{esc(_ci(cis.avg))}</td><td>{esc(_ci(cis.ir))}</td>"
-               f"<td>{esc(_fmt(m.r2))}</td><td>{esc(_fmt(m.n_ir))}</td><td>{esc(_fmt(m.n_r2))}</td><td>{m.unscored}</td>"
-               f"<td>{esc(config.mode)}, {esc(config.baseline)}</td></tr></table>")  # fmt: skip
+    metrics = (f'<table id="metrics"><tr><th>AVG [95% CI]</th><th>IR [95% CI]</th><th>R2 [95% CI]</th><th>N-IR [95% CI]</th>'
+               f"<th>N-R2</th><th>unscored</th><th>mode</th></tr><tr><td>{esc(format_interval(cis.avg))}</td>"
+               f"<td>{esc(format_interval(cis.ir))}</td><td>{esc(format_interval(cis.r2))}</td><td>{esc(format_interval(cis.n_ir))}</td>"
+               f"<td>{esc(format_value(m.n_r2))}</td><td>{m.unscored}</td>"
+               f"<td>{esc(config.mode)}, {esc(config.baseline)}</td></tr></table>"
+               f'<p id="judge-audit" class="persona">{esc(audit_sentence(result))}</p>')  # fmt: skip
     per_turn = "".join(
-        f"<tr><td>{k + 1}</td><td>{esc(_ci(cis.al[k]))}</td><td>{m.scored[k]}</td></tr>" for k in range(len(m.al))
+        f"<tr><td>{k + 1}</td><td>{esc(format_interval(cis.al[k]))}</td><td>{m.scored[k]}</td></tr>"
+        for k in range(len(m.al))
     )
     evals = EvalStore(store)
     transcripts = []
     for c in evals.trees.conversations(run_id):
         lines = "".join(
             f"<tr><td>{r.turn}</td><td>{esc(r.user_message)}</td><td>{esc(r.reply)}</td>"
-            f'<td class="score">{esc(r.score.score if r.score.score is not None else "unscored")}</td></tr>'
+            f'<td class="score">{esc(format_value(r.score.score, 2) if r.score.score is not None else "unscored")}</td></tr>'
             for r in evals.records(c.id)
         )
         transcripts.append(

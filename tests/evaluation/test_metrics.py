@@ -3,6 +3,8 @@ import math
 import pytest
 
 from aloekit.evaluation import bootstrap, compare, compute_metrics, fit_line, normalize
+from aloekit.evaluation.metrics import holm
+from aloekit.evaluation.report import format_interval, format_value
 
 
 def curve_scores(al):
@@ -46,7 +48,7 @@ def test_al_is_the_mean_over_scored_personas_and_unscored_are_counted():
 
 
 def test_fit_line_and_normalize_edges():
-    assert math.isnan(fit_line([]).intercept) and fit_line([4]).slope == 0.0
+    assert math.isnan(fit_line([]).intercept) and math.isnan(fit_line([4]).slope)  # one point: no slope, not 0
     assert normalize([2, 2]) == [0.0, 0.0]
     with pytest.raises(ValueError, match="unknown normalisation"):
         normalize([1, 2], "zscore")
@@ -72,3 +74,63 @@ def test_paired_comparison():
     assert c.turns_differing == [1, 2, 3]
     with pytest.raises(ValueError, match="share no personas"):
         compare(a, {"other": {1: 3}}, 3)
+
+
+def test_nothing_scored_is_not_applicable_never_zero():
+    scores = {"a": {1: None, 2: None}, "b": {1: None, 2: None}}
+    m = compute_metrics(scores, 2)
+    assert all(math.isnan(v) for v in (m.avg, m.ir, m.r2, m.n_ir, m.n_r2))
+    cis = bootstrap(scores, 2, n_boot=50)
+    assert format_interval(cis.ir) == "n/a [n/a, n/a]" and format_interval(cis.avg) == "n/a [n/a, n/a]"
+    assert format_value(m.ir) == "n/a" and format_value(0.0) == "0.000"
+
+
+def test_bootstrap_gives_intervals_for_r2_and_n_ir_too():
+    scores = {f"p{i}": {1: 1 + i % 3, 2: 2 + i % 2, 3: 3 + i % 3, 4: 4 - i % 2} for i in range(20)}
+    cis = bootstrap(scores, 4, n_boot=200, seed=3)
+    point = compute_metrics(scores, 4)
+    assert cis.r2.value == point.r2 and cis.n_ir.value == point.n_ir
+    assert cis.r2.low <= cis.r2.high and cis.n_ir.low <= cis.n_ir.value <= cis.n_ir.high
+
+
+def test_holm_on_a_known_p_vector():
+    # Sorted 0.01, 0.02, 0.03, 0.04 with m = 4: 0.04, 0.06, 0.06 (monotone), 0.06; None is not a test.
+    adjusted = holm([0.03, 0.01, None, 0.04, 0.02])
+    assert adjusted == pytest.approx([0.06, 0.04, None, 0.06, 0.06])
+    assert holm([0.5, 0.9]) == pytest.approx([1.0, 1.0])  # capped at 1
+    assert holm([]) == []
+
+
+def test_wilcoxon_uses_only_the_turns_compared():
+    # Run A has 3 turns; run B only 2. Turn 3 of A (very high) must not enter the per-persona means.
+    a = {f"p{i}": {1: 2, 2: 2, 3: 5} for i in range(6)}
+    b = {f"p{i}": {1: 3, 2: 3} for i in range(6)}
+    c = compare(a, b, 2, n_boot=50)
+    assert c.wilcoxon_n == 6 and c.wilcoxon_p == pytest.approx(0.03125)  # all six favour B over turns 1-2
+    # A turn unscored in one run is left out for that persona only.
+    b["p0"][2] = None
+    c = compare(a, b, 2, n_boot=50)
+    assert c.turn_n == [6, 5] and c.wilcoxon_n == 6
+
+
+def test_per_turn_tests_are_holm_corrected():
+    a = {f"p{i}": {k: 3 for k in range(1, 6)} for i in range(8)}
+    b = {pid: {k: (4 if k == 1 else 3) for k in turns} for pid, turns in a.items()}
+    c = compare(a, b, 5, n_boot=50)
+    assert c.turn_p[0] == pytest.approx(0.0078125) and c.turn_p[1:] == [1.0] * 4
+    assert c.turn_p_holm[0] == pytest.approx(5 * 0.0078125) and c.turns_differing == [1]
+
+
+def test_no_difference_flags_few_turns():
+    # With no real difference, uncorrected per-turn tests flag some turn in ~40% of 10-turn comparisons.
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    raw = corrected = 0
+    for _ in range(8):
+        a = {f"p{i}": {k: int(rng.integers(1, 6)) for k in range(1, 11)} for i in range(10)}
+        b = {f"p{i}": {k: int(rng.integers(1, 6)) for k in range(1, 11)} for i in range(10)}
+        c = compare(a, b, 10, n_boot=0)
+        raw += any(p is not None and p < 0.05 for p in c.turn_p)
+        corrected += bool(c.turns_differing)
+    assert corrected <= 1 < raw  # Holm keeps the family-wise error near 5%

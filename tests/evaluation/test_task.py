@@ -9,7 +9,6 @@ import time
 import pytest
 
 from aloekit.agents.backends import BackendPool
-from aloekit.agents.scorer import parse_score
 from aloekit.config import AloeConfig
 from aloekit.errors import AloeError
 from aloekit.evaluation import (
@@ -102,6 +101,28 @@ async def test_replay_uses_the_stored_user_turns(tmp_path, scripted):
     assert compute_metrics(EvalStore(store).scores(run_id), 3).al == [4.0, 4.0, 4.0]
 
 
+async def test_replay_keeps_each_personas_own_length(tmp_path, scripted):
+    from aloekit.personas import PersonaPool
+
+    sim_config, sim_backends, _ = scripted_setup(scripted, turns=3)
+    store = Store(tmp_path / "aloe.db")
+    pool = PersonaPool(store)
+    pool.ensure_seeds("profile")
+    pool.ensure_seeds("personality")
+    sim_run = store.start_run("test", {}, 0)
+    TreeStore(store).create_conversations(sim_run, pool.sample_pairs(3, seed=0), [1, 3, 2])
+    await run_conversations(TreeStore(store), sim_backends, sim_config, sim_run)
+    judge = scripted(f"judge-len-{id(tmp_path)}", ScriptedClient(lambda m, o: "4"))
+    config = EvalConfig(model=scripted(f"model-len-{id(tmp_path)}", ScriptedClient(model)), mode="replay",
+                        replay_run=sim_run, turns=3).with_backend("judge", judge)  # fmt: skip
+    run_id = store.start_run("eval", {"eval_resolved": config.model_dump(mode="json")}, 0)
+    create_eval_conversations(store, run_id, config)
+    await run_evaluation(store, BackendPool(AloeConfig(), store=store), config, run_id)
+    # The shortest source conversation (1 turn) no longer cuts the others down to 1 turn.
+    assert [c.max_turns for c in TreeStore(store).conversations(run_id)] == [1, 3, 2]
+    assert compute_metrics(EvalStore(store).scores(run_id), 3).scored == [3, 2, 1]
+
+
 async def test_oracle_baseline_tells_the_model_the_persona(tmp_path, scripted):
     seen = []
 
@@ -115,15 +136,6 @@ async def test_oracle_baseline_tells_the_model_the_persona(tmp_path, scripted):
     create_eval_conversations(store, run_id, config)
     await run_evaluation(store, backends, config, run_id)
     assert seen and all(text.startswith("You are chatting with this person:\nProfile:") for text in seen)
-
-
-@pytest.mark.parametrize(
-    ("text", "expected"),
-    [("4", 4), ("Score: 4", 4), ("4/5", 4), ("**Score:** 2", 2), ('{"score": 5}', 5), ("I'd give it 3 out of 5.", 3),
-     ("between 3 and 4", None), ("7", None), ("great reply", None), ("", None)],
-)  # fmt: skip
-def test_score_forms(text, expected):
-    assert parse_score(text) == expected
 
 
 def test_eval_config_errors(tmp_path):
@@ -189,14 +201,3 @@ def test_sigkill_then_resume_gives_the_same_scores(tmp_path):
         return [(json.loads(r[0])["user_message"], json.loads(r[0])["reply"]) for r in rows]
 
     assert texts(got_rows) == texts(ref_rows)
-
-
-async def test_scorer_guided_choice_option_is_passed_to_the_backend(scripted):
-    from aloekit.agents import RoleView
-    from aloekit.agents.scorer import AlignmentScorer
-    from tests.graphs.scripted import PERSONA
-
-    client = ScriptedClient(lambda m, o: "3")
-    scorer = AlignmentScorer("judge", BackendPool().client(scripted("guided", client)), guided_choice=True)
-    out = await scorer(RoleView(conversation_id="c", turn=1, persona=PERSONA, user_message="hi", candidates=("yo",)))
-    assert out.value.score == 3 and client.calls[0][1]["guided_choice"] == ["1", "2", "3", "4", "5"]

@@ -1,11 +1,12 @@
 import json
+import re
 from pathlib import Path
 
 import pytest
 from autogen_agentchat.agents import AssistantAgent
 from autogen_ext.models.replay import ReplayChatCompletionClient
 
-from aloekit.agents import AgentChatRole, PromptRole, parse_verdict, register_role
+from aloekit.agents import AgentChatRole, PromptRole, register_role
 from aloekit.graphs import (
     ConversationTree,
     Responder,
@@ -42,7 +43,7 @@ async def test_tree_after_three_turns(scripted):
         assert g[candidate_node_id("conv", t, 1)]["label"] == "rejected"
         assert g[candidate_node_id("conv", t, 0)]["text"] == f"tailored reply to user message {t}"
     # Exactly one child per turn continues, the one the seeded coin picked, and the path runs through it.
-    chosen = [continue_index(0, "conv", t, 2) for t in (1, 2, 3)]
+    chosen = [continue_index(0, 0, t, 2) for t in (1, 2, 3)]
     assert [r.continued for r in records] == chosen
     path = tree.continued_path()
     assert path == ["conv/root", *[n for t, c in zip((1, 2, 3), chosen, strict=True) for n in
@@ -69,21 +70,87 @@ async def test_judge_order_is_randomised_recorded_and_mapped_back(scripted):
     assert all(r.verdict.preferred == 0 for r in records[1:])  # the tailored reply, whatever its position
 
 
-async def test_paper_exact_keeps_a_fixed_order_and_exact_strings(scripted):
-    config, backends, _ = scripted_setup(scripted, judge=judge_always("message 2"), turns=4, paper_exact=True)
-    records = await run_one(config, backends, turns=4)
-    assert {tuple(r.verdict.order) for r in records} == {(0, 1)}
-    assert {r.verdict.preferred for r in records} == {-1}  # "message 2" is not the exact string
-
-
 @pytest.mark.parametrize(
-    ("text", "expected"),
-    [("Message 1", 1), ("First.", 1), ("1", 1), ("2", 2), ('{"choice": 2}', 2), ('{"preferred": "Message 1"}', 1),
-     ("**Message 2**", 2), ("message two", 2), ("I'd pick the second reply.", 2), ("Reply #1 fits best", 1),
-     ("Both are good", None), ("1 or 2", None), ("Message 3", None), ("", None), ("Message 1, not Message 2", None)],
+    ("answer", "winner", "defaulted"),
+    [("first", 0, False), ("second", 1, False), ("First", 1, True), ("first.", 1, True), (" first", 1, True),
+     ("Message 1", 1, True), ("I cannot decide", 1, True)],
 )  # fmt: skip
-def test_verdict_forms(text, expected):
-    assert parse_verdict(text, 2) == expected
+async def test_paper_exact_is_the_authors_judge(scripted, answer, winner, defaulted):
+    config, backends, clients = scripted_setup(scripted, judge=judge_always(answer), turns=3, paper_exact=True)
+    records = await run_one(config, backends, turns=3)
+    # The hinted reply (responder 0) is always shown first; only the exact string 'first' makes it win, and
+    # anything else, nonsense included, is a win for the un-hinted reply: never an invalid verdict.
+    assert {tuple(r.verdict.order) for r in records} == {(0, 1)}
+    assert {r.verdict.preferred for r in records} == {winner}
+    assert {r.verdict.defaulted for r in records} == {defaulted} and not any(r.verdict.retried for r in records)
+    messages = clients["judge"].calls[-1][0]
+    assert [m["role"] for m in messages] == ["user"] and "output 'first'" in messages[0]["content"]
+    prompt = messages[0]["content"]
+    assert prompt.index("Message 1: tailored") < prompt.index("Message 2: plain")
+    assert prompt.count("user message 3") == 2  # only inside the two replies: the authors' judge never sees it
+    assert "baker in Lyon" in prompt and "cheerful" in prompt
+
+
+def test_paper_exact_needs_the_authors_two_responders():
+    from aloekit.agents import PreferenceJudge
+    from aloekit.errors import ConfigError
+    from aloekit.graphs import SimulationConfig
+
+    with pytest.raises(ValueError, match="paper_exact needs exactly two responders"):
+        SimulationConfig(paper_exact=True, responders=[
+            ResponderConfig(name="a", kind="responder", use_hint=True),
+            ResponderConfig(name="b", kind="responder", use_hint=True),
+        ])  # fmt: skip
+    with pytest.raises(ConfigError, match="takes no score_mode or labels"):
+        PreferenceJudge("judge", None, paper_exact=True, labels="letters")
+
+
+def _distribution_judge(p_tailored: float):
+    """A judge whose next-token distribution puts ``p_tailored`` on the label of the tailored reply."""
+
+    def respond(messages, options):
+        shown = re.findall(r"Message (\w+):\n(\w+)", messages[-1]["content"])
+        label_of = {word: label for label, word in shown}
+        probs = {label_of["tailored"]: p_tailored, label_of["plain"]: 1 - p_tailored} if "tailored" in label_of else {
+            label: 1 / len(shown) for label, _ in shown}  # fmt: skip
+        return max(probs, key=probs.get), probs
+
+    return respond
+
+
+async def test_expected_mode_judge_reads_the_label_distribution(scripted):
+    config, backends, clients = scripted_setup(scripted, judge=_distribution_judge(0.8), turns=3)
+    judge = config.judge.model_copy(update={"options": {"score_mode": "expected", "labels": "letters"}})
+    records = await run_one(config.model_copy(update={"judge": judge}), backends, turns=3)
+    assert records[0].verdict.preferred == -1  # turn 1: both replies plain, an exact tie is no preference
+    for r in records[1:]:  # from turn 2 the tailored reply is candidate 0, whichever position it is shown in
+        assert r.verdict.preferred == 0 and r.verdict.probabilities == pytest.approx([0.8, 0.2])
+    assert {tuple(r.verdict.order) for r in records} == {(0, 1), (1, 0)}
+    messages, options = clients["judge"].calls[-1]
+    assert options["guided_choice"] == ["A", "B"] and options["logprobs"] is True
+    assert "Answer with the message letter only: A or B." in messages[-1]["content"]
+
+
+async def test_expected_mode_both_orders_averages_out_position_bias(scripted):
+    def biased(messages, options):  # 0.7 on whatever is shown first, plus 0.2 towards the tailored reply
+        shown = re.findall(r"Message (\w+):\n(\w+)", messages[-1]["content"])
+        probs = {label: (0.7 if i == 0 else 0.3) + (0.1 if word == "tailored" else -0.1 if "tailored" in
+                 [w for _, w in shown] else 0) for i, (label, word) in enumerate(shown)}  # fmt: skip
+        return max(probs, key=probs.get), probs
+
+    config, backends, _ = scripted_setup(scripted, judge=biased, turns=3, judge_both_orders=True)
+    judge = config.judge.model_copy(update={"options": {"score_mode": "expected"}})
+    records = await run_one(config.model_copy(update={"judge": judge}), backends, turns=3)
+    for r in records[1:]:
+        assert r.verdict.agreement is False  # each order alone picks the first shown
+        assert r.verdict.preferred == 0 and r.verdict.probabilities == pytest.approx([0.6, 0.4])
+
+
+async def test_expected_mode_without_logprobs_gives_no_verdict(scripted):
+    config, backends, _ = scripted_setup(scripted, judge=judge_always("A"), turns=1)
+    judge = config.judge.model_copy(update={"options": {"score_mode": "expected", "labels": "letters"}})
+    records = await run_one(config.model_copy(update={"judge": judge}), backends, turns=1)
+    assert records[0].verdict.preferred == -1 and records[0].verdict.retried  # unlabelled, never guessed
 
 
 async def test_invalid_verdict_is_retried_once_then_minus_one(scripted):
@@ -188,17 +255,6 @@ def test_tree_exports_round_trip():
     assert sorted(again.graph.edges(data=True)) == sorted(tree.graph.edges(data=True))
     assert tree.to_mermaid().startswith("flowchart TD") and "==>" in tree.to_mermaid()
     assert tree.to_dot().startswith('digraph "conv"') and "penwidth=3" in tree.to_dot()
-
-
-@pytest.mark.parametrize(
-    ("text", "expected"),
-    [("B", 2), ("Message A", 1), ("A (Santa Maria)", 1), ("Reply B is better", 2), ('{"choice": "B"}', 2),
-     ("(A)", 1), ("C", None), ("A or B", None), ("no idea", None)],
-)  # fmt: skip
-def test_letter_verdict_forms(text, expected):
-    from aloekit.agents.judge import parse_letter_verdict
-
-    assert parse_letter_verdict(text, 2) == expected
 
 
 async def test_letter_labels(scripted):

@@ -27,7 +27,15 @@ def test_export_sft_dpo_tree(run_aloe, tmp_path):
     assert not {r["conversation_id"] for r in train} & {r["conversation_id"] for r in val}
     assert result["skipped"]["identical_pairs"] == 4  # the stub's turn-1 replies are identical
     sft = run_aloe("export", "sft", "--out", "sft.jsonl", "--branch", "rejected")
-    assert sft.returncode == 0 and "wrote 4 sft rows" in sft.stdout
+    assert sft.returncode == 0 and "wrote 12 sft rows" in sft.stdout  # one per labelled turn
+    assert all(set(r) == {"prompt", "completion", "conversation_id", "turn"} for r in _read(tmp_path / "sft.jsonl"))
+    whole = run_aloe("--json", "export", "sft", "--out", "whole.jsonl", "--whole-conversations")
+    assert whole.returncode == 0, whole.stderr
+    rows = _read(tmp_path / "whole.jsonl")
+    assert len(rows) == 4 and all("messages" in r for r in rows)
+    # The stub's judge always prefers the first shown reply: conversations that continued with another
+    # reply are cut there and counted.
+    assert json.loads(whole.stdout)["skipped"]["cut_conversations"] == sum(r["turns"] < 3 for r in rows)
     tree = run_aloe("export", "tree", "--out", "tree.jsonl", "--hf-dataset", "tree_ds")
     assert tree.returncode == 0, tree.stderr
     rows = _read(tmp_path / "tree.jsonl")

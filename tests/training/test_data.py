@@ -3,7 +3,15 @@ from pathlib import Path
 
 from aloekit.graphs import ConversationTree
 from aloekit.graphs.records import TurnRecord
-from aloekit.training import FlattenReport, dpo_rows, sft_rows, split_by_conversation, tree_rows, trees_from_rows
+from aloekit.training import (
+    FlattenReport,
+    conversation_rows,
+    dpo_rows,
+    sft_rows,
+    split_by_conversation,
+    tree_rows,
+    trees_from_rows,
+)
 from tests.graphs.scripted import PERSONA
 from tests.training.records import conversation_a, conversation_b, record
 
@@ -56,19 +64,60 @@ def test_more_than_two_candidates_give_a_row_per_rejected_reply():
     assert [r["rejected"][0]["content"] for r in rows] == ["worse", "worst"]
 
 
-def test_sft_rows_use_each_turns_actual_user_message():
+def test_sft_rows_are_per_turn_prompt_completion_along_the_path_taken():
     report = FlattenReport()
     rows = sft_rows({"a": conversation_a(), "b": conversation_b()}, report=report)
-    # Conversation a stops before its unlabelled turn 2.
+    assert [(r["conversation_id"], r["turn"]) for r in rows] == [("a", 1), ("a", 3), ("b", 1), ("b", 2)]
+    assert rows[0] == {"prompt": [msg(U, "hi, I bake bread")], "completion": [msg(A, "ooh what kind?")],
+                       "conversation_id": "a", "turn": 1}  # fmt: skip
+    # Turn 1 of "a" continued with the rejected "ok": the turn-2 user message answered "ok", so "ok" is what
+    # the prompt shows, not the preferred reply (the old export put "ooh what kind?" there: a conversation
+    # that never happened). The unlabelled turn 2 gives no row but stays in the path.
+    assert rows[1]["prompt"] == [msg(U, "hi, I bake bread"), msg(A, "ok"), msg(U, "sourdough mostly"),
+                                 msg(A, "nice"), msg(U, "and you?")]  # fmt: skip
+    assert rows[1]["completion"] == [msg(A, "I love rye")]
+    assert report.unlabelled_turns == 1 and report.rows == 4 and report.conversations == 2
+
+
+def test_sft_prompt_at_turn_two_holds_the_rejected_reply_that_continued():
+    rows = sft_rows({"b": conversation_b()})
+    turn2 = next(r for r in rows if r["turn"] == 2)
+    # Turn 1: "wow" was preferred but "how many?" continued, and the user answered it ("twelve so far").
+    assert turn2["prompt"] == [msg(U, "I run marathons"), msg(A, "how many?"), msg(U, "twelve so far")]
+    assert turn2["completion"] == [msg(A, "impressive!")]
+
+
+def test_every_sft_prompt_is_a_prefix_of_the_continued_path():
+    conversations = {"a": conversation_a(), "b": conversation_b()}
+    for branch in ("preferred", "rejected"):
+        for row in sft_rows(conversations, branch=branch):
+            path = []
+            for r in sorted(conversations[row["conversation_id"]], key=lambda r: r.turn):
+                path += [msg(U, r.user_message), msg(A, r.candidates[r.continued].text)]
+            assert path[: len(row["prompt"])] == row["prompt"] and row["prompt"][-1]["role"] == U
+
+
+def test_sft_rejected_branch_and_min_turns():
+    rejected = sft_rows({"b": conversation_b()}, branch="rejected")
+    assert [r["completion"][0]["content"] for r in rejected] == ["how many?", "same reply"]
+    assert sft_rows({"a": conversation_a()}, min_turns=4) == []
+
+
+def test_whole_conversation_rows_stop_where_they_stop_being_coherent():
+    report = FlattenReport()
+    rows = conversation_rows({"a": conversation_a(), "b": conversation_b()}, report=report)
+    # "a": turn 1's preferred reply did not continue: the row ends with turn 1 (its user message is real).
+    # "b": the same at turn 1. Both are cut, and counted.
     assert rows == [
         {"messages": [msg(U, "hi, I bake bread"), msg(A, "ooh what kind?")], "conversation_id": "a", "turns": 1},
-        {"messages": [msg(U, "I run marathons"), msg(A, "wow"), msg(U, "twelve so far"), msg(A, "impressive!")],
-         "conversation_id": "b", "turns": 2},
+        {"messages": [msg(U, "I run marathons"), msg(A, "wow")], "conversation_id": "b", "turns": 1},
     ]  # fmt: skip
-    rejected = sft_rows({"b": conversation_b()}, branch="rejected")
-    assert [m["content"] for m in rejected[0]["messages"]] == ["I run marathons", "how many?", "twelve so far",
-                                                             "same reply"]  # fmt: skip
-    assert sft_rows({"a": conversation_a()}, min_turns=2) == []
+    assert report.cut_conversations == 2
+    coherent = [record("c", t, f"user {t}", [f"good {t}", f"bad {t}"], preferred=0, continued=0) for t in (1, 2, 3)]
+    [row] = conversation_rows({"c": coherent})
+    assert row["turns"] == 3 and [m["content"] for m in row["messages"]][-2:] == ["user 3", "good 3"]
+    # The rejected branch of the same conversation is incoherent from turn 1 on.
+    assert conversation_rows({"c": coherent}, branch="rejected")[0]["turns"] == 1
 
 
 def test_split_by_conversation_has_no_leakage():

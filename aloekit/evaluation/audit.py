@@ -1,0 +1,437 @@
+"""Judge audit: measure a judge on known-answer probes before anyone trusts its numbers.
+
+For each eval persona P, a generator writes replies to P's opening message: one written for P, one
+written for another persona Q, and one written for nobody (generic). The reply written for P is the
+known answer of two probes: P's reply versus Q's, and P's reply versus the generic one.
+
+- A preference judge (``--stage simulate``) sees each probe twice, in both orders. Every verdict is a
+  trial: correct when it picks P's reply. The position-flip rate is the share of probes whose two
+  verdicts picked different replies (a judge that always answers "Message 1" flips every time).
+- A scorer (``--stage eval``) scores the two replies of a probe separately: correct when P's reply gets
+  the strictly higher score (ties are counted, and are not correct).
+
+Accuracy comes with a 95% Wilson interval (scipy); the judge passes when the interval's lower end is
+above chance (0.5). Invalid verdicts and unscored replies count as not correct, and are reported.
+With ``labels`` (JSONL of human or reference preferences) the audit also reports agreement with them:
+accuracy and Cohen's kappa (scikit-learn).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import math
+import uuid
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from aloekit.agents.backends import BackendPool
+from aloekit.agents.base import RoleView
+from aloekit.agents.judge import INVALID, Verdict
+from aloekit.agents.scorer import Score
+from aloekit.config import GenerationOptions
+from aloekit.errors import AloeError
+from aloekit.evaluation.task import BUILTIN_EVAL_SET, load_eval_personas
+from aloekit.graphs.simulate import RoleConfig, build_role
+from aloekit.personas.models import Persona, PersonaPair
+from aloekit.store import Store, utcnow
+
+Stage = Literal["simulate", "eval"]
+ProbeKind = Literal["other_persona", "generic"]
+CHANCE = 0.5
+
+
+def judge_key(stage: Stage, judge: RoleConfig, paper_exact: bool = False) -> str:
+    """Identity of a judge as configured: stage, kind, backend, options, generation (and paper_exact)."""
+    identity = {"stage": stage, **judge.model_dump(mode="json"), "paper_exact": paper_exact}
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+
+
+class AuditConfig(BaseModel):
+    """Settings of one ``aloe judge audit``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    stage: Stage
+    """``simulate``: the preference judge of ``aloe simulate``; ``eval``: the 1-5 scorer of ``aloe eval``."""
+    judge: RoleConfig
+    """The judge exactly as that stage would build it."""
+    paper_exact: bool = False
+    """Simulation judges: the authors' judge."""
+    user: RoleConfig = RoleConfig(kind="user_simulator", generation=GenerationOptions(max_tokens=64, temperature=0.8))
+    """Writes each persona's opening message."""
+    generator: RoleConfig = RoleConfig(
+        kind="model_under_test", generation=GenerationOptions(max_tokens=96, temperature=0.7)
+    )
+    """Writes the probe replies: for the persona (told it), for another persona, and for nobody."""
+    eval_set: str = BUILTIN_EVAL_SET
+    """Personas of the probes: ``builtin`` or a folder with the paper's two files."""
+    personas: int | None = Field(default=8, gt=0)
+    """Probe the first N eval personas (two probes each); None: all."""
+    seed: int = 0
+    """Seeds every sampled call."""
+    concurrency: int = Field(default=8, gt=0)
+    """Personas probed at once."""
+
+
+@dataclass
+class Probe:
+    """Two replies to one user message, one of them known to be the better one for ``persona``."""
+
+    index: int
+    persona: PersonaPair
+    kind: ProbeKind
+    user_message: str
+    right: str
+    wrong: str
+
+
+@dataclass
+class AuditResult:
+    """What an audit measured (rates are None when there was nothing to measure)."""
+
+    stage: Stage
+    judge_key: str
+    judge: dict[str, Any]
+    eval_set: str
+    personas: int
+    probes: int
+    trials: int
+    correct: int
+    invalid: int
+    accuracy: float | None
+    ci_low: float | None
+    ci_high: float | None
+    invalid_rate: float | None
+    flip_rate: float | None
+    """Preference judges: share of probes (both orders valid) whose two verdicts picked different replies."""
+    tie_rate: float | None
+    """Scorers: share of probes whose two replies got the same score."""
+    by_kind: dict[str, dict[str, int]]
+    labels: dict[str, Any] | None = None
+    details: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        """Whether accuracy is above chance with 95% confidence."""
+        return self.ci_low is not None and self.ci_low > CHANCE
+
+    def summary_line(self) -> str:
+        """One line: verdict, accuracy with CI, flip/tie and invalid rates."""
+        if self.accuracy is None:
+            return "no trials"
+        extra = f"position flips {_pct(self.flip_rate)}" if self.stage == "simulate" else f"ties {_pct(self.tie_rate)}"
+        return (
+            f"{'passed' if self.passed else 'FAILED'}: accuracy {_pct(self.accuracy)} "
+            f"[95% CI {_pct(self.ci_low)}-{_pct(self.ci_high)}] on {self.trials} trials, {extra}, "
+            f"invalid {_pct(self.invalid_rate)}"
+        )
+
+    def plain_words(self) -> str:
+        """What the audit means for the numbers this judge produces, in a sentence or two."""
+        if self.accuracy is None:
+            return "The audit ran no trials, so nothing is known about this judge."
+        what = "picked the reply written for the persona" if self.stage == "simulate" else (
+            "scored the reply written for the persona higher"
+        )  # fmt: skip
+        said = (
+            f"On {self.trials} known-answer trials the judge {what} {_pct(self.accuracy)} of the time "
+            f"(95% CI {_pct(self.ci_low)}-{_pct(self.ci_high)}; chance is 50%)."
+        )
+        if self.passed:
+            return said + " That is better than chance: its labels and scores carry real signal about tailoring."
+        return said + (
+            " The interval includes chance: this judge cannot be shown to tell a tailored reply from an "
+            "untailored one, so its labels are noise and differences between runs it scored are not evidence."
+        )
+
+
+def audit_config(stage: Stage, section: dict[str, Any], roles: dict[str, str], **settings: Any) -> AuditConfig:
+    """The audit of the judge a stage's config section (``[evaluation]`` or ``[simulation]``) builds.
+
+    ``roles`` sets backends (``judge``, ``user``, ``generator``); the generator defaults to the judge's.
+    """
+    from pydantic import ValidationError
+
+    from aloekit.evaluation.task import EvalConfig
+    from aloekit.graphs.simulate import SimulationConfig
+
+    where = "evaluation config" if stage == "eval" else "simulation config"
+    try:
+        if stage == "eval":
+            resolved: Any = EvalConfig.model_validate({"model": "", **section})
+        else:
+            resolved = SimulationConfig.model_validate(section)
+        judge = resolved.judge.model_copy(update={"backend": roles.get("judge", resolved.judge.backend)})
+        user = resolved.user.model_copy(update={"backend": roles.get("user", resolved.user.backend)})
+        generator = AuditConfig.model_fields["generator"].default.model_copy(
+            update={"backend": roles.get("generator", judge.backend)}
+        )
+        where = "judge audit"
+        fields = {k: v for k, v in settings.items() if v is not None}
+        return AuditConfig(stage=stage, judge=judge, user=user, generator=generator,
+                           paper_exact=getattr(resolved, "paper_exact", False), **fields)  # fmt: skip
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        raise AloeError(f"{where}: field {'.'.join(map(str, err['loc']))}: {err['msg']}") from None
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None or math.isnan(value) else f"{value:.0%}"
+
+
+def wilson_interval(correct: int, trials: int) -> tuple[float | None, float | None]:
+    """95% Wilson score interval for a proportion (scipy); (None, None) without trials."""
+    if trials == 0:
+        return None, None
+    from scipy.stats import binomtest
+
+    ci = binomtest(correct, trials).proportion_ci(confidence_level=0.95, method="wilson")
+    return float(ci.low), float(ci.high)
+
+
+def spread(personas: list[PersonaPair]) -> list[PersonaPair]:
+    """Reorder so that neighbours share neither profile nor personality (the eval set is profile-major,
+    so its first N pairs would all be one profile): rounds that each take every unused profile and
+    personality once, a diagonal through the grid."""
+    left, out = list(personas), []
+    while left:
+        profiles: set[str] = set()
+        personalities: set[str] = set()
+        for pair in list(left):
+            if pair.profile.id not in profiles and pair.personality.id not in personalities:
+                profiles.add(pair.profile.id)
+                personalities.add(pair.personality.id)
+                out.append(pair)
+                left.remove(pair)
+    return out
+
+
+def _other(personas: list[PersonaPair], i: int) -> PersonaPair:
+    """Another eval persona with a different profile and personality (the same one if there is none)."""
+    n = len(personas)
+    for step in range(1, n):
+        q = personas[(i + step) % n]
+        if q.profile.id != personas[i].profile.id and q.personality.id != personas[i].personality.id:
+            return q
+    raise AloeError("the judge audit needs at least two eval personas with different profiles and personalities")
+
+
+async def build_probes(config: AuditConfig, backends: BackendPool, personas: list[PersonaPair]) -> list[Probe]:
+    """Ask the user simulator for each persona's opening message and the generator for the three replies."""
+    user = build_role(backends, "audit_user", config.user)
+    tailored = build_role(backends, "audit_generator", config.generator, oracle=True)
+    generic = build_role(backends, "audit_generator", config.generator)
+    gate = asyncio.Semaphore(config.concurrency)
+
+    async def probe(i: int, persona: PersonaPair) -> list[Probe]:
+        async with gate:
+            base = RoleView(conversation_id=f"audit-{i}", turn=1, persona=persona, seed=config.seed,
+                            conversation_index=i)  # fmt: skip
+            message = (await user(base)).text
+            asked = RoleView(conversation_id=base.conversation_id, turn=1, user_message=message, seed=config.seed,
+                             conversation_index=i)  # fmt: skip
+            other_persona = _other(personas, i)
+            right, other, plain = await asyncio.gather(
+                tailored(replace(asked, persona=persona)),
+                tailored(replace(asked, persona=other_persona)),
+                generic(asked),
+            )
+            return [
+                Probe(2 * i, persona, "other_persona", message, right.text, other.text),
+                Probe(2 * i + 1, persona, "generic", message, right.text, plain.text),
+            ]
+
+    batches = await asyncio.gather(*(probe(i, p) for i, p in enumerate(personas)))
+    return [p for batch in batches for p in batch]
+
+
+def _judge_view(probe: Probe, candidates: tuple[str, ...], hinted: tuple[bool, ...], seed: int) -> RoleView:
+    # Both orders share the index, so the judge's own shuffle is the same permutation: the orders are reversed.
+    return RoleView(conversation_id=f"audit-probe-{probe.index}", turn=1, persona=probe.persona,
+                    user_message=probe.user_message, candidates=candidates, hinted=hinted, seed=seed,
+                    conversation_index=probe.index)  # fmt: skip
+
+
+async def _judge_pair(judge: Any, probe: Probe, seed: int) -> dict[str, Any]:
+    """Both orders: returns each verdict's choice (index of the right reply 0 then 1) and whether it flipped."""
+    first = (await judge(_judge_view(probe, (probe.right, probe.wrong), (True, False), seed))).value
+    second = (await judge(_judge_view(probe, (probe.wrong, probe.right), (False, True), seed))).value
+    if not isinstance(first, Verdict) or not isinstance(second, Verdict):
+        raise AloeError("the simulation judge must return a Verdict (use --stage eval for a scorer)")
+    outcomes = [_outcome(first.preferred, 0), _outcome(second.preferred, 1)]
+    valid = INVALID not in (first.preferred, second.preferred)
+    return {"outcomes": outcomes, "flipped": valid and first.preferred == second.preferred, "both_valid": valid,
+            "raw": [*first.raw, *second.raw], "probabilities": [first.probabilities, second.probabilities]}  # fmt: skip
+
+
+def _outcome(preferred: int, right: int) -> str:
+    return "invalid" if preferred == INVALID else "correct" if preferred == right else "wrong"
+
+
+async def _score_pair(scorer: Any, probe: Probe, seed: int) -> dict[str, Any]:
+    """Score both replies; correct when the right one scores strictly higher."""
+    scores = []
+    for reply in (probe.right, probe.wrong):
+        value = (await scorer(_judge_view(probe, (reply,), (), seed))).value
+        if not isinstance(value, Score):
+            raise AloeError("the evaluation judge must return a Score (use --stage simulate for a preference judge)")
+        scores.append(value.score)
+    right, wrong = scores
+    if right is None or wrong is None:
+        outcome = "invalid"
+    else:
+        outcome = "correct" if right > wrong else "tie" if right == wrong else "wrong"
+    return {"outcomes": [outcome], "scores": scores}
+
+
+def build_judge(config: AuditConfig, backends: BackendPool) -> Any:
+    """The judge as its stage builds it (a preference judge asked one order at a time)."""
+    extra: dict[str, Any] = {}
+    if config.judge.kind == "preference_judge":
+        extra = {"paper_exact": config.paper_exact, "both_orders": False}
+    return build_role(backends, "judge", config.judge, **extra)
+
+
+async def run_audit(
+    config: AuditConfig, backends: BackendPool, labels: list[dict[str, Any]] | None = None
+) -> AuditResult:
+    """Build the probes, put them to the judge, and measure it."""
+    personas = spread(load_eval_personas(config.eval_set))[: config.personas]
+    if len(personas) < 2:
+        raise AloeError("the judge audit needs at least two eval personas")
+    probes = await build_probes(config, backends, personas)
+    judge = build_judge(config, backends)
+    gate = asyncio.Semaphore(config.concurrency)
+    ask = _judge_pair if config.stage == "simulate" else _score_pair
+
+    async def one(probe: Probe) -> dict[str, Any]:
+        async with gate:
+            return {"probe": probe.index, "kind": probe.kind, "persona": probe.persona.id,
+                    "user_message": probe.user_message, "right": probe.right, "wrong": probe.wrong,
+                    **await ask(judge, probe, config.seed)}  # fmt: skip
+
+    details = await asyncio.gather(*(one(p) for p in probes))
+    outcomes = [o for d in details for o in d["outcomes"]]
+    correct, invalid = outcomes.count("correct"), outcomes.count("invalid")
+    low, high = wilson_interval(correct, len(outcomes))
+    by_kind: dict[str, dict[str, int]] = {}
+    for d in details:
+        entry = by_kind.setdefault(d["kind"], {"correct": 0, "trials": 0})
+        entry["correct"] += d["outcomes"].count("correct")
+        entry["trials"] += len(d["outcomes"])
+    both_valid = [d for d in details if d.get("both_valid")]
+    return AuditResult(
+        stage=config.stage, judge_key=judge_key(config.stage, config.judge, config.paper_exact),
+        judge=config.judge.model_dump(mode="json") | {"paper_exact": config.paper_exact},
+        eval_set=config.eval_set, personas=len(personas), probes=len(probes), trials=len(outcomes),
+        correct=correct, invalid=invalid, accuracy=correct / len(outcomes) if outcomes else None,
+        ci_low=low, ci_high=high, invalid_rate=invalid / len(outcomes) if outcomes else None,
+        flip_rate=(sum(d["flipped"] for d in both_valid) / len(both_valid)) if both_valid else None,
+        tie_rate=outcomes.count("tie") / len(details) if config.stage == "eval" and details else None,
+        by_kind=by_kind, labels=await _agreement(config, judge, labels) if labels else None, details=list(details),
+    )  # fmt: skip
+
+
+# Reference labels --------------------------------------------------------------------------------------
+
+
+def read_labels(path: Path) -> list[dict[str, Any]]:
+    """Rows ``{"profile", "personality", "user_message", "replies": [a, b], "preferred": 0 or 1}``."""
+    if not path.is_file():
+        raise AloeError(f"labels file {path}: not found")
+    rows = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        where = f"{path}:{number}"
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise AloeError(f"{where}: invalid JSON: {exc.msg}") from None
+        if not isinstance(row, dict):
+            raise AloeError(f"{where}: expected an object")
+        for name in ("profile", "personality", "user_message"):
+            if not isinstance(row.get(name), str) or not row[name].strip():
+                raise AloeError(f"{where}: field '{name}' must be a non-empty string")
+        replies = row.get("replies")
+        if not isinstance(replies, list) or len(replies) != 2 or not all(isinstance(r, str) for r in replies):
+            raise AloeError(f"{where}: field 'replies' must be a list of two strings")
+        if row.get("preferred") not in (0, 1) or isinstance(row.get("preferred"), bool):
+            raise AloeError(f"{where}: field 'preferred' must be 0 or 1")
+        rows.append(row)
+    if not rows:
+        raise AloeError(f"labels file {path}: no rows")
+    return rows
+
+
+async def _agreement(config: AuditConfig, judge: Any, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The judge's choice on each labelled pair against the label: accuracy and Cohen's kappa."""
+    from sklearn.metrics import cohen_kappa_score
+
+    decisions = []
+    for i, row in enumerate(rows):
+        persona = PersonaPair(profile=Persona.new("profile", row["profile"]),
+                              personality=Persona.new("personality", row["personality"]))  # fmt: skip
+        probe = Probe(10_000 + i, persona, "other_persona", row["user_message"], *row["replies"])
+        if config.stage == "simulate":
+            value = (await judge(_judge_view(probe, tuple(row["replies"]), (True, False), config.seed))).value
+            decisions.append(value.preferred)
+        else:
+            scores = [(await judge(_judge_view(probe, (r,), (), config.seed))).value.score for r in row["replies"]]
+            valid = None not in scores and scores[0] != scores[1]
+            decisions.append((0 if scores[0] > scores[1] else 1) if valid else INVALID)
+    truth = [row["preferred"] for row in rows]
+    kappa = float(cohen_kappa_score(truth, decisions, labels=[0, 1, INVALID]))
+    accuracy = sum(d == t for d, t in zip(decisions, truth, strict=True)) / len(rows)
+    return {"rows": len(rows), "accuracy": accuracy, "kappa": None if math.isnan(kappa) else kappa,
+            "invalid": decisions.count(INVALID)}  # fmt: skip
+
+
+# Storage ----------------------------------------------------------------------------------------------
+
+
+def save_audit(store: Store, run_id: str, result: AuditResult) -> str:
+    """Store an audit; returns its id."""
+    audit_id = f"audit-{uuid.uuid4().hex[:10]}"
+    store.insert("judge_audits", {
+        "id": audit_id, "run_id": run_id, "judge_key": result.judge_key, "stage": result.stage,
+        "judge": json.dumps(result.judge, sort_keys=True), "passed": int(result.passed), "accuracy": result.accuracy,
+        "ci_low": result.ci_low, "ci_high": result.ci_high, "result": json.dumps(asdict(result)),
+        "created_at": utcnow(),
+    })  # fmt: skip
+    return audit_id
+
+
+def _row_to_result(row: dict[str, Any]) -> tuple[str, AuditResult]:
+    return row["id"], AuditResult(**json.loads(row["result"]))
+
+
+def get_audit(store: Store, audit_id: str) -> AuditResult | None:
+    """A stored audit by id."""
+    rows = list(store.db["judge_audits"].rows_where("id = ?", [audit_id]))
+    return _row_to_result(rows[0])[1] if rows else None
+
+
+def latest_audit(store: Store, key: str) -> tuple[str, AuditResult] | None:
+    """The newest audit of the judge with identity ``key``, as (id, result)."""
+    rows = list(store.db["judge_audits"].rows_where("judge_key = ?", [key], order_by="created_at DESC", limit=1))
+    return _row_to_result(rows[0]) if rows else None
+
+
+def audit_notice(store: Store, stage: Stage, judge: RoleConfig, paper_exact: bool = False) -> tuple[str | None, str]:
+    """(audit id or None, one line for the user) about the judge a run is about to use."""
+    found = latest_audit(store, judge_key(stage, judge, paper_exact))
+    if found is None:
+        what = "labels" if stage == "simulate" else "scores"
+        return None, (
+            f"warning: judge {judge.backend} ({judge.kind}) has no audit in {store.path}, so its {what} are "
+            f"unverified (run: aloe judge audit --stage {stage} --role judge={judge.backend})"
+        )
+    audit_id, result = found
+    prefix = "" if result.passed else "warning: "
+    return audit_id, f"{prefix}judge {judge.backend} ({judge.kind}) audit {audit_id} {result.summary_line()}"

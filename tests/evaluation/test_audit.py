@@ -1,0 +1,178 @@
+"""The judge audit on scripted judges: a perfect one, a position-biased one, a random one."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import re
+
+import pytest
+
+from aloekit.agents.backends import BackendPool
+from aloekit.config import AloeConfig
+from aloekit.evaluation.audit import AuditConfig, judge_key, latest_audit, read_labels, run_audit, save_audit
+from aloekit.evaluation.task import load_eval_personas
+from aloekit.graphs import RoleConfig
+from aloekit.store import Store
+from aloekit.testing import StubOpenAIServer
+from tests.helpers import ScriptedClient
+
+
+def _profile(system: str) -> str:
+    found = re.search(r"Profile: (.+)", system)
+    return found.group(1) if found else ""
+
+
+def audit_world(messages) -> str | None:
+    """Answers for the user simulator and the generator; None for judge prompts."""
+    system = str(messages[0]["content"])
+    if system.startswith("You are playing a real person"):
+        return "hey, long day at work"
+    if system.startswith("You are chatting with this person"):  # the generator, told a persona
+        return "for: " + " ".join(_profile(system).split()[:6])
+    if not system.startswith(("You decide", "You rate")):
+        return "nice, tell me more"  # the generator told nobody: a generic reply
+    return None
+
+
+def _shown(prompt: str) -> list[tuple[str, str]]:
+    return re.findall(r"Message (\w+):\n(.+)", prompt)
+
+
+def perfect_judge(messages, options):
+    if (answer := audit_world(messages)) is not None:
+        return answer
+    mine = "for: " + " ".join(_profile(messages[0]["content"]).split()[:6])
+    prompt = messages[-1]["content"]
+    if prompt.rstrip().endswith("Score (1-5):"):
+        return "5" if mine in prompt else "1"
+    return next(f"Message {label}" for label, text in _shown(prompt) if text.strip() == mine)
+
+
+def biased_judge(messages, options):
+    return audit_world(messages) or "Message 1"
+
+
+def random_judge(messages, options):
+    if (answer := audit_world(messages)) is not None:
+        return answer
+    seed = hashlib.sha256(messages[-1]["content"].encode()).digest()
+    return random.Random(seed).choice(["Message 1", "Message 2"])
+
+
+def _setup(scripted, tmp_path, respond, stage="simulate", personas=8):
+    spec = scripted(f"audit-{respond.__name__}-{stage}", ScriptedClient(respond))
+    kind = "preference_judge" if stage == "simulate" else "alignment_scorer"
+    config = AuditConfig(
+        stage=stage, judge=RoleConfig(kind=kind, backend=spec), user=RoleConfig(kind="user_simulator", backend=spec),
+        generator=RoleConfig(kind="model_under_test", backend=spec), personas=personas,
+    )  # fmt: skip
+    store = Store(tmp_path / "aloe.db")
+    return config, BackendPool(AloeConfig.model_validate({"backend": {"max_retries": 0}}), store=store), store
+
+
+async def test_a_perfect_judge_passes(scripted, tmp_path):
+    config, backends, store = _setup(scripted, tmp_path, perfect_judge)
+    result = await run_audit(config, backends)
+    assert result.probes == 16 and result.trials == 32  # 8 personas x 2 probes x both orders
+    assert result.accuracy == 1.0 and result.flip_rate == 0.0 and result.invalid == 0
+    assert result.ci_low > 0.85 and result.passed
+    assert result.by_kind == {"other_persona": {"correct": 16, "trials": 16}, "generic": {"correct": 16, "trials": 16}}
+    assert "better than chance" in result.plain_words()
+    run_id = store.start_run("audit", {}, 0)
+    audit_id = save_audit(store, run_id, result)
+    found = latest_audit(store, judge_key("simulate", config.judge))
+    assert found is not None and found[0] == audit_id and found[1].accuracy == 1.0
+
+
+async def test_a_position_biased_judge_flips_every_time_and_fails(scripted, tmp_path):
+    config, backends, _ = _setup(scripted, tmp_path, biased_judge)
+    result = await run_audit(config, backends)
+    assert result.flip_rate == 1.0 and result.accuracy == 0.5
+    assert result.ci_low < 0.5 < result.ci_high and not result.passed
+    assert "includes chance" in result.plain_words() and result.summary_line().startswith("FAILED")
+
+
+async def test_a_random_judges_interval_includes_chance(scripted, tmp_path):
+    config, backends, _ = _setup(scripted, tmp_path, random_judge)
+    result = await run_audit(config, backends)
+    assert result.ci_low <= 0.5 <= result.ci_high and not result.passed
+    assert 0.2 < result.flip_rate < 0.8
+
+
+async def test_scorer_audit_counts_ties_and_unscored(scripted, tmp_path):
+    config, backends, _ = _setup(scripted, tmp_path, perfect_judge, stage="eval")
+    result = await run_audit(config, backends)
+    assert result.accuracy == 1.0 and result.trials == 16 and result.tie_rate == 0.0 and result.flip_rate is None
+
+    def constant(messages, options):
+        return audit_world(messages) or "1"
+
+    config, backends, _ = _setup(scripted, tmp_path, constant, stage="eval")
+    result = await run_audit(config, backends)
+    assert result.accuracy == 0.0 and result.tie_rate == 1.0 and not result.passed  # always 1: every probe a tie
+
+
+async def test_reference_labels_give_kappa(scripted, tmp_path):
+    persona = load_eval_personas("builtin")[0]
+    mine = "for: " + " ".join(persona.profile.text.split()[:6])
+    pairs = [([mine, "generic"], 0), (["generic", mine], 1)] * 3
+    rows = [{"profile": persona.profile.text, "personality": persona.personality.text, "user_message": "hi",
+             "replies": replies, "preferred": preferred} for replies, preferred in pairs]  # fmt: skip
+    path = tmp_path / "labels.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    config, backends, _ = _setup(scripted, tmp_path, perfect_judge, personas=2)
+    result = await run_audit(config, backends, read_labels(path))
+    assert result.labels == {"rows": 6, "accuracy": 1.0, "kappa": 1.0, "invalid": 0}
+    config, backends, _ = _setup(scripted, tmp_path, biased_judge, personas=2)
+    biased = await run_audit(config, backends, read_labels(path))
+    assert biased.labels["kappa"] < 0.5
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [("{bad", "labels.jsonl:1: invalid JSON"), ('{"profile": "p"}', "field 'personality'"),
+     ('{"profile": "p", "personality": "q", "user_message": "u", "replies": ["a"], "preferred": 0}', "'replies'"),
+     ('{"profile": "p", "personality": "q", "user_message": "u", "replies": ["a", "b"], "preferred": 2}',
+      "'preferred' must be 0 or 1")],
+)  # fmt: skip
+def test_label_file_errors_name_the_line_and_field(tmp_path, content, message):
+    from aloekit.errors import AloeError
+
+    path = tmp_path / "labels.jsonl"
+    path.write_text(content + "\n")
+    with pytest.raises(AloeError, match=re.escape(message)):
+        read_labels(path)
+
+
+def _stub_world(messages):
+    """An OpenAI-compatible stub: a perfect scorer plus the user simulator and generator."""
+    if (answer := audit_world(messages)) is not None:
+        return answer
+    return perfect_judge(messages, {})
+
+
+def test_cli_audit_then_eval_reports_it(run_aloe, tmp_path):
+    with StubOpenAIServer(respond=_stub_world) as server:
+        spec = server.spec()
+        before = run_aloe("eval", "--model", spec, "--role", f"user={spec}", "--role", f"judge={spec}",
+                          "--personas", "2", "--turns", "1")  # fmt: skip
+        assert before.returncode == 0, before.stderr
+        assert "warning: judge" in before.stderr and "has no audit" in before.stderr
+        audit = run_aloe("--json", "judge", "audit", "--role", f"judge={spec}", "--role", f"user={spec}",
+                         "--personas", "4")  # fmt: skip
+        assert audit.returncode == 0, audit.stderr
+        result = json.loads(audit.stdout)
+        assert result["passed"] and result["accuracy"] == 1.0 and result["stage"] == "eval"
+        after = run_aloe("--json", "eval", "--model", spec, "--role", f"user={spec}", "--role", f"judge={spec}",
+                         "--personas", "2", "--turns", "1")  # fmt: skip
+    assert after.returncode == 0 and "warning" not in after.stderr
+    run_id = json.loads(after.stdout)["run_id"]
+    assert json.loads(after.stdout)["judge_audit"] == result["id"]
+    report = run_aloe("report", run_id, "--out", "rep")
+    assert report.returncode == 0, report.stderr
+    text = (tmp_path / "rep" / "report.md").read_text()
+    assert f"audit {result['id']}" in text and "better than chance" in text
+    bad = run_aloe("judge", "audit", "--role", "boss=x")
+    assert bad.returncode == 1 and bad.stderr.startswith("error: --role expects judge=SPEC")
