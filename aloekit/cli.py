@@ -372,6 +372,7 @@ def personas_import(app: App, files: tuple[Path, ...], kind: str | None, skip_ba
 @click.option("--seeds", type=click.Path(path_type=Path), help="Seed file for an empty pool.")
 @click.option("--max-tokens", type=int, default=1500, show_default=True)
 @click.option("--temperature", type=float, default=0.9, show_default=True)
+@click.option("--repetition-penalty", type=float, help="Penalty on repeated tokens (in-process models, vLLM).")
 @pass_app
 def personas_generate(
     app: App,
@@ -388,6 +389,7 @@ def personas_generate(
     seeds: Path | None,
     max_tokens: int,
     temperature: float,
+    repetition_penalty: float | None,
 ) -> None:
     """Grow the pool of KIND to TARGET by LLM self-generation, keeping only dissimilar candidates."""
     from aloekit.personas import GenerationConfig, PersonaPool, generate_personas, get_embedder
@@ -405,6 +407,7 @@ def personas_generate(
         seed=app.config.seed,
         max_tokens=max_tokens,
         temperature=temperature,
+        repetition_penalty=repetition_penalty,
     )
     pool = PersonaPool(app.store)
     embedding_model = get_embedder(embedder)
@@ -664,7 +667,7 @@ def simulate(
                 raise
             raise AloeError(f"{exc}, after keeping the {config.eval_set} eval personas out (import more personas, "
                             "or pass --allow-eval-personas)") from None  # fmt: skip
-        audit_id, notice = audit_notice(store, "simulate", config.judge, config.paper_exact)
+        audit_id, notice = audit_notice(store, "simulate", config.judge, config.paper_exact, config.judge_both_orders)
         run_config = {**app.config.model_dump(mode="json"), "simulation_resolved": config.model_dump(mode="json"),
                       "excluded_eval_personas": excluded, "judge_audit": audit_id}  # fmt: skip
         run_id = store.start_run(_command_line(), run_config, config.seed)
@@ -1094,6 +1097,8 @@ def judge() -> None:
 @click.option("--labels", "labels_path", type=click.Path(path_type=Path), help="JSONL of reference preferences.")
 @click.option("--concurrency", type=int, default=8, show_default=True, help="Personas probed at once.")
 @click.option("--seed", "audit_seed", type=int, help="Seed (default: --seed).")
+@click.option("--judge-both-orders", is_flag=True, default=None, help="simulate: as aloe simulate --judge-both-orders.")
+@click.option("--paper-exact", is_flag=True, default=None, help="simulate: as aloe simulate --paper-exact.")
 @pass_app
 def judge_audit(
     app: App,
@@ -1104,6 +1109,8 @@ def judge_audit(
     labels_path: Path | None,
     concurrency: int,
     audit_seed: int | None,
+    judge_both_orders: bool | None,
+    paper_exact: bool | None,
 ) -> None:
     """Known-answer probes from the eval personas: accuracy with a CI, position flips, invalid answers."""
     from dataclasses import asdict
@@ -1117,8 +1124,11 @@ def judge_audit(
         if not sep or not spec or role.strip() not in ("judge", "user", "generator"):
             raise AloeError(f"--role expects judge=SPEC, user=SPEC or generator=SPEC, got {assignment!r}")
         assignments[role.strip()] = spec.strip()
+    if stage == "eval" and (judge_both_orders or paper_exact):
+        raise AloeError("--judge-both-orders and --paper-exact describe the simulation judge: use --stage simulate")
     config = audit_config(stage, section, assignments, eval_set=eval_set, personas=personas, concurrency=concurrency,
-                          seed=app.seed_for(audit_seed, section))  # fmt: skip
+                          seed=app.seed_for(audit_seed, section), both_orders=judge_both_orders,
+                          paper_exact=paper_exact)  # fmt: skip
     labels = read_labels(labels_path) if labels_path else None
 
     async def audit(backends: BackendPool, run_id: str) -> tuple[str, Any]:

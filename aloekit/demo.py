@@ -1,7 +1,7 @@
 """``aloe demo``: the whole ALOE pipeline on the embedded SmolLM2, offline, in one go.
 
-personas -> simulated trees -> SFT/DPO data -> LoRA SFT then DPO -> evaluation of base and trained
-model -> report, comparison, plot and an HTML tree. Every stage writes to ``OUT/aloe.db`` (open it
+personas -> judge audits -> simulated trees -> SFT/DPO data -> LoRA SFT then DPO -> evaluation of base
+and trained model -> report, comparison, plot and an HTML tree. Every stage writes to ``OUT/aloe.db`` (open it
 with ``aloe view --db OUT/aloe.db``) and its files under ``OUT``.
 """
 
@@ -18,7 +18,9 @@ from typing import Any
 from aloekit.agents.backends import BackendPool
 from aloekit.config import AloeConfig, GenerationOptions
 from aloekit.evaluation import EvalConfig, create_eval_conversations, run_evaluation, write_report
-from aloekit.evaluation.report import comparison_dict, comparison_lines, run_results
+from aloekit.evaluation.audit import AuditConfig, AuditResult, run_audit, save_audit
+from aloekit.evaluation.report import comparison_dict, comparison_lines, format_value, run_results
+from aloekit.evaluation.task import eval_persona_ids
 from aloekit.graphs import RoleConfig, SimulationConfig, TreeStore, run_conversations
 from aloekit.personas import GenerationConfig, PersonaPool, generate_personas, get_embedder
 from aloekit.store import Store
@@ -45,6 +47,7 @@ class DemoScale:
     dpo_steps: int
     eval_personas: int
     eval_turns: int
+    audit_personas: int
 
 
 QUICK = DemoScale(
@@ -56,6 +59,7 @@ QUICK = DemoScale(
     dpo_steps=8,
     eval_personas=4,
     eval_turns=3,
+    audit_personas=4,
 )
 FULL = DemoScale(
     new_profiles=10,
@@ -66,28 +70,59 @@ FULL = DemoScale(
     dpo_steps=40,
     eval_personas=10,
     eval_turns=5,
+    audit_personas=8,
+)
+
+
+# Small models loop on greedy decoding ("I'm sure I'm sure..."): the demo sets a mild penalty on every
+# generating role, and on the model under test (base and trained alike), where it is recorded.
+PENALTY = 1.15
+# SmolLM2-135M rarely writes a valid verdict or a bare digit when asked: the demo's judges answer with a
+# constrained label and are read as probabilities (expected scores), so every turn gets a value.
+PREFERENCE_JUDGE = RoleConfig(
+    kind="preference_judge",
+    backend=MODEL,
+    options={"labels": "letters", "score_mode": "expected"},
+    generation=GenerationOptions(max_tokens=1, temperature=0),
+)
+SCORER = RoleConfig(
+    kind="alignment_scorer",
+    backend=MODEL,
+    options={"score_mode": "expected"},
+    generation=GenerationOptions(max_tokens=1, temperature=0),
+)
+USER = RoleConfig(
+    kind="user_simulator",
+    backend=MODEL,
+    generation=GenerationOptions(max_tokens=32, temperature=0.8, repetition_penalty=PENALTY),
+)
+GENERATOR = RoleConfig(
+    kind="model_under_test",
+    backend=MODEL,
+    generation=GenerationOptions(max_tokens=40, temperature=0.7, repetition_penalty=PENALTY),
 )
 
 
 def simulation_config(scale: DemoScale) -> SimulationConfig:
-    """Small token limits, and letter labels for the judge: the 135M model rarely gives a valid number."""
-    short = GenerationOptions(max_tokens=40, temperature=0.7)
+    """Small token limits, the penalty on every generating role, and the expected-mode letter judge."""
+    short = {"max_tokens": 40, "temperature": 0.7, "repetition_penalty": PENALTY}
     return SimulationConfig.model_validate(
         {
             "conversations": scale.conversations,
             "turns": scale.turns,
             "concurrency": scale.conversations,
-            "user": {"kind": "user_simulator", "generation": {"max_tokens": 32, "temperature": 0.8}},
-            "inducer": {"kind": "inducer", "generation": {"max_tokens": 40, "temperature": 0}},
-            "responders": [
-                {"name": "preferred", "kind": "responder", "use_hint": True, "generation": short.model_dump()},
-                {"name": "plain", "kind": "responder", "use_hint": False, "generation": short.model_dump()},
-            ],
-            "judge": {
-                "kind": "preference_judge",
-                "options": {"labels": "letters"},
-                "generation": {"max_tokens": 6, "temperature": 0},
+            "user": USER.model_dump(),
+            "inducer": {
+                "kind": "inducer",
+                "generation": {"max_tokens": 40, "temperature": 0, "repetition_penalty": PENALTY},
             },
+            "responders": [
+                {"name": "preferred", "kind": "responder", "use_hint": True, "generation": short},
+                {"name": "plain", "kind": "responder", "use_hint": False, "generation": short},
+            ],
+            "judge": PREFERENCE_JUDGE.model_dump(),
+            # Expected mode averages P(candidate) over both orders: a constant position bias cancels out.
+            "judge_both_orders": True,
         }
     ).with_backend("all", MODEL)
 
@@ -100,18 +135,19 @@ def eval_config(model: str, scale: DemoScale) -> EvalConfig:
         turns=scale.eval_turns,
         concurrency=scale.eval_personas,
         seed=0,
-        user=RoleConfig(
-            kind="user_simulator", backend=MODEL, generation=GenerationOptions(max_tokens=40, temperature=0.8, seed=7)
-        ),
-        # SmolLM2-135M rarely writes a bare digit when asked; guided choice makes every answer a score.
-        judge=RoleConfig(
-            kind="alignment_scorer",
-            backend=MODEL,
-            options={"guided_choice": True},
-            generation=GenerationOptions(max_tokens=1, temperature=0),
-        ),
-        model_generation=GenerationOptions(max_tokens=48, temperature=0),
+        user=USER.model_copy(update={"generation": USER.generation.merged({"max_tokens": 40, "seed": 7})}),
+        judge=SCORER,
+        model_generation=GenerationOptions(max_tokens=48, temperature=0, repetition_penalty=PENALTY),
     )
+
+
+def audit_configs(scale: DemoScale) -> list[AuditConfig]:
+    """Audits of the demo's two judges, on the built-in eval personas."""
+    common = {"user": USER, "generator": GENERATOR, "personas": scale.audit_personas, "concurrency": 8}
+    return [
+        AuditConfig(stage="simulate", judge=PREFERENCE_JUDGE, both_orders=True, **common),
+        AuditConfig(stage="eval", judge=SCORER, **common),
+    ]
 
 
 def _write_jsonl(rows: list[dict[str, Any]], path: Path) -> None:
@@ -129,7 +165,7 @@ async def _run_demo(out: Path, scale: DemoScale, say: Callable[[str], None]) -> 
 
     def stage(name: str) -> None:
         stage_times[name] = time.monotonic()
-        say(f"[{len(stage_times)}/6] {name}")
+        say(f"[{len(stage_times)}/7] {name}")
 
     stage("persona pool: shipped seeds, grown by SmolLM2 self-generation")
     pool = PersonaPool(store)
@@ -142,6 +178,7 @@ async def _run_demo(out: Path, scale: DemoScale, say: Callable[[str], None]) -> 
         threshold=0.8,
         max_tokens=400,
         saturation_rounds=2,
+        repetition_penalty=PENALTY,
     )
     # MiniLM rates same-style profiles ~0.65-0.7 alike, so the paper's 0.6 would keep almost nothing here.
     grown = await generate_personas(
@@ -153,10 +190,23 @@ async def _run_demo(out: Path, scale: DemoScale, say: Callable[[str], None]) -> 
     )
     say(f"      profiles {grown.start_size} -> {grown.final_size} ({grown.stop_reason}); 20 personalities")
 
+    stage(f"judge audits: known-answer probes from {scale.audit_personas} eval personas")
+    audits: dict[str, tuple[str, AuditResult]] = {}
+    for audit_config in audit_configs(scale):
+        result = await run_audit(audit_config, backends)
+        audits[audit_config.stage] = (save_audit(store, demo_run, result), result)
+        name = "preference judge (labels the training pairs)" if audit_config.stage == "simulate" else (
+            "scorer (scores the evaluation)")  # fmt: skip
+        say(f"      {name}: {result.summary_line()}")
+        say(f"      {result.plain_words()}")
+
     stage(f"simulation: {scale.conversations} conversations x {scale.turns} turns, five roles on {MODEL}")
     sim = simulation_config(scale)
-    sim_run = store.start_run("aloe demo: simulate", {"simulation_resolved": sim.model_dump(mode="json")}, sim.seed)
-    trees.create_conversations(sim_run, pool.sample_pairs(sim.conversations, seed=sim.seed), sim.turns)
+    sim_config = {"simulation_resolved": sim.model_dump(mode="json"), "judge_audit": audits["simulate"][0]}
+    sim_run = store.start_run("aloe demo: simulate", sim_config, sim.seed)
+    held_out = eval_persona_ids(sim.eval_set)
+    trees.create_conversations(sim_run, pool.sample_pairs(sim.conversations, seed=sim.seed, exclude=held_out),
+                               sim.turns)  # fmt: skip
     turns_done = 0
 
     def on_turn(cid: str, turn: int) -> None:
@@ -173,13 +223,13 @@ async def _run_demo(out: Path, scale: DemoScale, say: Callable[[str], None]) -> 
     )
 
     stage("export: SFT and DPO data")
-    records = {c.id: trees.records(c.id) for c in trees.conversations(sim_run)}
+    records = {trees.key(c): trees.records(c.id) for c in trees.conversations(sim_run)}
     data = out / "data"
     data.mkdir(exist_ok=True)
     sft, dpo = sft_rows(records), dpo_rows(records)
     _write_jsonl(sft, data / "sft.jsonl")
     _write_jsonl(dpo, data / "dpo.jsonl")
-    say(f"      {len(sft)} SFT conversations, {len(dpo)} DPO pairs in {data}")
+    say(f"      {len(sft)} SFT turns (prompt = the path actually taken), {len(dpo)} DPO pairs in {data}")
 
     stage(f"training: LoRA SFT ({scale.sft_steps} steps) then DPO ({scale.dpo_steps} steps)")
     adapters = out / "adapters"
@@ -220,13 +270,16 @@ async def _run_demo(out: Path, scale: DemoScale, say: Callable[[str], None]) -> 
     eval_runs = []
     for model in (MODEL, f"{MODEL}+{adapters / 'dpo'}"):
         cfg = eval_config(model, scale)
-        run_id = store.start_run(f"aloe demo: eval {model}", {"eval_resolved": cfg.model_dump(mode="json")}, 0)
+        run_config = {"eval_resolved": cfg.model_dump(mode="json"), "judge_audit": audits["eval"][0]}
+        run_id = store.start_run(f"aloe demo: eval {model}", run_config, 0)
         create_eval_conversations(store, run_id, cfg)
-        result = await run_evaluation(store, backends, cfg, run_id)
-        store.finish_run(run_id, "completed" if result.finished else "incomplete")
+        evaluated = await run_evaluation(store, backends, cfg, run_id)
+        store.finish_run(run_id, "completed" if evaluated.finished else "incomplete")
         eval_runs.append(run_id)
         m = run_results(store, run_id, n_boot=0)["metrics"]
-        say(f"      {model}: AVG {m.avg:.2f}, IR {m.ir:+.2f}, unscored {m.unscored}")
+        curve = " ".join(format_value(v, 2) for v in m.al)
+        say(f"      {model}: AVG {format_value(m.avg, 2)}, IR {format_value(m.ir, 3)}, AL(k) {curve}, "
+            f"unscored {m.unscored}")  # fmt: skip
 
     stage("report: metrics with CIs, comparison, AL(k) plot, HTML tree")
     from aloekit.viewer import tree_page
@@ -240,6 +293,15 @@ async def _run_demo(out: Path, scale: DemoScale, say: Callable[[str], None]) -> 
     return {
         "simulation_run": sim_run,
         "eval_runs": eval_runs,
+        "judge_audits": {
+            stage: {
+                "id": audit_id,
+                "passed": result.passed,
+                "summary": result.summary_line(),
+                "meaning": result.plain_words(),
+            }
+            for stage, (audit_id, result) in audits.items()
+        },  # fmt: skip
         "dpo_pairs": len(dpo),
         "comparison": comparison,
         "report": str(out / "report" / "report.md"),
@@ -259,6 +321,10 @@ def run_demo(out: Path, quick: bool = False, say: Callable[[str], None] = print)
     say("")
     say("\n".join(comparison_lines(result["comparison"])))
     say("")
+    scorer = result["judge_audits"]["eval"]
+    say(
+        f"What the numbers mean: the scorer {'passed' if scorer['passed'] else 'failed'} its audit. {scorer['meaning']}"
+    )
     say(f"done in {result['minutes']} min. {HONESTY_NOTE}")
     say(f"report:  {result['report']}  (plot: {result['plot']})")
     say(f"tree:    {result['tree_html']}  (open it in a browser)")

@@ -1,6 +1,7 @@
 """Tokens/s of 8 concurrent chats through ``local:smollm2`` (batched) versus the same 8 one at a time.
 
 Run: ``.venv/bin/python benchmarks/bench_local_batching.py`` (target ratio >= 2.5 on 2 cores).
+``--temperature 0.7`` samples instead (each request with its own seed, as simulations do).
 """
 
 from __future__ import annotations
@@ -23,19 +24,22 @@ QUESTIONS = [
 ]
 
 
-async def bench(max_tokens: int) -> None:
+async def bench(max_tokens: int, temperature: float) -> None:
     pool = BackendPool()
     client = pool.client("local:smollm2", role="bench")
     await asyncio.to_thread(pool.inner("local:smollm2").load)
-    options = {"max_tokens": max_tokens, "temperature": 0}
     chats = [from_dicts([{"role": "user", "content": q}]) for q in QUESTIONS]
     await client.create(chats[0], extra_create_args={"max_tokens": 4})  # warm-up
 
     started = time.perf_counter()
-    sequential = [await client.create(c, extra_create_args=options) for c in chats]
+
+    def options(i: int) -> dict:
+        return {"max_tokens": max_tokens, "temperature": temperature, **({"seed": i} if temperature else {})}
+
+    sequential = [await client.create(c, extra_create_args=options(i)) for i, c in enumerate(chats)]
     seq_s = time.perf_counter() - started
     started = time.perf_counter()
-    concurrent = await asyncio.gather(*(client.create(c, extra_create_args=options) for c in chats))
+    concurrent = await asyncio.gather(*(client.create(c, extra_create_args=options(i)) for i, c in enumerate(chats)))
     conc_s = time.perf_counter() - started
 
     seq_tokens = sum(r.usage.completion_tokens for r in sequential)
@@ -52,4 +56,6 @@ async def bench(max_tokens: int) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--max-tokens", type=int, default=64)
-    asyncio.run(bench(parser.parse_args().max_tokens))
+    parser.add_argument("--temperature", type=float, default=0.0)
+    args = parser.parse_args()
+    asyncio.run(bench(args.max_tokens, args.temperature))

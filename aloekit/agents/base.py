@@ -6,7 +6,6 @@ Roles are registered by name, so a config (or ``--role``) can name a role writte
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -19,16 +18,11 @@ from aloekit.agents.backends.messages import from_dicts
 from aloekit.agents.parsing import option_distribution
 from aloekit.errors import AloeError
 from aloekit.personas.models import PersonaPair
+from aloekit.seeds import draw_seed
 
 Message = dict[str, str]
 TOP_LOGPROBS = 20
 """Alternatives asked for with a constrained answer (the OpenAI API's and vLLM's default maximum)."""
-
-
-def draw_seed(seed: int, conversation_index: int, turn: int, purpose: str) -> int:
-    """A 31-bit seed for one random draw, derived from (run seed, conversation index, turn, purpose) only."""
-    key = f"{seed}:{conversation_index}:{turn}:{purpose}"
-    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:4], "big") >> 1
 
 
 @dataclass(frozen=True)

@@ -45,9 +45,11 @@ ProbeKind = Literal["other_persona", "generic"]
 CHANCE = 0.5
 
 
-def judge_key(stage: Stage, judge: RoleConfig, paper_exact: bool = False) -> str:
-    """Identity of a judge as configured: stage, kind, backend, options, generation (and paper_exact)."""
-    identity = {"stage": stage, **judge.model_dump(mode="json"), "paper_exact": paper_exact}
+def judge_key(stage: Stage, judge: RoleConfig, paper_exact: bool = False, both_orders: bool = False) -> str:
+    """Identity of a judge as configured: stage, kind, backend, options, generation, and for a simulation
+    judge ``paper_exact`` and ``both_orders`` (which changes its verdicts: both orders' answers combined)."""
+    identity = {"stage": stage, **judge.model_dump(mode="json"), "paper_exact": paper_exact,
+                "both_orders": both_orders}  # fmt: skip
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -62,6 +64,8 @@ class AuditConfig(BaseModel):
     """The judge exactly as that stage would build it."""
     paper_exact: bool = False
     """Simulation judges: the authors' judge."""
+    both_orders: bool = False
+    """Simulation judges: each verdict asks both orders (``judge_both_orders``), as ``aloe simulate`` would."""
     user: RoleConfig = RoleConfig(kind="user_simulator", generation=GenerationOptions(max_tokens=64, temperature=0.8))
     """Writes each persona's opening message."""
     generator: RoleConfig = RoleConfig(
@@ -172,9 +176,10 @@ def audit_config(stage: Stage, section: dict[str, Any], roles: dict[str, str], *
             update={"backend": roles.get("generator", judge.backend)}
         )
         where = "judge audit"
-        fields = {k: v for k, v in settings.items() if v is not None}
-        return AuditConfig(stage=stage, judge=judge, user=user, generator=generator,
-                           paper_exact=getattr(resolved, "paper_exact", False), **fields)  # fmt: skip
+        fields = {"paper_exact": getattr(resolved, "paper_exact", False),
+                  "both_orders": getattr(resolved, "judge_both_orders", False)}  # fmt: skip
+        fields |= {k: v for k, v in settings.items() if v is not None}
+        return AuditConfig(stage=stage, judge=judge, user=user, generator=generator, **fields)
     except ValidationError as exc:
         err = exc.errors()[0]
         raise AloeError(f"{where}: field {'.'.join(map(str, err['loc']))}: {err['msg']}") from None
@@ -290,10 +295,10 @@ async def _score_pair(scorer: Any, probe: Probe, seed: int) -> dict[str, Any]:
 
 
 def build_judge(config: AuditConfig, backends: BackendPool) -> Any:
-    """The judge as its stage builds it (a preference judge asked one order at a time)."""
+    """The judge as its stage builds it (with ``both_orders``, each verdict already combines both orders)."""
     extra: dict[str, Any] = {}
     if config.judge.kind == "preference_judge":
-        extra = {"paper_exact": config.paper_exact, "both_orders": False}
+        extra = {"paper_exact": config.paper_exact, "both_orders": config.both_orders}
     return build_role(backends, "judge", config.judge, **extra)
 
 
@@ -326,8 +331,9 @@ async def run_audit(
         entry["trials"] += len(d["outcomes"])
     both_valid = [d for d in details if d.get("both_valid")]
     return AuditResult(
-        stage=config.stage, judge_key=judge_key(config.stage, config.judge, config.paper_exact),
-        judge=config.judge.model_dump(mode="json") | {"paper_exact": config.paper_exact},
+        stage=config.stage, judge_key=judge_key(config.stage, config.judge, config.paper_exact, config.both_orders),
+        judge=config.judge.model_dump(mode="json") | {"paper_exact": config.paper_exact,
+                                                      "both_orders": config.both_orders},
         eval_set=config.eval_set, personas=len(personas), probes=len(probes), trials=len(outcomes),
         correct=correct, invalid=invalid, accuracy=correct / len(outcomes) if outcomes else None,
         ci_low=low, ci_high=high, invalid_rate=invalid / len(outcomes) if outcomes else None,
@@ -423,14 +429,18 @@ def latest_audit(store: Store, key: str) -> tuple[str, AuditResult] | None:
     return _row_to_result(rows[0]) if rows else None
 
 
-def audit_notice(store: Store, stage: Stage, judge: RoleConfig, paper_exact: bool = False) -> tuple[str | None, str]:
+def audit_notice(
+    store: Store, stage: Stage, judge: RoleConfig, paper_exact: bool = False, both_orders: bool = False
+) -> tuple[str | None, str]:
     """(audit id or None, one line for the user) about the judge a run is about to use."""
-    found = latest_audit(store, judge_key(stage, judge, paper_exact))
+    found = latest_audit(store, judge_key(stage, judge, paper_exact, both_orders))
     if found is None:
         what = "labels" if stage == "simulate" else "scores"
+        flags = "".join(f" --{name}" for name, on in (("paper-exact", paper_exact), ("judge-both-orders", both_orders))
+                        if on)  # fmt: skip
         return None, (
             f"warning: judge {judge.backend} ({judge.kind}) has no audit in {store.path}, so its {what} are "
-            f"unverified (run: aloe judge audit --stage {stage} --role judge={judge.backend})"
+            f"unverified (run: aloe judge audit --stage {stage}{flags} --role judge={judge.backend})"
         )
     audit_id, result = found
     prefix = "" if result.passed else "warning: "

@@ -141,7 +141,7 @@ def write_report(store: Store, run_ids: list[str], out: Path, note: str | None =
             f"{' | '.join(ci)} | {format_value(m.n_r2)} | {m.unscored} | {audit} |"
         )
     lines += ["", "## What the judge's audit means for these numbers", ""]
-    lines += [f"- {audit_sentence(r)}" for r in results]
+    lines += [f"- {sentence}" for sentence in dict.fromkeys(audit_sentence(r) for r in results)]  # once per judge
     if any(r["config"].judge.options.get("score_mode") == "expected" for r in results):
         lines.append(
             "- Scores are expected values (sum of k x P(k) over the judge's next-token distribution on 1-5), "

@@ -11,10 +11,11 @@ from typing import Annotated, Any, Literal, TypedDict
 from langgraph.graph import END, START, StateGraph
 from langgraph.types import Send
 
-from aloekit.agents.base import Message, Role, RoleView, draw_seed
+from aloekit.agents.base import Message, Role, RoleView
 from aloekit.agents.judge import Verdict
 from aloekit.graphs.records import CandidateRecord, TurnRecord
 from aloekit.personas.models import PersonaPair
+from aloekit.seeds import draw_seed
 
 
 @dataclass

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from aloekit.personas.embedding import Embedder, SimilarityFilter
 from aloekit.personas.models import Persona, PersonaKind, normalize_text
 from aloekit.personas.pool import PersonaPool
+from aloekit.seeds import draw_seed
 
 KIND_GUIDE = {
     "profile": (
@@ -65,6 +66,8 @@ class GenerationConfig(BaseModel):
     """Sampling temperature of the generator."""
     max_tokens: int = 1500
     """Token budget of one generator reply."""
+    repetition_penalty: float | None = Field(default=None, gt=0)
+    """Penalty on repeated tokens for the generator, where the backend supports it (None: not applied)."""
 
 
 @dataclass
@@ -173,10 +176,11 @@ async def generate_personas(
             break
         examples = rng.sample(texts, min(config.examples_per_prompt, len(texts)))
         prompt = build_prompt(kind, examples, config.candidates_per_round)
-        result = await client.create(
-            [UserMessage(content=prompt, source="user")],
-            extra_create_args={"temperature": config.temperature, "max_tokens": config.max_tokens},
-        )
+        options = {"temperature": config.temperature, "max_tokens": config.max_tokens,
+                   "seed": draw_seed(config.seed, len(texts), number, f"generate:{kind}")}  # fmt: skip
+        if config.repetition_penalty is not None:
+            options["repetition_penalty"] = config.repetition_penalty
+        result = await client.create([UserMessage(content=prompt, source="user")], extra_create_args=options)
         known = {t.lower() for t in texts}
         candidates = [c for c in parse_candidates(str(result.content)) if c.lower() not in known]
         accepted: list[str] = []

@@ -137,9 +137,25 @@ def run_page(store: Store, run_id: str) -> tuple[str, str] | None:
         else ""
     )
     body = (f"<h1>Run {esc(run_id)}</h1><p><code>{esc(run['command'])}</code> &middot; {esc(run['status'])}</p>{eval_link}"
+            f"{_audits(store, run_id)}"
             "<table id=\"conversations\"><tr><th>conversation</th><th>persona</th><th>turns</th><th>status</th>"
             "<th>preferred</th><th>rejected</th><th>judge flip rate</th></tr>" + "".join(rows) + "</table>")  # fmt: skip
     return page(f"run {run_id}", body)
+
+
+def _audits(store: Store, run_id: str) -> str:
+    """The judge audits a run made: verdict, rates, meaning, and each probe kind's score."""
+    from aloekit.evaluation.audit import AuditResult
+
+    parts = []
+    for row in store.db["judge_audits"].rows_where("run_id = ?", [run_id], order_by="created_at"):
+        result = AuditResult(**json.loads(row["result"]))
+        kinds = ", ".join(f"{esc(k.replace('_', ' '))} {v['correct']}/{v['trials']}" for k, v in result.by_kind.items())
+        parts.append(f'<div class="persona audit"><b>{esc(row["id"])}</b> &middot; {esc(result.stage)} judge '
+                     f"<code>{esc(result.judge.get('backend'))}</code> ({esc(result.judge.get('kind'))})<br>"
+                     f"{esc(result.summary_line())}<br>{esc(result.plain_words())}<br>"
+                     f'<span class="muted">probes: {kinds}</span></div>')  # fmt: skip
+    return f'<h2>Judge audits</h2><div id="audits">{"".join(parts)}</div>' if parts else ""
 
 
 # Trees ------------------------------------------------------------------------------------------------

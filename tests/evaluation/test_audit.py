@@ -94,6 +94,25 @@ async def test_a_position_biased_judge_flips_every_time_and_fails(scripted, tmp_
     assert "includes chance" in result.plain_words() and result.summary_line().startswith("FAILED")
 
 
+async def test_both_orders_in_expected_mode_cancels_a_position_bias(scripted, tmp_path):
+    def biased_but_informed(messages, options):  # 0.7 on the first shown, shifted 0.1 towards the right reply
+        if (answer := audit_world(messages)) is not None:
+            return answer
+        mine = "for: " + " ".join(_profile(messages[0]["content"]).split()[:6])
+        shown = _shown(messages[-1]["content"])
+        probs = {label: (0.7 if i == 0 else 0.3) + (0.1 if text.strip() == mine else -0.1)
+                 for i, (label, text) in enumerate(shown)}  # fmt: skip
+        return max(probs, key=probs.get), probs
+
+    config, backends, _ = _setup(scripted, tmp_path, biased_but_informed)
+    judge = config.judge.model_copy(update={"options": {"score_mode": "expected"}})
+    one_order = await run_audit(config.model_copy(update={"judge": judge}), backends)
+    assert one_order.flip_rate == 1.0 and not one_order.passed
+    both = await run_audit(config.model_copy(update={"judge": judge, "both_orders": True}), backends)
+    assert both.flip_rate == 0.0 and both.accuracy == 1.0 and both.passed
+    assert judge_key("simulate", judge, both_orders=True) != judge_key("simulate", judge)
+
+
 async def test_a_random_judges_interval_includes_chance(scripted, tmp_path):
     config, backends, _ = _setup(scripted, tmp_path, random_judge)
     result = await run_audit(config, backends)
@@ -174,5 +193,13 @@ def test_cli_audit_then_eval_reports_it(run_aloe, tmp_path):
     assert report.returncode == 0, report.stderr
     text = (tmp_path / "rep" / "report.md").read_text()
     assert f"audit {result['id']}" in text and "better than chance" in text
+    # The viewer shows it too: on the evaluation page, and on the page of the run that made the audit.
+    from aloekit.viewer.render import eval_page, run_page
+
+    store = Store(tmp_path / "aloe.db", readonly=True)
+    assert "better than chance" in eval_page(store, run_id)[0]
+    audit_run = store.conn.execute("SELECT run_id FROM judge_audits WHERE id = ?", [result["id"]]).fetchone()[0]
+    page = run_page(store, audit_run)[0]
+    assert 'id="audits"' in page and result["id"] in page and "generic 4/4" in page
     bad = run_aloe("judge", "audit", "--role", "boss=x")
     assert bad.returncode == 1 and bad.stderr.startswith("error: --role expects judge=SPEC")

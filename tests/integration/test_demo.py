@@ -24,3 +24,13 @@ def test_quick_demo_produces_every_output(run_aloe, tmp_path):
     assert len(dpo) >= 40 and result["dpo_pairs"] == len(dpo)
     assert set(json.loads(dpo[0])) >= {"prompt", "chosen", "rejected"}
     assert len(result["eval_runs"]) == 2  # its duration is reported in the README, not asserted here
+    # Both judges were audited, and the report says what that means for the numbers.
+    assert set(result["judge_audits"]) == {"simulate", "eval"}
+    assert all(a["summary"].startswith(("passed", "FAILED")) for a in result["judge_audits"].values())
+    assert "What the judge's audit means for these numbers" in report and result["judge_audits"]["eval"]["id"] in report
+    # Expected scores: the AL(k) curves move instead of sitting at 1.
+    summary = json.loads((out / "report" / "summary.json").read_text())
+    for run in summary["runs"]:
+        al = run["metrics"]["al"]
+        assert len(set(al)) > 1 and all(1 < v < 5 for v in al), al
+        assert run["judge_audit"]["id"] == result["judge_audits"]["eval"]["id"]

@@ -13,6 +13,9 @@ from aloekit.training import build_train_config, train
 
 SFT_ROWS = [{"messages": [{"role": "user", "content": "hello what is the capital of france"},
                           {"role": "assistant", "content": "paris is the capital"}]}] * 6  # fmt: skip
+PC_ROWS = [{"prompt": [{"role": "user", "content": "hello"}, {"role": "assistant", "content": "hi"},
+                        {"role": "user", "content": "what is the capital of france"}],
+            "completion": [{"role": "assistant", "content": "paris is the capital"}]}] * 6  # fmt: skip
 DPO_ROWS = [{"prompt": [{"role": "user", "content": "hello"}], "chosen": [{"role": "assistant", "content": "hi good"}],
              "rejected": [{"role": "assistant", "content": "bad no"}]}] * 6  # fmt: skip
 
@@ -32,7 +35,7 @@ def lora_and_base_weights(base_dir, adapter_dir):
     return original, lora, base_after
 
 
-@pytest.mark.parametrize(("method", "rows"), [("sft", SFT_ROWS), ("dpo", DPO_ROWS)])
+@pytest.mark.parametrize(("method", "rows"), [("sft", SFT_ROWS), ("sft", PC_ROWS), ("dpo", DPO_ROWS)])
 def test_lora_changes_and_base_does_not(tmp_path, tiny_model_dir, method, rows):
     config = build_train_config(method, data=write(tmp_path / "d.jsonl", rows), base=f"hf:{tiny_model_dir}",
                                 out=tmp_path / "adapter", max_steps=3, trl={"learning_rate": 1e-2})  # fmt: skip
@@ -134,7 +137,7 @@ def test_shipped_defaults_follow_the_paper():
     assert config.beta == 0.9 and config.max_length == 2048 and config.lora.target_modules == "all-linear"
 
 
-@pytest.mark.parametrize(("method", "rows"), [("sft", SFT_ROWS), ("dpo", DPO_ROWS)])
+@pytest.mark.parametrize(("method", "rows"), [("sft", SFT_ROWS), ("sft", PC_ROWS), ("dpo", DPO_ROWS)])
 def test_in_memory_only_lora_parameters_move(tmp_path, tiny_model_dir, method, rows):
     """trl's own check: snapshot every parameter, train, compare."""
     from aloekit.training.train import build_trainer, load_model_and_tokenizer
@@ -149,3 +152,24 @@ def test_in_memory_only_lora_parameters_move(tmp_path, tiny_model_dir, method, r
     moved = {n for n in before if not torch.equal(before[n], after[n])}
     assert moved and all("lora_" in n for n in moved)
     assert any("lora_B" in n for n in moved)
+
+
+def test_prompt_completion_sft_puts_the_loss_on_the_completion_only(tmp_path, tiny_model_dir):
+    from aloekit.training.train import build_trainer, load_model_and_tokenizer, load_rows
+
+    config = build_train_config("sft", data=write(tmp_path / "d.jsonl", PC_ROWS), base=f"hf:{tiny_model_dir}",
+                                out=tmp_path / "adapter", max_steps=1)  # fmt: skip
+    rows, _ = load_rows(config.data, "sft")
+    model, tokenizer = load_model_and_tokenizer(tiny_model_dir)
+    trainer = build_trainer(config, rows, [], model, tokenizer)
+    example = trainer.train_dataset[0]
+    trained = [label for label in example["labels"] if label != -100]  # trl masks what carries no loss
+    assert tokenizer.decode(trained).replace(" ", "").startswith("paris")  # the prompt's turns are masked
+    assert len(trained) < len(example["input_ids"]) / 2
+
+
+def test_one_sft_format_per_file(tmp_path, tiny_model_dir):
+    config = build_train_config("sft", data=write(tmp_path / "d.jsonl", [PC_ROWS[0], SFT_ROWS[0]]),
+                                base=f"hf:{tiny_model_dir}", out=tmp_path / "out")  # fmt: skip
+    with pytest.raises(AloeError, match="row 2: a messages row among prompt-completion rows"):
+        train(config)
