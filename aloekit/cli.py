@@ -26,6 +26,7 @@ from aloekit.agents.backends import BackendPool, TransformersChatClient, from_di
 from aloekit.config import AloeConfig, load_config
 from aloekit.errors import AloeError
 from aloekit.secrets import RedactingFilter
+from aloekit.serialize import to_json
 from aloekit.store import Store
 
 
@@ -57,6 +58,13 @@ class App:
         """A line on stderr that matters for trusting results: shown even with --quiet or --json."""
         click.echo(text, err=True)
 
+    def notify(self, text: str, warning: bool) -> None:
+        """:meth:`warn` for a warning, :meth:`say` for anything else."""
+        if warning:
+            self.warn(text)
+        else:
+            self.say(text)
+
     def seed_for(self, flag: int | None, section: dict[str, Any]) -> int:
         """A stage's seed: its own --seed, else ``aloe --seed``, else its config section's, else the top-level one."""
         for candidate in (flag, self.cli_seed, section.get("seed")):
@@ -71,7 +79,7 @@ class App:
 
     def emit_json(self, data: Any) -> None:
         """Machine-readable result on stdout."""
-        click.echo(json.dumps(data, indent=2, default=str))
+        click.echo(to_json(data, indent=2, default=str))
 
 
 class AloeGroup(click.Group):
@@ -189,20 +197,21 @@ async def _chat_once(
 
 
 def _run_recorded(
-    app: App, coro_factory: Callable[..., Awaitable[Any]], extra_config: dict[str, Any] | None = None
+    app: App,
+    coro_factory: Callable[[BackendPool], Awaitable[Any]],
+    extra_config: dict[str, Any] | None = None,
+    seed: int | None = None,
 ) -> Any:
-    """Run ``coro_factory(pool)`` as a recorded run: config, versions and status land in the store.
-
-    With ``extra_config`` (stored beside the app config) the factory is called as ``(pool, run_id)``.
-    """
+    """Run ``coro_factory(pool)`` as a recorded run: config (plus ``extra_config``), versions, seed and
+    status land in the store; the run's id is ``pool.run_id``."""
     store = app.store
-    run_id = store.start_run(_command_line(), {**app.config.model_dump(mode="json"), **(extra_config or {})},
-                             app.config.seed)  # fmt: skip
+    config = {**app.config.model_dump(mode="json"), **(extra_config or {})}
+    run_id = store.start_run(_command_line(), config, app.config.seed if seed is None else seed)
     pool = BackendPool(app.config, store=store, run_id=run_id)
 
     async def main() -> Any:
         try:
-            return await (coro_factory(pool, run_id) if extra_config is not None else coro_factory(pool))
+            return await coro_factory(pool)
         finally:
             await pool.aclose()
 
@@ -517,14 +526,6 @@ def _simulation_config(app: App, overrides: dict[str, Any], roles: tuple[str, ..
     return _apply_roles(config, roles)
 
 
-def _show_notice(app: App, line: str) -> None:
-    """A judge-audit line: warnings always reach stderr, a passed audit is progress text."""
-    if line.startswith("warning:"):
-        app.warn(line)
-    else:
-        app.say(line)
-
-
 def _apply_roles(config: Any, roles: tuple[str, ...]) -> Any:
     """Apply ``--role ROLE=SPEC`` assignments through the config's own ``with_backend``."""
     for assignment in roles:
@@ -667,12 +668,12 @@ def simulate(
                 raise
             raise AloeError(f"{exc}, after keeping the {config.eval_set} eval personas out (import more personas, "
                             "or pass --allow-eval-personas)") from None  # fmt: skip
-        audit_id, notice = audit_notice(store, "simulate", config.judge, config.paper_exact, config.judge_both_orders)
+        notice = audit_notice(store, "simulate", config.judge, config.paper_exact, config.judge_both_orders)
         run_config = {**app.config.model_dump(mode="json"), "simulation_resolved": config.model_dump(mode="json"),
-                      "excluded_eval_personas": excluded, "judge_audit": audit_id}  # fmt: skip
+                      "excluded_eval_personas": excluded, "judge_audit": notice.audit_id}  # fmt: skip
         run_id = store.start_run(_command_line(), run_config, config.seed)
         trees.create_conversations(run_id, personas, config.turns)
-        _show_notice(app, notice)
+        app.notify(notice.text, warning=notice.warning)
         if any(excluded.values()):
             app.say(f"kept out of sampling: {excluded['profile']} profiles and {excluded['personality']} "
                     f"personalities of the {config.eval_set} eval set")  # fmt: skip
@@ -896,7 +897,7 @@ def export(
             raise AloeError(f"no run {run!r} in {app.store.path}")
     conversations = [c for c in conversations if c.kind == "simulation"]
     # Rows name conversations by a key from (seed, position, persona), so a rerun exports the same bytes.
-    keys = {c.id: trees.key(c) for c in conversations}
+    keys = trees.export_keys(conversations)
     records = {keys[c.id]: trees.records(c.id) for c in conversations}
     report = FlattenReport()
     options = {"min_turns": min_turns, "require_agreement": require_agreement, "report": report}
@@ -1131,14 +1132,14 @@ def judge_audit(
                           paper_exact=paper_exact)  # fmt: skip
     labels = read_labels(labels_path) if labels_path else None
 
-    async def audit(backends: BackendPool, run_id: str) -> tuple[str, Any]:
+    async def audit(backends: BackendPool) -> tuple[str, Any]:
         for spec in sorted({config.judge.backend, config.user.backend, config.generator.backend}):
             await _ensure_loaded(app, backends, spec)
         with app.console.status("probing the judge") if not (app.quiet or app.as_json) else nullcontext():
             result = await run_audit(config, backends, labels)
-        return save_audit(app.store, run_id, result), result
+        return save_audit(app.store, str(backends.run_id), result), result
 
-    audit_id, result = _run_recorded(app, audit, {"audit": config.model_dump(mode="json")})
+    audit_id, result = _run_recorded(app, audit, {"audit": config.model_dump(mode="json")}, config.seed)
     if app.as_json:
         app.emit_json({"id": audit_id, "passed": result.passed, **asdict(result)})
         return
@@ -1220,12 +1221,12 @@ def eval_command(
             err = exc.errors()[0]
             raise AloeError(f"eval config: field {'.'.join(map(str, err['loc']))}: {err['msg']}") from None
         config = _apply_roles(config, roles)
-        audit_id, notice = audit_notice(store, "eval", config.judge)
+        notice = audit_notice(store, "eval", config.judge)
         run_config = {**app.config.model_dump(mode="json"), "eval_resolved": config.model_dump(mode="json"),
-                      "judge_audit": audit_id}  # fmt: skip
+                      "judge_audit": notice.audit_id}  # fmt: skip
         run_id = store.start_run(_command_line(), run_config, config.seed)
         replayed = create_eval_conversations(store, run_id, config)
-        _show_notice(app, notice)
+        app.notify(notice.text, warning=notice.warning)
 
     backends = BackendPool(
         app.config, store=store, run_id=run_id, budget=Budget(max_calls=config.max_calls, max_tokens=config.max_tokens)

@@ -59,7 +59,7 @@ QUICK = DemoScale(
     dpo_steps=8,
     eval_personas=4,
     eval_turns=3,
-    audit_personas=4,
+    audit_personas=6,
 )
 FULL = DemoScale(
     new_profiles=10,
@@ -70,7 +70,7 @@ FULL = DemoScale(
     dpo_steps=40,
     eval_personas=10,
     eval_turns=5,
-    audit_personas=8,
+    audit_personas=12,
 )
 
 
@@ -223,7 +223,9 @@ async def _run_demo(out: Path, scale: DemoScale, say: Callable[[str], None]) -> 
     )
 
     stage("export: SFT and DPO data")
-    records = {trees.key(c): trees.records(c.id) for c in trees.conversations(sim_run)}
+    conversations = trees.conversations(sim_run)
+    keys = trees.export_keys(conversations)
+    records = {keys[c.id]: trees.records(c.id) for c in conversations}
     data = out / "data"
     data.mkdir(exist_ok=True)
     sft, dpo = sft_rows(records), dpo_rows(records)

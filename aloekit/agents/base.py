@@ -159,20 +159,24 @@ class PromptRole:
         view: RoleView | None = None,
         *,
         choices: Sequence[str] | None = None,
+        logprobs: bool = False,
         **overrides: Any,
     ) -> CallRecord:
         """Call the backend once and record the call.
 
         Given the ``view``, a sampled call without a configured seed gets one derived from (seed,
         conversation index, turn, role), so a rerun with the same seed draws the same samples.
-        ``choices`` constrains the answer to one of them (``guided_choice``) and asks for the first
-        token's logprobs, recorded as the call's ``distribution`` when the backend returns them.
+        ``choices`` constrains the answer to one of them (``guided_choice``); with ``logprobs`` the first
+        token's distribution over them is asked for too and recorded as the call's ``distribution``
+        (such calls are never served from the cache, which keeps no logprobs).
         """
         options = {**self.generation, **overrides}
         if view is not None and options.get("seed") is None and options.get("temperature") != 0:
             options["seed"] = view.draw_seed(f"sample:{self.name}")
         if choices:
-            options |= {"guided_choice": list(choices), "logprobs": True, "top_logprobs": TOP_LOGPROBS}
+            options["guided_choice"] = list(choices)
+        if choices and logprobs:
+            options |= {"logprobs": True, "top_logprobs": TOP_LOGPROBS}
         started = time.monotonic()
         result = await self.client.create(from_dicts(messages), extra_create_args=options)
         raw = result.content if isinstance(result.content, str) else str(result.content)
@@ -184,7 +188,7 @@ class PromptRole:
             completion_tokens=result.usage.completion_tokens,
             latency_s=round(time.monotonic() - started, 4),
             cached=result.cached,
-            distribution=option_distribution(result.logprobs, choices) if choices else None,
+            distribution=option_distribution(result.logprobs, choices) if choices and logprobs else None,
         )
 
     async def __call__(self, view: RoleView) -> RoleOutput:

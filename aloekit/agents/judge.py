@@ -107,8 +107,10 @@ class PreferenceJudge(PromptRole):
             raise ConfigError(f"judge labels must be 'numbers' or 'letters', got {labels!r}")
         if score_mode not in ("text", "expected"):
             raise ConfigError(f"judge score_mode must be 'text' or 'expected', got {score_mode!r}")
-        if paper_exact and (score_mode != "text" or labels != "numbers"):
-            raise ConfigError("paper_exact reproduces the authors' text judge: it takes no score_mode or labels")
+        if paper_exact and (score_mode != "text" or labels != "numbers" or both_orders):
+            raise ConfigError(
+                "paper_exact reproduces the authors' text judge: it takes no score_mode, labels or both_orders"
+            )
         self.labels = labels
         self.score_mode = score_mode
         self.paper_exact = paper_exact
@@ -154,7 +156,7 @@ class PreferenceJudge(PromptRole):
         labels = [self.label(i) for i in range(len(order))]
         for strict in (False, True):
             if self.score_mode == "expected":
-                call = await self.complete(self.render_order(view, order, strict), view, choices=labels)
+                call = await self.complete(self.render_order(view, order, strict), view, choices=labels, logprobs=True)
                 calls.append(call)
                 if call.distribution is not None:
                     probabilities = [0.0] * len(order)

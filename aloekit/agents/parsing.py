@@ -21,9 +21,13 @@ _WORD_NUMBERS = {"one": 1, "two": 2, "three": 3, "four": 4, "five": 5}
 _ORDINALS = {"first": 1, "second": 2, "third": 3, "fourth": 4, "fifth": 5, "1st": 1, "2nd": 2, "3rd": 3, "4th": 4}
 _JSON_KEYS = ("choice", "preferred", "answer", "message", "winner", "verdict", "score", "rating", "value")
 
-# Words that make an answer something other than one plain assertion.
-_NEGATION = re.compile(r"\b(?:not|no|never|neither|nor|none|nothing|cannot|without)\b|n't\b")
-_HEDGE = re.compile(r"\b(?:both|either|tie|tied|equal|equally|same|depends|unsure|unclear|undecided|maybe)\b")
+# Words that make a whole answer something other than one plain assertion.
+_HEDGE = re.compile(
+    r"\b(?:both|either|neither|nor|none|tie|tied|equal|equally|depends|unsure|unclear|undecided|maybe)\b"
+)
+# A negation in the clause just before a mention negates it: "not Message 1", "wouldn't pick 2", "not a 5".
+_NEGATION = re.compile(r"\b(?:not|no|never|cannot)\b|n't\b")
+_CLAUSE_END = re.compile(r"[.;:!?,()\n]")
 # "First of all, I'd pick 2": "first" here is not a candidate.
 _DISCOURSE = re.compile(r"\b(?:first of all|first off|at first(?: glance)?|firstly|first and foremost)\b", re.I)
 _CANDIDATE_TOKEN = r"(?:-?\d+(?:\.\d+)?|one|two|three|four|five|first|second|third|fourth|fifth)"
@@ -35,7 +39,9 @@ _LETTER_ALTERNATIVE = re.compile(
     r"\b[a-e]\s*(?:[-\u2013\u2014/]|\bor\b|\band\b|\bvs\.?|\bversus\b)\s*(?:message\s*|reply\s*|option\s*)?[a-e]\b"
 )
 _LABEL_WORDS = r"(?:message|reply|response|option|candidate|answer|choice)"
-_LABELLED = re.compile(rf"\b{_LABEL_WORDS}\s*#?\s*\(?\s*(-?\d+(?:\.\d+)?|one|two|three|four|five|[a-z])(?![\w.]\w)")
+_LABELLED = re.compile(
+    rf"\b{_LABEL_WORDS}(?![a-z])\s*#?\s*\(?\s*(-?\d+(?:\.\d+)?|one|two|three|four|five|[a-z])(?!\w|\.\d)"
+)
 _NUMBER = re.compile(r"(?<![\w.])-?\d+(?:\.\d+)?(?![\w]|\.\d)")
 _ORDINAL = re.compile(r"\b(first|second|third|fourth|fifth|1st|2nd|3rd|4th)\b")
 _UPPER_LETTER = re.compile(r"(?<![\w'])([A-Z])(?![\w'])")
@@ -49,8 +55,8 @@ _SCORE_RANGE = re.compile(
     r"|\b(?:one|two|three|four|five)\s+(?:to|or|and)\s+(?:one|two|three|four|five)\b"
 )
 _SCORE_LABELLED = re.compile(
-    r"\b(?:score|scored|rating|rate|rated|grade|give|gave|giving|assign)\b[^\d\n.!?;]{0,24}?(?<![\w.])(-?\d+(?:\.\d+)?)"
-    r"(?![\w]|\.\d)"
+    r"\b(?:scores?|scored|ratings?|rates?|rated|grades?|gives?|gave|giving|assigns?)\b[^\d\n.!?;]{0,24}?"
+    r"(?<![\w.])(-?\d+(?:\.\d+)?)(?![\w]|\.\d)"
 )
 
 
@@ -80,56 +86,72 @@ def _as_int(token: str) -> int | None:
     return int(token)
 
 
-def _single(values: list[int | None], low: int, high: int) -> int | None:
-    """The one value asserted, if every mention names it and it is in range."""
-    if not values or any(v is None for v in values):
+def _negated(text: str, start: int) -> bool:
+    """Whether the clause leading up to ``start`` negates what follows."""
+    return bool(_NEGATION.search(_CLAUSE_END.split(text[max(0, start - 40) : start])[-1]))
+
+
+def _single(mentions: list[tuple[int | None, int]], text: str, low: int, high: int) -> int | None:
+    """The one value asserted: every mention (value, position) names it, none is negated, it is in range."""
+    if not mentions or any(v is None or _negated(text, start) for v, start in mentions):
         return None
-    distinct = set(values)
+    distinct = {v for v, _ in mentions}
     if len(distinct) != 1:
         return None
     value = distinct.pop()
-    return value if low <= value <= high else None
+    return value if value is not None and low <= value <= high else None
+
+
+def _outside(spans: list[tuple[int, int]], match: re.Match[str]) -> bool:
+    return all(match.end() <= a or match.start() >= b for a, b in spans)
 
 
 def parse_verdict(text: str, n_candidates: int, labels: str = "numbers") -> int | None:
     """The 1-based candidate ``text`` asserts ('Message 1', 'First.', '2.', JSON...), or None.
 
     ``labels="letters"`` reads "Message A", "B", "(A)"... instead of numbers. None whenever the answer
-    negates, hedges, names a range or more than one candidate, or names one that does not exist.
+    hedges, negates a candidate, names a range or more than one candidate, or one that does not exist.
     """
     if (inner := _json_value(text)) is not None:
         return parse_verdict(inner, n_candidates, labels) if inner else None
-    original = _clean(text)
+    original = _DISCOURSE.sub(lambda m: " " * len(m.group()), _clean(text))
     lowered = original.lower()
-    if not lowered or _NEGATION.search(lowered) or _HEDGE.search(lowered):
+    if not lowered.strip() or _HEDGE.search(lowered) or _ALTERNATIVE.search(lowered):
         return None
-    if _ALTERNATIVE.search(lowered) or (labels == "letters" and _LETTER_ALTERNATIVE.search(lowered)):
+    if labels == "letters" and _LETTER_ALTERNATIVE.search(lowered):
         return None
-    lowered = _DISCOURSE.sub(" ", lowered)
-    original = _DISCOURSE.sub(" ", original)
-
-    labelled: list[int | None] = []
-    for token in _LABELLED.findall(lowered):
+    mentions: list[tuple[int | None, int]] = []
+    labelled = list(_LABELLED.finditer(lowered))
+    for m in labelled:
+        token = m.group(1)
         if token.isalpha() and len(token) == 1:
-            labelled.append(ord(token) - ord("a") + 1 if labels == "letters" else None)
+            value = ord(token) - ord("a") + 1 if labels == "letters" else None
         elif token in _WORD_NUMBERS:
-            labelled.append(_WORD_NUMBERS[token] if labels == "numbers" else None)
+            value = _WORD_NUMBERS[token] if labels == "numbers" else None
         else:
-            labelled.append(_as_int(token) if labels == "numbers" else None)
-    rest = _LABELLED.sub(" ", lowered)
-    ordinals = [_ORDINALS[m] for m in _ORDINAL.findall(rest)]
-    if labelled:
-        mentions = labelled + ordinals
-    elif labels == "letters":
-        letters = [m for m in _UPPER_LETTER.findall(_LABELLED.sub(" ", original)) if m != "I"]
-        mentions = [ord(m) - ord("A") + 1 for m in letters] + ordinals
-        if len(lowered.strip(" .!")) == 1 and lowered.strip(" .!").isalpha():  # a lone lowercase "b"
-            mentions.append(ord(lowered.strip(" .!")) - ord("a") + 1)
+            value = _as_int(token) if labels == "numbers" else None
+        mentions.append((value, m.start()))
+    spans = [m.span() for m in labelled]
+    mentions += [(_ORDINALS[m.group(1)], m.start()) for m in _ORDINAL.finditer(lowered) if _outside(spans, m)]
+    if labels == "letters":
+        for m in _UPPER_LETTER.finditer(original):
+            sentence_start = not original[: m.start()].strip() or original[: m.start()].rstrip()[-1] in ".!?"
+            if _outside(spans, m) and m.group(1) != "I" and not (labelled and sentence_start):
+                value = ord(m.group(1)) - ord("A") + 1
+                if not labelled or value <= n_candidates:  # beside a label, only other valid labels conflict
+                    mentions.append((value, m.start()))
+        if (lone := lowered.strip(" .!")) and len(lone) == 1 and lone.isalpha():  # a lone lowercase "b"
+            mentions.append((ord(lone) - ord("a") + 1, 0))
     else:
-        mentions = [_as_int(m) for m in _NUMBER.findall(rest)] + ordinals
+        for m in _NUMBER.finditer(lowered):
+            value = _as_int(m.group())
+            # Beside a label, a bare number conflicts only if it could name a candidate ("Message 1, not 2");
+            # "Message 2 for her 30 years" keeps its label.
+            if _outside(spans, m) and (not labelled or (value is not None and 1 <= value <= n_candidates)):
+                mentions.append((value, m.start()))
         if (word := lowered.strip(" .!")) in _WORD_NUMBERS:
-            mentions.append(_WORD_NUMBERS[word])
-    return _single(mentions, 1, n_candidates)
+            mentions.append((_WORD_NUMBERS[word], 0))
+    return _single(mentions, lowered, 1, n_candidates)
 
 
 def parse_letter_verdict(text: str, n_candidates: int) -> int | None:
@@ -140,28 +162,27 @@ def parse_letter_verdict(text: str, n_candidates: int) -> int | None:
 def parse_score(text: str, low: int = 1, high: int = 5) -> int | None:
     """A score from '4', '4.', 'Score: 4', '4/5', 'I would rate this a 4.' or ``{"score": 4}``, else None.
 
-    None for a negation, a range ('3-4', 'between 3 and 4'), another scale ('5/10'), a negative or
-    fractional number, a number outside ``low``..``high``, or two different numbers with no label.
+    None for a negated score ('not a 5'), a range ('3-4', 'between 3 and 4'), another scale ('5/10'), a
+    negative or fractional number, a number outside ``low``..``high``, or two different numbers.
     """
     if (inner := _json_value(text)) is not None:
         return parse_score(inner, low, high) if inner else None
-    lowered = _clean(text).lower()
-    if not lowered or _NEGATION.search(lowered):
+    lowered = _SCALE.sub(lambda m: " " * len(m.group()), _clean(text).lower())
+    if not lowered.strip() or _SCORE_RANGE.search(lowered):
         return None
-    lowered = _SCALE.sub(" ", lowered)
-    labelled: list[int | None] = []
-    for numerator, denominator in _FRACTION.findall(lowered):
-        labelled.append(_as_int(numerator) if int(denominator) == high else None)
-    lowered = _FRACTION.sub(" ", lowered)
-    if _SCORE_RANGE.search(lowered):
-        return None
-    labelled += [_as_int(m) for m in _SCORE_LABELLED.findall(lowered)]
+    fractions = list(_FRACTION.finditer(lowered))
+    labelled: list[tuple[int | None, int]] = [
+        (_as_int(m.group(1)) if int(m.group(2)) == high else None, m.start()) for m in fractions
+    ]
+    spans = [m.span() for m in fractions]
+    labelled += [(_as_int(m.group(1)), m.start(1)) for m in _SCORE_LABELLED.finditer(lowered)
+                 if _outside(spans, m)]  # fmt: skip
     if labelled:
-        return _single(labelled, low, high)
-    numbers = [_as_int(m) for m in _NUMBER.findall(lowered)]
+        return _single(labelled, lowered, low, high)
+    numbers = [(_as_int(m.group()), m.start()) for m in _NUMBER.finditer(lowered)]
     if (word := lowered.strip(" .!")) in _WORD_NUMBERS:
-        numbers.append(_WORD_NUMBERS[word])
-    return _single(numbers, low, high)
+        numbers.append((_WORD_NUMBERS[word], 0))
+    return _single(numbers, lowered, low, high)
 
 
 # Probability-weighted answers ----------------------------------------------------------------------------

@@ -89,10 +89,12 @@ class AlignmentScorer(PromptRole):
         """Score once; retry once with a stricter instruction if the answer is unusable."""
         messages = self.render_score(view)
         prompt_hash = hashlib.sha256(json.dumps(messages, sort_keys=True).encode()).hexdigest()[:16]
-        calls = [await self.complete(messages, view, choices=self.choices)]
+        expected = self.score_mode == "expected"
+        calls = [await self.complete(messages, view, choices=self.choices, logprobs=expected)]
         score = self._read(calls[0])
         if score is None:
-            calls.append(await self.complete(self.render_score(view, strict=True), view, choices=self.choices))
+            strict = self.render_score(view, strict=True)
+            calls.append(await self.complete(strict, view, choices=self.choices, logprobs=expected))
             score = self._read(calls[-1])
         value = Score(score=score, raw=[c.raw for c in calls], retried=len(calls) > 1, prompt_hash=prompt_hash,
                       mode=self.score_mode, distribution=calls[-1].distribution)  # fmt: skip

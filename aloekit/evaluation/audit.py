@@ -10,8 +10,11 @@ known answer of two probes: P's reply versus Q's, and P's reply versus the gener
 - A scorer (``--stage eval``) scores the two replies of a probe separately: correct when P's reply gets
   the strictly higher score (ties are counted, and are not correct).
 
-Accuracy comes with a 95% Wilson interval (scipy); the judge passes when the interval's lower end is
-above chance (0.5). Invalid verdicts and unscored replies count as not correct, and are reported.
+Accuracy comes with a 95% Wilson interval over personas (a persona's trials share one right reply, so
+they are not independent: counting personas, not trials, keeps the interval honest); the judge passes
+when the interval's lower end is above chance (0.5). Invalid verdicts and unscored replies count as not
+correct, and are reported. A ``both_orders`` judge asks both orders in one verdict: there the flip rate
+is its own disagreement between the two orders.
 With ``labels`` (JSONL of human or reference preferences) the audit also reports agreement with them:
 accuracy and Cohen's kappa (scikit-learn).
 """
@@ -74,8 +77,8 @@ class AuditConfig(BaseModel):
     """Writes the probe replies: for the persona (told it), for another persona, and for nobody."""
     eval_set: str = BUILTIN_EVAL_SET
     """Personas of the probes: ``builtin`` or a folder with the paper's two files."""
-    personas: int | None = Field(default=8, gt=0)
-    """Probe the first N eval personas (two probes each); None: all."""
+    personas: int | None = Field(default=20, gt=0)
+    """Probe N eval personas (two probes each; no two neighbours share a profile or personality); None: all."""
     seed: int = 0
     """Seeds every sampled call."""
     concurrency: int = Field(default=8, gt=0)
@@ -189,14 +192,20 @@ def _pct(value: float | None) -> str:
     return "n/a" if value is None or math.isnan(value) else f"{value:.0%}"
 
 
-def wilson_interval(correct: int, trials: int) -> tuple[float | None, float | None]:
-    """95% Wilson score interval for a proportion (scipy); (None, None) without trials."""
-    if trials == 0:
-        return None, None
-    from scipy.stats import binomtest
+def wilson_interval(accuracy: float, n: int) -> tuple[float | None, float | None]:
+    """95% Wilson score interval for a proportion ``accuracy`` observed on ``n`` independent units.
 
-    ci = binomtest(correct, trials).proportion_ci(confidence_level=0.95, method="wilson")
-    return float(ci.low), float(ci.high)
+    Written out rather than taken from scipy's ``binomtest``, which needs whole counts: the audit's
+    units are personas, each contributing the share of its trials the judge got right.
+    """
+    if n == 0:
+        return None, None
+    from scipy.stats import norm
+
+    z = float(norm.ppf(0.975))
+    centre = (accuracy + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(accuracy * (1 - accuracy) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def spread(personas: list[PersonaPair]) -> list[PersonaPair]:
@@ -262,23 +271,37 @@ def _judge_view(probe: Probe, candidates: tuple[str, ...], hinted: tuple[bool, .
                     conversation_index=probe.index)  # fmt: skip
 
 
-async def _judge_pair(judge: Any, probe: Probe, seed: int) -> dict[str, Any]:
-    """Both orders: returns each verdict's choice (index of the right reply 0 then 1) and whether it flipped."""
-    first = (await judge(_judge_view(probe, (probe.right, probe.wrong), (True, False), seed))).value
-    second = (await judge(_judge_view(probe, (probe.wrong, probe.right), (False, True), seed))).value
-    if not isinstance(first, Verdict) or not isinstance(second, Verdict):
-        raise AloeError("the simulation judge must return a Verdict (use --stage eval for a scorer)")
+async def _judge_pair(judge: Any, probe: Probe, seed: int, both_orders: bool) -> dict[str, Any]:
+    """Ask in both orders: the outcome of each verdict, and whether the two picked different replies.
+
+    The first-shown candidate is the hinted one in both calls, so a ``paper_exact`` judge (hinted reply
+    first) also sees the right reply first once and second once. A ``both_orders`` judge asks both orders
+    itself: one call is one trial, and its own agreement between the orders gives the flip.
+    """
+    first = await _verdict(judge, _judge_view(probe, (probe.right, probe.wrong), (True, False), seed))
+    if both_orders:
+        valid = first.preferred != INVALID and first.agreement is not None
+        return {"outcomes": [_outcome(first.preferred, 0)], "flipped": valid and first.agreement is False,
+                "both_valid": valid, "raw": first.raw, "probabilities": [first.probabilities]}  # fmt: skip
+    second = await _verdict(judge, _judge_view(probe, (probe.wrong, probe.right), (True, False), seed))
     outcomes = [_outcome(first.preferred, 0), _outcome(second.preferred, 1)]
     valid = INVALID not in (first.preferred, second.preferred)
     return {"outcomes": outcomes, "flipped": valid and first.preferred == second.preferred, "both_valid": valid,
             "raw": [*first.raw, *second.raw], "probabilities": [first.probabilities, second.probabilities]}  # fmt: skip
 
 
+async def _verdict(judge: Any, view: RoleView) -> Verdict:
+    value = (await judge(view)).value
+    if not isinstance(value, Verdict):
+        raise AloeError("the simulation judge must return a Verdict (use --stage eval for a scorer)")
+    return value
+
+
 def _outcome(preferred: int, right: int) -> str:
     return "invalid" if preferred == INVALID else "correct" if preferred == right else "wrong"
 
 
-async def _score_pair(scorer: Any, probe: Probe, seed: int) -> dict[str, Any]:
+async def _score_pair(scorer: Any, probe: Probe, seed: int, both_orders: bool = False) -> dict[str, Any]:
     """Score both replies; correct when the right one scores strictly higher."""
     scores = []
     for reply in (probe.right, probe.wrong):
@@ -318,12 +341,14 @@ async def run_audit(
         async with gate:
             return {"probe": probe.index, "kind": probe.kind, "persona": probe.persona.id,
                     "user_message": probe.user_message, "right": probe.right, "wrong": probe.wrong,
-                    **await ask(judge, probe, config.seed)}  # fmt: skip
+                    **await ask(judge, probe, config.seed, config.both_orders)}  # fmt: skip
 
     details = await asyncio.gather(*(one(p) for p in probes))
     outcomes = [o for d in details for o in d["outcomes"]]
     correct, invalid = outcomes.count("correct"), outcomes.count("invalid")
-    low, high = wilson_interval(correct, len(outcomes))
+    accuracy = correct / len(outcomes) if outcomes else None
+    # A persona's trials share one right reply and are not independent: the interval counts personas.
+    low, high = wilson_interval(accuracy, len(personas)) if accuracy is not None else (None, None)
     by_kind: dict[str, dict[str, int]] = {}
     for d in details:
         entry = by_kind.setdefault(d["kind"], {"correct": 0, "trials": 0})
@@ -335,7 +360,7 @@ async def run_audit(
         judge=config.judge.model_dump(mode="json") | {"paper_exact": config.paper_exact,
                                                       "both_orders": config.both_orders},
         eval_set=config.eval_set, personas=len(personas), probes=len(probes), trials=len(outcomes),
-        correct=correct, invalid=invalid, accuracy=correct / len(outcomes) if outcomes else None,
+        correct=correct, invalid=invalid, accuracy=accuracy,
         ci_low=low, ci_high=high, invalid_rate=invalid / len(outcomes) if outcomes else None,
         flip_rate=(sum(d["flipped"] for d in both_valid) / len(both_valid)) if both_valid else None,
         tie_rate=outcomes.count("tie") / len(details) if config.stage == "eval" and details else None,
@@ -429,19 +454,30 @@ def latest_audit(store: Store, key: str) -> tuple[str, AuditResult] | None:
     return _row_to_result(rows[0]) if rows else None
 
 
+@dataclass
+class AuditNotice:
+    """What a run should tell its user about its judge before it starts."""
+
+    audit_id: str | None
+    text: str
+    warning: bool
+
+
 def audit_notice(
     store: Store, stage: Stage, judge: RoleConfig, paper_exact: bool = False, both_orders: bool = False
-) -> tuple[str | None, str]:
-    """(audit id or None, one line for the user) about the judge a run is about to use."""
+) -> AuditNotice:
+    """The line a run prints about the judge it is about to use: a warning unless it passed an audit."""
     found = latest_audit(store, judge_key(stage, judge, paper_exact, both_orders))
     if found is None:
         what = "labels" if stage == "simulate" else "scores"
         flags = "".join(f" --{name}" for name, on in (("paper-exact", paper_exact), ("judge-both-orders", both_orders))
                         if on)  # fmt: skip
-        return None, (
+        text = (
             f"warning: judge {judge.backend} ({judge.kind}) has no audit in {store.path}, so its {what} are "
             f"unverified (run: aloe judge audit --stage {stage}{flags} --role judge={judge.backend})"
         )
+        return AuditNotice(None, text, warning=True)
     audit_id, result = found
     prefix = "" if result.passed else "warning: "
-    return audit_id, f"{prefix}judge {judge.backend} ({judge.kind}) audit {audit_id} {result.summary_line()}"
+    text = f"{prefix}judge {judge.backend} ({judge.kind}) audit {audit_id} {result.summary_line()}"
+    return AuditNotice(audit_id, text, warning=not result.passed)

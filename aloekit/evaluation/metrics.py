@@ -158,15 +158,19 @@ def holm(p_values: list[float | None]) -> list[float | None]:
     return adjusted
 
 
-def signed_rank_p(differences: list[float]) -> float | None:
-    """Two-sided Wilcoxon signed-rank p of paired differences; 1.0 when all are zero, None when there are none."""
+def signed_rank(differences: list[float]) -> tuple[float | None, float | None]:
+    """Two-sided Wilcoxon signed-rank test (scipy) of paired differences: (statistic, p).
+
+    p is 1.0 when every difference is zero (no evidence of any), and None when there are none.
+    """
     if not differences:
-        return None
+        return None, None
     if all(d == 0 for d in differences):
-        return 1.0
+        return None, 1.0
     from scipy.stats import wilcoxon
 
-    return float(wilcoxon(differences).pvalue)
+    result = wilcoxon(differences)
+    return float(result.statistic), float(result.pvalue)
 
 
 @dataclass
@@ -235,14 +239,9 @@ def compare(a: Scores, b: Scores, turns: int, n_boot: int = 1000, seed: int = 0,
     compared = {pid: {k for k in range(1, turns + 1) if both(pid, k)} for pid in common}
     means_a, means_b = persona_means(a, compared), persona_means(b, compared)
     paired = [means_b[p] - means_a[p] for p in common if p in means_a and p in means_b]
-    statistic = p_value = None
-    if paired and any(d != 0 for d in paired):
-        from scipy.stats import wilcoxon
-
-        result = wilcoxon(paired)
-        statistic, p_value = float(result.statistic), float(result.pvalue)
+    statistic, p_value = signed_rank(paired)
     per_turn = [[b[p][k] - a[p][k] for p in common if k in compared[p]] for k in range(1, turns + 1)]
-    turn_p = [signed_rank_p(d) for d in per_turn]
+    turn_p = [signed_rank(d)[1] for d in per_turn]
     adjusted = holm(turn_p)
     return Comparison(
         personas=len(common),

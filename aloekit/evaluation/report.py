@@ -12,6 +12,7 @@ from aloekit.errors import AloeError
 from aloekit.evaluation.audit import AuditResult, get_audit, judge_key, latest_audit
 from aloekit.evaluation.metrics import BootstrapCIs, Interval, Metrics, bootstrap, compare, compute_metrics
 from aloekit.evaluation.task import EvalConfig, EvalStore
+from aloekit.serialize import to_json
 from aloekit.store import Store
 
 
@@ -26,7 +27,7 @@ def eval_config(store: Store, run_id: str) -> EvalConfig:
     return EvalConfig.model_validate(stored)
 
 
-def run_audit(store: Store, run_id: str, config: EvalConfig) -> tuple[str | None, AuditResult | None]:
+def audit_of_run(store: Store, run_id: str, config: EvalConfig) -> tuple[str | None, AuditResult | None]:
     """The judge audit recorded when the run started, else the newest audit of the same judge."""
     run = store.get_run(run_id)
     recorded = json.loads(run["config"]).get("judge_audit") if run else None
@@ -44,7 +45,7 @@ def run_results(store: Store, run_id: str, n_boot: int = 1000) -> dict[str, Any]
     turns = max((c.max_turns for c in evals.trees.conversations(run_id)), default=config.turns)
     metrics = compute_metrics(scores, turns)
     cis = bootstrap(scores, turns, n_boot=n_boot, seed=config.seed)
-    audit_id, audit = run_audit(store, run_id, config)
+    audit_id, audit = audit_of_run(store, run_id, config)
     return {"run_id": run_id, "config": config, "scores": scores, "turns": turns, "metrics": metrics, "cis": cis,
             "statuses": evals.trees.status_counts(run_id), "audit_id": audit_id, "audit": audit}  # fmt: skip
 
@@ -173,7 +174,7 @@ def write_report(store: Store, run_ids: list[str], out: Path, note: str | None =
         summary["comparison"] = comparison
         lines += ["## Comparison (second run minus first)", "", *comparison_lines(comparison), ""]
     (out / "report.md").write_text("\n".join(lines), encoding="utf-8")
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str), encoding="utf-8")
+    (out / "summary.json").write_text(to_json(summary, indent=2, default=str), encoding="utf-8")
     return summary
 
 
@@ -193,7 +194,7 @@ def comparison_lines(c: dict[str, Any]) -> list[str]:
     def iv(d: dict[str, float]) -> str:
         return f"{format_value(d['value'])} [{format_value(d['low'])}, {format_value(d['high'])}]"
 
-    p = "n/a (no differences)" if c["wilcoxon_p"] is None else f"{c['wilcoxon_p']:.4f}"
+    p = "n/a (nothing paired)" if c["wilcoxon_p"] is None else f"{c['wilcoxon_p']:.4f}"
     turns = ", ".join(map(str, c["turns_differing"])) or "none"
     lines = [
         f"- personas compared: {c['personas']}, turns 1-{c['turns']}",

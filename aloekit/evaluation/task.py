@@ -23,7 +23,7 @@ from aloekit.graphs.simulate import RoleConfig, build_role
 from aloekit.graphs.storage import Conversation, TreeStore
 from aloekit.graphs.tree import root_id
 from aloekit.personas.models import PersonaPair
-from aloekit.personas.pool import eval_set
+from aloekit.personas.pool import eval_set, load_personas
 from aloekit.store import Store, utcnow
 
 Mode = Literal["live", "replay"]
@@ -36,19 +36,27 @@ def builtin_eval_dir() -> Path:
     return Path(str(resources.files("aloekit.evaluation") / "data"))
 
 
-def load_eval_personas(source: str | Path, n_personalities: int = 5) -> list[PersonaPair]:
-    """Eval personas from ``builtin`` or a folder holding the paper's two files, in a stable order."""
+def eval_files(source: str | Path) -> tuple[Path, Path]:
+    """The profile and personality files of an eval set: ``builtin``, or a folder holding the paper's two files."""
     folder = builtin_eval_dir() if str(source) == BUILTIN_EVAL_SET else Path(source)
     profiles, personalities = folder / "profile_eval.jsonl", folder / "personality_eval.jsonl"
     for path in (profiles, personalities):
         if not path.is_file():
             raise AloeError(f"eval set {folder}: missing {path.name}")
-    return eval_set(profiles, personalities, n_personalities)
+    return profiles, personalities
+
+
+def load_eval_personas(source: str | Path, n_personalities: int = 5) -> list[PersonaPair]:
+    """Eval personas from ``builtin`` or a folder holding the paper's two files, in a stable order."""
+    return eval_set(*eval_files(source), n_personalities)
 
 
 def eval_persona_ids(source: str | Path) -> set[str]:
-    """Content-hash ids of every profile and personality in an eval set (to keep them out of training)."""
-    return {p.id for pair in load_eval_personas(source) for p in (pair.profile, pair.personality)}
+    """Content-hash ids of every profile and personality in an eval set's files (all of them, not only the
+    first five personalities the benchmark pairs), to keep them out of training."""
+    profiles, personalities = eval_files(source)
+    return {p.id for path, kind in ((profiles, "profile"), (personalities, "personality"))
+            for p in load_personas(path, kind)}  # fmt: skip
 
 
 class EvalConfig(BaseModel):
@@ -230,9 +238,9 @@ class EvalStore:
                                                     "chosen": 1, "data": json.dumps(data)})  # fmt: skip
             conn.execute("UPDATE conversations SET turns_done = ?, updated_at = ? WHERE id = ?", [turn, utcnow(), cid])
 
-    def scores(self, run_id: str) -> dict[str, dict[int, int | None]]:
+    def scores(self, run_id: str) -> dict[str, dict[int, float | None]]:
         """scores[persona pair id][turn] for a run (None: unscored)."""
-        out: dict[str, dict[int, int | None]] = {}
+        out: dict[str, dict[int, float | None]] = {}
         for conversation in self.trees.conversations(run_id):
             by_turn = out.setdefault(conversation.persona.id, {})
             for row in self.store.db["eval_turns"].rows_where("conversation_id = ?", [conversation.id]):

@@ -96,6 +96,8 @@ class SimulationConfig(BaseModel):
             raise ValueError(f"responder names must be unique, got {names}")
         if self.paper_exact and (len(self.responders) != 2 or sum(r.use_hint for r in self.responders) != 1):
             raise ValueError("paper_exact needs exactly two responders, one with use_hint (the authors' setup)")
+        if self.paper_exact and self.judge_both_orders:
+            raise ValueError("paper_exact asks once, hinted reply first: it cannot be combined with judge_both_orders")
         return self
 
     def role_names(self) -> list[str]:

@@ -139,6 +139,17 @@ class TreeStore:
         run = self.store.get_run(conversation.run_id)
         return conversation_key((run or {}).get("seed") or 0, conversation.position, conversation.persona)
 
+    def export_keys(self, conversations: Sequence[Conversation]) -> dict[str, str]:
+        """Export keys by conversation id. Runs with the same seed share keys (that is what makes a rerun's
+        export identical), so when they are exported together a repeated key gets ``-2``, ``-3``... in order."""
+        keys: dict[str, str] = {}
+        seen: dict[str, int] = {}
+        for conversation in conversations:
+            key = self.key(conversation)
+            seen[key] = seen.get(key, 0) + 1
+            keys[conversation.id] = key if seen[key] == 1 else f"{key}-{seen[key]}"
+        return keys
+
     def tree(self, conversation_id: str) -> ConversationTree:
         """The conversation's tree, rebuilt from its saved turns."""
         conversation = self.get(conversation_id)

@@ -169,14 +169,15 @@ def eval_set(profiles_file: Path | str, personalities_file: Path | str, n_person
 
     With the paper's files that is 20 x 5 = 100 pairs, in a stable profile-major order.
     """
-    profiles = _strict_read(profiles_file, "profile")
-    personalities = _strict_read(personalities_file, "personality")[:n_personalities]
+    profiles = load_personas(profiles_file, "profile")
+    personalities = load_personas(personalities_file, "personality")[:n_personalities]
     if len(personalities) < n_personalities:
         raise AloeError(f"{personalities_file}: needs at least {n_personalities} personalities")
     return [PersonaPair(profile=p, personality=q) for p in profiles for q in personalities]
 
 
-def _strict_read(path: Path | str, kind: PersonaKind) -> list[Persona]:
+def load_personas(path: Path | str, kind: PersonaKind) -> list[Persona]:
+    """Every persona of a file, or an error naming its first bad line."""
     parsed = read_persona_file(path, kind)
     if parsed.bad:
         raise PersonaFileError(parsed.bad[0])

@@ -77,7 +77,7 @@ async def test_a_perfect_judge_passes(scripted, tmp_path):
     result = await run_audit(config, backends)
     assert result.probes == 16 and result.trials == 32  # 8 personas x 2 probes x both orders
     assert result.accuracy == 1.0 and result.flip_rate == 0.0 and result.invalid == 0
-    assert result.ci_low > 0.85 and result.passed
+    assert result.ci_low > 0.6 and result.passed  # Wilson over the 8 personas: their trials are not independent
     assert result.by_kind == {"other_persona": {"correct": 16, "trials": 16}, "generic": {"correct": 16, "trials": 16}}
     assert "better than chance" in result.plain_words()
     run_id = store.start_run("audit", {}, 0)
@@ -109,8 +109,18 @@ async def test_both_orders_in_expected_mode_cancels_a_position_bias(scripted, tm
     one_order = await run_audit(config.model_copy(update={"judge": judge}), backends)
     assert one_order.flip_rate == 1.0 and not one_order.passed
     both = await run_audit(config.model_copy(update={"judge": judge, "both_orders": True}), backends)
-    assert both.flip_rate == 0.0 and both.accuracy == 1.0 and both.passed
+    # One verdict per probe, averaged over both orders: always right. Its own two orders still disagree.
+    assert both.trials == 16 and both.accuracy == 1.0 and both.passed and both.flip_rate == 1.0
     assert judge_key("simulate", judge, both_orders=True) != judge_key("simulate", judge)
+
+
+async def test_paper_exact_sees_the_right_reply_first_only_half_the_time(scripted, tmp_path):
+    def always_first(messages, options):
+        return audit_world(messages) or "first"
+
+    config, backends, _ = _setup(scripted, tmp_path, always_first)
+    result = await run_audit(config.model_copy(update={"paper_exact": True}), backends)
+    assert result.accuracy == 0.5 and result.flip_rate == 1.0 and not result.passed
 
 
 async def test_a_random_judges_interval_includes_chance(scripted, tmp_path):
@@ -180,7 +190,7 @@ def test_cli_audit_then_eval_reports_it(run_aloe, tmp_path):
         assert before.returncode == 0, before.stderr
         assert "warning: judge" in before.stderr and "has no audit" in before.stderr
         audit = run_aloe("--json", "judge", "audit", "--role", f"judge={spec}", "--role", f"user={spec}",
-                         "--personas", "4")  # fmt: skip
+                         "--personas", "6")  # fmt: skip
         assert audit.returncode == 0, audit.stderr
         result = json.loads(audit.stdout)
         assert result["passed"] and result["accuracy"] == 1.0 and result["stage"] == "eval"
@@ -200,6 +210,6 @@ def test_cli_audit_then_eval_reports_it(run_aloe, tmp_path):
     assert "better than chance" in eval_page(store, run_id)[0]
     audit_run = store.conn.execute("SELECT run_id FROM judge_audits WHERE id = ?", [result["id"]]).fetchone()[0]
     page = run_page(store, audit_run)[0]
-    assert 'id="audits"' in page and result["id"] in page and "generic 4/4" in page
+    assert 'id="audits"' in page and result["id"] in page and "generic 6/6" in page
     bad = run_aloe("judge", "audit", "--role", "boss=x")
     assert bad.returncode == 1 and bad.stderr.startswith("error: --role expects judge=SPEC")

@@ -34,3 +34,22 @@ def test_eval_bad_input(run_aloe):
         proc = run_aloe("eval", *args)
         assert proc.returncode == 1 and proc.stderr.startswith("error: ") and message in proc.stderr, proc.stderr
     assert "no run 'x'" in run_aloe("report", "x", "--out", "r").stderr
+
+
+def test_nothing_scored_is_null_in_json_and_na_in_text(run_aloe, tmp_path):
+    def chatty(messages):  # a judge that never gives a usable score
+        return "What a lovely reply!" if messages[-1]["content"].rstrip().endswith("Score (1-5):") else (
+            role_aware_reply(messages))  # fmt: skip
+
+    with StubOpenAIServer(respond=chatty) as server:
+        spec = server.spec()
+        args = ["eval", "--model", spec, "--role", f"user={spec}", "--role", f"judge={spec}", "--personas", "2",
+                "--turns", "1"]  # fmt: skip
+        proc = run_aloe("--json", *args)
+        text = run_aloe(*args)
+    result = json.loads(proc.stdout)  # valid JSON: no bare NaN
+    assert result["avg"] is None and result["ir"] is None and result["al"] == [None] and result["unscored"] == 2
+    assert "AVG n/a  IR n/a  R2 n/a  AL(k) n/a (n=0)" in text.stdout
+    assert run_aloe("report", result["run_id"], "--out", "rep").returncode == 0
+    summary = json.loads((tmp_path / "rep" / "summary.json").read_text())
+    assert summary["runs"][0]["metrics"]["avg"] is None and summary["runs"][0]["ci"]["ir"]["low"] is None

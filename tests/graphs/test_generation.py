@@ -101,8 +101,10 @@ def test_paper_exact_needs_the_authors_two_responders():
             ResponderConfig(name="a", kind="responder", use_hint=True),
             ResponderConfig(name="b", kind="responder", use_hint=True),
         ])  # fmt: skip
-    with pytest.raises(ConfigError, match="takes no score_mode or labels"):
+    with pytest.raises(ConfigError, match="takes no score_mode, labels or both_orders"):
         PreferenceJudge("judge", None, paper_exact=True, labels="letters")
+    with pytest.raises(ValueError, match="cannot be combined with judge_both_orders"):
+        SimulationConfig(paper_exact=True, judge_both_orders=True)
 
 
 def _distribution_judge(p_tailored: float):

@@ -54,6 +54,15 @@ def test_same_seed_gives_byte_identical_exports(run_aloe, tmp_path):
         a, b = _export(run_aloe, tmp_path, first["run_id"], kind), _export(run_aloe, tmp_path, second["run_id"], kind)
         assert a == b and len(a) > 0
         assert _export(run_aloe, tmp_path, other["run_id"], kind) != a
+    # Exported together, the two identical runs keep every row: repeated keys get a suffix, nothing is lost.
+    both = run_aloe(
+        "--json", "export", "dpo", "--run", first["run_id"], "--run", second["run_id"], "--out", "both.jsonl"
+    )
+    rows = [json.loads(line) for line in (tmp_path / "both.jsonl").read_text().splitlines()]
+    single = [json.loads(line) for line in (tmp_path / f"{first['run_id']}.dpo.jsonl").read_text().splitlines()]
+    single += [json.loads(line) for line in (tmp_path / f"{first['run_id']}.dpo.val.jsonl").read_text().splitlines()]
+    assert both.returncode == 0 and len(rows) == 2 * len(single)
+    assert len({r["conversation_id"] for r in rows}) == 2 * len({r["conversation_id"] for r in single})
 
     def trees(run_id):
         listed = json.loads(run_aloe("--json", "trees", "list", "--run", run_id).stdout)
