@@ -146,14 +146,16 @@ class AuditResult:
             "scored the reply written for the persona higher"
         )  # fmt: skip
         said = (
-            f"On {self.trials} known-answer trials the judge {what} {_pct(self.accuracy)} of the time "
-            f"(95% CI {_pct(self.ci_low)}-{_pct(self.ci_high)}; chance is 50%)."
+            f"On {self.trials} known-answer trials ({self.personas} personas) the judge {what} "
+            f"{_pct(self.accuracy)} of the time (95% CI {_pct(self.ci_low)}-{_pct(self.ci_high)}; chance is 50%)."
         )
+        output = "labels" if self.stage == "simulate" else "scores"
         if self.passed:
-            return said + " That is better than chance: its labels and scores carry real signal about tailoring."
+            return said + f" That is better than chance: its {output} carry real signal about tailoring."
         return said + (
-            " The interval includes chance: this judge cannot be shown to tell a tailored reply from an "
-            "untailored one, so its labels are noise and differences between runs it scored are not evidence."
+            " The interval includes chance: the audit cannot show that this judge tells a tailored reply from "
+            f"an untailored one, so its {output} are unverified and differences between runs it "
+            f"{'labelled' if self.stage == 'simulate' else 'scored'} are not evidence."
         )
 
 
