@@ -8,7 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -55,6 +55,24 @@ def _reply(record: TurnRecord, index: int) -> str:
     return next(c.text for c in record.candidates if c.index == index)
 
 
+def _path_turns(
+    conversations: dict[str, Sequence[TurnRecord]], min_turns: int, report: FlattenReport
+) -> Iterator[tuple[str, list[Message], TurnRecord]]:
+    """(conversation, prompt, record) for every turn in order; ``prompt`` is the path the conversation
+    actually took up to and including that turn's user message. Conversations with fewer than
+    ``min_turns`` turns are skipped and counted."""
+    for cid, records in conversations.items():
+        records = sorted(records, key=lambda r: r.turn)
+        if len(records) < min_turns:
+            report.short_conversations += 1
+            continue
+        history: list[Message] = []
+        for record in records:
+            prompt = [*history, {"role": "user", "content": record.user_message}]
+            yield cid, prompt, record
+            history = [*prompt, {"role": "assistant", "content": record.candidates[record.continued].text}]
+
+
 def sft_rows(
     conversations: dict[str, Sequence[TurnRecord]],
     branch: Branch = "preferred",
@@ -70,23 +88,12 @@ def sft_rows(
     """
     report = report if report is not None else FlattenReport()
     rows = []
-    for cid, records in conversations.items():
-        records = sorted(records, key=lambda r: r.turn)
-        if len(records) < min_turns:
-            report.short_conversations += 1
-            continue
-        history: list[Message] = []
-        kept = False
-        for record in records:
-            prompt = [*history, {"role": "user", "content": record.user_message}]
-            if _keep_turn(record, require_agreement, report):
-                reply = _reply(record, _branch_index(record, branch))
-                rows.append({"prompt": prompt, "completion": [{"role": "assistant", "content": reply}],
-                             "conversation_id": cid, "turn": record.turn})  # fmt: skip
-                kept = True
-            history = [*prompt, {"role": "assistant", "content": record.candidates[record.continued].text}]
-        report.conversations += kept
-    report.rows = len(rows)
+    for cid, prompt, record in _path_turns(conversations, min_turns, report):
+        if _keep_turn(record, require_agreement, report):
+            reply = _reply(record, _branch_index(record, branch))
+            rows.append({"prompt": prompt, "completion": [{"role": "assistant", "content": reply}],
+                         "conversation_id": cid, "turn": record.turn})  # fmt: skip
+    report.rows, report.conversations = len(rows), len({r["conversation_id"] for r in rows})
     return rows
 
 
@@ -138,34 +145,24 @@ def dpo_rows(
     and including that turn's user message."""
     report = report if report is not None else FlattenReport()
     rows = []
-    for cid, records in conversations.items():
-        records = sorted(records, key=lambda r: r.turn)
-        if len(records) < min_turns:
-            report.short_conversations += 1
+    for cid, prompt, record in _path_turns(conversations, min_turns, report):
+        if not _keep_turn(record, require_agreement, report):
             continue
-        history: list[Message] = []
-        kept = False
-        for record in records:
-            prompt = [*history, {"role": "user", "content": record.user_message}]
-            if _keep_turn(record, require_agreement, report):
-                chosen = next(c.text for c in record.candidates if c.index == record.verdict.preferred)
-                for candidate in record.candidates:
-                    if candidate.index == record.verdict.preferred:
-                        continue
-                    if candidate.text.strip() == chosen.strip():
-                        report.identical_pairs += 1  # nothing to learn from identical replies
-                        continue
-                    rows.append({
-                        "prompt": prompt,
-                        "chosen": [{"role": "assistant", "content": chosen}],
-                        "rejected": [{"role": "assistant", "content": candidate.text}],
-                        "conversation_id": cid,
-                        "turn": record.turn,
-                    })  # fmt: skip
-                    kept = True
-            history = [*prompt, {"role": "assistant", "content": record.candidates[record.continued].text}]
-        report.conversations += kept
-    report.rows = len(rows)
+        chosen = _reply(record, record.verdict.preferred)
+        for candidate in record.candidates:
+            if candidate.index == record.verdict.preferred:
+                continue
+            if candidate.text.strip() == chosen.strip():
+                report.identical_pairs += 1  # nothing to learn from identical replies
+                continue
+            rows.append({
+                "prompt": prompt,
+                "chosen": [{"role": "assistant", "content": chosen}],
+                "rejected": [{"role": "assistant", "content": candidate.text}],
+                "conversation_id": cid,
+                "turn": record.turn,
+            })  # fmt: skip
+    report.rows, report.conversations = len(rows), len({r["conversation_id"] for r in rows})
     return rows
 
 
