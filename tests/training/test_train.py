@@ -10,6 +10,7 @@ from transformers import AutoModelForCausalLM
 from aloekit.agents.backends import BackendPool, from_dicts
 from aloekit.errors import AloeError, ConfigError
 from aloekit.training import build_train_config, train
+from aloekit.training.progress import StepReporter
 
 SFT_ROWS = [{"messages": [{"role": "user", "content": "hello what is the capital of france"},
                           {"role": "assistant", "content": "paris is the capital"}]}] * 6  # fmt: skip
@@ -39,8 +40,11 @@ def lora_and_base_weights(base_dir, adapter_dir):
 def test_lora_changes_and_base_does_not(tmp_path, tiny_model_dir, method, rows):
     config = build_train_config(method, data=write(tmp_path / "d.jsonl", rows), base=f"hf:{tiny_model_dir}",
                                 out=tmp_path / "adapter", max_steps=3, trl={"learning_rate": 1e-2})  # fmt: skip
-    summary = train(config)
+    reported: dict[int, float] = {}
+    summary = train(config, callbacks=[StepReporter(  # the first loss shown for a step must be that step's
+        lambda step, _, logs: "loss" in logs and reported.setdefault(step, logs["loss"]))])  # fmt: skip
     assert summary["steps"] == 3 and summary["rows"] == 6 and summary["final_loss"] is not None
+    assert sorted(reported) == [1, 2, 3] and reported[3] == summary["final_loss"]  # each step's own loss
     saved = json.loads((tmp_path / "adapter" / "training_summary.json").read_text())
     assert saved["data_hash"] == summary["data_hash"] and saved["config"]["method"] == method
     original, lora, base_after = lora_and_base_weights(tiny_model_dir, tmp_path / "adapter")
