@@ -73,14 +73,26 @@ def page(title: str, body: str, standalone: bool = False) -> tuple[str, str]:
 # Runs -------------------------------------------------------------------------------------------------
 
 
+def _config(run: dict[str, Any]) -> dict[str, Any]:
+    """A run's stored config, or {} when it is not a JSON object (one damaged row must not break a page)."""
+    try:
+        config = json.loads(run["config"])
+    except (TypeError, ValueError):
+        return {}
+    return config if isinstance(config, dict) else {}
+
+
 def _backends(config: dict[str, Any]) -> dict[str, str]:
-    if sim := config.get("simulation_resolved"):
-        out = {"user": sim["user"]["backend"], "inducer": sim["inducer"]["backend"], "judge": sim["judge"]["backend"]}
-        out |= {r["name"]: r["backend"] for r in sim["responders"]}
-        return out
-    if ev := config.get("eval_resolved"):
-        out = {"model": ev["model"], "judge": ev["judge"]["backend"]}
-        return out | ({"user": ev["user"]["backend"]} if ev["mode"] == "live" else {})
+    try:
+        if sim := config.get("simulation_resolved"):
+            out = {role: sim[role]["backend"] for role in ("user", "inducer", "judge")}
+            out |= {r["name"]: r["backend"] for r in sim["responders"]}
+            return out
+        if ev := config.get("eval_resolved"):
+            out = {"model": ev["model"], "judge": ev["judge"]["backend"]}
+            return out | ({"user": ev["user"]["backend"]} if ev["mode"] == "live" else {})
+    except (KeyError, TypeError, AttributeError):  # a config from another aloekit version, or hand-edited
+        return {}
     return {}
 
 
@@ -91,7 +103,7 @@ def runs_page(store: Store) -> tuple[str, str]:
         counts.setdefault(run_id, {})[status] = n
     rows = []
     for run in store.list_runs(limit=500):
-        config = json.loads(run["config"])
+        config = _config(run)
         kind = "evaluation" if "eval_resolved" in config else "simulation" if "simulation_resolved" in config else ""
         backends = "<br>".join(f"{esc(k)}: <code>{esc(v)}</code>" for k, v in _backends(config).items())
         status_counts = ", ".join(f"{n} {esc(s)}" for s, n in sorted(counts.get(run["id"], {}).items()))
@@ -113,7 +125,7 @@ def run_page(store: Store, run_id: str) -> tuple[str, str] | None:
     if run is None:
         return None
     trees = TreeStore(store)
-    config = json.loads(run["config"])
+    config = _config(run)
     rows = []
     for c in trees.conversations(run_id):
         preferred = rejected = flips = both = 0
@@ -291,7 +303,7 @@ def eval_page(store: Store, run_id: str) -> tuple[str, str] | None:
 
     try:
         result = run_results(store, run_id, n_boot=300)
-    except AloeError:
+    except (AloeError, ValueError):  # not an evaluation run, or its stored config no longer validates
         return None
     m, cis, config = result["metrics"], result["cis"], result["config"]
     svg = al_svg([(config.model, m.al, [(c.low, c.high) for c in cis.al])])

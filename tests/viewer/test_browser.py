@@ -221,5 +221,5 @@ def test_read_only_404s_and_no_files(base_url, data):
 def test_refuses_non_loopback_hosts_and_missing_databases(data, tmp_path):
     with pytest.raises(AloeError, match="not a loopback address"):
         build_server(data["db"], "0.0.0.0", 0)
-    with pytest.raises(AloeError, match="not found"):
+    with pytest.raises(AloeError, match="no database at"):
         build_server(tmp_path / "none.db", "127.0.0.1", 0)

@@ -16,4 +16,4 @@ def test_tree_html_export_and_view_refusals(run_aloe, tmp_path):
     remote = run_aloe("view", "--host", "0.0.0.0", "--port", "0")
     assert remote.returncode == 1 and remote.stderr.startswith("error: refusing to serve on 0.0.0.0")
     nodb = run_aloe("view", "--db", "other.db", "--port", "0")
-    assert nodb.returncode == 1 and "other.db: not found" in nodb.stderr
+    assert nodb.returncode == 1 and nodb.stderr == "error: no database at other.db\n"
