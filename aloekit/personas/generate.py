@@ -38,9 +38,9 @@ Write each one on a single line, numbered 1 to {n}, and write nothing else."""
 
 
 class GenerationConfig(BaseModel):
-    """Settings for :func:`generate_personas`."""
+    """Settings for :func:`generate_personas`; a value out of range raises ``pydantic.ValidationError``."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # inf passes a lower bound but is never meant
 
     kind: PersonaKind
     """Which pool to grow."""
@@ -50,8 +50,8 @@ class GenerationConfig(BaseModel):
     """Random pool entries shown in each prompt."""
     candidates_per_round: int = Field(default=20, gt=0)
     """New entries asked for in each round."""
-    threshold: float = Field(default=0.6, ge=-1, le=1)
-    """A candidate is kept only if its cosine similarity to every pooled entry is at most this."""
+    threshold: float = Field(default=0.6, gt=0, le=1)
+    """A candidate is kept only if its cosine similarity to every pooled entry is at most this (0 < t <= 1)."""
     max_rounds: int = Field(default=100, gt=0)
     """Hard cap on rounds in one call."""
     saturation_rounds: int = Field(default=3, gt=0)
@@ -62,9 +62,9 @@ class GenerationConfig(BaseModel):
     """Seeds for an empty pool (default: the seeds shipped with aloekit)."""
     seed: int = 0
     """Seed for the choice of examples."""
-    temperature: float = 0.9
+    temperature: float = Field(default=0.9, ge=0)
     """Sampling temperature of the generator."""
-    max_tokens: int = 1500
+    max_tokens: int = Field(default=1500, gt=0)
     """Token budget of one generator reply."""
     repetition_penalty: float | None = Field(default=None, gt=0)
     """Penalty on repeated tokens for the generator, where the backend supports it (None: not applied)."""

@@ -1,16 +1,29 @@
-"""Read persona files (JSONL strings or objects, JSON arrays, CSV, plain text) and write them back."""
+"""Read persona files (JSONL strings or objects, JSON arrays, CSV, plain text) and write them back.
+
+:func:`iter_persona_file` streams: it holds one line (or CSV row) at a time, so importing a file of
+any size takes the same memory. A ``.json`` array is the exception: its text is read whole.
+"""
 
 from __future__ import annotations
 
 import csv
 import json
+import re
+import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from aloekit.errors import AloeError
 from aloekit.personas.models import KINDS, Persona, PersonaKind
+
+# Bytes that are not UTF-8 are decoded with ``surrogateescape`` into U+DC80..U+DCFF, so one bad byte
+# costs its line (named in the error) rather than aborting the read with a bare UnicodeDecodeError.
+_RAW_BYTE = re.compile("[\udc80-\udcff]")
+# A JSON escape such as "\ud800" decodes to a lone surrogate, which SQLite cannot store either.
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
 
 
 class PersonaFileError(AloeError):
@@ -26,9 +39,29 @@ class Entry:
     is_pair: bool = False
 
 
+@dataclass(frozen=True)
+class BadLine:
+    """An entry that could not be read; ``message`` is ``file:line: reason``."""
+
+    message: str
+
+
+@dataclass(frozen=True)
+class FileWarning:
+    """Something odd but recoverable in a persona file; ``message`` is ``file:line: what``."""
+
+    message: str
+
+
+Item = Entry | BadLine | FileWarning
+
+
 @dataclass
 class ParsedFile:
-    """What a persona file holds: good entries, bad lines (``file:line: reason``) and warnings."""
+    """What a persona file holds: good entries, bad lines (``file:line: reason``) and warnings.
+
+    Everything is kept in memory; :meth:`PersonaPool.import_file` streams instead.
+    """
 
     path: Path
     entries: list[Entry] = field(default_factory=list)
@@ -41,6 +74,19 @@ class ParsedFile:
         return [p for entry in self.entries for p in entry.personas]
 
 
+def _check_text(text: str, name: str) -> None:
+    """Reject a text that SQLite cannot store: a lone surrogate, which only a JSON escape can produce here."""
+    if bad := _SURROGATE.search(text):
+        raise ValueError(f"{name} is not valid Unicode (lone surrogate U+{ord(bad.group()):04X})")
+
+
+def _undecodable(text: str) -> str | None:
+    """Describe the first byte that was not UTF-8 (see ``_RAW_BYTE``), or None."""
+    if bad := _RAW_BYTE.search(text):
+        return f"not UTF-8: byte 0x{ord(bad.group()) - 0xDC00:02x} at column {bad.start() + 1}"
+    return None
+
+
 def _value_to_entry(value: Any, where: str, kind: PersonaKind | None, source: str) -> Entry:
     """Turn one decoded JSON value (or CSV/text cell) into an entry, or raise ValueError with the reason."""
     if isinstance(value, str):
@@ -48,6 +94,7 @@ def _value_to_entry(value: Any, where: str, kind: PersonaKind | None, source: st
             raise ValueError("empty text")
         if kind is None:
             raise ValueError("a plain text entry needs --kind profile|personality")
+        _check_text(value, "text")
         return Entry(where, [Persona.new(kind, value, source)])
     if isinstance(value, dict):
         if "profile" in value and "personality" in value:
@@ -56,6 +103,8 @@ def _value_to_entry(value: Any, where: str, kind: PersonaKind | None, source: st
                 isinstance(profile, str) and profile.strip() and isinstance(personality, str) and personality.strip()
             ):
                 raise ValueError("'profile' and 'personality' must be non-empty strings")
+            _check_text(profile, "'profile'")
+            _check_text(personality, "'personality'")
             pair = [Persona.new("profile", profile, source), Persona.new("personality", personality, source)]
             return Entry(where, pair, is_pair=True)
         if "text" in value:
@@ -80,60 +129,203 @@ def _json_values(line: str) -> Iterator[Any]:
             pos += 1
 
 
-def read_persona_file(path: Path | str, kind: PersonaKind | None = None) -> ParsedFile:
-    """Parse a persona file; the format follows the suffix (.jsonl, .json, .csv, anything else: text)."""
-    path = Path(path)
-    if not path.is_file():
-        raise PersonaFileError(f"{path}: file not found")
-    parsed = ParsedFile(path)
-    source = path.name
-    suffix = path.suffix.lower()
-    text = path.read_text(encoding="utf-8-sig")
-
-    def add(value: Any, where: str, entry_kind: PersonaKind | None = kind) -> None:
+def _raise_csv_field_limit() -> None:
+    """Lift the csv module's 128 KiB field cap so long personas import; the cap is a C long, so back off."""
+    limit = sys.maxsize
+    while True:
         try:
-            parsed.entries.append(_value_to_entry(value, where, entry_kind, source))
-        except ValueError as exc:
-            parsed.bad.append(f"{where}: {exc}")
+            csv.field_size_limit(limit)
+            return
+        except OverflowError:  # a C long is 32 bits on Windows
+            limit //= 2
 
-    if suffix in (".jsonl", ".ndjson"):
-        for number, line in enumerate(text.splitlines(), start=1):
-            where = f"{path}:{number}"
-            if not line.strip():
-                continue
-            try:
-                values = list(_json_values(line.strip()))
-            except json.JSONDecodeError as exc:
-                parsed.bad.append(f"{where}: invalid JSON: {exc.msg} (column {exc.colno})")
-                continue
-            if len(values) > 1:
-                parsed.warnings.append(f"{where}: {len(values)} JSON values on one line; imported each")
-            for value in values:
-                add(value, where)
-    elif suffix == ".json":
+
+def _open_text(path: Path, newline: str | None = None) -> IO[str]:
+    """Open for streaming text, or raise PersonaFileError naming the file (missing, a folder, unreadable)."""
+    if path.is_dir():
+        raise PersonaFileError(f"{path}: is a directory, not a persona file")
+    try:
+        with path.open("rb") as raw:
+            head = raw.read(2)
+        handle = path.open(encoding="utf-8-sig", errors="surrogateescape", newline=newline)
+    except FileNotFoundError:
+        raise PersonaFileError(f"{path}: file not found") from None
+    except OSError as exc:
+        raise PersonaFileError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    if not head:
+        handle.close()
+        raise PersonaFileError(f"{path}: the file is empty")
+    if head in _UTF16_BOMS:  # every line would fail; say why once instead
+        handle.close()
+        raise PersonaFileError(f"{path}:1: the file starts with a UTF-16 byte-order mark; save it as UTF-8")
+    return handle
+
+
+def _lines(path: Path) -> Iterator[tuple[int, str]]:
+    """Non-blank lines with their 1-based numbers, read one at a time."""
+    with _open_text(path) as handle:
         try:
-            data = json.loads(text)
+            for number, line in enumerate(handle, start=1):
+                if line.strip():
+                    yield number, line.strip()
+        except OSError as exc:  # e.g. EIO on a failing disk, mid-file
+            raise PersonaFileError(f"{path}: cannot read: {exc.strerror or exc}") from None
+
+
+def _iter_jsonl(path: Path, kind: PersonaKind | None, source: str) -> Iterator[Item]:
+    for number, line in _lines(path):
+        where = f"{path}:{number}"
+        if problem := _undecodable(line):
+            yield BadLine(f"{where}: {problem}")
+            continue
+        try:
+            values = list(_json_values(line))  # the values of one line, not of the file
         except json.JSONDecodeError as exc:
-            raise PersonaFileError(f"{path}:{exc.lineno}: invalid JSON: {exc.msg}") from None
-        if not isinstance(data, list):
-            raise PersonaFileError(f"{path}: expected a JSON array of personas")
-        for index, value in enumerate(data):
-            add(value, f"{path}: item {index}")
-    elif suffix == ".csv":
-        reader = csv.DictReader(text.splitlines())
-        if not reader.fieldnames or "text" not in reader.fieldnames:
-            raise PersonaFileError(f"{path}:1: CSV needs a 'text' column (found {reader.fieldnames})")
-        for row in reader:
-            row_kind = row.get("kind") or kind
-            where = f"{path}:{reader.line_num}"
-            if row_kind not in (*KINDS, None):
-                parsed.bad.append(f"{where}: column 'kind' must be profile or personality, got {row_kind!r}")
-                continue
-            add(row["text"] or "", where, row_kind)
+            yield BadLine(f"{where}: invalid JSON: {exc.msg} (column {exc.colno})")
+            continue
+        except RecursionError:  # "[[[[..." deeper than the C decoder allows
+            yield BadLine(f"{where}: invalid JSON: nested too deeply")
+            continue
+        if len(values) > 1:
+            yield FileWarning(f"{where}: {len(values)} JSON values on one line; imported each")
+        for value in values:
+            yield _entry_or_bad(value, where, kind, source)
+
+
+def _iter_text(path: Path, kind: PersonaKind | None, source: str) -> Iterator[Item]:
+    for number, line in _lines(path):
+        where = f"{path}:{number}"
+        problem = _undecodable(line)
+        yield BadLine(f"{where}: {problem}") if problem else _entry_or_bad(line, where, kind, source)
+
+
+def _iter_csv(path: Path, kind: PersonaKind | None, source: str) -> Iterator[Item]:
+    _raise_csv_field_limit()
+    with _open_text(path, newline="") as handle:  # newline="" lets csv see quoted line breaks
+        # strict: an unterminated quote is an error, not the rest of the file swallowed into one persona
+        reader = csv.DictReader(handle, strict=True)
+        row_start = 1
+        try:
+            if not reader.fieldnames or "text" not in reader.fieldnames:
+                raise PersonaFileError(f"{path}:1: CSV needs a 'text' column (found {reader.fieldnames})")
+            row_start = reader.line_num + 1
+            for row in reader:
+                where = f"{path}:{reader.line_num}"
+                text, row_kind = row["text"] or "", row.get("kind") or kind
+                if problem := _undecodable(text):
+                    yield BadLine(f"{where}: column 'text' is {problem}")
+                elif row_kind not in (*KINDS, None):
+                    yield BadLine(f"{where}: column 'kind' must be profile or personality, got {row_kind!r}")
+                else:
+                    yield _entry_or_bad(text, where, row_kind, source)
+                row_start = reader.line_num + 1
+        except csv.Error as exc:  # named by the line its row starts on: a stray quote opens a row that never ends
+            raise PersonaFileError(f"{path}:{row_start}: malformed CSV: {exc}") from None
+        except OSError as exc:
+            raise PersonaFileError(f"{path}: cannot read: {exc.strerror or exc}") from None
+
+
+def _iter_json(path: Path, kind: PersonaKind | None, source: str) -> Iterator[Item]:
+    # A JSON array is read whole (use .jsonl for files too big for memory); its items are then decoded
+    # one at a time, so each error names the line where it happens and no list of values is built.
+    with _open_text(path) as handle:
+        try:
+            text = handle.read()
+        except OSError as exc:
+            raise PersonaFileError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    decoder = json.JSONDecoder()
+    counted = [0, 1]  # (position, line there): line numbers advance incrementally, never recounted
+
+    def line_of(pos: int) -> int:
+        if pos < counted[0]:
+            return text.count("\n", 0, pos) + 1
+        counted[:] = [pos, counted[1] + text.count("\n", counted[0], pos)]
+        return counted[1]
+
+    def skip_space(pos: int) -> int:
+        while pos < len(text) and text[pos] in " \t\r\n":
+            pos += 1
+        return pos
+
+    if bad := _RAW_BYTE.search(text):
+        column = bad.start() - text.rfind("\n", 0, bad.start())
+        where = f"{path}:{line_of(bad.start())}"
+        raise PersonaFileError(f"{where}: not UTF-8: byte 0x{ord(bad.group()) - 0xDC00:02x} at column {column}")
+    pos = skip_space(0)
+    if pos == len(text):
+        raise PersonaFileError(f"{path}: the file is blank (expected a JSON array of personas)")
+    if text[pos] != "[":
+        found = {"{": "an object", '"': "a string"}.get(text[pos], "something else")
+        raise PersonaFileError(f"{path}:{line_of(pos)}: expected a JSON array of personas, found {found}")
+    pos, index = skip_space(pos + 1), 0
+    if pos < len(text) and text[pos] == "]":
+        pos += 1
     else:
-        for number, line in enumerate(text.splitlines(), start=1):
-            if line.strip():
-                add(line, f"{path}:{number}")
+        while True:
+            try:
+                value, end = decoder.raw_decode(text, pos)
+            except json.JSONDecodeError as exc:
+                raise PersonaFileError(f"{path}:{exc.lineno}: invalid JSON: {exc.msg} (column {exc.colno})") from None
+            except RecursionError:
+                where = f"{path}:{line_of(pos)}"
+                raise PersonaFileError(f"{where}: invalid JSON: item {index} is nested too deeply") from None
+            yield _entry_or_bad(value, f"{path}:{line_of(pos)}: item {index}", kind, source)
+            pos, index = skip_space(end), index + 1
+            if pos < len(text) and text[pos] == ",":
+                pos = skip_space(pos + 1)
+            elif pos < len(text) and text[pos] == "]":
+                pos += 1
+                break
+            else:
+                where = f"{path}:{line_of(pos)}"
+                raise PersonaFileError(f"{where}: invalid JSON: expected ',' or ']' after item {index - 1}")
+    if skip_space(pos) != len(text):
+        raise PersonaFileError(f"{path}:{line_of(skip_space(pos))}: invalid JSON: extra data after the array")
+
+
+def _entry_or_bad(value: Any, where: str, kind: PersonaKind | None, source: str) -> Entry | BadLine:
+    try:
+        return _value_to_entry(value, where, kind, source)
+    except ValueError as exc:
+        return BadLine(f"{where}: {exc}")
+
+
+def iter_persona_file(path: Path | str, kind: PersonaKind | None = None) -> Iterator[Item]:
+    """Stream a persona file as entries, bad lines and warnings; the format follows the suffix.
+
+    ``.jsonl``/``.ndjson``: one JSON string or object a line; ``.json``: an array; ``.csv``: a ``text``
+    column (and optionally ``kind``); anything else: one text a line. A problem with the file as a whole
+    (missing, a folder, empty, UTF-16, malformed CSV or JSON array, no entries at all) raises
+    :class:`PersonaFileError`, naming the file and, where there is one, the line.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix in (".jsonl", ".ndjson"):
+        items = _iter_jsonl(path, kind, path.name)
+    elif suffix == ".json":
+        items = _iter_json(path, kind, path.name)
+    elif suffix == ".csv":
+        items = _iter_csv(path, kind, path.name)
+    else:
+        items = _iter_text(path, kind, path.name)
+    found = False
+    for item in items:
+        found = found or not isinstance(item, FileWarning)
+        yield item
+    if not found:  # a file with nothing in it is almost always a mistake (wrong file, failed export)
+        raise PersonaFileError(f"{path}: no personas in the file")
+
+
+def read_persona_file(path: Path | str, kind: PersonaKind | None = None) -> ParsedFile:
+    """Parse a whole persona file into memory (for small files such as seeds and eval sets)."""
+    parsed = ParsedFile(Path(path))
+    for item in iter_persona_file(path, kind):
+        if isinstance(item, Entry):
+            parsed.entries.append(item)
+        elif isinstance(item, BadLine):
+            parsed.bad.append(item.message)
+        else:
+            parsed.warnings.append(item.message)
     return parsed
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import sqlite3
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
@@ -12,20 +13,55 @@ import numpy as np
 
 from aloekit.errors import AloeError
 from aloekit.personas.embedding import Embedder, nearest_neighbour_similarity
-from aloekit.personas.io import PersonaFileError, read_persona_file
+from aloekit.personas.io import BadLine, FileWarning, PersonaFileError, iter_persona_file, read_persona_file
 from aloekit.personas.models import KINDS, Persona, PersonaKind, PersonaPair
 from aloekit.store import Store, utcnow
+
+MAX_KEPT_MESSAGES = 100
+"""Bad lines and warnings kept word for word per import; beyond that only counted, so memory stays flat."""
 
 
 @dataclass
 class ImportReport:
-    """What one import did."""
+    """What one import did; ``bad`` and ``warnings`` keep the first :data:`MAX_KEPT_MESSAGES` of each."""
 
     added: int = 0
     duplicates: int = 0
     pairs: int = 0
     bad: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    bad_count: int = 0
+    """Every bad line, including those past the ones kept in ``bad``."""
+    warning_count: int = 0
+    """Every warning, including those past the ones kept in ``warnings``."""
+
+    def note_bad(self, message: str) -> None:
+        """Count a bad line, keeping its message while fewer than the cap are kept."""
+        self.bad_count += 1
+        if len(self.bad) < MAX_KEPT_MESSAGES:
+            self.bad.append(message)
+
+    def note_warning(self, message: str) -> None:
+        """Count a warning, keeping its message while fewer than the cap are kept."""
+        self.warning_count += 1
+        if len(self.warnings) < MAX_KEPT_MESSAGES:
+            self.warnings.append(message)
+
+
+_INSERT_PERSONA = (
+    "INSERT OR IGNORE INTO personas (id, kind, text, source, created_at, embedding, embedding_model) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
+_INSERT_PAIR = (
+    "INSERT OR IGNORE INTO persona_pairs (id, profile_id, personality_id, source, created_at) VALUES (?, ?, ?, ?, ?)"
+)
+
+
+def _insert_rows(conn: sqlite3.Connection, sql: str, rows: Iterable[Sequence[object]]) -> int:
+    """Run ``INSERT OR IGNORE`` for each row; returns how many were new (the primary key deduplicates)."""
+    before = conn.total_changes
+    conn.executemany(sql, rows)
+    return conn.total_changes - before
 
 
 def seed_file(kind: PersonaKind) -> Path:
@@ -58,39 +94,59 @@ class PersonaPool:
         self, personas: Iterable[Persona], embeddings: np.ndarray | None = None, embedding_model: str | None = None
     ) -> tuple[int, int]:
         """Insert personas (skipping ones already pooled) in one transaction; returns (added, duplicates)."""
-        personas = list(personas)
-        added = duplicates = 0
-        seen: set[str] = set()
+        rows = []
+        for i, p in enumerate(personas):
+            blob = None if embeddings is None else embeddings[i].astype(np.float32).tobytes()
+            rows.append((p.id, p.kind, p.text, p.source, p.created_at, blob, embedding_model if blob else None))
         with self.store.transaction() as conn:
-            for i, persona in enumerate(personas):
-                exists = conn.execute("SELECT 1 FROM personas WHERE id = ?", [persona.id]).fetchone()
-                if exists or persona.id in seen:
-                    duplicates += 1
-                    continue
-                seen.add(persona.id)
-                row = persona.model_dump()
-                if embeddings is not None:
-                    row |= {"embedding": embeddings[i].astype(np.float32).tobytes(), "embedding_model": embedding_model}
-                self.store.db["personas"].insert(row)
-                added += 1
-        return added, duplicates
+            added = _insert_rows(conn, _INSERT_PERSONA, rows)
+        return added, len(rows) - added
 
-    def import_file(self, path: Path | str, kind: PersonaKind | None = None, skip_bad: bool = False) -> ImportReport:
-        """Import a persona file; any bad line aborts the whole file unless ``skip_bad``."""
-        parsed = read_persona_file(path, kind)
-        if parsed.bad and not skip_bad:
-            more = f" (and {len(parsed.bad) - 1} more bad lines)" if len(parsed.bad) > 1 else ""
-            raise PersonaFileError(f"{parsed.bad[0]}{more}; nothing imported from {parsed.path} (use --skip-bad)")
-        report = ImportReport(bad=parsed.bad, warnings=parsed.warnings)
-        report.added, report.duplicates = self.add(parsed.personas)
-        pairs = [entry.personas for entry in parsed.entries if entry.is_pair]
-        with self.store.transaction():
-            for profile, personality in pairs:
-                pair = PersonaPair(profile=profile, personality=personality)
-                row = {"id": pair.id, "profile_id": profile.id, "personality_id": personality.id,
-                       "source": parsed.path.name, "created_at": utcnow()}  # fmt: skip
-                self.store.db["persona_pairs"].insert(row, ignore=True)
-        report.pairs = len(pairs)
+    def import_file(
+        self, path: Path | str, kind: PersonaKind | None = None, skip_bad: bool = False, *, batch_size: int = 1000
+    ) -> ImportReport:
+        """Import a persona file, streaming it in batches; any bad line aborts the whole file unless ``skip_bad``.
+
+        The file is read one entry at a time and written ``batch_size`` rows at a time, all in one
+        transaction: memory does not grow with the file, and a failed import leaves the pool unchanged.
+        Duplicates (within the file or already pooled) are found by the database's primary key.
+        No embedder is involved; embeddings are computed later, when something needs them.
+        """
+        path = Path(path)
+        report = ImportReport()
+        personas: list[tuple[object, ...]] = []
+        pairs: list[tuple[object, ...]] = []
+        first_bad: str | None = None
+        with self.store.transaction() as conn:
+
+            def flush() -> None:
+                added = _insert_rows(conn, _INSERT_PERSONA, personas)
+                report.added += added
+                report.duplicates += len(personas) - added
+                _insert_rows(conn, _INSERT_PAIR, pairs)
+                personas.clear()
+                pairs.clear()
+
+            for item in iter_persona_file(path, kind):
+                if isinstance(item, BadLine):
+                    if not skip_bad and first_bad is None:
+                        first_bad = item.message  # keep reading to count the rest, writing nothing more
+                    report.note_bad(item.message)
+                elif isinstance(item, FileWarning):
+                    report.note_warning(item.message)
+                elif first_bad is None:
+                    personas.extend((p.id, p.kind, p.text, p.source, p.created_at, None, None) for p in item.personas)
+                    if item.is_pair:
+                        profile, personality = item.personas
+                        pair_id = PersonaPair(profile=profile, personality=personality).id
+                        pairs.append((pair_id, profile.id, personality.id, path.name, utcnow()))
+                        report.pairs += 1
+                    if len(personas) >= batch_size:
+                        flush()
+            if first_bad is not None:  # raising inside the transaction rolls back every batch written
+                more = f" (and {report.bad_count - 1} more bad lines)" if report.bad_count > 1 else ""
+                raise PersonaFileError(f"{first_bad}{more}; nothing imported from {path} (use --skip-bad)")
+            flush()
         return report
 
     def ensure_seeds(self, kind: PersonaKind, seeds: Path | None = None) -> int:
