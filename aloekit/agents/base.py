@@ -6,18 +6,25 @@ Roles are registered by name, so a config (or ``--role``) can name a role writte
 
 from __future__ import annotations
 
+import difflib
+import functools
+import inspect
+import string
 import time
-from collections.abc import Callable, Mapping, Sequence
+import types
+import typing
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
 from autogen_core.models import ChatCompletionClient
-from pydantic import BaseModel
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from aloekit.agents.backends.messages import from_dicts
 from aloekit.agents.parsing import option_distribution
-from aloekit.errors import AloeError
-from aloekit.personas.models import PersonaPair
+from aloekit.config import GenerationOptions
+from aloekit.errors import ConfigError
+from aloekit.personas.models import Persona, PersonaPair
 from aloekit.seeds import draw_seed
 
 Message = dict[str, str]
@@ -94,7 +101,9 @@ class PromptRole:
 
     Subclasses set ``system_prompt`` (a ``str.format`` template over :meth:`fields`) and override
     :meth:`render` and/or :meth:`parse`. Every template can be replaced from config
-    (``options: {system_prompt: ...}``) without code.
+    (``options: {system_prompt: ...}``) without code; a subclass with more template options lists them
+    in :meth:`template_fields`, so an unknown placeholder fails when the role is built, not mid-run.
+    Options are the keyword arguments of ``__init__``: a config option no ``__init__`` takes is an error.
 
     Example, a complete custom inducer that names only the user's hobbies:
 
@@ -121,14 +130,12 @@ class PromptRole:
         backend: str = "",
         generation: Mapping[str, Any] | None = None,
         system_prompt: str | None = None,
-        **options: Any,
     ) -> None:
         self.name = name
         self.client = client
         self.backend = backend
         self.generation = dict(generation or {})
         self.template = system_prompt if system_prompt is not None else type(self).system_prompt
-        self.options = options
 
     def fields(self, view: RoleView) -> dict[str, str]:
         """Values available to the template: persona parts, hint."""
@@ -137,9 +144,23 @@ class PromptRole:
             out |= {"profile": view.persona.profile.text, "personality": view.persona.personality.text}
         return out
 
+    def template_fields(self, view: RoleView) -> dict[str, tuple[str, frozenset[str]]]:
+        """Every template option: its text and the placeholders it can fill for a view like ``view``."""
+        return {"system_prompt": (self.template, frozenset(self.fields(view)))}
+
+    def check_templates(self, *, sees_persona: bool = True) -> None:
+        """Raise a one-line :class:`ConfigError` for a malformed template or an unknown placeholder.
+
+        ``sees_persona``: whether the graph shows this role the persona (responders never see it).
+        """
+        hidden = {} if sees_persona else dict.fromkeys(("profile", "personality"), "this role is not shown the persona")
+        for option, (text, allowed) in self.template_fields(probe_view(sees_persona)).items():
+            check_template(text, allowed, f"role {self.name!r}: option {option!r}", unavailable=hidden)
+
     def system(self, view: RoleView | None = None) -> str:
         """The system prompt filled in for ``view``."""
-        return self.template.format(**(self.fields(view) if view is not None else {}))
+        values = self.fields(view) if view is not None else {}
+        return format_template(self.template, values, f"role {self.name!r}: option 'system_prompt'")
 
     def render(self, view: RoleView) -> list[Message]:
         """The chat messages to send (default: the system prompt, then the transcript)."""
@@ -198,8 +219,72 @@ class PromptRole:
         return RoleOutput(text=text, value=self.parse(text, view), calls=[call])
 
 
+def _placeholders(template: str) -> Iterator[tuple[str, str | None]]:
+    """(field name, conversion) of every ``{...}`` in ``template``, nested format specs included."""
+    for _, name, spec, conversion in string.Formatter().parse(template):
+        if name is not None:
+            yield name, conversion
+        if spec:
+            yield from _placeholders(spec)
+
+
+def _allowed_text(allowed: Iterable[str]) -> str:
+    listed = ", ".join(f"{{{name}}}" for name in sorted(allowed)) or "none"
+    return f"allowed: {listed}; write {{{{ and }}}} for literal braces"
+
+
+def check_template(
+    template: Any, allowed: Iterable[str], where: str, *, unavailable: Mapping[str, str] | None = None
+) -> None:
+    """Raise a one-line :class:`ConfigError` starting with ``where`` if ``template`` is not a valid
+    ``str.format`` template over the placeholders ``allowed`` (``unavailable``: placeholder -> why not)."""
+    allowed, unavailable = frozenset(allowed), unavailable or {}
+    if not isinstance(template, str):
+        raise ConfigError(f"{where}: a template must be a string, got {type(template).__name__}")
+    try:
+        found = list(_placeholders(template))
+    except ValueError as exc:
+        raise ConfigError(f"{where}: malformed template: {exc} ({_allowed_text(allowed)})") from None
+    for name, conversion in found:
+        shown = "".join(c if c.isprintable() else repr(c)[1:-1] for c in name)  # the message stays one line
+        if name not in allowed and name in unavailable:
+            reason = unavailable[name]
+            raise ConfigError(f"{where}: placeholder {{{shown}}} cannot be used: {reason} ({_allowed_text(allowed)})")
+        if name not in allowed:
+            raise ConfigError(f"{where}: unknown placeholder {{{shown}}} ({_allowed_text(allowed)})")
+        if conversion not in (None, "r", "s", "a"):
+            raise ConfigError(f"{where}: placeholder {{{shown}!{conversion}}} has an unknown conversion (use !r or !s)")
+    format_template(template, dict.fromkeys(allowed, ""), where)  # format specs are checked only by formatting
+
+
+def format_template(template: str, values: Mapping[str, Any], where: str) -> str:
+    """``template.format(**values)``, failing with one :class:`ConfigError` line instead of a KeyError."""
+    try:
+        return template.format(**values)
+    except KeyError as exc:
+        raise ConfigError(f"{where}: unknown placeholder {{{exc.args[0]}}} ({_allowed_text(values)})") from None
+    except IndexError:
+        raise ConfigError(f"{where}: positional placeholder {{}} ({_allowed_text(values)})") from None
+    except ValueError as exc:
+        raise ConfigError(f"{where}: malformed template: {exc} ({_allowed_text(values)})") from None
+
+
+@functools.cache
+def _probe_persona() -> PersonaPair:
+    return PersonaPair(profile=Persona.new("profile", "probe"), personality=Persona.new("personality", "probe"))
+
+
+def probe_view(sees_persona: bool = True) -> RoleView:
+    """A stand-in view for checks made before any call: it tells which template fields a role can fill."""
+    persona = _probe_persona() if sees_persona else None
+    return RoleView(conversation_id="check", turn=1, persona=persona, user_message="", hint="",
+                    candidates=("", ""), hinted=(True, False))  # fmt: skip
+
+
 RoleFactory = Callable[..., Role]
 _ROLES: dict[str, RoleFactory] = {}
+RESERVED_OPTIONS = {"backend": "the role's backend", "generation": "the role's generation table"}
+"""Keyword arguments every role is built with from its own config fields, never from ``options``."""
 
 
 def register_role(name: str) -> Callable[[RoleFactory], RoleFactory]:
@@ -218,7 +303,99 @@ def get_role_factory(kind: str) -> RoleFactory:
     try:
         return _ROLES[kind]
     except KeyError:
-        raise AloeError(f"unknown role kind {kind!r} (registered: {', '.join(sorted(_ROLES))})") from None
+        raise ConfigError(f"unknown role kind {kind!r} (registered: {', '.join(sorted(_ROLES))})") from None
+
+
+def _factory_parameters(factory: RoleFactory) -> tuple[dict[str, Any], bool]:
+    """Keyword parameters a factory takes after ``(name, client)``, with their types where they resolve,
+    and whether it also takes ``**kwargs`` that go somewhere not visible here (then anything is accepted).
+
+    A class is read along its MRO: an ``__init__`` with ``**kwargs`` is taken to pass them to the next one.
+    """
+    if isinstance(factory, type):
+        inits = [cls.__init__ for cls in inspect.getmro(factory) if "__init__" in vars(cls) and cls is not object]
+        skip = 3  # self, name, client
+    else:
+        inits, skip = [factory], 2
+    params: dict[str, Any] = {}
+    for init in inits:
+        try:
+            signature = inspect.signature(init)
+        except (TypeError, ValueError):  # a builtin or C factory: nothing to read, so anything goes
+            return params, True
+        try:
+            hints = typing.get_type_hints(init)
+        except Exception:  # annotations that do not resolve here only lose the type check
+            hints = {}
+        positional = 0
+        for param in signature.parameters.values():
+            if param.kind in (param.POSITIONAL_ONLY, param.POSITIONAL_OR_KEYWORD):
+                positional += 1
+                if positional <= skip:
+                    continue
+            if param.kind in (param.POSITIONAL_OR_KEYWORD, param.KEYWORD_ONLY):
+                params.setdefault(param.name, hints.get(param.name, Any))
+        if not any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values()):
+            return params, False
+    return params, not isinstance(factory, type)  # a class's last **kwargs reach object(), which takes none
+
+
+def role_options(kind: str) -> frozenset[str] | None:
+    """Option names the role ``kind`` accepts (from its factory's signature); None when it accepts any."""
+    params, open_ended = _factory_parameters(get_role_factory(kind))
+    return None if open_ended else frozenset(params) - set(RESERVED_OPTIONS)
+
+
+def check_role_options(name: str, kind: str, options: Mapping[str, Any], *, provided: Iterable[str] = ()) -> None:
+    """Raise a one-line :class:`ConfigError` for an option of role ``name`` that its kind does not take, that
+    aloekit sets itself (``backend``, ``generation``, ``provided``), or whose value has the wrong type."""
+    params, open_ended = _factory_parameters(get_role_factory(kind))
+    provided = set(provided)
+    accepted = sorted(set(params) - set(RESERVED_OPTIONS) - provided)
+    where = f"role {name!r} ({kind})"
+    for key, value in options.items():
+        if key in RESERVED_OPTIONS:
+            raise ConfigError(f"{where}: option {key!r} is not an option: set {RESERVED_OPTIONS[key]} instead")
+        if key in provided:
+            raise ConfigError(f"{where}: option {key!r} is set from the run's config; remove it from options")
+        if key not in params:
+            if open_ended:
+                continue
+            raise ConfigError(f"{where}: unknown option {key!r}{_suggest(key, accepted)} "
+                              f"(accepted: {', '.join(accepted) or 'none'})")  # fmt: skip
+        if _config_native(params[key]):
+            try:
+                TypeAdapter(params[key]).validate_python(value, strict=True)
+            except ValidationError as exc:
+                raise ConfigError(f"{where}: option {key!r}: {exc.errors()[0]['msg']}, got {value!r}") from None
+
+
+_NATIVE = (str, int, float, bool, type(None))
+_NATIVE_CONTAINERS = (list, dict, Sequence, Mapping, typing.Union, types.UnionType)  # not tuple: TOML gives lists
+
+
+def _config_native(annotation: Any) -> bool:
+    """Whether a value read from TOML/YAML can be checked against ``annotation`` as is (strictly): the role
+    receives the raw value, so a strict mismatch is a real error. Other types (``Path``...) are left to it."""
+    if annotation is Any:
+        return False
+    if annotation in _NATIVE:
+        return True
+    origin = typing.get_origin(annotation)
+    if origin is typing.Literal:
+        return True
+    if origin not in _NATIVE_CONTAINERS:
+        return False
+    return all(arg is Ellipsis or arg is Any or _config_native(arg) for arg in typing.get_args(annotation))
+
+
+def _suggest(key: str, accepted: list[str]) -> str:
+    if key in GenerationOptions.model_fields:
+        return f" ({key} is a generation option: set it in the role's generation table)"
+    close = difflib.get_close_matches(key, [*accepted, *GenerationOptions.model_fields], n=1)
+    if not close:
+        return ""
+    return f" (did you mean {'generation.' if close[0] not in accepted else ''}{close[0]}?)"
 
 
 def list_roles() -> list[str]:

@@ -8,7 +8,15 @@ from typing import Any, Literal
 from autogen_core.models import ChatCompletionClient
 from pydantic import BaseModel
 
-from aloekit.agents.base import CallRecord, Message, PromptRole, RoleOutput, RoleView, register_role
+from aloekit.agents.base import (
+    CallRecord,
+    Message,
+    PromptRole,
+    RoleOutput,
+    RoleView,
+    format_template,
+    register_role,
+)
 from aloekit.agents.parsing import parse_verdict
 from aloekit.errors import ConfigError
 
@@ -28,6 +36,8 @@ Candidate replies:
 {candidates}
 
 Which message would this person prefer? {instruction}"""
+JUDGE_USER_FIELDS = frozenset({"user_message", "candidates", "instruction"})
+"""Placeholders a judge's ``user_prompt`` may use."""
 
 TEXT_INSTRUCTION = 'Answer with the message {kind} only, for example "Message {example}".'
 CHOICE_INSTRUCTION = "Answer with the message {kind} only: {choices}."
@@ -50,6 +60,7 @@ If Message 2 is preferred, output 'second'."""
 
 INVALID = -1
 ScoreMode = Literal["text", "expected"]
+LabelStyle = Literal["numbers", "letters"]
 
 
 class Verdict(BaseModel):
@@ -98,7 +109,7 @@ class PreferenceJudge(PromptRole):
         paper_exact: bool = False,
         both_orders: bool = False,
         user_prompt: str = JUDGE_USER_PROMPT,
-        labels: str = "numbers",
+        labels: LabelStyle = "numbers",
         score_mode: ScoreMode = "text",
         **kwargs: Any,
     ) -> None:
@@ -111,11 +122,17 @@ class PreferenceJudge(PromptRole):
             raise ConfigError(
                 "paper_exact reproduces the authors' text judge: it takes no score_mode, labels or both_orders"
             )
+        if paper_exact and (user_prompt != JUDGE_USER_PROMPT or kwargs.get("system_prompt") is not None):
+            raise ConfigError("paper_exact uses the authors' prompt: it takes no system_prompt or user_prompt")
         self.labels = labels
         self.score_mode = score_mode
         self.paper_exact = paper_exact
         self.both_orders = both_orders
         self.user_prompt = user_prompt
+
+    def template_fields(self, view: RoleView) -> dict[str, tuple[str, frozenset[str]]]:
+        """The system prompt's fields, and ``user_prompt`` over the user message, candidates and instruction."""
+        return {**super().template_fields(view), "user_prompt": (self.user_prompt, JUDGE_USER_FIELDS)}
 
     def order(self, view: RoleView) -> list[int]:
         """Presentation order: shuffled from (seed, conversation index, turn), or hinted-first for paper_exact."""
@@ -127,6 +144,8 @@ class PreferenceJudge(PromptRole):
 
     def label(self, position: int) -> str:
         """How the candidate shown at ``position`` (0-based) is named: '1', '2'... or 'A', 'B'..."""
+        if self.labels == "letters" and position >= 26:
+            raise ConfigError(f"role {self.name!r}: labels 'letters' name at most 26 candidates; use 'numbers'")
         return chr(ord("A") + position) if self.labels == "letters" else str(position + 1)
 
     def render_order(self, view: RoleView, order: list[int], strict: bool = False) -> list[Message]:
@@ -142,8 +161,8 @@ class PreferenceJudge(PromptRole):
             instruction = CHOICE_INSTRUCTION.format(kind=kind, choices=" or ".join(labels))
         else:
             instruction = TEXT_INSTRUCTION.format(kind=kind, example=labels[0])
-        prompt = self.user_prompt.format(user_message=view.user_message or "", candidates=listed,
-                                         instruction=instruction)  # fmt: skip
+        values = {"user_message": view.user_message or "", "candidates": listed, "instruction": instruction}
+        prompt = format_template(self.user_prompt, values, f"role {self.name!r}: option 'user_prompt'")
         if strict:
             prompt += STRICT_SUFFIX.format(choices=", ".join(f"Message {lab}" for lab in labels))
         return [{"role": "system", "content": self.system(view)}, {"role": "user", "content": prompt}]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel
 
@@ -64,7 +64,13 @@ class AlignmentScorer(PromptRole):
     system_prompt = SCORER_SYSTEM_PROMPT
 
     def __init__(
-        self, name: str, client: Any, *, guided_choice: bool = False, score_mode: str = "text", **kwargs: Any
+        self,
+        name: str,
+        client: Any,
+        *,
+        guided_choice: bool = False,
+        score_mode: Literal["text", "expected"] = "text",
+        **kwargs: Any,
     ) -> None:
         super().__init__(name, client, **kwargs)
         if score_mode not in ("text", "expected"):

@@ -7,12 +7,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from autogen_core.models import ChatCompletionClient
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from aloekit.agents.backends import BackendPool
-from aloekit.agents.base import get_role_factory
+from aloekit.agents.backends import BackendPool, parse_spec
+from aloekit.agents.base import RoleFactory, check_role_options, get_role_factory, role_options
 from aloekit.config import GenerationOptions
-from aloekit.errors import AloeError
+from aloekit.errors import AloeError, ConfigError
 from aloekit.graphs.generation import Responder as ResponderSlot
 from aloekit.graphs.generation import RoleSet, build_generation_graph, initial_state, recursion_limit
 from aloekit.graphs.runner import drive_conversations
@@ -21,6 +22,13 @@ from aloekit.graphs.storage import Conversation, TreeStore
 logger = logging.getLogger(__name__)
 
 DEFAULT_BACKEND = "local:smollm2"
+MAX_CONVERSATIONS = 10_000_000
+MAX_TURNS = 1_000
+MAX_CONCURRENCY = 10_000
+SQLITE_INT_MIN, SQLITE_INT_MAX = -(2**63), 2**63 - 1
+"""Seeds and budgets are stored in SQLite INTEGER columns."""
+FIXED_ROLE_NAMES = ("user", "inducer", "judge", "all")
+"""Names ``--role`` uses for the fixed roles (and every role), so no responder may take them."""
 
 
 class RoleConfig(BaseModel):
@@ -28,20 +36,21 @@ class RoleConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    kind: str
+    kind: str = Field(min_length=1)
     """A registered role kind (``aloe simulate --help`` lists them), built-in or your own."""
-    backend: str = DEFAULT_BACKEND
+    backend: str = Field(default=DEFAULT_BACKEND, min_length=1)
     """Backend spec for this role."""
     generation: GenerationOptions = GenerationOptions()
     """Generation options for this role's calls."""
     options: dict[str, Any] = {}
-    """Extra keyword arguments for the role (e.g. ``system_prompt`` to replace its template)."""
+    """Keyword arguments for the role (e.g. ``system_prompt`` to replace its template); the role kind's
+    ``__init__`` says which it takes, and any other key is an error (see :func:`check_role`)."""
 
 
 class ResponderConfig(RoleConfig):
     """A candidate responder; ``use_hint`` gives it the inducer's report."""
 
-    name: str
+    name: str = Field(min_length=1)
     """Name shown in trees and usage (``preferred``, ``plain``...)."""
     use_hint: bool = False
     """Whether this responder sees the inducer's hint."""
@@ -60,13 +69,13 @@ class SimulationConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    conversations: int = Field(default=8, gt=0)
+    conversations: int = Field(default=8, ge=1, le=MAX_CONVERSATIONS)
     """How many conversation trees to grow."""
-    turns: int = Field(default=10, gt=0)
+    turns: int = Field(default=10, ge=1, le=MAX_TURNS)
     """User turns per conversation."""
-    concurrency: int = Field(default=8, gt=0)
+    concurrency: int = Field(default=8, ge=1, le=MAX_CONCURRENCY)
     """Conversations in progress at once (backends keep their own limits too)."""
-    seed: int = 0
+    seed: int = Field(default=0, ge=SQLITE_INT_MIN, le=SQLITE_INT_MAX)
     """Seeds persona sampling, judge order, which branch continues and every sampled call."""
     eval_set: str = "builtin"
     """Eval set whose personas (profiles and personalities, by content hash) are kept out of sampling."""
@@ -84,9 +93,9 @@ class SimulationConfig(BaseModel):
     """Ask the judge twice (order reversed) and record whether it agrees with itself."""
     paper_exact: bool = False
     """Reproduce the authors' judge: fixed order and exact-string verdicts."""
-    max_calls: int | None = Field(default=None, gt=0)
+    max_calls: int | None = Field(default=None, ge=1, le=SQLITE_INT_MAX)
     """Stop cleanly after this many model calls (resumable)."""
-    max_tokens: int | None = Field(default=None, gt=0)
+    max_tokens: int | None = Field(default=None, ge=1, le=SQLITE_INT_MAX)
     """Stop cleanly after this many tokens (resumable)."""
 
     @model_validator(mode="after")
@@ -94,6 +103,8 @@ class SimulationConfig(BaseModel):
         names = [r.name for r in self.responders]
         if len(set(names)) != len(names):
             raise ValueError(f"responder names must be unique, got {names}")
+        if taken := sorted(set(names) & set(FIXED_ROLE_NAMES)):
+            raise ValueError(f"responder name {taken[0]!r} is taken (not one of: {', '.join(FIXED_ROLE_NAMES)})")
         if self.paper_exact and (len(self.responders) != 2 or sum(r.use_hint for r in self.responders) != 1):
             raise ValueError("paper_exact needs exactly two responders, one with use_hint (the authors' setup)")
         if self.paper_exact and self.judge_both_orders:
@@ -104,10 +115,22 @@ class SimulationConfig(BaseModel):
         """Names accepted by ``--role NAME=SPEC``."""
         return ["user", "inducer", *(r.name for r in self.responders), "judge"]
 
+    def backend_specs(self) -> list[str]:
+        """Every backend spec the run uses, once each, sorted."""
+        roles = [self.user, self.inducer, self.judge, *self.responders]
+        return sorted({role.backend for role in roles})
+
+    def check_roles(self) -> None:
+        """Validate every role as :func:`build_roles` would build it, without backends or model calls: kinds,
+        options, option values and templates. Raises a one-line :class:`ConfigError` naming the role."""
+        for name, rc, extra, sees_persona in _role_plan(self):
+            check_role(name, rc, sees_persona=sees_persona, **extra)
+
     def with_backend(self, role: str, spec: str) -> SimulationConfig:
-        """A copy with ``role`` (or ``all``) on backend ``spec``."""
+        """A copy with ``role`` (or ``all``) on backend ``spec`` (its syntax and prefix checked)."""
         if role not in (*self.role_names(), "all"):
-            raise AloeError(f"unknown role {role!r} in --role (use one of: {', '.join(self.role_names())}, all)")
+            raise ConfigError(f"unknown role {role!r} in --role (use one of: {', '.join(self.role_names())}, all)")
+        parse_spec(spec)  # a typo in the prefix fails now, in one line, not when the run starts
         data = self.model_dump()
         for name in ("user", "inducer", "judge"):
             if role in (name, "all"):
@@ -118,36 +141,110 @@ class SimulationConfig(BaseModel):
         return SimulationConfig.model_validate(data)
 
 
+def _role_factory(name: str, rc: RoleConfig) -> RoleFactory:
+    try:
+        return get_role_factory(rc.kind)
+    except ConfigError as exc:
+        raise ConfigError(f"role {name!r}: {exc}") from None
+
+
+def _construct(
+    factory: RoleFactory, name: str, rc: RoleConfig, client: Any, extra: dict[str, Any], sees_persona: bool
+) -> Any:
+    """Call the factory, turning what it rejects into one line naming the role, then check its templates."""
+    where = f"role {name!r} ({rc.kind})"
+    try:
+        role = factory(name, client, backend=rc.backend, generation=rc.generation.as_create_args(),
+                       **rc.options, **extra)  # fmt: skip
+    except AloeError as exc:
+        raise type(exc)(str(exc) if str(exc).startswith(f"role {name!r}") else f"{where}: {exc}") from None
+    except Exception as exc:  # a role's own checks, a **kwargs factory given a bad option, a plugin's bug
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise ConfigError(f"{where}: {type(exc).__name__}" + (f": {detail}" if detail else "")) from exc
+    check_templates = getattr(role, "check_templates", None)
+    if callable(check_templates):
+        check_templates(sees_persona=sees_persona)
+    return role
+
+
+def _null_client() -> ChatCompletionClient:
+    # Roles are cheap to build; checking one builds it on a client that has no answers and is never called.
+    from autogen_ext.models.replay import ReplayChatCompletionClient
+
+    return ReplayChatCompletionClient([])
+
+
+def check_role(name: str, config: RoleConfig, *, sees_persona: bool = True, **extra: Any) -> None:
+    """Validate role ``name`` as :func:`build_role` would build it, with no backend and no model call.
+
+    Checks that ``config.kind`` is registered, that every key of ``config.options`` is a keyword of the
+    kind's factory (any key if it takes ``**kwargs``) with a value of the annotated type, what the role's
+    own ``__init__`` validates, and its templates' placeholders (``sees_persona``: whether the graph shows
+    this role the persona). ``extra`` are the keywords aloekit itself passes. Raises one-line ConfigError.
+    """
+    factory = _role_factory(name, config)
+    check_role_options(name, config.kind, config.options, provided=extra)
+    _construct(factory, name, config, _null_client(), dict(extra), sees_persona)
+
+
+def _build_role(backends: BackendPool, name: str, rc: RoleConfig, extra: dict[str, Any], sees_persona: bool) -> Any:
+    factory = _role_factory(name, rc)
+    check_role_options(name, rc.kind, rc.options, provided=extra)  # before a backend client is built
+    return _construct(factory, name, rc, backends.client(rc.backend, role=name), extra, sees_persona)
+
+
 def build_role(backends: BackendPool, name: str, rc: RoleConfig, **extra: Any) -> Any:
-    """Instantiate the role kind ``rc.kind`` as ``name`` on its backend client (usage is booked under ``name``)."""
-    factory = get_role_factory(rc.kind)
-    client = backends.client(rc.backend, role=name)
-    return factory(
-        name, client, backend=rc.backend, generation=rc.generation.as_create_args(), **{**rc.options, **extra}
-    )
+    """Instantiate the role kind ``rc.kind`` as ``name`` on its backend client (usage is booked under ``name``).
+
+    Bad options or templates fail here in one line (:class:`ConfigError`), before any model call.
+    """
+    return _build_role(backends, name, rc, extra, sees_persona=True)
+
+
+def _offered(
+    name: str, rc: RoleConfig, offered: dict[str, Any], settings: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """The run-level keywords (``use_hint``, ``paper_exact``...) that the role's kind takes.
+
+    A kind that does not name one in its signature is not given it. ``settings`` maps a keyword to the
+    config field it comes from: asking for a true value there that the kind cannot take is an error,
+    not silently ignored.
+    """
+    _role_factory(name, rc)  # an unknown kind fails here, naming the role
+    accepted = role_options(rc.kind)
+    out = {}
+    for key, value in offered.items():
+        if accepted is not None and key in accepted:
+            out[key] = value
+        elif settings and key in settings and value:
+            if accepted is not None:
+                raise ConfigError(f"role {name!r} ({rc.kind}): {settings[key]} needs a role kind with a {key!r} option")
+            out[key] = value  # the factory takes any keyword: hand it over
+    return out
+
+
+def _role_plan(config: SimulationConfig) -> list[tuple[str, RoleConfig, dict[str, Any], bool]]:
+    """(name, config, run-level keywords, sees the persona) for every role of a simulation, in build order."""
+    judge = {"paper_exact": config.paper_exact, "both_orders": config.judge_both_orders}
+    judge_settings = {"paper_exact": "paper_exact", "both_orders": "judge_both_orders"}
+    # Responders never see the persona: only the conversation and, for a hinted one, the inducer's report.
+    return [
+        ("user", config.user, {}, True),
+        ("inducer", config.inducer, {}, True),
+        *((r.name, r, _offered(r.name, r, {"use_hint": r.use_hint}), False) for r in config.responders),
+        ("judge", config.judge, _offered("judge", config.judge, judge, judge_settings), True),
+    ]
 
 
 def build_roles(config: SimulationConfig, backends: BackendPool) -> RoleSet:
     """Instantiate every configured role on its backend client."""
-
-    def build(name: str, rc: RoleConfig, **extra: Any) -> Any:
-        return build_role(backends, name, rc, **extra)
-
-    judge_extra = {}
-    if config.judge.kind == "preference_judge":
-        judge_extra = {"paper_exact": config.paper_exact, "both_orders": config.judge_both_orders}
+    roles = {name: _build_role(backends, name, rc, extra, sees_persona)
+             for name, rc, extra, sees_persona in _role_plan(config)}  # fmt: skip
     return RoleSet(
-        user=build("user", config.user),
-        inducer=build("inducer", config.inducer),
-        responders=[
-            ResponderSlot(
-                build(r.name, r, **({"use_hint": r.use_hint} if r.kind == "responder" else {})),
-                use_hint=r.use_hint,
-                backend=r.backend,
-            )  # fmt: skip
-            for r in config.responders
-        ],
-        judge=build("judge", config.judge, **judge_extra),
+        user=roles["user"],
+        inducer=roles["inducer"],
+        responders=[ResponderSlot(roles[r.name], use_hint=r.use_hint, backend=r.backend) for r in config.responders],
+        judge=roles["judge"],
     )
 
 

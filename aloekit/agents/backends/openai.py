@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import importlib.util
 from collections.abc import AsyncGenerator, Mapping, Sequence
 from typing import Any
 
@@ -102,10 +103,24 @@ def _client_class() -> type[ChatCompletionClient]:
     return OpenAICompatibleClient
 
 
+def check_openai_spec(spec: BackendSpec, settings: BackendSettings) -> None:
+    """The target is a model or ``URL#MODEL``, the SDK is installed, and the OpenAI API has a key (no request)."""
+    base_url, model = split_openai_target(spec.target)
+    if not model.strip():
+        raise SpecError(f"malformed openai spec {spec.text!r}: no model name")
+    if importlib.util.find_spec("openai") is None:
+        raise BackendError(
+            f"{spec.text}: the openai backend needs autogen-ext[openai]: pip install 'autogen-ext[openai]'"
+        )
+    if base_url is None and read_secret(settings.api_key_env) is None:
+        raise BackendError(f"{spec.text}: set {settings.api_key_env} to call the OpenAI API")
+
+
 @register_backend(
     "openai",
     description="OpenAI, or any OpenAI-compatible server (vLLM, SGLang, Ollama, llama.cpp server)",
     example="openai:gpt-4o-mini  |  openai:http://127.0.0.1:8000/v1#served-model",
+    check=check_openai_spec,
 )
 def build_openai_client(spec: BackendSpec, settings: BackendSettings) -> ChatCompletionClient:
     """autogen-ext's OpenAI client; retries are ours (SDK retries off), the key comes from the env."""

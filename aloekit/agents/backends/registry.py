@@ -1,4 +1,5 @@
-"""One registry mapping a spec prefix (``local``, ``hf``, ``openai``, ``replay``...) to a client factory."""
+"""One registry mapping a spec prefix (``local``, ``hf``, ``openai``, ``replay``...) to a client factory,
+and optionally to a cheap check of the spec that runs before anything is written or loaded."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from typing import Protocol
 from autogen_core.models import ChatCompletionClient
 
 from aloekit.config import BackendSettings
-from aloekit.errors import SpecError
+from aloekit.errors import BackendError, SpecError
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +52,13 @@ class ClientFactory(Protocol):
     def __call__(self, spec: BackendSpec, settings: BackendSettings) -> ChatCompletionClient: ...
 
 
+class SpecCheck(Protocol):
+    """Validates a spec cheaply (no model load, no network); raise :class:`~aloekit.errors.SpecError` or
+    :class:`~aloekit.errors.BackendError` with one line naming the spec or file at fault."""
+
+    def __call__(self, spec: BackendSpec, settings: BackendSettings) -> None: ...
+
+
 @dataclass
 class Backend:
     """A registered backend: its prefix, factory and how to write a spec for it."""
@@ -62,6 +70,8 @@ class Backend:
     source: str = "builtin"
     batching: bool = field(default=False)
     """Whether one client instance batches concurrent requests (so roles should share it)."""
+    check: SpecCheck | None = None
+    """Cheap validation run by :func:`check_spec` before a run starts (None: only the prefix is checked)."""
 
 
 _REGISTRY: dict[str, Backend] = {}
@@ -69,19 +79,30 @@ _entry_points_loaded = False
 
 
 def register_backend(
-    prefix: str, *, description: str = "", example: str = "", batching: bool = False
+    prefix: str,
+    *,
+    description: str = "",
+    example: str = "",
+    batching: bool = False,
+    check: SpecCheck | None = None,
 ) -> Callable[[ClientFactory], ClientFactory]:
-    """Register ``factory`` under ``prefix``.
+    """Register ``factory`` under ``prefix``, with an optional cheap ``check`` of its specs.
+
+    ``check(spec, settings)`` is what :func:`check_spec` runs before a run is recorded: it must not load
+    a model or touch the network, and raises a one-line ``SpecError``/``BackendError`` for bad input.
 
     Example:
         >>> from autogen_ext.models.replay import ReplayChatCompletionClient
-        >>> @register_backend("echo", description="replies 'ok'", example="echo:any")
+        >>> def check_echo(spec, settings):
+        ...     if spec.target != "any":
+        ...         raise SpecError(f"{spec.text}: the echo backend takes only echo:any")
+        >>> @register_backend("echo", description="replies 'ok'", example="echo:any", check=check_echo)
         ... def build_echo(spec, settings):
         ...     return ReplayChatCompletionClient(["ok"] * 100)
     """
 
     def decorate(factory: ClientFactory) -> ClientFactory:
-        _REGISTRY[prefix] = Backend(prefix, factory, description, example, batching=batching)
+        _REGISTRY[prefix] = Backend(prefix, factory, description, example, batching=batching, check=check)
         return factory
 
     return decorate
@@ -115,6 +136,25 @@ def get_backend(prefix: str) -> Backend:
     except KeyError:
         known = ", ".join(sorted(_REGISTRY))
         raise SpecError(f"unknown backend prefix {prefix!r} (known: {known})") from None
+
+
+def check_spec(spec: str, settings: BackendSettings | None = None) -> None:
+    """Validate ``spec`` without loading a model or calling a server: its syntax, its prefix, and whatever
+    its backend's registered ``check`` looks at (files, folders, model names, keys).
+
+    Raises :class:`~aloekit.errors.SpecError` or :class:`~aloekit.errors.BackendError` with one line.
+    """
+    parsed = parse_spec(spec)
+    backend = get_backend(parsed.prefix)
+    if backend.check is None:
+        return
+    try:
+        backend.check(parsed, settings or BackendSettings())
+    except (SpecError, BackendError):
+        raise
+    except Exception as exc:  # a plugin's check failing must still give one clear line
+        detail = f"{type(exc).__name__}: {str(exc).splitlines()[0]}" if str(exc) else type(exc).__name__
+        raise BackendError(f"{parsed.text}: spec check failed: {detail}") from exc
 
 
 def list_backends() -> list[Backend]:

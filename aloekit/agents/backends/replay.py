@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from autogen_core.models import ChatCompletionClient
 
+from aloekit.agents.backends.files import read_json_file
 from aloekit.agents.backends.registry import BackendSpec, register_backend
 from aloekit.config import BackendSettings
 from aloekit.errors import BackendError
@@ -14,21 +14,33 @@ from aloekit.errors import BackendError
 
 def load_replay_file(path: Path) -> list[str]:
     """Read answers from ``["a", "b"]`` or ``{"responses": ["a", "b"]}``."""
-    if not path.is_file():
-        raise BackendError(f"replay file {path}: not found")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as exc:
-        raise BackendError(f"replay file {path}: invalid JSON: {exc}") from None
+    if path.is_dir():
+        raise BackendError(f"replay file {path}: is a folder, not a JSON file")
+    data = read_json_file(path, f"replay file {path}")
     responses = data.get("responses") if isinstance(data, dict) else data
-    if not isinstance(responses, list) or not all(isinstance(r, str) for r in responses):
+    if not isinstance(responses, list):
         raise BackendError(f'replay file {path}: expected a list of strings or {{"responses": [...]}}')
+    for index, response in enumerate(responses):
+        if not isinstance(response, str):
+            raise BackendError(
+                f"replay file {path}: expected a list of strings, but response {index} is {type(response).__name__}"
+            )
     if not responses:
         raise BackendError(f"replay file {path}: no responses")
     return responses
 
 
-@register_backend("replay", description="scripted answers from a JSON file, in order", example="replay:answers.json")
+def check_replay_spec(spec: BackendSpec, settings: BackendSettings) -> None:
+    """The file exists and holds a non-empty list of answers (reading it is cheap)."""
+    load_replay_file(Path(spec.target))
+
+
+@register_backend(
+    "replay",
+    description="scripted answers from a JSON file, in order",
+    example="replay:answers.json",
+    check=check_replay_spec,
+)
 def build_replay_client(spec: BackendSpec, settings: BackendSettings) -> ChatCompletionClient:
     """autogen's ``ReplayChatCompletionClient`` over the file's answers."""
     from autogen_ext.models.replay import ReplayChatCompletionClient
