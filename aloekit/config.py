@@ -4,23 +4,25 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from aloekit.errors import ConfigError
+from aloekit.errors import AloeError, ConfigError
 
 ENV_PREFIX = "ALOE_"
+CONFIG_SUFFIXES = (".toml", ".yaml", ".yml")
 
 
 class GenerationOptions(BaseModel):
     """Sampling options passed the same way to every backend (as autogen ``extra_create_args``)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     temperature: float | None = Field(default=None, ge=0)
     """Sampling temperature; 0 means greedy decoding."""
@@ -56,7 +58,8 @@ class GenerationOptions(BaseModel):
 class BackendSettings(BaseModel):
     """How aloekit calls one backend endpoint: limits, timeouts, retries, caching."""
 
-    model_config = ConfigDict(extra="forbid")
+    # inf/nan would pass the range checks' intent badly: an infinite timeout hangs, nan compares false.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     max_concurrency: int = Field(default=8, gt=0)
     """Requests in flight at once to this endpoint (shared by every role using it)."""
@@ -88,7 +91,7 @@ class BackendSettings(BaseModel):
 class AloeConfig(BaseModel):
     """Top-level configuration shared by every ``aloe`` command."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     db: Path = Path("aloe.db")
     """SQLite database holding runs, the call log and every later stage's output."""
@@ -122,64 +125,130 @@ class AloeConfig(BaseModel):
         return BackendSettings.model_validate({**self.backend.model_dump(), **self.backends.get(spec, {})})
 
 
+def one_line(text: str) -> str:
+    """``text`` with its line breaks folded into spaces, so an error stays one line."""
+    return re.sub(r"\s*[\r\n]+\s*", " ", text).strip()
+
+
+def format_loc(loc: Sequence[str | int]) -> str:
+    """A pydantic error location as a dotted field path (``backend.timeout_s``, ``plugins.0``)."""
+    return ".".join(str(part) for part in loc) or "(root)"
+
+
 def _first_error(exc: ValidationError) -> str:
     err = exc.errors()[0]
-    where = ".".join(str(p) for p in err["loc"]) or "(root)"
-    return f"field {where}: {err['msg']}"
+    return one_line(f"field {format_loc(err['loc'])}: {err['msg']}")
 
 
-def read_config_file(path: Path) -> dict[str, Any]:
-    """Parse a TOML or YAML config file into a dict, with errors that name the file and line."""
-    if not path.is_file():
-        raise ConfigError(f"config file {path}: not found")
-    text = path.read_text(encoding="utf-8")
-    suffix = path.suffix.lower()
+def read_text_file(path: Path, what: str, error: type[AloeError] = ConfigError) -> str:
+    """The UTF-8 text of ``path`` (a BOM is dropped), or ``error`` naming ``what``, the file and, for bytes
+    that are not UTF-8, the line."""
+    if not path.exists():
+        raise error(one_line(f"{what} {path}: not found"))
+    if path.is_dir():
+        raise error(one_line(f"{what} {path}: is a folder, not a file"))
     try:
-        if suffix == ".toml":
-            data = tomllib.loads(text)
-        elif suffix in (".yaml", ".yml"):
-            data = yaml.safe_load(text)
-        else:
-            raise ConfigError(f"config file {path}: unknown format {suffix!r} (use .toml, .yaml or .yml)")
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"config file {path}: {exc}") from None
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise error(one_line(f"{what} {path}: cannot read: {exc.strerror or exc}")) from None
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise error(
+            one_line(f"{what} {path}: line {line}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at column {column})")
+        ) from None
+
+
+def _yaml_problem(exc: yaml.YAMLError, text: str) -> str:
+    """``line N: problem`` for a YAML error; the reader's errors carry a position instead of a mark."""
+    if isinstance(exc, yaml.reader.ReaderError):
+        return f"line {text.count(chr(10), 0, exc.position) + 1}: {exc.reason} (character #x{exc.character:04x})"
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    where = f"line {mark.line + 1}: " if mark else ""
+    said = [getattr(exc, "context", None), getattr(exc, "problem", None)]  # "while parsing ...", "found ..."
+    problem = ", ".join(part for part in said if part) or str(exc).splitlines()[0]
+    return f"{where}{problem}"
+
+
+def read_config_file(path: Path, what: str = "config file") -> dict[str, Any]:
+    """Parse a TOML or YAML config file into a dict, with one-line errors that name the file and line."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if path.exists() and not path.is_dir() and suffix not in CONFIG_SUFFIXES:
+        raise ConfigError(f"{what} {path}: unknown format {suffix!r} (use .toml, .yaml or .yml)")
+    text = read_text_file(path, what)
+    try:
+        data = tomllib.loads(text) if suffix == ".toml" else yaml.safe_load(text)
+    except tomllib.TOMLDecodeError as exc:  # its message ends "(at line N, column M)"
+        raise ConfigError(one_line(f"{what} {path}: invalid TOML: {exc}")) from None
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}: " if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ConfigError(f"config file {path}: {where}{problem}") from None
+        raise ConfigError(one_line(f"{what} {path}: invalid YAML: {_yaml_problem(exc, text)}")) from None
+    except RecursionError:  # both parsers recurse once per level: "[" * 100000 ends here, not in a crash
+        raise ConfigError(f"{what} {path}: nested too deeply to read") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError(f"config file {path}: top level must be a table/mapping, got {type(data).__name__}")
+        raise ConfigError(f"{what} {path}: top level must be a table/mapping, got {type(data).__name__}")
     return data
+
+
+def has_path(data: Any, loc: Sequence[str | int]) -> bool:
+    """Whether ``data`` (nested dicts and lists) holds a value at ``loc``, or a scalar above it."""
+    for part in loc:
+        if isinstance(data, Mapping) and part in data:
+            data = data[part]
+        elif isinstance(data, list) and isinstance(part, int) and 0 <= part < len(data):
+            data = data[part]
+        else:
+            return not isinstance(data, Mapping | list)  # a scalar where a table was expected is that layer's
+    return True
+
+
+def source_of(loc: Sequence[str | int], layers: Sequence[tuple[str, Any]]) -> str | None:
+    """The label of the first layer (highest precedence first) that sets the value at ``loc``."""
+    return next((label for label, data in layers if data and has_path(data, loc)), None)
 
 
 def env_overrides(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
     """Collect ``ALOE_FIELD`` and ``ALOE_SECTION__FIELD`` variables that name config fields."""
+    return _env_layers(environ)[0]
+
+
+def _env_layers(environ: Mapping[str, str] | None) -> tuple[dict[str, Any], list[tuple[str, dict[str, Any]]]]:
+    """The merged env overrides, and each variable alone (to name the one a validation error is about)."""
     environ = os.environ if environ is None else environ
     out: dict[str, Any] = {}
-    for name, raw in environ.items():
+    each: list[tuple[str, dict[str, Any]]] = []
+    for name, raw in sorted(environ.items()):  # sorted: a conflict is reported the same way every time
         if not name.startswith(ENV_PREFIX):
             continue
         path = name[len(ENV_PREFIX) :].lower().split("__")
         if path[0] not in AloeConfig.model_fields:
             continue  # other ALOE_* variables (ALOE_SMOLLM2_GGUF, ALOE_CACHE_DIR) are not config fields
-        _set_path(out, path, _parse_scalar(raw))
-    return out
+        value = _parse_scalar(raw)
+        _set_path(out, path, value, name)
+        single: dict[str, Any] = {}
+        _set_path(single, path, value, name)
+        each.append((f"environment variable {name}", single))
+    return out, each
 
 
 def _parse_scalar(raw: str) -> Any:
     # JSON first so ALOE_GENERATION__STOP='["\\n"]' and numbers work; anything else stays a string.
     try:
         return json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):
         return raw
 
 
-def _set_path(target: dict[str, Any], path: list[str], value: Any) -> None:
-    for key in path[:-1]:
+def _set_path(target: dict[str, Any], path: list[str], value: Any, name: str) -> None:
+    for depth, key in enumerate(path[:-1]):
         target = target.setdefault(key, {})
+        if not isinstance(target, dict):  # ALOE_BACKEND=3 beside ALOE_BACKEND__TIMEOUT_S=9
+            table = ENV_PREFIX + "__".join(path[: depth + 1]).upper()
+            raise ConfigError(f"environment variable {name}: {table} is set to a value, not a table")
     target[path[-1]] = value
 
 
@@ -200,15 +269,18 @@ def load_config(
 ) -> AloeConfig:
     """Resolve the config: defaults < file < ``ALOE_*`` env vars < ``overrides`` (CLI flags)."""
     data: dict[str, Any] = {}
-    source = "config"
+    file_label = "config"
     if path is not None:
         path = Path(path)
         data = read_config_file(path)
-        source = f"config file {path}"
-    data = _deep_merge(data, env_overrides(environ))
-    if overrides:
-        data = _deep_merge(data, {k: v for k, v in overrides.items() if v is not None})
+        file_label = f"config file {path}"
+    env, env_each = _env_layers(environ)
+    flags = {k: v for k, v in (overrides or {}).items() if v is not None}
     try:
-        return AloeConfig.model_validate(data)
+        return AloeConfig.model_validate(_deep_merge(_deep_merge(data, env), flags))
     except ValidationError as exc:
+        # Name where the bad value came from: a flag beats an environment variable beats the file.
+        loc = exc.errors()[0]["loc"]
+        flag_layer = [(f"--{str(loc[0]).replace('_', '-')}", flags)] if loc else []
+        source = source_of(loc, [*flag_layer, *reversed(env_each), (file_label, data)]) or file_label
         raise ConfigError(f"{source}: {_first_error(exc)}") from None

@@ -36,7 +36,7 @@ from aloekit.agents.backends import BackendPool
 from aloekit.agents.base import RoleView
 from aloekit.agents.judge import INVALID, Verdict
 from aloekit.agents.scorer import Score
-from aloekit.config import GenerationOptions
+from aloekit.config import GenerationOptions, read_text_file
 from aloekit.errors import AloeError
 from aloekit.evaluation.task import BUILTIN_EVAL_SET, load_eval_personas
 from aloekit.graphs.simulate import RoleConfig, build_role
@@ -375,10 +375,9 @@ async def run_audit(
 
 def read_labels(path: Path) -> list[dict[str, Any]]:
     """Rows ``{"profile", "personality", "user_message", "replies": [a, b], "preferred": 0 or 1}``."""
-    if not path.is_file():
-        raise AloeError(f"labels file {path}: not found")
+    text = read_text_file(path, "labels file", AloeError)  # missing, a folder, not UTF-8: one line naming it
     rows = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         where = f"{path}:{number}"
@@ -386,6 +385,8 @@ def read_labels(path: Path) -> list[dict[str, Any]]:
             row = json.loads(line)
         except json.JSONDecodeError as exc:
             raise AloeError(f"{where}: invalid JSON: {exc.msg}") from None
+        except RecursionError:  # "[" * 100000: json recurses once per level
+            raise AloeError(f"{where}: invalid JSON: nested too deeply") from None
         if not isinstance(row, dict):
             raise AloeError(f"{where}: expected an object")
         for name in ("profile", "personality", "user_message"):

@@ -8,7 +8,10 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from aloekit.errors import AloeError
+from pydantic import ValidationError
+
+from aloekit.config import format_loc, one_line
+from aloekit.errors import AloeError, ConfigError
 from aloekit.evaluation.audit import AuditResult, get_audit, judge_key, latest_audit
 from aloekit.evaluation.metrics import BootstrapCIs, Interval, Metrics, bootstrap, compare, compute_metrics
 from aloekit.evaluation.task import EvalConfig, EvalStore
@@ -17,14 +20,25 @@ from aloekit.store import Store
 
 
 def eval_config(store: Store, run_id: str) -> EvalConfig:
-    """The resolved config an evaluation run was started with."""
+    """The resolved config an evaluation run was started with; one line if there is none or it is unreadable."""
     run = store.get_run(run_id)
     if run is None:
         raise AloeError(f"no run {run_id!r} in {store.path}")
-    stored = json.loads(run["config"]).get("eval_resolved")
-    if stored is None:
-        raise AloeError(f"run {run_id} is not an evaluation run")
-    return EvalConfig.model_validate(stored)
+    try:
+        stored = json.loads(run["config"] or "{}")
+    except (TypeError, ValueError, RecursionError):
+        raise AloeError(f"run {run_id}: its stored config is not valid JSON") from None
+    resolved = stored.get("eval_resolved") if isinstance(stored, dict) else None
+    if resolved is None:
+        started_by = " ".join(str(run.get("command") or "").split()[:2]) or "another command"
+        raise AloeError(one_line(f"run {run_id} is not an evaluation run (it was started by {started_by})"))
+    try:
+        return EvalConfig.model_validate(resolved)
+    except ValidationError as exc:  # stored by an older aloekit, or edited: name the field, not a traceback
+        err = exc.errors()[0]
+        raise ConfigError(
+            one_line(f"run {run_id}: stored eval config, field {format_loc(err['loc'])}: {err['msg']}")
+        ) from None
 
 
 def audit_of_run(store: Store, run_id: str, config: EvalConfig) -> tuple[str | None, AuditResult | None]:
@@ -110,9 +124,13 @@ def write_report(store: Store, run_ids: list[str], out: Path, note: str | None =
     """Write report.md, summary.json and al_curve.png for ``run_ids`` into ``out``; returns the summary."""
     if not run_ids:
         raise AloeError("report needs at least one evaluation run id")
+    check_report_folder(out)  # before the bootstrap: a bad --out should not cost the wait
     results = [run_results(store, run_id, n_boot) for run_id in run_ids]
-    out.mkdir(parents=True, exist_ok=True)
-    write_plot(results, out / "al_curve.png")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        write_plot(results, out / "al_curve.png")
+    except OSError as exc:
+        raise ConfigError(one_line(f"--out {out}: cannot write al_curve.png: {exc.strerror or exc}")) from None
     summary = {"runs": []}
     for r in results:
         config: EvalConfig = r["config"]
@@ -173,9 +191,21 @@ def write_report(store: Store, run_ids: list[str], out: Path, note: str | None =
         comparison = comparison_dict(results[0], results[1])
         summary["comparison"] = comparison
         lines += ["## Comparison (second run minus first)", "", *comparison_lines(comparison), ""]
-    (out / "report.md").write_text("\n".join(lines), encoding="utf-8")
-    (out / "summary.json").write_text(to_json(summary, indent=2, default=str), encoding="utf-8")
+    for name, text in (("report.md", "\n".join(lines)), ("summary.json", to_json(summary, indent=2, default=str))):
+        try:
+            (out / name).write_text(text, encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(one_line(f"--out {out}: cannot write {name}: {exc.strerror or exc}")) from None
     return summary
+
+
+def check_report_folder(out: Path) -> None:
+    """Refuse a report ``--out`` that is a file, or lies under a file, in one line; writes nothing."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out}: is a file, not a folder")
+    existing = next((p for p in out.parents if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise ConfigError(f"--out {out}: {existing} is a file, not a folder")
 
 
 def comparison_dict(a: dict[str, Any], b: dict[str, Any], n_boot: int = 1000) -> dict[str, Any]:

@@ -19,11 +19,20 @@ from aloekit.agents.scorer import Score
 from aloekit.config import GenerationOptions
 from aloekit.errors import AloeError
 from aloekit.graphs.runner import drive_conversations
-from aloekit.graphs.simulate import RoleConfig, build_role
+from aloekit.graphs.simulate import (
+    MAX_CONCURRENCY,
+    MAX_CONVERSATIONS,
+    MAX_TURNS,
+    SQLITE_INT_MAX,
+    SQLITE_INT_MIN,
+    RoleConfig,
+    build_role,
+    check_role,
+)
 from aloekit.graphs.storage import Conversation, TreeStore
 from aloekit.graphs.tree import root_id
-from aloekit.personas.models import PersonaPair
-from aloekit.personas.pool import eval_set, load_personas
+from aloekit.personas.models import Persona, PersonaPair
+from aloekit.personas.pool import load_personas
 from aloekit.store import Store, utcnow
 
 Mode = Literal["live", "replay"]
@@ -36,19 +45,73 @@ def builtin_eval_dir() -> Path:
     return Path(str(resources.files("aloekit.evaluation") / "data"))
 
 
+class EvalSetError(AloeError):
+    """An eval set folder or one of its files is missing or malformed; the message names the file and line."""
+
+
+EVAL_SET_FILES = ("profile_eval.jsonl", "personality_eval.jsonl")
+
+
 def eval_files(source: str | Path) -> tuple[Path, Path]:
     """The profile and personality files of an eval set: ``builtin``, or a folder holding the paper's two files."""
     folder = builtin_eval_dir() if str(source) == BUILTIN_EVAL_SET else Path(source)
-    profiles, personalities = folder / "profile_eval.jsonl", folder / "personality_eval.jsonl"
+    expected = f"give builtin or a folder holding {' and '.join(EVAL_SET_FILES)}"
+    if not folder.exists():
+        raise EvalSetError(f"eval set {folder}: folder not found ({expected})")
+    if not folder.is_dir():
+        raise EvalSetError(f"eval set {folder}: not a folder ({expected})")
+    profiles, personalities = folder / EVAL_SET_FILES[0], folder / EVAL_SET_FILES[1]
     for path in (profiles, personalities):
+        if not path.exists():
+            raise EvalSetError(f"eval set {folder}: missing {path.name}")
         if not path.is_file():
-            raise AloeError(f"eval set {folder}: missing {path.name}")
+            raise EvalSetError(f"eval set {folder}: {path.name} is not a file")
     return profiles, personalities
 
 
+def _is_utf8(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _read_eval_file(path: Path, kind: Literal["profile", "personality"]) -> list[Persona]:
+    """Every persona of one eval set file; errors the reader does not turn into one line are turned here."""
+    try:
+        personas = load_personas(path, kind)
+    except UnicodeDecodeError:  # the error's offset is into whatever chunk was read: find the line again
+        lines = path.read_bytes().split(b"\n")
+        line = next((n for n, text in enumerate(lines, start=1) if not _is_utf8(text)), len(lines))
+        raise EvalSetError(f"{path}: line {line}: not UTF-8 text") from None
+    except RecursionError:  # a line like "[" * 100000: json recurses once per level
+        raise EvalSetError(f"{path}: JSON nested too deeply") from None
+    except OSError as exc:
+        raise EvalSetError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    if not personas:
+        raise EvalSetError(f"{path}: no {kind}s in it")
+    return personas
+
+
 def load_eval_personas(source: str | Path, n_personalities: int = 5) -> list[PersonaPair]:
-    """Eval personas from ``builtin`` or a folder holding the paper's two files, in a stable order."""
-    return eval_set(*eval_files(source), n_personalities)
+    """Eval personas from ``builtin`` or a folder holding the paper's two files, in a stable order:
+    every profile x the first ``n_personalities`` personalities (the paper's files: 20 x 5)."""
+    profiles_path, personalities_path = eval_files(source)
+    profiles = _read_eval_file(profiles_path, "profile")
+    personalities = _read_eval_file(personalities_path, "personality")
+    if len(personalities) < n_personalities:
+        raise EvalSetError(
+            f"{personalities_path}: has {len(personalities)}, the benchmark needs at least {n_personalities} "
+            "personalities"
+        )
+    return [PersonaPair(profile=p, personality=q) for p in profiles for q in personalities[:n_personalities]]
+
+
+def check_eval_set(source: str | Path, n_personalities: int = 5) -> int:
+    """Read and check an eval set (``builtin`` or a folder) without writing anything; returns its number of
+    persona pairs, or raises :class:`EvalSetError` naming the file and line."""
+    return len(load_eval_personas(source, n_personalities))
 
 
 def eval_persona_ids(source: str | Path) -> set[str]:
@@ -56,7 +119,7 @@ def eval_persona_ids(source: str | Path) -> set[str]:
     first five personalities the benchmark pairs), to keep them out of training."""
     profiles, personalities = eval_files(source)
     return {p.id for path, kind in ((profiles, "profile"), (personalities, "personality"))
-            for p in load_personas(path, kind)}  # fmt: skip
+            for p in _read_eval_file(path, kind)}  # fmt: skip
 
 
 class EvalConfig(BaseModel):
@@ -73,13 +136,13 @@ class EvalConfig(BaseModel):
     """``builtin``, or a folder with profile_eval.jsonl and personality_eval.jsonl (the paper's format)."""
     replay_run: str | None = None
     """replay mode: the run whose conversations supply personas and user turns."""
-    personas: int | None = Field(default=None, gt=0)
+    personas: int | None = Field(default=None, ge=1, le=MAX_CONVERSATIONS)
     """Evaluate only the first N personas."""
-    turns: int = Field(default=10, gt=0)
+    turns: int = Field(default=10, ge=1, le=MAX_TURNS)
     """Turns per conversation (K)."""
-    concurrency: int = Field(default=16, gt=0)
+    concurrency: int = Field(default=16, ge=1, le=MAX_CONCURRENCY)
     """Conversations in progress at once."""
-    seed: int = 0
+    seed: int = Field(default=0, ge=SQLITE_INT_MIN, le=SQLITE_INT_MAX)
     """Seed for anything random."""
     baseline: Baseline = "blind"
     """blind: the model as is; oracle: the same model told the true persona in a system prompt."""
@@ -89,10 +152,22 @@ class EvalConfig(BaseModel):
     """The 1-5 scorer."""
     model_generation: GenerationOptions = GenerationOptions(max_tokens=128, temperature=0)
     """Generation options of the model under test."""
-    max_calls: int | None = Field(default=None, gt=0)
+    max_calls: int | None = Field(default=None, ge=1, le=SQLITE_INT_MAX)
     """Stop cleanly after this many model calls (resumable)."""
-    max_tokens: int | None = Field(default=None, gt=0)
+    max_tokens: int | None = Field(default=None, ge=1, le=SQLITE_INT_MAX)
     """Stop cleanly after this many tokens (resumable)."""
+
+    def model_role(self) -> RoleConfig:
+        """The model under test as a role."""
+        return RoleConfig(kind="model_under_test", backend=self.model, generation=self.model_generation)
+
+    def check_roles(self) -> None:
+        """Validate the model, scorer and (live mode) user roles without backends or model calls."""
+        oracle = self.baseline == "oracle"
+        check_role("model", self.model_role(), sees_persona=oracle, oracle=oracle)
+        check_role("judge", self.judge)
+        if self.mode == "live":
+            check_role("user", self.user)
 
     def with_backend(self, role: str, spec: str) -> EvalConfig:
         """A copy with ``user`` or ``judge`` on backend ``spec``."""
@@ -193,9 +268,8 @@ def build_eval_roles(config: EvalConfig, backends: BackendPool) -> EvalRoles:
         return build_role(backends, name, rc, **extra)
 
     oracle = config.baseline == "oracle"
-    model = RoleConfig(kind="model_under_test", backend=config.model, generation=config.model_generation)
     return EvalRoles(
-        model=build("model", model, oracle=oracle),
+        model=build("model", config.model_role(), oracle=oracle),
         scorer=build("judge", config.judge),
         user=build("user", config.user) if config.mode == "live" else None,
         model_sees_persona=oracle,
@@ -265,22 +339,33 @@ def replay_source(store: Store, run_id: str) -> list[tuple[PersonaPair, list[str
     return out
 
 
-def create_eval_conversations(store: Store, run_id: str, config: EvalConfig) -> dict[str, list[str]]:
-    """Add the run's conversations; returns replayed user turns by conversation id (empty in live mode)."""
-    replayed: dict[str, list[str]] = {}
+@dataclass
+class EvalPlan:
+    """What an evaluation run will hold, read before anything is written: personas, turns, replayed user turns."""
+
+    personas: list[PersonaPair]
+    turns: int | list[int]
+    replayed: list[list[str]] | None = None
+
+
+def plan_eval_conversations(store: Store, config: EvalConfig) -> EvalPlan:
+    """Read the eval set (or the replay run) for ``config``; bad input fails here, before any run row."""
     if config.mode == "replay":
         if not config.replay_run:
             raise AloeError("replay mode needs --replay-run RUN (a run whose trees supply the user turns)")
         source = replay_source(store, config.replay_run)[: config.personas]
-        personas = [p for p, _ in source]
-        turns: int | list[int] = [min(config.turns, len(users)) for _, users in source]  # each keeps its own length
-    else:
-        personas = load_eval_personas(config.eval_set)[: config.personas]
-        turns = config.turns
-    ids = TreeStore(store).create_conversations(run_id, personas, turns, kind="evaluation")
-    if config.mode == "replay":
-        replayed = {cid: users[: config.turns] for cid, (_, users) in zip(ids, source, strict=True)}
-    return replayed
+        users = [u[: config.turns] for _, u in source]
+        return EvalPlan([p for p, _ in source], [len(u) for u in users], users)  # each keeps its own length
+    return EvalPlan(load_eval_personas(config.eval_set)[: config.personas], config.turns)
+
+
+def create_eval_conversations(
+    store: Store, run_id: str, config: EvalConfig, plan: EvalPlan | None = None
+) -> dict[str, list[str]]:
+    """Add the run's conversations; returns replayed user turns by conversation id (empty in live mode)."""
+    plan = plan or plan_eval_conversations(store, config)
+    ids = TreeStore(store).create_conversations(run_id, plan.personas, plan.turns, kind="evaluation")
+    return dict(zip(ids, plan.replayed, strict=True)) if plan.replayed is not None else {}
 
 
 @dataclass

@@ -10,13 +10,23 @@ from aloekit.training.data import (
     tree_rows,
     trees_from_rows,
 )
-from aloekit.training.train import LoraSettings, TrainConfig, build_train_config, load_rows, train
+from aloekit.training.train import (
+    LoraSettings,
+    TrainConfig,
+    TrainingDataError,
+    build_train_config,
+    check_train_inputs,
+    load_rows,
+    train,
+)
 
 __all__ = [
     "FlattenReport",
     "LoraSettings",
     "TrainConfig",
+    "TrainingDataError",
     "build_train_config",
+    "check_train_inputs",
     "conversation_rows",
     "data_hash",
     "dpo_rows",

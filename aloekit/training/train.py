@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
+import enum
 import json
 import logging
 import math
+import os
 import time
-from collections.abc import Callable
+import types
+import typing
+from collections.abc import Callable, Mapping
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from aloekit.config import format_loc, one_line, read_config_file, read_text_file, source_of
 from aloekit.errors import AloeError, ConfigError
 from aloekit.training.data import data_hash
 
@@ -22,10 +29,29 @@ logger = logging.getLogger(__name__)
 Method = Literal["sft", "dpo"]
 
 
+class TrainingDataError(AloeError):
+    """A training data file or dataset folder is missing or malformed; the message names the file and line."""
+
+
+# The CLI flag behind each TrainConfig field, so an error about a value given on the command line names it.
+FLAGS = {"data": "--data", "base": "--base", "out": "--out", "init_adapter": "--init-adapter", "epochs": "--epochs",
+         "max_steps": "--max-steps", "max_length": "--max-length", "beta": "--beta", "seed": "--seed",
+         "lora.r": "--lora-r", "lora.alpha": "--lora-alpha", "lora.dropout": "--lora-dropout",
+         "lora.target_modules": "--target-modules", "overwrite": "--overwrite"}  # fmt: skip
+# SFTConfig/DPOConfig fields that TrainConfig sets from its own checked fields: setting them under `trl`
+# would silently bypass those checks.
+OWNED_TRL_FIELDS = {"max_steps": "max_steps (--max-steps)", "num_train_epochs": "epochs (--epochs)",
+                    "seed": "seed (--seed)", "max_length": "max_length (--max-length)",
+                    "beta": "beta (--beta)"}  # fmt: skip
+# trl/transformers accept these and only fail mid-training (a zero batch size, a zero learning rate).
+POSITIVE_TRL_FIELDS = ("learning_rate", "per_device_train_batch_size", "per_device_eval_batch_size",
+                       "gradient_accumulation_steps")  # fmt: skip
+
+
 class LoraSettings(BaseModel):
     """peft LoRA settings."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     r: int = Field(default=16, gt=0)
     """Rank."""
@@ -36,11 +62,19 @@ class LoraSettings(BaseModel):
     target_modules: list[str] | str = "all-linear"
     """Modules to adapt; ``all-linear`` adapts every linear layer but the output head."""
 
+    @field_validator("target_modules")
+    @classmethod
+    def _some_modules(cls, value: list[str] | str) -> list[str] | str:
+        names = [value] if isinstance(value, str) else value
+        if not names or not all(name.strip() for name in names):
+            raise ValueError("name at least one module (or all-linear); an empty name adapts nothing")
+        return value
+
 
 class TrainConfig(BaseModel):
     """One training run. Defaults come from ``aloekit/training/defaults/{method}.yaml``."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     method: Method
     """``sft`` or ``dpo``."""
@@ -56,18 +90,25 @@ class TrainConfig(BaseModel):
     """Replace an adapter already in ``out``."""
     max_steps: int = -1
     """Stop after this many optimiser steps (-1: run ``epochs``)."""
-    epochs: float = 1.0
+    epochs: float = Field(default=1.0, gt=0)
     """Passes over the data when ``max_steps`` is -1."""
-    seed: int = 0
-    """Seed for trl/transformers."""
+    seed: int = Field(default=0, ge=0, lt=2**32)
+    """Seed for trl/transformers (numpy's seed range)."""
     lora: LoraSettings = LoraSettings()
     """LoRA settings."""
-    max_length: int = Field(default=2048, gt=0)
+    max_length: int = Field(default=2048, ge=16)
     """Longest tokenised row; longer rows are dropped and counted, never silently truncated."""
-    beta: float = 0.9
+    beta: float = Field(default=0.9, gt=0)
     """DPO temperature (the paper's 0.9)."""
     trl: dict[str, Any] = {}
     """Any other ``SFTConfig``/``DPOConfig`` field (learning_rate, per_device_train_batch_size...)."""
+
+    @field_validator("max_steps")
+    @classmethod
+    def _steps_or_epochs(cls, value: int) -> int:
+        if value != -1 and value < 1:  # 0 steps would save an untrained adapter as if it were trained
+            raise ValueError("must be at least 1, or -1 to run `epochs`")
+        return value
 
 
 def default_config(method: Method) -> dict[str, Any]:
@@ -78,27 +119,127 @@ def default_config(method: Method) -> dict[str, Any]:
 
 def build_train_config(method: Method, file: Path | None = None, **overrides: Any) -> TrainConfig:
     """Shipped defaults < YAML/TOML ``file`` < ``overrides``; None values are ignored and the ``lora``
-    and ``trl`` tables are merged key by key."""
+    and ``trl`` tables are merged key by key. Errors name the file or flag and the field."""
 
-    def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    def merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
         out = dict(base)
         for key, value in extra.items():
             if value is None:
                 continue
-            out[key] = {**base.get(key, {}), **value} if key in ("lora", "trl") and isinstance(value, dict) else value
+            tables = key in ("lora", "trl") and isinstance(value, dict) and isinstance(base.get(key), dict)
+            out[key] = {**base[key], **value} if tables else value
         return out
 
-    data = default_config(method)
-    if file is not None:
-        from aloekit.config import read_config_file
-
-        data = merge(data, read_config_file(file))
-    data = merge(data, {**overrides, "method": method})
+    defaults = default_config(method)
+    from_file = read_config_file(Path(file), "train config") if file is not None else {}
+    # The CLI passes {} for "no --lora-*/--trl flags": that overrides nothing, and names no source.
+    flags = {
+        key: value
+        for key, value in overrides.items()
+        if value is not None and not (key in ("lora", "trl") and value == {})
+    }
+    data = merge(merge(defaults, from_file), {**flags, "method": method})
+    layers = [("flag", flags), (f"train config {file}", from_file), ("shipped defaults", defaults)]
     try:
-        return TrainConfig.model_validate(data)
+        config = TrainConfig.model_validate(data)
     except ValidationError as exc:
         err = exc.errors()[0]
-        raise ConfigError(f"train config: field {'.'.join(map(str, err['loc']))}: {err['msg']}") from None
+        raise ConfigError(_config_message(err["loc"], err["msg"], layers)) from None
+    check_trl_options(config, layers)
+    return config
+
+
+def _config_message(loc: tuple[str | int, ...], problem: str, layers: list[tuple[str, Any]]) -> str:
+    """``SOURCE: field PATH (--flag): problem``, the source being the file or flag that set the value."""
+    field = format_loc(loc)
+    source = source_of(loc, layers) or "train config"
+    if source == "flag":
+        flag = f"--trl {loc[1]}=..." if loc[0] == "trl" and len(loc) > 1 else FLAGS.get(field, FLAGS.get(str(loc[0])))
+        return one_line(f"train config: field {field}{f' ({flag})' if flag else ''}: {problem}")
+    return one_line(f"{source}: field {field}: {problem}")
+
+
+def _trl_class(method: Method) -> type:
+    from trl import DPOConfig, SFTConfig
+
+    return SFTConfig if method == "sft" else DPOConfig
+
+
+def _describe(hint: Any) -> str:
+    """A type annotation in words, for "expected ..." messages."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return " or ".join(dict.fromkeys(_describe(arg) for arg in typing.get_args(hint)))
+    names = {bool: "true/false", int: "an integer", float: "a number", str: "a string", type(None): "null",
+             list: "a list", dict: "a mapping"}  # fmt: skip
+    return names.get(typing.get_origin(hint) or hint, str(hint))
+
+
+def _fits(value: Any, hint: Any) -> bool | None:
+    """Whether ``value`` fits a simple annotation; None where the annotation is too rich to check here."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        results = [_fits(value, arg) for arg in typing.get_args(hint)]
+        return True if True in results else (None if None in results else False)
+    if origin is Literal:
+        return value in typing.get_args(hint)
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    if isinstance(hint, type) and issubclass(hint, enum.Enum):
+        return isinstance(value, str | hint)  # which strings are valid is the config class's own check
+    if (origin or hint) in (list, dict):
+        return isinstance(value, origin or hint)
+    return None
+
+
+def check_trl_options(config: TrainConfig, layers: list[tuple[str, Any]] | None = None) -> None:
+    """Refuse ``trl`` options that SFTConfig/DPOConfig would reject, or accept and fail on mid-training:
+    unknown keys, fields TrainConfig owns, values of the wrong type or out of range. Errors name the key."""
+    if not config.trl:
+        return
+    cls = _trl_class(config.method)
+    layers = layers or [("train config", {"trl": config.trl})]
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    try:
+        hints = typing.get_type_hints(cls)
+    except Exception:  # an annotation this Python cannot resolve: keep the key checks, skip the type checks
+        hints = {}
+
+    def fail(key: str, problem: str) -> typing.NoReturn:
+        raise ConfigError(_config_message(("trl", key), problem, layers))
+
+    for key, value in config.trl.items():
+        if key in OWNED_TRL_FIELDS and (key != "beta" or config.method == "dpo"):
+            fail(key, f"set {OWNED_TRL_FIELDS[key]} instead, which is checked")
+        if key not in fields:
+            close = difflib.get_close_matches(key, fields, n=1)
+            fail(key, f"not a {cls.__name__} field" + (f" (did you mean {close[0]}?)" if close else ""))
+        if key in hints and _fits(value, hints[key]) is False:
+            fail(key, f"expected {_describe(hints[key])}, got {value!r}")
+        if key in POSITIVE_TRL_FIELDS and not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
+            fail(key, f"must be a number greater than 0, got {value!r}")
+    trl_args(config, has_eval=False, layers=layers)  # the config class's own checks (scheduler names...)
+
+
+def _trl_culprit(cls: type, base: dict[str, Any], options: dict[str, Any]) -> tuple[str | None, str]:
+    """The ``trl`` key that makes ``cls`` refuse its arguments, and why (None: only their combination)."""
+    for key, value in options.items():
+        try:
+            cls(**{**base, key: value})
+        except (TypeError, ValueError) as exc:
+            return key, str(exc)
+    try:
+        cls(**base, **options)
+    except (TypeError, ValueError) as exc:
+        return None, str(exc)
+    return None, "rejected"
 
 
 # Data -------------------------------------------------------------------------------------------------
@@ -106,83 +247,121 @@ def build_train_config(method: Method, file: Path | None = None, **overrides: An
 
 def _check_messages(value: Any, where: str, field: str, roles: set[str]) -> None:
     if not isinstance(value, list) or not value:
-        raise AloeError(f"{where}: field '{field}' must be a non-empty list of messages")
+        raise TrainingDataError(f"{where}: field '{field}' must be a non-empty list of messages")
     for i, message in enumerate(value):
         if not isinstance(message, dict) or not isinstance(message.get("content"), str):
-            raise AloeError(f"{where}: field '{field}[{i}]' must be an object with a string 'content'")
-        if message.get("role") not in roles:
-            raise AloeError(
-                f"{where}: field '{field}[{i}].role' must be one of {sorted(roles)}, got {message.get('role')!r}"
+            raise TrainingDataError(f"{where}: field '{field}[{i}]' must be an object with a string 'content'")
+        role = message.get("role")
+        if not isinstance(role, str) or role not in roles:  # a list or dict role is unhashable: check the type first
+            raise TrainingDataError(
+                one_line(f"{where}: field '{field}[{i}].role' must be one of {sorted(roles)}, got {role!r}")
             )
 
 
-def validate_rows(rows: list[dict[str, Any]], method: Method, source: str) -> None:
-    """Check rows are in trl's conversational format for ``method``; errors name the row and field."""
+def validate_rows(rows: list[dict[str, Any]], method: Method, source: str, lines: list[int] | None = None) -> None:
+    """Check rows are in trl's conversational format for ``method``; errors name the row (or, given ``lines``,
+    the file's line) and the field."""
     if not rows:
-        raise AloeError(f"{source}: no rows to train on")
+        raise TrainingDataError(f"{source}: no rows to train on")
     chat_roles = {"system", "user", "assistant"}
     for number, row in enumerate(rows, start=1):
-        where = f"{source}: row {number}"
+        where = f"{source}: line {lines[number - 1]}" if lines else f"{source}: row {number}"
         if not isinstance(row, dict):
-            raise AloeError(f"{where}: expected an object")
+            raise TrainingDataError(f"{where}: expected an object, got {type(row).__name__}")
         if method == "sft":
             shape = "prompt-completion" if "prompt" in row or "completion" in row else "messages"
             first_shape = "prompt-completion" if "prompt" in rows[0] or "completion" in rows[0] else "messages"
             if shape != first_shape:
-                raise AloeError(f"{where}: a {shape} row among {first_shape} rows (use one SFT format per file)")
+                raise TrainingDataError(
+                    f"{where}: a {shape} row among {first_shape} rows (use one SFT format per file)"
+                )
             if shape == "prompt-completion":
                 for name in ("prompt", "completion"):
                     if name not in row:
-                        raise AloeError(f"{where}: missing field '{name}' (prompt-completion SFT rows need both)")
+                        raise TrainingDataError(
+                            f"{where}: missing field '{name}' (prompt-completion SFT rows need both)"
+                        )
                 _check_messages(row["prompt"], where, "prompt", chat_roles)
                 _check_messages(row["completion"], where, "completion", {"assistant"})
                 continue
             if "messages" not in row:
-                raise AloeError(
+                raise TrainingDataError(
                     f'{where}: missing fields: SFT rows are {{"prompt": [...], "completion": [...]}} '
                     'or {"messages": [...]}'
                 )
             _check_messages(row["messages"], where, "messages", chat_roles)
             if not any(m["role"] == "assistant" for m in row["messages"]):
-                raise AloeError(f"{where}: field 'messages' has no assistant message to learn from")
+                raise TrainingDataError(f"{where}: field 'messages' has no assistant message to learn from")
         else:
             for name in ("prompt", "chosen", "rejected"):
                 if name not in row:
-                    raise AloeError(f"{where}: missing field '{name}' (DPO rows need prompt, chosen, rejected)")
+                    raise TrainingDataError(f"{where}: missing field '{name}' (DPO rows need prompt, chosen, rejected)")
             _check_messages(row["prompt"], where, "prompt", chat_roles)
             _check_messages(row["chosen"], where, "chosen", {"assistant"})
             _check_messages(row["rejected"], where, "rejected", {"assistant"})
 
 
-def load_rows(path: Path, method: Method) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """(train, validation) rows from a .jsonl file or a ``datasets`` folder, validated."""
-    if not path.exists():
-        raise AloeError(f"training data not found: {path}")
-    if path.is_dir():
-        from datasets import load_from_disk
-
+def read_jsonl_rows(path: Path) -> tuple[list[Any], list[int]]:
+    """The JSON values of a .jsonl file and the line each came from; errors name the file and line."""
+    text = read_text_file(path, "training data", TrainingDataError)
+    rows, lines = [], []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
         try:
-            saved = load_from_disk(str(path))
-        except Exception as exc:
-            raise AloeError(f"{path}: not a dataset saved with --hf-dataset ({exc})") from None
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as exc:
+            raise TrainingDataError(f"{path}: line {number}: invalid JSON: {exc.msg} (column {exc.colno})") from None
+        except RecursionError:  # "[" * 100000: json recurses per level
+            raise TrainingDataError(f"{path}: line {number}: JSON nested too deeply") from None
+        lines.append(number)
+    return rows, lines
+
+
+def _load_dataset_folder(path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(train, validation) rows of a folder saved with ``aloe export --hf-dataset``."""
+    from datasets import load_from_disk
+
+    try:
+        saved = load_from_disk(str(path))
         splits = saved if hasattr(saved, "keys") else {"train": saved}
-        train = [dict(r) for r in splits["train"]] if "train" in splits else []
+        names = sorted(splits.keys())
+        # Rows are read here, inside the try: arrow files are memory-mapped, so damage shows only when read.
+        train = [dict(r) for r in splits["train"]] if "train" in splits else None
         val = [dict(r) for r in splits["validation"]] if "validation" in splits else []
-    else:
-        train, val = [], []
-        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                train.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise AloeError(f"{path}: row {number}: invalid JSON: {exc.msg}") from None
-        val_path = path.with_name(f"{path.stem}.val{path.suffix}")
-        if val_path.is_file():
-            val = [json.loads(line) for line in val_path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    validate_rows(train, method, str(path))
-    if val:
-        validate_rows(val, method, f"{path} (validation)")
+    except Exception as exc:  # datasets raises many types (FileNotFoundError, ArrowInvalid...) for a bad folder
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise TrainingDataError(one_line(f"{path}: not a dataset saved with --hf-dataset ({reason})")) from None
+    if train is None:
+        raise TrainingDataError(f"{path}: the dataset has no 'train' split (it has {names})")
+    return train, val
+
+
+def validation_path(path: Path) -> Path:
+    """Where ``aloe export --val-fraction`` puts the validation split of ``path``: ``NAME.val.jsonl`` beside it."""
+    return path.with_name(f"{path.stem}.val{path.suffix}")
+
+
+def load_rows(path: Path, method: Method) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(train, validation) rows from a .jsonl file (and ``NAME.val.jsonl`` beside it) or a ``datasets``
+    folder, validated; errors name the file and line."""
+    if not path.exists():
+        raise TrainingDataError(f"training data {path}: not found")
+    if path.is_dir():
+        train, val = _load_dataset_folder(path)
+        validate_rows(train, method, f"{path} (train split)")
+        if val:
+            validate_rows(val, method, f"{path} (validation split)")
+        return train, val
+    train, lines = read_jsonl_rows(path)
+    validate_rows(train, method, str(path), lines)
+    val_path = validation_path(path)
+    val: list[Any] = []
+    if val_path.exists():  # a folder or an unreadable file there is an error, not a silently missing split
+        val, val_lines = read_jsonl_rows(val_path)
+        if not val:
+            raise TrainingDataError(f"{val_path}: empty validation split (delete it to train without one)")
+        validate_rows(val, method, str(val_path), val_lines)
     return train, val
 
 
@@ -242,9 +421,49 @@ def resolve_base(spec: str) -> Path:
 
 
 def check_output_dir(out: Path, overwrite: bool) -> None:
-    """Refuse to write over an adapter unless asked to."""
+    """Refuse an ``--out`` that cannot become a folder, or that holds an adapter unless asked to overwrite."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out}: is a file, not a folder")
+    existing = next((p for p in (out, *out.parents) if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise ConfigError(f"--out {out}: {existing} is a file, not a folder")
+    if existing is not None and not os.access(existing, os.W_OK | os.X_OK):  # found now, not after training
+        raise ConfigError(f"--out {out}: {existing} is not writable")
     if (out / "adapter_config.json").exists() and not overwrite:
-        raise AloeError(f"{out} already holds an adapter; choose another --out or pass --overwrite")
+        raise ConfigError(f"{out} already holds an adapter; choose another --out or pass --overwrite")
+
+
+def check_init_adapter(path: Path) -> None:
+    """Refuse an ``--init-adapter`` that is not a peft adapter folder, before any model is loaded."""
+    where = f"--init-adapter {path}"
+    if not path.exists():
+        raise ConfigError(f"{where}: not found")
+    if not path.is_dir():
+        raise ConfigError(f"{where}: not a folder (give the folder holding adapter_config.json)")
+    config_path = path / "adapter_config.json"
+    if not config_path.exists():
+        raise ConfigError(f"{where}: no adapter_config.json there (not a peft adapter folder)")
+    text = read_text_file(config_path, "adapter config")
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"adapter config {config_path}: line {exc.lineno}: invalid JSON: {exc.msg}") from None
+    except RecursionError:
+        raise ConfigError(f"adapter config {config_path}: JSON nested too deeply") from None
+    if not isinstance(data, dict) or not isinstance(data.get("peft_type"), str):
+        raise ConfigError(f"adapter config {config_path}: not a peft adapter config (no 'peft_type' field)")
+    if not any((path / name).is_file() for name in ("adapter_model.safetensors", "adapter_model.bin")):
+        raise ConfigError(f"{where}: no adapter weights there (adapter_model.safetensors or adapter_model.bin)")
+
+
+def check_train_inputs(config: TrainConfig) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Check everything a run reads or writes that can be checked without a model (``--out``,
+    ``--init-adapter``, the data), so bad input fails in one line before any run row or training;
+    returns the (train, validation) rows."""
+    check_output_dir(config.out, config.overwrite)
+    if config.init_adapter is not None:
+        check_init_adapter(config.init_adapter)
+    return load_rows(config.data, config.method)
 
 
 def load_model_and_tokenizer(base_dir: Path) -> tuple[Any, Any]:
@@ -259,10 +478,9 @@ def load_model_and_tokenizer(base_dir: Path) -> tuple[Any, Any]:
     return AutoModelForCausalLM.from_pretrained(base_dir, dtype=dtype), tokenizer
 
 
-def trl_args(config: TrainConfig, has_eval: bool) -> Any:
-    """trl's own SFTConfig or DPOConfig for this run."""
+def trl_args(config: TrainConfig, has_eval: bool, layers: list[tuple[str, Any]] | None = None) -> Any:
+    """trl's own SFTConfig or DPOConfig for this run; a refused ``trl`` option is named in one line."""
     import torch
-    from trl import DPOConfig, SFTConfig
 
     cuda = torch.cuda.is_available()
     common: dict[str, Any] = {
@@ -277,13 +495,18 @@ def trl_args(config: TrainConfig, has_eval: bool) -> Any:
         "report_to": "none",
         "use_cpu": not cuda,
         "eval_strategy": "epoch" if has_eval else "no",
-        **config.trl,
     }
-    cls, extra = (SFTConfig, {}) if config.method == "sft" else (DPOConfig, {"beta": config.beta})
+    cls = _trl_class(config.method)
+    base = {**common, **({"beta": config.beta} if config.method == "dpo" else {})}
     try:
-        return cls(**extra, **common)
-    except TypeError as exc:  # an unknown key in `trl:`; name it instead of showing a traceback
-        raise ConfigError(f"train config: {cls.__name__} rejected the options: {exc}") from None
+        return cls(**{**base, **config.trl})
+    except (TypeError, ValueError):  # name the option instead of showing a traceback
+        key, problem = _trl_culprit(cls, base, config.trl)
+        if key is None:
+            raise ConfigError(one_line(f"train config: {cls.__name__} rejected the trl options: {problem}")) from None
+        layers = layers or [("train config", {"trl": config.trl})]
+        message = _config_message(("trl", key), f"{cls.__name__} rejected it: {problem}", layers)
+        raise ConfigError(message) from None
 
 
 def build_trainer(
@@ -301,9 +524,12 @@ def build_trainer(
 
     peft_config = None
     if config.init_adapter is not None:
-        if not (config.init_adapter / "adapter_config.json").is_file():
-            raise AloeError(f"--init-adapter {config.init_adapter}: no adapter_config.json there")
-        model = PeftModel.from_pretrained(model, str(config.init_adapter), is_trainable=True)
+        check_init_adapter(config.init_adapter)
+        try:
+            model = PeftModel.from_pretrained(model, str(config.init_adapter), is_trainable=True)
+        except Exception as exc:  # a user's adapter that does not fit this base (shapes, modules): say so in one line
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ConfigError(one_line(f"--init-adapter {config.init_adapter}: cannot load it: {reason}")) from None
     else:
         peft_config = LoraConfig(
             r=config.lora.r, lora_alpha=config.lora.alpha, lora_dropout=config.lora.dropout,
@@ -328,8 +554,7 @@ def train(
 ) -> dict[str, Any]:
     """Run one LoRA training and write the adapter and ``training_summary.json`` into ``config.out``."""
     status = on_status or (lambda text: logger.info(text))
-    check_output_dir(config.out, config.overwrite)
-    train_rows, val_rows = load_rows(config.data, config.method)
+    train_rows, val_rows = check_train_inputs(config)
     status(f"resolving base {config.base}")
     base_dir = resolve_base(config.base)
     model, tokenizer = load_model_and_tokenizer(base_dir)
@@ -345,9 +570,14 @@ def train(
     started = time.time()
     result = trainer.train()
     runtime = time.time() - started
-    config.out.mkdir(parents=True, exist_ok=True)
-    trainer.save_model(str(config.out))
-    tokenizer.save_pretrained(str(config.out))
+    if trainer.state.global_step == 0:  # an untrained adapter must not look like a result
+        raise AloeError(f"{config.data}: training ran 0 steps on {len(train_rows)} rows; nothing was written")
+    try:
+        config.out.mkdir(parents=True, exist_ok=True)
+        trainer.save_model(str(config.out))
+        tokenizer.save_pretrained(str(config.out))
+    except OSError as exc:  # checked before training, but the disk can still fill up or the folder vanish
+        raise ConfigError(one_line(f"--out {config.out}: cannot write the adapter: {exc.strerror or exc}")) from None
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     eval_losses = [entry["eval_loss"] for entry in trainer.state.log_history if "eval_loss" in entry]
     steps = trainer.state.global_step
@@ -372,5 +602,8 @@ def train(
         "tokens_per_s": round(tokens * epochs_done / runtime, 1) if runtime > 0 else None,
         "adapter_spec": f"{config.base}+{config.out}",
     }
-    (config.out / "training_summary.json").write_text(json.dumps(summary, indent=2))
+    try:
+        (config.out / "training_summary.json").write_text(json.dumps(summary, indent=2))
+    except OSError as exc:
+        raise ConfigError(one_line(f"--out {config.out}: cannot write training_summary.json: {exc.strerror}")) from None
     return summary

@@ -64,6 +64,25 @@ def test_train_cli_on_tiny_model(run_aloe, tmp_path, tiny_model_dir):
     assert again.returncode == 1 and "already holds an adapter" in again.stderr and "Traceback" not in again.stderr
     (tmp_path / "bad.jsonl").write_text('{"prompt": []}\n')
     bad = run_aloe("train", "dpo", "--data", "bad.jsonl", "--base", f"hf:{tiny_model_dir}", "--out", "a2")
-    assert bad.returncode == 1 and "bad.jsonl: row 1: missing field 'chosen'" in bad.stderr
-    runs = json.loads(run_aloe("--json", "runs", "list").stdout)
-    assert [r["status"] for r in runs[:2]] == ["failed", "failed"] and runs[2]["status"] == "completed"
+    assert bad.returncode == 1 and "bad.jsonl: line 1: missing field 'chosen'" in bad.stderr
+    runs = json.loads(run_aloe("--json", "runs", "list").stdout)  # bad input is refused before a run row
+    assert runs[0]["command"].startswith("aloe --json train dpo") and runs[0]["status"] == "completed"
+
+
+def test_train_cli_bad_input_is_one_line_and_trains_nothing(run_aloe, tmp_path, tiny_model_dir):
+    row = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}
+    (tmp_path / "d.jsonl").write_text(json.dumps(row) + "\n")
+    (tmp_path / "afile").write_text("x")
+    base = ["--data", "d.jsonl", "--base", f"hf:{tiny_model_dir}"]
+    for args, needle in [
+        (("--out", "a", "--epochs", "-1"), "--epochs"),  # the CLI's own range check, or TrainConfig's
+        (("--out", "a", "--max-steps", "0"), "--max-steps"),
+        (("--out", "a", "--trl", "learning_rat=1"), "trl.learning_rat (--trl learning_rat=...): not a SFTConfig"),
+        (("--out", "afile/sub"), "--out afile/sub: afile is a file, not a folder"),
+        (("--out", "a", "--init-adapter", "nope"), "--init-adapter nope: not found"),
+    ]:
+        proc = run_aloe("train", "sft", *base, *args)
+        error = proc.stderr.strip().splitlines()[-1]  # a progress line may come first
+        assert proc.returncode in (1, 2) and error.startswith("error: ") and needle in error, proc.stderr
+        assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "a").exists()
