@@ -17,6 +17,7 @@ from typing import Any
 
 from aloekit.agents.backends import BackendPool
 from aloekit.config import AloeConfig, GenerationOptions
+from aloekit.errors import Terminated
 from aloekit.evaluation import EvalConfig, create_eval_conversations, run_evaluation, write_report
 from aloekit.evaluation.audit import AuditConfig, AuditResult, run_audit, save_audit
 from aloekit.evaluation.report import comparison_dict, comparison_lines, format_value, run_results
@@ -315,11 +316,30 @@ async def _run_demo(out: Path, scale: DemoScale, say: Callable[[str], None]) -> 
     }
 
 
+def _end_open_runs(db: Path, exc: BaseException) -> None:
+    """Leave no demo run ``running`` after a failure or an interruption: each says how it ended."""
+    if not db.is_file():
+        return
+    store = Store(db)
+    if isinstance(exc, KeyboardInterrupt):
+        status, reason = "interrupted", "SIGTERM" if isinstance(exc, Terminated) else "Ctrl-C"
+    else:
+        status, reason = "failed", f"{type(exc).__name__}: {exc}".splitlines()[0]
+    for (run_id,) in store.conn.execute("SELECT id FROM runs WHERE status = 'running'").fetchall():
+        store.finish_run(run_id, status, reason)
+        store.settle_conversations(run_id)
+    store.close()
+
+
 def run_demo(out: Path, quick: bool = False, say: Callable[[str], None] = print) -> dict[str, Any]:
     """Run the pipeline into ``out``; returns where everything is."""
     out.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
-    result = asyncio.run(_run_demo(out, QUICK if quick else FULL, say))
+    try:
+        result = asyncio.run(_run_demo(out, QUICK if quick else FULL, say))
+    except BaseException as exc:
+        _end_open_runs(out / "aloe.db", exc)
+        raise
     result["minutes"] = round((time.monotonic() - started) / 60, 1)
     say("")
     say("\n".join(comparison_lines(result["comparison"])))

@@ -25,3 +25,7 @@ class StoreError(AloeError):
 
 class BudgetExhausted(AloeError):
     """A run's call or token budget is spent; work stops cleanly and can be resumed."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread so that a run ends ``interrupted`` exactly as after Ctrl-C."""

@@ -5,9 +5,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import socket
 import sqlite3
 import subprocess
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -184,6 +186,18 @@ def _migrate_5(conn: sqlite3.Connection) -> None:
     conn.execute("CREATE INDEX idx_judge_audits_key ON judge_audits (judge_key, created_at)")
 
 
+def _migrate_6(conn: sqlite3.Connection) -> None:
+    conn.execute(
+        """CREATE TABLE run_leases (
+            run_id TEXT PRIMARY KEY REFERENCES runs(id),
+            owner TEXT NOT NULL,
+            host TEXT NOT NULL,
+            pid INTEGER NOT NULL,
+            heartbeat_at REAL NOT NULL
+        )"""
+    )
+
+
 # Append-only: migration i+1 upgrades a database at schema version i. Never edit a released one.
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     _migrate_1,
@@ -191,6 +205,7 @@ MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     _migrate_3,
     _migrate_4,
     _migrate_5,
+    _migrate_6,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -213,10 +228,12 @@ class Store:
         self.readonly = readonly
         if self.path.parent and not self.path.parent.exists():
             raise StoreError(f"database {self.path}: folder {self.path.parent} does not exist")
+        if self.path.is_dir():
+            raise StoreError(f"database {self.path}: is a folder, not a database file")
         if readonly and not self.path.is_file():
             raise StoreError(f"database {self.path}: not found")
         try:
-            target = f"file:{self.path.resolve()}?mode=ro" if readonly else self.path
+            target = f"{self.path.resolve().as_uri()}?mode=ro" if readonly else self.path  # as_uri escapes ? and #
             conn = sqlite3.connect(
                 target, timeout=busy_timeout_s, check_same_thread=False, isolation_level=None, uri=readonly
             )
@@ -305,6 +322,39 @@ class Store:
         """Mark a run ended with ``status`` (completed, failed, interrupted)."""
         self.update("runs", run_id, {"status": status, "ended_at": utcnow(), "error": error})
 
+    def settle_conversations(self, run_id: str) -> None:
+        """Mark a stopped run's conversations that were in progress ``incomplete`` (``--resume`` continues them)."""
+        with self._lock:
+            self.conn.execute(
+                "UPDATE conversations SET status = 'incomplete' WHERE run_id = ? AND status = 'running'", [run_id]
+            )
+
+    def take_lease(self, run_id: str, owner: str, stale_s: float) -> None:
+        """Become the one process working on ``run_id``, unless a live process holds it (:class:`StoreError`)."""
+        with self.transaction() as conn:
+            row = conn.execute("SELECT owner, host, pid, heartbeat_at FROM run_leases WHERE run_id = ?", [run_id])
+            held = row.fetchone()
+            now = time.time()
+            if held and held[0] != owner and now - held[3] < stale_s and _alive(held[1], held[2]):
+                raise StoreError(
+                    f"run {run_id} is being worked on by process {held[2]} on {held[1]} (alive {now - held[3]:.0f}s "
+                    "ago); wait for it to end or stop it, then resume"
+                )
+            conn.execute("INSERT OR REPLACE INTO run_leases VALUES (?, ?, ?, ?, ?)",
+                         [run_id, owner, socket.gethostname(), os.getpid(), now])  # fmt: skip
+
+    def renew_lease(self, run_id: str, owner: str) -> None:
+        """Record that the lease holder is alive."""
+        with self._lock:
+            self.conn.execute(
+                "UPDATE run_leases SET heartbeat_at = ? WHERE run_id = ? AND owner = ?", [time.time(), run_id, owner]
+            )
+
+    def release_lease(self, run_id: str, owner: str) -> None:
+        """Give the run up (only if this owner still holds it)."""
+        with self._lock:
+            self.conn.execute("DELETE FROM run_leases WHERE run_id = ? AND owner = ?", [run_id, owner])
+
     def get_run(self, run_id: str) -> dict[str, Any] | None:
         """Return one run row, or None."""
         rows = list(self.db["runs"].rows_where("id = ?", [run_id]))
@@ -337,6 +387,50 @@ class Store:
     def close(self) -> None:
         """Close the connection."""
         self.conn.close()
+
+
+def _alive(host: str, pid: int) -> bool:
+    """Whether the lease holder may still run: a process on another host is assumed alive until stale."""
+    if host != socket.gethostname():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class RunLease:
+    """One writer per run: a lease row with a heartbeat, taken over when its holder is gone or silent.
+
+    A SIGKILLed holder on this host is detected at once (its pid is gone); elsewhere its lease goes
+    stale after ``stale_s`` without a heartbeat.
+    """
+
+    def __init__(self, store: Store, run_id: str, stale_s: float = 60.0) -> None:
+        self.store, self.run_id, self.stale_s = store, run_id, stale_s
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name=f"lease-{run_id}", daemon=True)
+
+    def __enter__(self) -> RunLease:
+        self.store.take_lease(self.run_id, self.owner, self.stale_s)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.store.release_lease(self.run_id, self.owner)
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.stale_s / 4):
+            try:
+                self.store.renew_lease(self.run_id, self.owner)
+            except sqlite3.Error:  # a busy database: the next beat tries again
+                continue
 
 
 def package_versions() -> dict[str, str]:

@@ -332,8 +332,10 @@ def read_persona_file(path: Path | str, kind: PersonaKind | None = None) -> Pars
 def write_persona_file(personas: Iterable[Persona], path: Path | str) -> int:
     """Write texts in the format the suffix names (.jsonl: one JSON string a line, as the paper's files)."""
     path = Path(path)
-    texts = [p.text for p in personas]
     suffix = path.suffix.lower()
+    if suffix not in (".jsonl", ".ndjson", ".json", ".csv", ".txt"):
+        raise PersonaFileError(f"{path}: unknown format {suffix or '(no suffix)'!r} (use .jsonl, .json, .csv or .txt)")
+    texts = [p.text for p in personas]
     if suffix in (".jsonl", ".ndjson"):
         body = "".join(json.dumps(t, ensure_ascii=False) + "\n" for t in texts)
     elif suffix == ".json":

@@ -41,7 +41,6 @@ def test_simulate_bad_input_is_one_line(run_aloe):
     for args, message in [
         (("--role", "boss=openai:gpt-4o-mini"), "unknown role 'boss'"),
         (("--role", "judge"), "--role expects ROLE=SPEC"),
-        (("--turns", "0", "--role", "all=replay:x.json"), "simulation config: field turns"),
         (("--resume", "nope"), "no run 'nope'"),
     ]:
         proc = run_aloe("simulate", *args)

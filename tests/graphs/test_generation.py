@@ -234,7 +234,7 @@ async def test_three_responders_and_an_agentchat_role(scripted):
 
 
 def test_state_machine_mermaid_snapshot():
-    from aloekit.cli import generation_graph_mermaid
+    from aloekit.cli.trees import generation_graph_mermaid
 
     drawn = generation_graph_mermaid()
     if not SNAPSHOT.exists():  # first run writes the snapshot; review it, then commit it

@@ -1,7 +1,7 @@
 import json
 import os
-import random
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -117,11 +117,18 @@ async def test_faulty_server_every_conversation_complete_or_failed_with_reason(t
 
 
 @pytest.mark.slow
-def test_sigkill_at_random_moments_then_resume(tmp_path):
-    """Kill `aloe simulate` at least 5 times mid-run; resuming ends with exact, duplicate-free trees."""
+def test_sigkill_mid_run_five_times_then_resume(tmp_path):
+    """Kill `aloe simulate` 5 times, each after it saved a new turn; resuming ends with exact, duplicate-free trees."""
     n, turns = 6, 3
     db = tmp_path / "aloe.db"
-    rng = random.Random(1)
+
+    def saved_turns() -> int:
+        try:  # read-only: the run may not have created the file or its tables yet
+            with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+                return conn.execute("SELECT COUNT(*) FROM turns").fetchone()[0]
+        except sqlite3.Error:
+            return 0
+
     with StubOpenAIServer(respond=role_aware_reply, latency_s=0.05) as server:
         env = {**os.environ, "ALOE_DB": str(db)}
 
@@ -131,30 +138,24 @@ def test_sigkill_at_random_moments_then_resume(tmp_path):
 
         proc = start("--conversations", str(n), "--turns", str(turns), "--concurrency", "2", "--role",
                      f"all={server.spec()}")  # fmt: skip
-        kills = 0
-        run_id = None
+        kills, seen = 0, 0
         while kills < 5:
-            time.sleep(rng.uniform(0.4, 1.5))
+            deadline = time.monotonic() + 300  # a loaded machine may be slow: wait for progress, not a time
+            while saved_turns() <= seen and proc.poll() is None:
+                assert time.monotonic() < deadline, "no new turn saved within 300 s"
+                time.sleep(0.02)
             if proc.poll() is not None:
-                break  # finished before this kill: resume below checks the end state anyway
+                break  # finished before this kill: the checks below still hold
             proc.send_signal(signal.SIGKILL)
             proc.wait()
-            kills += 1
-            if run_id is None:
-                run_ids = (
-                    [r[0] for r in Store(db).conn.execute("SELECT id FROM runs").fetchall()] if db.exists() else []
-                )
-                if not run_ids:  # killed before the run existed: start over
-                    proc = start("--conversations", str(n), "--turns", str(turns), "--concurrency", "2", "--role",
-                                 f"all={server.spec()}")  # fmt: skip
-                    continue
-                run_id = run_ids[0]
+            kills, seen = kills + 1, saved_turns()
+            run_id = Store(db).conn.execute("SELECT id FROM runs").fetchone()[0]
             proc = start("--resume", run_id)
-        out, err = proc.communicate(timeout=120)
+        out, err = proc.communicate(timeout=300)
         assert proc.returncode == 0, err.decode()
-        run_id = run_id or Store(db).conn.execute("SELECT id FROM runs").fetchone()[0]
+        run_id = Store(db).conn.execute("SELECT id FROM runs").fetchone()[0]
         final = subprocess.run([sys.executable, "-m", "aloekit.cli", "--json", "simulate", "--resume", run_id],
-                               env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)  # fmt: skip
+                               env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)  # fmt: skip
         assert final.returncode == 0, final.stderr
         assert json.loads(final.stdout)["statuses"] == {"complete": n}
     assert kills >= 5, "the run finished before it could be killed 5 times; slow the stub down"

@@ -1,0 +1,5 @@
+"""``python -m aloekit.cli``."""
+
+from aloekit.cli.main import main
+
+main()

@@ -1,0 +1,416 @@
+"""What every subcommand shares: the :class:`App` object, the error boundary, exit statuses, run lifetimes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import shlex
+import signal
+import sys
+import tempfile
+import threading
+import traceback
+import warnings
+from collections.abc import Awaitable, Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import click
+from pydantic import ValidationError
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from aloekit.agents.backends import BackendPool, TransformersChatClient
+from aloekit.config import AloeConfig
+from aloekit.errors import AloeError, Terminated
+from aloekit.secrets import RedactingFilter, redact
+from aloekit.serialize import to_json
+from aloekit.store import RunLease, Store
+
+# Exit statuses shared by every command (the README's table).
+EXIT_OK = 0
+"""Done: every conversation complete, or stopped cleanly by a --max-calls/--max-tokens budget."""
+EXIT_ERROR = 1
+"""Bad input, configuration or backend, or an unexpected failure (its traceback goes to a log file)."""
+EXIT_USAGE = 2
+"""Unknown command or flag, or a flag value out of range."""
+EXIT_FAILED_CONVERSATIONS = 3
+"""The run finished, but some conversations failed (``--resume RUN`` retries them)."""
+EXIT_INTERRUPTED = 130
+"""Ctrl-C: the run is marked ``interrupted`` and can be resumed."""
+EXIT_TERMINATED = 143
+"""SIGTERM: as Ctrl-C."""
+
+MAX_COUNT = 10_000_000
+"""Upper bound of count flags: far above any real run, far below SQLite's INTEGER limit."""
+COUNT = click.IntRange(1, MAX_COUNT)
+TURNS = click.IntRange(1, 1000)
+NON_NEGATIVE = click.IntRange(0, MAX_COUNT)
+TEMPERATURE = click.FloatRange(0, 10)
+PORT = click.IntRange(0, 65535)
+SEED = click.IntRange(0, 2**32 - 1)
+
+
+@dataclass
+class App:
+    """What every subcommand shares: the resolved config, output mode and (lazily) the store."""
+
+    config: AloeConfig
+    quiet: bool = False
+    as_json: bool = False
+    cli_seed: int | None = None
+    """``aloe --seed N``: wins over seeds in the config file's sections."""
+    console: Console = field(default_factory=lambda: Console(stderr=True))
+    _store: Store | None = None
+
+    @property
+    def store(self) -> Store:
+        """The project's database, opened on first use."""
+        if self._store is None:
+            self._store = Store(self.config.db)
+        return self._store
+
+    def say(self, text: str) -> None:
+        """Human-oriented progress text on stderr (silent with --quiet or --json)."""
+        if not (self.quiet or self.as_json):
+            self.console.print(text)
+
+    def warn(self, text: str) -> None:
+        """A line on stderr that matters for trusting results: shown even with --quiet or --json."""
+        click.echo(text, err=True)
+
+    def notify(self, text: str, warning: bool) -> None:
+        """:meth:`warn` for a warning, :meth:`say` for anything else."""
+        if warning:
+            self.warn(text)
+        else:
+            self.say(text)
+
+    def seed_for(self, flag: int | None, section: dict[str, Any]) -> int:
+        """A stage's seed: its own --seed, else ``aloe --seed``, else its config section's, else the top-level one."""
+        for candidate in (flag, self.cli_seed, section.get("seed")):
+            if candidate is not None:
+                return int(candidate)
+        return self.config.seed
+
+    def progress(self, label: str, note: str) -> Progress:
+        """A progress bar on stderr (off with --quiet/--json): label, bar, done/total, note, elapsed."""
+        columns = (TextColumn(label), BarColumn(), MofNCompleteColumn(), TextColumn(note), TimeElapsedColumn())
+        return Progress(*columns, console=self.console, disable=self.quiet or self.as_json)
+
+    def emit_json(self, data: Any) -> None:
+        """Machine-readable result on stdout."""
+        click.echo(to_json(data, indent=2, default=str))
+
+
+pass_app = click.make_pass_decorator(App)
+
+
+# The error boundary -----------------------------------------------------------------------------------
+
+
+def error_line(text: str) -> str:
+    """One redacted line: what every failure is reduced to on stderr."""
+    return redact(" ".join(part.strip() for part in str(text).splitlines() if part.strip()))
+
+
+def crash_log_dir() -> Path:
+    """Where unexpected tracebacks are written: ALOE_LOG_DIR, else the user's cache folder."""
+    if os.environ.get("ALOE_LOG_DIR"):
+        return Path(os.environ["ALOE_LOG_DIR"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "aloekit" / "logs"
+
+
+def write_crash_log(exc: BaseException) -> Path:
+    """Write the redacted traceback of an unexpected exception to a new log file; return its path."""
+    text = redact("".join(traceback.format_exception(exc)))
+    name = datetime.now(UTC).strftime("crash-%Y%m%d-%H%M%S-") + f"{os.getpid()}.log"
+    for folder in (crash_log_dir(), Path(tempfile.gettempdir())):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            path = folder / name
+            path.write_text(f"aloe {shlex.join(sys.argv[1:])}\n{text}", encoding="utf-8")
+            return path
+        except OSError:
+            continue
+    raise OSError("no writable folder for the crash log")
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise Terminated()
+
+
+class AloeGroup(click.Group):
+    """The one error boundary: every failure becomes one ``error:`` line and an exit status from the table above."""
+
+    verbose = 0
+
+    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:  # type: ignore[override]
+        """Run the CLI; map errors, Ctrl-C and SIGTERM to one line and an exit status."""
+        in_main_thread = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGTERM, _raise_terminated) if in_main_thread else None
+        try:
+            code = self._main(*args, **kwargs)
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
+        if standalone_mode:
+            sys.exit(code)
+        return code
+
+    def _main(self, *args: Any, **kwargs: Any) -> int:
+        try:
+            result = super().main(*args, standalone_mode=False, **kwargs)
+            return result if isinstance(result, int) else EXIT_OK
+        except click.UsageError as exc:
+            hint = f" (see {exc.ctx.command_path} --help)" if exc.ctx is not None else ""
+            click.echo(f"error: {error_line(exc.format_message())}{hint}", err=True)
+            return EXIT_USAGE
+        except click.ClickException as exc:
+            click.echo(f"error: {error_line(exc.format_message())}", err=True)
+            return exc.exit_code
+        except AloeError as exc:
+            click.echo(f"error: {error_line(str(exc))}", err=True)
+            return EXIT_ERROR
+        except ValidationError as exc:  # a settings object built from flags or files: name the field
+            first = exc.errors()[0]
+            where = ".".join(map(str, first["loc"]))
+            more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+            click.echo(f"error: {exc.title}: field {where}: {error_line(first['msg'])}{more}", err=True)
+            return EXIT_ERROR
+        except (Terminated, click.Abort, KeyboardInterrupt) as exc:
+            terminated = isinstance(exc, Terminated) or isinstance(exc.__cause__, Terminated)
+            click.echo("terminated" if terminated else "interrupted", err=True)
+            return EXIT_TERMINATED if terminated else EXIT_INTERRUPTED
+        except Exception as exc:  # a bug: one line here, the traceback in a file
+            try:
+                where = f"the traceback is in {write_crash_log(exc)}"
+            except OSError:
+                where = "no log folder was writable"
+            if self.verbose:
+                click.echo(redact("".join(traceback.format_exception(exc))), err=True)
+            click.echo(f"error: unexpected {type(exc).__name__}: {error_line(str(exc))} ({where}; "
+                       "please report it)", err=True)  # fmt: skip
+            return EXIT_ERROR
+
+
+def setup_logging(verbose: int) -> None:
+    """Log to stderr through the redacting filter; quiet third-party chatter unless -vv."""
+    AloeGroup.verbose = verbose
+    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    handler = RichHandler(console=Console(stderr=True), show_path=False, rich_tracebacks=False)
+    handler.addFilter(RedactingFilter())
+    logging.basicConfig(level=level, handlers=[handler], format="%(name)s: %(message)s", force=True)
+    if verbose < 2:  # HTTP client chatter is only useful when debugging
+        for name in ("httpx", "httpx2", "httpcore", "httpcore2", "openai", "autogen_core", "autogen_ext"):
+            logging.getLogger(name).setLevel(max(level, logging.WARNING))
+    if verbose == 0:  # set through the environment so start-up does not import transformers
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+        # trl still passes transformers' renamed gradient_checkpointing options; that is for them to fix.
+        warnings.filterwarnings("ignore", category=FutureWarning, module=r"transformers\.")
+
+
+def import_plugins(modules: list[str]) -> None:
+    """Import each plugin module (which registers roles or backends), failing with one line."""
+    import importlib
+
+    if modules and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # a plugin module next to the config file, as users expect
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except Exception as exc:
+            raise AloeError(f"plugin {name!r} could not be imported: {type(exc).__name__}: {exc}") from None
+
+
+# Output paths -----------------------------------------------------------------------------------------
+
+
+def output_file(path: Path, flag: str) -> Path:
+    """Check that ``path`` can be written as a file (creating its folder); fail with one line naming ``flag``."""
+    if path.is_dir():
+        raise AloeError(f"{flag} {path}: is a folder, expected a file path")
+    _make_folder(path.parent, flag, path)
+    return path
+
+
+def output_folder(path: Path, flag: str) -> Path:
+    """Check that ``path`` is or can become a folder; fail with one line naming ``flag``."""
+    if path.exists() and not path.is_dir():
+        raise AloeError(f"{flag} {path}: is a file, expected a folder")
+    _make_folder(path, flag, path)
+    return path
+
+
+def _make_folder(folder: Path, flag: str, path: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise AloeError(f"{flag} {path}: cannot create folder {folder}: {exc.strerror or exc}") from None
+
+
+def write_text(path: Path, text: str, flag: str) -> None:
+    """Write ``text`` to a checked output file, reporting OS errors in one line."""
+    output_file(path, flag)
+    try:
+        path.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise AloeError(f"{flag} {path}: cannot write: {exc.strerror or exc}") from None
+
+
+def write_jsonl(rows: list[dict[str, Any]], path: Path, flag: str = "--out") -> None:
+    """Write rows as JSON lines."""
+    write_text(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), flag)
+
+
+# Runs -------------------------------------------------------------------------------------------------
+
+
+def command_line() -> str:
+    """The command as typed, for the run record."""
+    return shlex.join(["aloe", *sys.argv[1:]])
+
+
+@contextmanager
+def run_lifetime(store: Store, run_id: str) -> Iterator[RunLease]:
+    """Hold the run's lease while working on it, and leave the run in a state whatever happens.
+
+    An error marks it ``failed`` with its reason, Ctrl-C or SIGTERM ``interrupted``; conversations in
+    progress become ``incomplete`` so ``--resume`` continues them. The caller marks a normal end.
+    """
+    with RunLease(store, run_id) as lease:
+        try:
+            yield lease
+        except BaseException as exc:
+            if isinstance(exc, KeyboardInterrupt):  # Terminated included
+                status, reason = "interrupted", "SIGTERM" if isinstance(exc, Terminated) else "Ctrl-C"
+            else:
+                status, reason = "failed", error_line(f"{type(exc).__name__}: {exc}" if not isinstance(exc, AloeError)
+                                                      else str(exc))  # fmt: skip
+            store.finish_run(run_id, status, reason)
+            store.settle_conversations(run_id)
+            raise
+
+
+async def ensure_loaded(app: App, pool: BackendPool, spec: str) -> None:
+    """Load an in-process model before the clock starts, with a status line (the first load converts it)."""
+    inner = pool.inner(spec)
+    if isinstance(inner, TransformersChatClient) and not inner.loaded:
+        with app.console.status(f"loading {spec} (the first use converts the model, later loads take seconds)"):
+            await asyncio.to_thread(inner.load)
+
+
+def run_recorded(
+    app: App,
+    coro_factory: Callable[[BackendPool], Awaitable[Any]],
+    extra_config: dict[str, Any] | None = None,
+    seed: int | None = None,
+    specs: Iterable[str] = (),
+) -> Any:
+    """Run ``coro_factory(pool)`` as a recorded run: config (plus ``extra_config``), versions, seed and
+    status land in the store; the run's id is ``pool.run_id``. ``specs`` are checked before the run row."""
+    check_run_inputs(app, specs)
+    store = app.store
+    config = {**app.config.model_dump(mode="json"), **(extra_config or {})}
+    run_id = store.start_run(command_line(), config, app.config.seed if seed is None else seed)
+    pool = BackendPool(app.config, store=store, run_id=run_id)
+
+    async def main() -> Any:
+        try:
+            return await coro_factory(pool)
+        finally:
+            await pool.aclose()
+
+    with run_lifetime(store, run_id):
+        result = asyncio.run(main())
+    store.finish_run(run_id, "completed")
+    return result
+
+
+def check_run_inputs(app: App, specs: Iterable[str], *checks: Callable[[], object]) -> None:
+    """Validate backend specs (and ``checks``) before a run row is written, so bad input leaves no run behind."""
+    from aloekit.agents.backends import check_spec
+
+    for spec in sorted(specs):
+        check_spec(spec, app.config.backend_settings(spec))
+    for check in checks:
+        check()
+
+
+def apply_roles(config: Any, roles: tuple[str, ...]) -> Any:
+    """Apply ``--role ROLE=SPEC`` assignments through the config's own ``with_backend``."""
+    for assignment in roles:
+        role, sep, spec = assignment.partition("=")
+        if not sep or not spec:
+            raise AloeError(f"--role expects ROLE=SPEC, got {assignment!r}")
+        config = config.with_backend(role.strip(), spec.strip())
+    return config
+
+
+def run_with_progress(
+    app: App, label: str, run_id: str, backends: BackendPool, specs: set[str],
+    run: Callable[[Callable[[str, int], None], Callable[[str, str], None]], Awaitable[Any]],
+) -> Any:  # fmt: skip
+    """Shared by simulate and eval: load in-process models, show progress, run, record how the run ended.
+
+    The caller holds :func:`run_lifetime`. A run whose every conversation failed is ``failed``; one
+    with work left (a budget, or some failures) is ``incomplete``.
+    """
+    from aloekit.graphs import TreeStore
+    from aloekit.graphs.storage import UNFINISHED
+
+    store = app.store
+    trees = TreeStore(store)
+    total = len(trees.conversations(run_id))
+    counts = {"turns": 0, "failed": 0}
+
+    def stats() -> str:
+        usage = backends.ledger.by_role.values()
+        tokens = sum(u.prompt_tokens + u.completion_tokens for u in usage)
+        return (
+            f"turns {counts['turns']}  calls {sum(u.calls for u in usage)}  tokens {tokens}  failed {counts['failed']}"
+        )
+
+    async def main() -> Any:
+        try:
+            for spec in sorted(specs):
+                await ensure_loaded(app, backends, spec)
+            with app.progress(f"{label} {{task.fields[run]}}", "{task.fields[stats]}") as progress:
+                done = total - len(trees.conversations(run_id, statuses=UNFINISHED))
+                task = progress.add_task("", total=total, completed=done, run=run_id, stats=stats())
+
+                def on_turn(cid: str, turn: int) -> None:
+                    counts["turns"] += 1
+                    progress.update(task, stats=stats())
+
+                def on_done(cid: str, status: str) -> None:
+                    counts["failed"] += status == "failed"
+                    progress.update(task, advance=1 if status == "complete" else 0, stats=stats())
+
+                return await run(on_turn, on_done)
+        finally:
+            await backends.aclose()
+
+    summary = asyncio.run(main())
+    failed = summary.statuses.get("failed", 0)
+    if summary.finished:
+        store.finish_run(run_id, "completed")
+    elif failed and failed == sum(summary.statuses.values()):
+        store.finish_run(run_id, "failed", error_line(f"every conversation failed; first: {summary.failures[0]}")
+                         if summary.failures else "every conversation failed")  # fmt: skip
+    else:
+        store.finish_run(run_id, "incomplete")
+    return summary
+
+
+def run_exit_status(statuses: dict[str, int]) -> int:
+    """0 when no conversation failed, else :data:`EXIT_FAILED_CONVERSATIONS`."""
+    return EXIT_FAILED_CONVERSATIONS if statuses.get("failed") else EXIT_OK

@@ -1,0 +1,25 @@
+"""``aloe demo``: the whole pipeline on the embedded model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from aloekit.cli.app import App, output_folder, pass_app
+
+
+@click.command()
+@click.option("--out", type=click.Path(path_type=Path), default=Path("aloe-demo"), show_default=True)
+@click.option("--quick", is_flag=True, help="Smaller run (under 10 minutes on 2 cores).")
+@pass_app
+def demo(app: App, out: Path, quick: bool) -> None:
+    """Run the whole ALOE pipeline on the embedded SmolLM2: personas, trees, training, evaluation, report."""
+    from aloekit.demo import run_demo
+
+    result = run_demo(output_folder(out, "--out"), quick=quick, say=app.say if not app.as_json else lambda text: None)
+    if app.as_json:
+        app.emit_json(result)
+
+
+commands = (demo,)

@@ -1,0 +1,144 @@
+"""``aloe eval`` and ``aloe compare``: the ALOE benchmark and paired comparisons of two runs."""
+
+from __future__ import annotations
+
+import click
+
+from aloekit.cli.app import (
+    COUNT,
+    SEED,
+    TURNS,
+    App,
+    apply_roles,
+    check_run_inputs,
+    command_line,
+    pass_app,
+    run_exit_status,
+    run_lifetime,
+    run_with_progress,
+)
+from aloekit.errors import AloeError
+
+
+@click.command("eval")
+@click.option("--model", "model_spec", help="Backend spec of the model under test (e.g. local:smollm2+adapters/dpo).")
+@click.option("--role", "roles", multiple=True, metavar="ROLE=SPEC", help="user=SPEC or judge=SPEC. Repeatable.")
+@click.option(
+    "--mode", type=click.Choice(["live", "replay"]), help="live (default): the user reacts; replay: stored user turns."
+)
+@click.option("--replay-run", help="replay mode: the run whose trees supply personas and user turns.")
+@click.option("--eval-set", help="builtin (default, ours, not the paper's) or a folder with the paper's two files.")
+@click.option("--personas", type=COUNT, help="Only the first N personas.")
+@click.option("--turns", type=TURNS, help="Turns per conversation (K, default 10).")
+@click.option("--concurrency", type=COUNT, help="Conversations in progress at once.")
+@click.option("--baseline", type=click.Choice(["blind", "oracle"]), help="oracle: tell the model the true persona.")
+@click.option("--max-calls", type=COUNT, help="Stop cleanly after this many model calls.")
+@click.option("--max-tokens", type=COUNT, help="Stop cleanly after this many tokens.")
+@click.option("--seed", "eval_seed", type=SEED, help="Seed (default: --seed).")
+@click.option("--resume", "resume_run", metavar="RUN", help="Continue the unfinished conversations of RUN.")
+@pass_app
+def eval_command(
+    app: App,
+    model_spec: str | None,
+    roles: tuple[str, ...],
+    mode: str | None,
+    replay_run: str | None,
+    eval_set: str | None,
+    personas: int | None,
+    turns: int | None,
+    concurrency: int | None,
+    baseline: str | None,
+    max_calls: int | None,
+    max_tokens: int | None,
+    eval_seed: int | None,
+    resume_run: str | None,
+) -> int:
+    """Run the ALOE benchmark: a simulated user chats with the model; a judge scores every reply 1-5."""
+    from pydantic import ValidationError
+
+    from aloekit.agents.backends import BackendPool, Budget
+    from aloekit.evaluation import EvalConfig, create_eval_conversations, plan_eval_conversations, run_evaluation
+    from aloekit.evaluation.audit import audit_notice
+    from aloekit.evaluation.report import eval_config, format_value, run_results
+
+    store = app.store
+    replayed = None
+    if resume_run:
+        base = eval_config(store, resume_run)
+        config = base.model_copy(update={"max_calls": max_calls, "max_tokens": max_tokens,
+                                         "concurrency": concurrency or base.concurrency})  # fmt: skip
+        run_id = resume_run
+    else:
+        if not model_spec:
+            raise AloeError("eval needs --model SPEC (or --resume RUN)")
+        flags = {"model": model_spec, "mode": mode, "replay_run": replay_run, "eval_set": eval_set,
+                 "personas": personas, "turns": turns, "concurrency": concurrency, "baseline": baseline,
+                 "max_calls": max_calls, "max_tokens": max_tokens,
+                 "seed": app.seed_for(eval_seed, app.config.evaluation)}  # fmt: skip
+        try:
+            config = EvalConfig.model_validate(
+                {**app.config.evaluation, **{k: v for k, v in flags.items() if v is not None}}
+            )
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            raise AloeError(f"eval config: field {'.'.join(map(str, err['loc']))}: {err['msg']}") from None
+        config = apply_roles(config, roles)
+        notice = audit_notice(store, "eval", config.judge)
+        plan = plan_eval_conversations(store, config)
+
+    specs = {config.model, config.judge.backend, *([config.user.backend] if config.mode == "live" else [])}
+    check_run_inputs(app, specs, config.check_roles)  # before any run row is written or changed
+    if not resume_run:
+        run_config = {**app.config.model_dump(mode="json"), "eval_resolved": config.model_dump(mode="json"),
+                      "judge_audit": notice.audit_id}  # fmt: skip
+        run_id = store.start_run(command_line(), run_config, config.seed)
+    with run_lifetime(store, run_id):
+        if resume_run:
+            store.update("runs", run_id, {"status": "running", "ended_at": None, "error": None})
+        else:
+            replayed = create_eval_conversations(store, run_id, config, plan)
+            app.notify(notice.text, warning=notice.warning)
+        budget = Budget(max_calls=config.max_calls, max_tokens=config.max_tokens)
+        backends = BackendPool(app.config, store=store, run_id=run_id, budget=budget)
+        summary = run_with_progress(
+            app, "eval", run_id, backends, specs,
+            lambda on_turn, on_done: run_evaluation(store, backends, config, run_id, replayed, on_turn, on_done),
+        )  # fmt: skip
+    results = run_results(store, run_id, n_boot=0)  # point metrics only; `aloe report` adds the CIs
+    m = results["metrics"]
+    out = {
+        "run_id": run_id, "statuses": summary.statuses, "turns_saved": summary.turns_saved, "unscored": m.unscored,
+        "avg": m.avg, "ir": m.ir, "r2": m.r2, "al": m.al, "scored": m.scored, "failures": summary.failures,
+        "judge_audit": results["audit_id"],
+    }  # fmt: skip
+    if app.as_json:
+        app.emit_json(out)
+        return run_exit_status(summary.statuses)
+    status_line = ", ".join(f"{n} {s}" for s, n in sorted(summary.statuses.items()))
+    click.echo(f"run {run_id} ({config.mode}): {status_line}; {sum(m.scored)} turns scored, {m.unscored} unscored")
+    click.echo(f"AVG {format_value(m.avg)}  IR {format_value(m.ir)}  R2 {format_value(m.r2)}  AL(k) "
+               + " ".join(f"{format_value(v, 2)} (n={n})" for v, n in zip(m.al, m.scored, strict=True)))  # fmt: skip
+    for failure in summary.failures:
+        click.echo(f"  failed: {failure}")
+    if not summary.finished:
+        click.echo(f"resume with: aloe eval --resume {run_id}")
+    return run_exit_status(summary.statuses)
+
+
+@click.command("compare")
+@click.argument("run_a")
+@click.argument("run_b")
+@pass_app
+def compare_command(app: App, run_a: str, run_b: str) -> None:
+    """Compare two evaluation runs on their shared personas (B minus A): paired bootstrap and Wilcoxon."""
+    from aloekit.evaluation.report import comparison_dict, comparison_lines, run_results
+
+    comparison = comparison_dict(run_results(app.store, run_a, n_boot=0), run_results(app.store, run_b, n_boot=0))
+    if app.as_json:
+        app.emit_json(comparison)
+        return
+    click.echo(f"{run_b} minus {run_a}")
+    click.echo("\n".join(comparison_lines(comparison)))
+
+
+commands = (eval_command, compare_command)

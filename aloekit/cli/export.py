@@ -1,0 +1,159 @@
+"""``aloe export``: stored trees as SFT, DPO or flat-tree JSONL."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import click
+
+from aloekit.cli.app import TURNS, App, output_file, output_folder, pass_app, write_jsonl
+from aloekit.errors import AloeError
+
+
+@click.command("export")
+@click.argument("kind", type=click.Choice(["sft", "dpo", "tree"]))
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="JSONL file (train split).")
+@click.option("--run", "run_ids", multiple=True, help="Only these runs (repeatable; default: every simulation run).")
+@click.option(
+    "--branch",
+    type=click.Choice(["preferred", "rejected"]),
+    default="preferred",
+    show_default=True,
+    help="SFT: train on the preferred replies, or the rejected ones (the paper's control).",
+)
+@click.option(
+    "--val-fraction",
+    type=click.FloatRange(0, 1, max_open=True),
+    default=0.0,
+    show_default=True,
+    help="Share of conversations held out, written beside --out as NAME.val.jsonl.",
+)
+@click.option("--min-turns", type=TURNS, default=1, show_default=True, help="Skip conversations with fewer turns.")
+@click.option(
+    "--whole-conversations",
+    is_flag=True,
+    help="SFT: one messages row per conversation, cut where it stops being coherent (default: one row per turn).",
+)
+@click.option("--require-agreement", is_flag=True, help="Only turns whose judge agreed with itself in both orders.")
+@click.option("--eval-set", default="builtin", show_default=True, help="Eval set to report persona overlap against.")
+@click.option("--hf-dataset", type=click.Path(path_type=Path), help="Also save a datasets.DatasetDict here.")
+@click.option("--push-to-hub", "hub_repo", help="Also push the DatasetDict to this Hub repo (needs HF_TOKEN).")
+@pass_app
+def export(
+    app: App,
+    kind: str,
+    out: Path,
+    run_ids: tuple[str, ...],
+    branch: str,
+    val_fraction: float,
+    min_turns: int,
+    whole_conversations: bool,
+    require_agreement: bool,
+    eval_set: str,
+    hf_dataset: Path | None,
+    hub_repo: str | None,
+) -> None:
+    """Flatten stored conversation trees into SFT, DPO or flat-tree JSONL."""
+    from aloekit.evaluation.task import eval_persona_ids
+    from aloekit.graphs import TreeStore
+    from aloekit.training import (
+        FlattenReport,
+        conversation_rows,
+        dpo_rows,
+        sft_rows,
+        split_by_conversation,
+        tree_rows,
+    )
+
+    if hub_repo and not os.environ.get("HF_TOKEN"):
+        raise AloeError("--push-to-hub needs a Hugging Face token in HF_TOKEN")
+    if not 0 <= val_fraction < 1:
+        raise AloeError(f"--val-fraction must be in [0, 1), got {val_fraction}")
+    output_file(out, "--out")
+    if hf_dataset:
+        output_folder(hf_dataset, "--hf-dataset")
+    trees = TreeStore(app.store)
+    conversations = [c for run in (run_ids or (None,)) for c in trees.conversations(run)]
+    for run in run_ids:
+        if app.store.get_run(run) is None:
+            raise AloeError(f"no run {run!r} in {app.store.path}")
+    conversations = [c for c in conversations if c.kind == "simulation"]
+    # Rows name conversations by a key from (seed, position, persona), so a rerun exports the same bytes.
+    keys = trees.export_keys(conversations)
+    records = {keys[c.id]: trees.records(c.id) for c in conversations}
+    report = FlattenReport()
+    options = {"min_turns": min_turns, "require_agreement": require_agreement, "report": report}
+    if kind == "sft":
+        flatten = conversation_rows if whole_conversations else sft_rows
+        rows = flatten(records, branch=branch, **options)
+    elif kind == "dpo":
+        rows = dpo_rows(records, **options)
+    else:
+        rows = tree_rows(trees.tree(c.id) for c in conversations if len(records[keys[c.id]]) >= min_turns)
+    held_out = eval_persona_ids(eval_set)
+    overlapping = [c.id for c in conversations if {c.persona.profile.id, c.persona.personality.id} & held_out]
+    names = {*overlapping, *(keys[cid] for cid in overlapping)}  # tree rows keep database ids
+    overlap_rows = sum(r["conversation_id"] in names for r in rows)
+    if not rows:
+        raise AloeError(
+            f"nothing to export: {len(conversations)} conversations gave no {kind} rows "
+            f"({report.unlabelled_turns} unlabelled turns, {report.identical_pairs} identical pairs, "
+            f"{report.short_conversations} too short)"
+        )
+    train, val = split_by_conversation(rows, val_fraction, seed=app.config.seed)
+    write_jsonl(train, out)
+    written = {"train": str(out), "train_rows": len(train)}
+    if val:
+        val_path = out.with_name(f"{out.stem}.val{out.suffix}")
+        write_jsonl(val, val_path)
+        written |= {"validation": str(val_path), "validation_rows": len(val)}
+    if hf_dataset or hub_repo:
+        from datasets import Dataset, DatasetDict
+
+        splits = {"train": Dataset.from_list(train)} | ({"validation": Dataset.from_list(val)} if val else {})
+        dataset = DatasetDict(splits)
+        if hf_dataset:
+            try:
+                dataset.save_to_disk(str(hf_dataset))
+            except OSError as exc:
+                raise AloeError(f"--hf-dataset {hf_dataset}: cannot write: {exc}") from None
+            written["hf_dataset"] = str(hf_dataset)
+        if hub_repo:
+            try:
+                dataset.push_to_hub(hub_repo, token=os.environ["HF_TOKEN"])
+            except Exception as exc:  # network, auth or repo errors from huggingface_hub, in many types
+                raise AloeError(f"--push-to-hub {hub_repo}: {type(exc).__name__}: {exc} (the JSONL files are "
+                                "written)") from None  # fmt: skip
+            written["hub"] = hub_repo
+    result = {
+        "kind": kind,
+        "conversations": len(conversations),
+        **written,
+        "skipped": {
+            "unlabelled_turns": report.unlabelled_turns,
+            "disagreeing_turns": report.disagreeing_turns,
+            "identical_pairs": report.identical_pairs,
+            "short_conversations": report.short_conversations,
+            "cut_conversations": report.cut_conversations,
+        },
+        "eval_overlap": {"eval_set": eval_set, "conversations": len(overlapping), "rows": overlap_rows},
+    }
+    if overlap_rows:
+        app.warn(f"warning: {overlap_rows} rows from {len(overlapping)} conversations use personas of the "
+                 f"{eval_set} eval set: evaluating on it would measure memory, not adaptation")  # fmt: skip
+    if app.as_json:
+        app.emit_json(result)
+        return
+    click.echo(
+        f"wrote {len(train)} {kind} rows to {out}" + (f" and {len(val)} to {written['validation']}" if val else "")
+    )
+    skipped = {k: v for k, v in result["skipped"].items() if v}
+    if skipped:
+        click.echo("skipped: " + ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in skipped.items()))
+    if report.cut_conversations:
+        click.echo(f"{report.cut_conversations} conversations were cut where they continued with another reply "
+                   "(a whole-conversation row must show every reply its user answered)")  # fmt: skip
+
+
+commands = (export,)

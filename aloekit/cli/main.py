@@ -1,0 +1,60 @@
+"""The ``aloe`` group: global options, config loading, and one registration per command module."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from aloekit.cli import backends, demo, evaluate, export, judge, personas, report, runs, simulate, train, trees, view
+from aloekit.cli.app import SEED, AloeGroup, App, import_plugins, setup_logging
+from aloekit.config import load_config
+
+
+@click.group(cls=AloeGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(path_type=Path),
+    envvar="ALOE_CONFIG",
+    help="TOML or YAML config file (ALOE_CONFIG).",
+)
+@click.option("--db", type=click.Path(path_type=Path), help="SQLite database (default ./aloe.db, ALOE_DB).")
+@click.option("--seed", type=SEED, help="Seed for everything random (ALOE_SEED).")
+@click.option("-q", "--quiet", is_flag=True, help="Print only results.")
+@click.option("--json", "as_json", is_flag=True, help="Print results as JSON on stdout.")
+@click.option("-v", "--verbose", count=True, help="More logging (-vv for debug).")
+@click.option(
+    "--plugin",
+    "plugins",
+    multiple=True,
+    metavar="MODULE",
+    help="Import MODULE first (registers your roles/backends). Repeatable.",
+)
+@click.version_option(package_name="aloekit")
+@click.pass_context
+def cli(
+    ctx: click.Context,
+    config_path: Path | None,
+    db: Path | None,
+    seed: int | None,
+    quiet: bool,
+    as_json: bool,
+    verbose: int,
+    plugins: tuple[str, ...],
+) -> None:
+    """aloekit: teach language models to align with a user's unspoken preferences by interacting."""
+    setup_logging(verbose)
+    config = load_config(config_path, overrides={"db": db, "seed": seed})
+    import_plugins([*config.plugins, *plugins])
+    ctx.obj = App(config=config, quiet=quiet, as_json=as_json, cli_seed=seed)
+
+
+for module in (backends, personas, simulate, trees, export, train, judge, evaluate, report, view, demo, runs):
+    for command in module.commands:
+        cli.add_command(command)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    cli(prog_name="aloe")

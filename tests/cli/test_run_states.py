@@ -1,0 +1,159 @@
+"""Runs always end in a state: SIGTERM marks them interrupted and resumable, one writer per run, exit statuses."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from aloekit.cli import cli
+from aloekit.store import Store
+from aloekit.testing import StubOpenAIServer, role_aware_reply
+
+DEADLINE_S = 300  # generous: a loaded 2-core machine may take long to start a process
+
+
+def aloe(tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
+    """Start the real CLI on the test's database."""
+    full_env = {**os.environ, "ALOE_DB": str(tmp_path / "aloe.db"), **(env or {})}
+    return subprocess.Popen([sys.executable, "-m", "aloekit.cli", "-q", *args], env=full_env, cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+
+
+def query(tmp_path: Path, sql: str) -> list[tuple]:
+    """Read the database without creating it; nothing when it or its tables do not exist yet."""
+    try:
+        with sqlite3.connect(f"file:{tmp_path / 'aloe.db'}?mode=ro", uri=True) as conn:
+            return conn.execute(sql).fetchall()
+    except sqlite3.Error:
+        return []
+
+
+def wait_for(condition, proc: subprocess.Popen | None = None, what: str = "") -> None:
+    """Poll ``condition`` until true; fail if ``proc`` ends first or the deadline passes."""
+    deadline = time.monotonic() + DEADLINE_S
+    while not condition():
+        assert proc is None or proc.poll() is None, f"ended before {what}: {proc.communicate()[1]}"
+        assert time.monotonic() < deadline, f"not {what} within {DEADLINE_S} s"
+        time.sleep(0.05)
+
+
+def saved(tmp_path: Path, table: str) -> int:
+    rows = query(tmp_path, f"SELECT COUNT(*) FROM {table}")
+    return rows[0][0] if rows else 0
+
+
+def run_row(tmp_path: Path) -> tuple[str, str, str | None]:
+    return query(tmp_path, "SELECT id, status, error FROM runs ORDER BY started_at DESC LIMIT 1")[0]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", ["simulate", "eval"])
+def test_sigterm_marks_the_run_interrupted_and_resume_finishes_it(tmp_path, command):
+    with StubOpenAIServer(respond=role_aware_reply, latency_s=0.1) as server:
+        spec = server.spec()
+        if command == "simulate":
+            args, table = ["simulate", "--conversations", "4", "--turns", "3", "--concurrency", "2", "--role",
+                           f"all={spec}"], "turns"  # fmt: skip
+        else:
+            args, table = ["eval", "--model", spec, "--role", f"user={spec}", "--role", f"judge={spec}",
+                           "--personas", "4", "--turns", "3", "--concurrency", "2"], "eval_turns"  # fmt: skip
+        proc = aloe(tmp_path, *args)
+        wait_for(lambda: saved(tmp_path, table) > 0, proc, "a turn was saved")
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=DEADLINE_S)
+        assert proc.returncode == 143, err
+        assert err.strip().splitlines()[-1] == "terminated" and "Traceback" not in err
+        run_id, status, reason = run_row(tmp_path)
+        assert (status, reason) == ("interrupted", "SIGTERM")
+        assert not query(tmp_path, f"SELECT 1 FROM conversations WHERE run_id = '{run_id}' AND status = 'running'")
+        assert not query(tmp_path, "SELECT 1 FROM run_leases")  # the lease was given back
+        resumed = aloe(tmp_path, "--json", command, "--resume", run_id)
+        out, err = resumed.communicate(timeout=DEADLINE_S)
+        assert resumed.returncode == 0, err
+        assert json.loads(out)["statuses"] == {"complete": 4}
+        assert run_row(tmp_path)[1:] == ("completed", None)
+
+
+@pytest.mark.slow
+def test_two_resumes_of_one_run_one_wins_the_other_gets_a_clear_error(tmp_path):
+    gate = threading.Event()  # holds the winner's calls until the loser has been turned away
+    gate.set()
+
+    def gated_reply(messages):
+        gate.wait(DEADLINE_S)
+        return role_aware_reply(messages)
+
+    with StubOpenAIServer(respond=gated_reply) as server:
+        first = aloe(tmp_path, "simulate", "--conversations", "3", "--turns", "2", "--role", f"all={server.spec()}",
+                     "--max-calls", "3")  # fmt: skip
+        assert first.wait(timeout=DEADLINE_S) == 0, first.communicate()[1]
+        run_id = run_row(tmp_path)[0]
+        gate.clear()
+        winner = aloe(tmp_path, "simulate", "--resume", run_id)
+        wait_for(lambda: bool(query(tmp_path, "SELECT 1 FROM run_leases")), winner, "the lease was taken")
+        loser = aloe(tmp_path, "simulate", "--resume", run_id)
+        _, err = loser.communicate(timeout=DEADLINE_S)
+        assert loser.returncode == 1
+        assert [line for line in err.splitlines() if line.startswith("error:")] == [err.strip()]
+        assert f"run {run_id} is being worked on by process {winner.pid}" in err and "Traceback" not in err
+        gate.set()
+        _, err = winner.communicate(timeout=DEADLINE_S)
+        assert winner.returncode == 0, err
+    assert run_row(tmp_path)[1] == "completed"
+
+
+def test_a_sigkilled_holder_does_not_block_a_resume(tmp_path):
+    store = Store(tmp_path / "aloe.db")
+    run_id = store.start_run("test", {}, 0)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    store.conn.execute("INSERT INTO run_leases VALUES (?, 'someone', ?, ?, ?)",
+                       [run_id, __import__("socket").gethostname(), dead.pid, time.time()])  # fmt: skip
+    from aloekit.store import RunLease
+
+    with RunLease(store, run_id) as lease:  # the holder's pid is gone: taken over at once
+        assert store.conn.execute("SELECT owner FROM run_leases").fetchone()[0] == lease.owner
+
+
+def test_every_conversation_failing_exits_3_and_marks_the_run_failed(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("ALOE_DB", str(tmp_path / "aloe.db"))
+    (tmp_path / "aloe.toml").write_text("[backend]\nmax_retries = 0\ntimeout_s = 5\n")
+    unreachable = "openai:http://127.0.0.1:9/v1#model"
+    result = CliRunner().invoke(cli, ["--config", "aloe.toml", "simulate", "--conversations", "2", "--turns", "1",
+                                      "--role", f"all={unreachable}"])  # fmt: skip
+    assert result.exit_code == 3, result.stderr
+    _, status, reason = run_row(tmp_path)
+    assert status == "failed" and reason.startswith("every conversation failed")
+
+
+def test_an_unexpected_error_is_one_line_with_a_redacted_log(tmp_path, monkeypatch):
+    secret = "sk-test-SECRET-0123456789"
+    monkeypatch.setenv("OPENAI_API_KEY", secret)
+    monkeypatch.setenv("ALOE_DB", str(tmp_path / "aloe.db"))
+    monkeypatch.setenv("ALOE_LOG_DIR", str(tmp_path / "logs"))
+
+    def broken(self, limit=50):
+        raise RuntimeError(f"boom with {secret}")
+
+    monkeypatch.setattr(Store, "list_runs", broken)
+    result = CliRunner().invoke(cli, ["runs", "list"])
+    assert result.exit_code == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: unexpected RuntimeError: boom with ***")
+    logs = list((tmp_path / "logs").glob("crash-*.log"))
+    assert len(logs) == 1 and str(logs[0]) in lines[0]
+    text = logs[0].read_text()
+    assert "Traceback" in text and "boom with ***" in text and secret not in text
+    verbose = CliRunner().invoke(cli, ["-v", "runs", "list"])  # -v prints the traceback too
+    assert "Traceback" in verbose.stderr and secret not in verbose.stderr
