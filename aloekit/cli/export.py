@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import click
 
 from aloekit.cli.app import TURNS, App, output_file, output_folder, pass_app, write_jsonl
 from aloekit.errors import AloeError
+from aloekit.secrets import read_secret
 
 
 @click.command("export")
@@ -66,7 +66,8 @@ def export(
         tree_rows,
     )
 
-    if hub_repo and not os.environ.get("HF_TOKEN"):
+    hub_token = read_secret("HF_TOKEN") if hub_repo else None  # read as a secret: redacted from every message
+    if hub_repo and not hub_token:
         raise AloeError("--push-to-hub needs a Hugging Face token in HF_TOKEN")
     if not 0 <= val_fraction < 1:
         raise AloeError(f"--val-fraction must be in [0, 1), got {val_fraction}")
@@ -121,7 +122,7 @@ def export(
             written["hf_dataset"] = str(hf_dataset)
         if hub_repo:
             try:
-                dataset.push_to_hub(hub_repo, token=os.environ["HF_TOKEN"])
+                dataset.push_to_hub(hub_repo, token=hub_token)
             except Exception as exc:  # network, auth or repo errors from huggingface_hub, in many types
                 raise AloeError(f"--push-to-hub {hub_repo}: {type(exc).__name__}: {exc} (the JSONL files are "
                                 "written)") from None  # fmt: skip

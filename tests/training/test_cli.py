@@ -36,6 +36,12 @@ def test_export_sft_dpo_tree(run_aloe, tmp_path):
     # The stub's judge always prefers the first shown reply: conversations that continued with another
     # reply are cut there and counted.
     assert json.loads(whole.stdout)["skipped"]["cut_conversations"] == sum(r["turns"] < 3 for r in rows)
+    secret = "hf_test_SECRET_0123456789"  # the Hub unreachable: one line, the files kept, the token never shown
+    offline = run_aloe("export", "sft", "--out", "hub.jsonl", "--push-to-hub", "me/data",
+                       env={"HF_TOKEN": secret, "HF_HUB_OFFLINE": "1"})  # fmt: skip
+    assert offline.returncode == 1 and offline.stderr.startswith("error: --push-to-hub me/data: ")
+    assert len(offline.stderr.strip().splitlines()) == 1 and secret not in offline.stderr
+    assert (tmp_path / "hub.jsonl").is_file()
     tree = run_aloe("export", "tree", "--out", "tree.jsonl", "--hf-dataset", "tree_ds")
     assert tree.returncode == 0, tree.stderr
     rows = _read(tmp_path / "tree.jsonl")
