@@ -125,13 +125,17 @@ def test_a_sigkilled_holder_does_not_block_a_resume(tmp_path):
         assert store.conn.execute("SELECT owner FROM run_leases").fetchone()[0] == lease.owner
 
 
-def test_every_conversation_failing_exits_3_and_marks_the_run_failed(tmp_path, monkeypatch):
+@pytest.mark.parametrize("command", ["simulate", "eval"])
+def test_every_conversation_failing_exits_3_and_marks_the_run_failed(tmp_path, monkeypatch, command):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("ALOE_DB", str(tmp_path / "aloe.db"))
     (tmp_path / "aloe.toml").write_text("[backend]\nmax_retries = 0\ntimeout_s = 5\n")
     unreachable = "openai:http://127.0.0.1:9/v1#model"
-    result = CliRunner().invoke(cli, ["--config", "aloe.toml", "simulate", "--conversations", "2", "--turns", "1",
-                                      "--role", f"all={unreachable}"])  # fmt: skip
+    args = (["simulate", "--conversations", "2", "--turns", "1", "--role", f"all={unreachable}"]
+            if command == "simulate" else
+            ["eval", "--model", unreachable, "--role", f"user={unreachable}", "--role", f"judge={unreachable}",
+             "--personas", "2", "--turns", "1"])  # fmt: skip
+    result = CliRunner().invoke(cli, ["--config", "aloe.toml", *args])
     assert result.exit_code == 3, result.stderr
     _, status, reason = run_row(tmp_path)
     assert status == "failed" and reason.startswith("every conversation failed")
