@@ -8,7 +8,7 @@ import re
 import tomllib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from aloekit.errors import AloeError, ConfigError
 
 ENV_PREFIX = "ALOE_"
+M = TypeVar("M", bound=BaseModel)
 CONFIG_SUFFIXES = (".toml", ".yaml", ".yml")
 
 
@@ -211,6 +212,20 @@ def source_of(loc: Sequence[str | int], layers: Sequence[tuple[str, Any]]) -> st
     return next((label for label, data in layers if data and has_path(data, loc)), None)
 
 
+def config_layers(
+    path: Path | str | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> list[tuple[str, dict[str, Any]]]:
+    """Where settings come from, highest precedence first: flags, each ``ALOE_*`` variable, the file."""
+    flags = {k: v for k, v in (overrides or {}).items() if v is not None}
+    layers = [(f"flag --{key.replace('_', '-')}", {key: value}) for key, value in flags.items()]
+    layers += list(reversed(_env_layers(environ)[1]))
+    if path is not None:
+        layers.append((f"file {path}", read_config_file(Path(path))))
+    return layers
+
+
 def env_overrides(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
     """Collect ``ALOE_FIELD`` and ``ALOE_SECTION__FIELD`` variables that name config fields."""
     return _env_layers(environ)[0]
@@ -252,14 +267,46 @@ def _set_path(target: dict[str, Any], path: list[str], value: Any, name: str) ->
     target[path[-1]] = value
 
 
-def _deep_merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+def deep_merge(base: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    """``base`` with ``extra`` laid over it: tables merge key by key, anything else is replaced."""
     merged = dict(base)
     for key, value in extra.items():
-        if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
-            merged[key] = _deep_merge(merged[key], value)
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = deep_merge(merged[key], value)
         else:
             merged[key] = value
     return merged
+
+
+def field_defaults(model: type[BaseModel]) -> dict[str, Any]:
+    """The defaults of ``model``'s fields that have one, as plain data (nested models dumped)."""
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, BaseModel):
+            return value.model_dump()
+        return [plain(item) for item in value] if isinstance(value, list) else value
+
+    return {name: plain(field.get_default(call_default_factory=True))
+            for name, field in model.model_fields.items() if not field.is_required()}  # fmt: skip
+
+
+def resolve_section(model: type[M], *layers: Mapping[str, Any], list_items: Mapping[str, Any] | None = None) -> M:
+    """``model`` from its defaults with each layer (file section, then flags) deep-merged over them.
+
+    A restated role table keeps every default it does not set (its generation limits, say). Lists are
+    replaced whole; ``list_items`` gives, per list field, the defaults each restated item merges onto.
+    """
+    merged = field_defaults(model)
+    for layer in layers:
+        for key, value in layer.items():
+            if list_items and key in list_items and isinstance(value, list):
+                value = [deep_merge(list_items[key], item) if isinstance(item, Mapping) else item for item in value]
+                merged[key] = value
+            elif isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+                merged[key] = deep_merge(merged[key], value)
+            else:
+                merged[key] = value
+    return model.model_validate(merged)
 
 
 def load_config(
@@ -277,7 +324,7 @@ def load_config(
     env, env_each = _env_layers(environ)
     flags = {k: v for k, v in (overrides or {}).items() if v is not None}
     try:
-        return AloeConfig.model_validate(_deep_merge(_deep_merge(data, env), flags))
+        return AloeConfig.model_validate(deep_merge(deep_merge(data, env), flags))
     except ValidationError as exc:
         # Name where the bad value came from: a flag beats an environment variable beats the file.
         loc = exc.errors()[0]["loc"]

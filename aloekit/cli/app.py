@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import os
@@ -66,6 +67,10 @@ class App:
     as_json: bool = False
     cli_seed: int | None = None
     """``aloe --seed N``: wins over seeds in the config file's sections."""
+    config_path: Path | None = None
+    """The config file in use (``--config`` or ``ALOE_CONFIG``), if any."""
+    global_flags: dict[str, Any] = field(default_factory=dict)
+    """The global flags that override config fields (``--db``, ``--seed``)."""
     console: Console = field(default_factory=lambda: Console(stderr=True))
     _store: Store | None = None
 
@@ -110,6 +115,39 @@ class App:
 
 
 pass_app = click.make_pass_decorator(App)
+
+
+def budget_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """``--budget-calls``/``--budget-tokens`` (a run's budget), passed on as ``max_calls``/``max_tokens``.
+
+    ``--max-calls``/``--max-tokens`` still work here as deprecated aliases, with a warning: elsewhere
+    ``--max-tokens`` is one reply's limit, and one flag name should not mean two things.
+    """
+
+    @functools.wraps(command)
+    def with_budget(*args: Any, budget_calls: int | None, budget_tokens: int | None, old_max_calls: int | None,
+                    old_max_tokens: int | None, **kwargs: Any) -> Any:  # fmt: skip
+        kwargs["max_calls"] = _renamed(budget_calls, old_max_calls, "--max-calls", "--budget-calls")
+        kwargs["max_tokens"] = _renamed(budget_tokens, old_max_tokens, "--max-tokens", "--budget-tokens")
+        return command(*args, **kwargs)
+
+    options = [
+        click.option("--budget-calls", type=COUNT, help="Stop cleanly (resumable) after this many model calls."),
+        click.option("--budget-tokens", type=COUNT, help="Stop cleanly (resumable) after this many tokens."),
+        click.option("--max-calls", "old_max_calls", type=COUNT, hidden=True),
+        click.option("--max-tokens", "old_max_tokens", type=COUNT, hidden=True),
+    ]
+    for option in reversed(options):
+        with_budget = option(with_budget)
+    return with_budget
+
+
+def _renamed(value: int | None, old_value: int | None, old: str, new: str) -> int | None:
+    if old_value is None:
+        return value
+    click.echo(f"warning: {old} is deprecated for a run budget, use {new} ({old} is a reply's limit elsewhere)",
+               err=True)  # fmt: skip
+    return value if value is not None else old_value
 
 
 # The error boundary -----------------------------------------------------------------------------------
@@ -218,17 +256,21 @@ def setup_logging(verbose: int) -> None:
         warnings.filterwarnings("ignore", category=FutureWarning, module=r"transformers\.")
 
 
-def import_plugins(modules: list[str]) -> None:
-    """Import each plugin module (which registers roles or backends), failing with one line."""
+def import_plugins(modules: list[str], folder: Path) -> None:
+    """Import each plugin module (which registers roles or backends) from ``folder`` first, failing in one line.
+
+    Plugins named in a config file resolve next to that file; ``--plugin`` ones next to where aloe runs.
+    """
     import importlib
 
-    if modules and os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())  # a plugin module next to the config file, as users expect
+    if modules and str(folder) not in sys.path:
+        sys.path.insert(0, str(folder))
     for name in modules:
         try:
             importlib.import_module(name)
         except Exception as exc:
-            raise AloeError(f"plugin {name!r} could not be imported: {type(exc).__name__}: {exc}") from None
+            raise AloeError(f"plugin {name!r} could not be imported (looked in {folder} first): "
+                            f"{type(exc).__name__}: {exc}") from None  # fmt: skip
 
 
 # Output paths -----------------------------------------------------------------------------------------

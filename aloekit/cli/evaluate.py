@@ -10,6 +10,7 @@ from aloekit.cli.app import (
     TURNS,
     App,
     apply_roles,
+    budget_options,
     check_run_inputs,
     command_line,
     pass_app,
@@ -32,10 +33,9 @@ from aloekit.errors import AloeError
 @click.option("--turns", type=TURNS, help="Turns per conversation (K, default 10).")
 @click.option("--concurrency", type=COUNT, help="Conversations in progress at once.")
 @click.option("--baseline", type=click.Choice(["blind", "oracle"]), help="oracle: tell the model the true persona.")
-@click.option("--max-calls", type=COUNT, help="Stop cleanly after this many model calls.")
-@click.option("--max-tokens", type=COUNT, help="Stop cleanly after this many tokens.")
 @click.option("--seed", "eval_seed", type=SEED, help="Seed (default: --seed).")
 @click.option("--resume", "resume_run", metavar="RUN", help="Continue the unfinished conversations of RUN.")
+@budget_options
 @pass_app
 def eval_command(
     app: App,
@@ -76,9 +76,7 @@ def eval_command(
                  "max_calls": max_calls, "max_tokens": max_tokens,
                  "seed": app.seed_for(eval_seed, app.config.evaluation)}  # fmt: skip
         try:
-            config = EvalConfig.model_validate(
-                {**app.config.evaluation, **{k: v for k, v in flags.items() if v is not None}}
-            )
+            config = EvalConfig.resolve(app.config.evaluation, {k: v for k, v in flags.items() if v is not None})
         except ValidationError as exc:
             err = exc.errors()[0]
             raise AloeError(f"eval config: field {'.'.join(map(str, err['loc']))}: {err['msg']}") from None

@@ -6,7 +6,21 @@ from pathlib import Path
 
 import click
 
-from aloekit.cli import backends, demo, evaluate, export, judge, personas, report, runs, simulate, train, trees, view
+from aloekit.cli import (
+    backends,
+    config,
+    demo,
+    evaluate,
+    export,
+    judge,
+    personas,
+    report,
+    runs,
+    simulate,
+    train,
+    trees,
+    view,
+)
 from aloekit.cli.app import SEED, AloeGroup, App, import_plugins, setup_logging
 from aloekit.config import load_config
 
@@ -45,12 +59,15 @@ def cli(
 ) -> None:
     """aloekit: teach language models to align with a user's unspoken preferences by interacting."""
     setup_logging(verbose)
-    config = load_config(config_path, overrides={"db": db, "seed": seed})
-    import_plugins([*config.plugins, *plugins])
-    ctx.obj = App(config=config, quiet=quiet, as_json=as_json, cli_seed=seed)
+    flags = {"db": db, "seed": seed}
+    config = load_config(config_path, overrides=flags)
+    import_plugins(config.plugins, (config_path.parent if config_path else Path.cwd()).resolve())
+    import_plugins(list(plugins), Path.cwd())
+    ctx.obj = App(config=config, quiet=quiet, as_json=as_json, cli_seed=seed, config_path=config_path,
+                  global_flags={k: v for k, v in flags.items() if v is not None})  # fmt: skip
 
 
-for module in (backends, personas, simulate, trees, export, train, judge, evaluate, report, view, demo, runs):
+for module in (backends, config, personas, simulate, trees, export, train, judge, evaluate, report, view, demo, runs):
     for command in module.commands:
         cli.add_command(command)
 

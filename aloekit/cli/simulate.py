@@ -13,6 +13,7 @@ from aloekit.cli.app import (
     TURNS,
     App,
     apply_roles,
+    budget_options,
     check_run_inputs,
     command_line,
     pass_app,
@@ -28,9 +29,9 @@ def _simulation_config(app: App, overrides: dict[str, Any], roles: tuple[str, ..
 
     from aloekit.graphs import SimulationConfig
 
-    data = {**app.config.simulation, **{k: v for k, v in overrides.items() if v is not None}}
+    flags = {k: v for k, v in overrides.items() if v is not None}
     try:
-        config = SimulationConfig.model_validate(data)
+        config = SimulationConfig.resolve(app.config.simulation, flags)
     except ValidationError as exc:
         err = exc.errors()[0]
         raise AloeError(f"simulation config: field {'.'.join(map(str, err['loc']))}: {err['msg']}") from None
@@ -48,14 +49,13 @@ def _simulation_config(app: App, overrides: dict[str, Any], roles: tuple[str, ..
     metavar="ROLE=SPEC",
     help="Backend for a role: user, inducer, preferred, plain, judge, or all. Repeatable.",
 )
-@click.option("--max-calls", type=COUNT, help="Stop cleanly after this many model calls.")
-@click.option("--max-tokens", type=COUNT, help="Stop cleanly after this many tokens.")
 @click.option("--judge-both-orders", is_flag=True, default=None, help="Ask the judge in both orders.")
 @click.option("--paper-exact", is_flag=True, default=None, help="The authors' judge: fixed order, exact match.")
 @click.option("--seed", "sim_seed", type=SEED, help="Seed for personas, judge order and branches (default: --seed).")
 @click.option("--eval-set", help="Eval set whose personas are kept out of sampling (default: builtin).")
 @click.option("--allow-eval-personas", is_flag=True, default=None, help="Also sample the eval set's personas.")
 @click.option("--resume", "resume_run", metavar="RUN", help="Continue the unfinished conversations of RUN.")
+@budget_options
 @pass_app
 def simulate(
     app: App,

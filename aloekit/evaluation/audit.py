@@ -172,9 +172,9 @@ def audit_config(stage: Stage, section: dict[str, Any], roles: dict[str, str], *
     where = "evaluation config" if stage == "eval" else "simulation config"
     try:
         if stage == "eval":
-            resolved: Any = EvalConfig.model_validate({"model": "", **section})
+            resolved: Any = EvalConfig.resolve({"model": ""}, section)
         else:
-            resolved = SimulationConfig.model_validate(section)
+            resolved = SimulationConfig.resolve(section)
         judge = resolved.judge.model_copy(update={"backend": roles.get("judge", resolved.judge.backend)})
         user = resolved.user.model_copy(update={"backend": roles.get("user", resolved.user.backend)})
         generator = AuditConfig.model_fields["generator"].default.model_copy(

@@ -4,6 +4,7 @@ conversation between a simulated user and the model under test), a scorer (the 1
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -16,7 +17,7 @@ from typing_extensions import TypedDict
 from aloekit.agents.backends import BackendPool
 from aloekit.agents.base import CallRecord, Message, Role, RoleView
 from aloekit.agents.scorer import Score
-from aloekit.config import GenerationOptions
+from aloekit.config import GenerationOptions, resolve_section
 from aloekit.errors import AloeError
 from aloekit.graphs.runner import drive_conversations
 from aloekit.graphs.simulate import (
@@ -156,6 +157,11 @@ class EvalConfig(BaseModel):
     """Stop cleanly after this many model calls (resumable)."""
     max_tokens: int | None = Field(default=None, ge=1, le=SQLITE_INT_MAX)
     """Stop cleanly after this many tokens (resumable)."""
+
+    @classmethod
+    def resolve(cls, *layers: Mapping[str, Any]) -> EvalConfig:
+        """The defaults with each layer (an ``[evaluation]`` table, then flags) merged over them key by key."""
+        return resolve_section(cls, *layers)
 
     def model_role(self) -> RoleConfig:
         """The model under test as a role."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from aloekit.agents.backends import BackendPool, parse_spec
 from aloekit.agents.base import RoleFactory, check_role_options, get_role_factory, role_options
-from aloekit.config import GenerationOptions
+from aloekit.config import GenerationOptions, resolve_section
 from aloekit.errors import AloeError, ConfigError
 from aloekit.graphs.generation import Responder as ResponderSlot
 from aloekit.graphs.generation import RoleSet, build_generation_graph, initial_state, recursion_limit
@@ -56,11 +56,15 @@ class ResponderConfig(RoleConfig):
     """Whether this responder sees the inducer's hint."""
 
 
+RESPONDER_DEFAULTS: dict[str, Any] = {"kind": "responder", "use_hint": False,
+                                      "generation": {"max_tokens": 96, "temperature": 0.7}}  # fmt: skip
+"""What each ``[[simulation.responders]]`` entry of a config file starts from."""
+
+
 def _responders() -> list[ResponderConfig]:
-    options = GenerationOptions(max_tokens=96, temperature=0.7)
     return [
-        ResponderConfig(name="preferred", kind="responder", use_hint=True, generation=options),
-        ResponderConfig(name="plain", kind="responder", use_hint=False, generation=options),
+        ResponderConfig.model_validate({**RESPONDER_DEFAULTS, "name": "preferred", "use_hint": True}),
+        ResponderConfig.model_validate({**RESPONDER_DEFAULTS, "name": "plain"}),
     ]
 
 
@@ -110,6 +114,15 @@ class SimulationConfig(BaseModel):
         if self.paper_exact and self.judge_both_orders:
             raise ValueError("paper_exact asks once, hinted reply first: it cannot be combined with judge_both_orders")
         return self
+
+    @classmethod
+    def resolve(cls, *layers: Mapping[str, Any]) -> SimulationConfig:
+        """The defaults with each layer (a ``[simulation]`` table, then flags) merged over them key by key.
+
+        ``[simulation.judge] kind = "my_judge"`` keeps the judge's default generation limits; each
+        ``[[simulation.responders]]`` entry starts from :data:`RESPONDER_DEFAULTS`.
+        """
+        return resolve_section(cls, *layers, list_items={"responders": RESPONDER_DEFAULTS})
 
     def role_names(self) -> list[str]:
         """Names accepted by ``--role NAME=SPEC``."""

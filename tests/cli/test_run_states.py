@@ -95,7 +95,7 @@ def test_two_resumes_of_one_run_one_wins_the_other_gets_a_clear_error(tmp_path):
 
     with StubOpenAIServer(respond=gated_reply) as server:
         first = aloe(tmp_path, "simulate", "--conversations", "3", "--turns", "2", "--role", f"all={server.spec()}",
-                     "--max-calls", "3")  # fmt: skip
+                     "--budget-calls", "3")  # fmt: skip
         assert first.wait(timeout=DEADLINE_S) == 0, first.communicate()[1]
         run_id = run_row(tmp_path)[0]
         gate.clear()

@@ -1,5 +1,7 @@
 import json
 
+import pytest
+
 from aloekit.testing import StubOpenAIServer, role_aware_reply
 from tests.graphs.test_generation import SNAPSHOT
 
@@ -26,10 +28,14 @@ def test_simulate_then_inspect_trees(run_aloe, tmp_path):
     assert run["status"] == "completed" and run["config"]["simulation_resolved"]["turns"] == 2
 
 
-def test_simulate_budget_then_resume(run_aloe):
+@pytest.mark.parametrize("flag", ["--budget-calls", "--max-calls"])
+def test_simulate_budget_then_resume(run_aloe, flag):
     with StubOpenAIServer(respond=role_aware_reply) as server:
-        first = run_aloe("--json", "simulate", "--conversations", "2", "--turns", "2", "--max-calls", "7",
+        first = run_aloe("--json", "simulate", "--conversations", "2", "--turns", "2", flag, "7",
                          "--role", f"all={server.spec()}")  # fmt: skip
+        assert first.returncode == 0, first.stderr
+        deprecated = "warning: --max-calls is deprecated for a run budget, use --budget-calls"
+        assert (deprecated in first.stderr) == (flag == "--max-calls")  # the old spelling still works, with a warning
         result = json.loads(first.stdout)
         assert "complete" not in result["statuses"] or result["statuses"]["complete"] < 2
         resumed = json.loads(run_aloe("--json", "simulate", "--resume", result["run_id"]).stdout)

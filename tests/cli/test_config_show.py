@@ -1,0 +1,57 @@
+"""Config semantics: role tables merge over their defaults, `aloe config show` names each value's source,
+plugins resolve next to the config file."""
+
+from __future__ import annotations
+
+import json
+
+from click.testing import CliRunner
+
+from aloekit.cli import cli
+from aloekit.evaluation import EvalConfig
+from aloekit.graphs import SimulationConfig
+
+
+def test_a_restated_role_table_keeps_the_defaults_it_does_not_set():
+    config = SimulationConfig.resolve({"inducer": {"kind": "inducer", "backend": "openai:x"},
+                                       "responders": [{"name": "a", "use_hint": True}, {"name": "b"}]})  # fmt: skip
+    default = SimulationConfig()
+    assert config.inducer.backend == "openai:x" and config.inducer.generation == default.inducer.generation
+    assert [r.generation for r in config.responders] == [default.responders[0].generation] * 2
+    assert config.responders[1].kind == "responder" and not config.responders[1].use_hint
+    judge = EvalConfig.resolve({"judge": {"backend": "openai:j"}}, {"model": "m"}).judge
+    assert judge.kind == "alignment_scorer" and judge.generation.max_tokens == 8
+
+
+def test_config_show_names_where_each_value_came_from(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    toml = '[simulation.judge]\nbackend = "openai:gpt-4o-mini"\n[backend]\ntimeout_s = 60\n'
+    (tmp_path / "aloe.toml").write_text(toml)
+    monkeypatch.setenv("ALOE_BACKEND__MAX_RETRIES", "5")
+    result = CliRunner().invoke(cli, ["--json", "--config", "aloe.toml", "--seed", "3", "config", "show", "simulate"])
+    assert result.exit_code == 0, result.stderr
+    shown = json.loads(result.stdout)
+    assert shown["backend.timeout_s"] == {"value": 60.0, "source": "file aloe.toml"}
+    assert shown["backend.max_retries"] == {"value": 5, "source": "environment variable ALOE_BACKEND__MAX_RETRIES"}
+    assert shown["seed"] == {"value": 3, "source": "flag --seed"}
+    assert shown["simulation.seed"] == {"value": 3, "source": "flag --seed"}
+    assert shown["simulation.judge.backend"]["source"] == "file aloe.toml"
+    assert shown["simulation.judge.generation.max_tokens"] == {"value": 12, "source": "default"}
+    assert "evaluation.judge.kind" not in shown
+    text = CliRunner().invoke(cli, ["--config", "aloe.toml", "config", "show", "eval"]).stdout
+    assert 'evaluation.judge.kind = "alignment_scorer"' in text and "# default" in text
+
+
+def test_plugins_in_a_config_file_resolve_next_to_it(tmp_path, monkeypatch):
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "aloe_plugin_next_to_config.py").write_text(
+        "from aloekit.agents.backends import register_backend\n"
+        "register_backend('nextdoor', description='from a plugin')(lambda spec, settings: None)\n"
+    )
+    (project / "aloe.toml").write_text('plugins = ["aloe_plugin_next_to_config"]\n')
+    monkeypatch.chdir(tmp_path)  # elsewhere: the plugin is found through the config file's folder
+    monkeypatch.setattr("sys.path", list(__import__("sys").path))
+    result = CliRunner().invoke(cli, ["--json", "--config", "project/aloe.toml", "backends", "list"])
+    assert result.exit_code == 0, result.stderr
+    assert "nextdoor" in {row["prefix"] for row in json.loads(result.stdout)}
