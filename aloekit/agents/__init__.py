@@ -1,6 +1,6 @@
 """Agent roles (user simulator, inducer, responders, judge) and the LLM backends they run on."""
 
-from aloekit.agents.agentchat import AgentChatRole
+from aloekit.agents.agentchat import AgentChatRole, register_agent_role
 from aloekit.agents.backends import BackendPool, ManagedClient, check_spec, parse_spec, register_backend
 from aloekit.agents.base import (
     CallRecord,
@@ -42,6 +42,7 @@ __all__ = [
     "list_roles",
     "parse_spec",
     "parse_verdict",
+    "register_agent_role",
     "register_backend",
     "register_role",
     "role_options",

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
+from dataclasses import asdict
 from typing import Any
 
+from autogen_core import FunctionCall
 from autogen_core.models import (
     AssistantMessage,
     FunctionExecutionResultMessage,
@@ -18,6 +20,8 @@ from autogen_core.models import (
 def _text(content: Any) -> str:
     if isinstance(content, str):
         return content
+    if isinstance(content, list) and all(isinstance(part, FunctionCall) for part in content):  # tool calls
+        return json.dumps([asdict(call) for call in content])
     if isinstance(content, list):
         return "\n".join(part if isinstance(part, str) else "<image>" for part in content)
     return json.dumps([c.model_dump() if hasattr(c, "model_dump") else str(c) for c in content])
