@@ -25,10 +25,12 @@ demo: install
 	$(VENV)/bin/aloe backends check local:smollm2
 	$(VENV)/bin/aloe demo --out aloe-demo $(DEMO_FLAGS)
 
-# The viewer's browser tests drive Debian's Chromium through chromedriver (needs root to install).
+# The viewer's browser tests drive Debian's Chromium through chromedriver, and the DOT export is rendered
+# with Graphviz's dot (needs root to install).
 browser-deps:
-	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
-	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium chromium-driver)
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null && command -v dot >/dev/null || \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	    chromium chromium-driver graphviz)
 
 test: install browser-deps lint
 	$(PY) -m pytest

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import sys
+from typing import Any
 
 import click
 from rich.console import Console
@@ -10,10 +12,50 @@ from rich.table import Table
 
 from aloekit.cli.app import COUNT, App, pass_app
 
+RUN_COLUMNS = ("id", "status", "started", "calls", "tokens", "command")
+MIN_COMMAND_WIDTH = 20
+"""Narrowest the command column may fold to in the terminal table; narrower terminals get plain columns."""
+
 
 @click.group()
 def runs() -> None:
     """Inspect recorded runs."""
+
+
+def run_cells(run: dict[str, Any]) -> list[str]:
+    """One run's cells, in :data:`RUN_COLUMNS` order."""
+    return [run["id"], run["status"], run["started_at"][:19], str(run["calls"]), str(run["tokens"]), run["command"]]
+
+
+def plain_table(rows: list[list[str]]) -> str:
+    """Space-aligned columns with the command last, nothing wrapped or cut (ids are copied from here)."""
+    widths = [max(len(cell) for cell in column) for column in zip(RUN_COLUMNS, *rows, strict=True)]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in (list(RUN_COLUMNS), *rows)
+    )
+
+
+def table_width(rows: list[list[str]]) -> int:
+    """Columns :func:`rich_table` needs with every column but the command at full width."""
+    columns = zip(RUN_COLUMNS[:-1], *(r[:-1] for r in rows), strict=True)
+    fixed = sum(max(len(cell) for cell in column) for column in columns)
+    return fixed + MIN_COMMAND_WIDTH + 3 * len(RUN_COLUMNS) + 1  # a border and two spaces of padding per column
+
+
+def rich_table(rows: list[list[str]]) -> Table:
+    """The runs as a rich table: only the command column folds; ids and the rest are never wrapped or cut."""
+    table = Table()
+    for name in RUN_COLUMNS[:-1]:
+        table.add_column(name, no_wrap=True)
+    table.add_column("command", overflow="fold", min_width=MIN_COMMAND_WIDTH)
+    for row in rows:
+        table.add_row(*row)
+    return table
+
+
+def _on_terminal() -> bool:
+    return sys.stdout.isatty()
 
 
 @runs.command("list")
@@ -28,10 +70,14 @@ def runs_list(app: App, limit: int) -> None:
     if app.quiet:
         click.echo("\n".join(r["id"] for r in rows))
         return
-    table = Table("id", "command", "status", "started", "calls", "tokens")
-    for r in rows:
-        table.add_row(r["id"], r["command"], r["status"], r["started_at"][:19], str(r["calls"]), str(r["tokens"]))
-    Console().print(table)
+    cells = [run_cells(r) for r in rows]
+    console = Console()
+    # A run id is what people copy into the next command, so it is never wrapped or cut: off a terminal, or
+    # on one too narrow for the table, plain columns (a long line wraps whole, the id stays at its start).
+    if _on_terminal() and table_width(cells) <= console.width:
+        console.print(rich_table(cells))
+    else:
+        click.echo(plain_table(cells))
 
 
 commands = (runs,)

@@ -56,7 +56,7 @@ def trees_list(app: App, run_id: str | None) -> None:
 @click.argument("conversation_id")
 @pass_app
 def trees_show(app: App, conversation_id: str) -> None:
-    """A readable transcript with every candidate, its label and the branch that continued."""
+    """A readable transcript: candidates, labels and the continued branch; an evaluation's replies with scores."""
     from aloekit.graphs import TreeStore
 
     store = TreeStore(app.store)
@@ -65,7 +65,8 @@ def trees_show(app: App, conversation_id: str) -> None:
     if app.as_json:
         app.emit_json(tree.to_json())
         return
-    click.echo(f"conversation {conversation_id} ({conversation.status}, {conversation.turns_done} turns)")
+    kind = "evaluation, " if conversation.kind == "evaluation" else ""
+    click.echo(f"conversation {conversation_id} ({kind}{conversation.status}, {conversation.turns_done} turns)")
     click.echo(conversation.persona.describe())
     click.echo(tree.transcript())
 
@@ -78,7 +79,7 @@ def trees_show(app: App, conversation_id: str) -> None:
 @click.option("--out", type=click.Path(path_type=Path), help="File to write (default: stdout).")
 @pass_app
 def trees_export(app: App, conversation_id: str, fmt: str, out: Path | None) -> None:
-    """Export one tree as node-link JSON, Mermaid, Graphviz DOT, or a self-contained HTML page."""
+    """Export one tree (an evaluation's with its scores) as node-link JSON, Mermaid, Graphviz DOT or HTML."""
     from aloekit.graphs import TreeStore
 
     if fmt == "html":

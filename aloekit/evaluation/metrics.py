@@ -12,6 +12,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+N_BOOT = 1000
+"""Bootstrap resamples behind every interval aloekit shows (viewer, ``aloe report``, ``aloe compare``)."""
+
 # scores[persona_id][k] is the judge's 1-5 score of the model's reply at turn k (1-based; a fraction with
 # expected scores), or None when the judge's answer was unusable (unscored: excluded, and counted).
 Scores = Mapping[str, Mapping[int, float | None]]
@@ -124,7 +127,7 @@ def _percentile_interval(value: float, samples: list[float]) -> Interval:
     return Interval(value, float(low), float(high))
 
 
-def bootstrap(scores: Scores, turns: int, n_boot: int = 1000, seed: int = 0) -> BootstrapCIs:
+def bootstrap(scores: Scores, turns: int, n_boot: int = N_BOOT, seed: int = 0) -> BootstrapCIs:
     """Resample personas with replacement ``n_boot`` times; percentile intervals."""
     ids = sorted(scores)
     point = compute_metrics(scores, turns)
@@ -208,7 +211,7 @@ def persona_means(scores: Scores, turns_by_persona: Mapping[str, set[int]]) -> d
     return out
 
 
-def compare(a: Scores, b: Scores, turns: int, n_boot: int = 1000, seed: int = 0, alpha: float = 0.05) -> Comparison:
+def compare(a: Scores, b: Scores, turns: int, n_boot: int = N_BOOT, seed: int = 0, alpha: float = 0.05) -> Comparison:
     """Paired comparison of B - A on shared personas over turns 1..``turns``.
 
     Paired-bootstrap CIs for AVG, IR and each AL(k); a Wilcoxon signed-rank test on per-persona means

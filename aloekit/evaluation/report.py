@@ -13,7 +13,16 @@ from pydantic import ValidationError
 from aloekit.config import format_loc, one_line
 from aloekit.errors import AloeError, ConfigError
 from aloekit.evaluation.audit import AuditResult, get_audit, judge_key, latest_audit
-from aloekit.evaluation.metrics import BootstrapCIs, Interval, Metrics, bootstrap, compare, compute_metrics
+from aloekit.evaluation.metrics import (
+    N_BOOT,
+    BootstrapCIs,
+    Interval,
+    Metrics,
+    Scores,
+    bootstrap,
+    compare,
+    compute_metrics,
+)
 from aloekit.evaluation.task import EvalConfig, EvalStore
 from aloekit.serialize import to_json
 from aloekit.store import Store
@@ -51,14 +60,23 @@ def audit_of_run(store: Store, run_id: str, config: EvalConfig) -> tuple[str | N
     return found if found else (None, None)
 
 
-def run_results(store: Store, run_id: str, n_boot: int = 1000) -> dict[str, Any]:
-    """Metrics, CIs, the judge's audit and context of one evaluation run."""
+def run_cis(scores: Scores, turns: int, config: EvalConfig) -> BootstrapCIs:
+    """A run's 95% bootstrap CIs: the one place they are computed, so every view of a run prints the same."""
+    # Fixed resample count and the run's own seed: the viewer, `aloe report` and `aloe compare` once used
+    # different counts, and so printed different intervals for the same run.
+    return bootstrap(scores, turns, n_boot=N_BOOT, seed=config.seed)
+
+
+def run_results(store: Store, run_id: str, n_boot: int = N_BOOT) -> dict[str, Any]:
+    """Metrics, CIs (``n_boot=0``: point metrics only, CIs NaN), the judge's audit and context of one run."""
+    if n_boot not in (0, N_BOOT):  # any other count would print intervals that disagree with the other views
+        raise ValueError(f"n_boot must be 0 (no intervals) or {N_BOOT}, not {n_boot}")
     config = eval_config(store, run_id)
     evals = EvalStore(store)
     scores = evals.scores(run_id)
     turns = max((c.max_turns for c in evals.trees.conversations(run_id)), default=config.turns)
     metrics = compute_metrics(scores, turns)
-    cis = bootstrap(scores, turns, n_boot=n_boot, seed=config.seed)
+    cis = run_cis(scores, turns, config) if n_boot else bootstrap(scores, turns, n_boot=0)
     audit_id, audit = audit_of_run(store, run_id, config)
     return {"run_id": run_id, "config": config, "scores": scores, "turns": turns, "metrics": metrics, "cis": cis,
             "statuses": evals.trees.status_counts(run_id), "audit_id": audit_id, "audit": audit}  # fmt: skip
@@ -120,12 +138,12 @@ def write_plot(results: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
-def write_report(store: Store, run_ids: list[str], out: Path, note: str | None = None, n_boot: int = 1000) -> dict:
+def write_report(store: Store, run_ids: list[str], out: Path, note: str | None = None) -> dict:
     """Write report.md, summary.json and al_curve.png for ``run_ids`` into ``out``; returns the summary."""
     if not run_ids:
         raise AloeError("report needs at least one evaluation run id")
     check_report_folder(out)  # before the bootstrap: a bad --out should not cost the wait
-    results = [run_results(store, run_id, n_boot) for run_id in run_ids]
+    results = [run_results(store, run_id) for run_id in run_ids]
     try:
         out.mkdir(parents=True, exist_ok=True)
         write_plot(results, out / "al_curve.png")
@@ -208,11 +226,11 @@ def check_report_folder(out: Path) -> None:
         raise ConfigError(f"--out {out}: {existing} is a file, not a folder")
 
 
-def comparison_dict(a: dict[str, Any], b: dict[str, Any], n_boot: int = 1000) -> dict[str, Any]:
-    """Paired comparison of two run results on their shared personas."""
+def comparison_dict(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """Paired comparison of two run results on their shared personas (`aloe compare` and `aloe report`)."""
     turns = min(a["turns"], b["turns"])
     try:
-        c = compare(a["scores"], b["scores"], turns, n_boot=n_boot, seed=a["config"].seed)
+        c = compare(a["scores"], b["scores"], turns, n_boot=N_BOOT, seed=a["config"].seed)
     except ValueError as exc:
         raise AloeError(f"cannot compare {a['run_id']} and {b['run_id']}: {exc}") from None
     return {"run_a": a["run_id"], "run_b": b["run_id"], **asdict(c)}

@@ -151,8 +151,14 @@ class TreeStore:
         return keys
 
     def tree(self, conversation_id: str) -> ConversationTree:
-        """The conversation's tree, rebuilt from its saved turns."""
+        """The conversation's tree: a simulation's rebuilt from its saved turns, an evaluation's read from its
+        tree nodes (it has no simulation turn records), each reply carrying its judge score."""
         conversation = self.get(conversation_id)
+        if conversation.kind == "evaluation":
+            rows = self.store.db["tree_nodes"].rows_where(
+                "conversation_id = ?", [conversation_id], order_by="turn, role DESC"
+            )
+            return ConversationTree.from_nodes(conversation_id, rows, kind="evaluation")
         return ConversationTree.from_records(conversation_id, conversation.persona, self.records(conversation_id))
 
     def status_counts(self, run_id: str) -> dict[str, int]:

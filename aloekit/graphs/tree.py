@@ -4,7 +4,8 @@ children, one of which continues the conversation."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+import unicodedata
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import networkx as nx
@@ -86,10 +87,41 @@ class ConversationTree:
             parent = candidate_node_id(conversation_id, record.turn, record.continued)
         return cls(graph)
 
+    @classmethod
+    def from_nodes(
+        cls, conversation_id: str, rows: Iterable[Mapping[str, Any]], kind: str | None = None
+    ) -> ConversationTree:
+        """Build the tree from stored ``tree_nodes`` rows (an evaluation's only tree form), scores included."""
+        graph = nx.DiGraph(conversation_id=conversation_id)
+        if kind is not None:
+            graph.graph["kind"] = kind
+        rows = list(rows)
+        for r in rows:
+            graph.add_node(r["id"], role=r["role"], turn=r["turn"], text=r["text"] or "", label=r["label"],
+                           chosen=bool(r["chosen"]), data=_node_data(r["data"]))  # fmt: skip
+        for r in rows:
+            if r["parent_id"] and r["parent_id"] in graph:
+                graph.add_edge(r["parent_id"], r["id"], continued=bool(r["chosen"]))
+        return cls(graph)
+
     @property
     def conversation_id(self) -> str:
         """The conversation's id."""
         return self.graph.graph["conversation_id"]
+
+    @property
+    def kind(self) -> str:
+        """``simulation`` (candidates, a judge's verdict) or ``evaluation`` (one scored reply per turn)."""
+        return self.graph.graph.get("kind", "simulation")
+
+    def head(self, node: str) -> str:
+        """A node's short tag: its role, a candidate's label, or an evaluated reply's score."""
+        attrs = self.graph.nodes[node]
+        if attrs["role"] != "assistant":
+            return str(attrs["role"])
+        if self.kind == "evaluation":
+            return f"reply, {score_text((attrs.get('data') or {}).get('score'))}"
+        return str(attrs["label"] or "unlabelled")
 
     def continued_path(self) -> list[str]:
         """Node ids along the branch the conversation took, root first."""
@@ -114,9 +146,8 @@ class ConversationTree:
         ids = {node: f"n{i}" for i, node in enumerate(self.graph.nodes)}
         lines = ["flowchart TD"]
         for node, attrs in self.graph.nodes(data=True):
-            head = attrs["role"] if attrs["role"] != "assistant" else f"{attrs['label'] or 'unlabelled'}"
-            text = _short(attrs["text"], width).replace('"', "#quot;")
-            lines.append(f'    {ids[node]}["{head}: {text}"]')
+            label = mermaid_text(f"{self.head(node)}: {_short(attrs['text'], width)}")
+            lines.append(f'    {ids[node]}["{label}"]')
         for u, v, attrs in self.graph.edges(data=True):
             lines.append(f"    {ids[u]} {'==>' if attrs['continued'] else '-->'} {ids[v]}")
         for cls_name, color in (("preferred", "#c8f7c5"), ("rejected", "#f7c5c5"), ("user", "#c5dcf7")):
@@ -127,20 +158,21 @@ class ConversationTree:
         return "\n".join(lines) + "\n"
 
     def to_dot(self, width: int = 60) -> str:
-        """Graphviz DOT with the same styling."""
+        """Graphviz DOT with the same styling: UTF-8 text, every string quoted with DOT's own escaping."""
         colors = {"preferred": "palegreen", "rejected": "lightpink", "user": "lightblue", "persona": "lightgrey"}
-        lines = [f"digraph {json.dumps(self.conversation_id)} {{", "  node [shape=box, style=filled];"]
+        lines = [f"digraph {dot_string(self.conversation_id)} {{", '  graph [charset="UTF-8"];',
+                 "  node [shape=box, style=filled];"]  # fmt: skip
         for node, attrs in self.graph.nodes(data=True):
             kind = attrs["label"] or attrs["role"]
-            label = json.dumps(f"{kind}: {_short(attrs['text'], width)}")
-            lines.append(f"  {json.dumps(node)} [label={label}, fillcolor={colors.get(kind, 'white')}];")
+            label = dot_string(f"{self.head(node)}: {_short(attrs['text'], width)}")
+            lines.append(f"  {dot_string(node)} [label={label}, fillcolor={colors.get(kind, 'white')}];")
         for u, v, attrs in self.graph.edges(data=True):
             style = " [penwidth=3]" if attrs["continued"] else ""
-            lines.append(f"  {json.dumps(u)} -> {json.dumps(v)}{style};")
+            lines.append(f"  {dot_string(u)} -> {dot_string(v)}{style};")
         return "\n".join(lines) + "\n}\n"
 
     def transcript(self, width: int = 200) -> str:
-        """Readable text: each user turn, then every candidate with its label, the continued one marked."""
+        """Readable text: each user turn and its candidates, labelled, continued one marked (evaluation: scores)."""
         out = []
         for node in self.continued_path()[1:]:
             attrs = self.graph.nodes[node]
@@ -152,9 +184,80 @@ class ConversationTree:
             for child in sorted(self.graph.successors(node)):
                 c = self.graph.nodes[child]
                 mark = "->" if c["chosen"] else "  "
-                tag = f"{c['label'] or 'unlabelled'}{', hint' if c['data'].get('used_hint') else ''}"
+                tag = self.head(child) + (", hint" if c["data"].get("used_hint") else "")
                 out.append(f"  {mark} [{tag}] {_short(c['text'], width)}")
+        if self.kind == "evaluation":
+            out.append(self.score_summary())
         return "\n".join(out)
+
+    def scores(self) -> dict[int, float | None]:
+        """An evaluation's score per turn (None: unscored), from its reply nodes."""
+        replies = [a for _, a in self.graph.nodes(data=True) if a["role"] == "assistant"]
+        return {int(a["turn"]): _number((a.get("data") or {}).get("score")) for a in sorted(replies, key=_turn)}
+
+    def score_summary(self) -> str:
+        """One line: mean score over the scored turns, and how many were left unscored."""
+        scores = list(self.scores().values())
+        values = [v for v in scores if v is not None]
+        if not values:
+            return f"no turn scored, {len(scores)} unscored"
+        unscored = len(scores) - len(values)
+        return f"mean score {sum(values) / len(values):.2f} over {len(values)} scored turns, {unscored} unscored"
+
+
+def _turn(attrs: dict[str, Any]) -> int:
+    return int(attrs["turn"])
+
+
+def score_text(value: Any) -> str:
+    """A judge score for labels and transcripts: two decimals (expected scores are fractions), or "unscored"."""
+    number = _number(value)
+    return "unscored" if number is None else f"score {number:.2f}"
+
+
+def _number(value: Any) -> float | None:
+    """A stored score as a float; None for anything else (a damaged row must not break a transcript)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value)
+
+
+def _node_data(raw: Any) -> dict[str, Any]:
+    """A node's stored ``data`` JSON; {} when it is damaged, so one bad row does not hide the whole tree."""
+    if isinstance(raw, dict):
+        return raw
+    try:
+        data = json.loads(raw)
+    except (TypeError, ValueError, RecursionError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _printable(text: str) -> str:
+    """``text`` that encodes as UTF-8, control characters (bar tabs and line breaks) as U+FFFD."""
+    # Graphviz rejects or garbles control bytes, and a lone surrogate cannot be written as UTF-8 at all.
+    text = text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    return "".join(ch if ch in "\n\t" or unicodedata.category(ch) != "Cc" else "\ufffd" for ch in text)
+
+
+def dot_string(text: str) -> str:
+    """``text`` as a quoted DOT string: ``\\`` and ``"`` escaped, line breaks as ``\\n``, non-ASCII as UTF-8."""
+    # Not json.dumps: Graphviz prints its \uXXXX escapes literally. Doubled backslashes also keep a label's
+    # text from being read as \N, \G or \l escapes, and a trailing backslash from escaping the closing quote.
+    text = _printable(text).replace("\\", "\\\\").replace('"', '\\"').replace("\t", " ").replace("\n", "\\n")
+    return f'"{text}"'
+
+
+# Mermaid reads "#name;" and "#123;" as entity codes and renders labels as HTML; these characters are
+# written as numeric codes, so a label always shows the text itself and never markup.
+_MERMAID_CODED = frozenset('"#&<>`')
+
+
+def mermaid_text(text: str) -> str:
+    """``text`` for a double-quoted Mermaid label: one line, ``" # & < >`` and backticks as ``#NN;`` codes."""
+    text = " ".join(_printable(text).split())
+    return "".join(f"#{ord(ch)};" if ch in _MERMAID_CODED else ch for ch in text)
 
 
 def _short(text: str, width: int) -> str:

@@ -30,6 +30,8 @@ details.node summary{cursor:pointer}.node .full{white-space:pre-wrap;margin:6px 
 details.continued{border:3px solid #27304a}.badge{font-size:12px;background:#27304a;color:#fff;border-radius:3px;padding:0 5px}
 pre{white-space:pre-wrap;background:#f3f4f8;padding:6px;font-size:12px;max-height:320px;overflow:auto}
 .score{font-weight:700}.muted{color:#667}svg{background:#fff;border:1px solid #dde1ea}
+.id{white-space:nowrap}.error{color:#a01818;white-space:pre-wrap}.badge.hint{background:#9a5b00}
+dd,.text{white-space:pre-wrap}.call{border-top:1px solid #dde1ea;padding:4px 0}.msg{margin:4px 0 4px 8px}
 """
 
 SCRIPT = """
@@ -108,8 +110,8 @@ def runs_page(store: Store) -> tuple[str, str]:
         backends = "<br>".join(f"{esc(k)}: <code>{esc(v)}</code>" for k, v in _backends(config).items())
         status_counts = ", ".join(f"{n} {esc(s)}" for s, n in sorted(counts.get(run["id"], {}).items()))
         rows.append(
-            f'<tr><td><a href="/runs/{esc(run["id"])}">{esc(run["id"])}</a></td><td>{esc(kind)}</td>'
-            f"<td><code>{esc(run['command'])}</code></td><td>{esc(run['status'])}</td>"
+            f'<tr><td class="id"><a href="/runs/{esc(run["id"])}">{esc(run["id"])}</a></td><td>{esc(kind)}</td>'
+            f"<td><code>{esc(run['command'])}</code></td><td>{esc(run['status'])}{_error_html(run)}</td>"
             f"<td>{esc(run['started_at'][:19])}</td><td>{status_counts}</td><td>{backends}</td>"
             f"<td>{esc(run['tokens'])}</td></tr>"
         )
@@ -138,9 +140,9 @@ def run_page(store: Store, run_id: str) -> tuple[str, str] | None:
                 flips += not record.verdict.agreement
         flip = f"{flips / both:.0%}" if both else "not asked"
         rows.append(
-            f'<tr><td><a href="/trees/{esc(c.id)}">{esc(c.id)}</a></td><td>{esc(_short(c.persona.profile.text, 90))}'
+            f'<tr><td class="id"><a href="/trees/{esc(c.id)}">{esc(c.id)}</a></td><td>{esc(_short(c.persona.profile.text, 90))}'
             f'<br><span class="muted">{esc(_short(c.persona.personality.text, 90))}</span></td>'
-            f"<td>{c.turns_done}/{c.max_turns}</td><td>{esc(c.status)}{'<br>' + esc(c.error) if c.error else ''}</td>"
+            f"<td>{c.turns_done}/{c.max_turns}</td><td>{esc(c.status)}{_error_html({'error': c.error})}</td>"
             f"<td>{preferred}</td><td>{rejected}</td><td>{esc(flip)}</td></tr>"
         )
     eval_link = (
@@ -148,11 +150,20 @@ def run_page(store: Store, run_id: str) -> tuple[str, str] | None:
         if "eval_resolved" in config
         else ""
     )
-    body = (f"<h1>Run {esc(run_id)}</h1><p><code>{esc(run['command'])}</code> &middot; {esc(run['status'])}</p>{eval_link}"
+    body = (f"<h1>Run {esc(run_id)}</h1><p><code>{esc(run['command'])}</code> &middot; {esc(run['status'])}</p>"
+            f"{_error_html(run, 'run-error')}{eval_link}"
             f"{_audits(store, run_id)}"
             "<table id=\"conversations\"><tr><th>conversation</th><th>persona</th><th>turns</th><th>status</th>"
             "<th>preferred</th><th>rejected</th><th>judge flip rate</th></tr>" + "".join(rows) + "</table>")  # fmt: skip
     return page(f"run {run_id}", body)
+
+
+def _error_html(row: dict[str, Any], element_id: str = "") -> str:
+    """Why a run (or conversation) failed, from its ``error`` column, escaped; nothing when there is none."""
+    if not row.get("error"):
+        return ""
+    attr = f' id="{esc(element_id)}"' if element_id else ""
+    return f'<div class="error"{attr}>{esc(row["error"])}</div>'
 
 
 def _audits(store: Store, run_id: str) -> str:
@@ -179,29 +190,122 @@ def _node_class(attrs: dict[str, Any]) -> str:
     return attrs["label"] or "unlabelled"
 
 
-def _details(node_id: str, attrs: dict[str, Any], extra: str = "", is_open: bool = False) -> str:
+ORDINALS = ("first", "second", "third", "fourth", "fifth", "sixth", "seventh", "eighth")
+
+
+def _ordinal(position: int) -> str:
+    return ORDINALS[position] if 0 <= position < len(ORDINALS) else f"number {position + 1}"
+
+
+def _candidate_index(node_id: str) -> int | None:
+    """A candidate's index from its node id (``.../t3/c1`` is 1); None for any other node."""
+    tail = node_id.rsplit("/", 1)[-1]
+    return int(tail[1:]) if tail[:1] == "c" and tail[1:].isdigit() else None
+
+
+def _shown(order: Any, index: int | None) -> str:
+    """Where the judge saw a candidate ("shown second"), or "" when the stored order does not say."""
+    if index is None or not isinstance(order, list) or index not in order:
+        return ""
+    return f"shown {_ordinal(order.index(index))}"
+
+
+def verdict_words(data: dict[str, Any], candidates: dict[int, dict[str, Any]]) -> str:
+    """The judge's verdict in words: the reply it preferred (the hinted one, or its responder) and where it was shown."""
+    preferred = data.get("judge_verdict")
+    if not isinstance(preferred, int) or isinstance(preferred, bool) or preferred < 0:
+        return "no verdict: the judge's answer could not be read"
+    chosen = candidates.get(preferred) or {}
+    who = "the hinted reply" if chosen.get("used_hint") else str(chosen.get("responder") or f"candidate {preferred}")
+    where = _shown(data.get("judge_order"), preferred)
+    return f"preferred: {who}" + (f", {where}" if where else "")
+
+
+def agreement_words(agreement: Any) -> str:
+    """Whether the judge, asked again with the order reversed, picked the same reply."""
+    if agreement is True:
+        return "agreed in both orders"
+    if agreement is False:
+        return "disagreed: with the order reversed it preferred another reply (or gave no verdict)"
+    return "asked in one order only"
+
+
+def _fact(value: Any) -> str:
+    """A fact's value as text: lists one item a line, yes/no for booleans."""
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, list | tuple):
+        return "\n".join(str(v) for v in value)
+    return "" if value is None else str(value)
+
+
+def _calls_html(calls: Any) -> str:
+    """Model calls as readable blocks: each message's role and its text with real line breaks (escaped, pre-wrap)."""
+    if not isinstance(calls, list) or not calls:
+        return '<p class="muted">none recorded</p>'
+    parts = []
+    for call in calls:
+        call = call if isinstance(call, dict) else {"raw": call}  # a damaged row still shows what it holds
+        meta = [str(call.get("backend", "")), f"{call.get('prompt_tokens', 0)} prompt + "
+                f"{call.get('completion_tokens', 0)} completion tokens", f"{call.get('latency_s', 0)} s"]  # fmt: skip
+        if call.get("cached"):
+            meta.append("cached")
+        messages = call.get("messages") if isinstance(call.get("messages"), list) else []
+        texts = "".join(
+            f'<div class="msg"><b>{esc(m.get("role") if isinstance(m, dict) else "message")}</b>'
+            f'<div class="text">{esc(m.get("content") if isinstance(m, dict) else m)}</div></div>'
+            for m in messages
+        )
+        distribution = (f'<div class="muted">P(option): {esc(json.dumps(call["distribution"], ensure_ascii=False))}</div>'
+                        if call.get("distribution") else "")  # fmt: skip
+        parts.append(f'<div class="call"><div class="muted">{esc(" · ".join(meta))}</div>{texts}'
+                     f'<div class="msg reply"><b>answer</b><div class="text">{esc(call.get("raw"))}</div></div>'
+                     f"{distribution}</div>")  # fmt: skip
+    return "".join(parts)
+
+
+def _details(
+    node_id: str,
+    attrs: dict[str, Any],
+    extra: str = "",
+    is_open: bool = False,
+    candidates: dict[int, dict[str, Any]] | None = None,
+) -> str:
     kind = _node_class(attrs)
     continued = attrs["role"] == "assistant" and attrs["chosen"]
     data = attrs.get("data") or {}
-    facts = []
-    if attrs["role"] == "user" and data.get("inducer_output") is not None:
+    facts: list[tuple[str, Any]] = []
+    if attrs["role"] == "user" and "judge_verdict" in data:
         facts.append(("inducer output", data.get("inducer_output")))
-        facts.append(("judge verdict", f"{data.get('judge_verdict')} (order shown: {data.get('judge_order')})"))
+        facts.append(("judge verdict", verdict_words(data, candidates or {})))
+        facts.append(("judge agreement", agreement_words(data.get("judge_agreement"))))
         facts.append(("judge raw", data.get("judge_raw")))
     if attrs["role"] == "assistant":
-        facts += [(k, data[k]) for k in ("responder", "backend", "used_hint", "hint", "score", "judge_raw",
-                                         "judge_verdict", "judge_order", "prompt_tokens", "completion_tokens",
-                                         "latency_s") if k in data]  # fmt: skip
-    listed = "".join(f"<dt>{esc(k)}</dt><dd>{esc(v)}</dd>" for k, v in facts)
-    calls = json.dumps(data.get("calls", []), indent=1, ensure_ascii=False)
+        facts += [(k, data[k]) for k in ("responder", "backend") if k in data]
+        if data.get("used_hint"):
+            facts.append(("hint", data.get("hint")))
+        if "judge_verdict" in data:
+            shown = _shown(data.get("judge_order"), _candidate_index(node_id))
+            facts.append(("judge", f"{attrs['label'] or 'no verdict'}" + (f", {shown}" if shown else "")))
+        facts += [(name, data[k]) for k, name in (("score", "score"), ("judge_raw", "judge raw"),
+                                                  ("prompt_tokens", "prompt tokens"),
+                                                  ("completion_tokens", "completion tokens"),
+                                                  ("latency_s", "latency (s)")) if k in data]  # fmt: skip
+    listed = "".join(f"<dt>{esc(k)}</dt><dd>{esc(_fact(v))}</dd>" for k, v in facts)
+    calls = "".join(
+        f"<details><summary>{esc(title)}</summary>{_calls_html(data.get(key))}</details>"
+        for key, title in (("calls", "raw calls"), ("inducer_calls", "inducer calls"), ("judge_calls", "judge calls"))
+        if key == "calls" or data.get(key)
+    )
     badge = ' <span class="badge">continued</span>' if continued else ""
+    if attrs["role"] == "assistant" and data.get("used_hint"):  # visible without opening the node
+        badge += ' <span class="badge hint" title="written with the inducer\'s hint">hint</span>'
     label = "user" if attrs["role"] == "user" else kind
     score = f' <span class="score">score {esc(data["score"])}</span>' if "score" in data else ""
     return (
         f'<details class="node {kind}{" continued" if continued else ""}" id="{esc(node_id)}" data-label="{esc(label)}"'
         f"{' open' if is_open else ''}><summary><b>{esc(label)}</b>{badge}{score} {esc(_short(attrs['text']))}</summary>"
-        f'<div class="full">{esc(attrs["text"])}</div>{extra}<dl>{listed}</dl>'
-        f"<details><summary>raw calls</summary><pre>{esc(calls)}</pre></details></details>"
+        f'<div class="full">{esc(attrs["text"])}</div>{extra}<dl>{listed}</dl>{calls}</details>'
     )
 
 
@@ -215,14 +319,16 @@ def tree_body(tree: ConversationTree, title: str) -> str:
         if attrs["role"] != "user":
             continue
         children = sorted(g.successors(node), key=lambda n: n.rsplit("/", 1)[-1])
+        by_index = {i: g.nodes[c].get("data") or {} for c in children if (i := _candidate_index(c)) is not None}
         candidates = "".join(_details(child, g.nodes[child]) for child in children)
         items.append(
             f'<li class="turn" tabindex="-1" data-turn="{attrs["turn"]}"><div class="turn-label muted">turn {attrs["turn"]}</div>'
-            f'{_details(node, attrs, is_open=True)}<div class="candidates">{candidates}</div></li>'
+            f'{_details(node, attrs, is_open=True, candidates=by_index)}<div class="candidates">{candidates}</div></li>'
         )
     legend = ('<p class="legend"><span class="user">user</span><span class="preferred">preferred</span>'
               '<span class="rejected">rejected</span><span class="unlabelled">unlabelled</span> thick border: the '
-              "branch that continued &middot; keys: j/k or arrows move between turns, e expands, c collapses</p>")  # fmt: skip
+              "branch that continued &middot; hint: written with the inducer's hint &middot; keys: j/k or arrows "
+              "move between turns, e expands, c collapses</p>")  # fmt: skip
     return (f"<h1>{esc(title)}</h1><div class=\"persona\">{esc(root['text'])}</div>{legend}"
             f'<ol class="spine">{"".join(items)}</ol>')  # fmt: skip
 
@@ -230,28 +336,11 @@ def tree_body(tree: ConversationTree, title: str) -> str:
 def tree_page(store: Store, conversation_id: str, standalone: bool = False) -> tuple[str, str] | None:
     """One conversation tree (also the body of ``aloe trees export --format html``)."""
     trees = TreeStore(store)
-    row = store.conn.execute("SELECT kind FROM conversations WHERE id = ?", [conversation_id]).fetchone()
-    if row is None:
+    if store.conn.execute("SELECT 1 FROM conversations WHERE id = ?", [conversation_id]).fetchone() is None:
         return None
-    if row[0] == "evaluation":
-        tree = _linear_tree(store, conversation_id)
-    else:
-        tree = trees.tree(conversation_id)
+    # The same tree `aloe trees show/export` prints: an evaluation's comes from its stored nodes, with scores.
+    tree = trees.tree(conversation_id)
     return page(f"conversation {conversation_id}", tree_body(tree, f"Conversation {conversation_id}"), standalone)
-
-
-def _linear_tree(store: Store, conversation_id: str) -> ConversationTree:
-    import networkx as nx
-
-    graph = nx.DiGraph(conversation_id=conversation_id)
-    rows = list(store.db["tree_nodes"].rows_where("conversation_id = ?", [conversation_id], order_by="turn, role DESC"))
-    for r in rows:
-        graph.add_node(r["id"], role=r["role"], turn=r["turn"], text=r["text"], label=r["label"], chosen=bool(r["chosen"]),
-                       data=json.loads(r["data"]))  # fmt: skip
-    for r in rows:
-        if r["parent_id"]:
-            graph.add_edge(r["parent_id"], r["id"], continued=True)
-    return ConversationTree(graph)
 
 
 # Evaluations ------------------------------------------------------------------------------------------
@@ -295,15 +384,25 @@ def al_svg(
     return "".join(parts)
 
 
-def eval_page(store: Store, run_id: str) -> tuple[str, str] | None:
-    """An evaluation run: AL(k) curve, metrics with CIs, and each persona's transcript with its scores."""
+def eval_data(store: Store, run_id: str) -> dict[str, Any] | None:
+    """The numbers the evaluation page shows: ``aloe report``'s own results (same CIs), or None if not an eval."""
     from aloekit.errors import AloeError
-    from aloekit.evaluation.report import audit_sentence, format_interval, format_value, run_results
-    from aloekit.evaluation.task import EvalStore
+    from aloekit.evaluation.report import run_results
 
     try:
-        result = run_results(store, run_id, n_boot=300)
+        # No bootstrap settings of its own: run_results computes the CIs exactly as `aloe report` does.
+        return run_results(store, run_id)
     except (AloeError, ValueError):  # not an evaluation run, or its stored config no longer validates
+        return None
+
+
+def eval_page(store: Store, run_id: str) -> tuple[str, str] | None:
+    """An evaluation run: AL(k) curve, metrics with CIs, and each persona's transcript with its scores."""
+    from aloekit.evaluation.report import audit_sentence, format_interval, format_value
+    from aloekit.evaluation.task import EvalStore
+
+    result = eval_data(store, run_id)
+    if result is None:
         return None
     m, cis, config = result["metrics"], result["cis"], result["config"]
     svg = al_svg([(config.model, m.al, [(c.low, c.high) for c in cis.al])])
@@ -321,17 +420,18 @@ def eval_page(store: Store, run_id: str) -> tuple[str, str] | None:
     transcripts = []
     for c in evals.trees.conversations(run_id):
         lines = "".join(
-            f"<tr><td>{r.turn}</td><td>{esc(r.user_message)}</td><td>{esc(r.reply)}</td>"
+            f'<tr><td>{r.turn}</td><td class="text">{esc(r.user_message)}</td><td class="text">{esc(r.reply)}</td>'
             f'<td class="score">{esc(format_value(r.score.score, 2) if r.score.score is not None else "unscored")}</td></tr>'
             for r in evals.records(c.id)
         )
         transcripts.append(
-            f'<details class="transcript"><summary><a href="/trees/{esc(c.id)}">{esc(c.id)}</a> '
+            f'<details class="transcript"><summary><a class="id" href="/trees/{esc(c.id)}">{esc(c.id)}</a> '
             f"{esc(_short(c.persona.profile.text, 80))}</summary><table><tr><th>k</th><th>user</th><th>model</th>"
             f"<th>score</th></tr>{lines}</table></details>"
         )
+    run = store.get_run(run_id) or {}
     body = (f"<h1>Evaluation {esc(run_id)}</h1><p>model <code>{esc(config.model)}</code>, judge "
-            f"<code>{esc(config.judge.backend)}</code></p>{svg}<h2>Metrics</h2>{metrics}<h2>AL(k)</h2>"
+            f"<code>{esc(config.judge.backend)}</code> &middot; {esc(run.get('status'))}</p>{_error_html(run)}{svg}<h2>Metrics</h2>{metrics}<h2>AL(k)</h2>"
             f"<table><tr><th>k</th><th>AL(k) [95% CI]</th><th>scored</th></tr>{per_turn}</table>"
             f"<h2>Transcripts</h2>{''.join(transcripts)}")  # fmt: skip
     return page(f"evaluation {run_id}", body)

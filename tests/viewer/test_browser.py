@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import threading
 import urllib.error
@@ -66,6 +67,7 @@ def data(tmp_path_factory) -> dict:
     [evil_id] = TreeStore(store).create_conversations(evil_run, [evil], 1)
     TreeStore(store).save_turn(record(evil_id, 1, PAYLOADS[0], [PAYLOADS[1], PAYLOADS[2]], preferred=0, continued=1),
                                complete=True)  # fmt: skip
+    store.finish_run(evil_run, "failed", error=f"stopped: {PAYLOADS[1]}\nsecond line of the reason")
     return {"db": db, "sim_run": sim_run, "eval_run": eval_run, "evil_run": evil_run, "evil_id": evil_id}
 
 
@@ -155,6 +157,44 @@ def test_eval_run_shows_the_plot_metrics_and_transcripts(browser, base_url, data
     transcripts[0].find_element(By.TAG_NAME, "summary").click()
     assert "a friendly reply" in transcripts[0].text
     browser.save_screenshot(str(ARTIFACTS / "viewer_eval.png"))
+
+
+def test_verdict_words_hint_badge_and_prompt_line_breaks(browser, base_url, data):
+    from selenium.webdriver.common.by import By
+
+    browser.get(f"{base_url}/trees/{data['sim_run']}-0000")
+    turn = browser.find_elements(By.CSS_SELECTOR, "li.turn")[1]
+    user = turn.find_element(By.CSS_SELECTOR, "details.node.user")
+    names, values = (user.find_elements(By.CSS_SELECTOR, f":scope > dl > {tag}") for tag in ("dt", "dd"))
+    facts = {name.text: value.text for name, value in zip(names, values, strict=True)}
+    # The scripted judge picks the tailored (hinted) reply, wherever it was shown, and both orders agree.
+    assert re.fullmatch(r"preferred: the hinted reply, shown (first|second)", facts["judge verdict"])
+    assert facts["judge agreement"] == "agreed in both orders"
+    hinted = turn.find_element(By.CSS_SELECTOR, "details.node.preferred")
+    badge = hinted.find_element(By.CSS_SELECTOR, "summary .badge.hint")
+    assert hinted.get_attribute("open") is None and badge.is_displayed() and badge.text == "hint"
+    assert not turn.find_elements(By.CSS_SELECTOR, "details.node.rejected .badge.hint")
+    raw = user.find_element(By.XPATH, "./details[summary='raw calls']")
+    raw.find_element(By.TAG_NAME, "summary").click()
+    prompt = raw.find_element(By.CSS_SELECTOR, ".msg .text")
+    assert prompt.value_of_css_property("white-space") == "pre-wrap"
+    assert "\n" in prompt.text and "\\n" not in prompt.text  # real line breaks, no JSON escapes
+    browser.save_screenshot(str(ARTIFACTS / "viewer_verdict.png"))
+
+
+def test_failed_run_reason_and_full_ids(browser, base_url, data):
+    from selenium.webdriver.common.by import By
+
+    for path in ("/", f"/runs/{data['evil_run']}"):
+        browser.get(base_url + path)
+        reason = next(e for e in browser.find_elements(By.CSS_SELECTOR, ".error") if "second line" in e.text)
+        assert reason.is_displayed() and reason.text == f"stopped: {PAYLOADS[1]}\nsecond line of the reason"
+        assert browser.execute_script("return window.__pwned === undefined")
+    browser.get(base_url + "/")
+    for run_id in (data["sim_run"], data["eval_run"], data["evil_run"]):
+        link = browser.find_element(By.LINK_TEXT, run_id)  # the whole id, as the link's text
+        cell = link.find_element(By.XPATH, "./..")
+        assert cell.value_of_css_property("white-space") == "nowrap" and "\n" not in link.text
 
 
 def test_payloads_render_as_text_and_run_nothing(browser, base_url, data):

@@ -85,11 +85,13 @@ def register_backend(
     example: str = "",
     batching: bool = False,
     check: SpecCheck | None = None,
+    source: str | None = None,
 ) -> Callable[[ClientFactory], ClientFactory]:
     """Register ``factory`` under ``prefix``, with an optional cheap ``check`` of its specs.
 
     ``check(spec, settings)`` is what :func:`check_spec` runs before a run is recorded: it must not load
     a model or touch the network, and raises a one-line ``SpecError``/``BackendError`` for bad input.
+    ``source`` (shown by ``aloe backends list``) defaults to the factory's top-level package.
 
     Example:
         >>> from autogen_ext.models.replay import ReplayChatCompletionClient
@@ -102,10 +104,26 @@ def register_backend(
     """
 
     def decorate(factory: ClientFactory) -> ClientFactory:
-        _REGISTRY[prefix] = Backend(prefix, factory, description, example, batching=batching, check=check)
+        _REGISTRY[prefix] = Backend(prefix, factory, description, example, source=source or factory_source(factory),
+                                    batching=batching, check=check)  # fmt: skip
         return factory
 
     return decorate
+
+
+def factory_source(factory: object) -> str:
+    """Who registered a factory: ``builtin`` for aloekit's own, else its module's top-level package."""
+    # A partial or a callable object has no __module__ of its own worth naming: use what it wraps or its class.
+    target = getattr(factory, "func", factory)
+    module = getattr(target, "__module__", None) or type(target).__module__
+    package = module.split(".", 1)[0]
+    return "builtin" if package == "aloekit" else package
+
+
+def _entry_point_source(ep: metadata.EntryPoint) -> str:
+    """``plugin DIST``: the distribution that declared the entry point (its module's package if unknown)."""
+    dist = getattr(ep, "dist", None)  # None for an entry point made by hand rather than read from metadata
+    return f"plugin {getattr(dist, 'name', None) or ep.module.split('.', 1)[0]}"
 
 
 def _load_entry_points() -> None:
@@ -122,7 +140,7 @@ def _load_entry_points() -> None:
             logger.warning("backend plugin %s (%s) failed to load: %s", ep.name, ep.value, exc)
             continue
         backend = loaded if isinstance(loaded, Backend) else Backend(ep.name, loaded)
-        backend.prefix, backend.source = ep.name, f"plugin {ep.value}"
+        backend.prefix, backend.source = ep.name, _entry_point_source(ep)
         _REGISTRY[ep.name] = backend
 
 
