@@ -12,6 +12,7 @@ import secrets
 import shutil
 import tempfile
 import threading
+import time
 from collections.abc import AsyncGenerator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,7 @@ from autogen_core.models import (
 from autogen_core.tools import Tool, ToolSchema
 
 from aloekit.agents.backends.files import read_json_file
+from aloekit.agents.backends.managed import GenerationTimeout
 from aloekit.agents.backends.messages import to_dicts
 from aloekit.agents.backends.registry import BackendSpec, register_backend
 from aloekit.config import BackendSettings
@@ -113,6 +115,7 @@ class _Request:
     seed: int | None
     batch_key: tuple[Any, ...]
     future: asyncio.Future[CreateResult]
+    timeout_s: float | None = None  # counted from the start of this request's generate() call
 
 
 def _batch_key(options: Mapping[str, Any]) -> tuple[Any, ...]:
@@ -158,6 +161,34 @@ def _row_sampler(seeds: list[int], temperature: float, top_p: float | None) -> A
     return RowSampler()
 
 
+def _deadline_stop(deadlines: list[float | None], max_tokens: list[int], prompt_len: int, eos_ids: set[int]) -> Any:
+    """A stopping criterion finishing each row once ``time.monotonic()`` passes its deadline (None: never),
+    so ``generate`` returns when every row is done. ``timed_out[row]`` says the row was still generating
+    then; a row that had already ended (end of sequence or its own ``max_tokens``) is not timed out."""
+    import torch
+    from transformers import StoppingCriteria
+
+    class DeadlineStop(StoppingCriteria):
+        def __init__(self) -> None:
+            self.ended = [False] * len(deadlines)
+            self.timed_out = [False] * len(deadlines)
+
+        def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+            now, generated = time.monotonic(), input_ids.shape[1] - prompt_len
+            for row, last in enumerate(input_ids[:, -1].tolist()):
+                if self.ended[row] or self.timed_out[row]:
+                    continue
+                if last in eos_ids or generated >= max_tokens[row]:
+                    self.ended[row] = True
+                elif (deadline := deadlines[row]) is not None and now >= deadline:
+                    self.timed_out[row] = True
+            # Ended rows are finished too: a row past its own max_tokens need not keep the batch running.
+            done = [e or t for e, t in zip(self.ended, self.timed_out, strict=True)]
+            return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+
+    return DeadlineStop()
+
+
 class TransformersChatClient(ChatCompletionClient):
     """An autogen client over an in-process transformers causal LM, batching concurrent requests.
 
@@ -169,12 +200,20 @@ class TransformersChatClient(ChatCompletionClient):
     ``top_logprobs`` would. Generation options are applied as given: no repetition penalty unless
     a request sets ``repetition_penalty``, so in-process and server backends sample alike.
 
+    ``extra_create_args={"timeout_s": 120}`` (default: the ``timeout_s`` given here, None for none) bounds a
+    request's generation, counted from when its batch starts, not while it waits for the model: a row still
+    generating at its deadline is finished early and its request raises
+    :class:`~aloekit.agents.backends.managed.GenerationTimeout`; when every row is done the batch returns.
+    Hence ``handles_timeout``: a :class:`~aloekit.agents.backends.managed.ManagedClient` leaves timing to it.
+
     Example:
         >>> client = TransformersChatClient("/path/to/model")            # doctest: +SKIP
         >>> await client.create([UserMessage(content="Hi", source="user")])  # doctest: +SKIP
     """
 
     component_type = "model"
+    handles_timeout = True
+    """Applies ``extra_create_args["timeout_s"]`` itself, from each request's generation start."""
 
     def __init__(
         self,
@@ -186,6 +225,7 @@ class TransformersChatClient(ChatCompletionClient):
         default_max_tokens: int = DEFAULT_MAX_TOKENS,
         device: str | None = None,
         name: str = "transformers",
+        timeout_s: float | None = None,
     ) -> None:
         self._model_path = model_path
         self.adapter_path = Path(adapter_path) if adapter_path else None
@@ -194,6 +234,7 @@ class TransformersChatClient(ChatCompletionClient):
         self.default_max_tokens = default_max_tokens
         self.device = device
         self.name = name
+        self.timeout_s = timeout_s
         self.model: Any = None
         self.tokenizer: Any = None
         self.batch_sizes: list[int] = []  # one entry per generate() call, for tests and benchmarks
@@ -262,8 +303,14 @@ class TransformersChatClient(ChatCompletionClient):
             self._loop, self._pending, self._draining = loop, [], False
         max_tokens = extra_create_args.get("max_tokens") or self.default_max_tokens
         seed = extra_create_args.get("seed")
+        timeout_s = extra_create_args.get("timeout_s", self.timeout_s)
         request = _Request(
-            to_dicts(messages), int(max_tokens), seed, _batch_key(extra_create_args), loop.create_future()
+            to_dicts(messages),
+            int(max_tokens),
+            seed,
+            _batch_key(extra_create_args),
+            loop.create_future(),
+            float(timeout_s) if timeout_s is not None else None,
         )
         self._pending.append(request)
         if not self._draining:
@@ -290,7 +337,11 @@ class TransformersChatClient(ChatCompletionClient):
                     self._fail(batch, exc)
                     continue
                 for request, result in zip(batch, results, strict=True):
-                    if not request.future.done():
+                    if request.future.done():
+                        continue
+                    if isinstance(result, Exception):  # this row ran past its deadline
+                        request.future.set_exception(result)
+                    else:
                         request.future.set_result(result)
         finally:
             self._draining = False
@@ -338,14 +389,17 @@ class TransformersChatClient(ChatCompletionClient):
         self.batch_sizes.append(len(results))
         return results
 
-    def _generate(self, batch: list[_Request]) -> list[CreateResult]:
+    def _generate(self, batch: list[_Request]) -> list[CreateResult | GenerationTimeout]:
         import torch
 
+        # Deadlines start now, when the model is free for this batch: time spent queued is not counted.
+        started = time.monotonic()
+        deadlines = [started + r.timeout_s if r.timeout_s is not None else None for r in batch]
         tokenizer, model = self.tokenizer, self.model
         texts = [tokenizer.apply_chat_template(r.messages, add_generation_prompt=True, tokenize=False) for r in batch]
         encoded = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
         sampling, temperature, top_p, stop, repetition_penalty, choices = batch[0].batch_key
-        if choices:
+        if choices:  # one forward pass: nothing a deadline could stop part-way
             return self._choose(encoded, choices)
         kwargs: dict[str, Any] = {
             "max_new_tokens": max(r.max_tokens for r in batch),
@@ -359,24 +413,28 @@ class TransformersChatClient(ChatCompletionClient):
             kwargs["logits_processor"] = [_row_sampler(seeds, temperature, top_p)]
         if stop:
             kwargs.update(stop_strings=list(stop), tokenizer=tokenizer)
-        with torch.inference_mode():
-            output = model.generate(**encoded, **kwargs)
-        self.batch_sizes.append(len(batch))
-
         eos_ids = {tokenizer.eos_token_id, tokenizer.pad_token_id}
         configured = getattr(model.generation_config, "eos_token_id", None)
         eos_ids.update(configured if isinstance(configured, list) else [configured])
         prompt_len = encoded["input_ids"].shape[1]
-        results = []
+        stopper = None
+        if any(d is not None for d in deadlines):
+            stopper = _deadline_stop(deadlines, [r.max_tokens for r in batch], prompt_len, eos_ids)
+            kwargs["stopping_criteria"] = [stopper]
+        with torch.inference_mode():
+            output = model.generate(**encoded, **kwargs)
+        self.batch_sizes.append(len(batch))
+
+        results: list[CreateResult | GenerationTimeout] = []
         for row, request in enumerate(batch):
-            tokens = output[row, prompt_len:].tolist()
+            # Only this row's own max_tokens count: past them it may hold more tokens, or the padding a
+            # finished row gets, which must not read as an end of sequence.
+            tokens = output[row, prompt_len : prompt_len + request.max_tokens].tolist()
             finish = "length"
             for i, token in enumerate(tokens):
                 if token in eos_ids:
                     tokens, finish = tokens[:i], "stop"
                     break
-            if len(tokens) > request.max_tokens:
-                tokens, finish = tokens[: request.max_tokens], "length"
             text = tokenizer.decode(tokens, skip_special_tokens=True)
             cuts = [i for i in (text.find(s) for s in stop) if i >= 0]
             if cuts:
@@ -384,6 +442,11 @@ class TransformersChatClient(ChatCompletionClient):
             usage = RequestUsage(prompt_tokens=int(encoded["attention_mask"][row].sum()), completion_tokens=len(tokens))
             self._usage.prompt_tokens += usage.prompt_tokens
             self._usage.completion_tokens += usage.completion_tokens
+            # A stop string ends a row through transformers' own criterion, unseen by the deadline's: such a
+            # row is complete even if the deadline passed while the rest of the batch ran on.
+            if stopper is not None and stopper.timed_out[row] and request.timeout_s is not None and not cuts:
+                results.append(GenerationTimeout(self.name, request.timeout_s, len(tokens)))
+                continue
             results.append(CreateResult(finish_reason=finish, content=text.strip(), usage=usage, cached=False))
         return results
 

@@ -1,5 +1,9 @@
 """A ``ChatCompletionClient`` wrapper adding what every backend needs: concurrency limit, timeout,
-retries with backoff, usage accounting per role, the call log and an opt-in cache."""
+retries with backoff, usage accounting per role, the call log and an opt-in cache.
+
+A client that queues requests behind its own work (an in-process model) sets ``handles_timeout = True``:
+the wrapper then passes ``extra_create_args["timeout_s"]`` instead of timing the call, the client counts it
+from the moment the request's generation starts, and a :class:`GenerationTimeout` it raises is not retried."""
 
 from __future__ import annotations
 
@@ -33,6 +37,22 @@ from aloekit.store import Store, cache_key
 logger = logging.getLogger(__name__)
 
 _RETRYABLE_STATUS = {408, 409, 425, 429}
+TIMEOUT_ENV = "ALOE_BACKEND__TIMEOUT_S"
+
+
+class GenerationTimeout(BackendError):
+    """A generation stopped by its client because it ran past ``timeout_s`` (counted from its start)."""
+
+    def __init__(self, name: str, timeout_s: float, tokens: int) -> None:
+        self.name, self.timeout_s, self.tokens = name, timeout_s, tokens
+        super().__init__(
+            f"{name}: generation took longer than timeout_s = {timeout_s:g} s (stopped after {tokens} tokens)"
+        )
+
+
+def timeout_hint(spec: str) -> str:
+    """Where a user raises the timeout of ``spec``: both config tables and the environment variable."""
+    return f'raise timeout_s in [backend] or [backends."{spec}"], or set {TIMEOUT_ENV}'
 
 
 @dataclass
@@ -136,6 +156,8 @@ def backoff_delay(attempt: int, settings: BackendSettings, retry_after: float | 
 
 def describe_error(exc: BaseException, timeout_s: float) -> str:
     """One line saying what went wrong with a call."""
+    if isinstance(exc, GenerationTimeout):
+        return f"generation took longer than backend.timeout_s = {exc.timeout_s:g} s"
     if isinstance(exc, TimeoutError):
         return f"timed out after {timeout_s:g}s"
     code = status_code(exc)
@@ -155,7 +177,8 @@ class ManagedClient(ChatCompletionClient):
 
     ``extra_create_args`` may hold :class:`~aloekit.config.GenerationOptions` fields (merged over the
     pool's defaults) and backend-specific arguments (passed through). ``create(..., cache=True)`` asks
-    for a cached answer; it is served only for deterministic or seeded options.
+    for a cached answer; it is served only for deterministic or seeded options. ``settings.timeout_s`` bounds
+    each attempt; for a client with ``handles_timeout`` it bounds the generation only (see the module doc).
     """
 
     component_type = "model"
@@ -249,6 +272,10 @@ class ManagedClient(ChatCompletionClient):
                     cached=True,
                 )
 
+        # A request queued behind other work on an in-process model must not time out while it waits, so
+        # such a client gets the timeout to apply from its generation's start instead of a wait_for here.
+        own_timeout = getattr(self.inner, "handles_timeout", False) is True
+        call_args = {"timeout_s": self.settings.timeout_s, **create_args} if own_timeout else create_args
         if self.budget is not None:
             self.budget.reserve()
         started = time.monotonic()
@@ -256,20 +283,21 @@ class ManagedClient(ChatCompletionClient):
         while True:
             try:
                 async with self.limiter:
-                    result = await asyncio.wait_for(
-                        self.inner.create(
-                            messages,
-                            tools=tools,
-                            tool_choice=tool_choice,
-                            json_output=json_output,
-                            extra_create_args=create_args,
-                            cancellation_token=cancellation_token,
-                        ),
-                        timeout=self.settings.timeout_s,
+                    reply = self.inner.create(
+                        messages,
+                        tools=tools,
+                        tool_choice=tool_choice,
+                        json_output=json_output,
+                        extra_create_args=call_args,
+                        cancellation_token=cancellation_token,
                     )
+                    result = await (reply if own_timeout else asyncio.wait_for(reply, timeout=self.settings.timeout_s))
                 break
             except Exception as exc:
-                retryable = is_retryable(exc)
+                # A stopped local generation is not retried: the same prompt on the same model and machine
+                # takes as long again (greedy decoding repeats the very tokens), so a retry only doubles the
+                # wait; the queue is not the cause any more, since waiting for the model is not timed.
+                retryable = is_retryable(exc) and not isinstance(exc, GenerationTimeout)
                 if not retryable or attempt >= self.settings.max_retries:
                     reason = redact(describe_error(exc, self.settings.timeout_s))
                     usage.calls += 1
@@ -285,7 +313,12 @@ class ManagedClient(ChatCompletionClient):
                         }
                     )
                     tries = f"after {attempt + 1} attempts" if attempt else "not retried" if not retryable else ""
-                    raise BackendError(f"{self.spec}: {reason}" + (f" ({tries})" if tries else "")) from exc
+                    notes = [tries] if tries else []
+                    if isinstance(exc, GenerationTimeout):  # never retried: saying so adds nothing
+                        notes = [timeout_hint(self.spec)]
+                    elif isinstance(exc, TimeoutError):  # the user's next step: which setting to raise, and where
+                        notes.append(timeout_hint(self.spec))
+                    raise BackendError(f"{self.spec}: {reason}" + (f" ({'; '.join(notes)})" if notes else "")) from exc
                 delay = backoff_delay(attempt, self.settings, retry_after_seconds(exc), self._rng)
                 logger.info(
                     "%s (%s): %s; retry %d/%d in %.2fs",
@@ -311,7 +344,7 @@ class ManagedClient(ChatCompletionClient):
         content = (
             result.content
             if isinstance(result.content, str)
-            else json.dumps([call.model_dump() for call in result.content])
+            else json.dumps([asdict(call) for call in result.content])  # FunctionCall is a dataclass
         )
         self._log(
             {
