@@ -4,7 +4,7 @@ PYTHON ?= python3
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install browser-deps demo test lint bench clean
+.PHONY: install browser-deps demo test lint bench screenshots clean
 
 install: $(STAMP)
 
@@ -45,6 +45,10 @@ bench: install
 	$(PY) benchmarks/bench_simulate.py
 	$(PY) benchmarks/bench_train.py
 	$(PY) benchmarks/bench_eval.py
+
+# The README's viewer screenshots (docs/screenshots/*.png), from a stub server: no model, no download.
+screenshots: install browser-deps
+	$(PY) docs/screenshots.py --out docs/screenshots
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
