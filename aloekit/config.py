@@ -18,6 +18,7 @@ from aloekit.errors import AloeError, ConfigError
 ENV_PREFIX = "ALOE_"
 M = TypeVar("M", bound=BaseModel)
 CONFIG_SUFFIXES = (".toml", ".yaml", ".yml")
+MAX_CONFIG_BYTES = 16 * 2**20
 
 
 class GenerationOptions(BaseModel):
@@ -66,7 +67,7 @@ class BackendSettings(BaseModel):
     """Requests in flight at once to this endpoint (shared by every role using it)."""
     timeout_s: float = Field(default=120.0, gt=0)
     """Seconds before one request is abandoned and retried."""
-    max_retries: int = Field(default=3, ge=0)
+    max_retries: int = Field(default=3, ge=0, le=100)
     """Retries after the first attempt on 429, 5xx, timeouts and connection errors."""
     backoff_base_s: float = Field(default=0.5, ge=0)
     """First backoff delay; doubles each retry, with jitter."""
@@ -96,7 +97,7 @@ class AloeConfig(BaseModel):
 
     db: Path = Path("aloe.db")
     """SQLite database holding runs, the call log and every later stage's output."""
-    seed: int = 0
+    seed: int = Field(default=0, ge=0, le=2**32 - 1)
     """Seed for everything random in a run."""
     generation: GenerationOptions = GenerationOptions()
     """Default generation options for every role."""
@@ -148,6 +149,10 @@ def read_text_file(path: Path, what: str, error: type[AloeError] = ConfigError) 
         raise error(one_line(f"{what} {path}: not found"))
     if path.is_dir():
         raise error(one_line(f"{what} {path}: is a folder, not a file"))
+    if not path.is_file():  # a FIFO would block, /dev/zero would fill the memory
+        raise error(one_line(f"{what} {path}: not a regular file"))
+    if path.stat().st_size > MAX_CONFIG_BYTES:
+        raise error(one_line(f"{what} {path}: larger than {MAX_CONFIG_BYTES // 2**20} MiB, not a config file"))
     try:
         raw = path.read_bytes()
     except OSError as exc:

@@ -21,6 +21,7 @@ from typing import Any
 import sqlite_utils
 
 from aloekit.errors import StoreError
+from aloekit.secrets import redact
 
 DEFAULT_DB = Path("aloe.db")
 TRACKED_PACKAGES = (
@@ -246,7 +247,10 @@ class Store:
         self.db = sqlite_utils.Database(conn)
         self._lock = threading.RLock()
         if not readonly:
-            self.migrate()
+            try:
+                self.migrate()
+            except sqlite3.OperationalError as exc:  # locked past the busy timeout by another process
+                raise StoreError(f"database {self.path}: {exc} (waited {busy_timeout_s:g} s)") from None
         elif self.schema_version != SCHEMA_VERSION:
             raise StoreError(
                 f"database {self.path}: schema version {self.schema_version}, this aloekit reads "
@@ -289,9 +293,9 @@ class Store:
         return self.conn.execute("PRAGMA user_version").fetchone()[0]
 
     def insert(self, table: str, row: Mapping[str, Any]) -> int | None:
-        """Insert one row under the process's write lock; returns its rowid."""
+        """Insert one row (strings redacted) under the process's write lock; returns its rowid."""
         with self._lock:
-            return self.db[table].insert(dict(row)).last_rowid
+            return self.db[table].insert(_redacted(row)).last_rowid
 
     def update(self, table: str, pk: Any, values: Mapping[str, Any]) -> None:
         """Update one row by primary key under the process's write lock."""
@@ -307,8 +311,8 @@ class Store:
             "runs",
             {
                 "id": run_id,
-                "command": command,
-                "config": json.dumps(config, sort_keys=True, default=str),
+                "command": redact(command),  # a key inside a spec (a URL's user:key@) stays out of the store
+                "config": redact(json.dumps(config, sort_keys=True, default=str)),
                 "versions": json.dumps(package_versions(), sort_keys=True),
                 "git_sha": git_sha(),
                 "seed": seed,
@@ -387,6 +391,11 @@ class Store:
     def close(self) -> None:
         """Close the connection."""
         self.conn.close()
+
+
+def _redacted(row: Mapping[str, Any]) -> dict[str, Any]:
+    """``row`` with every string passed through :func:`redact`: a key given inside a spec is never stored."""
+    return {key: redact(value) if isinstance(value, str) else value for key, value in row.items()}
 
 
 def _alive(host: str, pid: int) -> bool:

@@ -9,6 +9,7 @@ import logging
 import os
 import shlex
 import signal
+import sqlite3
 import sys
 import tempfile
 import threading
@@ -180,6 +181,13 @@ def write_crash_log(exc: BaseException) -> Path:
     raise OSError("no writable folder for the crash log")
 
 
+def first_leaf(exc: BaseException) -> BaseException:
+    """The first exception inside (nested) exception groups, or ``exc`` itself."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return exc
+
+
 def _raise_terminated(signum: int, frame: Any) -> None:
     raise Terminated()
 
@@ -204,7 +212,10 @@ class AloeGroup(click.Group):
 
     def _main(self, *args: Any, **kwargs: Any) -> int:
         try:
-            result = super().main(*args, standalone_mode=False, **kwargs)
+            try:
+                result = super().main(*args, standalone_mode=False, **kwargs)
+            except BaseExceptionGroup as group:  # a task group's failure: report what went wrong inside it
+                raise first_leaf(group) from group
             return result if isinstance(result, int) else EXIT_OK
         except click.UsageError as exc:
             hint = f" (see {exc.ctx.command_path} --help)" if exc.ctx is not None else ""
@@ -221,6 +232,9 @@ class AloeGroup(click.Group):
             where = ".".join(map(str, first["loc"]))
             more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
             click.echo(f"error: {exc.title}: field {where}: {error_line(first['msg'])}{more}", err=True)
+            return EXIT_ERROR
+        except sqlite3.OperationalError as exc:  # locked past the busy timeout, disk full, read-only
+            click.echo(f"error: database: {error_line(str(exc))} (another process may hold it; try again)", err=True)
             return EXIT_ERROR
         except (Terminated, click.Abort, KeyboardInterrupt) as exc:
             terminated = isinstance(exc, Terminated) or isinstance(exc.__cause__, Terminated)
@@ -331,14 +345,21 @@ def run_lifetime(store: Store, run_id: str) -> Iterator[RunLease]:
     with RunLease(store, run_id) as lease:
         try:
             yield lease
-        except BaseException as exc:
+        except BaseException as raised:
+            exc = first_leaf(raised)
             if isinstance(exc, KeyboardInterrupt):  # Terminated included
                 status, reason = "interrupted", "SIGTERM" if isinstance(exc, Terminated) else "Ctrl-C"
             else:
                 status, reason = "failed", error_line(f"{type(exc).__name__}: {exc}" if not isinstance(exc, AloeError)
                                                       else str(exc))  # fmt: skip
-            store.finish_run(run_id, status, reason)
-            store.settle_conversations(run_id)
+            for attempt in range(3):  # the database may be locked by another process for a while
+                try:
+                    store.finish_run(run_id, status, reason)
+                    store.settle_conversations(run_id)
+                    break
+                except sqlite3.OperationalError:
+                    if attempt == 2:
+                        raise
             raise
 
 

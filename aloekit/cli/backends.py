@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from contextlib import nullcontext
@@ -118,7 +117,7 @@ def chat(
         app.say(f"chatting with {spec}; an empty line, /exit or Ctrl-D ends")
         while True:
             try:
-                line = await asyncio.to_thread(input, "you> ")
+                line = input("you> ")  # in the main thread, so Ctrl-C and SIGTERM stop it at once
             except EOFError:
                 break
             if not line.strip() or line.strip() == "/exit":

@@ -57,6 +57,7 @@ def eval_command(
     from pydantic import ValidationError
 
     from aloekit.agents.backends import BackendPool, Budget
+    from aloekit.config import format_loc
     from aloekit.evaluation import EvalConfig, create_eval_conversations, plan_eval_conversations, run_evaluation
     from aloekit.evaluation.audit import audit_notice
     from aloekit.evaluation.report import eval_config, format_value, run_results
@@ -79,7 +80,7 @@ def eval_command(
             config = EvalConfig.resolve(app.config.evaluation, {k: v for k, v in flags.items() if v is not None})
         except ValidationError as exc:
             err = exc.errors()[0]
-            raise AloeError(f"eval config: field {'.'.join(map(str, err['loc']))}: {err['msg']}") from None
+            raise AloeError(f"eval config: field {format_loc(err['loc'])}: {err['msg']}") from None
         config = apply_roles(config, roles)
         notice = audit_notice(store, "eval", config.judge)
         plan = plan_eval_conversations(store, config)

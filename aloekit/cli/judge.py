@@ -30,7 +30,7 @@ def judge() -> None:
     "--role", "roles", multiple=True, metavar="ROLE=SPEC", help="judge=SPEC, user=SPEC or generator=SPEC. Repeatable."
 )
 @click.option("--eval-set", help="Personas of the probes: builtin (default) or a folder with the paper's files.")
-@click.option("--personas", type=COUNT, default=8, show_default=True, help="Eval personas probed (two probes each).")
+@click.option("--personas", type=COUNT, help="Eval personas probed, two probes each (default 20).")
 @click.option("--labels", "labels_path", type=click.Path(path_type=Path), help="JSONL of reference preferences.")
 @click.option("--concurrency", type=COUNT, default=8, show_default=True, help="Personas probed at once.")
 @click.option("--seed", "audit_seed", type=SEED, help="Seed (default: --seed).")
@@ -42,7 +42,7 @@ def judge_audit(
     stage: str,
     roles: tuple[str, ...],
     eval_set: str | None,
-    personas: int,
+    personas: int | None,
     labels_path: Path | None,
     concurrency: int,
     audit_seed: int | None,

@@ -23,6 +23,7 @@ from aloekit.cli import (
 )
 from aloekit.cli.app import SEED, AloeGroup, App, import_plugins, setup_logging
 from aloekit.config import load_config
+from aloekit.secrets import register_secret_env
 
 
 @click.group(cls=AloeGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -61,6 +62,8 @@ def cli(
     setup_logging(verbose)
     flags = {"db": db, "seed": seed}
     config = load_config(config_path, overrides=flags)
+    for settings in (config.backend, *map(config.backend_settings, config.backends)):
+        register_secret_env(settings.api_key_env)  # redacted from every message, even before a backend is built
     import_plugins(config.plugins, (config_path.parent if config_path else Path.cwd()).resolve())
     import_plugins(list(plugins), Path.cwd())
     ctx.obj = App(config=config, quiet=quiet, as_json=as_json, cli_seed=seed, config_path=config_path,

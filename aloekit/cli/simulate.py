@@ -27,6 +27,7 @@ from aloekit.errors import AloeError
 def _simulation_config(app: App, overrides: dict[str, Any], roles: tuple[str, ...]) -> Any:
     from pydantic import ValidationError
 
+    from aloekit.config import format_loc
     from aloekit.graphs import SimulationConfig
 
     flags = {k: v for k, v in overrides.items() if v is not None}
@@ -34,7 +35,7 @@ def _simulation_config(app: App, overrides: dict[str, Any], roles: tuple[str, ..
         config = SimulationConfig.resolve(app.config.simulation, flags)
     except ValidationError as exc:
         err = exc.errors()[0]
-        raise AloeError(f"simulation config: field {'.'.join(map(str, err['loc']))}: {err['msg']}") from None
+        raise AloeError(f"simulation config: field {format_loc(err['loc'])}: {err['msg']}") from None
     return apply_roles(config, roles)
 
 
@@ -114,6 +115,7 @@ def simulate(
         run_id = resume_run
     else:
         config = _simulation_config(app, flags, roles)
+        check_run_inputs(app, config.backend_specs(), config.check_roles)  # before the pool is seeded
         pool = PersonaPool(store)
         for kind in ("profile", "personality"):
             pool.ensure_seeds(kind)
@@ -128,8 +130,9 @@ def simulate(
                             "or pass --allow-eval-personas)") from None  # fmt: skip
         notice = audit_notice(store, "simulate", config.judge, config.paper_exact, config.judge_both_orders)
 
-    specs = {config.user.backend, config.inducer.backend, config.judge.backend, *(r.backend for r in config.responders)}
-    check_run_inputs(app, specs, config.check_roles)  # before any run row is written or changed
+    specs = set(config.backend_specs())
+    if resume_run:
+        check_run_inputs(app, specs, config.check_roles)  # before the run row is changed
     if not resume_run:
         run_config = {**app.config.model_dump(mode="json"), "simulation_resolved": config.model_dump(mode="json"),
                       "excluded_eval_personas": excluded, "judge_audit": notice.audit_id}  # fmt: skip

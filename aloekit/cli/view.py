@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from aloekit.cli.app import PORT, App, pass_app
+from aloekit.errors import Terminated
 
 
 @click.command()
@@ -27,8 +28,9 @@ def view(app: App, view_db: Path | None, host: str, port: int, allow_remote: boo
     click.echo(f"aloekit viewer on http://{shown}:{bound_port}/ (read-only; Ctrl-C stops)")
     try:
         server.serve_forever()
-    except KeyboardInterrupt:
-        pass
+    except KeyboardInterrupt as exc:
+        if isinstance(exc, Terminated):
+            raise  # a service manager stopping it: exit 143, as every command
     finally:
         server.server_close()
 

@@ -302,7 +302,7 @@ class EvalStore:
         with self.store.transaction() as conn:
             row = {"conversation_id": cid, "turn": turn, "score": record.score.score,
                    "record": record.model_dump_json(), "created_at": utcnow()}  # fmt: skip
-            self.store.db["eval_turns"].insert(row)
+            self.store.insert("eval_turns", row)
             user_id, reply_id = f"{cid}/t{turn}/user", f"{cid}/t{turn}/reply"
             user_data = {"calls": [c.model_dump() for c in record.user_calls]}
             reply_data = {"calls": [c.model_dump() for c in record.model_calls], "score": record.score.score,
@@ -313,7 +313,7 @@ class EvalStore:
                 (user_id, parent, "user", record.user_message, user_data),
                 (reply_id, user_id, "assistant", record.reply, reply_data),
             ):
-                self.store.db["tree_nodes"].insert({"id": node_id, "conversation_id": cid, "parent_id": parent_id,
+                self.store.insert("tree_nodes", {"id": node_id, "conversation_id": cid, "parent_id": parent_id,
                                                     "turn": turn, "role": role, "text": text, "label": None,
                                                     "chosen": 1, "data": json.dumps(data)})  # fmt: skip
             conn.execute("UPDATE conversations SET turns_done = ?, updated_at = ? WHERE id = ?", [turn, utcnow(), cid])

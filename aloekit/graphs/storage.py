@@ -58,13 +58,13 @@ class TreeStore:
         with self.store.transaction():
             for position, (persona, turns) in enumerate(zip(personas, lengths, strict=True)):
                 cid = f"{run_id}-{position:04d}"
-                self.store.db["conversations"].insert({
+                self.store.insert("conversations", {
                     "id": cid, "run_id": run_id, "kind": kind, "position": position,
                     "profile_id": persona.profile.id, "personality_id": persona.personality.id,
                     "persona": persona.model_dump_json(), "max_turns": turns, "turns_done": 0,
                     "status": "pending", "created_at": now, "updated_at": now,
                 })  # fmt: skip
-                self.store.db["tree_nodes"].insert({
+                self.store.insert("tree_nodes", {
                     "id": root_id(cid), "conversation_id": cid, "parent_id": None, "turn": 0, "role": "persona",
                     "text": persona.describe(), "label": None, "chosen": 1,
                     "data": json.dumps({"persona": persona.model_dump()}),
@@ -118,12 +118,13 @@ class TreeStore:
                 if previous is None:
                     raise AloeError(f"{cid}: turn {turn} saved before turn {turn - 1}")
                 parent = candidate_node_id(cid, turn - 1, TurnRecord.model_validate_json(previous[0]).continued)
-            self.store.db["turns"].insert(
-                {"conversation_id": cid, "turn": turn, "record": record.model_dump_json(), "created_at": utcnow()}
+            self.store.insert(
+                "turns",
+                {"conversation_id": cid, "turn": turn, "record": record.model_dump_json(), "created_at": utcnow()},
             )
             for node in turn_nodes(record, parent):
                 row = node | {"conversation_id": cid, "chosen": int(node["chosen"]), "data": json.dumps(node["data"])}
-                self.store.db["tree_nodes"].insert(row)
+                self.store.insert("tree_nodes", row)
             status = "complete" if complete else "running"
             conn.execute(
                 "UPDATE conversations SET turns_done = ?, status = ?, error = NULL, updated_at = ? WHERE id = ?",

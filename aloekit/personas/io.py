@@ -144,6 +144,8 @@ def _open_text(path: Path, newline: str | None = None) -> IO[str]:
     """Open for streaming text, or raise PersonaFileError naming the file (missing, a folder, unreadable)."""
     if path.is_dir():
         raise PersonaFileError(f"{path}: is a directory, not a persona file")
+    if path.exists() and not path.is_file():  # a FIFO would block, /dev/zero would fill the memory
+        raise PersonaFileError(f"{path}: not a regular file")
     try:
         with path.open("rb") as raw:
             head = raw.read(2)

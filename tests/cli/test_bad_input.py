@@ -9,6 +9,7 @@ with its reason.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 from pathlib import Path
 
@@ -68,6 +69,9 @@ FILES: dict[str, bytes | str] = {
     "model_dir/README.md": "not a model\n",
     "replay_bad.json": "{nope",
     "big_persona.csv": "text\n" + "x" * 100 + "\n",
+    "retries.toml": "[backend]\nmax_retries = 1100\n",
+    "seed.toml": "seed = -5\n",
+    "dup_responders.toml": '[[simulation.responders]]\nname = "a"\n[[simulation.responders]]\nname = "a"\n',
 }
 
 # fmt: off
@@ -84,6 +88,13 @@ BAD_INPUTS: list[tuple[str, list[str]]] = [
     ("config negative timeout", ["--config", "backend_timeout.toml", "runs", "list"]),
     ("config plugin missing", ["--config", "plugin.toml", "runs", "list"]),
     ("config unknown extension", ["--config", "a_file", "runs", "list"]),
+    ("config symlink to an endless device", ["--config", "zero.toml", "runs", "list"]),
+    ("config a fifo", ["--config", "fifo.toml", "runs", "list"]),
+    ("config retries unbounded", ["--config", "retries.toml", "runs", "list"]),
+    ("config seed negative", ["--config", "seed.toml", "runs", "list"]),
+    ("config show unknown command", ["config", "show", "train"]),
+    ("config show bad config", ["--config", "bad.toml", "config", "show", "simulate"]),
+    ("config show duplicate responders", ["--config", "dup_responders.toml", "config", "show", "simulate"]),
     ("db in missing folder", ["--db", "nope/sub/aloe.db", "runs", "list"]),
     ("db not a database", ["--db", "notdb.db", "runs", "list"]),
     ("db is a folder", ["--db", "model_dir", "runs", "list"]),
@@ -123,6 +134,8 @@ BAD_INPUTS: list[tuple[str, list[str]]] = [
     ("import wrong shape", ["personas", "import", "shape.jsonl", "--kind", "profile"]),
     ("import null text", ["personas", "import", "nulls.jsonl", "--kind", "profile"]),
     ("import csv without text", ["personas", "import", "notext.csv", "--kind", "profile"]),
+    ("import symlink to an endless device", ["personas", "import", "zero.jsonl", "--kind", "profile"]),
+    ("import a fifo", ["personas", "import", "fifo.jsonl", "--kind", "profile"]),
     ("import bad kind", ["personas", "import", "sft.jsonl", "--kind", "hobby"]),
     ("import no files", ["personas", "import"]),
     ("generate target zero", ["personas", "generate", "--kind", "profile", "--target", "0"]),
@@ -356,6 +369,10 @@ def workspace(tmp_path_factory, tiny_model_dir) -> tuple[Path, dict[str, str]]:
         path = root / name
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(content) if isinstance(content, bytes) else path.write_text(content, encoding="utf-8")
+    for name in ("zero.toml", "zero.jsonl"):  # endless: reading it whole would fill the memory
+        (root / name).symlink_to("/dev/zero")
+    for name in ("fifo.toml", "fifo.jsonl"):  # reading it would block forever
+        os.mkfifo(root / name)
     store = Store(root / "aloe.db")
     done = store.start_run("aloe backends check", {}, 0)
     store.finish_run(done)

@@ -161,3 +161,25 @@ def test_an_unexpected_error_is_one_line_with_a_redacted_log(tmp_path, monkeypat
     assert "Traceback" in text and "boom with ***" in text and secret not in text
     verbose = CliRunner().invoke(cli, ["-v", "runs", "list"])  # -v prints the traceback too
     assert "Traceback" in verbose.stderr and secret not in verbose.stderr
+
+
+def test_a_key_inside_a_spec_never_reaches_the_store_or_the_output(tmp_path, monkeypatch):
+    secret = "sk-test-SECRET-123456789"
+    monkeypatch.setenv("OPENAI_API_KEY", secret)
+    monkeypatch.setenv("ALOE_DB", str(tmp_path / "aloe.db"))
+    monkeypatch.setenv("ALOE_BACKEND__MAX_RETRIES", "0")
+    result = CliRunner().invoke(cli, ["backends", "check", f"openai:http://u:{secret}@127.0.0.1:9/v1#x"])
+    assert result.exit_code == 1 and secret not in result.stderr
+    listed = CliRunner().invoke(cli, ["--json", "runs", "list"])
+    assert secret not in listed.stdout and "u:***@" in listed.stdout
+    dump = "\n".join(Store(tmp_path / "aloe.db").conn.iterdump())
+    assert secret not in dump
+
+
+def test_a_key_in_a_custom_variable_is_redacted_before_any_backend_is_built(tmp_path, monkeypatch):
+    secret = "my-other-secret-abcdef"
+    monkeypatch.setenv("MY_KEY", secret)
+    monkeypatch.setenv("ALOE_BACKEND__API_KEY_ENV", "MY_KEY")
+    monkeypatch.setenv("ALOE_DB", str(tmp_path / "aloe.db"))
+    result = CliRunner().invoke(cli, ["backends", "check", f"{secret}:foo"])
+    assert result.exit_code == 1 and secret not in result.stderr and "***" in result.stderr

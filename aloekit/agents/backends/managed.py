@@ -150,7 +150,7 @@ def backoff_delay(attempt: int, settings: BackendSettings, retry_after: float | 
     """Delay before retry number ``attempt`` (0-based): Retry-After if given, else jittered exponential."""
     if retry_after is not None:
         return min(retry_after, settings.retry_after_max_s)
-    ceiling = min(settings.backoff_max_s, settings.backoff_base_s * 2**attempt)
+    ceiling = min(settings.backoff_max_s, settings.backoff_base_s * 2 ** min(attempt, 60))  # no float overflow
     return ceiling / 2 + rng.uniform(0, ceiling / 2)  # "equal jitter": never zero, spreads retries apart
 
 
