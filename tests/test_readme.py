@@ -60,7 +60,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 
+from aloekit.cli import cli
 from aloekit.testing import StubOpenAIServer, role_aware_reply
 
 REPO = Path(__file__).resolve().parents[1]
@@ -511,19 +513,20 @@ class Session:
             return
         interactive = sub[:1] == ["chat"] and len(positionals(sub[1:])) == 1
         started = time.monotonic()
-        proc = subprocess.run(
-            [sys.executable, "-m", "aloekit.cli", *args],
-            cwd=self.folder,
-            env=aloe_env(env),
-            input="Hi! I just got back from the market.\n\n" if interactive else "",
-            capture_output=True,
-            text=True,
-            timeout=COMMAND_TIMEOUT_S,
-        )
+        # In-process (the real CLI entry point through click's runner): a subprocess per command would
+        # spend most of this test starting Python and importing torch again.
+        previous = Path.cwd()
+        os.chdir(self.folder)
+        try:
+            proc = CliRunner().invoke(
+                cli, args, env=aloe_env(env), input="Hi! I just got back from the market.\n\n" if interactive else ""
+            )
+        finally:
+            os.chdir(previous)
         self.log.append(f"{time.monotonic() - started:6.1f}s  {text}")
         printed = proc.stdout + proc.stderr
         shows_error = any(line.strip().startswith("error:") for line in output)
-        assert (proc.returncode != 0) == shows_error, f"{where}: exit {proc.returncode}\n{printed[-4000:]}"
+        assert (proc.exit_code != 0) == shows_error, f"{where}: exit {proc.exit_code}\n{printed[-4000:]}"
         assert "Traceback" not in printed, f"{where}: a traceback\n{printed[-4000:]}"
         lines = [line.strip() for line in printed.splitlines()]
         for documented in output:
