@@ -1,8 +1,10 @@
-"""``python -m aloekit.training sft|dpo ...``: the ``aloe train`` command, for ``accelerate launch -m``."""
+"""``python -m aloekit.training [train] sft|dpo ...``: the ``aloe train`` command, for ``accelerate launch -m``."""
 
 import sys
 
 from aloekit.cli import cli
 
 if __name__ == "__main__":
-    cli(["train", *sys.argv[1:]], prog_name="python -m aloekit.training")
+    args = sys.argv[1:]
+    # The usage line click prints reads "python -m aloekit.training train ...": accept it as written.
+    cli(["train", *(args[1:] if args[:1] == ["train"] else args)], prog_name="python -m aloekit.training")

@@ -92,3 +92,19 @@ def test_train_cli_bad_input_is_one_line_and_trains_nothing(run_aloe, tmp_path, 
         assert proc.returncode in (1, 2) and error.startswith("error: ") and needle in error, proc.stderr
         assert "Traceback" not in proc.stderr
     assert not (tmp_path / "a").exists()
+
+
+def test_the_usage_line_of_python_m_aloekit_training_works_when_copied(tmp_path):
+    import subprocess
+    import sys
+
+    def run(*args):
+        return subprocess.run([sys.executable, "-m", "aloekit.training", *args], capture_output=True, text=True,
+                              cwd=tmp_path, timeout=300)  # fmt: skip
+
+    usage = run("--help").stdout.splitlines()[0]
+    assert usage.startswith("Usage: python -m aloekit.training train ")
+    copied = run("train", "sft", "--data", "missing.jsonl", "--out", "adapter")  # as the usage line shows it
+    assert copied.returncode == 1 and copied.stderr.startswith("error: training data missing.jsonl: not found")
+    plain = run("sft", "--data", "missing.jsonl", "--out", "adapter")
+    assert plain.returncode == 1 and plain.stderr == copied.stderr
