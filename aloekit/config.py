@@ -142,7 +142,7 @@ def _first_error(exc: ValidationError) -> str:
     return one_line(f"field {format_loc(err['loc'])}: {err['msg']}")
 
 
-def read_text_file(path: Path, what: str, error: type[AloeError] = ConfigError) -> str:
+def read_text_file(path: Path, what: str, error: type[AloeError] = ConfigError, max_bytes: int | None = None) -> str:
     """The UTF-8 text of ``path`` (a BOM is dropped), or ``error`` naming ``what``, the file and, for bytes
     that are not UTF-8, the line."""
     if not path.exists():
@@ -151,8 +151,8 @@ def read_text_file(path: Path, what: str, error: type[AloeError] = ConfigError) 
         raise error(one_line(f"{what} {path}: is a folder, not a file"))
     if not path.is_file():  # a FIFO would block, /dev/zero would fill the memory
         raise error(one_line(f"{what} {path}: not a regular file"))
-    if path.stat().st_size > MAX_CONFIG_BYTES:
-        raise error(one_line(f"{what} {path}: larger than {MAX_CONFIG_BYTES // 2**20} MiB, not a config file"))
+    if max_bytes is not None and path.stat().st_size > max_bytes:
+        raise error(one_line(f"{what} {path}: larger than {max_bytes // 2**20} MiB, not a config file"))
     try:
         raw = path.read_bytes()
     except OSError as exc:
@@ -184,7 +184,7 @@ def read_config_file(path: Path, what: str = "config file") -> dict[str, Any]:
     suffix = path.suffix.lower()
     if path.exists() and not path.is_dir() and suffix not in CONFIG_SUFFIXES:
         raise ConfigError(f"{what} {path}: unknown format {suffix!r} (use .toml, .yaml or .yml)")
-    text = read_text_file(path, what)
+    text = read_text_file(path, what, max_bytes=MAX_CONFIG_BYTES)
     try:
         data = tomllib.loads(text) if suffix == ".toml" else yaml.safe_load(text)
     except tomllib.TOMLDecodeError as exc:  # its message ends "(at line N, column M)"

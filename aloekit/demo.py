@@ -17,14 +17,13 @@ from typing import Any
 
 from aloekit.agents.backends import BackendPool
 from aloekit.config import AloeConfig, GenerationOptions
-from aloekit.errors import Terminated
 from aloekit.evaluation import EvalConfig, create_eval_conversations, run_evaluation, write_report
 from aloekit.evaluation.audit import AuditConfig, AuditResult, run_audit, save_audit
 from aloekit.evaluation.report import comparison_dict, comparison_lines, format_value, run_results
 from aloekit.evaluation.task import eval_persona_ids
 from aloekit.graphs import RoleConfig, SimulationConfig, TreeStore, run_conversations
 from aloekit.personas import GenerationConfig, PersonaPool, generate_personas, get_embedder
-from aloekit.store import Store
+from aloekit.store import Store, run_end_state
 from aloekit.training import build_train_config, dpo_rows, sft_rows, train
 from aloekit.training.progress import StepReporter
 
@@ -321,10 +320,7 @@ def _end_open_runs(db: Path, exc: BaseException) -> None:
     if not db.is_file():
         return
     store = Store(db)
-    if isinstance(exc, KeyboardInterrupt):
-        status, reason = "interrupted", "SIGTERM" if isinstance(exc, Terminated) else "Ctrl-C"
-    else:
-        status, reason = "failed", f"{type(exc).__name__}: {exc}".splitlines()[0]
+    status, reason = run_end_state(exc)
     for (run_id,) in store.conn.execute("SELECT id FROM runs WHERE status = 'running'").fetchall():
         store.finish_run(run_id, status, reason)
         store.settle_conversations(run_id)

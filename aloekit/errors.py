@@ -29,3 +29,10 @@ class BudgetExhausted(AloeError):
 
 class Terminated(KeyboardInterrupt):
     """SIGTERM, raised in the main thread so that a run ends ``interrupted`` exactly as after Ctrl-C."""
+
+
+def first_leaf(exc: BaseException) -> BaseException:
+    """The first exception inside (nested) exception groups, or ``exc`` itself."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return exc

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 
 _SECRET_ENV_NAMES: set[str] = {"OPENAI_API_KEY"}
 _MIN_SECRET_LEN = 8  # shorter values are placeholders, and redacting them would mangle ordinary text
@@ -20,10 +21,21 @@ def read_secret(name: str) -> str | None:
     return os.environ.get(name) or None
 
 
+_SECRET_VALUES: set[str] = set()
+_URL_PASSWORD = re.compile(r"://[^/@:\s]*:([^/@\s]+)@")
+
+
+def register_url_secrets(text: str) -> None:
+    """Remember the password of every ``scheme://user:password@`` URL in ``text`` as a secret to redact."""
+    for value in _URL_PASSWORD.findall(text):
+        if len(value) >= _MIN_SECRET_LEN:
+            _SECRET_VALUES.add(value)
+
+
 def redact(text: str) -> str:
-    """Replace the value of every known secret environment variable in ``text`` with ``***``."""
-    for name in _SECRET_ENV_NAMES:
-        value = os.environ.get(name)
+    """Replace every known secret (environment variables marked secret, passwords seen in URLs) with ``***``."""
+    values = {os.environ.get(name) for name in _SECRET_ENV_NAMES} | _SECRET_VALUES
+    for value in values:
         if value and len(value) >= _MIN_SECRET_LEN and value in text:
             text = text.replace(value, "***")
     return text

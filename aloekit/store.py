@@ -20,7 +20,7 @@ from typing import Any
 
 import sqlite_utils
 
-from aloekit.errors import StoreError
+from aloekit.errors import AloeError, StoreError, Terminated, first_leaf
 from aloekit.secrets import redact
 
 DEFAULT_DB = Path("aloe.db")
@@ -393,6 +393,15 @@ class Store:
         self.conn.close()
 
 
+def run_end_state(exc: BaseException) -> tuple[str, str]:
+    """How a run that stopped on ``exc`` ended: ``interrupted`` (Ctrl-C, SIGTERM) or ``failed``, and why (one line)."""
+    exc = first_leaf(exc)
+    if isinstance(exc, KeyboardInterrupt):
+        return "interrupted", "SIGTERM" if isinstance(exc, Terminated) else "Ctrl-C"
+    reason = str(exc) if isinstance(exc, AloeError) else f"{type(exc).__name__}: {exc}"
+    return "failed", redact(" ".join(part.strip() for part in reason.splitlines() if part.strip()))
+
+
 def _redacted(row: Mapping[str, Any]) -> dict[str, Any]:
     """``row`` with every string passed through :func:`redact`: a key given inside a spec is never stored."""
     return {key: redact(value) if isinstance(value, str) else value for key, value in row.items()}
@@ -432,7 +441,11 @@ class RunLease:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
-        self.store.release_lease(self.run_id, self.owner)
+        try:
+            self.store.release_lease(self.run_id, self.owner)
+        except sqlite3.OperationalError:  # locked: the lease goes stale, and its pid is gone once we exit
+            if exc[0] is None:
+                raise
 
     def _beat(self) -> None:
         while not self._stop.wait(self.stale_s / 4):

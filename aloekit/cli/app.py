@@ -30,10 +30,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from aloekit.agents.backends import BackendPool, TransformersChatClient
 from aloekit.config import AloeConfig
-from aloekit.errors import AloeError, Terminated
-from aloekit.secrets import RedactingFilter, redact
+from aloekit.errors import AloeError, Terminated, first_leaf
+from aloekit.limits import MAX_CONCURRENCY, MAX_CONVERSATIONS, MAX_TURNS
+from aloekit.secrets import RedactingFilter, redact, register_url_secrets
 from aloekit.serialize import to_json
-from aloekit.store import RunLease, Store
+from aloekit.store import RunLease, Store, run_end_state
 
 # Exit statuses shared by every command (the README's table).
 EXIT_OK = 0
@@ -49,11 +50,11 @@ EXIT_INTERRUPTED = 130
 EXIT_TERMINATED = 143
 """SIGTERM: as Ctrl-C."""
 
-MAX_COUNT = 10_000_000
-"""Upper bound of count flags: far above any real run, far below SQLite's INTEGER limit."""
-COUNT = click.IntRange(1, MAX_COUNT)
-TURNS = click.IntRange(1, 1000)
-NON_NEGATIVE = click.IntRange(0, MAX_COUNT)
+# Flag ranges are the settings' own, so a value out of range is a usage error (exit 2) before anything runs.
+COUNT = click.IntRange(1, MAX_CONVERSATIONS)
+TURNS = click.IntRange(1, MAX_TURNS)
+CONCURRENCY = click.IntRange(1, MAX_CONCURRENCY)
+NON_NEGATIVE = click.IntRange(0, MAX_CONVERSATIONS)
 TEMPERATURE = click.FloatRange(0, 10)
 PORT = click.IntRange(0, 65535)
 SEED = click.IntRange(0, 2**32 - 1)
@@ -181,13 +182,6 @@ def write_crash_log(exc: BaseException) -> Path:
     raise OSError("no writable folder for the crash log")
 
 
-def first_leaf(exc: BaseException) -> BaseException:
-    """The first exception inside (nested) exception groups, or ``exc`` itself."""
-    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
-        exc = exc.exceptions[0]
-    return exc
-
-
 def _raise_terminated(signum: int, frame: Any) -> None:
     raise Terminated()
 
@@ -199,6 +193,8 @@ class AloeGroup(click.Group):
 
     def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:  # type: ignore[override]
         """Run the CLI; map errors, Ctrl-C and SIGTERM to one line and an exit status."""
+        for arg in args[0] if args and args[0] is not None else sys.argv[1:]:
+            register_url_secrets(str(arg))  # a key typed into a spec URL is redacted everywhere from here on
         in_main_thread = threading.current_thread() is threading.main_thread()
         previous = signal.signal(signal.SIGTERM, _raise_terminated) if in_main_thread else None
         try:
@@ -345,21 +341,15 @@ def run_lifetime(store: Store, run_id: str) -> Iterator[RunLease]:
     with RunLease(store, run_id) as lease:
         try:
             yield lease
-        except BaseException as raised:
-            exc = first_leaf(raised)
-            if isinstance(exc, KeyboardInterrupt):  # Terminated included
-                status, reason = "interrupted", "SIGTERM" if isinstance(exc, Terminated) else "Ctrl-C"
-            else:
-                status, reason = "failed", error_line(f"{type(exc).__name__}: {exc}" if not isinstance(exc, AloeError)
-                                                      else str(exc))  # fmt: skip
-            for attempt in range(3):  # the database may be locked by another process for a while
+        except BaseException as exc:
+            status, reason = run_end_state(exc)
+            for _ in range(3):  # the database may stay locked by another process for a while
                 try:
                     store.finish_run(run_id, status, reason)
                     store.settle_conversations(run_id)
                     break
                 except sqlite3.OperationalError:
-                    if attempt == 2:
-                        raise
+                    continue  # each try waits the busy timeout; then the original error is what matters
             raise
 
 
@@ -396,6 +386,14 @@ def run_recorded(
         result = asyncio.run(main())
     store.finish_run(run_id, "completed")
     return result
+
+
+def refuse_on_resume(given: dict[str, Any]) -> None:
+    """``--resume`` continues a run as it was configured: flags that would change it are an error, not ignored."""
+    changed = [flag for flag, value in given.items() if value not in (None, False, ())]
+    if changed:
+        raise AloeError(f"--resume continues a run as it was configured: {', '.join(changed)} cannot change it "
+                        "(only --concurrency and the budgets apply; start a new run instead)")  # fmt: skip
 
 
 def check_run_inputs(app: App, specs: Iterable[str], *checks: Callable[[], object]) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from aloekit.cli.app import (
+    CONCURRENCY,
     COUNT,
     SEED,
     TURNS,
@@ -14,6 +15,7 @@ from aloekit.cli.app import (
     check_run_inputs,
     command_line,
     pass_app,
+    refuse_on_resume,
     run_exit_status,
     run_lifetime,
     run_with_progress,
@@ -31,7 +33,7 @@ from aloekit.errors import AloeError
 @click.option("--eval-set", help="builtin (default, ours, not the paper's) or a folder with the paper's two files.")
 @click.option("--personas", type=COUNT, help="Only the first N personas.")
 @click.option("--turns", type=TURNS, help="Turns per conversation (K, default 10).")
-@click.option("--concurrency", type=COUNT, help="Conversations in progress at once.")
+@click.option("--concurrency", type=CONCURRENCY, help="Conversations in progress at once.")
 @click.option("--baseline", type=click.Choice(["blind", "oracle"]), help="oracle: tell the model the true persona.")
 @click.option("--seed", "eval_seed", type=SEED, help="Seed (default: --seed).")
 @click.option("--resume", "resume_run", metavar="RUN", help="Continue the unfinished conversations of RUN.")
@@ -65,6 +67,9 @@ def eval_command(
     store = app.store
     replayed = None
     if resume_run:
+        refuse_on_resume({"--model": model_spec, "--role": roles, "--mode": mode, "--replay-run": replay_run,
+                          "--eval-set": eval_set, "--personas": personas, "--turns": turns, "--baseline": baseline,
+                          "--seed": eval_seed})  # fmt: skip
         base = eval_config(store, resume_run)
         config = base.model_copy(update={"max_calls": max_calls, "max_tokens": max_tokens,
                                          "concurrency": concurrency or base.concurrency})  # fmt: skip

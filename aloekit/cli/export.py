@@ -69,8 +69,6 @@ def export(
     hub_token = read_secret("HF_TOKEN") if hub_repo else None  # read as a secret: redacted from every message
     if hub_repo and not hub_token:
         raise AloeError("--push-to-hub needs a Hugging Face token in HF_TOKEN")
-    if not 0 <= val_fraction < 1:
-        raise AloeError(f"--val-fraction must be in [0, 1), got {val_fraction}")
     output_file(out, "--out")
     if hf_dataset:
         output_folder(hf_dataset, "--hf-dataset")

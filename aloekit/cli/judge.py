@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from aloekit.agents.backends import BackendPool
-from aloekit.cli.app import COUNT, SEED, App, ensure_loaded, pass_app, run_recorded
+from aloekit.cli.app import CONCURRENCY, COUNT, SEED, App, ensure_loaded, pass_app, run_recorded
 from aloekit.errors import AloeError
 
 
@@ -32,7 +32,7 @@ def judge() -> None:
 @click.option("--eval-set", help="Personas of the probes: builtin (default) or a folder with the paper's files.")
 @click.option("--personas", type=COUNT, help="Eval personas probed, two probes each (default 20).")
 @click.option("--labels", "labels_path", type=click.Path(path_type=Path), help="JSONL of reference preferences.")
-@click.option("--concurrency", type=COUNT, default=8, show_default=True, help="Personas probed at once.")
+@click.option("--concurrency", type=CONCURRENCY, default=8, show_default=True, help="Personas probed at once.")
 @click.option("--seed", "audit_seed", type=SEED, help="Seed (default: --seed).")
 @click.option("--judge-both-orders", is_flag=True, default=None, help="simulate: as aloe simulate --judge-both-orders.")
 @click.option("--paper-exact", is_flag=True, default=None, help="simulate: as aloe simulate --paper-exact.")

@@ -70,7 +70,7 @@ def personas_import(app: App, files: tuple[Path, ...], kind: str | None, skip_ba
 )
 @click.option(
     "--threshold",
-    type=click.FloatRange(0, 1, min_open=True),
+    type=SIMILARITY,
     default=0.6,
     show_default=True,
     help="Max cosine similarity to the pool.",
@@ -87,7 +87,7 @@ def personas_import(app: App, files: tuple[Path, ...], kind: str | None, skip_ba
 @click.option("--temperature", type=TEMPERATURE, default=0.9, show_default=True)
 @click.option(
     "--repetition-penalty",
-    type=click.FloatRange(0, min_open=True),
+    type=POSITIVE_FLOAT,
     help="Penalty on repeated tokens (in-process models, vLLM).",
 )
 @pass_app

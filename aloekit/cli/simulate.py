@@ -8,6 +8,7 @@ from typing import Any
 import click
 
 from aloekit.cli.app import (
+    CONCURRENCY,
     COUNT,
     SEED,
     TURNS,
@@ -17,6 +18,7 @@ from aloekit.cli.app import (
     check_run_inputs,
     command_line,
     pass_app,
+    refuse_on_resume,
     run_exit_status,
     run_lifetime,
     run_with_progress,
@@ -42,7 +44,7 @@ def _simulation_config(app: App, overrides: dict[str, Any], roles: tuple[str, ..
 @click.command()
 @click.option("--conversations", type=COUNT, help="Conversation trees to grow.")
 @click.option("--turns", type=TURNS, help="User turns per conversation.")
-@click.option("--concurrency", type=COUNT, help="Conversations in progress at once.")
+@click.option("--concurrency", type=CONCURRENCY, help="Conversations in progress at once.")
 @click.option(
     "--role",
     "roles",
@@ -77,6 +79,7 @@ def simulate(
     from pydantic import ValidationError
 
     from aloekit.agents.backends import BackendPool, Budget
+    from aloekit.config import format_loc
     from aloekit.evaluation.audit import audit_notice
     from aloekit.evaluation.task import eval_persona_ids
     from aloekit.graphs import SimulationConfig, TreeStore, run_conversations
@@ -97,10 +100,16 @@ def simulate(
     }
     excluded: dict[str, Any] = {}
     if resume_run:
+        refuse_on_resume({"--conversations": conversations, "--turns": turns, "--role": roles,
+                          "--judge-both-orders": judge_both_orders, "--paper-exact": paper_exact, "--seed": sim_seed,
+                          "--eval-set": eval_set, "--allow-eval-personas": allow_eval_personas})  # fmt: skip
         run = store.get_run(resume_run)
         if run is None:
             raise AloeError(f"no run {resume_run!r} in {store.path}")
-        stored = json.loads(run["config"]).get("simulation_resolved")
+        try:
+            stored = json.loads(run["config"]).get("simulation_resolved")
+        except (ValueError, AttributeError):  # a damaged row: say so rather than crash
+            raise AloeError(f"run {resume_run}: its stored config is not readable JSON") from None
         if stored is None:
             raise AloeError(f"run {resume_run} is not a simulation run")
         try:
@@ -108,10 +117,10 @@ def simulate(
         except ValidationError as exc:
             err = exc.errors()[0]
             raise AloeError(f"run {resume_run}: its stored simulation config no longer validates: field "
-                            f"{'.'.join(map(str, err['loc']))}: {err['msg']}") from None  # fmt: skip
+                            f"{format_loc(err['loc'])}: {err['msg']}") from None  # fmt: skip
         # A budget caps one invocation: the resumed run gets only the caps given now.
         resumed = {"max_calls": max_calls, "max_tokens": max_tokens, "concurrency": concurrency or base.concurrency}
-        config = apply_roles(SimulationConfig.model_validate({**base.model_dump(), **resumed}), roles)
+        config = SimulationConfig.model_validate({**base.model_dump(), **resumed})
         run_id = resume_run
     else:
         config = _simulation_config(app, flags, roles)

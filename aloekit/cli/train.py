@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from aloekit.cli.app import COUNT, App, check_run_inputs, command_line, pass_app, run_lifetime
+from aloekit.cli.app import COUNT, App, command_line, pass_app, run_lifetime
 from aloekit.errors import AloeError
 
 
@@ -90,9 +90,7 @@ def train_command(
         lora={k: v for k, v in lora.items() if v is not None},
         trl=trl,
     )
-    check_train_inputs(config)  # --out, --init-adapter and the data, before the run row
-    if base.startswith(("hf:", "local:")):  # train() refuses other prefixes with its own message
-        check_run_inputs(app, [base])
+    check_train_inputs(config)  # the base, --out, --init-adapter and the data, before the run row
     run_id = app.store.start_run(
         command_line(),
         {**app.config.model_dump(mode="json"), "train": config.model_dump(mode="json")},

@@ -39,7 +39,7 @@ from aloekit.agents.scorer import Score
 from aloekit.config import GenerationOptions, read_text_file
 from aloekit.errors import AloeError
 from aloekit.evaluation.task import BUILTIN_EVAL_SET, load_eval_personas
-from aloekit.graphs.simulate import RoleConfig, build_role
+from aloekit.graphs.simulate import MAX_CONCURRENCY, RoleConfig, build_role
 from aloekit.personas.models import Persona, PersonaPair
 from aloekit.store import Store, utcnow
 
@@ -81,7 +81,7 @@ class AuditConfig(BaseModel):
     """Probe N eval personas (two probes each; no two neighbours share a profile or personality); None: all."""
     seed: int = 0
     """Seeds every sampled call."""
-    concurrency: int = Field(default=8, gt=0)
+    concurrency: int = Field(default=8, gt=0, le=MAX_CONCURRENCY)
     """Personas probed at once."""
 
 

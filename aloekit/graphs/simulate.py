@@ -18,15 +18,11 @@ from aloekit.graphs.generation import Responder as ResponderSlot
 from aloekit.graphs.generation import RoleSet, build_generation_graph, initial_state, recursion_limit
 from aloekit.graphs.runner import drive_conversations
 from aloekit.graphs.storage import Conversation, TreeStore
+from aloekit.limits import MAX_CONCURRENCY, MAX_CONVERSATIONS, MAX_TURNS, SQLITE_INT_MAX, SQLITE_INT_MIN
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_BACKEND = "local:smollm2"
-MAX_CONVERSATIONS = 10_000_000
-MAX_TURNS = 1_000
-MAX_CONCURRENCY = 10_000
-SQLITE_INT_MIN, SQLITE_INT_MAX = -(2**63), 2**63 - 1
-"""Seeds and budgets are stored in SQLite INTEGER columns."""
 FIXED_ROLE_NAMES = ("user", "inducer", "judge", "all")
 """Names ``--role`` uses for the fixed roles (and every role), so no responder may take them."""
 
@@ -170,7 +166,7 @@ def _construct(
         role = factory(name, client, backend=rc.backend, generation=rc.generation.as_create_args(),
                        **rc.options, **extra)  # fmt: skip
     except AloeError as exc:
-        raise type(exc)(str(exc) if str(exc).startswith(f"role {name!r}") else f"{where}: {exc}") from None
+        raise ConfigError(str(exc) if str(exc).startswith(f"role {name!r}") else f"{where}: {exc}") from None
     except Exception as exc:  # a role's own checks, a **kwargs factory given a bad option, a plugin's bug
         detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         raise ConfigError(f"{where}: {type(exc).__name__}" + (f": {detail}" if detail else "")) from exc

@@ -403,13 +403,24 @@ def drop_long_rows(
 # Models -----------------------------------------------------------------------------------------------
 
 
-def resolve_base(spec: str) -> Path:
-    """The float model folder behind a base spec (``local:smollm2`` is converted from its GGUF once)."""
-    from aloekit.agents.backends.local import LOCAL_MODELS, converted_model_dir, find_smollm2_gguf
+def check_base(spec: str) -> None:
+    """Refuse a base that cannot be trained (an adapter spec, another prefix, a missing model) without loading it."""
+    from aloekit.agents.backends import check_spec
 
     prefix, _, target = spec.partition(":")
     if "+" in target:
         raise AloeError(f"base {spec!r} names an adapter: give the plain base and pass --init-adapter instead")
+    if prefix not in ("local", "hf"):
+        raise AloeError(f"unsupported base {spec!r}: use local:smollm2 or hf:/path/to/model")
+    check_spec(spec)
+
+
+def resolve_base(spec: str) -> Path:
+    """The float model folder behind a base spec (``local:smollm2`` is converted from its GGUF once)."""
+    from aloekit.agents.backends.local import LOCAL_MODELS, converted_model_dir, find_smollm2_gguf
+
+    check_base(spec)
+    prefix, _, target = spec.partition(":")
     if prefix == "local" and (target in LOCAL_MODELS or target.endswith(".gguf")):
         return converted_model_dir(find_smollm2_gguf(None if target in LOCAL_MODELS else target))
     if prefix == "hf" and target:
@@ -460,6 +471,7 @@ def check_train_inputs(config: TrainConfig) -> tuple[list[dict[str, Any]], list[
     """Check everything a run reads or writes that can be checked without a model (``--out``,
     ``--init-adapter``, the data), so bad input fails in one line before any run row or training;
     returns the (train, validation) rows."""
+    check_base(config.base)
     check_output_dir(config.out, config.overwrite)
     if config.init_adapter is not None:
         check_init_adapter(config.init_adapter)

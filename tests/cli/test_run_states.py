@@ -164,8 +164,7 @@ def test_an_unexpected_error_is_one_line_with_a_redacted_log(tmp_path, monkeypat
 
 
 def test_a_key_inside_a_spec_never_reaches_the_store_or_the_output(tmp_path, monkeypatch):
-    secret = "sk-test-SECRET-123456789"
-    monkeypatch.setenv("OPENAI_API_KEY", secret)
+    secret = "sk-test-NOT-IN-ANY-VARIABLE-42"  # only in the URL: redacted all the same
     monkeypatch.setenv("ALOE_DB", str(tmp_path / "aloe.db"))
     monkeypatch.setenv("ALOE_BACKEND__MAX_RETRIES", "0")
     result = CliRunner().invoke(cli, ["backends", "check", f"openai:http://u:{secret}@127.0.0.1:9/v1#x"])

@@ -5,7 +5,7 @@ import json
 import pytest
 from datasets import Dataset, DatasetDict
 
-from aloekit.errors import ConfigError
+from aloekit.errors import AloeError, ConfigError
 from aloekit.training import TrainingDataError, build_train_config, check_train_inputs, load_rows
 from aloekit.training.train import check_init_adapter, check_output_dir
 
@@ -253,11 +253,16 @@ def test_corrupt_init_adapter(tmp_path, build, message):
     one_line(excinfo)
 
 
-def test_check_train_inputs_fails_before_reading_a_model(tmp_path):
+def test_check_train_inputs_fails_before_reading_a_model(tmp_path, tiny_model_dir):
     data = tmp_path / "d.jsonl"
     data.write_text(GOOD_LINE)
-    config = build_train_config("sft", data=data, base="hf:/nowhere", out=tmp_path / "out", init_adapter=tmp_path)
+    base = f"hf:{tiny_model_dir}"
+    config = build_train_config("sft", data=data, base=base, out=tmp_path / "out", init_adapter=tmp_path)
     with pytest.raises(ConfigError, match="no adapter_config.json there"):
         check_train_inputs(config)
-    config = build_train_config("sft", data=data, base="hf:/nowhere", out=tmp_path / "out")
+    config = build_train_config("sft", data=data, base=base, out=tmp_path / "out")
     assert check_train_inputs(config) == ([GOOD], [])
+    for bad, message in [("hf:/nowhere", "model path not found"), (f"{base}+{tmp_path}", "names an adapter"),
+                         ("openai:gpt-4o-mini", "unsupported base")]:  # fmt: skip
+        with pytest.raises(AloeError, match=message):
+            check_train_inputs(build_train_config("sft", data=data, base=bad, out=tmp_path / "out"))

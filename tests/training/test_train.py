@@ -133,7 +133,7 @@ def test_config_errors(tmp_path, tiny_model_dir):
     with pytest.raises(AloeError, match="names an adapter"):
         train(build_train_config("sft", data=tmp_path / "d.jsonl", base=f"hf:{tiny_model_dir}+x", out=tmp_path / "o"))
     with pytest.raises(AloeError, match="training data .*none.jsonl: not found"):
-        train(build_train_config("sft", data=tmp_path / "none.jsonl", base="hf:x", out=tmp_path / "o"))
+        train(build_train_config("sft", data=tmp_path / "none.jsonl", base=f"hf:{tiny_model_dir}", out=tmp_path / "o"))
 
 
 def test_shipped_defaults_follow_the_paper():

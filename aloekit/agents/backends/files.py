@@ -11,6 +11,8 @@ from aloekit.errors import BackendError
 
 def read_json_file(path: Path, label: str) -> Any:
     """Parse the JSON file at ``path``; any failure is a :class:`BackendError` starting with ``label``."""
+    if path.exists() and not path.is_file():  # a FIFO would block, /dev/zero would fill the memory
+        raise BackendError(f"{label}: not a regular file")
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -23,3 +25,5 @@ def read_json_file(path: Path, label: str) -> Any:
         return json.loads(text)
     except json.JSONDecodeError as exc:
         raise BackendError(f"{label}: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from None
+    except RecursionError:
+        raise BackendError(f"{label}: JSON nested too deeply") from None

@@ -13,6 +13,7 @@ from autogen_core.models import ChatCompletionClient
 
 from aloekit.config import BackendSettings
 from aloekit.errors import BackendError, SpecError
+from aloekit.secrets import register_url_secrets
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +38,7 @@ class BackendSpec:
 def parse_spec(text: str) -> BackendSpec:
     """Split ``prefix:target`` and check the prefix is registered."""
     text = text.strip()
+    register_url_secrets(text)  # specs from config files too: a key inside a URL is never shown or stored
     prefix, sep, target = text.partition(":")
     if not sep or not prefix or not target:
         raise SpecError(

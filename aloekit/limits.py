@@ -1,0 +1,10 @@
+"""Bounds shared by the settings models and the command-line flags (a module of constants: cheap to import)."""
+
+MAX_CONVERSATIONS = 10_000_000
+"""Most conversations (or personas) in one run: far above any real run, far below SQLite's INTEGER limit."""
+MAX_TURNS = 1_000
+"""Most user turns in one conversation."""
+MAX_CONCURRENCY = 10_000
+"""Most conversations in progress at once."""
+SQLITE_INT_MIN, SQLITE_INT_MAX = -(2**63), 2**63 - 1
+"""Seeds and budgets are stored in SQLite INTEGER columns."""
