@@ -55,3 +55,13 @@ def test_plugins_in_a_config_file_resolve_next_to_it(tmp_path, monkeypatch):
     result = CliRunner().invoke(cli, ["--json", "--config", "project/aloe.toml", "backends", "list"])
     assert result.exit_code == 0, result.stderr
     assert "nextdoor" in {row["prefix"] for row in json.loads(result.stdout)}
+
+
+def test_the_readme_letters_tip_works_as_written(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "aloe.toml").write_text('[simulation.judge]\noptions = { labels = "letters" }\n')
+    result = CliRunner().invoke(cli, ["--json", "--config", "aloe.toml", "config", "show", "simulate"])
+    assert result.exit_code == 0, result.stderr
+    shown = json.loads(result.stdout)
+    assert shown["simulation.judge.kind"] == {"value": "preference_judge", "source": "default"}
+    assert shown["simulation.judge.options.labels"] == {"value": "letters", "source": "file aloe.toml"}
