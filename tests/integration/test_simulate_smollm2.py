@@ -27,7 +27,7 @@ async def test_two_turn_tree_with_smollm2_everywhere(tmp_path):
                 {"name": "plain", "kind": "responder", "use_hint": False, "generation": small},
             ],
         }
-    ).with_backend("all", "local:smollm2")  # fmt: skip  (the judge keeps its defaults)
+    ).with_backend("all", "local:smollm2")  # the judge keeps its defaults
     run_id = store.start_run("test", {}, 0)
     trees = TreeStore(store)
     [cid] = trees.create_conversations(run_id, pool.sample_pairs(1, seed=0), 2)
