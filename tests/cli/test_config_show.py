@@ -4,9 +4,11 @@ plugins resolve next to the config file."""
 from __future__ import annotations
 
 import json
+import sys
 
 from click.testing import CliRunner
 
+from aloekit.agents.backends import registry
 from aloekit.cli import cli
 from aloekit.evaluation import EvalConfig
 from aloekit.graphs import SimulationConfig
@@ -52,7 +54,11 @@ def test_plugins_in_a_config_file_resolve_next_to_it(tmp_path, monkeypatch):
     (project / "aloe.toml").write_text('plugins = ["aloe_plugin_next_to_config"]\n')
     monkeypatch.chdir(tmp_path)  # elsewhere: the plugin is found through the config file's folder
     monkeypatch.setattr("sys.path", list(__import__("sys").path))
-    result = CliRunner().invoke(cli, ["--json", "--config", "project/aloe.toml", "backends", "list"])
+    monkeypatch.delitem(sys.modules, "aloe_plugin_next_to_config", raising=False)
+    try:
+        result = CliRunner().invoke(cli, ["--json", "--config", "project/aloe.toml", "backends", "list"])
+    finally:  # other tests list the registered prefixes: leave none behind
+        registry._REGISTRY.pop("nextdoor", None)
     assert result.exit_code == 0, result.stderr
     assert "nextdoor" in {row["prefix"] for row in json.loads(result.stdout)}
 

@@ -153,7 +153,7 @@ def test_check_role_builds_nothing_expensive(monkeypatch):
 
 
 def test_role_flag_with_an_unknown_prefix_is_a_spec_error():
-    with pytest.raises(SpecError, match=r"^unknown backend prefix 'foo' \(known: .*local, openai"):
+    with pytest.raises(SpecError, match=r"^unknown backend prefix 'foo' \(known: .*local, .*openai"):
         SimulationConfig().with_backend("all", "foo:bar")
     with pytest.raises(SpecError, match="malformed backend spec"):
         SimulationConfig().with_backend("judge", "smollm2")
