@@ -19,8 +19,6 @@ def test_eval_and_report_with_smollm2(run_aloe, tmp_path):
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
     assert result["statuses"] == {"complete": 2} and result["turns_saved"] == 4
-    # The default scorer gets a usable answer from the 135M model for at least 90% of replies.
-    assert sum(result["scored"]) >= 0.9 * result["turns_saved"], result
     report = run_aloe("report", result["run_id"], "--out", "report", timeout=300)
     assert report.returncode == 0, report.stderr
     with Image.open(tmp_path / "report" / "al_curve.png") as image:
