@@ -187,3 +187,26 @@ def seeded_run(store, n: int, turns: int, seed: int = 0, config: dict | None = N
     run_id = store.start_run("test", config or {}, seed)
     TreeStore(store).create_conversations(run_id, pool.sample_pairs(n, seed=seed), turns)
     return run_id
+
+
+def wait_for(condition: Callable[[], bool], what: str, proc: Any = None, deadline_s: float = 300) -> None:
+    """Poll ``condition`` until it holds; fail if ``proc`` ends first or ``deadline_s`` passes (generous: a
+    loaded machine is slow, and nothing here waits a fixed time)."""
+    import time
+
+    deadline = time.monotonic() + deadline_s
+    while not condition():
+        assert proc is None or proc.poll() is None, f"ended before {what}: {proc.communicate()[1]}"
+        assert time.monotonic() < deadline, f"not {what} within {deadline_s} s"
+        time.sleep(0.02)
+
+
+def count_rows(db: Path, table: str) -> int:
+    """Rows in ``table``, read-only: 0 while the database or the table does not exist yet."""
+    import sqlite3
+
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+            return conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
+    except sqlite3.Error:
+        return 0

@@ -18,6 +18,7 @@ from click.testing import CliRunner
 from aloekit.cli import cli
 from aloekit.store import Store
 from aloekit.testing import StubOpenAIServer, role_aware_reply
+from tests.helpers import count_rows, wait_for
 
 DEADLINE_S = 300  # generous: a loaded 2-core machine may take long to start a process
 
@@ -38,18 +39,8 @@ def query(tmp_path: Path, sql: str) -> list[tuple]:
         return []
 
 
-def wait_for(condition, proc: subprocess.Popen | None = None, what: str = "") -> None:
-    """Poll ``condition`` until true; fail if ``proc`` ends first or the deadline passes."""
-    deadline = time.monotonic() + DEADLINE_S
-    while not condition():
-        assert proc is None or proc.poll() is None, f"ended before {what}: {proc.communicate()[1]}"
-        assert time.monotonic() < deadline, f"not {what} within {DEADLINE_S} s"
-        time.sleep(0.05)
-
-
 def saved(tmp_path: Path, table: str) -> int:
-    rows = query(tmp_path, f"SELECT COUNT(*) FROM {table}")
-    return rows[0][0] if rows else 0
+    return count_rows(tmp_path / "aloe.db", table)
 
 
 def run_row(tmp_path: Path) -> tuple[str, str, str | None]:
@@ -68,7 +59,7 @@ def test_sigterm_marks_the_run_interrupted_and_resume_finishes_it(tmp_path, comm
             args, table = ["eval", "--model", spec, "--role", f"user={spec}", "--role", f"judge={spec}",
                            "--personas", "4", "--turns", "3", "--concurrency", "2"], "eval_turns"  # fmt: skip
         proc = aloe(tmp_path, *args)
-        wait_for(lambda: saved(tmp_path, table) > 0, proc, "a turn was saved")
+        wait_for(lambda: saved(tmp_path, table) > 0, "a turn was saved", proc)
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=DEADLINE_S)
         assert proc.returncode == 143, err
@@ -100,7 +91,7 @@ def test_two_resumes_of_one_run_one_wins_the_other_gets_a_clear_error(tmp_path):
         run_id = run_row(tmp_path)[0]
         gate.clear()
         winner = aloe(tmp_path, "simulate", "--resume", run_id)
-        wait_for(lambda: bool(query(tmp_path, "SELECT 1 FROM run_leases")), winner, "the lease was taken")
+        wait_for(lambda: bool(query(tmp_path, "SELECT 1 FROM run_leases")), "the lease was taken", winner)
         loser = aloe(tmp_path, "simulate", "--resume", run_id)
         _, err = loser.communicate(timeout=DEADLINE_S)
         assert loser.returncode == 1

@@ -2,10 +2,8 @@ import json
 import os
 import re
 import signal
-import sqlite3
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -25,7 +23,7 @@ from aloekit.store import Store
 from aloekit.testing import StubOpenAIServer, role_aware_reply
 from tests.conftest import SHARED_DATA
 from tests.graphs.scripted import scripted_setup
-from tests.helpers import ScriptedClient, seeded_run
+from tests.helpers import ScriptedClient, count_rows, seeded_run, wait_for
 
 PERSONALITIES = [p.personality.text for p in load_eval_personas("builtin")[:4]]
 
@@ -178,21 +176,10 @@ def test_sigkill_then_resume_gives_the_same_scores(tmp_path):
             return subprocess.Popen([sys.executable, "-m", "aloekit.cli", "-q", *extra], env=env, cwd=tmp_path,
                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
 
-        def saved_turns(db) -> int:
-            try:  # read-only: the run may not have created the file or its tables yet
-                with sqlite3.connect(f"file:{tmp_path / db}?mode=ro", uri=True) as conn:
-                    return conn.execute("SELECT COUNT(*) FROM eval_turns").fetchone()[0]
-            except sqlite3.Error:
-                return 0
-
         reference = aloe("ref.db", *args)
         assert reference.wait(timeout=120) == 0
         proc = aloe("killed.db", *args)
-        deadline = time.monotonic() + 300  # a loaded machine may take long to start; wait for a saved turn
-        while saved_turns("killed.db") == 0:
-            assert proc.poll() is None, "finished before it could be killed; slow the stub down"
-            assert time.monotonic() < deadline, "no turn saved within 300 s"
-            time.sleep(0.05)
+        wait_for(lambda: count_rows(tmp_path / "killed.db", "eval_turns") > 0, "a turn was saved", proc)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         run_id = Store(tmp_path / "killed.db").conn.execute("SELECT id FROM runs").fetchone()[0]

@@ -1,10 +1,8 @@
 import json
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -14,7 +12,7 @@ from aloekit.graphs import SimulationConfig, TreeStore, run_conversations
 from aloekit.store import Store
 from aloekit.testing import StubOpenAIServer, role_aware_reply
 from tests.graphs.scripted import scripted_setup
-from tests.helpers import seeded_run
+from tests.helpers import count_rows, seeded_run, wait_for
 
 
 def _new_run(store, config, n):
@@ -122,13 +120,6 @@ def test_sigkill_mid_run_five_times_then_resume(tmp_path):
     n, turns = 6, 3
     db = tmp_path / "aloe.db"
 
-    def saved_turns() -> int:
-        try:  # read-only: the run may not have created the file or its tables yet
-            with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
-                return conn.execute("SELECT COUNT(*) FROM turns").fetchone()[0]
-        except sqlite3.Error:
-            return 0
-
     with StubOpenAIServer(respond=role_aware_reply, latency_s=0.05) as server:
         env = {**os.environ, "ALOE_DB": str(db)}
 
@@ -140,15 +131,12 @@ def test_sigkill_mid_run_five_times_then_resume(tmp_path):
                      f"all={server.spec()}")  # fmt: skip
         kills, seen = 0, 0
         while kills < 5:
-            deadline = time.monotonic() + 300  # a loaded machine may be slow: wait for progress, not a time
-            while saved_turns() <= seen and proc.poll() is None:
-                assert time.monotonic() < deadline, "no new turn saved within 300 s"
-                time.sleep(0.02)
+            wait_for(lambda p=proc, n=seen: count_rows(db, "turns") > n or p.poll() is not None, "a new turn was saved")
             if proc.poll() is not None:
                 break  # finished before this kill: the checks below still hold
             proc.send_signal(signal.SIGKILL)
             proc.wait()
-            kills, seen = kills + 1, saved_turns()
+            kills, seen = kills + 1, count_rows(db, "turns")
             run_id = Store(db).conn.execute("SELECT id FROM runs").fetchone()[0]
             proc = start("--resume", run_id)
         out, err = proc.communicate(timeout=300)
