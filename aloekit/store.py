@@ -20,6 +20,7 @@ from typing import Any
 
 import sqlite_utils
 
+from aloekit.config import one_line
 from aloekit.errors import AloeError, StoreError, Terminated, first_leaf
 from aloekit.secrets import redact
 
@@ -399,7 +400,7 @@ def run_end_state(exc: BaseException) -> tuple[str, str]:
     if isinstance(exc, KeyboardInterrupt):
         return "interrupted", "SIGTERM" if isinstance(exc, Terminated) else "Ctrl-C"
     reason = str(exc) if isinstance(exc, AloeError) else f"{type(exc).__name__}: {exc}"
-    return "failed", redact(" ".join(part.strip() for part in reason.splitlines() if part.strip()))
+    return "failed", redact(one_line(reason))
 
 
 def _redacted(row: Mapping[str, Any]) -> dict[str, Any]:

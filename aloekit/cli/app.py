@@ -29,7 +29,7 @@ from rich.logging import RichHandler
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from aloekit.agents.backends import BackendPool, TransformersChatClient
-from aloekit.config import AloeConfig
+from aloekit.config import AloeConfig, one_line
 from aloekit.errors import AloeError, Terminated, first_leaf
 from aloekit.limits import MAX_CONCURRENCY, MAX_CONVERSATIONS, MAX_TURNS
 from aloekit.secrets import RedactingFilter, redact, register_url_secrets
@@ -157,7 +157,7 @@ def _renamed(value: int | None, old_value: int | None, old: str, new: str) -> in
 
 def error_line(text: str) -> str:
     """One redacted line: what every failure is reduced to on stderr."""
-    return redact(" ".join(part.strip() for part in str(text).splitlines() if part.strip()))
+    return redact(one_line(str(text)))
 
 
 def crash_log_dir() -> Path:

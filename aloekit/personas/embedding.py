@@ -49,9 +49,10 @@ def minilm_path() -> Path:
 
 def _one_line(text: str, limit: int = 300) -> str:
     """Collapse an error text (an HTML error page, a multi-line SDK message) to one short, redacted line."""
+    from aloekit.config import one_line
     from aloekit.secrets import redact
 
-    line = " ".join(redact(text).split())  # redact first: a key split across lines would escape it
+    line = one_line(redact(text))  # redact first: a key split across lines would escape it
     return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
