@@ -708,3 +708,23 @@ def test_every_readme_command_is_run_or_skipped() -> None:
         for command in block.commands:
             if "aloe.toml" in command.text:
                 assert toml_for(block, "aloe.toml"), f"README line {command.line}: no `# aloe.toml` block above it"
+
+
+def test_every_inline_role_options_tip_is_accepted_by_a_judge_kind() -> None:
+    """The README's inline ``options = { ... }`` tips parse as TOML and are valid options of the scorer or the
+    preference judge, checked as a run would check them (a tip that failed as written was once shipped)."""
+    import tomllib
+
+    from aloekit.graphs.simulate import RoleConfig, check_role
+
+    tips = re.findall(r"`(options = \{[^`]*\})`", README.read_text())
+    assert len(tips) >= 4, tips
+    for tip in tips:
+        options = tomllib.loads(tip)["options"]
+        errors = []
+        for kind in ("alignment_scorer", "preference_judge"):
+            try:
+                check_role("judge", RoleConfig(kind=kind, options=options))
+            except Exception as exc:  # noqa: BLE001 - collected: the tip must suit one kind
+                errors.append(str(exc))
+        assert len(errors) < 2, f"README tip `{tip}` fits no judge kind: {errors}"

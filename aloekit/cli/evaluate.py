@@ -62,7 +62,7 @@ def eval_command(
     from aloekit.config import format_loc
     from aloekit.evaluation import EvalConfig, create_eval_conversations, plan_eval_conversations, run_evaluation
     from aloekit.evaluation.audit import audit_notice
-    from aloekit.evaluation.report import eval_config, format_value, run_results
+    from aloekit.evaluation.report import EXPECTED_SCORES_NOTE, eval_config, format_value, run_results
 
     store = app.store
     replayed = None
@@ -113,7 +113,7 @@ def eval_command(
     out = {
         "run_id": run_id, "statuses": summary.statuses, "turns_saved": summary.turns_saved, "unscored": m.unscored,
         "avg": m.avg, "ir": m.ir, "r2": m.r2, "al": m.al, "scored": m.scored, "failures": summary.failures,
-        "judge_audit": results["audit_id"],
+        "judge_audit": results["audit_id"], "score_modes": results["score_modes"],
     }  # fmt: skip
     if app.as_json:
         app.emit_json(out)
@@ -122,6 +122,8 @@ def eval_command(
     click.echo(f"run {run_id} ({config.mode}): {status_line}; {sum(m.scored)} turns scored, {m.unscored} unscored")
     click.echo(f"AVG {format_value(m.avg)}  IR {format_value(m.ir)}  R2 {format_value(m.r2)}  AL(k) "
                + " ".join(f"{format_value(v, 2)} (n={n})" for v, n in zip(m.al, m.scored, strict=True)))  # fmt: skip
+    if "expected" in results["score_modes"]:
+        click.echo(EXPECTED_SCORES_NOTE)
     for failure in summary.failures:
         click.echo(f"  failed: {failure}")
     if not summary.finished:

@@ -27,6 +27,11 @@ from aloekit.evaluation.task import EvalConfig, EvalStore
 from aloekit.serialize import to_json
 from aloekit.store import Store
 
+EXPECTED_SCORES_NOTE = (
+    "Scores are expected values (sum of k x P(k) over the judge's next-token distribution on 1-5), "
+    "so they are fractions, and a judge that always *answers* 1 can still rank replies."
+)
+
 
 def eval_config(store: Store, run_id: str) -> EvalConfig:
     """The resolved config an evaluation run was started with; one line if there is none or it is unreadable."""
@@ -79,7 +84,8 @@ def run_results(store: Store, run_id: str, n_boot: int = N_BOOT) -> dict[str, An
     cis = run_cis(scores, turns, config) if n_boot else bootstrap(scores, turns, n_boot=0)
     audit_id, audit = audit_of_run(store, run_id, config)
     return {"run_id": run_id, "config": config, "scores": scores, "turns": turns, "metrics": metrics, "cis": cis,
-            "statuses": evals.trees.status_counts(run_id), "audit_id": audit_id, "audit": audit}  # fmt: skip
+            "statuses": evals.trees.status_counts(run_id), "audit_id": audit_id, "audit": audit,
+            "score_modes": evals.score_modes(run_id)}  # fmt: skip
 
 
 def format_value(value: float | None, digits: int = 3) -> str:
@@ -179,11 +185,8 @@ def write_report(store: Store, run_ids: list[str], out: Path, note: str | None =
         )
     lines += ["", "## What the judge's audit means for these numbers", ""]
     lines += [f"- {sentence}" for sentence in dict.fromkeys(audit_sentence(r) for r in results)]  # once per judge
-    if any(r["config"].judge.options.get("score_mode") == "expected" for r in results):
-        lines.append(
-            "- Scores are expected values (sum of k x P(k) over the judge's next-token distribution on 1-5), "
-            "so they are fractions, and a judge that always *answers* 1 can still rank replies."
-        )
+    if any("expected" in r["score_modes"] for r in results):
+        lines.append(f"- {EXPECTED_SCORES_NOTE}")
     turns = max(r["turns"] for r in results)
     lines += ["", "## AL(k) per turn (95% CI; n = personas scored)", "",
               "| k | " + " | ".join(label(r) for r in results) + " |", "| --- |" + " --- |" * len(results)]  # fmt: skip

@@ -327,6 +327,14 @@ class EvalStore:
                 by_turn[row["turn"]] = row["score"]
         return out
 
+    def score_modes(self, run_id: str) -> list[str]:
+        """How the run's scores were read (``text``, ``expected``), from its saved turns."""
+        rows = self.store.db.execute(
+            "SELECT DISTINCT json_extract(e.record, '$.score.mode') FROM eval_turns e "
+            "JOIN conversations c ON c.id = e.conversation_id WHERE c.run_id = ?", [run_id]
+        ).fetchall()  # fmt: skip
+        return sorted(mode for (mode,) in rows if mode)
+
 
 def replay_source(store: Store, run_id: str) -> list[tuple[PersonaPair, list[str]]]:
     """Personas and continued-path user turns of a stored run (simulation or evaluation)."""

@@ -93,6 +93,20 @@ async def test_in_process_expected_score_is_a_weighted_mean(tiny_model_dir, scri
     assert 1 <= out.value.score <= 5
 
 
+async def test_auto_score_mode_is_expected_in_process_and_text_elsewhere(tiny_model_dir):
+    # The embedded judge answers "1" to nearly everything: by default an in-process judge scores from its
+    # distribution, which such a client always returns; a server or scripted client keeps text scores.
+    in_process = AlignmentScorer("judge", BackendPool().client(f"hf:{tiny_model_dir}"))
+    out = await in_process(VIEW)
+    assert in_process.score_mode == "expected" and out.value.mode == "expected" and out.value.distribution
+    with StubOpenAIServer(respond=lambda m: "4") as server:
+        remote = AlignmentScorer("judge", BackendPool().client(server.spec()))
+        out = await remote(VIEW)
+    assert remote.score_mode == "text" and out.value.mode == "text" and out.value.score == 4.0
+    forced = AlignmentScorer("judge", BackendPool().client(f"hf:{tiny_model_dir}"), score_mode="text")
+    assert forced.score_mode == "text"
+
+
 async def test_seeded_sampling_does_not_depend_on_the_batch(tiny_model_dir):
     client = TransformersChatClient(tiny_model_dir, max_batch_size=8)
     options = {"temperature": 1.0, "max_tokens": 8, "seed": 11}

@@ -63,7 +63,7 @@ def test_custom_roles_follow_their_signature():
         ("preference_judge", {"lables": "letters"}, r"unknown option 'lables' \(did you mean labels\?\)"),
         ("preference_judge", {"labels": "roman"}, "'labels': Input should be 'numbers' or 'letters', got 'roman'"),
         ("preference_judge", {"both_orders": "yes"}, "option 'both_orders': Input should be a valid boolean"),
-        ("alignment_scorer", {"score_mode": "exp"}, "option 'score_mode': Input should be 'text' or 'expected'"),
+        ("alignment_scorer", {"score_mode": "exp"}, "'score_mode': Input should be 'auto', 'text' or 'expected'"),
         ("user_simulator", {"system_prompt": 3}, "option 'system_prompt': Input should be a valid string"),
         ("user_simulator", {"backend": "local:smollm2"}, "set the role's backend instead"),
         ("user_simulator", {"generation": {}}, "set the role's generation table instead"),

@@ -214,6 +214,8 @@ class TransformersChatClient(ChatCompletionClient):
     component_type = "model"
     handles_timeout = True
     """Applies ``extra_create_args["timeout_s"]`` itself, from each request's generation start."""
+    choice_logprobs = True
+    """Every guided choice's first-token log-probability comes back, so judges can read expected scores."""
 
     def __init__(
         self,

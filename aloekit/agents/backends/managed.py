@@ -3,7 +3,9 @@ retries with backoff, usage accounting per role, the call log and an opt-in cach
 
 A client that queues requests behind its own work (an in-process model) sets ``handles_timeout = True``:
 the wrapper then passes ``extra_create_args["timeout_s"]`` instead of timing the call, the client counts it
-from the moment the request's generation starts, and a :class:`GenerationTimeout` it raises is not retried."""
+from the moment the request's generation starts, and a :class:`GenerationTimeout` it raises is not retried.
+A client that always returns each guided choice's log-probability sets ``choice_logprobs = True``: judges
+whose score mode is ``auto`` then read expected scores from it."""
 
 from __future__ import annotations
 
@@ -211,6 +213,11 @@ class ManagedClient(ChatCompletionClient):
         self._rng = rng or random.Random()
         self._total = RequestUsage(prompt_tokens=0, completion_tokens=0)
         self._actual = RequestUsage(prompt_tokens=0, completion_tokens=0)
+
+    @property
+    def choice_logprobs(self) -> bool:
+        """Whether the wrapped client always returns every guided choice's first-token log-probability."""
+        return getattr(self.inner, "choice_logprobs", False) is True
 
     def _split_args(self, extra: Mapping[str, Any]) -> tuple[GenerationOptions, dict[str, Any]]:
         known = {k: v for k, v in extra.items() if k in GenerationOptions.model_fields}
