@@ -32,8 +32,11 @@ browser-deps:
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
 	    chromium chromium-driver graphviz)
 
+# Two workers by default (pytest-xdist; whole files per worker, since README blocks build on each other):
+# the quick demo takes about half the suite's time on one worker while the other runs the rest.
+TEST_WORKERS ?= 2
 test: install browser-deps lint
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 lint: install
 	$(VENV)/bin/ruff check aloekit tests benchmarks

@@ -7,6 +7,14 @@ from pathlib import Path
 
 import pytest
 
+# `make test` runs two pytest-xdist workers on a 2-core machine. Each worker, and every CLI process it starts,
+# uses one torch thread: two processes of two OpenMP threads on two cores spin-wait on each other (a 3 s
+# generation was measured taking over 120 s), and one thread costs this small model little (14.7 vs 15.4
+# tokens/s for SmolLM2-135M here).
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("MKL_NUM_THREADS", "1")
+
 from aloekit.agents.backends.registry import register_backend
 from tests.helpers import ScriptedClient, build_tiny_chat_model
 
@@ -21,6 +29,19 @@ SCRIPTED_CLIENTS: dict[str, ScriptedClient] = {}
 @register_backend("scripted", description="test-only scripted client")
 def _build_scripted(spec, settings):
     return SCRIPTED_CLIENTS[spec.target]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """One torch thread per xdist worker, even if torch was imported before the environment was set."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        import torch
+
+        torch.set_num_threads(1)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests marked ``first`` run before the rest, the order otherwise kept."""
+    items.sort(key=lambda item: item.get_closest_marker("first") is None)
 
 
 @pytest.fixture

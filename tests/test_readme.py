@@ -711,8 +711,9 @@ def test_every_readme_command_is_run_or_skipped() -> None:
 
 
 def test_every_inline_role_options_tip_is_accepted_by_a_judge_kind() -> None:
-    """The README's inline ``options = { ... }`` tips parse as TOML and are valid options of the scorer or the
-    preference judge, checked as a run would check them (a tip that failed as written was once shipped)."""
+    """The README's inline ``options = { ... }`` tips parse as TOML and are valid options of a judge kind (the
+    scorer, the preference judge or persona_similarity), checked as a run would check them (a tip that failed
+    as written was once shipped)."""
     import tomllib
 
     from aloekit.graphs.simulate import RoleConfig, check_role
@@ -722,9 +723,10 @@ def test_every_inline_role_options_tip_is_accepted_by_a_judge_kind() -> None:
     for tip in tips:
         options = tomllib.loads(tip)["options"]
         errors = []
-        for kind in ("alignment_scorer", "preference_judge"):
+        kinds = ("alignment_scorer", "preference_judge", "persona_similarity")
+        for kind in kinds:
             try:
                 check_role("judge", RoleConfig(kind=kind, options=options))
             except Exception as exc:  # noqa: BLE001 - collected: the tip must suit one kind
                 errors.append(str(exc))
-        assert len(errors) < 2, f"README tip `{tip}` fits no judge kind: {errors}"
+        assert len(errors) < len(kinds), f"README tip `{tip}` fits no judge kind: {errors}"

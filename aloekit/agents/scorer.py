@@ -45,7 +45,8 @@ class Score(BaseModel):
     retried: bool
     prompt_hash: str
     mode: str = "text"
-    """``text``: parsed from the answer; ``expected``: sum of k * P(k) over the first token's distribution."""
+    """``text``: parsed from the answer; ``expected``: sum of k * P(k) over the first token's distribution;
+    ``similarity``: the ``persona_similarity`` judge's embedding rank (no model call)."""
     distribution: dict[str, float] | None = None
     """``expected`` mode: P(score) for 1..5, renormalised over the five options."""
 

@@ -34,7 +34,11 @@ from aloekit.errors import AloeError
 @click.option("--personas", type=COUNT, help="Only the first N personas.")
 @click.option("--turns", type=TURNS, help="Turns per conversation (K, default 10).")
 @click.option("--concurrency", type=CONCURRENCY, help="Conversations in progress at once.")
-@click.option("--baseline", type=click.Choice(["blind", "oracle"]), help="oracle: tell the model the true persona.")
+@click.option(
+    "--baseline",
+    metavar="NAME",
+    help="blind (default), oracle (told the true persona), reminder, cot, self-critique, or a plugin's.",
+)
 @click.option("--seed", "eval_seed", type=SEED, help="Seed (default: --seed).")
 @click.option("--resume", "resume_run", metavar="RUN", help="Continue the unfinished conversations of RUN.")
 @budget_options
@@ -62,7 +66,13 @@ def eval_command(
     from aloekit.config import format_loc
     from aloekit.evaluation import EvalConfig, create_eval_conversations, plan_eval_conversations, run_evaluation
     from aloekit.evaluation.audit import audit_notice
-    from aloekit.evaluation.report import EXPECTED_SCORES_NOTE, eval_config, format_value, run_results
+    from aloekit.evaluation.report import (
+        EXPECTED_SCORES_NOTE,
+        SIMILARITY_SCORES_NOTE,
+        eval_config,
+        format_value,
+        run_results,
+    )
 
     store = app.store
     replayed = None
@@ -122,8 +132,10 @@ def eval_command(
     click.echo(f"run {run_id} ({config.mode}): {status_line}; {sum(m.scored)} turns scored, {m.unscored} unscored")
     click.echo(f"AVG {format_value(m.avg)}  IR {format_value(m.ir)}  R2 {format_value(m.r2)}  AL(k) "
                + " ".join(f"{format_value(v, 2)} (n={n})" for v, n in zip(m.al, m.scored, strict=True)))  # fmt: skip
-    if "expected" in results["score_modes"]:
-        click.echo(EXPECTED_SCORES_NOTE)
+    notes = {"expected": EXPECTED_SCORES_NOTE, "similarity": SIMILARITY_SCORES_NOTE}
+    for mode in results["score_modes"]:
+        if mode in notes:
+            click.echo(notes[mode])
     for failure in summary.failures:
         click.echo(f"  failed: {failure}")
     if not summary.finished:

@@ -39,7 +39,7 @@ from aloekit.agents.scorer import Score
 from aloekit.config import GenerationOptions, read_text_file
 from aloekit.errors import AloeError
 from aloekit.evaluation.task import BUILTIN_EVAL_SET, load_eval_personas
-from aloekit.graphs.simulate import MAX_CONCURRENCY, RoleConfig, build_role
+from aloekit.graphs.simulate import MAX_CONCURRENCY, RoleConfig, build_role, offered_options
 from aloekit.personas.models import Persona, PersonaPair
 from aloekit.store import Store, utcnow
 
@@ -321,9 +321,10 @@ async def _score_pair(scorer: Any, probe: Probe, seed: int, both_orders: bool = 
 
 def build_judge(config: AuditConfig, backends: BackendPool) -> Any:
     """The judge as its stage builds it (with ``both_orders``, each verdict already combines both orders)."""
-    extra: dict[str, Any] = {}
-    if config.judge.kind == "preference_judge":
-        extra = {"paper_exact": config.paper_exact, "both_orders": config.both_orders}
+    offered = {"paper_exact": config.paper_exact, "both_orders": config.both_orders}
+    extra = offered_options(
+        "judge", config.judge, offered, {"paper_exact": "--paper-exact", "both_orders": "--judge-both-orders"}
+    )
     return build_role(backends, "judge", config.judge, **extra)
 
 

@@ -32,6 +32,11 @@ EXPECTED_SCORES_NOTE = (
     "so they are fractions, and a judge that always *answers* 1 can still rank replies."
 )
 
+SIMILARITY_SCORES_NOTE = (
+    "Scores are persona_similarity ranks (1 + 4 x the share of other reference personas the reply is less "
+    "similar to than to the true persona, by MiniLM embeddings): they measure topical tailoring, not style."
+)
+
 
 def eval_config(store: Store, run_id: str) -> EvalConfig:
     """The resolved config an evaluation run was started with; one line if there is none or it is unreadable."""
@@ -187,6 +192,8 @@ def write_report(store: Store, run_ids: list[str], out: Path, note: str | None =
     lines += [f"- {sentence}" for sentence in dict.fromkeys(audit_sentence(r) for r in results)]  # once per judge
     if any("expected" in r["score_modes"] for r in results):
         lines.append(f"- {EXPECTED_SCORES_NOTE}")
+    if any("similarity" in r["score_modes"] for r in results):
+        lines.append(f"- {SIMILARITY_SCORES_NOTE}")
     turns = max(r["turns"] for r in results)
     lines += ["", "## AL(k) per turn (95% CI; n = personas scored)", "",
               "| k | " + " | ".join(label(r) for r in results) + " |", "| --- |" + " --- |" * len(results)]  # fmt: skip

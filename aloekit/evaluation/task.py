@@ -11,14 +11,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 from langgraph.graph import END, START, StateGraph
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from typing_extensions import TypedDict
 
 from aloekit.agents.backends import BackendPool
 from aloekit.agents.base import CallRecord, Message, Role, RoleView
 from aloekit.agents.scorer import Score
 from aloekit.config import GenerationOptions, resolve_section
-from aloekit.errors import AloeError
+from aloekit.errors import AloeError, ConfigError
+from aloekit.evaluation.baselines import get_baseline
 from aloekit.graphs.runner import drive_conversations
 from aloekit.graphs.simulate import (
     MAX_CONCURRENCY,
@@ -37,7 +38,6 @@ from aloekit.personas.pool import load_personas
 from aloekit.store import Store, utcnow
 
 Mode = Literal["live", "replay"]
-Baseline = Literal["blind", "oracle"]
 BUILTIN_EVAL_SET = "builtin"
 
 
@@ -145,8 +145,9 @@ class EvalConfig(BaseModel):
     """Conversations in progress at once."""
     seed: int = Field(default=0, ge=SQLITE_INT_MIN, le=SQLITE_INT_MAX)
     """Seed for anything random."""
-    baseline: Baseline = "blind"
-    """blind: the model as is; oracle: the same model told the true persona in a system prompt."""
+    baseline: str = "blind"
+    """A registered baseline (:mod:`aloekit.evaluation.baselines`): blind (the model as is), oracle (told the
+    true persona), the prompting baselines reminder, cot and self-critique, or a plugin's."""
     user: RoleConfig = RoleConfig(kind="user_simulator", generation=GenerationOptions(max_tokens=64, temperature=0.8))
     """The user simulator (live mode)."""
     judge: RoleConfig = RoleConfig(kind="alignment_scorer", generation=GenerationOptions(max_tokens=8, temperature=0))
@@ -158,19 +159,29 @@ class EvalConfig(BaseModel):
     max_tokens: int | None = Field(default=None, ge=1, le=SQLITE_INT_MAX)
     """Stop cleanly after this many tokens (resumable)."""
 
+    @field_validator("baseline")
+    @classmethod
+    def _known_baseline(cls, name: str) -> str:
+        try:
+            get_baseline(name)
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None  # pydantic then names the field
+        return name
+
     @classmethod
     def resolve(cls, *layers: Mapping[str, Any]) -> EvalConfig:
         """The defaults with each layer (an ``[evaluation]`` table, then flags) merged over them key by key."""
         return resolve_section(cls, *layers)
 
     def model_role(self) -> RoleConfig:
-        """The model under test as a role."""
-        return RoleConfig(kind="model_under_test", backend=self.model, generation=self.model_generation)
+        """The model under test as a role, as its baseline builds it."""
+        baseline = get_baseline(self.baseline)
+        return RoleConfig(kind=baseline.kind, backend=self.model, generation=self.model_generation,
+                          options=dict(baseline.options))  # fmt: skip
 
     def check_roles(self) -> None:
         """Validate the model, scorer and (live mode) user roles without backends or model calls."""
-        oracle = self.baseline == "oracle"
-        check_role("model", self.model_role(), sees_persona=oracle, oracle=oracle)
+        check_role("model", self.model_role(), sees_persona=get_baseline(self.baseline).sees_persona)
         check_role("judge", self.judge)
         if self.mode == "live":
             check_role("user", self.user)
@@ -273,12 +284,11 @@ def build_eval_roles(config: EvalConfig, backends: BackendPool) -> EvalRoles:
     def build(name: str, rc: RoleConfig, **extra: Any) -> Any:
         return build_role(backends, name, rc, **extra)
 
-    oracle = config.baseline == "oracle"
     return EvalRoles(
-        model=build("model", config.model_role(), oracle=oracle),
+        model=build("model", config.model_role()),
         scorer=build("judge", config.judge),
         user=build("user", config.user) if config.mode == "live" else None,
-        model_sees_persona=oracle,
+        model_sees_persona=get_baseline(config.baseline).sees_persona,
     )
 
 

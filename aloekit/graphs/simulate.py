@@ -210,7 +210,7 @@ def build_role(backends: BackendPool, name: str, rc: RoleConfig, **extra: Any) -
     return _build_role(backends, name, rc, extra, sees_persona=True)
 
 
-def _offered(
+def offered_options(
     name: str, rc: RoleConfig, offered: dict[str, Any], settings: dict[str, str] | None = None
 ) -> dict[str, Any]:
     """The run-level keywords (``use_hint``, ``paper_exact``...) that the role's kind takes.
@@ -240,8 +240,8 @@ def _role_plan(config: SimulationConfig) -> list[tuple[str, RoleConfig, dict[str
     return [
         ("user", config.user, {}, True),
         ("inducer", config.inducer, {}, True),
-        *((r.name, r, _offered(r.name, r, {"use_hint": r.use_hint}), False) for r in config.responders),
-        ("judge", config.judge, _offered("judge", config.judge, judge, judge_settings), True),
+        *((r.name, r, offered_options(r.name, r, {"use_hint": r.use_hint}), False) for r in config.responders),
+        ("judge", config.judge, offered_options("judge", config.judge, judge, judge_settings), True),
     ]
 
 

@@ -213,3 +213,30 @@ def test_cli_audit_then_eval_reports_it(run_aloe, tmp_path):
     assert 'id="audits"' in page and result["id"] in page and "generic 6/6" in page
     bad = run_aloe("judge", "audit", "--role", "boss=x")
     assert bad.returncode == 1 and bad.stderr.startswith("error: --role expects judge=SPEC")
+
+
+def test_persona_similarity_is_audited_and_scores_an_eval_without_a_model_call(run_aloe, tmp_path):
+    (tmp_path / "aloe.toml").write_text(
+        '[evaluation.judge]\nkind = "persona_similarity"\n[simulation.judge]\nkind = "persona_similarity"\n'
+    )
+    with StubOpenAIServer(respond=_stub_world) as server:
+        spec = server.spec()
+        audits = {}
+        for stage in ("eval", "simulate"):
+            proc = run_aloe("--json", "--config", "aloe.toml", "judge", "audit", "--stage", stage,
+                            "--role", f"user={spec}", "--role", f"generator={spec}", "--personas", "6")  # fmt: skip
+            assert proc.returncode == 0, proc.stderr
+            audits[stage] = json.loads(proc.stdout)
+        calls_before = len(server.requests)
+        proc = run_aloe("--json", "--config", "aloe.toml", "eval", "--model", spec, "--role", f"user={spec}",
+                        "--personas", "2", "--turns", "2")  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+        # 2 personas x 2 turns x (user + model): the judge made no request.
+        assert len(server.requests) - calls_before == 8
+    # The stub's tailored replies name the persona's profile: the embedding judge tells them apart.
+    for stage, audit in audits.items():
+        assert audit["passed"] and audit["invalid"] == 0, (stage, audit["accuracy"])
+    result = json.loads(proc.stdout)
+    assert result["unscored"] == 0 and result["score_modes"] == ["similarity"] and result["judge_audit"]
+    report = run_aloe("report", result["run_id"], "--out", "rep")
+    assert report.returncode == 0 and "topical tailoring, not style" in (tmp_path / "rep" / "report.md").read_text()

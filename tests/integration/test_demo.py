@@ -5,7 +5,7 @@ import json
 import pytest
 from PIL import Image
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.first]
 
 
 def test_quick_demo_produces_every_output(run_aloe, tmp_path):
