@@ -1,48 +1,83 @@
-"""``aloe train``: LoRA SFT or DPO with trl + peft."""
+"""``aloe train sft|dpo|grpo``: LoRA training with trl + peft, offline on exported trees or online (GRPO)."""
 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
 import click
 
-from aloekit.cli.app import COUNT, App, command_line, pass_app, run_lifetime
+from aloekit.cli.app import COUNT, TURNS, App, apply_roles, check_run_inputs, command_line, pass_app, run_lifetime
 from aloekit.errors import AloeError
 
 
-@click.command("train")
-@click.argument("method", type=click.Choice(["sft", "dpo"]))
-@click.option(
-    "--data", type=click.Path(path_type=Path), required=True, help="JSONL from aloe export, or --hf-dataset folder."
+def parse_trl_options(trl_options: tuple[str, ...]) -> dict[str, Any]:
+    """``--trl KEY=VALUE`` pairs, values read as JSON where they parse."""
+    trl: dict[str, Any] = {}
+    for option in trl_options:
+        key, sep, raw = option.partition("=")
+        if not sep:
+            raise AloeError(f"--trl expects KEY=VALUE, got {option!r}")
+        try:
+            trl[key.strip()] = json.loads(raw)
+        except ValueError:
+            trl[key.strip()] = raw
+    return trl
+
+
+@click.group("train")
+def train_group() -> None:
+    """LoRA training with trl + peft: sft and dpo on exported trees, grpo online against the simulated user."""
+
+
+OFFLINE_OPTIONS = (
+    click.option(
+        "--data", type=click.Path(path_type=Path), required=True, help="JSONL from aloe export, or --hf-dataset folder."
+    ),
+    click.option("--base", default="local:smollm2", show_default=True, help="local:smollm2 or hf:PATH."),
+    click.option("--out", type=click.Path(path_type=Path), required=True, help="Folder for the LoRA adapter."),
+    click.option("--max-steps", type=COUNT, help="Stop after N optimiser steps."),
+    click.option(
+        "--epochs", type=click.FloatRange(0, 1e6, min_open=True), help="Passes over the data (unless --max-steps)."
+    ),
+    click.option(
+        "--config", "train_config", type=click.Path(path_type=Path), help="YAML/TOML over the shipped defaults."
+    ),
+    click.option("--init-adapter", type=click.Path(path_type=Path), help="Continue from this adapter (SFT, then DPO)."),
+    click.option("--beta", type=click.FloatRange(0, min_open=True), help="DPO beta (default 0.9, the paper's)."),
+    click.option("--max-length", type=COUNT, help="Longest row in tokens; longer rows are dropped and counted."),
+    click.option("--lora-r", type=COUNT, help="LoRA rank."),
+    click.option("--lora-alpha", type=COUNT, help="LoRA alpha."),
+    click.option("--lora-dropout", type=click.FloatRange(0, 1, max_open=True), help="LoRA dropout."),
+    click.option("--target-modules", help="Comma-separated module names, or all-linear."),
+    click.option(
+        "--trl",
+        "trl_options",
+        multiple=True,
+        metavar="KEY=VALUE",
+        help="Any SFTConfig/DPOConfig field, e.g. --trl learning_rate=1e-4 (JSON values). Repeatable.",
+    ),  # fmt: skip
+    click.option("--overwrite", is_flag=True, help="Replace an adapter already in --out."),
 )
-@click.option("--base", default="local:smollm2", show_default=True, help="local:smollm2 or hf:PATH.")
-@click.option("--out", type=click.Path(path_type=Path), required=True, help="Folder for the LoRA adapter.")
-@click.option("--max-steps", type=COUNT, help="Stop after N optimiser steps.")
-@click.option(
-    "--epochs", type=click.FloatRange(0, 1e6, min_open=True), help="Passes over the data (unless --max-steps)."
-)
-@click.option("--config", "train_config", type=click.Path(path_type=Path), help="YAML/TOML over the shipped defaults.")
-@click.option("--init-adapter", type=click.Path(path_type=Path), help="Continue from this adapter (SFT, then DPO).")
-@click.option("--beta", type=click.FloatRange(0, min_open=True), help="DPO beta (default 0.9, the paper's).")
-@click.option("--max-length", type=COUNT, help="Longest row in tokens; longer rows are dropped and counted.")
-@click.option("--lora-r", type=COUNT, help="LoRA rank.")
-@click.option("--lora-alpha", type=COUNT, help="LoRA alpha.")
-@click.option("--lora-dropout", type=click.FloatRange(0, 1, max_open=True), help="LoRA dropout.")
-@click.option("--target-modules", help="Comma-separated module names, or all-linear.")
-@click.option(
-    "--trl",
-    "trl_options",
-    multiple=True,
-    metavar="KEY=VALUE",
-    help="Any SFTConfig/DPOConfig field, e.g. --trl learning_rate=1e-4 (JSON values). Repeatable.",
-)
-@click.option("--overwrite", is_flag=True, help="Replace an adapter already in --out.")
-@pass_app
-def train_command(
+
+
+def offline_command(method: str, what: str) -> click.Command:
+    """``aloe train sft`` or ``aloe train dpo``: the same options, one trl trainer each."""
+
+    def command(app: App, **options: Any) -> None:
+        train_offline(app, method, **options)
+
+    for decorate in reversed(OFFLINE_OPTIONS):
+        command = decorate(command)
+    return click.command(method, help=f"{what} The adapter then works as the backend hf:BASE+OUT.")(pass_app(command))
+
+
+def train_offline(
     app: App,
     method: str,
+    *,
     data: Path,
     base: str,
     out: Path,
@@ -59,19 +94,10 @@ def train_command(
     trl_options: tuple[str, ...],
     overwrite: bool,
 ) -> None:
-    """LoRA-train METHOD (sft or dpo) with trl + peft; the adapter then works as the backend hf:BASE+OUT."""
+    """LoRA-train ``method`` (sft or dpo) on exported rows with trl + peft."""
     from aloekit.training import build_train_config, check_train_inputs, train
     from aloekit.training.progress import StepReporter
 
-    trl: dict[str, Any] = {}
-    for option in trl_options:
-        key, sep, raw = option.partition("=")
-        if not sep:
-            raise AloeError(f"--trl expects KEY=VALUE, got {option!r}")
-        try:
-            trl[key.strip()] = json.loads(raw)
-        except ValueError:
-            trl[key.strip()] = raw
     modules = target_modules.split(",") if target_modules and target_modules != "all-linear" else target_modules
     lora = {"r": lora_r, "alpha": lora_alpha, "dropout": lora_dropout, "target_modules": modules}
     config = build_train_config(
@@ -88,7 +114,7 @@ def train_command(
         overwrite=overwrite or None,
         seed=app.config.seed,
         lora={k: v for k, v in lora.items() if v is not None},
-        trl=trl,
+        trl=parse_trl_options(trl_options),
     )
     check_train_inputs(config)  # the base, --out, --init-adapter and the data, before the run row
     run_id = app.store.start_run(
@@ -119,4 +145,112 @@ def train_command(
     click.echo(f"adapter: {out}  (use it as --model/--role backend {summary['adapter_spec']})")
 
 
-commands = (train_command,)
+@click.command("grpo")
+@click.option("--base", default="local:smollm2", show_default=True, help="Policy base: local:smollm2 or hf:PATH.")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Folder for the LoRA adapter.")
+@click.option("--personas", type=COUNT, help="Conversations running at once (default 4).")
+@click.option("--turns", type=TURNS, help="Turns per conversation (default 3).")
+@click.option("--group", type=click.IntRange(2, 64), help="Replies sampled per turn, G (default 4).")
+@click.option("--role", "roles", multiple=True, metavar="ROLE=SPEC", help="user=SPEC or judge=SPEC. Repeatable.")
+@click.option("--max-steps", type=COUNT, help="Optimiser steps (default 20); each is one turn of every conversation.")
+@click.option("--max-completion-length", type=COUNT, help="Longest sampled reply in tokens (default 64).")
+@click.option("--init-adapter", type=click.Path(path_type=Path), help="Continue from this adapter (e.g. DPO's).")
+@click.option("--config", "train_config", type=click.Path(path_type=Path), help="YAML/TOML of GRPO settings.")
+@click.option(
+    "--trl", "trl_options", multiple=True, metavar="KEY=VALUE",
+    help="Any other GRPOConfig field, e.g. --trl learning_rate=1e-5 (JSON values). Repeatable.",
+)  # fmt: skip
+@click.option("--overwrite", is_flag=True, help="Replace an adapter already in --out.")
+@pass_app
+def grpo_command(
+    app: App,
+    base: str,
+    out: Path,
+    personas: int | None,
+    turns: int | None,
+    group: int | None,
+    roles: tuple[str, ...],
+    max_steps: int | None,
+    max_completion_length: int | None,
+    init_adapter: Path | None,
+    train_config: Path | None,
+    trl_options: tuple[str, ...],
+    overwrite: bool,
+) -> None:
+    """LoRA GRPO against the simulated user: per turn G sampled replies, judged, the best continues."""
+    from pydantic import ValidationError
+
+    from aloekit.agents.backends import BackendPool
+    from aloekit.config import format_loc, read_config_file, resolve_section
+    from aloekit.evaluation.audit import audit_notice
+    from aloekit.graphs import TreeStore
+    from aloekit.graphs.simulate import check_role
+    from aloekit.personas.pool import PersonaPool
+    from aloekit.training.grpo import GRPOSettings, build_environments, grpo_args, train_grpo, training_personas
+    from aloekit.training.progress import StepReporter
+    from aloekit.training.train import check_base, check_init_adapter, check_output_dir
+
+    from_file = read_config_file(Path(train_config), "train config") if train_config is not None else {}
+    flags = {"base": base, "out": out, "personas": personas, "turns": turns, "group": group, "max_steps": max_steps,
+             "max_completion_length": max_completion_length, "init_adapter": init_adapter,
+             "overwrite": overwrite or None, "seed": app.config.seed,
+             "trl": parse_trl_options(trl_options) or None}  # fmt: skip
+    try:
+        settings = resolve_section(GRPOSettings, from_file, {k: v for k, v in flags.items() if v is not None})
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        raise AloeError(f"grpo settings: field {format_loc(err['loc'])}: {err['msg']}") from None
+    settings = apply_roles(settings, roles)
+    check_base(settings.base)
+    check_output_dir(settings.out, settings.overwrite)
+    grpo_args(settings)  # the trl options, refused now rather than after the run row
+    if settings.init_adapter is not None:
+        check_init_adapter(settings.init_adapter)
+
+    def check_roles() -> None:
+        check_role("user", settings.user)
+        check_role("judge", settings.judge)
+
+    check_run_inputs(app, {settings.user.backend, settings.judge.backend}, check_roles)
+    pool = PersonaPool(app.store)
+    for kind in ("profile", "personality"):
+        pool.ensure_seeds(kind)
+    needed = settings.personas * math.ceil(settings.max_steps / settings.turns)
+    train_personas = training_personas(pool, settings, needed)
+    notice = audit_notice(app.store, "eval", settings.judge)
+    run_id = app.store.start_run(
+        command_line(), {**app.config.model_dump(mode="json"), "grpo": settings.model_dump(mode="json"),
+                         "judge_audit": notice.audit_id}, settings.seed,
+    )  # fmt: skip
+    app.notify(notice.text, warning=notice.warning)
+    progress = app.progress("train grpo", "{task.fields[note]}")
+    with run_lifetime(app.store, run_id), progress:
+        task = progress.add_task("", total=None, note="loading")
+
+        def report(step: int, total: int, logs: dict[str, Any]) -> None:
+            reward = logs.get("reward")
+            note = f"step {step}" + (f"  mean reward {float(reward):.3f}" if reward is not None else "")
+            progress.update(task, completed=step, total=total or None, note=note)
+
+        backends = BackendPool(app.config, store=app.store, run_id=run_id)
+        envs = build_environments(settings, backends, TreeStore(app.store), run_id)
+        summary = train_grpo(
+            settings, envs, train_personas, callbacks=[StepReporter(report)],
+            on_status=lambda text: progress.update(task, note=text),
+            extra_summary={"run_id": run_id, "judge_audit": notice.audit_id},
+        )  # fmt: skip
+    app.store.finish_run(run_id, "completed")
+    if app.as_json:
+        app.emit_json(summary)
+        return
+    first, last = summary["reward_first"], summary["reward_last"]
+    click.echo(f"grpo: {summary['steps']} steps, {summary['conversations_started']} conversations, mean reward "
+               f"{first:.3f} at step 1, {last:.3f} at the last, in {summary['runtime_s']:.1f}s")  # fmt: skip
+    click.echo(f"adapter: {settings.out}  (use it as --model/--role backend {summary['adapter_spec']})")
+
+
+for offline in (offline_command("sft", "LoRA SFT on exported rows."), offline_command("dpo", "LoRA DPO on pairs.")):
+    train_group.add_command(offline)
+train_group.add_command(grpo_command)
+
+commands = (train_group,)

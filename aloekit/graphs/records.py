@@ -17,6 +17,8 @@ class CandidateRecord(BaseModel):
     used_hint: bool
     text: str
     calls: list[CallRecord]
+    reward: float | None = None
+    """An RL rollout's judge score of this candidate (``aloe train grpo``); None in simulations."""
 
 
 class TurnRecord(BaseModel):

@@ -46,17 +46,23 @@ class TreeStore:
         self.store = store
 
     def create_conversations(
-        self, run_id: str, personas: list[PersonaPair], max_turns: int | Sequence[int], kind: str = "simulation"
+        self,
+        run_id: str,
+        personas: list[PersonaPair],
+        max_turns: int | Sequence[int],
+        kind: str = "simulation",
+        first_position: int = 0,
     ) -> list[str]:
         """Add one pending conversation per persona (with its root node); returns their ids.
 
-        ``max_turns`` is one length for all, or one per persona.
+        ``max_turns`` is one length for all, or one per persona; positions count from ``first_position``
+        (a run that adds conversations as it goes, like an RL rollout, numbers them on).
         """
         ids = []
         now = utcnow()
         lengths = [max_turns] * len(personas) if isinstance(max_turns, int) else list(max_turns)
         with self.store.transaction():
-            for position, (persona, turns) in enumerate(zip(personas, lengths, strict=True)):
+            for position, (persona, turns) in enumerate(zip(personas, lengths, strict=True), start=first_position):
                 cid = f"{run_id}-{position:04d}"
                 self.store.insert("conversations", {
                     "id": cid, "run_id": run_id, "kind": kind, "position": position,

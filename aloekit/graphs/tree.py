@@ -53,7 +53,8 @@ def turn_nodes(record: TurnRecord, parent_id: str) -> list[dict[str, Any]]:
                      "prompt_tokens": sum(c["prompt_tokens"] for c in calls),
                      "completion_tokens": sum(c["completion_tokens"] for c in calls),
                      "latency_s": round(sum(c["latency_s"] for c in calls), 4),
-                     "judge_verdict": record.verdict.preferred, "judge_order": record.verdict.order},
+                     "judge_verdict": record.verdict.preferred, "judge_order": record.verdict.order,
+                     **({"reward": cand.reward} if cand.reward is not None else {})},
         })  # fmt: skip
     return nodes
 

@@ -10,7 +10,11 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.first]
 
 def test_quick_demo_produces_every_output(run_aloe, tmp_path):
     # A deadline, not a duration: about 10 minutes on an idle 2-core machine, and over 25 on a loaded one.
-    proc = run_aloe("--json", "demo", "--quick", "--out", "demo", timeout=3600)
+    # Both cores for the longest test (963 s on the one thread a test worker gets, about 620 s on two): the
+    # other worker finishes the rest of the suite long before, and passive OpenMP waiting keeps the two
+    # threads from spinning against that worker meanwhile.
+    threads = {"OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2", "OMP_WAIT_POLICY": "PASSIVE"}
+    proc = run_aloe("--json", "demo", "--quick", "--out", "demo", timeout=3600, env=threads)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout)
     out = tmp_path / "demo"

@@ -1,0 +1,315 @@
+"""Online RL with the simulated user in the loop: LoRA GRPO through trl's own ``GRPOTrainer``.
+
+Each optimiser step advances every running conversation by one turn. For each, the policy samples a group
+of G replies to the conversation so far (trl's generation, called from a ``rollout_func`` so the prompt is
+read from the environment at generation time), the judge scores every reply (the reward), and the
+conversation continues with the best one (RLPA's best-of-n); trl computes the advantage within each group.
+The prompt holds the whole conversation, the simulator's messages included, and only the sampled reply is
+a completion: the simulator's tokens are never a training target. A finished conversation starts again with
+the next training persona.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Coroutine, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from aloekit.agents.base import Message
+from aloekit.config import GenerationOptions, one_line
+from aloekit.errors import AloeError, ConfigError
+from aloekit.graphs.simulate import MAX_TURNS, RoleConfig
+from aloekit.personas.models import PersonaPair
+from aloekit.training.environment import SimulatedUserEnv
+from aloekit.training.train import LoraSettings
+
+T = TypeVar("T")
+SLOT_PREFIX = "aloekit rollout slot "
+"""A dataset row's prompt is a placeholder naming its conversation slot; the real prompt comes from the
+environment when trl generates (a prompt read when the row is fetched would be one step stale: accelerate
+fetches the next batch ahead)."""
+
+
+class GRPOSettings(BaseModel):
+    """One ``aloe train grpo`` run (the GRPO counterpart of :class:`~aloekit.training.TrainConfig`)."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    base: str = "local:smollm2"
+    """Policy base model: ``local:smollm2`` or ``hf:PATH``."""
+    out: Path
+    """Folder for the adapter and ``training_summary.json``."""
+    personas: int = Field(default=4, ge=1, le=1024)
+    """Conversations running at once; each optimiser step advances every one by a turn."""
+    turns: int = Field(default=3, ge=1, le=MAX_TURNS)
+    """Turns per conversation; then the slot starts a new conversation with the next persona."""
+    group: int = Field(default=4, ge=2, le=64)
+    """Replies sampled per turn (G): the group whose rewards give the advantages."""
+    max_steps: int = Field(default=20, ge=1)
+    """Optimiser steps."""
+    init_adapter: Path | None = None
+    """Continue training this adapter (for example the DPO one)."""
+    overwrite: bool = False
+    """Replace an adapter already in ``out``."""
+    seed: int = Field(default=0, ge=0, lt=2**32)
+    """Seed for persona sampling, the environment and trl."""
+    lora: LoraSettings = LoraSettings()
+    """LoRA settings (as for SFT and DPO)."""
+    max_completion_length: int = Field(default=64, ge=1)
+    """Longest sampled reply, in tokens."""
+    temperature: float = Field(default=1.0, gt=0)
+    """Sampling temperature of the group (GRPO needs different replies to compare)."""
+    user: RoleConfig = RoleConfig(kind="user_simulator", generation=GenerationOptions(max_tokens=64, temperature=0.8))
+    """The user simulator."""
+    judge: RoleConfig = RoleConfig(kind="alignment_scorer", generation=GenerationOptions(max_tokens=8, temperature=0))
+    """The reward: a scorer (``alignment_scorer``, expected scores in-process; or ``persona_similarity``)."""
+    eval_set: str = "builtin"
+    """Its personas are never trained on."""
+    trl: dict[str, Any] = {}
+    """Any other ``GRPOConfig`` field (learning_rate, beta, loss_type...)."""
+
+    def with_backend(self, role: str, spec: str) -> GRPOSettings:
+        """A copy with ``user`` or ``judge`` on backend ``spec`` (``--role ROLE=SPEC``)."""
+        if role not in ("user", "judge"):
+            raise AloeError(f"unknown role {role!r} in --role (use user or judge; --base sets the policy)")
+        return self.model_copy(update={role: getattr(self, role).model_copy(update={"backend": spec})})
+
+
+@dataclass
+class Slot:
+    """One running conversation of the rollout."""
+
+    env: SimulatedUserEnv
+    conversations: int = 0
+
+
+class Rollout:
+    """The environments of a GRPO run and the two functions trl calls: ``rollout_func`` and the reward."""
+
+    def __init__(
+        self, envs: Sequence[SimulatedUserEnv], personas: Sequence[PersonaPair], seed: int, max_conversations: int
+    ) -> None:
+        if not personas:
+            raise AloeError("GRPO needs at least one training persona")
+        self.slots = [Slot(env) for env in envs]
+        self.personas, self.seed, self.max_conversations = list(personas), seed, max_conversations
+        self.started = 0
+        self.loop = asyncio.new_event_loop()  # one loop for the run: backend clients bind to it
+        self.step_rewards: list[float] = []
+        self.unscored = 0
+
+    def _run_all(self, coroutines: Iterable[Coroutine[Any, Any, T]]) -> list[T]:
+        """Run coroutines concurrently on the rollout's loop (gathered inside it, not bound to another)."""
+
+        async def gather() -> list[T]:
+            return list(await asyncio.gather(*coroutines))
+
+        return self.loop.run_until_complete(gather())
+
+    async def _start(self, slot: Slot) -> None:
+        position = self.started  # taken before the await: slots start concurrently
+        self.started += 1
+        slot.conversations += 1
+        await slot.env.areset(self.personas[position % len(self.personas)], seed=self.seed, position=position)
+
+    def start(self) -> None:
+        """Open every slot's first conversation."""
+        self._run_all(self._start(slot) for slot in self.slots)
+
+    def dataset_rows(self) -> list[dict[str, Any]]:
+        """One placeholder row per slot (trl repeats each ``group`` times)."""
+        return [
+            {"prompt": [{"role": "user", "content": f"{SLOT_PREFIX}{i}"}], "slot": i} for i in range(len(self.slots))
+        ]
+
+    def messages(self, prompt: Any) -> list[Message]:
+        """The conversation a placeholder prompt stands for, as it is now."""
+        text = prompt[-1]["content"] if isinstance(prompt, list) else str(prompt)
+        if not text.startswith(SLOT_PREFIX):
+            raise AloeError(f"unexpected GRPO prompt {one_line(text)[:80]!r}: rows must come from Rollout.dataset_rows")
+        return self.slots[int(text[len(SLOT_PREFIX) :])].env.messages()
+
+    def rollout_func(self, prompts: list[Any], trainer: Any) -> dict[str, Any]:
+        """trl's ``rollout_func``: the environments' current conversations, sampled by trl's own generation."""
+        conversations = [self.messages(p) for p in prompts]
+        prompt_ids, _, _ = trainer._tokenize_prompts(conversations)
+        completion_ids, logprobs = trainer._generate_single_turn(prompt_ids, None, {}, trainer.num_generations)
+        return {"prompt_ids": prompt_ids, "completion_ids": completion_ids, "logprobs": logprobs}
+
+    def reward(self, prompts: list[Any], completions: list[Any], slot: list[int], **_: Any) -> list[float]:
+        """The judge's score of every reply; each slot's group then continues with its best reply."""
+        texts = [c[-1]["content"] if isinstance(c, list) else str(c) for c in completions]
+        groups: dict[int, list[int]] = {}
+        for row, index in enumerate(slot):
+            groups.setdefault(int(index), []).append(row)
+
+        async def advance(index: int, rows: list[int]) -> list[float | None]:
+            env = self.slots[index].env
+            result = await env.astep([texts[r] for r in rows])
+            if result.done and self.started < self.max_conversations:  # no conversation the run cannot use
+                await self._start(self.slots[index])
+            return result.info["rewards"]
+
+        results = self._run_all(advance(i, rows) for i, rows in groups.items())
+        rewards: list[float] = [0.0] * len(texts)
+        for rows, values in zip(groups.values(), results, strict=True):
+            scored = [v for v in values if v is not None]
+            # An unscored reply carries no information: the group mean gives it no advantage either way.
+            fill = sum(scored) / len(scored) if scored else 0.0
+            self.unscored += len(values) - len(scored)
+            for row, value in zip(rows, values, strict=True):
+                rewards[row] = value if value is not None else fill
+        self.step_rewards.append(sum(rewards) / len(rewards))
+        return rewards
+
+    def close(self) -> None:
+        """Mark conversations cut short by the end of training ``incomplete``; close the event loop."""
+        for slot in self.slots:
+            env = slot.env
+            if env.trees is not None and env.started and not env.done:
+                env.trees.set_status(env.conversation_id, "incomplete", "training ended mid-conversation")
+        self.loop.close()
+
+
+def grpo_args(settings: GRPOSettings) -> Any:
+    """trl's own GRPOConfig: one optimiser step = one generation = one turn of every slot."""
+    import torch
+    from trl import GRPOConfig
+
+    cuda = torch.cuda.is_available()
+    options = {
+        "output_dir": str(settings.out), "max_steps": settings.max_steps, "seed": settings.seed,
+        "per_device_train_batch_size": settings.group, "num_generations": settings.group,
+        "gradient_accumulation_steps": settings.personas, "steps_per_generation": settings.personas,
+        "max_completion_length": settings.max_completion_length, "temperature": settings.temperature,
+        "learning_rate": 5e-5, "logging_steps": 1, "save_strategy": "no", "report_to": "none",
+        "use_cpu": not cuda, "gradient_checkpointing": cuda, "shuffle_dataset": False,
+    }  # fmt: skip
+    owned = {"max_steps", "seed", "per_device_train_batch_size", "num_generations", "gradient_accumulation_steps",
+             "steps_per_generation", "max_completion_length", "temperature"}  # fmt: skip
+    if clash := sorted(owned & set(settings.trl)):
+        raise ConfigError(f"train config: trl.{clash[0]} is set by aloe train grpo's own settings; use those")
+    try:
+        return GRPOConfig(**{**options, **settings.trl})
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(one_line(f"train config: GRPOConfig rejected the trl options: {exc}")) from None
+
+
+def build_environments(
+    settings: GRPOSettings, backends: Any, trees: Any = None, run_id: str | None = None
+) -> list[SimulatedUserEnv]:
+    """One environment per slot, sharing the user and judge roles (roles keep no state between calls)."""
+    from aloekit.graphs.simulate import build_role
+
+    user = build_role(backends, "user", settings.user)
+    judge = build_role(backends, "judge", settings.judge)
+    return [SimulatedUserEnv(user, judge, max_turns=settings.turns, trees=trees, run_id=run_id,
+                             policy_backend=settings.base) for _ in range(settings.personas)]  # fmt: skip
+
+
+def training_personas(pool: Any, settings: GRPOSettings, needed: int) -> list[PersonaPair]:
+    """Up to ``needed`` distinct persona pairs from the pool, the eval set's personas kept out (a run that
+    needs more conversations than there are pairs cycles through them)."""
+    from aloekit.evaluation.task import eval_persona_ids
+
+    held_out = eval_persona_ids(settings.eval_set)
+    profiles = sum(p.id not in held_out for p in pool.list("profile"))
+    personalities = sum(p.id not in held_out for p in pool.list("personality"))
+    if not profiles or not personalities:
+        raise AloeError(f"no training personas left after keeping the {settings.eval_set} eval personas out "
+                        "(aloe personas import or generate more)")  # fmt: skip
+    return pool.sample_pairs(min(needed, profiles * personalities), seed=settings.seed, exclude=held_out)
+
+
+def personas_hash(personas: Sequence[PersonaPair]) -> str:
+    """The training data of a GRPO run is its personas: their ids, hashed."""
+    return hashlib.sha256(json.dumps([p.id for p in personas]).encode()).hexdigest()[:16]
+
+
+def train_grpo(
+    settings: GRPOSettings,
+    envs: Sequence[SimulatedUserEnv],
+    personas: Sequence[PersonaPair],
+    *,
+    callbacks: list[Any] | None = None,
+    on_status: Callable[[str], None] | None = None,
+    extra_summary: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Run GRPO with ``envs`` (one per slot, ``settings.personas`` of them) over ``personas``; write the adapter
+    and ``training_summary.json`` into ``settings.out``."""
+    from datasets import Dataset
+    from peft import LoraConfig, PeftModel
+    from trl import GRPOTrainer
+
+    from aloekit.training.train import check_init_adapter, load_model_and_tokenizer, resolve_base
+
+    status = on_status or (lambda text: None)
+    # rollout_func is trl's documented hook for custom rollouts, marked experimental: we use it on purpose,
+    # and the tests pin what we rely on (prompt ids from the environment at generation time).
+    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+    if len(envs) != settings.personas:
+        raise AloeError(f"GRPO needs one environment per slot: {settings.personas} slots, {len(envs)} environments")
+    rollout = Rollout(envs, personas, settings.seed, settings.personas * math.ceil(settings.max_steps / settings.turns))
+    try:
+        status(f"resolving base {settings.base}")
+        base_dir = resolve_base(settings.base)
+        model, tokenizer = load_model_and_tokenizer(base_dir)
+        tokenizer.padding_side = "left"  # trl generates from left-padded prompts
+        peft_config = None
+        if settings.init_adapter is not None:
+            check_init_adapter(settings.init_adapter)
+            model = PeftModel.from_pretrained(model, str(settings.init_adapter), is_trainable=True)
+        else:
+            lora = settings.lora
+            peft_config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                                     target_modules=lora.target_modules, task_type="CAUSAL_LM")  # fmt: skip
+        status("opening the conversations")
+        rollout.start()
+        trainer = GRPOTrainer(
+            model=model, reward_funcs=[rollout.reward], args=grpo_args(settings),
+            train_dataset=Dataset.from_list(rollout.dataset_rows()), processing_class=tokenizer,
+            peft_config=peft_config, callbacks=callbacks, rollout_func=rollout.rollout_func,
+        )  # fmt: skip
+        if callbacks:
+            from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+            trainer.remove_callback(PrinterCallback)
+            trainer.remove_callback(ProgressCallback)
+        status(f"GRPO: {settings.personas} conversations x group {settings.group}")
+        started = time.time()
+        result = trainer.train()
+        runtime = time.time() - started
+    finally:
+        rollout.close()
+    settings.out.mkdir(parents=True, exist_ok=True)
+    trainer.save_model(str(settings.out))
+    tokenizer.save_pretrained(str(settings.out))
+    rewards = [entry["reward"] for entry in trainer.state.log_history if "reward" in entry]
+    summary = {
+        "method": "grpo",
+        "base": settings.base,
+        "base_dir": str(base_dir),
+        "config": settings.model_dump(mode="json"),
+        "steps": trainer.state.global_step,
+        "conversations_started": rollout.started,
+        "rewards_per_step": rewards,
+        "reward_first": rewards[0] if rewards else None,
+        "reward_last": rewards[-1] if rewards else None,
+        "unscored_replies": rollout.unscored,
+        "data_hash": personas_hash(personas),
+        "train_loss": result.training_loss if not math.isnan(result.training_loss) else None,
+        "runtime_s": round(runtime, 2),
+        "adapter_spec": f"{settings.base}+{settings.out}",
+        **(extra_summary or {}),
+    }
+    (settings.out / "training_summary.json").write_text(json.dumps(summary, indent=2))
+    return summary

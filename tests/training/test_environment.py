@@ -1,0 +1,113 @@
+"""The simulated user as an RL environment, on scripted roles: turn order, the turn limit, best-of-n, trees."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from aloekit.agents.backends import BackendPool
+from aloekit.config import AloeConfig
+from aloekit.errors import AloeError
+from aloekit.graphs import RoleConfig, TreeStore
+from aloekit.graphs.simulate import build_role
+from aloekit.store import Store
+from aloekit.training.environment import SimulatedUserEnv, best_index
+from tests.graphs.scripted import PERSONA
+from tests.helpers import ScriptedClient
+
+
+def user(messages, options):
+    # The simulator's own earlier messages are its assistant turns: count them to number this one.
+    return f"user message {sum(m['role'] == 'assistant' for m in messages) + 1}"
+
+
+def judge(messages, options):
+    """Score = the number of times "good" appears in the reply, capped to 1-5."""
+    reply = messages[-1]["content"].split("The reply:\n", 1)[1].split("\n\nScore", 1)[0]
+    return str(min(5, 1 + reply.count("good")))
+
+
+def make_env(scripted, tmp_path, max_turns=2, store=True):
+    pool = BackendPool(AloeConfig.model_validate({"backend": {"max_retries": 0}}))
+    user_role = build_role(
+        pool, "user", RoleConfig(kind="user_simulator", backend=scripted("env-user", ScriptedClient(user)))
+    )
+    judge_role = build_role(
+        pool, "judge", RoleConfig(kind="alignment_scorer", backend=scripted("env-judge", ScriptedClient(judge)))
+    )
+    if not store:
+        return SimulatedUserEnv(user_role, judge_role, max_turns=max_turns), None, None
+    db = Store(tmp_path / "aloe.db")
+    run_id = db.start_run("train grpo", {}, 0)
+    env = SimulatedUserEnv(user_role, judge_role, max_turns=max_turns, trees=TreeStore(db), run_id=run_id)
+    return env, db, run_id
+
+
+async def test_turns_alternate_and_done_comes_at_the_turn_limit(scripted, tmp_path):
+    env, db, run_id = make_env(scripted, tmp_path, max_turns=2)
+    opening = await env.areset(PERSONA, seed=3)
+    assert opening == [{"role": "user", "content": "user message 1"}] and env.turn == 1
+    done, next_message, reward, info = await env.astep("a good reply")
+    assert (done, next_message, reward) == (False, "user message 2", 2.0) and info["turn"] == 1
+    assert [m["role"] for m in env.messages()] == ["user", "assistant", "user"]
+    done, next_message, reward, info = await env.astep("plain")
+    assert done and next_message is None and reward == 1.0 and env.done
+    rows = db.conn.execute("SELECT COUNT(*) FROM tree_nodes").fetchone()[0]
+    with pytest.raises(AloeError, match="the conversation is over"):
+        await env.astep("one too many")
+    assert db.conn.execute("SELECT COUNT(*) FROM tree_nodes").fetchone()[0] == rows  # nothing written
+    (conversation,) = TreeStore(db).conversations(run_id)
+    assert conversation.kind == "rollout" and conversation.status == "complete" and conversation.turns_done == 2
+
+
+async def test_a_group_continues_with_its_best_scored_reply(scripted, tmp_path):
+    env, db, run_id = make_env(scripted, tmp_path, max_turns=2)
+    await env.areset(PERSONA)
+    done, _, reward, info = await env.astep(["plain", "good good", "good"])
+    assert not done and info["rewards"] == [1.0, 3.0, 2.0] and info["continued"] == 1 and reward == 3.0
+    assert env.messages()[1] == {"role": "assistant", "content": "good good"}
+    nodes = db.conn.execute(
+        "SELECT role, text, chosen, label, data FROM tree_nodes WHERE turn = 1 ORDER BY id"
+    ).fetchall()
+    assert [n[0] for n in nodes] == ["assistant", "assistant", "assistant", "user"]
+    chosen = {
+        text: (bool(c), label, json.loads(data)["reward"])
+        for role, text, c, label, data in nodes
+        if role == "assistant"
+    }
+    assert chosen == {
+        "plain": (False, "rejected", 1.0),
+        "good good": (True, "preferred", 3.0),
+        "good": (False, "rejected", 2.0),
+    }
+
+
+async def test_given_rewards_are_used_as_is(scripted, tmp_path):
+    env, _, _ = make_env(scripted, tmp_path, store=False)
+    await env.areset(PERSONA)
+    _, _, reward, info = await env.astep(["a", "b"], rewards=[0.2, 0.7])
+    assert info["continued"] == 1 and reward == 0.7
+    with pytest.raises(AloeError, match="2 replies and 1 rewards"):
+        await env.astep(["a", "b"], rewards=[0.1])
+
+
+def test_the_synchronous_wrappers_run_on_one_loop(scripted, tmp_path):
+    env, _, _ = make_env(scripted, tmp_path, max_turns=1, store=False)
+    assert env.reset(PERSONA) == [{"role": "user", "content": "user message 1"}]
+    assert env.step("good").done
+    env.close()
+
+
+def test_best_index_prefers_the_first_of_equal_rewards_and_ignores_unscored():
+    assert best_index([2.0, 3.0, 3.0]) == 1
+    assert best_index([None, 1.5, None]) == 1
+    assert best_index([None, None]) == 0
+
+
+def test_bad_construction_is_one_line(scripted, tmp_path):
+    env, _, _ = make_env(scripted, tmp_path, store=False)
+    with pytest.raises(AloeError, match="max_turns must be at least 1"):
+        SimulatedUserEnv(env.user, env.judge, max_turns=0)
+    with pytest.raises(AloeError, match="call reset"):
+        env.messages()

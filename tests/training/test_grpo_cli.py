@@ -1,0 +1,58 @@
+"""``aloe train grpo`` end to end on a tiny model, user and judge on the stub server; and its bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from aloekit.graphs import TreeStore
+from aloekit.store import Store
+from aloekit.testing import StubOpenAIServer, role_aware_reply
+
+
+def test_grpo_cli_trains_stores_rollouts_and_reports(run_aloe, tmp_path, tiny_model_dir):
+    with StubOpenAIServer(respond=role_aware_reply) as server:
+        spec = server.spec()
+        proc = run_aloe("--json", "train", "grpo", "--base", f"hf:{tiny_model_dir}", "--out", "grpo",
+                        "--personas", "2", "--turns", "2", "--group", "2", "--max-steps", "2",
+                        "--role", f"user={spec}", "--role", f"judge={spec}", "--max-completion-length", "8",
+                        timeout=600)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    summary = json.loads(proc.stdout)
+    assert summary["steps"] == 2 and len(summary["rewards_per_step"]) == 2 and summary["conversations_started"] == 2
+    assert (tmp_path / "grpo" / "adapter_config.json").is_file()
+    assert json.loads((tmp_path / "grpo" / "training_summary.json").read_text())["run_id"] == summary["run_id"]
+    store = Store(tmp_path / "aloe.db", readonly=True)
+    run = store.get_run(summary["run_id"])
+    assert run["status"] == "completed" and json.loads(run["config"])["grpo"]["group"] == 2
+    conversations = TreeStore(store).conversations(summary["run_id"])
+    assert [c.status for c in conversations] == ["complete", "complete"]
+    # Eval personas are never trained on.
+    from aloekit.evaluation.task import eval_persona_ids
+
+    held_out = eval_persona_ids("builtin")
+    assert all(c.persona.profile.id not in held_out and c.persona.personality.id not in held_out for c in conversations)
+    shown = run_aloe("trees", "show", conversations[0].id)
+    assert shown.returncode == 0 and "Just got back from the market" in shown.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--group", "1"], "Invalid value for '--group'"),
+        (["--role", "boss=x"], "unknown role 'boss' in --role (use user or judge; --base sets the policy)"),
+        (["--trl", "num_generations=8"], "trl.num_generations is set by aloe train grpo's own settings"),
+        (["--base", "local:smollm2+adapters/x"], "names an adapter"),
+        (["--init-adapter", "nowhere"], "--init-adapter nowhere: not found"),
+        (["--role", "judge=nosuch:x"], "unknown backend prefix 'nosuch'"),
+    ],
+)
+def test_grpo_bad_input_is_one_line_and_records_no_run(run_aloe, tmp_path, args, message):
+    proc = run_aloe("train", "grpo", "--out", "grpo", "--max-steps", "1", *args)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert message in proc.stderr, proc.stderr
+    assert not (tmp_path / "grpo").exists()
+    if (tmp_path / "aloe.db").exists():
+        runs = Store(tmp_path / "aloe.db", readonly=True).conn.execute("SELECT COUNT(*) FROM runs").fetchone()[0]
+        assert runs == 0
