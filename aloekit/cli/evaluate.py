@@ -144,18 +144,32 @@ def eval_command(
 
 
 @click.command("compare")
-@click.argument("run_a")
-@click.argument("run_b")
+@click.argument("run_ids", metavar="RUN_A RUN_B | --table BASE RUN...", nargs=-1, required=True)
+@click.option("--table", is_flag=True, help="One table of every run against the first (the base), Holm-adjusted.")
 @pass_app
-def compare_command(app: App, run_a: str, run_b: str) -> None:
-    """Compare two evaluation runs on their shared personas (B minus A): paired bootstrap and Wilcoxon."""
-    from aloekit.evaluation.report import comparison_dict, comparison_lines, run_results
+def compare_command(app: App, run_ids: tuple[str, ...], table: bool) -> None:
+    """Compare evaluation runs on their shared personas: B minus A (paired bootstrap and Wilcoxon), or with
+    --table every method against the base, on one judge."""
+    from aloekit.evaluation.report import (
+        comparison_dict,
+        comparison_lines,
+        methods_table,
+        methods_table_lines,
+        run_results,
+    )
 
-    comparison = comparison_dict(run_results(app.store, run_a, n_boot=0), run_results(app.store, run_b, n_boot=0))
+    if not table and len(run_ids) != 2:
+        raise AloeError(f"compare takes two runs (RUN_A RUN_B), or --table with the base first; got {len(run_ids)}")
+    results = [run_results(app.store, run_id, n_boot=0) for run_id in run_ids]
+    if table:
+        methods = methods_table(results)
+        app.emit_json(methods) if app.as_json else click.echo("\n".join(methods_table_lines(methods)))
+        return
+    comparison = comparison_dict(*results)
     if app.as_json:
         app.emit_json(comparison)
         return
-    click.echo(f"{run_b} minus {run_a}")
+    click.echo(f"{run_ids[1]} minus {run_ids[0]}")
     click.echo("\n".join(comparison_lines(comparison)))
 
 

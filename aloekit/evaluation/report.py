@@ -22,6 +22,7 @@ from aloekit.evaluation.metrics import (
     bootstrap,
     compare,
     compute_metrics,
+    holm,
 )
 from aloekit.evaluation.task import EvalConfig, EvalStore
 from aloekit.serialize import to_json
@@ -219,6 +220,10 @@ def write_report(store: Store, run_ids: list[str], out: Path, note: str | None =
         comparison = comparison_dict(results[0], results[1])
         summary["comparison"] = comparison
         lines += ["## Comparison (second run minus first)", "", *comparison_lines(comparison), ""]
+    elif len(results) > 2:
+        table = methods_table(results)
+        summary["methods_table"] = table
+        lines += ["## Every method against the first run", "", *methods_table_lines(table), ""]
     for name, text in (("report.md", "\n".join(lines)), ("summary.json", to_json(summary, indent=2, default=str))):
         try:
             (out / name).write_text(text, encoding="utf-8")
@@ -269,4 +274,58 @@ def comparison_lines(c: dict[str, Any]) -> list[str]:
         zip(c["turn_n"], c["al_diff"], c["turn_p"], c["turn_p_holm"], strict=True), start=1
     ):
         lines.append(f"| {k} | {n} | {iv(diff)} | {format_value(p_raw, 4)} | {format_value(p_holm, 4)} |")
+    return lines
+
+
+def methods_table(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """Every run as one method, on the personas all of them scored and one judge; each compared with the first
+    (the base): paired-bootstrap AVG difference and a Wilcoxon test, Holm-adjusted across the methods."""
+    if len(results) < 2:
+        raise AloeError("a methods table needs at least two evaluation runs (the base first)")
+    judges = {judge_key("eval", r["config"].judge) for r in results}
+    if len(judges) > 1:
+        raise AloeError("the runs were scored by different judges: a methods table compares methods under one judge "
+                        "(evaluate them with the same --role judge and judge settings)")  # fmt: skip
+    shared = set.intersection(*(set(r["scores"]) for r in results))
+    if not shared:
+        raise AloeError("the runs share no personas (evaluate them on the same eval set)")
+    turns = min(r["turns"] for r in results)
+    base = results[0]
+    rows, p_values = [], []
+    for r in results:
+        scores = {pid: r["scores"][pid] for pid in sorted(shared)}
+        metrics, cis = compute_metrics(scores, turns), run_cis(scores, turns, r["config"])
+        row = {"run_id": r["run_id"], "method": label(r), "personas": len(scores), "metrics": asdict(metrics),
+               "ci": asdict(cis), "vs_base": None}  # fmt: skip
+        if r is not base:
+            c = compare(base["scores"], r["scores"], turns, n_boot=N_BOOT, seed=base["config"].seed)
+            row["vs_base"] = {"avg_diff": asdict(c.avg_diff), "ir_diff": asdict(c.ir_diff), "p": c.wilcoxon_p,
+                              "n": c.wilcoxon_n}  # fmt: skip
+            p_values.append(c.wilcoxon_p)
+        rows.append(row)
+    for row, adjusted in zip(rows[1:], holm(p_values), strict=True):
+        row["vs_base"]["p_holm"] = adjusted
+    return {"base": base["run_id"], "turns": turns, "personas": len(shared), "judge": base["config"].judge.backend,
+            "rows": rows}  # fmt: skip
+
+
+def methods_table_lines(table: dict[str, Any]) -> list[str]:
+    """The methods table as Markdown."""
+
+    def iv(d: dict[str, float]) -> str:
+        return f"{format_value(d['value'])} [{format_value(d['low'])}, {format_value(d['high'])}]"
+
+    lines = [
+        f"Every method on the same {table['personas']} personas, turns 1-{table['turns']}, judge "
+        f"`{table['judge']}`; differences are against the first run (the base), Wilcoxon p Holm-adjusted.",
+        "",
+        "| method | run | AVG [95% CI] | IR [95% CI] | N-IR [95% CI] | R2 | AVG - base [95% CI] | p (Holm) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for row in table["rows"]:
+        ci, m, vs = row["ci"], row["metrics"], row["vs_base"]
+        diff = "(base)" if vs is None else iv(vs["avg_diff"])
+        p = "" if vs is None else format_value(vs["p_holm"], 4)
+        lines.append(f"| {row['method']} | {row['run_id']} | {iv(ci['avg'])} | {iv(ci['ir'])} | {iv(ci['n_ir'])} | "
+                     f"{format_value(m['r2'])} | {diff} | {p} |")  # fmt: skip
     return lines

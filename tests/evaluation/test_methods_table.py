@@ -1,0 +1,89 @@
+"""One table of every evaluated method against the base, on shared personas and one judge."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from aloekit.agents.backends import BackendPool
+from aloekit.config import AloeConfig
+from aloekit.errors import AloeError
+from aloekit.evaluation import EvalConfig, create_eval_conversations, run_evaluation
+from aloekit.evaluation.report import methods_table, methods_table_lines, run_results
+from aloekit.store import Store
+from tests.helpers import ScriptedClient
+
+
+def user(messages, options):
+    return f"user message {sum(m['role'] == 'assistant' for m in messages) + 1}"
+
+
+def judge(messages, options):
+    """1 + the number of "good" in the reply, + 1 at turn 3 for "learns" (so IR differs too)."""
+    prompt = messages[-1]["content"]
+    reply = prompt.split("The reply:\n", 1)[1].split("\n\nScore", 1)[0]
+    bonus = 1 if "learns" in reply and "user message 3" in prompt else 0
+    return str(min(5, 1 + reply.count("good") + bonus))
+
+
+MODELS = {"base": "plain", "better": "good good", "learner": "plain learns"}
+
+
+async def evaluate(scripted, store, name, personas=6, judge_fn=judge):
+    # One judge spec per judge function: a methods table needs every run scored by the same judge.
+    specs = {role: scripted(key, ScriptedClient(fn)) for role, key, fn in
+             (("user", "user", user), ("model", f"model-{name}", lambda m, o: MODELS[name]),
+              ("judge", f"judge-{judge_fn.__name__}", judge_fn))}  # fmt: skip
+    config = EvalConfig(model=specs["model"], personas=personas, turns=3)
+    config = config.with_backend("user", specs["user"]).with_backend("judge", specs["judge"])
+    run_id = store.start_run("eval", {"eval_resolved": config.model_dump(mode="json")}, 0)
+    create_eval_conversations(store, run_id, config)
+    backends = BackendPool(AloeConfig.model_validate({"backend": {"max_retries": 0}}), store=store)
+    await run_evaluation(store, backends, config, run_id)
+    return run_id
+
+
+async def test_every_method_against_the_base_with_holm_adjusted_p(scripted, tmp_path):
+    store = Store(tmp_path / "aloe.db")
+    runs = [await evaluate(scripted, store, name) for name in ("base", "better", "learner")]
+    table = methods_table([run_results(store, r, n_boot=0) for r in runs])
+    base, better, learner = table["rows"]
+    assert table["base"] == runs[0] and table["personas"] == 6 and table["turns"] == 3
+    assert base["vs_base"] is None and base["metrics"]["avg"] == pytest.approx(1.0)
+    assert better["vs_base"]["avg_diff"]["value"] == pytest.approx(2.0) and better["metrics"]["ir"] == pytest.approx(0)
+    assert learner["vs_base"]["avg_diff"]["value"] == pytest.approx(1 / 3) and learner["metrics"]["ir"] > 0
+    for row in (better, learner):  # Holm never lowers a p-value
+        assert row["vs_base"]["p_holm"] >= row["vs_base"]["p"]
+    lines = methods_table_lines(table)
+    assert lines[2].startswith("| method | run | AVG [95% CI] |") and "(base)" in lines[4] and len(lines) == 7
+
+
+async def test_runs_under_different_judges_or_personas_are_refused(scripted, tmp_path):
+    store = Store(tmp_path / "aloe.db")
+
+    def lenient(messages, options):
+        return "5"
+
+    a = await evaluate(scripted, store, "base")
+    b = await evaluate(scripted, store, "better", judge_fn=lenient)
+    with pytest.raises(AloeError, match="scored by different judges"):
+        methods_table([run_results(store, r, n_boot=0) for r in (a, b)])
+    with pytest.raises(AloeError, match="at least two evaluation runs"):
+        methods_table([run_results(store, a, n_boot=0)])
+
+
+async def test_compare_table_cli_and_the_report(scripted, tmp_path, run_aloe):
+    store = Store(tmp_path / "aloe.db")
+    runs = [await evaluate(scripted, store, name, personas=3) for name in ("base", "better", "learner")]
+    store.close()
+    proc = run_aloe("compare", "--table", *runs)
+    assert proc.returncode == 0, proc.stderr
+    assert "| method | run | AVG [95% CI]" in proc.stdout and proc.stdout.count("\n| ") == 5
+    as_json = json.loads(run_aloe("--json", "compare", "--table", *runs).stdout)
+    assert [row["run_id"] for row in as_json["rows"]] == runs
+    one = run_aloe("compare", runs[0])
+    assert one.returncode == 1 and one.stderr.startswith("error: compare takes two runs (RUN_A RUN_B), or --table")
+    report = run_aloe("report", *runs, "--out", "rep")
+    assert report.returncode == 0, report.stderr
+    assert "## Every method against the first run" in (tmp_path / "rep" / "report.md").read_text()
