@@ -72,6 +72,7 @@ def eval_command(
         eval_config,
         format_value,
         run_results,
+        second_judge_line,
     )
 
     store = app.store
@@ -100,7 +101,8 @@ def eval_command(
         notice = audit_notice(store, "eval", config.judge)
         plan = plan_eval_conversations(store, config)
 
-    specs = {config.model, config.judge.backend, *([config.user.backend] if config.mode == "live" else [])}
+    specs = {config.model, config.judge.backend, *([config.user.backend] if config.mode == "live" else []),
+             *([config.second_judge.backend] if config.second_judge is not None else [])}  # fmt: skip
     check_run_inputs(app, specs, config.check_roles)  # before any run row is written or changed
     if not resume_run:
         run_config = {**app.config.model_dump(mode="json"), "eval_resolved": config.model_dump(mode="json"),
@@ -124,6 +126,9 @@ def eval_command(
         "run_id": run_id, "statuses": summary.statuses, "turns_saved": summary.turns_saved, "unscored": m.unscored,
         "avg": m.avg, "ir": m.ir, "r2": m.r2, "al": m.al, "scored": m.scored, "failures": summary.failures,
         "judge_audit": results["audit_id"], "score_modes": results["score_modes"],
+        "second_judge": None if results["second"] is None else {
+            "kind": results["second"]["kind"], "avg": results["second"]["metrics"].avg,
+            "ir": results["second"]["metrics"].ir, "agreement": results["second"]["agreement"]},
     }  # fmt: skip
     if app.as_json:
         app.emit_json(out)
@@ -132,6 +137,8 @@ def eval_command(
     click.echo(f"run {run_id} ({config.mode}): {status_line}; {sum(m.scored)} turns scored, {m.unscored} unscored")
     click.echo(f"AVG {format_value(m.avg)}  IR {format_value(m.ir)}  R2 {format_value(m.r2)}  AL(k) "
                + " ".join(f"{format_value(v, 2)} (n={n})" for v, n in zip(m.al, m.scored, strict=True)))  # fmt: skip
+    if line := second_judge_line(results):
+        click.echo(line)
     notes = {"expected": EXPECTED_SCORES_NOTE, "similarity": SIMILARITY_SCORES_NOTE}
     for mode in results["score_modes"]:
         if mode in notes:

@@ -89,9 +89,37 @@ def run_results(store: Store, run_id: str, n_boot: int = N_BOOT) -> dict[str, An
     metrics = compute_metrics(scores, turns)
     cis = run_cis(scores, turns, config) if n_boot else bootstrap(scores, turns, n_boot=0)
     audit_id, audit = audit_of_run(store, run_id, config)
+    second_scores = evals.second_scores(run_id)
+    second = None
+    if config.second_judge is not None and second_scores:
+        second = {"kind": config.second_judge.kind, "metrics": compute_metrics(second_scores, turns),
+                  "agreement": judge_agreement(scores, second_scores)}  # fmt: skip
     return {"run_id": run_id, "config": config, "scores": scores, "turns": turns, "metrics": metrics, "cis": cis,
             "statuses": evals.trees.status_counts(run_id), "audit_id": audit_id, "audit": audit,
-            "score_modes": evals.score_modes(run_id)}  # fmt: skip
+            "score_modes": evals.score_modes(run_id), "second": second}  # fmt: skip
+
+
+def judge_agreement(first: Scores, second: Scores) -> dict[str, Any]:
+    """How far two judges rank the same replies alike: Spearman's rho (scipy) over replies both scored."""
+    from scipy.stats import spearmanr
+
+    pairs = [(value, second[pid][turn]) for pid, by_turn in first.items() for turn, value in by_turn.items()
+             if value is not None and second.get(pid, {}).get(turn) is not None]  # fmt: skip
+    if len(pairs) < 3 or len({a for a, _ in pairs}) < 2 or len({b for _, b in pairs}) < 2:
+        return {"n": len(pairs), "spearman": None, "p": None}  # too few, or a constant judge: no ranking to compare
+    rho, p_value = spearmanr([a for a, _ in pairs], [b for _, b in pairs])
+    return {"n": len(pairs), "spearman": float(rho), "p": float(p_value)}
+
+
+def second_judge_line(result: dict[str, Any]) -> str | None:
+    """One line on the second judge's metrics and its agreement with the judge, if the run had one."""
+    second = result.get("second")
+    if second is None:
+        return None
+    m, agreement = second["metrics"], second["agreement"]
+    rho = "n/a" if agreement["spearman"] is None else f"{agreement['spearman']:.2f}"
+    return (f"second judge ({second['kind']}): AVG {format_value(m.avg)}  IR {format_value(m.ir)}; agreement with "
+            f"the judge: Spearman rho {rho} over {agreement['n']} replies")  # fmt: skip
 
 
 def format_value(value: float | None, digits: int = 3) -> str:
@@ -172,6 +200,8 @@ def write_report(store: Store, run_ids: list[str], out: Path, note: str | None =
             "statuses": r["statuses"], "metrics": asdict(m), "ci": asdict(r["cis"]),
             "judge_audit": {"id": r["audit_id"], "passed": r["audit"].passed, "summary": r["audit"].summary_line()}
             if r["audit"] else None,
+            "second_judge": {"kind": r["second"]["kind"], "metrics": asdict(r["second"]["metrics"]),
+                             "agreement": r["second"]["agreement"]} if r["second"] else None,
         })  # fmt: skip
     lines = ["# ALOE evaluation report", ""]
     if note:
@@ -195,6 +225,9 @@ def write_report(store: Store, run_ids: list[str], out: Path, note: str | None =
         lines.append(f"- {EXPECTED_SCORES_NOTE}")
     if any("similarity" in r["score_modes"] for r in results):
         lines.append(f"- {SIMILARITY_SCORES_NOTE}")
+    second_lines = [f"- {r['run_id']}: {line}" for r in results if (line := second_judge_line(r))]
+    if second_lines:
+        lines += ["", "## Second judge (an independent metric; the table above is the judge's)", "", *second_lines]
     turns = max(r["turns"] for r in results)
     lines += ["", "## AL(k) per turn (95% CI; n = personas scored)", "",
               "| k | " + " | ".join(label(r) for r in results) + " |", "| --- |" + " --- |" * len(results)]  # fmt: skip

@@ -152,6 +152,9 @@ class EvalConfig(BaseModel):
     """The user simulator (live mode)."""
     judge: RoleConfig = RoleConfig(kind="alignment_scorer", generation=GenerationOptions(max_tokens=8, temperature=0))
     """The 1-5 scorer."""
+    second_judge: RoleConfig | None = None
+    """An independent second scorer of every reply (``kind = "persona_similarity"``, say): its metrics and its
+    agreement with the judge are reported beside the judge's; the judge's numbers stay the headline."""
     model_generation: GenerationOptions = GenerationOptions(max_tokens=128, temperature=0)
     """Generation options of the model under test."""
     max_calls: int | None = Field(default=None, ge=1, le=SQLITE_INT_MAX)
@@ -183,6 +186,8 @@ class EvalConfig(BaseModel):
         """Validate the model, scorer and (live mode) user roles without backends or model calls."""
         check_role("model", self.model_role(), sees_persona=get_baseline(self.baseline).sees_persona)
         check_role("judge", self.judge)
+        if self.second_judge is not None:
+            check_role("second_judge", self.second_judge)
         if self.mode == "live":
             check_role("user", self.user)
 
@@ -204,6 +209,8 @@ class EvalTurnRecord(BaseModel):
     model_calls: list[CallRecord]
     score: Score
     judge_calls: list[CallRecord]
+    second_score: Score | None = None
+    """The second judge's score, when one is configured."""
 
 
 class EvalState(TypedDict, total=False):
@@ -232,6 +239,7 @@ class EvalRoles:
     scorer: Role
     user: Role | None = None
     model_sees_persona: bool = False
+    second_scorer: Role | None = None
 
 
 def build_eval_graph(roles: EvalRoles) -> Any:
@@ -255,11 +263,14 @@ def build_eval_graph(roles: EvalRoles) -> Any:
         return {"reply": out.text, "model_calls": out.calls}
 
     async def score(state: EvalState) -> dict[str, Any]:
-        out = await roles.scorer(view(state, user_message=state["user_message"], candidates=(state["reply"],)))
+        shown = view(state, user_message=state["user_message"], candidates=(state["reply"],))
+        out = await roles.scorer(shown)
+        second = await roles.second_scorer(shown) if roles.second_scorer is not None else None
         record = EvalTurnRecord(
             conversation_id=state["conversation_id"], turn=state["turn"], user_message=state["user_message"],
             user_calls=state["user_calls"], reply=state["reply"], model_calls=state["model_calls"],
-            score=out.value, judge_calls=out.calls,
+            score=out.value, judge_calls=[*out.calls, *(second.calls if second else [])],
+            second_score=second.value if second else None,
         )  # fmt: skip
         history = [*state.get("history", []), {"role": "user", "content": state["user_message"]},
                    {"role": "assistant", "content": state["reply"]}]  # fmt: skip
@@ -289,6 +300,7 @@ def build_eval_roles(config: EvalConfig, backends: BackendPool) -> EvalRoles:
         scorer=build("judge", config.judge),
         user=build("user", config.user) if config.mode == "live" else None,
         model_sees_persona=get_baseline(config.baseline).sees_persona,
+        second_scorer=build("second_judge", config.second_judge) if config.second_judge is not None else None,
     )
 
 
@@ -335,6 +347,19 @@ class EvalStore:
             by_turn = out.setdefault(conversation.persona.id, {})
             for row in self.store.db["eval_turns"].rows_where("conversation_id = ?", [conversation.id]):
                 by_turn[row["turn"]] = row["score"]
+        return out
+
+    def second_scores(self, run_id: str) -> dict[str, dict[int, float | None]]:
+        """The second judge's scores[persona pair id][turn] (empty when the run had none)."""
+        rows = self.store.db.execute(
+            "SELECT c.persona, e.turn, json_extract(e.record, '$.second_score.score'), "
+            "json_extract(e.record, '$.second_score') IS NOT NULL FROM eval_turns e "
+            "JOIN conversations c ON c.id = e.conversation_id WHERE c.run_id = ?", [run_id]
+        ).fetchall()  # fmt: skip
+        out: dict[str, dict[int, float | None]] = {}
+        for persona, turn, score, present in rows:
+            if present:
+                out.setdefault(PersonaPair.model_validate_json(persona).id, {})[turn] = score
         return out
 
     def score_modes(self, run_id: str) -> list[str]:

@@ -160,14 +160,12 @@ class SimulatedUserEnv:
     async def ascore(self, replies: Sequence[str]) -> tuple[list[float | None], list[Score], list[CallRecord]]:
         """The judge's score of each reply to the current user message (None: unscored), without stepping."""
         episode = self._require()
-        scores, calls = [], []
-        for reply in replies:
-            out = await self.judge(self._view(episode, user_message=episode.user_message, candidates=(reply,)))
-            if not isinstance(out.value, Score):
-                raise AloeError(f"the environment's judge {getattr(self.judge, 'name', '?')!r} must return a Score")
-            scores.append(out.value)
-            calls += out.calls
-        return [s.score for s in scores], scores, calls
+        views = [self._view(episode, user_message=episode.user_message, candidates=(reply,)) for reply in replies]
+        outputs = await asyncio.gather(*(self.judge(view) for view in views))  # in-process backends batch them
+        if not all(isinstance(out.value, Score) for out in outputs):
+            raise AloeError(f"the environment's judge {getattr(self.judge, 'name', '?')!r} must return a Score")
+        scores = [out.value for out in outputs]
+        return [s.score for s in scores], scores, [call for out in outputs for call in out.calls]
 
     async def astep(self, replies: str | Sequence[str], rewards: Sequence[float | None] | None = None) -> StepResult:
         """Answer the current user message with ``replies`` (one or a sampled group), scored by the judge unless
