@@ -405,4 +405,4 @@ def list_roles() -> list[str]:
 
 
 def _ensure_builtins() -> None:
-    from aloekit.agents import inducer, judge, responder, scorer, similarity, user  # noqa: F401
+    from aloekit.agents import inducer, judge, prompting, responder, scorer, similarity, user  # noqa: F401

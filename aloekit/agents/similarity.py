@@ -19,7 +19,7 @@ import numpy as np
 from aloekit.agents.base import RoleOutput, RoleView, register_role
 from aloekit.agents.judge import INVALID, Verdict
 from aloekit.agents.scorer import Score
-from aloekit.errors import ConfigError
+from aloekit.errors import AloeError, ConfigError
 from aloekit.personas.embedding import Embedder, get_embedder
 from aloekit.personas.models import PersonaPair
 
@@ -63,19 +63,17 @@ class PersonaSimilarity:
         generation: Mapping[str, Any] | None = None,
     ) -> None:
         # client, backend and generation are what every role is built with; this judge calls no model.
-        from aloekit.evaluation.task import eval_files
-
         self.name = name
         self.embedder_spec, self.reference = embedder, reference
-        try:
-            eval_files(reference)  # a missing folder fails when the role is built, not at the first turn
-        except Exception as exc:
-            raise ConfigError(f"role {name!r} (persona_similarity): option 'reference': {exc}") from None
-        self.embedder = get_embedder(embedder) if embedder != "minilm" else None  # a bad spec fails here
+        try:  # the reference set and the embedder spec fail when the role is built, not at the first turn
+            reference_personas(reference)
+            self.embedder = shared_embedder(embedder)  # the model itself loads at the first embedding
+        except AloeError as exc:
+            raise ConfigError(f"role {name!r} (persona_similarity): {exc}") from None
         self._reference_vectors: np.ndarray | None = None
 
     def _embed(self, texts: Sequence[str]) -> np.ndarray:
-        return (self.embedder or shared_embedder("minilm")).embed(list(texts))
+        return self.embedder.embed(list(texts))
 
     def _references(self) -> tuple[tuple[PersonaPair, ...], np.ndarray]:
         personas = reference_personas(self.reference)

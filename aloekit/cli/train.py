@@ -183,6 +183,7 @@ def grpo_command(
     from aloekit.agents.backends import BackendPool
     from aloekit.config import format_loc, read_config_file, resolve_section
     from aloekit.evaluation.audit import audit_notice
+    from aloekit.evaluation.report import format_value
     from aloekit.graphs import TreeStore
     from aloekit.graphs.simulate import check_role
     from aloekit.personas.pool import PersonaPool
@@ -193,7 +194,7 @@ def grpo_command(
     from_file = read_config_file(Path(train_config), "train config") if train_config is not None else {}
     flags = {"base": base, "out": out, "personas": personas, "turns": turns, "group": group, "max_steps": max_steps,
              "max_completion_length": max_completion_length, "init_adapter": init_adapter,
-             "overwrite": overwrite or None, "seed": app.config.seed,
+             "overwrite": overwrite or None, "seed": app.seed_for(None, from_file),
              "trl": parse_trl_options(trl_options) or None}  # fmt: skip
     try:
         settings = resolve_section(GRPOSettings, from_file, {k: v for k, v in flags.items() if v is not None})
@@ -237,15 +238,15 @@ def grpo_command(
         summary = train_grpo(
             settings, envs, train_personas, callbacks=[StepReporter(report)],
             on_status=lambda text: progress.update(task, note=text),
-            extra_summary={"run_id": run_id, "judge_audit": notice.audit_id},
+            extra_summary={"run_id": run_id, "judge_audit": notice.audit_id}, backends=backends,
         )  # fmt: skip
     app.store.finish_run(run_id, "completed")
     if app.as_json:
         app.emit_json(summary)
         return
-    first, last = summary["reward_first"], summary["reward_last"]
+    first, last = (format_value(summary[key]) for key in ("reward_first", "reward_last"))
     click.echo(f"grpo: {summary['steps']} steps, {summary['conversations_started']} conversations, mean reward "
-               f"{first:.3f} at step 1, {last:.3f} at the last, in {summary['runtime_s']:.1f}s")  # fmt: skip
+               f"{first} at step 1, {last} at the last, in {summary['runtime_s']:.1f}s")  # fmt: skip
     click.echo(f"adapter: {settings.out}  (use it as --model/--role backend {summary['adapter_spec']})")
 
 

@@ -53,6 +53,10 @@ def judge_key(stage: Stage, judge: RoleConfig, paper_exact: bool = False, both_o
     judge ``paper_exact`` and ``both_orders`` (which changes its verdicts: both orders' answers combined)."""
     identity = {"stage": stage, **judge.model_dump(mode="json"), "paper_exact": paper_exact,
                 "both_orders": both_orders}  # fmt: skip
+    if stage == "eval":
+        # A scorer without a score_mode option used to read text scores; it now reads them by the backend
+        # ("auto"). Marking the key keeps audits made under the old default from vouching for the new one.
+        identity["score_mode_default"] = "auto"
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
 
 

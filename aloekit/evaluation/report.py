@@ -184,6 +184,15 @@ def write_report(store: Store, run_ids: list[str], out: Path, note: str | None =
         raise AloeError("report needs at least one evaluation run id")
     check_report_folder(out)  # before the bootstrap: a bad --out should not cost the wait
     results = [run_results(store, run_id) for run_id in run_ids]
+    # Built before anything is written; runs that cannot be compared get a note in the report instead.
+    comparison, table, not_compared = None, None, None
+    try:
+        if len(results) == 2:
+            comparison = comparison_dict(results[0], results[1])
+        elif len(results) > 2:
+            table = methods_table(results)
+    except AloeError as exc:
+        not_compared = f"Not compared: {exc}."
     try:
         out.mkdir(parents=True, exist_ok=True)
         write_plot(results, out / "al_curve.png")
@@ -249,14 +258,14 @@ def write_report(store: Store, run_ids: list[str], out: Path, note: str | None =
               "over k (with intercept and R2); N-AL = AL min-max normalised over the run's own curve; N-IR, N-R2 = "
               "the same fit on N-AL. Unscored replies (unparsable judge answers) are excluded and counted.",
               "", "![AL(k)](al_curve.png)", ""]  # fmt: skip
-    if len(results) == 2:
-        comparison = comparison_dict(results[0], results[1])
+    if comparison is not None:
         summary["comparison"] = comparison
         lines += ["## Comparison (second run minus first)", "", *comparison_lines(comparison), ""]
-    elif len(results) > 2:
-        table = methods_table(results)
+    elif table is not None:
         summary["methods_table"] = table
         lines += ["## Every method against the first run", "", *methods_table_lines(table), ""]
+    elif not_compared:
+        lines += ["## Comparison", "", not_compared, ""]
     for name, text in (("report.md", "\n".join(lines)), ("summary.json", to_json(summary, indent=2, default=str))):
         try:
             (out / name).write_text(text, encoding="utf-8")
@@ -274,8 +283,17 @@ def check_report_folder(out: Path) -> None:
         raise ConfigError(f"--out {out}: {existing} is a file, not a folder")
 
 
+def check_same_score_modes(results: list[dict[str, Any]]) -> None:
+    """Refuse to compare runs whose scores were read differently (text vs expected vs similarity)."""
+    modes = {r["run_id"]: tuple(r["score_modes"]) for r in results if r["score_modes"]}
+    if len(set(modes.values())) > 1:
+        shown = ", ".join(f"{run} {'/'.join(mode)}" for run, mode in modes.items())
+        raise AloeError(f"the runs' scores were read in different modes ({shown}): they are different metrics")
+
+
 def comparison_dict(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     """Paired comparison of two run results on their shared personas (`aloe compare` and `aloe report`)."""
+    check_same_score_modes([a, b])
     turns = min(a["turns"], b["turns"])
     try:
         c = compare(a["scores"], b["scores"], turns, n_boot=N_BOOT, seed=a["config"].seed)
@@ -284,11 +302,13 @@ def comparison_dict(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     return {"run_a": a["run_id"], "run_b": b["run_id"], **asdict(c)}
 
 
+def iv(d: dict[str, float]) -> str:
+    """An interval stored as a dict (``asdict(Interval)``), as ``value [low, high]``."""
+    return f"{format_value(d['value'])} [{format_value(d['low'])}, {format_value(d['high'])}]"
+
+
 def comparison_lines(c: dict[str, Any]) -> list[str]:
     """Human-readable lines for a comparison."""
-
-    def iv(d: dict[str, float]) -> str:
-        return f"{format_value(d['value'])} [{format_value(d['low'])}, {format_value(d['high'])}]"
 
     p = "n/a (nothing paired)" if c["wilcoxon_p"] is None else f"{c['wilcoxon_p']:.4f}"
     turns = ", ".join(map(str, c["turns_differing"])) or "none"
@@ -319,19 +339,20 @@ def methods_table(results: list[dict[str, Any]]) -> dict[str, Any]:
     if len(judges) > 1:
         raise AloeError("the runs were scored by different judges: a methods table compares methods under one judge "
                         "(evaluate them with the same --role judge and judge settings)")  # fmt: skip
+    check_same_score_modes(results)
     shared = set.intersection(*(set(r["scores"]) for r in results))
     if not shared:
         raise AloeError("the runs share no personas (evaluate them on the same eval set)")
     turns = min(r["turns"] for r in results)
     base = results[0]
     rows, p_values = [], []
-    for r in results:
-        scores = {pid: r["scores"][pid] for pid in sorted(shared)}
+    on_shared = [{pid: r["scores"][pid] for pid in sorted(shared)} for r in results]
+    for r, scores in zip(results, on_shared, strict=True):
         metrics, cis = compute_metrics(scores, turns), run_cis(scores, turns, r["config"])
         row = {"run_id": r["run_id"], "method": label(r), "personas": len(scores), "metrics": asdict(metrics),
                "ci": asdict(cis), "vs_base": None}  # fmt: skip
-        if r is not base:
-            c = compare(base["scores"], r["scores"], turns, n_boot=N_BOOT, seed=base["config"].seed)
+        if r is not base:  # on the same personas as the columns
+            c = compare(on_shared[0], scores, turns, n_boot=N_BOOT, seed=base["config"].seed)
             row["vs_base"] = {"avg_diff": asdict(c.avg_diff), "ir_diff": asdict(c.ir_diff), "p": c.wilcoxon_p,
                               "n": c.wilcoxon_n}  # fmt: skip
             p_values.append(c.wilcoxon_p)
@@ -344,9 +365,6 @@ def methods_table(results: list[dict[str, Any]]) -> dict[str, Any]:
 
 def methods_table_lines(table: dict[str, Any]) -> list[str]:
     """The methods table as Markdown."""
-
-    def iv(d: dict[str, float]) -> str:
-        return f"{format_value(d['value'])} [{format_value(d['low'])}, {format_value(d['high'])}]"
 
     lines = [
         f"Every method on the same {table['personas']} personas, turns 1-{table['turns']}, judge "

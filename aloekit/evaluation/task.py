@@ -3,6 +3,7 @@ conversation between a simulated user and the model under test), a scorer (the 1
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -211,6 +212,8 @@ class EvalTurnRecord(BaseModel):
     judge_calls: list[CallRecord]
     second_score: Score | None = None
     """The second judge's score, when one is configured."""
+    second_judge_calls: list[CallRecord] = []
+    """The second judge's model calls (none for persona_similarity)."""
 
 
 class EvalState(TypedDict, total=False):
@@ -264,13 +267,16 @@ def build_eval_graph(roles: EvalRoles) -> Any:
 
     async def score(state: EvalState) -> dict[str, Any]:
         shown = view(state, user_message=state["user_message"], candidates=(state["reply"],))
-        out = await roles.scorer(shown)
-        second = await roles.second_scorer(shown) if roles.second_scorer is not None else None
+        scorers = [roles.scorer, *([roles.second_scorer] if roles.second_scorer is not None else [])]
+        out, *second = await asyncio.gather(*(scorer(shown) for scorer in scorers))
+        for name, result in zip(("judge", "second_judge"), (out, *second), strict=False):
+            if not isinstance(result.value, Score):
+                raise AloeError(f"role {name!r} must be a scorer (return a Score), got {type(result.value).__name__}")
         record = EvalTurnRecord(
             conversation_id=state["conversation_id"], turn=state["turn"], user_message=state["user_message"],
             user_calls=state["user_calls"], reply=state["reply"], model_calls=state["model_calls"],
-            score=out.value, judge_calls=[*out.calls, *(second.calls if second else [])],
-            second_score=second.value if second else None,
+            score=out.value, judge_calls=out.calls, second_score=second[0].value if second else None,
+            second_judge_calls=second[0].calls if second else [],
         )  # fmt: skip
         history = [*state.get("history", []), {"role": "user", "content": state["user_message"]},
                    {"role": "assistant", "content": state["reply"]}]  # fmt: skip

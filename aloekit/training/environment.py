@@ -7,7 +7,7 @@ best-scored one (RLPA's best-of-n), asks the simulator for the next user message
 ``(done, next_user_message, reward, info)``. What the policy is trained on is only ever its own replies:
 the simulator's messages reach it as prompt, never as a target. Turns can be stored as trees like
 ``aloe simulate``'s (kind ``rollout``): every candidate a node with its role and reward, the continued one
-marked chosen, so ``aloe view`` shows them and ``aloe export`` reads them.
+marked chosen, so ``aloe view`` and ``aloe trees show`` show them.
 """
 
 from __future__ import annotations
@@ -113,8 +113,8 @@ class SimulatedUserEnv:
         else:
             conversation_id = f"episode-{position:04d}"
         episode = _Episode(persona=persona, seed=seed, position=position, conversation_id=conversation_id)
+        self._episode = episode  # before the await: a failed opening still names the conversation it left
         await self._user_turn(episode)
-        self._episode = episode
         return self.messages()
 
     def _create(self, persona: PersonaPair, position: int) -> list[str]:
@@ -188,18 +188,28 @@ class SimulatedUserEnv:
             raw = [f"reward {r}" for r in values]
         continued = best_index(values)
         record = self._record(episode, group, values, raw, judge_calls, continued)
-        episode.history += [{"role": "user", "content": episode.user_message},
-                            {"role": "assistant", "content": group[continued]}]  # fmt: skip
         finished = episode.turn >= self.max_turns
+        info = {"rewards": values, "continued": continued, "turn": episode.turn}
+        history = [*episode.history, {"role": "user", "content": episode.user_message},
+                   {"role": "assistant", "content": group[continued]}]  # fmt: skip
+        following = None
+        if not finished:  # the simulator's next message first: if it fails, the episode is left as it was
+            following = _Episode(
+                persona=episode.persona,
+                seed=episode.seed,
+                position=episode.position,
+                conversation_id=episode.conversation_id,
+                history=history,
+                turn=episode.turn + 1,
+            )
+            await self._user_turn(following)
         if self.trees is not None:
             self.trees.save_turn(record, complete=finished)
-        info = {"rewards": values, "continued": continued, "turn": episode.turn}
-        if finished:
-            episode.done = True
+        if following is None:
+            episode.history, episode.done = history, True
             return StepResult(True, None, values[continued], info)
-        episode.turn += 1
-        await self._user_turn(episode)
-        return StepResult(False, episode.user_message, values[continued], info)
+        self._episode = following
+        return StepResult(False, following.user_message, values[continued], info)
 
     def _record(self, episode: _Episode, group: list[str], rewards: list[float | None], raw: list[str],
                 judge_calls: list[CallRecord], continued: int) -> TurnRecord:  # fmt: skip

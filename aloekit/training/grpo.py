@@ -18,7 +18,6 @@ import math
 import os
 import time
 from collections.abc import Callable, Coroutine, Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -84,14 +83,6 @@ class GRPOSettings(BaseModel):
         return self.model_copy(update={role: getattr(self, role).model_copy(update={"backend": spec})})
 
 
-@dataclass
-class Slot:
-    """One running conversation of the rollout."""
-
-    env: SimulatedUserEnv
-    conversations: int = 0
-
-
 class Rollout:
     """The environments of a GRPO run and the two functions trl calls: ``rollout_func`` and the reward."""
 
@@ -100,7 +91,7 @@ class Rollout:
     ) -> None:
         if not personas:
             raise AloeError("GRPO needs at least one training persona")
-        self.slots = [Slot(env) for env in envs]
+        self.envs = list(envs)
         self.personas, self.seed, self.max_conversations = list(personas), seed, max_conversations
         self.started = 0
         self.loop = asyncio.new_event_loop()  # one loop for the run: backend clients bind to it
@@ -115,20 +106,19 @@ class Rollout:
 
         return self.loop.run_until_complete(gather())
 
-    async def _start(self, slot: Slot) -> None:
+    async def _start(self, env: SimulatedUserEnv) -> None:
         position = self.started  # taken before the await: slots start concurrently
         self.started += 1
-        slot.conversations += 1
-        await slot.env.areset(self.personas[position % len(self.personas)], seed=self.seed, position=position)
+        await env.areset(self.personas[position % len(self.personas)], seed=self.seed, position=position)
 
     def start(self) -> None:
         """Open every slot's first conversation."""
-        self._run_all(self._start(slot) for slot in self.slots)
+        self._run_all(self._start(env) for env in self.envs)
 
     def dataset_rows(self) -> list[dict[str, Any]]:
         """One placeholder row per slot (trl repeats each ``group`` times)."""
         return [
-            {"prompt": [{"role": "user", "content": f"{SLOT_PREFIX}{i}"}], "slot": i} for i in range(len(self.slots))
+            {"prompt": [{"role": "user", "content": f"{SLOT_PREFIX}{i}"}], "slot": i} for i in range(len(self.envs))
         ]
 
     def messages(self, prompt: Any) -> list[Message]:
@@ -136,13 +126,20 @@ class Rollout:
         text = prompt[-1]["content"] if isinstance(prompt, list) else str(prompt)
         if not text.startswith(SLOT_PREFIX):
             raise AloeError(f"unexpected GRPO prompt {one_line(text)[:80]!r}: rows must come from Rollout.dataset_rows")
-        return self.slots[int(text[len(SLOT_PREFIX) :])].env.messages()
+        return self.envs[int(text[len(SLOT_PREFIX) :])].messages()
 
     def rollout_func(self, prompts: list[Any], trainer: Any) -> dict[str, Any]:
         """trl's ``rollout_func``: the environments' current conversations, sampled by trl's own generation."""
         conversations = [self.messages(p) for p in prompts]
-        prompt_ids, _, _ = trainer._tokenize_prompts(conversations)
-        completion_ids, logprobs = trainer._generate_single_turn(prompt_ids, None, {}, trainer.num_generations)
+        try:  # trl's own tokenising and generation (vLLM, continuous batching or generate), as its default path
+            tokenize, generate = trainer._tokenize_prompts, trainer._generate_single_turn
+        except AttributeError:
+            import trl
+
+            raise AloeError(f"aloe train grpo needs trl's GRPOTrainer generation helpers (trl 1.16); trl "
+                            f"{trl.__version__} has none: install trl==1.16.*") from None  # fmt: skip
+        prompt_ids, _, _ = tokenize(conversations)
+        completion_ids, logprobs = generate(prompt_ids, None, {}, trainer.num_generations)
         return {"prompt_ids": prompt_ids, "completion_ids": completion_ids, "logprobs": logprobs}
 
     def reward(self, prompts: list[Any], completions: list[Any], slot: list[int], **_: Any) -> list[float]:
@@ -153,10 +150,10 @@ class Rollout:
             groups.setdefault(int(index), []).append(row)
 
         async def advance(index: int, rows: list[int]) -> list[float | None]:
-            env = self.slots[index].env
+            env = self.envs[index]
             result = await env.astep([texts[r] for r in rows])
             if result.done and self.started < self.max_conversations:  # no conversation the run cannot use
-                await self._start(self.slots[index])
+                await self._start(env)
             return result.info["rewards"]
 
         results = self._run_all(advance(i, rows) for i, rows in groups.items())
@@ -171,12 +168,14 @@ class Rollout:
         self.step_rewards.append(sum(rewards) / len(rewards))
         return rewards
 
-    def close(self) -> None:
-        """Mark conversations cut short by the end of training ``incomplete``; close the event loop."""
-        for slot in self.slots:
-            env = slot.env
+    def close(self, backends: Any = None) -> None:
+        """Mark conversations cut short by the end of training ``incomplete``; close ``backends`` (a
+        :class:`~aloekit.agents.backends.BackendPool`, whose clients live on this loop) and the loop."""
+        for env in self.envs:
             if env.trees is not None and env.started and not env.done:
                 env.trees.set_status(env.conversation_id, "incomplete", "training ended mid-conversation")
+        if backends is not None:
+            self.loop.run_until_complete(backends.aclose())
         self.loop.close()
 
 
@@ -243,9 +242,11 @@ def train_grpo(
     callbacks: list[Any] | None = None,
     on_status: Callable[[str], None] | None = None,
     extra_summary: dict[str, Any] | None = None,
+    backends: Any = None,
 ) -> dict[str, Any]:
     """Run GRPO with ``envs`` (one per slot, ``settings.personas`` of them) over ``personas``; write the adapter
-    and ``training_summary.json`` into ``settings.out``."""
+    and ``training_summary.json`` into ``settings.out``. ``backends``, the pool the environments' roles use,
+    is closed at the end."""
     from datasets import Dataset
     from peft import LoraConfig, PeftModel
     from trl import GRPOTrainer
@@ -289,11 +290,11 @@ def train_grpo(
         result = trainer.train()
         runtime = time.time() - started
     finally:
-        rollout.close()
+        rollout.close(backends)
     settings.out.mkdir(parents=True, exist_ok=True)
     trainer.save_model(str(settings.out))
     tokenizer.save_pretrained(str(settings.out))
-    rewards = [entry["reward"] for entry in trainer.state.log_history if "reward" in entry]
+    rewards = [round(r, 6) for r in rollout.step_rewards]  # one per generation: every step, whatever logging_steps
     summary = {
         "method": "grpo",
         "base": settings.base,

@@ -62,7 +62,7 @@ def test_the_other_personas_share_neither_profile_nor_personality(judge):
 
 def test_options_are_checked_before_a_run():
     check_role("judge", RoleConfig(kind="persona_similarity", options={"reference": "builtin"}))
-    with pytest.raises(ConfigError, match="option 'reference'.*nowhere"):
+    with pytest.raises(ConfigError, match="persona_similarity.*eval set nowhere: folder not found"):
         check_role("judge", RoleConfig(kind="persona_similarity", options={"reference": "nowhere"}))
     with pytest.raises(ConfigError, match="unknown option 'labels'"):
         check_role("judge", RoleConfig(kind="persona_similarity", options={"labels": "letters"}))

@@ -5,16 +5,10 @@ from __future__ import annotations
 import pytest
 
 from aloekit.agents.backends import BackendPool
+from aloekit.agents.prompting import COT_NOTES_PROMPT, CRITIQUE_PROMPT
 from aloekit.config import AloeConfig
 from aloekit.evaluation import EvalConfig, EvalStore, create_eval_conversations, run_evaluation
-from aloekit.evaluation.baselines import (
-    COT_NOTES_PROMPT,
-    CRITIQUE_PROMPT,
-    REMINDER_PROMPT,
-    Baseline,
-    list_baselines,
-    register_baseline,
-)
+from aloekit.evaluation.baselines import REMINDER_PROMPT, Baseline, list_baselines, register_baseline
 from aloekit.store import Store
 from tests.helpers import ScriptedClient
 

@@ -11,6 +11,7 @@ from aloekit.config import AloeConfig
 from aloekit.errors import AloeError
 from aloekit.evaluation import EvalConfig, create_eval_conversations, run_evaluation
 from aloekit.evaluation.report import methods_table, methods_table_lines, run_results
+from aloekit.graphs import RoleConfig
 from aloekit.store import Store
 from tests.helpers import ScriptedClient
 
@@ -87,3 +88,24 @@ async def test_compare_table_cli_and_the_report(scripted, tmp_path, run_aloe):
     report = run_aloe("report", *runs, "--out", "rep")
     assert report.returncode == 0, report.stderr
     assert "## Every method against the first run" in (tmp_path / "rep" / "report.md").read_text()
+
+
+async def test_a_report_of_runs_that_cannot_share_a_table_says_so_instead_of_failing(scripted, tmp_path):
+    from aloekit.evaluation.report import comparison_dict, write_report
+
+    store = Store(tmp_path / "aloe.db")
+
+    def other(messages, options):
+        return "4"
+
+    runs = [await evaluate(scripted, store, "base"), await evaluate(scripted, store, "better"),
+            await evaluate(scripted, store, "learner", judge_fn=other)]  # fmt: skip
+    summary = write_report(store, runs, tmp_path / "rep")
+    text = (tmp_path / "rep" / "report.md").read_text()
+    assert "methods_table" not in summary and "Not compared: the runs were scored by different judges" in text
+    # Scores read in different modes are different metrics: never compared.
+    similarity = {"judge": RoleConfig(kind="persona_similarity")}
+    mixed = [run_results(store, runs[0], n_boot=0), run_results(store, runs[1], n_boot=0)]
+    mixed[1] = {**mixed[1], "score_modes": ["similarity"], "config": mixed[1]["config"].model_copy(update=similarity)}
+    with pytest.raises(AloeError, match="read in different modes"):
+        comparison_dict(*mixed)

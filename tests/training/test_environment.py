@@ -111,3 +111,31 @@ def test_bad_construction_is_one_line(scripted, tmp_path):
         SimulatedUserEnv(env.user, env.judge, max_turns=0)
     with pytest.raises(AloeError, match="call reset"):
         env.messages()
+
+
+async def test_a_failed_simulator_turn_leaves_the_episode_as_it_was(scripted, tmp_path):
+    calls = {"n": 0}
+
+    def flaky_user(messages, options):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise RuntimeError("simulator down")
+        return user(messages, options)
+
+    pool = BackendPool(AloeConfig.model_validate({"backend": {"max_retries": 0}}))
+    user_role = build_role(
+        pool, "user", RoleConfig(kind="user_simulator", backend=scripted("flaky", ScriptedClient(flaky_user)))
+    )
+    judge_role = build_role(
+        pool, "judge", RoleConfig(kind="alignment_scorer", backend=scripted("env-judge2", ScriptedClient(judge)))
+    )
+    db = Store(tmp_path / "aloe.db")
+    run_id = db.start_run("train grpo", {}, 0)
+    env = SimulatedUserEnv(user_role, judge_role, max_turns=2, trees=TreeStore(db), run_id=run_id)
+    await env.areset(PERSONA)
+    with pytest.raises(Exception, match="simulator down"):
+        await env.astep("good")
+    assert env.turn == 1 and env.messages() == [{"role": "user", "content": "user message 1"}]
+    assert db.conn.execute("SELECT COUNT(*) FROM turns").fetchone()[0] == 0  # nothing saved for the failed step
+    done, message, _, _ = await env.astep("good")  # the retry answers the same message
+    assert not done and message == "user message 2"
