@@ -48,6 +48,7 @@ bench: install
 	$(PY) benchmarks/bench_simulate.py
 	$(PY) benchmarks/bench_train.py
 	$(PY) benchmarks/bench_eval.py
+	$(PY) benchmarks/bench_grpo.py
 
 # The README's viewer screenshots (docs/screenshots/*.png), from a stub server: no model, no download.
 screenshots: install browser-deps
