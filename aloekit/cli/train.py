@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-import math
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +64,24 @@ OFFLINE_OPTIONS = (
 )
 
 
+@contextmanager
+def step_progress(
+    app: App, label: str, key: str, shown: str, digits: int
+) -> Iterator[tuple[Any, Callable[[str], None]]]:
+    """A progress bar for a trl run: ``(callback, say)``, the callback showing each step's logged ``key``."""
+    from aloekit.training.progress import StepReporter
+
+    with app.progress(label, "{task.fields[note]}") as progress:
+        task = progress.add_task("", total=None, note="loading")
+
+        def report(step: int, total: int, logs: dict[str, Any]) -> None:
+            value = logs.get(key)
+            note = f"step {step}" + (f"  {shown} {float(value):.{digits}f}" if value is not None else "")
+            progress.update(task, completed=step, total=total or None, note=note)
+
+        yield StepReporter(report), lambda text: progress.update(task, note=text)
+
+
 def offline_command(method: str, what: str) -> click.Command:
     """``aloe train sft`` or ``aloe train dpo``: the same options, one trl trainer each."""
 
@@ -96,7 +115,6 @@ def train_offline(
 ) -> None:
     """LoRA-train ``method`` (sft or dpo) on exported rows with trl + peft."""
     from aloekit.training import build_train_config, check_train_inputs, train
-    from aloekit.training.progress import StepReporter
 
     modules = target_modules.split(",") if target_modules and target_modules != "all-linear" else target_modules
     lora = {"r": lora_r, "alpha": lora_alpha, "dropout": lora_dropout, "target_modules": modules}
@@ -122,18 +140,8 @@ def train_offline(
         {**app.config.model_dump(mode="json"), "train": config.model_dump(mode="json")},
         app.config.seed,
     )
-    progress = app.progress(f"train {method}", "{task.fields[note]}")
-    with run_lifetime(app.store, run_id), progress:
-        task = progress.add_task("", total=None, note="loading")
-
-        def report(step: int, total: int, logs: dict[str, Any]) -> None:
-            loss = logs.get("loss")
-            note = f"step {step}" + (f"  loss {float(loss):.4f}" if loss is not None else "")
-            progress.update(task, completed=step, total=total or None, note=note)
-
-        summary = train(
-            config, callbacks=[StepReporter(report)], on_status=lambda text: progress.update(task, note=text)
-        )
+    with run_lifetime(app.store, run_id), step_progress(app, f"train {method}", "loss", "loss", 4) as (steps, say):
+        summary = train(config, callbacks=[steps], on_status=say)
     app.store.finish_run(run_id, "completed")
     if app.as_json:
         app.emit_json(summary)
@@ -188,7 +196,6 @@ def grpo_command(
     from aloekit.graphs.simulate import check_role
     from aloekit.personas.pool import PersonaPool
     from aloekit.training.grpo import GRPOSettings, build_environments, grpo_args, train_grpo, training_personas
-    from aloekit.training.progress import StepReporter
     from aloekit.training.train import check_base, check_init_adapter, check_output_dir
 
     from_file = read_config_file(Path(train_config), "train config") if train_config is not None else {}
@@ -216,28 +223,19 @@ def grpo_command(
     pool = PersonaPool(app.store)
     for kind in ("profile", "personality"):
         pool.ensure_seeds(kind)
-    needed = settings.personas * math.ceil(settings.max_steps / settings.turns)
-    train_personas = training_personas(pool, settings, needed)
+    train_personas = training_personas(pool, settings, settings.conversations)
     notice = audit_notice(app.store, "eval", settings.judge)
     run_id = app.store.start_run(
         command_line(), {**app.config.model_dump(mode="json"), "grpo": settings.model_dump(mode="json"),
                          "judge_audit": notice.audit_id}, settings.seed,
     )  # fmt: skip
     app.notify(notice.text, warning=notice.warning)
-    progress = app.progress("train grpo", "{task.fields[note]}")
-    with run_lifetime(app.store, run_id), progress:
-        task = progress.add_task("", total=None, note="loading")
-
-        def report(step: int, total: int, logs: dict[str, Any]) -> None:
-            reward = logs.get("reward")
-            note = f"step {step}" + (f"  mean reward {float(reward):.3f}" if reward is not None else "")
-            progress.update(task, completed=step, total=total or None, note=note)
-
+    progress = step_progress(app, "train grpo", "reward", "mean reward", 3)
+    with run_lifetime(app.store, run_id), progress as (steps, say):
         backends = BackendPool(app.config, store=app.store, run_id=run_id)
         envs = build_environments(settings, backends, TreeStore(app.store), run_id)
         summary = train_grpo(
-            settings, envs, train_personas, callbacks=[StepReporter(report)],
-            on_status=lambda text: progress.update(task, note=text),
+            settings, envs, train_personas, callbacks=[steps], on_status=say,
             extra_summary={"run_id": run_id, "judge_audit": notice.audit_id}, backends=backends,
         )  # fmt: skip
     app.store.finish_run(run_id, "completed")

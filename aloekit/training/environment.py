@@ -138,11 +138,6 @@ class SimulatedUserEnv:
         return self._require().conversation_id
 
     @property
-    def persona(self) -> PersonaPair:
-        """The persona of the current conversation."""
-        return self._require().persona
-
-    @property
     def turn(self) -> int:
         """The turn the policy is answering (1-based)."""
         return self._require().turn

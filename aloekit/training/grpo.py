@@ -76,6 +76,11 @@ class GRPOSettings(BaseModel):
     trl: dict[str, Any] = {}
     """Any other ``GRPOConfig`` field (learning_rate, beta, loss_type...)."""
 
+    @property
+    def conversations(self) -> int:
+        """Conversations the run starts: every slot, once per ``turns`` steps."""
+        return self.personas * math.ceil(self.max_steps / self.turns)
+
     def with_backend(self, role: str, spec: str) -> GRPOSettings:
         """A copy with ``user`` or ``judge`` on backend ``spec`` (``--role ROLE=SPEC``)."""
         if role not in ("user", "judge"):
@@ -185,20 +190,26 @@ def grpo_args(settings: GRPOSettings) -> Any:
     from trl import GRPOConfig
 
     cuda = torch.cuda.is_available()
-    options = {
-        "output_dir": str(settings.out), "max_steps": settings.max_steps, "seed": settings.seed,
+    owned = {  # from GRPOSettings' own checked fields: setting them under `trl` would bypass those checks
+        "max_steps": settings.max_steps, "seed": settings.seed,
         "per_device_train_batch_size": settings.group, "num_generations": settings.group,
         "gradient_accumulation_steps": settings.personas, "steps_per_generation": settings.personas,
         "max_completion_length": settings.max_completion_length, "temperature": settings.temperature,
-        "learning_rate": 5e-5, "logging_steps": 1, "save_strategy": "no", "report_to": "none",
-        "use_cpu": not cuda, "gradient_checkpointing": cuda, "shuffle_dataset": False,
     }  # fmt: skip
-    owned = {"max_steps", "seed", "per_device_train_batch_size", "num_generations", "gradient_accumulation_steps",
-             "steps_per_generation", "max_completion_length", "temperature"}  # fmt: skip
-    if clash := sorted(owned & set(settings.trl)):
+    defaults = {
+        "output_dir": str(settings.out),
+        "learning_rate": 5e-5,
+        "logging_steps": 1,
+        "save_strategy": "no",
+        "report_to": "none",
+        "use_cpu": not cuda,
+        "gradient_checkpointing": cuda,
+        "shuffle_dataset": False,
+    }
+    if clash := sorted(set(owned) & set(settings.trl)):
         raise ConfigError(f"train config: trl.{clash[0]} is set by aloe train grpo's own settings; use those")
     try:
-        return GRPOConfig(**{**options, **settings.trl})
+        return GRPOConfig(**{**defaults, **owned, **settings.trl})
     except (TypeError, ValueError) as exc:
         raise ConfigError(one_line(f"train config: GRPOConfig rejected the trl options: {exc}")) from None
 
@@ -248,10 +259,9 @@ def train_grpo(
     and ``training_summary.json`` into ``settings.out``. ``backends``, the pool the environments' roles use,
     is closed at the end."""
     from datasets import Dataset
-    from peft import LoraConfig, PeftModel
     from trl import GRPOTrainer
 
-    from aloekit.training.train import check_init_adapter, load_model_and_tokenizer, resolve_base
+    from aloekit.training.train import drop_printing, load_model_and_tokenizer, lora_model, resolve_base
 
     status = on_status or (lambda text: None)
     # rollout_func is trl's documented hook for custom rollouts, marked experimental: we use it on purpose,
@@ -259,20 +269,13 @@ def train_grpo(
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
     if len(envs) != settings.personas:
         raise AloeError(f"GRPO needs one environment per slot: {settings.personas} slots, {len(envs)} environments")
-    rollout = Rollout(envs, personas, settings.seed, settings.personas * math.ceil(settings.max_steps / settings.turns))
+    rollout = Rollout(envs, personas, settings.seed, settings.conversations)
     try:
         status(f"resolving base {settings.base}")
         base_dir = resolve_base(settings.base)
         model, tokenizer = load_model_and_tokenizer(base_dir)
         tokenizer.padding_side = "left"  # trl generates from left-padded prompts
-        peft_config = None
-        if settings.init_adapter is not None:
-            check_init_adapter(settings.init_adapter)
-            model = PeftModel.from_pretrained(model, str(settings.init_adapter), is_trainable=True)
-        else:
-            lora = settings.lora
-            peft_config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                                     target_modules=lora.target_modules, task_type="CAUSAL_LM")  # fmt: skip
+        model, peft_config = lora_model(model, settings.lora, settings.init_adapter)
         status("opening the conversations")
         rollout.start()
         trainer = GRPOTrainer(
@@ -281,10 +284,7 @@ def train_grpo(
             peft_config=peft_config, callbacks=callbacks, rollout_func=rollout.rollout_func,
         )  # fmt: skip
         if callbacks:
-            from transformers.trainer_callback import PrinterCallback, ProgressCallback
-
-            trainer.remove_callback(PrinterCallback)
-            trainer.remove_callback(ProgressCallback)
+            drop_printing(trainer)
         status(f"GRPO: {settings.personas} conversations x group {settings.group}")
         started = time.time()
         result = trainer.train()

@@ -531,34 +531,42 @@ def build_trainer(
     when continuing from ``init_adapter``, that adapter as it was before DPO.
     """
     from datasets import Dataset
-    from peft import LoraConfig, PeftModel
     from trl import DPOTrainer, SFTTrainer
 
-    peft_config = None
-    if config.init_adapter is not None:
-        check_init_adapter(config.init_adapter)
-        try:
-            model = PeftModel.from_pretrained(model, str(config.init_adapter), is_trainable=True)
-        except Exception as exc:  # a user's adapter that does not fit this base (shapes, modules): say so in one line
-            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ConfigError(one_line(f"--init-adapter {config.init_adapter}: cannot load it: {reason}")) from None
-    else:
-        peft_config = LoraConfig(
-            r=config.lora.r, lora_alpha=config.lora.alpha, lora_dropout=config.lora.dropout,
-            target_modules=config.lora.target_modules, task_type="CAUSAL_LM",
-        )  # fmt: skip
+    model, peft_config = lora_model(model, config.lora, config.init_adapter)
     train = Dataset.from_list(_trl_columns(train_rows, config.method))
     val = Dataset.from_list(_trl_columns(val_rows, config.method)) if val_rows else None
     args = trl_args(config, has_eval=val is not None)
     kwargs = {"model": model, "args": args, "train_dataset": train, "eval_dataset": val,
               "processing_class": tokenizer, "peft_config": peft_config, "callbacks": callbacks}  # fmt: skip
     trainer = SFTTrainer(**kwargs) if config.method == "sft" else DPOTrainer(ref_model=None, **kwargs)
-    if callbacks:  # the caller shows progress itself: drop transformers' own printing
-        from transformers.trainer_callback import PrinterCallback, ProgressCallback
-
-        trainer.remove_callback(PrinterCallback)
-        trainer.remove_callback(ProgressCallback)
+    if callbacks:
+        drop_printing(trainer)
     return trainer
+
+
+def lora_model(model: Any, lora: LoraSettings, init_adapter: Path | None) -> tuple[Any, Any]:
+    """``(model, peft_config)`` for a trl trainer: a new LoRA from ``lora`` (trl wraps the model), or
+    ``init_adapter`` loaded trainable (no config); an adapter that does not fit the base is one line."""
+    from peft import LoraConfig, PeftModel
+
+    if init_adapter is None:
+        return model, LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                                 target_modules=lora.target_modules, task_type="CAUSAL_LM")  # fmt: skip
+    check_init_adapter(init_adapter)
+    try:
+        return PeftModel.from_pretrained(model, str(init_adapter), is_trainable=True), None
+    except Exception as exc:  # a user's adapter that does not fit this base (shapes, modules): say so in one line
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(one_line(f"--init-adapter {init_adapter}: cannot load it: {reason}")) from None
+
+
+def drop_printing(trainer: Any) -> None:
+    """Remove transformers' own progress printing (the caller shows progress itself)."""
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(ProgressCallback)
 
 
 def train(
