@@ -1,19 +1,26 @@
-"""``aloe export``: stored trees as SFT, DPO or flat-tree JSONL."""
+"""``aloe export``: stored trees as SFT, DPO, flat-tree or rollout rows."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
 from aloekit.cli.app import TURNS, App, output_file, output_folder, pass_app, write_jsonl
 from aloekit.errors import AloeError
 from aloekit.secrets import read_secret
+from aloekit.training.rollouts import ROLLOUT_FORMATS, rollout_rows
 
 
 @click.command("export")
-@click.argument("kind", type=click.Choice(["sft", "dpo", "tree"]))
-@click.option("--out", type=click.Path(path_type=Path), required=True, help="JSONL file (train split).")
+@click.argument("kind", type=click.Choice(["sft", "dpo", "tree", "rollouts"]))
+@click.option("--out", type=click.Path(path_type=Path), required=True,
+              help="JSONL file (train split); .parquet for --format verl.")  # fmt: skip
+@click.option(
+    "--format", "rollout_format", default="jsonl", show_default=True, metavar="|".join(ROLLOUT_FORMATS),
+    help="rollouts: conversations with a per-message train mask, for verl, OpenRLHF or as plain JSONL.",
+)  # fmt: skip
 @click.option("--run", "run_ids", multiple=True, help="Only these runs (repeatable; default: every simulation run).")
 @click.option(
     "--branch",
@@ -45,6 +52,7 @@ def export(
     kind: str,
     out: Path,
     run_ids: tuple[str, ...],
+    rollout_format: str,
     branch: str,
     val_fraction: float,
     min_turns: int,
@@ -54,7 +62,7 @@ def export(
     hf_dataset: Path | None,
     hub_repo: str | None,
 ) -> None:
-    """Flatten stored conversation trees into SFT, DPO or flat-tree JSONL."""
+    """Flatten stored conversation trees into SFT, DPO, flat-tree or rollout rows."""
     from aloekit.evaluation.task import eval_persona_ids
     from aloekit.graphs import TreeStore
     from aloekit.training import (
@@ -66,6 +74,13 @@ def export(
         tree_rows,
     )
 
+    if rollout_format not in ROLLOUT_FORMATS:
+        raise AloeError(f"--format {rollout_format}: unknown (use {', '.join(ROLLOUT_FORMATS)})")
+    if rollout_format != "jsonl" and kind != "rollouts":
+        raise AloeError(f"--format {rollout_format} applies to `aloe export rollouts`, not {kind}")
+    to_rows, file_type = ROLLOUT_FORMATS[rollout_format]
+    if file_type == "parquet" and out.suffix != ".parquet":
+        raise AloeError(f"--out {out}: --format {rollout_format} writes parquet; name the file *.parquet")
     hub_token = read_secret("HF_TOKEN") if hub_repo else None  # read as a secret: redacted from every message
     if hub_repo and not hub_token:
         raise AloeError("--push-to-hub needs a Hugging Face token in HF_TOKEN")
@@ -77,7 +92,9 @@ def export(
     for run in run_ids:
         if app.store.get_run(run) is None:
             raise AloeError(f"no run {run!r} in {app.store.path}")
-    conversations = [c for c in conversations if c.kind == "simulation"]
+    # Rollouts include GRPO's online conversations; the offline formats are built from simulation trees.
+    conversations = [c for c in conversations if c.kind in (("simulation", "rollout") if kind == "rollouts" else
+                                                            ("simulation",))]  # fmt: skip
     # Rows name conversations by a key from (seed, position, persona), so a rerun exports the same bytes.
     keys = trees.export_keys(conversations)
     records = {keys[c.id]: trees.records(c.id) for c in conversations}
@@ -88,6 +105,12 @@ def export(
         rows = flatten(records, branch=branch, **options)
     elif kind == "dpo":
         rows = dpo_rows(records, **options)
+    elif kind == "rollouts":
+        long_enough = {c.id: keys[c.id] for c in conversations if len(records[keys[c.id]]) >= min_turns}
+        report.short_conversations = len(conversations) - len(long_enough)
+        by_key = {c.id: c for c in conversations}
+        rows = to_rows(rollout_rows({key: (by_key[cid].persona, by_key[cid].max_turns, records[key])
+                                     for cid, key in long_enough.items()}))  # fmt: skip
     else:
         rows = tree_rows(trees.tree(c.id) for c in conversations if len(records[keys[c.id]]) >= min_turns)
     held_out = eval_persona_ids(eval_set)
@@ -101,11 +124,12 @@ def export(
             f"{report.short_conversations} too short)"
         )
     train, val = split_by_conversation(rows, val_fraction, seed=app.config.seed)
-    write_jsonl(train, out)
+    write = write_parquet if file_type == "parquet" else write_jsonl
+    write(train, out)
     written = {"train": str(out), "train_rows": len(train)}
     if val:
         val_path = out.with_name(f"{out.stem}.val{out.suffix}")
-        write_jsonl(val, val_path)
+        write(val, val_path)
         written |= {"validation": str(val_path), "validation_rows": len(val)}
     if hf_dataset or hub_repo:
         from datasets import Dataset, DatasetDict
@@ -153,6 +177,16 @@ def export(
     if report.cut_conversations:
         click.echo(f"{report.cut_conversations} conversations were cut where they continued with another reply "
                    "(a whole-conversation row must show every reply its user answered)")  # fmt: skip
+
+
+def write_parquet(rows: list[dict[str, Any]], path: Path) -> None:
+    """Write rows as one parquet file (the format verl's trainers read)."""
+    from datasets import Dataset
+
+    try:
+        Dataset.from_list(rows).to_parquet(str(path))
+    except OSError as exc:
+        raise AloeError(f"--out {path}: cannot write: {exc.strerror or exc}") from None
 
 
 commands = (export,)
