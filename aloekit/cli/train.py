@@ -168,6 +168,8 @@ def train_offline(
     "--trl", "trl_options", multiple=True, metavar="KEY=VALUE",
     help="Any other GRPOConfig field, e.g. --trl learning_rate=1e-5 (JSON values). Repeatable.",
 )  # fmt: skip
+@click.option("--save-steps", type=COUNT, help="Checkpoint every N steps into --out/checkpoint-N (for --resume).")
+@click.option("--resume", is_flag=True, help="Continue from the newest checkpoint in --out.")
 @click.option("--overwrite", is_flag=True, help="Replace an adapter already in --out.")
 @pass_app
 def grpo_command(
@@ -183,6 +185,8 @@ def grpo_command(
     init_adapter: Path | None,
     train_config: Path | None,
     trl_options: tuple[str, ...],
+    save_steps: int | None,
+    resume: bool,
     overwrite: bool,
 ) -> None:
     """LoRA GRPO against the simulated user: per turn G sampled replies, judged, the best continues."""
@@ -195,13 +199,21 @@ def grpo_command(
     from aloekit.graphs import TreeStore
     from aloekit.graphs.simulate import check_role
     from aloekit.personas.pool import PersonaPool
-    from aloekit.training.grpo import GRPOSettings, build_environments, grpo_args, train_grpo, training_personas
+    from aloekit.training.grpo import (
+        GRPOSettings,
+        build_environments,
+        grpo_args,
+        last_checkpoint,
+        train_grpo,
+        training_personas,
+    )
     from aloekit.training.train import check_base, check_init_adapter, check_output_dir
 
     from_file = read_config_file(Path(train_config), "train config") if train_config is not None else {}
     flags = {"base": base, "out": out, "personas": personas, "turns": turns, "group": group, "max_steps": max_steps,
              "max_completion_length": max_completion_length, "init_adapter": init_adapter,
-             "overwrite": overwrite or None, "seed": app.seed_for(None, from_file),
+             "overwrite": overwrite or None, "seed": app.seed_for(None, from_file), "save_steps": save_steps,
+             "resume": resume or None,
              "trl": parse_trl_options(trl_options) or None}  # fmt: skip
     try:
         settings = resolve_section(GRPOSettings, from_file, {k: v for k, v in flags.items() if v is not None})
@@ -212,6 +224,8 @@ def grpo_command(
     check_base(settings.base)
     check_output_dir(settings.out, settings.overwrite)
     grpo_args(settings)  # the trl options, refused now rather than after the run row
+    if settings.resume:
+        last_checkpoint(settings.out)
     if settings.init_adapter is not None:
         check_init_adapter(settings.init_adapter)
 

@@ -32,6 +32,8 @@ from aloekit.training.environment import SimulatedUserEnv
 from aloekit.training.train import LoraSettings
 
 T = TypeVar("T")
+ROLLOUT_STATE = "aloekit_rollout.json"
+"""The rollout's part of a GRPO checkpoint, beside trl's."""
 SLOT_PREFIX = "aloekit rollout slot "
 """A dataset row's prompt is a placeholder naming its conversation slot; the real prompt comes from the
 environment when trl generates (a prompt read when the row is fetched would be one step stale: accelerate
@@ -57,6 +59,12 @@ class GRPOSettings(BaseModel):
     """Optimiser steps."""
     init_adapter: Path | None = None
     """Continue training this adapter (for example the DPO one)."""
+    save_steps: int | None = Field(default=None, ge=1)
+    """Save a checkpoint every N steps into ``out/checkpoint-N``: adapter, optimiser, trl's state and the
+    rollout's (rewards so far, conversations started), for ``resume``."""
+    resume: bool = False
+    """Continue from the newest checkpoint in ``out``: the same optimiser and step count; conversations that
+    were running start afresh with the next personas (an unfinished conversation is not in the checkpoint)."""
     overwrite: bool = False
     """Replace an adapter already in ``out``."""
     seed: int = Field(default=0, ge=0, lt=2**32)
@@ -173,6 +181,15 @@ class Rollout:
         self.step_rewards.append(sum(rewards) / len(rewards))
         return rewards
 
+    def state(self) -> dict[str, Any]:
+        """What a checkpoint keeps of the rollout: enough to resume its persona order and reward history."""
+        return {"started": self.started, "step_rewards": self.step_rewards, "unscored": self.unscored}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Continue from :meth:`state` (before :meth:`start`): the next conversations take the next personas."""
+        self.started, self.unscored = int(state["started"]), int(state["unscored"])
+        self.step_rewards = [float(r) for r in state["step_rewards"]]
+
     def close(self, backends: Any = None) -> None:
         """Mark conversations cut short by the end of training ``incomplete``; close ``backends`` (a
         :class:`~aloekit.agents.backends.BackendPool`, whose clients live on this loop) and the loop."""
@@ -196,6 +213,8 @@ def grpo_args(settings: GRPOSettings) -> Any:
         "gradient_accumulation_steps": settings.personas, "steps_per_generation": settings.personas,
         "max_completion_length": settings.max_completion_length, "temperature": settings.temperature,
     }  # fmt: skip
+    if settings.save_steps is not None:
+        owned |= {"save_strategy": "steps", "save_steps": settings.save_steps}
     defaults = {
         "output_dir": str(settings.out),
         "learning_rate": 5e-5,
@@ -212,6 +231,29 @@ def grpo_args(settings: GRPOSettings) -> Any:
         return GRPOConfig(**{**defaults, **owned, **settings.trl})
     except (TypeError, ValueError) as exc:
         raise ConfigError(one_line(f"train config: GRPOConfig rejected the trl options: {exc}")) from None
+
+
+def last_checkpoint(out: Path) -> Path:
+    """The newest ``checkpoint-N`` in ``out`` that holds the rollout's state; one line if there is none."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    found = get_last_checkpoint(str(out)) if out.is_dir() else None
+    if found is None or not (Path(found) / ROLLOUT_STATE).is_file():
+        raise ConfigError(f"--resume: no GRPO checkpoint in {out} (save them with --save-steps N)")
+    return Path(found)
+
+
+def rollout_saver(rollout: Rollout) -> Any:
+    """A trainer callback writing the rollout's state into every checkpoint trl saves."""
+    from transformers import TrainerCallback
+
+    class SaveRollout(TrainerCallback):
+        def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"  # transformers' own naming
+            if folder.is_dir():
+                (folder / ROLLOUT_STATE).write_text(json.dumps(rollout.state()))
+
+    return SaveRollout()
 
 
 def build_environments(
@@ -270,6 +312,9 @@ def train_grpo(
     if len(envs) != settings.personas:
         raise AloeError(f"GRPO needs one environment per slot: {settings.personas} slots, {len(envs)} environments")
     rollout = Rollout(envs, personas, settings.seed, settings.conversations)
+    checkpoint = last_checkpoint(settings.out) if settings.resume else None
+    if checkpoint is not None:
+        rollout.restore(json.loads((checkpoint / ROLLOUT_STATE).read_text()))
     try:
         status(f"resolving base {settings.base}")
         base_dir = resolve_base(settings.base)
@@ -281,13 +326,15 @@ def train_grpo(
         trainer = GRPOTrainer(
             model=model, reward_funcs=[rollout.reward], args=grpo_args(settings),
             train_dataset=Dataset.from_list(rollout.dataset_rows()), processing_class=tokenizer,
-            peft_config=peft_config, callbacks=callbacks, rollout_func=rollout.rollout_func,
+            peft_config=peft_config, callbacks=[*(callbacks or []), rollout_saver(rollout)],
+            rollout_func=rollout.rollout_func,
         )  # fmt: skip
         if callbacks:
             drop_printing(trainer)
-        status(f"GRPO: {settings.personas} conversations x group {settings.group}")
+        resumed = f", resumed from {checkpoint.name}" if checkpoint is not None else ""
+        status(f"GRPO: {settings.personas} conversations x group {settings.group}{resumed}")
         started = time.time()
-        result = trainer.train()
+        result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint is not None else None)
         runtime = time.time() - started
     finally:
         rollout.close(backends)
@@ -301,6 +348,7 @@ def train_grpo(
         "base_dir": str(base_dir),
         "config": settings.model_dump(mode="json"),
         "steps": trainer.state.global_step,
+        "resumed_from": str(checkpoint) if checkpoint is not None else None,
         "conversations_started": rollout.started,
         "rewards_per_step": rewards,
         "reward_first": rewards[0] if rewards else None,

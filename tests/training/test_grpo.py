@@ -107,3 +107,52 @@ def test_settings_owned_by_grpo_cannot_be_set_through_trl(tmp_path):
     settings = GRPOSettings(out=tmp_path / "x", trl={"num_generations": 8})
     with pytest.raises(ConfigError, match="trl.num_generations is set by aloe train grpo's own settings"):
         grpo_args(settings)
+
+
+def test_a_resumed_grpo_run_continues_from_its_checkpoint(scripted, tmp_path, tiny_model_dir, monkeypatch):
+    import torch
+    from peft import get_peft_model_state_dict
+    from safetensors.torch import load_file
+    from transformers import TrainerCallback
+
+    common = {"base": f"hf:{tiny_model_dir}", "out": tmp_path / "grpo", "personas": 2, "turns": 2, "group": 2,
+              "max_completion_length": 6, "save_steps": 2,
+              "user": RoleConfig(kind="user_simulator", backend=scripted("r-user", ScriptedClient(user))),
+              "judge": RoleConfig(kind="alignment_scorer",
+                                  backend=scripted("r-judge", ScriptedClient(judge)))}  # fmt: skip
+    store = Store(tmp_path / "aloe.db")
+    personas = load_eval_personas("builtin")[:4]
+
+    def run(settings, callbacks=None):
+        run_id = store.start_run("train grpo", {}, 0)
+        backends = BackendPool(AloeConfig.model_validate({"backend": {"max_retries": 0}}), store=store)
+        return train_grpo(settings, build_environments(settings, backends, TreeStore(store), run_id), personas,
+                          callbacks=callbacks)  # fmt: skip
+
+    first = run(GRPOSettings(**common, max_steps=2))
+    checkpoint = tmp_path / "grpo" / "checkpoint-2"
+    saved = load_file(str(checkpoint / "adapter_model.safetensors"))
+    assert json.loads((checkpoint / "aloekit_rollout.json").read_text())["started"] == 2
+
+    class AtStart(TrainerCallback):
+        """The adapter the resumed run starts training from."""
+
+        weights: dict = {}
+
+        def on_train_begin(self, args, state, control, model=None, **kwargs):
+            AtStart.weights = {k: v.detach().clone() for k, v in get_peft_model_state_dict(model).items()}
+            AtStart.step = state.global_step
+
+    generations = []
+    original = Rollout.rollout_func
+    monkeypatch.setattr(Rollout, "rollout_func", lambda self, p, t: generations.append(1) or original(self, p, t))
+    resumed = run(GRPOSettings(**common, max_steps=4, resume=True, overwrite=True), callbacks=[AtStart()])
+    assert resumed["resumed_from"] == str(checkpoint) and resumed["steps"] == 4
+    assert len(generations) == 2  # steps 3 and 4 only: steps 1-2 came from the checkpoint
+    assert set(AtStart.weights) == set(saved)
+    assert all(torch.equal(AtStart.weights[k], saved[k]) for k in saved)
+    # The reward history carries on, and the next conversations take the next personas.
+    assert resumed["rewards_per_step"][:2] == first["rewards_per_step"] and len(resumed["rewards_per_step"]) == 4
+    assert resumed["conversations_started"] == 4
+    with pytest.raises(ConfigError, match="--resume: no GRPO checkpoint in"):
+        run(GRPOSettings(**{**common, "out": tmp_path / "empty"}, max_steps=1, resume=True))

@@ -46,6 +46,7 @@ def test_grpo_cli_trains_stores_rollouts_and_reports(run_aloe, tmp_path, tiny_mo
         (["--base", "local:smollm2+adapters/x"], "names an adapter"),
         (["--init-adapter", "nowhere"], "--init-adapter nowhere: not found"),
         (["--role", "judge=nosuch:x"], "unknown backend prefix 'nosuch'"),
+        (["--resume"], "--resume: no GRPO checkpoint in grpo (save them with --save-steps N)"),
     ],
 )
 def test_grpo_bad_input_is_one_line_and_records_no_run(run_aloe, tmp_path, args, message):
