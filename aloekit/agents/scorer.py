@@ -121,6 +121,43 @@ class AlignmentScorer(PromptRole):
         return RoleOutput(text=calls[-1].raw.strip(), value=value, calls=calls)
 
 
+PROFILE_SYSTEM_PROMPT = """You check how well a chat assistant has worked out who it is talking to.
+
+The person (the assistant was never told this):
+Profile: {profile}
+Personality: {personality}
+
+Read the conversation and the assistant's latest reply. Rate from 1 to 5 how much of this person the reply
+shows the assistant has correctly inferred from what they said: 1 = nothing, or wrong guesses; 5 = it
+reflects most of their situation, interests and way of talking. Wrong assumptions lower the score.
+Output only the integer."""
+
+PROFILE_USER_PROMPT = """The conversation so far:
+{conversation}
+
+The assistant's latest reply:
+{reply}
+
+Score (1-5):"""
+
+
+@register_role("profile_inference")
+class ProfileInferenceScorer(AlignmentScorer):
+    """RLPA's profile reward: how much of the true persona the reply's implied understanding covers, judged
+    per turn from the whole conversation (the alignment scorer sees only the last user message). Scores as
+    the alignment scorer does (text or expected, retry once)."""
+
+    system_prompt = PROFILE_SYSTEM_PROMPT
+
+    def render_score(self, view: RoleView, strict: bool = False) -> list[Message]:
+        """The prompt: the conversation so far and the reply in ``view.candidates[0]``."""
+        conversation = "\n".join(f"{m['role'].capitalize()}: {m['content']}" for m in view.transcript)
+        prompt = PROFILE_USER_PROMPT.format(conversation=conversation, reply=view.candidates[0])
+        if strict:
+            prompt += SCORER_STRICT_SUFFIX
+        return [{"role": "system", "content": self.system(view)}, {"role": "user", "content": prompt}]
+
+
 ORACLE_SYSTEM_PROMPT = """You are chatting with this person:
 Profile: {profile}
 Personality: {personality}

@@ -159,7 +159,14 @@ def train_offline(
 @click.option("--personas", type=COUNT, help="Conversations running at once (default 4).")
 @click.option("--turns", type=TURNS, help="Turns per conversation (default 3).")
 @click.option("--group", type=click.IntRange(2, 64), help="Replies sampled per turn, G (default 4).")
-@click.option("--role", "roles", multiple=True, metavar="ROLE=SPEC", help="user=SPEC or judge=SPEC. Repeatable.")
+@click.option(
+    "--role",
+    "roles",
+    multiple=True,
+    metavar="ROLE=SPEC",
+    help="user=SPEC, judge=SPEC, or profile=SPEC (adds RLPA's profile-inference reward). Repeatable.",
+)
+@click.option("--profile-weight", type=click.FloatRange(min=0), help="Weight of the profile reward (default 1).")
 @click.option("--max-steps", type=COUNT, help="Optimiser steps (default 20); each is one turn of every conversation.")
 @click.option("--max-completion-length", type=COUNT, help="Longest sampled reply in tokens (default 64).")
 @click.option("--init-adapter", type=click.Path(path_type=Path), help="Continue from this adapter (e.g. DPO's).")
@@ -180,6 +187,7 @@ def grpo_command(
     turns: int | None,
     group: int | None,
     roles: tuple[str, ...],
+    profile_weight: float | None,
     max_steps: int | None,
     max_completion_length: int | None,
     init_adapter: Path | None,
@@ -213,7 +221,7 @@ def grpo_command(
     flags = {"base": base, "out": out, "personas": personas, "turns": turns, "group": group, "max_steps": max_steps,
              "max_completion_length": max_completion_length, "init_adapter": init_adapter,
              "overwrite": overwrite or None, "seed": app.seed_for(None, from_file), "save_steps": save_steps,
-             "resume": resume or None,
+             "resume": resume or None, "profile_weight": profile_weight,
              "trl": parse_trl_options(trl_options) or None}  # fmt: skip
     try:
         settings = resolve_section(GRPOSettings, from_file, {k: v for k, v in flags.items() if v is not None})
@@ -232,8 +240,11 @@ def grpo_command(
     def check_roles() -> None:
         check_role("user", settings.user)
         check_role("judge", settings.judge)
+        if settings.profile is not None:
+            check_role("profile", settings.profile)
 
-    check_run_inputs(app, {settings.user.backend, settings.judge.backend}, check_roles)
+    specs = {settings.user.backend, settings.judge.backend, *([settings.profile.backend] if settings.profile else [])}
+    check_run_inputs(app, specs, check_roles)
     pool = PersonaPool(app.store)
     for kind in ("profile", "personality"):
         pool.ensure_seeds(kind)

@@ -38,7 +38,8 @@ class StepResult(NamedTuple):
     reward: float | None
     """The judge's score of the reply the conversation continued with (None: unscored)."""
     info: dict[str, Any]
-    """``rewards`` (every reply's score, in the order given), ``continued`` (its index), ``turn``."""
+    """``rewards`` (every reply's reward, in the order given), ``continued`` (its index), ``turn``; with a
+    profile scorer, ``profile_scores`` (its score of every reply)."""
 
 
 @dataclass
@@ -84,6 +85,8 @@ class SimulatedUserEnv:
         run_id: str | None = None,
         policy_name: str = "policy",
         policy_backend: str = "",
+        profile: Role | None = None,
+        profile_weight: float = 1.0,
     ) -> None:
         if max_turns < 1:
             raise AloeError(f"max_turns must be at least 1, got {max_turns}")
@@ -92,6 +95,7 @@ class SimulatedUserEnv:
         self.user, self.judge, self.max_turns = user, judge, max_turns
         self.trees, self.run_id = trees, run_id
         self.policy_name, self.policy_backend = policy_name, policy_backend
+        self.profile, self.profile_weight = profile, profile_weight
         self._episode: _Episode | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -153,14 +157,24 @@ class SimulatedUserEnv:
         return self._episode
 
     async def ascore(self, replies: Sequence[str]) -> tuple[list[float | None], list[Score], list[CallRecord]]:
-        """The judge's score of each reply to the current user message (None: unscored), without stepping."""
+        """The reward of each reply to the current user message (None: unscored), without stepping: the
+        judge's score, plus ``profile_weight`` x the profile scorer's when there is one (RLPA's profile term).
+        Every score is returned, the judge's first."""
         episode = self._require()
         views = [self._view(episode, user_message=episode.user_message, candidates=(reply,)) for reply in replies]
-        outputs = await asyncio.gather(*(self.judge(view) for view in views))  # in-process backends batch them
+        scorers = [self.judge, *([self.profile] if self.profile is not None else [])]
+        # One gather for every call: in-process backends batch them.
+        outputs = await asyncio.gather(*(scorer(view) for scorer in scorers for view in views))
         if not all(isinstance(out.value, Score) for out in outputs):
-            raise AloeError(f"the environment's judge {getattr(self.judge, 'name', '?')!r} must return a Score")
+            names = ", ".join(repr(getattr(scorer, "name", "?")) for scorer in scorers)
+            raise AloeError(f"the environment's scorers ({names}) must return a Score")
         scores = [out.value for out in outputs]
-        return [s.score for s in scores], scores, [call for out in outputs for call in out.calls]
+        judged, profiled = scores[: len(views)], scores[len(views) :]
+        rewards = [s.score for s in judged]
+        if profiled:
+            rewards = [None if r is None or p.score is None else round(r + self.profile_weight * p.score, 6)
+                       for r, p in zip(rewards, profiled, strict=True)]  # fmt: skip
+        return rewards, scores, [call for out in outputs for call in out.calls]
 
     async def astep(self, replies: str | Sequence[str], rewards: Sequence[float | None] | None = None) -> StepResult:
         """Answer the current user message with ``replies`` (one or a sampled group), scored by the judge unless
@@ -173,9 +187,11 @@ class SimulatedUserEnv:
             raise AloeError("step needs at least one reply")
         judge_calls: list[CallRecord] = []
         raw: list[str] = []
+        scores: list[Score] = []
         if rewards is None:
             values, scores, judge_calls = await self.ascore(group)
-            raw = [" | ".join(s.raw) for s in scores]
+            # One entry per reply: its judge's answers, then its profile scorer's.
+            raw = [" | ".join(a for s in scores[i :: len(group)] for a in s.raw) for i in range(len(group))]
         else:
             if len(rewards) != len(group):
                 raise AloeError(f"step got {len(group)} replies and {len(rewards)} rewards")
@@ -184,7 +200,9 @@ class SimulatedUserEnv:
         continued = best_index(values)
         record = self._record(episode, group, values, raw, judge_calls, continued)
         finished = episode.turn >= self.max_turns
-        info = {"rewards": values, "continued": continued, "turn": episode.turn}
+        info: dict[str, Any] = {"rewards": values, "continued": continued, "turn": episode.turn}
+        if self.profile is not None and scores:
+            info["profile_scores"] = [s.score for s in scores[len(group) :]]
         history = [*episode.history, {"role": "user", "content": episode.user_message},
                    {"role": "assistant", "content": group[continued]}]  # fmt: skip
         following = None

@@ -79,6 +79,10 @@ class GRPOSettings(BaseModel):
     """The user simulator."""
     judge: RoleConfig = RoleConfig(kind="alignment_scorer", generation=GenerationOptions(max_tokens=8, temperature=0))
     """The reward: a scorer (``alignment_scorer``, expected scores in-process; or ``persona_similarity``)."""
+    profile: RoleConfig | None = None
+    """RLPA's profile-inference term (``kind = "profile_inference"``): added to the judge's score, weighted."""
+    profile_weight: float = Field(default=1.0, ge=0)
+    """Weight of the profile term in the reward."""
     eval_set: str = "builtin"
     """Its personas are never trained on."""
     trl: dict[str, Any] = {}
@@ -90,10 +94,12 @@ class GRPOSettings(BaseModel):
         return self.personas * math.ceil(self.max_steps / self.turns)
 
     def with_backend(self, role: str, spec: str) -> GRPOSettings:
-        """A copy with ``user`` or ``judge`` on backend ``spec`` (``--role ROLE=SPEC``)."""
-        if role not in ("user", "judge"):
-            raise AloeError(f"unknown role {role!r} in --role (use user or judge; --base sets the policy)")
-        return self.model_copy(update={role: getattr(self, role).model_copy(update={"backend": spec})})
+        """A copy with ``user``, ``judge`` or ``profile`` on backend ``spec`` (``--role ROLE=SPEC``); naming
+        ``profile`` turns the profile-inference term on."""
+        if role not in ("user", "judge", "profile"):
+            raise AloeError(f"unknown role {role!r} in --role (use user, judge or profile; --base sets the policy)")
+        current = getattr(self, role) or RoleConfig(kind="profile_inference", generation=self.judge.generation)
+        return self.model_copy(update={role: current.model_copy(update={"backend": spec})})
 
 
 class Rollout:
@@ -264,8 +270,10 @@ def build_environments(
 
     user = build_role(backends, "user", settings.user)
     judge = build_role(backends, "judge", settings.judge)
+    profile = build_role(backends, "profile", settings.profile) if settings.profile is not None else None
     return [SimulatedUserEnv(user, judge, max_turns=settings.turns, trees=trees, run_id=run_id,
-                             policy_backend=settings.base) for _ in range(settings.personas)]  # fmt: skip
+                             policy_backend=settings.base, profile=profile, profile_weight=settings.profile_weight)
+            for _ in range(settings.personas)]  # fmt: skip
 
 
 def training_personas(pool: Any, settings: GRPOSettings, needed: int) -> list[PersonaPair]:

@@ -139,3 +139,32 @@ async def test_a_failed_simulator_turn_leaves_the_episode_as_it_was(scripted, tm
     assert db.conn.execute("SELECT COUNT(*) FROM turns").fetchone()[0] == 0  # nothing saved for the failed step
     done, message, _, _ = await env.astep("good")  # the retry answers the same message
     assert not done and message == "user message 2"
+
+
+async def test_the_profile_term_adds_the_weighted_inference_score_to_the_reward(scripted, tmp_path):
+    seen = []
+
+    def profile(messages, options):
+        """RLPA's profile reward: 5 when the reply names the person's hobby, else 1."""
+        seen.append(messages)
+        reply = messages[-1]["content"].split("The assistant's latest reply:\n", 1)[1]
+        return "5" if "climb" in reply else "1"
+
+    env, db, run_id = make_env(scripted, tmp_path, max_turns=2)
+    pool = BackendPool(AloeConfig.model_validate({"backend": {"max_retries": 0}}))
+    env.profile = build_role(
+        pool, "profile", RoleConfig(kind="profile_inference", backend=scripted("env-profile", ScriptedClient(profile)))
+    )
+    env.profile_weight = 0.75
+    await env.areset(PERSONA, seed=0)
+    await env.astep("first reply")
+    seen.clear()
+    # The judge prefers "good good" (3 vs 1); the profile term (0.75 x 1 vs 0.75 x 5) tips it to the climber.
+    done, _, reward, info = await env.astep(["good good", "how was the climb?"])
+    assert info["rewards"] == [3.75, 4.75] and info["continued"] == 1 and reward == 4.75
+    assert info["profile_scores"] == [1.0, 5.0]
+    # The profile scorer sees the persona and the whole conversation, not only the last message.
+    system, prompt = seen[0][0]["content"], seen[0][1]["content"]
+    assert PERSONA.profile.text in system and "User: user message 1\nAssistant: first reply" in prompt
+    record = TreeStore(db).records(TreeStore(db).conversations(run_id)[0].id)[-1]
+    assert [c.reward for c in record.candidates] == [3.75, 4.75] and len(record.verdict.raw) == 2

@@ -17,7 +17,7 @@ def test_grpo_cli_trains_stores_rollouts_and_reports(run_aloe, tmp_path, tiny_mo
         proc = run_aloe("--json", "train", "grpo", "--base", f"hf:{tiny_model_dir}", "--out", "grpo",
                         "--personas", "2", "--turns", "2", "--group", "2", "--max-steps", "2",
                         "--role", f"user={spec}", "--role", f"judge={spec}", "--max-completion-length", "8",
-                        timeout=600)  # fmt: skip
+                        "--role", f"profile={spec}", "--profile-weight", "0.5", timeout=600)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     summary = json.loads(proc.stdout)
     assert summary["steps"] == 2 and len(summary["rewards_per_step"]) == 2 and summary["conversations_started"] == 2
@@ -25,7 +25,9 @@ def test_grpo_cli_trains_stores_rollouts_and_reports(run_aloe, tmp_path, tiny_mo
     assert json.loads((tmp_path / "grpo" / "training_summary.json").read_text())["run_id"] == summary["run_id"]
     store = Store(tmp_path / "aloe.db", readonly=True)
     run = store.get_run(summary["run_id"])
-    assert run["status"] == "completed" and json.loads(run["config"])["grpo"]["group"] == 2
+    grpo = json.loads(run["config"])["grpo"]
+    assert run["status"] == "completed" and grpo["group"] == 2
+    assert grpo["profile"]["kind"] == "profile_inference" and grpo["profile_weight"] == 0.5
     conversations = TreeStore(store).conversations(summary["run_id"])
     assert [c.status for c in conversations] == ["complete", "complete"]
     # Eval personas are never trained on.
@@ -33,6 +35,11 @@ def test_grpo_cli_trains_stores_rollouts_and_reports(run_aloe, tmp_path, tiny_mo
 
     held_out = eval_persona_ids("builtin")
     assert all(c.persona.profile.id not in held_out and c.persona.personality.id not in held_out for c in conversations)
+    # The reward is the judge's score plus half the profile scorer's: both stub answers are 1-5.
+    rewards = [c.reward for record in TreeStore(store).records(conversations[0].id) for c in record.candidates]
+    assert all(1.5 <= r <= 7.5 for r in rewards)
+    profile_prompts = [row[0] for row in store.conn.execute("SELECT messages FROM llm_calls WHERE role = 'profile'")]
+    assert profile_prompts and all("The assistant's latest reply:" in p for p in profile_prompts)
     shown = run_aloe("trees", "show", conversations[0].id)
     assert shown.returncode == 0 and "Just got back from the market" in shown.stdout
 
@@ -41,7 +48,7 @@ def test_grpo_cli_trains_stores_rollouts_and_reports(run_aloe, tmp_path, tiny_mo
     ("args", "message"),
     [
         (["--group", "1"], "Invalid value for '--group'"),
-        (["--role", "boss=x"], "unknown role 'boss' in --role (use user or judge; --base sets the policy)"),
+        (["--role", "boss=x"], "unknown role 'boss' in --role (use user, judge or profile; --base sets the policy)"),
         (["--trl", "num_generations=8"], "trl.num_generations is set by aloe train grpo's own settings"),
         (["--base", "local:smollm2+adapters/x"], "names an adapter"),
         (["--init-adapter", "nowhere"], "--init-adapter nowhere: not found"),
