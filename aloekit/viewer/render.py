@@ -93,9 +93,17 @@ def _backends(config: dict[str, Any]) -> dict[str, str]:
         if ev := config.get("eval_resolved"):
             out = {"model": ev["model"], "judge": ev["judge"]["backend"]}
             return out | ({"user": ev["user"]["backend"]} if ev["mode"] == "live" else {})
+        if grpo := config.get("grpo"):
+            out = {"policy": grpo["base"], "user": grpo["user"]["backend"], "judge": grpo["judge"]["backend"]}
+            return out | ({"profile": grpo["profile"]["backend"]} if grpo.get("profile") else {})
     except (KeyError, TypeError, AttributeError):  # a config from another aloekit version, or hand-edited
         return {}
     return {}
+
+
+RUN_KINDS = {"eval_resolved": "evaluation", "simulation_resolved": "simulation", "grpo": "online RL (GRPO)",
+             "train": "training"}  # fmt: skip
+"""What a run did, from the section its stored config holds."""
 
 
 def runs_page(store: Store) -> tuple[str, str]:
@@ -106,7 +114,7 @@ def runs_page(store: Store) -> tuple[str, str]:
     rows = []
     for run in store.list_runs(limit=500):
         config = _config(run)
-        kind = "evaluation" if "eval_resolved" in config else "simulation" if "simulation_resolved" in config else ""
+        kind = next((name for key, name in RUN_KINDS.items() if key in config), "")
         backends = "<br>".join(f"{esc(k)}: <code>{esc(v)}</code>" for k, v in _backends(config).items())
         status_counts = ", ".join(f"{n} {esc(s)}" for s, n in sorted(counts.get(run["id"], {}).items()))
         rows.append(

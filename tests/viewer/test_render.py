@@ -122,3 +122,23 @@ def test_pages_keep_their_csp_nonce(data):
                       tree_page(data["store"], data["cid"])):  # fmt: skip
         nonce = re.search(r"script-src 'nonce-([^']+)'", csp).group(1)
         assert f'<script nonce="{nonce}">' in html and f'<style nonce="{nonce}">' in html
+
+
+def test_the_runs_page_names_every_kind_of_run_and_its_backends(tmp_path):
+    from aloekit.store import Store
+
+    store = Store(tmp_path / "aloe.db")
+    grpo = {"base": "local:smollm2", "user": {"backend": "openai:u"}, "judge": {"backend": "openai:j"},
+            "profile": {"backend": "openai:p"}}  # fmt: skip
+    store.start_run("aloe train grpo", {"grpo": grpo}, 0)
+    store.start_run("aloe train sft", {"train": {"method": "sft"}}, 0)
+    rows = re.findall(r"<tr><td class=\"id\">.*?</tr>", runs_page(store)[0])
+    kinds = {re.search(r"<code>aloe train (\w+)</code>", row).group(1): row for row in rows}
+    assert "<td>online RL (GRPO)</td>" in kinds["grpo"] and "<td>training</td>" in kinds["sft"]
+    for role, spec in (
+        ("policy", "local:smollm2"),
+        ("user", "openai:u"),
+        ("judge", "openai:j"),
+        ("profile", "openai:p"),
+    ):
+        assert f"{role}: <code>{spec}</code>" in kinds["grpo"]
