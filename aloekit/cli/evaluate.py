@@ -153,8 +153,9 @@ def eval_command(
 @click.command("compare")
 @click.argument("run_ids", metavar="RUN_A RUN_B | --table BASE RUN...", nargs=-1, required=True)
 @click.option("--table", is_flag=True, help="One table of every run against the first (the base), Holm-adjusted.")
+@click.option("--second-judge", is_flag=True, help="With --table: compare on the runs' second judge.")
 @pass_app
-def compare_command(app: App, run_ids: tuple[str, ...], table: bool) -> None:
+def compare_command(app: App, run_ids: tuple[str, ...], table: bool, second_judge: bool) -> None:
     """Compare evaluation runs on their shared personas: B minus A (paired bootstrap and Wilcoxon), or with
     --table every method against the base, on one judge."""
     from aloekit.evaluation.report import (
@@ -165,11 +166,13 @@ def compare_command(app: App, run_ids: tuple[str, ...], table: bool) -> None:
         run_results,
     )
 
+    if second_judge and not table:
+        raise AloeError("--second-judge needs --table")
     if not table and len(run_ids) != 2:
         raise AloeError(f"compare takes two runs (RUN_A RUN_B), or --table with the base first; got {len(run_ids)}")
     results = [run_results(app.store, run_id, n_boot=0) for run_id in run_ids]
     if table:
-        methods = methods_table(results)
+        methods = methods_table(results, judge="second_judge" if second_judge else "judge")
         app.emit_json(methods) if app.as_json else click.echo("\n".join(methods_table_lines(methods)))
         return
     comparison = comparison_dict(*results)

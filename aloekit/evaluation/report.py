@@ -93,7 +93,7 @@ def run_results(store: Store, run_id: str, n_boot: int = N_BOOT) -> dict[str, An
     second = None
     if config.second_judge is not None and second_scores:
         second = {"kind": config.second_judge.kind, "metrics": compute_metrics(second_scores, turns),
-                  "agreement": judge_agreement(scores, second_scores)}  # fmt: skip
+                  "scores": second_scores, "agreement": judge_agreement(scores, second_scores)}  # fmt: skip
     return {"run_id": run_id, "config": config, "scores": scores, "turns": turns, "metrics": metrics, "cis": cis,
             "statuses": evals.trees.status_counts(run_id), "audit_id": audit_id, "audit": audit,
             "score_modes": evals.score_modes(run_id), "second": second}  # fmt: skip
@@ -193,6 +193,12 @@ def write_report(store: Store, run_ids: list[str], out: Path, note: str | None =
             table = methods_table(results)
     except AloeError as exc:
         not_compared = f"Not compared: {exc}."
+    second_table = None
+    if len(results) > 1 and all(r["second"] is not None for r in results):
+        try:
+            second_table = methods_table(results, judge="second_judge")
+        except AloeError:  # different second judges: their numbers are listed per run only
+            pass
     try:
         out.mkdir(parents=True, exist_ok=True)
         write_plot(results, out / "al_curve.png")
@@ -266,6 +272,10 @@ def write_report(store: Store, run_ids: list[str], out: Path, note: str | None =
         lines += ["## Every method against the first run", "", *methods_table_lines(table), ""]
     elif not_compared:
         lines += ["## Comparison", "", not_compared, ""]
+    if second_table is not None:
+        summary["second_judge_methods_table"] = second_table
+        lines += ["## Every method against the first run, on the second judge", "",
+                  *methods_table_lines(second_table), ""]  # fmt: skip
     for name, text in (("report.md", "\n".join(lines)), ("summary.json", to_json(summary, indent=2, default=str))):
         try:
             (out / name).write_text(text, encoding="utf-8")
@@ -330,23 +340,33 @@ def comparison_lines(c: dict[str, Any]) -> list[str]:
     return lines
 
 
-def methods_table(results: list[dict[str, Any]]) -> dict[str, Any]:
+def methods_table(results: list[dict[str, Any]], judge: str = "judge") -> dict[str, Any]:
     """Every run as one method, on the personas all of them scored and one judge; each compared with the first
-    (the base): paired-bootstrap AVG difference and a Wilcoxon test, Holm-adjusted across the methods."""
+    (the base): paired-bootstrap AVG difference and a Wilcoxon test, Holm-adjusted across the methods.
+    ``judge="second_judge"`` builds the same table from the runs' second judge."""
     if len(results) < 2:
         raise AloeError("a methods table needs at least two evaluation runs (the base first)")
-    judges = {judge_key("eval", r["config"].judge) for r in results}
+    if judge == "second_judge":
+        if any(r["second"] is None for r in results):
+            raise AloeError("a second-judge methods table needs a second judge in every run")
+        judges = {judge_key("eval", r["config"].second_judge) for r in results}
+        score_sets = [r["second"]["scores"] for r in results]
+        judge_backend = f"{results[0]['second']['kind']} (second judge)"
+    else:
+        judges = {judge_key("eval", r["config"].judge) for r in results}
+        check_same_score_modes(results)
+        score_sets = [r["scores"] for r in results]
+        judge_backend = results[0]["config"].judge.backend
     if len(judges) > 1:
         raise AloeError("the runs were scored by different judges: a methods table compares methods under one judge "
                         "(evaluate them with the same --role judge and judge settings)")  # fmt: skip
-    check_same_score_modes(results)
-    shared = set.intersection(*(set(r["scores"]) for r in results))
+    shared = set.intersection(*(set(scores) for scores in score_sets))
     if not shared:
         raise AloeError("the runs share no personas (evaluate them on the same eval set)")
     turns = min(r["turns"] for r in results)
     base = results[0]
     rows, p_values = [], []
-    on_shared = [{pid: r["scores"][pid] for pid in sorted(shared)} for r in results]
+    on_shared = [{pid: scores[pid] for pid in sorted(shared)} for scores in score_sets]
     for r, scores in zip(results, on_shared, strict=True):
         metrics, cis = compute_metrics(scores, turns), run_cis(scores, turns, r["config"])
         row = {"run_id": r["run_id"], "method": label(r), "personas": len(scores), "metrics": asdict(metrics),
@@ -359,7 +379,7 @@ def methods_table(results: list[dict[str, Any]]) -> dict[str, Any]:
         rows.append(row)
     for row, adjusted in zip(rows[1:], holm(p_values), strict=True):
         row["vs_base"]["p_holm"] = adjusted
-    return {"base": base["run_id"], "turns": turns, "personas": len(shared), "judge": base["config"].judge.backend,
+    return {"base": base["run_id"], "turns": turns, "personas": len(shared), "judge": judge_backend,
             "rows": rows}  # fmt: skip
 
 

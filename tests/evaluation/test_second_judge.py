@@ -31,17 +31,26 @@ def judge(messages, options):
     return "5" if "You love what you do" in messages[-1]["content"] else "1"
 
 
-async def test_a_second_judge_scores_every_reply_and_its_agreement_is_reported(scripted, tmp_path):
-    store = Store(tmp_path / "aloe.db")
+def generic(messages, options):
+    return "Okay, sounds good."
+
+
+async def evaluate(scripted, store, model_fn=model):
     specs = {name: scripted(f"second-{name}", ScriptedClient(fn)) for name, fn in
-             (("user", user), ("model", model), ("judge", judge))}  # fmt: skip
-    config = EvalConfig(model=specs["model"], personas=4, turns=4,
+             (("user", user), (f"model-{model_fn.__name__}", model_fn), ("judge", judge))}  # fmt: skip
+    config = EvalConfig(model=specs[f"model-{model_fn.__name__}"], personas=4, turns=4,
                         second_judge=RoleConfig(kind="persona_similarity", backend=specs["judge"]))  # fmt: skip
     config = config.with_backend("user", specs["user"]).with_backend("judge", specs["judge"])
     run_id = store.start_run("eval", {"eval_resolved": config.model_dump(mode="json")}, 0)
     create_eval_conversations(store, run_id, config)
     backends = BackendPool(AloeConfig.model_validate({"backend": {"max_retries": 0}}), store=store)
     await run_evaluation(store, backends, config, run_id)
+    return run_id
+
+
+async def test_a_second_judge_scores_every_reply_and_its_agreement_is_reported(scripted, tmp_path):
+    store = Store(tmp_path / "aloe.db")
+    run_id = await evaluate(scripted, store)
     record = EvalStore(store).records(f"{run_id}-0000")[0]
     assert record.second_score is not None and record.second_score.mode == "similarity"
     results = run_results(store, run_id, n_boot=0)
@@ -50,6 +59,22 @@ async def test_a_second_judge_scores_every_reply_and_its_agreement_is_reported(s
     # Both judges prefer the replies about the person's life: they agree.
     assert second["agreement"]["spearman"] > 0.7 and second["metrics"].avg > 1
     assert results["metrics"].avg == 3.0  # the headline numbers stay the judge's: half 5s, half 1s
+
+
+async def test_methods_are_compared_on_the_second_judge_too(scripted, tmp_path):
+    from aloekit.evaluation.report import methods_table, write_report
+
+    store = Store(tmp_path / "aloe.db")
+    runs = [await evaluate(scripted, store, generic), await evaluate(scripted, store, model)]
+    table = methods_table([run_results(store, r, n_boot=0) for r in runs], judge="second_judge")
+    assert table["judge"] == "persona_similarity (second judge)" and table["personas"] == 4
+    # Half the tailored model's replies are about the person: the second judge ranks them above generic ones.
+    assert table["rows"][1]["vs_base"]["avg_diff"]["value"] > 0.5
+    first = methods_table([run_results(store, r, n_boot=0) for r in runs])
+    assert first["rows"][1]["vs_base"]["avg_diff"]["value"] == 2.0  # the judge's own table: 3.0 vs 1.0
+    summary = write_report(store, runs, tmp_path / "rep")
+    assert summary["second_judge_methods_table"]["rows"][1]["run_id"] == runs[1]
+    assert "## Every method against the first run, on the second judge" in (tmp_path / "rep" / "report.md").read_text()
 
 
 def test_agreement_needs_a_ranking_from_both_judges():
@@ -75,3 +100,9 @@ def test_the_cli_and_report_show_the_second_judge(run_aloe, tmp_path):
     assert "second judge (persona_similarity): AVG" in text.stdout
     report = run_aloe("report", result["run_id"], "--out", "rep")
     assert report.returncode == 0 and "## Second judge" in (tmp_path / "rep" / "report.md").read_text()
+    second_run = text.stdout.split()[1]  # "run ID (live): ..."
+    table = run_aloe("--json", "compare", "--table", "--second-judge", result["run_id"], second_run)
+    assert table.returncode == 0, table.stderr
+    assert json.loads(table.stdout)["judge"] == "persona_similarity (second judge)"
+    alone = run_aloe("compare", "--second-judge", result["run_id"], second_run)
+    assert alone.returncode == 1 and alone.stderr.strip() == "error: --second-judge needs --table"
