@@ -52,6 +52,9 @@ class PersonaSimilarity:
     ``reference``: ``builtin`` or an eval-set folder (profile_eval.jsonl and personality_eval.jsonl).
     """
 
+    calls_model = False
+    """Its backend and generation options change nothing: an audit of it holds for any of them."""
+
     def __init__(
         self,
         name: str,

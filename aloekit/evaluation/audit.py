@@ -33,11 +33,11 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from aloekit.agents.backends import BackendPool
-from aloekit.agents.base import RoleView
+from aloekit.agents.base import RoleView, get_role_factory
 from aloekit.agents.judge import INVALID, Verdict
 from aloekit.agents.scorer import Score
 from aloekit.config import GenerationOptions, read_text_file
-from aloekit.errors import AloeError
+from aloekit.errors import AloeError, ConfigError
 from aloekit.evaluation.task import BUILTIN_EVAL_SET, load_eval_personas
 from aloekit.graphs.simulate import MAX_CONCURRENCY, RoleConfig, build_role, offered_options
 from aloekit.personas.models import Persona, PersonaPair
@@ -48,11 +48,23 @@ ProbeKind = Literal["other_persona", "generic"]
 CHANCE = 0.5
 
 
+def calls_model(kind: str) -> bool:
+    """Whether a role kind calls its backend (a kind says otherwise with ``calls_model = False``); a kind
+    not registered in this process is assumed to."""
+    try:
+        return getattr(get_role_factory(kind), "calls_model", True) is not False
+    except ConfigError:
+        return True
+
+
 def judge_key(stage: Stage, judge: RoleConfig, paper_exact: bool = False, both_orders: bool = False) -> str:
     """Identity of a judge as configured: stage, kind, backend, options, generation, and for a simulation
     judge ``paper_exact`` and ``both_orders`` (which changes its verdicts: both orders' answers combined)."""
     identity = {"stage": stage, **judge.model_dump(mode="json"), "paper_exact": paper_exact,
                 "both_orders": both_orders}  # fmt: skip
+    if not calls_model(judge.kind):
+        # A judge that calls no model (persona_similarity) is the same judge on any backend and generation.
+        identity.pop("backend"), identity.pop("generation")
     if stage == "eval":
         # A scorer without a score_mode option used to read text scores; it now reads them by the backend
         # ("auto"). Marking the key keeps audits made under the old default from vouching for the new one.

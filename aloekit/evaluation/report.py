@@ -92,8 +92,11 @@ def run_results(store: Store, run_id: str, n_boot: int = N_BOOT) -> dict[str, An
     second_scores = evals.second_scores(run_id)
     second = None
     if config.second_judge is not None and second_scores:
+        audited = latest_audit(store, judge_key("eval", config.second_judge))
         second = {"kind": config.second_judge.kind, "metrics": compute_metrics(second_scores, turns),
-                  "scores": second_scores, "agreement": judge_agreement(scores, second_scores)}  # fmt: skip
+                  "scores": second_scores, "agreement": judge_agreement(scores, second_scores),
+                  "audit_id": audited[0] if audited else None,
+                  "audit": audited[1] if audited else None}  # fmt: skip
     return {"run_id": run_id, "config": config, "scores": scores, "turns": turns, "metrics": metrics, "cis": cis,
             "statuses": evals.trees.status_counts(run_id), "audit_id": audit_id, "audit": audit,
             "score_modes": evals.score_modes(run_id), "second": second}  # fmt: skip
@@ -118,8 +121,10 @@ def second_judge_line(result: dict[str, Any]) -> str | None:
         return None
     m, agreement = second["metrics"], second["agreement"]
     rho = "n/a" if agreement["spearman"] is None else f"{agreement['spearman']:.2f}"
-    return (f"second judge ({second['kind']}): AVG {format_value(m.avg)}  IR {format_value(m.ir)}; agreement with "
-            f"the judge: Spearman rho {rho} over {agreement['n']} replies")  # fmt: skip
+    audit = second.get("audit")
+    audited = "no audit" if audit is None else f"audit {second['audit_id']} {'passed' if audit.passed else 'FAILED'}"
+    return (f"second judge ({second['kind']}, {audited}): AVG {format_value(m.avg)}  IR {format_value(m.ir)}; "
+            f"agreement with the judge: Spearman rho {rho} over {agreement['n']} replies")  # fmt: skip
 
 
 def format_value(value: float | None, digits: int = 3) -> str:

@@ -240,3 +240,11 @@ def test_persona_similarity_is_audited_and_scores_an_eval_without_a_model_call(r
     assert result["unscored"] == 0 and result["score_modes"] == ["similarity"] and result["judge_audit"]
     report = run_aloe("report", result["run_id"], "--out", "rep")
     assert report.returncode == 0 and "topical tailoring, not style" in (tmp_path / "rep" / "report.md").read_text()
+    # As a second judge beside an LLM judge, its audit is named too.
+    (tmp_path / "second.toml").write_text('[evaluation.second_judge]\nkind = "persona_similarity"\n')
+    with StubOpenAIServer(respond=_stub_world) as server:
+        spec = server.spec()
+        proc = run_aloe("--config", "second.toml", "eval", "--model", spec, "--role", f"user={spec}",
+                        "--role", f"judge={spec}", "--personas", "2", "--turns", "2")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert f"second judge (persona_similarity, audit {audits['eval']['id']} passed): AVG" in proc.stdout

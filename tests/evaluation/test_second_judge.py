@@ -97,7 +97,7 @@ def test_the_cli_and_report_show_the_second_judge(run_aloe, tmp_path):
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
     assert result["second_judge"]["kind"] == "persona_similarity" and result["second_judge"]["agreement"]["n"] == 4
-    assert "second judge (persona_similarity): AVG" in text.stdout
+    assert "second judge (persona_similarity, no audit): AVG" in text.stdout
     report = run_aloe("report", result["run_id"], "--out", "rep")
     assert report.returncode == 0 and "## Second judge" in (tmp_path / "rep" / "report.md").read_text()
     second_run = text.stdout.split()[1]  # "run ID (live): ..."
