@@ -1,8 +1,8 @@
 """``aloe demo``: the whole ALOE pipeline on the embedded SmolLM2, offline, in one go.
 
-personas -> judge audits -> simulated trees -> SFT/DPO data -> LoRA SFT then DPO -> evaluation of base
-and trained model -> report, comparison, plot and an HTML tree. Every stage writes to ``OUT/aloe.db`` (open it
-with ``aloe view --db OUT/aloe.db``) and its files under ``OUT``.
+personas -> judge audits -> simulated trees -> SFT/DPO data -> LoRA SFT then DPO -> online GRPO against the
+simulated user -> evaluation of base, DPO and GRPO models -> report, methods table, plot and an HTML tree.
+Every stage writes to ``OUT/aloe.db`` (open it with ``aloe view --db OUT/aloe.db``) and its files under ``OUT``.
 """
 
 from __future__ import annotations
@@ -19,12 +19,13 @@ from aloekit.agents.backends import BackendPool
 from aloekit.config import AloeConfig, GenerationOptions
 from aloekit.evaluation import EvalConfig, create_eval_conversations, run_evaluation, write_report
 from aloekit.evaluation.audit import AuditConfig, AuditResult, run_audit, save_audit
-from aloekit.evaluation.report import comparison_dict, comparison_lines, format_value, run_results
+from aloekit.evaluation.report import format_value, iv, methods_table_lines, run_results
 from aloekit.evaluation.task import eval_persona_ids
 from aloekit.graphs import RoleConfig, SimulationConfig, TreeStore, run_conversations
 from aloekit.personas import GenerationConfig, PersonaPool, generate_personas, get_embedder
 from aloekit.store import Store, run_end_state
 from aloekit.training import build_train_config, dpo_rows, sft_rows, train
+from aloekit.training.grpo import GRPOSettings, build_environments, train_grpo, training_personas
 from aloekit.training.progress import StepReporter
 
 MODEL = "local:smollm2"
@@ -33,6 +34,14 @@ HONESTY_NOTE = (
     "SmolLM2-135M-Instruct, a 135M-parameter model judging itself, trained for a few dozen steps on a few "
     "dozen pairs. These numbers show that the pipeline runs end to end; they are not a research result."
 )
+
+STAGES = 8
+AUDITED = {
+    "simulate": "preference judge (labels the training pairs)",
+    "eval": "scorer (scores the evaluation)",
+    "reward": "persona_similarity (GRPO's reward, the evaluation's second judge)",
+}
+"""The demo's judges, in the order of :func:`audit_configs`."""
 
 
 @dataclass(frozen=True)
@@ -48,29 +57,43 @@ class DemoScale:
     eval_personas: int
     eval_turns: int
     audit_personas: int
+    grpo_personas: int
+    grpo_turns: int
+    grpo_group: int
+    grpo_steps: int
 
 
 QUICK = DemoScale(
     new_profiles=3,
-    persona_rounds=2,
+    persona_rounds=1,
     conversations=12,
-    turns=4,
+    turns=3,
     sft_steps=6,
     dpo_steps=8,
     eval_personas=4,
     eval_turns=3,
-    audit_personas=6,
+    audit_personas=4,
+    grpo_personas=2,
+    grpo_turns=2,
+    grpo_group=2,
+    grpo_steps=2,
 )
+# Room for the GRPO stage and its evaluation: fewer simulated turns (the late ones, with the longest
+# histories, cost the most), fewer persona rounds and audit probes than the first release's default.
 FULL = DemoScale(
     new_profiles=10,
-    persona_rounds=6,
+    persona_rounds=4,
     conversations=24,
-    turns=6,
+    turns=4,
     sft_steps=30,
     dpo_steps=40,
     eval_personas=10,
-    eval_turns=5,
-    audit_personas=12,
+    eval_turns=4,
+    audit_personas=8,
+    grpo_personas=4,
+    grpo_turns=3,
+    grpo_group=4,
+    grpo_steps=15,
 )
 
 
@@ -96,11 +119,18 @@ USER = RoleConfig(
     backend=MODEL,
     generation=GenerationOptions(max_tokens=32, temperature=0.8, repetition_penalty=PENALTY),
 )
+# The GRPO reward and the evaluation's second judge: embeddings, no model call, so it can be trusted where
+# the 135M model cannot judge (it measures topical tailoring, not style).
+SIMILARITY = RoleConfig(kind="persona_similarity", backend=MODEL)
 GENERATOR = RoleConfig(
     kind="model_under_test",
     backend=MODEL,
     generation=GenerationOptions(max_tokens=40, temperature=0.7, repetition_penalty=PENALTY),
 )
+
+
+REPLY_TOKENS = 48
+"""Longest reply of the model under test: in evaluation and in GRPO's sampled groups alike."""
 
 
 def simulation_config(scale: DemoScale) -> SimulationConfig:
@@ -137,7 +167,8 @@ def eval_config(model: str, scale: DemoScale) -> EvalConfig:
         seed=0,
         user=USER.model_copy(update={"generation": USER.generation.merged({"max_tokens": 40, "seed": 7})}),
         judge=SCORER,
-        model_generation=GenerationOptions(max_tokens=48, temperature=0, repetition_penalty=PENALTY),
+        second_judge=SIMILARITY,
+        model_generation=GenerationOptions(max_tokens=REPLY_TOKENS, temperature=0, repetition_penalty=PENALTY),
     )
 
 
@@ -147,7 +178,38 @@ def audit_configs(scale: DemoScale) -> list[AuditConfig]:
     return [
         AuditConfig(stage="simulate", judge=PREFERENCE_JUDGE, both_orders=True, **common),
         AuditConfig(stage="eval", judge=SCORER, **common),
+        AuditConfig(stage="eval", judge=SIMILARITY, **common),
     ]
+
+
+def grpo_settings(scale: DemoScale, out: Path, init_adapter: Path) -> GRPOSettings:
+    """GRPO from the DPO adapter, rewarded by persona_similarity, sampling as the evaluation decodes."""
+    return GRPOSettings(
+        base=MODEL,
+        out=out,
+        personas=scale.grpo_personas,
+        turns=scale.grpo_turns,
+        group=scale.grpo_group,
+        max_steps=scale.grpo_steps,
+        init_adapter=init_adapter,
+        overwrite=True,
+        max_completion_length=REPLY_TOKENS,
+        user=USER,
+        judge=SIMILARITY,
+        # A few dozen steps must move a LoRA: a higher learning rate than trl's default, no KL term.
+        trl={"learning_rate": 2e-4, "beta": 0.0, "repetition_penalty": PENALTY},
+    )
+
+
+def run_grpo(store: Store, config: AloeConfig, settings: GRPOSettings, run_id: str, audit_id: str,
+             progress: list[Any]) -> dict[str, Any]:  # fmt: skip
+    """The GRPO stage, in its own thread: its own backends, bound to the rollout's event loop."""
+    pool = PersonaPool(store)
+    backends = BackendPool(config, store=store, run_id=run_id)
+    envs = build_environments(settings, backends, TreeStore(store), run_id)
+    personas = training_personas(pool, settings, settings.conversations)
+    return train_grpo(settings, envs, personas, callbacks=progress, backends=backends,
+                      extra_summary={"run_id": run_id, "judge_audit": audit_id})  # fmt: skip
 
 
 def _write_jsonl(rows: list[dict[str, Any]], path: Path) -> None:
@@ -162,11 +224,16 @@ async def _run_demo(out: Path, scale: DemoScale, say: Callable[[str], None]) -> 
     demo_run = store.start_run("aloe demo", {"scale": scale.__dict__}, 0)  # every model call is logged under it
     backends = BackendPool(config, store=store, run_id=demo_run)
     trees = TreeStore(store)
-    stage_times: dict[str, float] = {}
+    stage_started: list[float] = []
+    stage_minutes: list[float] = []
 
     def stage(name: str) -> None:
-        stage_times[name] = time.monotonic()
-        say(f"[{len(stage_times)}/7] {name}")
+        now = time.monotonic()
+        if stage_started:
+            stage_minutes.append(round((now - stage_started[-1]) / 60, 1))
+            say(f"      ({stage_minutes[-1]} min)")
+        stage_started.append(now)
+        say(f"[{len(stage_started)}/{STAGES}] {name}")
 
     stage("persona pool: shipped seeds, grown by SmolLM2 self-generation")
     pool = PersonaPool(store)
@@ -193,11 +260,9 @@ async def _run_demo(out: Path, scale: DemoScale, say: Callable[[str], None]) -> 
 
     stage(f"judge audits: known-answer probes from {scale.audit_personas} eval personas")
     audits: dict[str, tuple[str, AuditResult]] = {}
-    for audit_config in audit_configs(scale):
+    for (key, name), audit_config in zip(AUDITED.items(), audit_configs(scale), strict=True):
         result = await run_audit(audit_config, backends)
-        audits[audit_config.stage] = (save_audit(store, demo_run, result), result)
-        name = "preference judge (labels the training pairs)" if audit_config.stage == "simulate" else (
-            "scorer (scores the evaluation)")  # fmt: skip
+        audits[key] = (save_audit(store, demo_run, result), result)
         say(f"      {name}: {result.summary_line()}")
         say(f"      {result.plain_words()}")
 
@@ -236,20 +301,25 @@ async def _run_demo(out: Path, scale: DemoScale, say: Callable[[str], None]) -> 
 
     stage(f"training: LoRA SFT ({scale.sft_steps} steps) then DPO ({scale.dpo_steps} steps)")
     adapters = out / "adapters"
-    reported: set[tuple[int, int]] = set()
 
-    def report(step: int, total: int, logs: dict[str, Any]) -> None:
-        if step and (step % 4 == 0 or step == total) and (step, total) not in reported and "loss" in logs:
-            reported.add((step, total))
-            say(f"      step {step}/{total}  loss {float(logs['loss']):.4f}")
+    def progress() -> list[StepReporter]:
+        """Every 4th step's loss (and GRPO's mean reward), once per step."""
+        reported: set[int] = set()
 
-    progress = [StepReporter(report)]
+        def report(step: int, total: int, logs: dict[str, Any]) -> None:
+            shown = {key: float(logs[key]) for key in ("loss", "reward") if key in logs}
+            if step and (step % 4 == 0 or step == total) and step not in reported and "loss" in shown:
+                reported.add(step)
+                say(f"      step {step}/{total}  " + "  ".join(f"{k} {v:.4f}" for k, v in shown.items()))
+
+        return [StepReporter(report)]
+
     sft_summary = await asyncio.to_thread(
         train,
         build_train_config(
             "sft", data=data / "sft.jsonl", base=MODEL, out=adapters / "sft", max_steps=scale.sft_steps, overwrite=True
         ),
-        progress,
+        progress(),
     )
     dpo_summary = await asyncio.to_thread(
         train,
@@ -262,16 +332,29 @@ async def _run_demo(out: Path, scale: DemoScale, say: Callable[[str], None]) -> 
             init_adapter=adapters / "sft",
             overwrite=True,
         ),
-        progress,
+        progress(),
     )
     say(
         f"      SFT loss {sft_summary['final_loss']:.3f}, DPO loss {dpo_summary['final_loss']:.3f}; "
         f"adapter {adapters / 'dpo'}"
     )
 
-    stage(f"evaluation: base vs trained, {scale.eval_personas} personas x {scale.eval_turns} turns, live")
+    stage(f"online RL: GRPO from the DPO adapter, {scale.grpo_steps} steps, {scale.grpo_personas} simulated users "
+          f"x {scale.grpo_group} replies per turn, reward persona_similarity")  # fmt: skip
+    settings = grpo_settings(scale, adapters / "grpo", adapters / "dpo")
+    grpo_config = {"grpo": settings.model_dump(mode="json"), "judge_audit": audits["reward"][0]}
+    grpo_run = store.start_run("aloe demo: train grpo", grpo_config, settings.seed)
+    grpo = await asyncio.to_thread(run_grpo, store, config, settings, grpo_run, audits["reward"][0],
+                                   progress())  # fmt: skip
+    store.finish_run(grpo_run, "completed")
+    rewards = grpo["rewards_per_step"]
+    say(f"      mean reward {format_value(rewards[0], 2)} at step 1, {format_value(rewards[-1], 2)} at step "
+        f"{len(rewards)} ({grpo['conversations_started']} conversations); adapter {adapters / 'grpo'}")  # fmt: skip
+
+    methods = {"base": MODEL, "DPO": f"{MODEL}+{adapters / 'dpo'}", "GRPO": f"{MODEL}+{adapters / 'grpo'}"}
+    stage(f"evaluation: {', '.join(methods)}; {scale.eval_personas} personas x {scale.eval_turns} turns, live")
     eval_runs = []
-    for model in (MODEL, f"{MODEL}+{adapters / 'dpo'}"):
+    for method, model in methods.items():
         cfg = eval_config(model, scale)
         run_config = {"eval_resolved": cfg.model_dump(mode="json"), "judge_audit": audits["eval"][0]}
         run_id = store.start_run(f"aloe demo: eval {model}", run_config, 0)
@@ -281,18 +364,18 @@ async def _run_demo(out: Path, scale: DemoScale, say: Callable[[str], None]) -> 
         eval_runs.append(run_id)
         m = run_results(store, run_id, n_boot=0)["metrics"]
         curve = " ".join(format_value(v, 2) for v in m.al)
-        say(f"      {model}: AVG {format_value(m.avg, 2)}, IR {format_value(m.ir, 3)}, AL(k) {curve}, "
+        say(f"      {method}: AVG {format_value(m.avg, 2)}, IR {format_value(m.ir, 3)}, AL(k) {curve}, "
             f"unscored {m.unscored}")  # fmt: skip
 
-    stage("report: metrics with CIs, comparison, AL(k) plot, HTML tree")
+    stage("report: metrics with CIs, methods table on both judges, AL(k) plot, HTML tree")
     from aloekit.viewer import tree_page
 
-    write_report(store, eval_runs, out / "report", note=HONESTY_NOTE)
-    comparison = comparison_dict(run_results(store, eval_runs[0], n_boot=0), run_results(store, eval_runs[1], n_boot=0))
+    summary = write_report(store, eval_runs, out / "report", note=HONESTY_NOTE)
     first = trees.conversations(sim_run)[0].id
     (out / "tree.html").write_text(tree_page(store, first, standalone=True)[0], encoding="utf-8")
     await backends.aclose()
     store.finish_run(demo_run, "completed")
+    stage_minutes.append(round((time.monotonic() - stage_started[-1]) / 60, 1))
     return {
         "simulation_run": sim_run,
         "eval_runs": eval_runs,
@@ -306,11 +389,15 @@ async def _run_demo(out: Path, scale: DemoScale, say: Callable[[str], None]) -> 
             for stage, (audit_id, result) in audits.items()
         },  # fmt: skip
         "dpo_pairs": len(dpo),
-        "comparison": comparison,
+        "methods": dict(zip(methods, eval_runs, strict=True)),
+        "methods_table": summary.get("methods_table"),
+        "second_judge_methods_table": summary.get("second_judge_methods_table"),
+        "grpo": {key: grpo[key] for key in ("rewards_per_step", "conversations_started", "steps", "run_id")},
+        "stage_minutes": stage_minutes,
         "report": str(out / "report" / "report.md"),
         "plot": str(out / "report" / "al_curve.png"),
         "tree_html": str(out / "tree.html"),
-        "adapter": str(adapters / "dpo"),
+        "adapter": str(adapters / "grpo"),
         "db": str(out / "aloe.db"),
     }
 
@@ -327,6 +414,19 @@ def _end_open_runs(db: Path, exc: BaseException) -> None:
     store.close()
 
 
+def grpo_claim(table: dict[str, Any] | None) -> dict[str, Any]:
+    """Whether the GRPO adapter beat the base on the judge it was trained against: a paired CI above zero."""
+    if table is None:
+        return {"beats_base": None, "sentence": "GRPO vs base on persona_similarity: not compared."}
+    diff = table["rows"][-1]["vs_base"]["avg_diff"]
+    beats = diff["low"] > 0
+    verdict = "beats the base (the interval excludes zero)" if beats else (
+        "does not beat the base with an interval excluding zero")  # fmt: skip
+    return {"beats_base": beats, "avg_diff": diff,
+            "sentence": f"GRPO vs base on persona_similarity, the reward it trained on: AVG difference {iv(diff)}; "
+                        f"the GRPO adapter {verdict}. That judge measures topical tailoring, not style."}  # fmt: skip
+
+
 def run_demo(out: Path, quick: bool = False, say: Callable[[str], None] = print) -> dict[str, Any]:
     """Run the pipeline into ``out``; returns where everything is."""
     out.mkdir(parents=True, exist_ok=True)
@@ -338,8 +438,13 @@ def run_demo(out: Path, quick: bool = False, say: Callable[[str], None] = print)
         raise
     result["minutes"] = round((time.monotonic() - started) / 60, 1)
     say("")
-    say("\n".join(comparison_lines(result["comparison"])))
-    say("")
+    for key, title in (("methods_table", "the scorer"), ("second_judge_methods_table", "persona_similarity")):
+        if result[key] is not None:
+            say(f"Every method against the base, on {title}:")
+            say("\n".join(methods_table_lines(result[key])))
+            say("")
+    result["grpo_vs_base"] = grpo_claim(result["second_judge_methods_table"])
+    say(result["grpo_vs_base"]["sentence"])
     scorer = result["judge_audits"]["eval"]
     say(
         f"What the numbers mean: the scorer {'passed' if scorer['passed'] else 'failed'} its audit. {scorer['meaning']}"
