@@ -78,22 +78,23 @@ QUICK = DemoScale(
     grpo_group=2,
     grpo_steps=2,
 )
-# Room for the GRPO stage and its evaluation: fewer simulated turns (the late ones, with the longest
-# histories, cost the most), fewer persona rounds and audit probes than the first release's default.
+# Room for the GRPO stage (about 30 s a step on 2 cores) and its evaluation, measured: 24 x 4 simulated
+# turns took 16 minutes and 30 + 40 SFT/DPO steps 9, so fewer of both than the first release's default, and
+# fewer persona rounds and audit probes.
 FULL = DemoScale(
     new_profiles=10,
     persona_rounds=4,
-    conversations=24,
+    conversations=16,
     turns=4,
-    sft_steps=30,
-    dpo_steps=40,
+    sft_steps=16,
+    dpo_steps=24,
     eval_personas=10,
     eval_turns=4,
     audit_personas=8,
-    grpo_personas=4,
+    grpo_personas=2,
     grpo_turns=3,
     grpo_group=4,
-    grpo_steps=15,
+    grpo_steps=12,
 )
 
 
@@ -183,7 +184,7 @@ def audit_configs(scale: DemoScale) -> list[AuditConfig]:
 
 
 def grpo_settings(scale: DemoScale, out: Path, init_adapter: Path) -> GRPOSettings:
-    """GRPO from the DPO adapter, rewarded by persona_similarity, sampling as the evaluation decodes."""
+    """GRPO from the DPO adapter, rewarded by persona_similarity, replies as long as the evaluation's."""
     return GRPOSettings(
         base=MODEL,
         out=out,
