@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from aloekit.agents.backends import BackendPool
 from aloekit.config import AloeConfig, GenerationOptions
@@ -26,8 +27,9 @@ from aloekit.personas import GenerationConfig, PersonaPool, generate_personas, g
 from aloekit.store import Store, run_end_state
 from aloekit.training import build_train_config, dpo_rows, sft_rows, train
 from aloekit.training.grpo import GRPOSettings, build_environments, train_grpo, training_personas
-from aloekit.training.progress import StepReporter
+from aloekit.training.progress import StepReporter, StopWhenSet
 
+T = TypeVar("T")
 MODEL = "local:smollm2"
 HONESTY_NOTE = (
     "Demo scale: every role (user simulator, inducer, responders, judge) and the model under test is "
@@ -213,6 +215,17 @@ def run_grpo(store: Store, config: AloeConfig, settings: GRPOSettings, run_id: s
                       extra_summary={"run_id": run_id, "judge_audit": audit_id})  # fmt: skip
 
 
+async def in_thread(stop: threading.Event, function: Callable[..., T], *args: Any) -> T:
+    """Run a training stage in a worker thread whose trainer has a :class:`StopWhenSet` on ``stop``: cancelled
+    (Ctrl-C, SIGTERM), it stops after its current step instead of holding the process until it would have
+    finished (asyncio waits for its worker threads before the process can exit)."""
+    try:
+        return await asyncio.to_thread(function, *args)
+    except BaseException:
+        stop.set()
+        raise
+
+
 def _write_jsonl(rows: list[dict[str, Any]], path: Path) -> None:
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
 
@@ -303,8 +316,10 @@ async def _run_demo(out: Path, scale: DemoScale, say: Callable[[str], None]) -> 
     stage(f"training: LoRA SFT ({scale.sft_steps} steps) then DPO ({scale.dpo_steps} steps)")
     adapters = out / "adapters"
 
-    def progress() -> list[StepReporter]:
-        """Every 4th step's loss (and GRPO's mean reward), once per step."""
+    stop = threading.Event()
+
+    def progress() -> list[Any]:
+        """Every 4th step's loss (and GRPO's mean reward), once per step; and the stop on cancellation."""
         reported: set[int] = set()
 
         def report(step: int, total: int, logs: dict[str, Any]) -> None:
@@ -313,16 +328,18 @@ async def _run_demo(out: Path, scale: DemoScale, say: Callable[[str], None]) -> 
                 reported.add(step)
                 say(f"      step {step}/{total}  " + "  ".join(f"{k} {v:.4f}" for k, v in shown.items()))
 
-        return [StepReporter(report)]
+        return [StepReporter(report), StopWhenSet(stop)]
 
-    sft_summary = await asyncio.to_thread(
+    sft_summary = await in_thread(
+        stop,
         train,
         build_train_config(
             "sft", data=data / "sft.jsonl", base=MODEL, out=adapters / "sft", max_steps=scale.sft_steps, overwrite=True
         ),
         progress(),
     )
-    dpo_summary = await asyncio.to_thread(
+    dpo_summary = await in_thread(
+        stop,
         train,
         build_train_config(
             "dpo",
@@ -345,8 +362,7 @@ async def _run_demo(out: Path, scale: DemoScale, say: Callable[[str], None]) -> 
     settings = grpo_settings(scale, adapters / "grpo", adapters / "dpo")
     grpo_config = {"grpo": settings.model_dump(mode="json"), "judge_audit": audits["reward"][0]}
     grpo_run = store.start_run("aloe demo: train grpo", grpo_config, settings.seed)
-    grpo = await asyncio.to_thread(run_grpo, store, config, settings, grpo_run, audits["reward"][0],
-                                   progress())  # fmt: skip
+    grpo = await in_thread(stop, run_grpo, store, config, settings, grpo_run, audits["reward"][0], progress())
     store.finish_run(grpo_run, "completed")
     rewards = grpo["rewards_per_step"]
     say(f"      mean reward {format_value(rewards[0], 2)} at step 1, {format_value(rewards[-1], 2)} at step "

@@ -1,7 +1,9 @@
-"""A transformers ``TrainerCallback`` that reports steps and loss to a callable (the CLI's progress bar)."""
+"""transformers ``TrainerCallback``s: one reports steps and loss to a callable (the CLI's progress bar), one
+stops training from another thread."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -26,3 +28,16 @@ class StepReporter(TrainerCallback):
             self.logs, self.logged_step = {}, state.global_step
         self.logs = {**self.logs, **(logs or {})}
         self.report(state.global_step, state.max_steps, self.logs)
+
+
+class StopWhenSet(TrainerCallback):
+    """Ends training after the current step once ``event`` is set: a trainer running in a worker thread
+    never sees Ctrl-C or SIGTERM, which reach only the main thread."""
+
+    def __init__(self, event: threading.Event) -> None:
+        self.event = event
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        """Ask the trainer to stop if the event is set."""
+        if self.event.is_set():
+            control.should_training_stop = True
