@@ -2,8 +2,10 @@
 each in its own process (target: aloekit within 15% of plain trl), and the share of aloekit's step spent in
 the simulated user and the judge.
 
-Both score replies with the same HTTP call to a stub OpenAI-compatible judge (zero latency), so the ratio is
-the cost of aloekit's loop (environments, best-of-n continuation, tree storage, the user simulator's turn);
+aloekit runs first; the plain script then trains on the very conversations aloekit's policy answered, step
+by step (same lengths, same chat template). Both score replies with the same HTTP call to a stub
+OpenAI-compatible judge (zero latency), so the ratio is the cost of aloekit's loop (environments, best-of-n
+continuation, tree storage, the user simulator's turn);
 the share is measured with the user simulator and judge on that stub, so it is a floor: with real models
 serving those roles their calls dominate.
 
@@ -40,13 +42,13 @@ from peft import LoraConfig
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl import GRPOConfig, GRPOTrainer
 
-base, url, out, steps, slots, group, length = sys.argv[1:8]
+base, url, out, steps, slots, group, length, prompts_file = sys.argv[1:9]
 steps, slots, group, length = int(steps), int(slots), int(group), int(length)
 client = openai.OpenAI(base_url=url, api_key="none")
 tokenizer = AutoTokenizer.from_pretrained(base)
 tokenizer.padding_side = "left"
 model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
-prompts = [[{"role": "user", "content": f"Just got back from the market, turn {i % 3 + 1}!"}] for i in range(slots)]
+prompts = json.loads(Path(prompts_file).read_text())  # aloekit's own conversations, step by step, in order
 
 def reward(prompts, completions, **_):
     return [judge_score(client, c[-1]["content"]) for c in completions]
@@ -102,6 +104,29 @@ print(json.dumps({"runtime_s": summary["runtime_s"], "steps": summary["steps"], 
 )
 
 
+def step_prompts(db: Path, slots: int) -> list[list[dict[str, str]]]:
+    """The conversation each slot answered at each step of aloekit's run, in step order: the plain script
+    trains on exactly these prompts (trl reads an unshuffled dataset ``slots`` prompts per step)."""
+    from aloekit.graphs import TreeStore
+    from aloekit.store import Store
+
+    trees = TreeStore(Store(db, readonly=True))
+    per_conversation = []
+    for conversation in sorted(trees.conversations(), key=lambda c: c.position):
+        history, prompts = [], []
+        for record in sorted(trees.records(conversation.id), key=lambda r: r.turn):
+            prompts.append([*history, {"role": "user", "content": record.user_message}])
+            history = [*prompts[-1], {"role": "assistant", "content": record.candidates[record.continued].text}]
+        per_conversation.append(prompts)
+    # Slots run in step with each other: conversations started together answer their turns together.
+    rows = []
+    for start in range(0, len(per_conversation), slots):
+        batch = per_conversation[start : start + slots]
+        for turn in range(max(len(p) for p in batch)):
+            rows += [p[turn] for p in batch if turn < len(p)]
+    return rows
+
+
 def run(script: str, args: list[str]) -> dict:
     """Run ``script`` in a fresh process and return the JSON it prints last."""
     proc = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True, check=False)
@@ -126,8 +151,10 @@ def main() -> None:
     with StubOpenAIServer(respond=role_aware_reply) as server, tempfile.TemporaryDirectory() as tmp:
         url = server.spec().removeprefix("openai:").split("#")[0]
         common = [str(args.steps), str(args.slots), str(args.group), str(args.max_completion_length)]
-        plain = run(PLAIN_TRL, [base_dir, url, str(Path(tmp) / "plain"), *common])
         ours = run(ALOEKIT, [f"hf:{base_dir}", url, str(Path(tmp) / "aloekit"), *common])
+        prompts = Path(tmp) / "prompts.json"
+        prompts.write_text(json.dumps(step_prompts(Path(tmp) / "aloekit" / "aloe.db", args.slots)))
+        plain = run(PLAIN_TRL, [base_dir, url, str(Path(tmp) / "plain"), *common, str(prompts)])
     per_step = {name: r["runtime_s"] / r["steps"] for name, r in (("plain trl", plain), ("aloekit", ours))}
     for name, seconds in per_step.items():
         print(f"{name:10s} {seconds:.2f} s/step over {args.steps} steps ({args.slots} prompts x {args.group} replies)")
