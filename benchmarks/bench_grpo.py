@@ -109,15 +109,14 @@ def step_prompts(db: Path, slots: int) -> list[list[dict[str, str]]]:
     trains on exactly these prompts (trl reads an unshuffled dataset ``slots`` prompts per step)."""
     from aloekit.graphs import TreeStore
     from aloekit.store import Store
+    from aloekit.training.data import path_turns
 
     trees = TreeStore(Store(db, readonly=True))
-    per_conversation = []
-    for conversation in sorted(trees.conversations(), key=lambda c: c.position):
-        history, prompts = [], []
-        for record in sorted(trees.records(conversation.id), key=lambda r: r.turn):
-            prompts.append([*history, {"role": "user", "content": record.user_message}])
-            history = [*prompts[-1], {"role": "assistant", "content": record.candidates[record.continued].text}]
-        per_conversation.append(prompts)
+    conversations = sorted(trees.conversations(), key=lambda c: c.position)
+    prompts: dict[str, list] = {c.id: [] for c in conversations}
+    for cid, prompt, _ in path_turns({c.id: trees.records(c.id) for c in conversations}):
+        prompts[cid].append(prompt)
+    per_conversation = list(prompts.values())
     # Slots run in step with each other: conversations started together answer their turns together.
     rows = []
     for start in range(0, len(per_conversation), slots):

@@ -10,7 +10,6 @@ import click
 from aloekit.cli.app import TURNS, App, output_file, output_folder, pass_app, write_jsonl
 from aloekit.errors import AloeError
 from aloekit.secrets import read_secret
-from aloekit.training.rollouts import ROLLOUT_FORMATS, rollout_rows
 
 
 @click.command("export")
@@ -18,8 +17,8 @@ from aloekit.training.rollouts import ROLLOUT_FORMATS, rollout_rows
 @click.option("--out", type=click.Path(path_type=Path), required=True,
               help="JSONL file (train split); .parquet for --format verl.")  # fmt: skip
 @click.option(
-    "--format", "rollout_format", default="jsonl", show_default=True, metavar="|".join(ROLLOUT_FORMATS),
-    help="rollouts: conversations with a per-message train mask, for verl, OpenRLHF or as plain JSONL.",
+    "--format", "rollout_format", default="jsonl", show_default=True, metavar="FORMAT",
+    help="rollouts: conversations with a per-message train mask: verl, openrlhf or jsonl (or a registered one).",
 )  # fmt: skip
 @click.option("--run", "run_ids", multiple=True, help="Only these runs (repeatable; default: every simulation run).")
 @click.option(
@@ -73,6 +72,7 @@ def export(
         split_by_conversation,
         tree_rows,
     )
+    from aloekit.training.rollouts import ROLLOUT_FORMATS, rollout_rows  # here: aloe's start-up stays light
 
     if rollout_format not in ROLLOUT_FORMATS:
         raise AloeError(f"--format {rollout_format}: unknown (use {', '.join(ROLLOUT_FORMATS)})")
@@ -106,11 +106,10 @@ def export(
     elif kind == "dpo":
         rows = dpo_rows(records, **options)
     elif kind == "rollouts":
-        long_enough = {c.id: keys[c.id] for c in conversations if len(records[keys[c.id]]) >= min_turns}
-        report.short_conversations = len(conversations) - len(long_enough)
-        by_key = {c.id: c for c in conversations}
-        rows = to_rows(rollout_rows({key: (by_key[cid].persona, by_key[cid].max_turns, records[key])
-                                     for cid, key in long_enough.items()}))  # fmt: skip
+        kept = {keys[c.id]: (c.persona, c.max_turns, records[keys[c.id]]) for c in conversations
+                if len(records[keys[c.id]]) >= min_turns}  # fmt: skip
+        report.short_conversations = len(conversations) - len(kept)
+        rows = to_rows(rollout_rows(kept))
     else:
         rows = tree_rows(trees.tree(c.id) for c in conversations if len(records[keys[c.id]]) >= min_turns)
     held_out = eval_persona_ids(eval_set)

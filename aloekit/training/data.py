@@ -55,8 +55,8 @@ def _reply(record: TurnRecord, index: int) -> str:
     return next(c.text for c in record.candidates if c.index == index)
 
 
-def _path_turns(
-    conversations: dict[str, Sequence[TurnRecord]], min_turns: int, report: FlattenReport
+def path_turns(
+    conversations: dict[str, Sequence[TurnRecord]], min_turns: int = 1, report: FlattenReport | None = None
 ) -> Iterator[tuple[str, list[Message], TurnRecord]]:
     """(conversation, prompt, record) for every turn in order; ``prompt`` is the path the conversation
     actually took up to and including that turn's user message. Conversations with fewer than
@@ -64,7 +64,8 @@ def _path_turns(
     for cid, records in conversations.items():
         records = sorted(records, key=lambda r: r.turn)
         if len(records) < min_turns:
-            report.short_conversations += 1
+            if report is not None:
+                report.short_conversations += 1
             continue
         history: list[Message] = []
         for record in records:
@@ -88,7 +89,7 @@ def sft_rows(
     """
     report = report if report is not None else FlattenReport()
     rows = []
-    for cid, prompt, record in _path_turns(conversations, min_turns, report):
+    for cid, prompt, record in path_turns(conversations, min_turns, report):
         if _keep_turn(record, require_agreement, report):
             reply = _reply(record, _branch_index(record, branch))
             rows.append({"prompt": prompt, "completion": [{"role": "assistant", "content": reply}],
@@ -145,7 +146,7 @@ def dpo_rows(
     and including that turn's user message."""
     report = report if report is not None else FlattenReport()
     rows = []
-    for cid, prompt, record in _path_turns(conversations, min_turns, report):
+    for cid, prompt, record in path_turns(conversations, min_turns, report):
         if not _keep_turn(record, require_agreement, report):
             continue
         chosen = _reply(record, record.verdict.preferred)

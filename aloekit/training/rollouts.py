@@ -19,8 +19,10 @@ import json
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from aloekit.agents.base import Message
 from aloekit.graphs.records import TurnRecord
 from aloekit.personas.models import PersonaPair
+from aloekit.training.data import path_turns
 
 RowFormatter = Callable[[list[dict[str, Any]]], list[dict[str, Any]]]
 ROLLOUT_FORMATS: dict[str, tuple[RowFormatter, str]] = {}
@@ -40,20 +42,16 @@ def rollout_format(name: str, file_type: str = "jsonl") -> Callable[[RowFormatte
 
 def rollout_rows(conversations: dict[str, tuple[PersonaPair, int, Sequence[TurnRecord]]]) -> list[dict[str, Any]]:
     """One row per conversation (key -> persona, turn limit, records), along the replies it continued with."""
-    rows = []
-    for key, (persona, max_turns, records) in conversations.items():
-        messages: list[dict[str, Any]] = []
-        rewards: list[float | None] = []
-        for record in sorted(records, key=lambda r: r.turn):
-            continued = record.candidates[record.continued]
-            messages += [{"role": "user", "content": record.user_message, "train": False},
-                         {"role": "assistant", "content": continued.text, "train": True}]  # fmt: skip
-            rewards.append(continued.reward)
-        if messages:
-            rows.append({"conversation_id": key, "persona": {"profile": persona.profile.text,
-                         "personality": persona.personality.text}, "max_turns": max_turns,
-                         "turns": len(rewards), "messages": messages, "rewards": rewards})  # fmt: skip
-    return rows
+    paths: dict[str, list[Message]] = {}
+    rewards: dict[str, list[float | None]] = {}
+    for key, prompt, record in path_turns({k: records for k, (_, _, records) in conversations.items()}):
+        continued = record.candidates[record.continued]
+        paths[key] = [*prompt, {"role": "assistant", "content": continued.text}]
+        rewards.setdefault(key, []).append(continued.reward)
+    return [{"conversation_id": key, "persona": {"profile": conversations[key][0].profile.text,
+             "personality": conversations[key][0].personality.text}, "max_turns": conversations[key][1],
+             "turns": len(rewards[key]), "messages": [{**m, "train": m["role"] == "assistant"} for m in path],
+             "rewards": rewards[key]} for key, path in paths.items()]  # fmt: skip
 
 
 @rollout_format("jsonl")
