@@ -238,13 +238,10 @@ def grpo_command(
         check_init_adapter(settings.init_adapter)
 
     def check_roles() -> None:
-        check_role("user", settings.user)
-        check_role("judge", settings.judge)
-        if settings.profile is not None:
-            check_role("profile", settings.profile)
+        for name, role in settings.roles.items():
+            check_role(name, role)
 
-    specs = {settings.user.backend, settings.judge.backend, *([settings.profile.backend] if settings.profile else [])}
-    check_run_inputs(app, specs, check_roles)
+    check_run_inputs(app, {role.backend for role in settings.roles.values()}, check_roles)
     pool = PersonaPool(app.store)
     for kind in ("profile", "personality"):
         pool.ensure_seeds(kind)

@@ -89,6 +89,11 @@ class GRPOSettings(BaseModel):
     """Any other ``GRPOConfig`` field (learning_rate, beta, loss_type...)."""
 
     @property
+    def roles(self) -> dict[str, RoleConfig]:
+        """The configured roles by name: user, judge, and profile when the profile term is on."""
+        return {"user": self.user, "judge": self.judge, **({"profile": self.profile} if self.profile else {})}
+
+    @property
     def conversations(self) -> int:
         """Conversations the run starts: every slot, once per ``turns`` steps."""
         return self.personas * math.ceil(self.max_steps / self.turns)
@@ -268,12 +273,10 @@ def build_environments(
     """One environment per slot, sharing the user and judge roles (roles keep no state between calls)."""
     from aloekit.graphs.simulate import build_role
 
-    user = build_role(backends, "user", settings.user)
-    judge = build_role(backends, "judge", settings.judge)
-    profile = build_role(backends, "profile", settings.profile) if settings.profile is not None else None
-    return [SimulatedUserEnv(user, judge, max_turns=settings.turns, trees=trees, run_id=run_id,
-                             policy_backend=settings.base, profile=profile, profile_weight=settings.profile_weight)
-            for _ in range(settings.personas)]  # fmt: skip
+    roles = {name: build_role(backends, name, rc) for name, rc in settings.roles.items()}
+    return [SimulatedUserEnv(roles["user"], roles["judge"], max_turns=settings.turns, trees=trees, run_id=run_id,
+                             policy_backend=settings.base, profile=roles.get("profile"),
+                             profile_weight=settings.profile_weight) for _ in range(settings.personas)]  # fmt: skip
 
 
 def training_personas(pool: Any, settings: GRPOSettings, needed: int) -> list[PersonaPair]:
