@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 from aloekit.agents.backends import BackendPool
 from aloekit.config import AloeConfig, GenerationOptions
+from aloekit.errors import run_async
 from aloekit.evaluation import EvalConfig, create_eval_conversations, run_evaluation, write_report
 from aloekit.evaluation.audit import AuditConfig, AuditResult, run_audit, save_audit
 from aloekit.evaluation.report import format_value, iv, methods_table_lines, run_results
@@ -449,7 +450,7 @@ def run_demo(out: Path, quick: bool = False, say: Callable[[str], None] = print)
     out.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     try:
-        result = asyncio.run(_run_demo(out, QUICK if quick else FULL, say))
+        result = run_async(_run_demo(out, QUICK if quick else FULL, say))
     except BaseException as exc:
         _end_open_runs(out / "aloe.db", exc)
         raise

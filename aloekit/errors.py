@@ -2,6 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import signal
+import threading
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
 
 class AloeError(Exception):
     """Base class for errors caused by input, configuration or an unreachable backend."""
@@ -29,6 +37,45 @@ class BudgetExhausted(AloeError):
 
 class Terminated(KeyboardInterrupt):
     """SIGTERM, raised in the main thread so that a run ends ``interrupted`` exactly as after Ctrl-C."""
+
+
+def run_async(main: Coroutine[Any, Any, T]) -> T:
+    """``asyncio.run(main)``, where SIGTERM ends the run as asyncio ends it on Ctrl-C.
+
+    The main task is cancelled, every task unwinds, and :class:`Terminated` is raised once the loop has
+    closed. Raised by a signal handler inside the loop instead, it would land in whichever task happened
+    to run, and asyncio would log that task's traceback when it is collected.
+    """
+    signalled: list[bool] = []
+
+    async def cancelled_on_sigterm() -> T:
+        if threading.current_thread() is not threading.main_thread():
+            return await main  # only the main thread receives signals
+        loop, task = asyncio.get_running_loop(), asyncio.current_task()
+        previous = signal.getsignal(signal.SIGTERM)
+
+        def on_sigterm() -> None:
+            signalled.append(True)
+            if task is not None:
+                task.cancel()
+
+        loop.add_signal_handler(signal.SIGTERM, on_sigterm)
+        try:
+            return await main
+        finally:
+            loop.remove_signal_handler(signal.SIGTERM)  # resets SIGTERM to the default: put the previous back
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
+
+    try:
+        result = asyncio.run(cancelled_on_sigterm())
+    except asyncio.CancelledError:
+        if signalled:
+            raise Terminated() from None
+        raise
+    if signalled:  # the main coroutine swallowed the cancellation; the process was still asked to stop
+        raise Terminated()
+    return result
 
 
 def first_leaf(exc: BaseException) -> BaseException:

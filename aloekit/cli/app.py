@@ -30,7 +30,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from aloekit.agents.backends import BackendPool, TransformersChatClient
 from aloekit.config import AloeConfig, one_line
-from aloekit.errors import AloeError, Terminated, first_leaf
+from aloekit.errors import AloeError, Terminated, first_leaf, run_async
 from aloekit.limits import MAX_CONCURRENCY, MAX_CONVERSATIONS, MAX_TURNS
 from aloekit.secrets import RedactingFilter, redact, register_url_secrets
 from aloekit.serialize import to_json
@@ -383,7 +383,7 @@ def run_recorded(
             await pool.aclose()
 
     with run_lifetime(store, run_id):
-        result = asyncio.run(main())
+        result = run_async(main())
     store.finish_run(run_id, "completed")
     return result
 
@@ -460,7 +460,7 @@ def run_with_progress(
         finally:
             await backends.aclose()
 
-    summary = asyncio.run(main())
+    summary = run_async(main())
     failed = summary.statuses.get("failed", 0)
     if summary.finished:
         store.finish_run(run_id, "completed")
