@@ -21,6 +21,7 @@ from typing import Any
 import sqlite_utils
 
 from aloekit.config import one_line
+from aloekit.contents import ContentStore
 from aloekit.errors import AloeError, StoreError, Terminated, first_leaf
 from aloekit.secrets import redact
 
@@ -200,6 +201,61 @@ def _migrate_6(conn: sqlite3.Connection) -> None:
     )
 
 
+LLM_CALLS_V7 = """CREATE TABLE llm_calls (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    run_id TEXT,
+    role TEXT NOT NULL,
+    spec TEXT NOT NULL,
+    cache_key TEXT NOT NULL,
+    cacheable INTEGER NOT NULL,
+    prompt_id INTEGER NOT NULL REFERENCES texts(id),
+    options TEXT NOT NULL,
+    response_id INTEGER REFERENCES texts(id),
+    finish_reason TEXT,
+    prompt_tokens INTEGER,
+    completion_tokens INTEGER,
+    latency_s REAL,
+    attempts INTEGER,
+    cached INTEGER NOT NULL DEFAULT 0,
+    status TEXT NOT NULL,
+    error TEXT,
+    created_at TEXT NOT NULL
+)"""
+PACKED_COLUMNS = (("turns", "record"), ("eval_turns", "record"), ("tree_nodes", "data"))
+"""JSON columns whose repeated parts live in ``texts`` (:mod:`aloekit.contents`)."""
+
+
+def _migrate_7(conn: sqlite3.Connection) -> None:
+    """Prompts and texts stored once: the call log, turn records and tree nodes reference ``texts``."""
+    conn.execute("CREATE TABLE texts (id INTEGER PRIMARY KEY, hash INTEGER NOT NULL, body TEXT NOT NULL)")
+    conn.execute("CREATE INDEX idx_texts_hash ON texts (hash)")
+    contents = ContentStore(conn)
+    conn.execute("ALTER TABLE llm_calls RENAME TO llm_calls_v6")
+    conn.execute(LLM_CALLS_V7)
+    columns = [c[1] for c in conn.execute("PRAGMA table_info(llm_calls)")]
+    for row in conn.execute("SELECT * FROM llm_calls_v6 ORDER BY id").fetchall():
+        old = dict(zip([c[1] for c in conn.execute("PRAGMA table_info(llm_calls_v6)")], row, strict=True))
+        old["prompt_id"] = contents.prompt_id(json.loads(old.pop("messages")))
+        response = old.pop("response")
+        old["response_id"] = None if response is None else contents.text_id(response)
+        conn.execute(f"INSERT INTO llm_calls ({','.join(columns)}) VALUES ({','.join('?' * len(columns))})",
+                     [old[c] for c in columns])  # fmt: skip
+    conn.execute("DROP TABLE llm_calls_v6")
+    # Only calls the cache may answer from are looked up by key: sampled calls need no index entry.
+    conn.execute("CREATE INDEX idx_llm_calls_cache ON llm_calls (cache_key) WHERE status = 'ok' AND cacheable = 1 "
+                 "AND cached = 0")  # fmt: skip
+    conn.execute("CREATE INDEX idx_llm_calls_run ON llm_calls (run_id)")
+    # A simulation's node keeps its facts; its calls are in the turn record (as aloekit writes nodes from now on).
+    simulated = "SELECT id FROM conversations WHERE kind != 'evaluation'"
+    nodes = f"SELECT rowid, data FROM tree_nodes WHERE conversation_id IN ({simulated})"
+    for rowid, value in conn.execute(nodes).fetchall():
+        data = {k: v for k, v in json.loads(value).items() if not k.endswith("calls")}
+        conn.execute("UPDATE tree_nodes SET data = ? WHERE rowid = ?", [json.dumps(data), rowid])
+    for table, column in PACKED_COLUMNS:
+        for rowid, value in conn.execute(f"SELECT rowid, {column} FROM {table}").fetchall():
+            conn.execute(f"UPDATE {table} SET {column} = ? WHERE rowid = ?", [contents.dumps(json.loads(value)), rowid])
+
+
 # Append-only: migration i+1 upgrades a database at schema version i. Never edit a released one.
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     _migrate_1,
@@ -208,6 +264,7 @@ MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     _migrate_4,
     _migrate_5,
     _migrate_6,
+    _migrate_7,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -247,6 +304,8 @@ class Store:
             raise StoreError(f"database {self.path}: {exc}") from None
         self.db = sqlite_utils.Database(conn)
         self._lock = threading.RLock()
+        self.contents = ContentStore(conn, self._lock)
+        """Texts, prompts and call records stored once (:mod:`aloekit.contents`)."""
         if not readonly:
             try:
                 self.migrate()
@@ -272,6 +331,7 @@ class Store:
                 yield self.conn
             except BaseException:
                 self.conn.execute("ROLLBACK")
+                self.contents.forget()  # texts interned in the transaction are gone with it
                 raise
             self.conn.execute("COMMIT")
 
@@ -374,20 +434,85 @@ class Store:
             GROUP BY r.id ORDER BY r.started_at DESC LIMIT ?"""
         return [dict(row) for row in self.db.query(sql, [limit])]
 
+    def live_runs(self, stale_s: float = 60.0) -> list[str]:
+        """Runs a live process is working on now (a fresh lease held by a process that exists)."""
+        now = time.time()
+        rows = self.conn.execute("SELECT run_id, host, pid, heartbeat_at FROM run_leases").fetchall()
+        return [run_id for run_id, host, pid, beat in rows if now - beat < stale_s and _alive(host, pid)]
+
+    def delete_run(self, run_id: str) -> None:
+        """Remove a run with its conversations, turns, tree nodes, call log and audits (texts stay for gc)."""
+        if self.get_run(run_id) is None:
+            raise StoreError(f"no run {run_id!r} in {self.path}")
+        if run_id in self.live_runs():
+            raise StoreError(f"run {run_id} is in progress; stop it first")
+        with self.transaction() as conn:
+            conversations = "SELECT id FROM conversations WHERE run_id = ?"
+            for table in ("turns", "eval_turns", "tree_nodes"):
+                conn.execute(f"DELETE FROM {table} WHERE conversation_id IN ({conversations})", [run_id])
+            for table in ("conversations", "llm_calls", "judge_audits", "run_leases"):
+                conn.execute(f"DELETE FROM {table} WHERE run_id = ?", [run_id])
+            conn.execute("DELETE FROM runs WHERE id = ?", [run_id])
+
+    def collect_garbage(self) -> tuple[int, int]:
+        """Delete the texts no stored row references, then compact the file; returns (texts, bytes) removed.
+
+        Refused while a run is in progress: its process may hold ids of texts it is about to reference.
+        """
+        if live := self.live_runs():
+            raise StoreError(f"run {live[0]} is in progress; collect garbage when no run is")
+        with self.transaction() as conn:
+            documents = (value for table, column in PACKED_COLUMNS
+                         for (value,) in conn.execute(f"SELECT {column} FROM {table}"))  # fmt: skip
+            logged = (i for (p, r) in conn.execute("SELECT prompt_id, response_id FROM llm_calls") for i in (p, r))
+            keep = self.contents.referenced(documents, logged)
+            unused = [i for (i,) in conn.execute("SELECT id FROM texts") if i not in keep]
+            freed = 0
+            for start in range(0, len(unused), 500):
+                chunk = unused[start : start + 500]
+                marks = ",".join("?" * len(chunk))
+                freed += conn.execute(f"SELECT COALESCE(SUM(LENGTH(body)), 0) FROM texts WHERE id IN ({marks})",
+                                      chunk).fetchone()[0]  # fmt: skip
+                conn.execute(f"DELETE FROM texts WHERE id IN ({marks})", chunk)
+        self.contents.forget()
+        self.conn.execute("VACUUM")
+        self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # in WAL mode the file shrinks only at a checkpoint
+        return len(unused), freed
+
     # LLM call log and cache -------------------------------------------------------------------------
 
     def log_call(self, row: Mapping[str, Any]) -> None:
-        """Append one LLM call (successful, failed or served from cache) to the log."""
-        self.insert("llm_calls", {"created_at": utcnow(), **row})
+        """Append one LLM call (successful, failed or served from cache) to the log.
+
+        ``row`` holds the sent ``messages`` (a list) and the ``response`` text, stored as ``texts`` ids.
+        """
+        values = dict(row)
+        messages, response = values.pop("messages"), values.pop("response", None)
+        with self.transaction():
+            values["prompt_id"] = self.contents.prompt_id(messages)
+            values["response_id"] = None if response is None else self.contents.text_id(response)
+            self.insert("llm_calls", {"created_at": utcnow(), **values})
 
     def cached_response(self, key: str) -> dict[str, Any] | None:
-        """Return the newest successful cacheable call with this key, or None (failures never match)."""
+        """Return the newest successful cacheable call with this key (with its ``response``), or None."""
         rows = self.db.query(
             "SELECT * FROM llm_calls WHERE cache_key = ? AND status = 'ok' AND cacheable = 1 AND cached = 0 "
             "ORDER BY id DESC LIMIT 1",
             [key],
         )
-        return next(iter(rows), None)
+        row = next(iter(rows), None)
+        return None if row is None else self._call(row)
+
+    def calls(self, run_id: str | None = None, role: str | None = None) -> list[dict[str, Any]]:
+        """The call log (of one run and/or role), oldest first, each row with its ``messages`` and ``response``."""
+        where = " AND ".join(c for c, v in (("run_id = ?", run_id), ("role = ?", role)) if v is not None)
+        args = [v for v in (run_id, role) if v is not None]
+        return [self._call(r) for r in self.db["llm_calls"].rows_where(where or None, args, order_by="id")]
+
+    def _call(self, row: dict[str, Any]) -> dict[str, Any]:
+        response_id = row["response_id"]
+        return {**row, "messages": self.contents.messages(row["prompt_id"]),
+                "response": None if response_id is None else self.contents.text(response_id)}  # fmt: skip
 
     def close(self) -> None:
         """Close the connection."""

@@ -13,7 +13,8 @@ from aloekit.store import Store
 store = Store(sys.argv[1])
 for i in range(int(sys.argv[3])):
     store.log_call({"run_id": sys.argv[2], "role": "r", "spec": "s", "cache_key": str(i), "cacheable": 0,
-                    "messages": "[]", "options": "{}", "status": "ok"})
+                    "messages": [{"role": "user", "content": f"the same question {i % 3}"}], "options": "{}",
+                    "response": f"an answer from {sys.argv[2]}", "status": "ok"})
 """
 
 
@@ -49,8 +50,14 @@ def test_two_processes_write_at_once(tmp_path):
     for proc in procs:
         _, err = proc.communicate(timeout=120)
         assert proc.returncode == 0, err
-    counts = dict(Store(path).conn.execute("SELECT run_id, COUNT(*) FROM llm_calls GROUP BY run_id").fetchall())
+    store = Store(path)
+    counts = dict(store.conn.execute("SELECT run_id, COUNT(*) FROM llm_calls GROUP BY run_id").fetchall())
     assert counts == {"a": 300, "b": 300}
+    # Both wrote the same three questions: each stored once, whichever process came first.
+    bodies = [body for (body,) in store.conn.execute("SELECT body FROM texts")]
+    assert len(bodies) == len(set(bodies)) == 3 + 3 + 2  # questions, their prompts, the two answers
+    questions = {c["messages"][0]["content"] for c in store.calls(run_id="b")}
+    assert questions == {f"the same question {i}" for i in range(3)}
 
 
 def test_run_lifecycle_records_config_versions_and_status(tmp_path):

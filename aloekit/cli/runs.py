@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from aloekit.cli.app import COUNT, App, pass_app
+from aloekit.errors import AloeError
 
 RUN_COLUMNS = ("id", "status", "started", "calls", "tokens", "command")
 MIN_COMMAND_WIDTH = 20
@@ -78,6 +79,31 @@ def runs_list(app: App, limit: int) -> None:
         console.print(rich_table(cells))
     else:
         click.echo(plain_table(cells))
+
+
+@runs.command("delete")
+@click.argument("run_ids", nargs=-1, required=True, metavar="RUN_ID...")
+@pass_app
+def runs_delete(app: App, run_ids: tuple[str, ...]) -> None:
+    """Remove runs with their conversations, trees, call log and audits (then `aloe runs gc` frees their texts)."""
+    if unknown := [run_id for run_id in run_ids if app.store.get_run(run_id) is None]:
+        raise AloeError(f"no run {unknown[0]!r} in {app.store.path}; nothing deleted")
+    for run_id in run_ids:
+        app.store.delete_run(run_id)
+        app.say(f"deleted run {run_id}")
+
+
+@runs.command("gc")
+@pass_app
+def runs_gc(app: App) -> None:
+    """Remove the stored texts and prompts that no run references any more, and compact the database."""
+    before = app.store.path.stat().st_size
+    texts, freed = app.store.collect_garbage()
+    after = app.store.path.stat().st_size
+    if app.as_json:
+        app.emit_json({"texts_removed": texts, "text_bytes_removed": freed, "file_bytes": [before, after]})
+    else:
+        app.say(f"removed {texts} texts ({freed:,} bytes of text); {app.store.path}: {before:,} -> {after:,} bytes")
 
 
 commands = (runs,)

@@ -4,7 +4,6 @@ conversation between a simulated user and the model under test), a scorer (the 1
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import resources
@@ -321,7 +320,7 @@ class EvalStore:
     def records(self, conversation_id: str) -> list[EvalTurnRecord]:
         """Saved turns, in order."""
         rows = self.store.db["eval_turns"].rows_where("conversation_id = ?", [conversation_id], order_by="turn")
-        return [EvalTurnRecord.model_validate_json(r["record"]) for r in rows]
+        return [EvalTurnRecord.model_validate(self.store.contents.loads(r["record"])) for r in rows]
 
     def save_turn(self, record: EvalTurnRecord) -> None:
         """Persist one scored turn and its two tree nodes atomically."""
@@ -329,7 +328,8 @@ class EvalStore:
         parent = root_id(cid) if turn == 1 else f"{cid}/t{turn - 1}/reply"
         with self.store.transaction() as conn:
             row = {"conversation_id": cid, "turn": turn, "score": record.score.score,
-                   "record": record.model_dump_json(), "created_at": utcnow()}  # fmt: skip
+                   "record": self.store.contents.dumps(record.model_dump(mode="json")),
+                   "created_at": utcnow()}  # fmt: skip
             self.store.insert("eval_turns", row)
             user_id, reply_id = f"{cid}/t{turn}/user", f"{cid}/t{turn}/reply"
             user_data = {"calls": [c.model_dump() for c in record.user_calls]}
@@ -343,7 +343,7 @@ class EvalStore:
             ):
                 self.store.insert("tree_nodes", {"id": node_id, "conversation_id": cid, "parent_id": parent_id,
                                                     "turn": turn, "role": role, "text": text, "label": None,
-                                                    "chosen": 1, "data": json.dumps(data)})  # fmt: skip
+                                                    "chosen": 1, "data": self.store.contents.dumps(data)})  # fmt: skip
             conn.execute("UPDATE conversations SET turns_done = ?, updated_at = ? WHERE id = ?", [turn, utcnow(), cid])
 
     def scores(self, run_id: str) -> dict[str, dict[int, float | None]]:

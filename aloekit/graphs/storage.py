@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -73,7 +72,7 @@ class TreeStore:
                 self.store.insert("tree_nodes", {
                     "id": root_id(cid), "conversation_id": cid, "parent_id": None, "turn": 0, "role": "persona",
                     "text": persona.describe(), "label": None, "chosen": 1,
-                    "data": json.dumps({"persona": persona.model_dump()}),
+                    "data": self.store.contents.dumps({"persona": persona.model_dump(mode="json")}),
                 })  # fmt: skip
                 ids.append(cid)
         return ids
@@ -109,7 +108,7 @@ class TreeStore:
     def records(self, conversation_id: str) -> list[TurnRecord]:
         """The saved turns of a conversation, in order."""
         rows = self.store.db["turns"].rows_where("conversation_id = ?", [conversation_id], order_by="turn")
-        return [TurnRecord.model_validate_json(r["record"]) for r in rows]
+        return [TurnRecord.model_validate(self.store.contents.loads(r["record"])) for r in rows]
 
     def save_turn(self, record: TurnRecord, complete: bool = False) -> None:
         """Persist one finished turn (record, nodes, progress) atomically."""
@@ -119,17 +118,18 @@ class TreeStore:
                 parent = root_id(cid)
             else:
                 previous = conn.execute(
-                    "SELECT record FROM turns WHERE conversation_id = ? AND turn = ?", [cid, turn - 1]
+                    "SELECT json_extract(record, '$.continued') FROM turns WHERE conversation_id = ? AND turn = ?",
+                    [cid, turn - 1],
                 ).fetchone()
                 if previous is None:
                     raise AloeError(f"{cid}: turn {turn} saved before turn {turn - 1}")
-                parent = candidate_node_id(cid, turn - 1, TurnRecord.model_validate_json(previous[0]).continued)
-            self.store.insert(
-                "turns",
-                {"conversation_id": cid, "turn": turn, "record": record.model_dump_json(), "created_at": utcnow()},
-            )
+                parent = candidate_node_id(cid, turn - 1, previous[0])
+            packed = self.store.contents.dumps(record.model_dump(mode="json"))
+            self.store.insert("turns", {"conversation_id": cid, "turn": turn, "record": packed, "created_at": utcnow()})
             for node in turn_nodes(record, parent):
-                row = node | {"conversation_id": cid, "chosen": int(node["chosen"]), "data": json.dumps(node["data"])}
+                # The calls are in the turn record just saved, which is what trees are built from.
+                data = self.store.contents.dumps({k: v for k, v in node["data"].items() if not k.endswith("calls")})
+                row = node | {"conversation_id": cid, "chosen": int(node["chosen"]), "data": data}
                 self.store.insert("tree_nodes", row)
             status = "complete" if complete else "running"
             conn.execute(
@@ -162,9 +162,12 @@ class TreeStore:
         tree nodes (it has no simulation turn records), each reply carrying its judge score."""
         conversation = self.get(conversation_id)
         if conversation.kind == "evaluation":
-            rows = self.store.db["tree_nodes"].rows_where(
-                "conversation_id = ?", [conversation_id], order_by="turn, role DESC"
-            )
+            rows = [
+                {**row, "data": self.store.contents.loads(row["data"])}
+                for row in self.store.db["tree_nodes"].rows_where(
+                    "conversation_id = ?", [conversation_id], order_by="turn, role DESC"
+                )
+            ]
             return ConversationTree.from_nodes(conversation_id, rows, kind="evaluation")
         return ConversationTree.from_records(conversation_id, conversation.persona, self.records(conversation_id))
 

@@ -19,6 +19,7 @@ from urllib.parse import unquote
 
 import sqlite_utils
 
+from aloekit.contents import ContentStore
 from aloekit.errors import AloeError
 from aloekit.store import SCHEMA_VERSION, Store
 from aloekit.viewer.render import esc, eval_page, page, run_page, runs_page, tree_page
@@ -36,7 +37,9 @@ ROUTES: list[tuple[re.Pattern[str], Callable[..., tuple[str, str] | None]]] = [
 # attacker's domain re-pointed at 127.0.0.1 (DNS rebinding), so requests carrying it are refused.
 LOOPBACK_NAMES = frozenset({"127.0.0.1", "localhost", "::1"})
 # The tables the pages read: a database without them is not one of ours (or is too old to show).
-VIEWER_TABLES = frozenset({"runs", "llm_calls", "conversations", "turns", "tree_nodes", "eval_turns", "judge_audits"})
+VIEWER_TABLES = frozenset(
+    {"runs", "llm_calls", "conversations", "turns", "tree_nodes", "eval_turns", "judge_audits", "texts"}
+)
 
 
 class _ReadOnlyStore(Store):
@@ -52,6 +55,7 @@ class _ReadOnlyStore(Store):
         self.readonly = True
         self.db = sqlite_utils.Database(conn)
         self._lock = threading.RLock()
+        self.contents = ContentStore(conn, self._lock)
 
 
 def open_readonly(db: Path | str, busy_timeout_s: float = 10.0) -> Store:

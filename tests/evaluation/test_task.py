@@ -1,4 +1,3 @@
-import json
 import os
 import re
 import signal
@@ -191,15 +190,14 @@ def test_sigkill_then_resume_gives_the_same_scores(tmp_path):
     def scores(db):
         store = Store(tmp_path / db)
         run = store.conn.execute("SELECT id FROM runs").fetchone()[0]
-        return EvalStore(store).scores(run), store.conn.execute(
-            "SELECT record FROM eval_turns ORDER BY conversation_id, turn"
-        ).fetchall()
+        evals = EvalStore(store)  # records compared unpacked: text ids follow the order texts were first saved
+        return evals.scores(run), [r.model_dump() for c in evals.trees.conversations(run) for r in evals.records(c.id)]
 
     ref_scores, ref_rows = scores("ref.db")
     got_scores, got_rows = scores("killed.db")
     assert got_scores == ref_scores and sum(len(v) for v in got_scores.values()) == 24
 
     def texts(rows):
-        return [(json.loads(r[0])["user_message"], json.loads(r[0])["reply"]) for r in rows]
+        return [(r["user_message"], r["reply"]) for r in rows]
 
     assert texts(got_rows) == texts(ref_rows)

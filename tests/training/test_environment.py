@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
 from aloekit.agents.backends import BackendPool
@@ -72,7 +70,7 @@ async def test_a_group_continues_with_its_best_scored_reply(scripted, tmp_path):
     ).fetchall()
     assert [n[0] for n in nodes] == ["assistant", "assistant", "assistant", "user"]
     chosen = {
-        text: (bool(c), label, json.loads(data)["reward"])
+        text: (bool(c), label, db.contents.loads(data)["reward"])
         for role, text, c, label, data in nodes
         if role == "assistant"
     }

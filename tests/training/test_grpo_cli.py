@@ -38,7 +38,7 @@ def test_grpo_cli_trains_stores_rollouts_and_reports(run_aloe, tmp_path, tiny_mo
     # The reward is the judge's score plus half the profile scorer's: both stub answers are 1-5.
     rewards = [c.reward for record in TreeStore(store).records(conversations[0].id) for c in record.candidates]
     assert all(1.5 <= r <= 7.5 for r in rewards)
-    profile_prompts = [row[0] for row in store.conn.execute("SELECT messages FROM llm_calls WHERE role = 'profile'")]
+    profile_prompts = [json.dumps(call["messages"]) for call in store.calls(role="profile")]
     assert profile_prompts and all("The assistant's latest reply:" in p for p in profile_prompts)
     shown = run_aloe("trees", "show", conversations[0].id)
     assert shown.returncode == 0 and "Just got back from the market" in shown.stdout

@@ -250,7 +250,7 @@ class ManagedClient(ChatCompletionClient):
             "spec": self.spec,
             "cache_key": key,
             "cacheable": int(cacheable),
-            "messages": json.dumps(message_dicts),
+            "messages": message_dicts,
             "options": json.dumps(create_args, sort_keys=True, default=str),
         }
 

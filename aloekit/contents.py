@@ -1,0 +1,194 @@
+"""Content-addressed storage: every text, prompt and call record is stored once and referenced by id.
+
+A conversation's history is resent with every call, so the same messages recur in every later prompt,
+and each call lands in a turn record, a tree node and the call log. Stored plainly that is quadratic in
+the turns and three times over; here each distinct text is one row of ``texts``, a prompt is a list of
+(role, text id) pairs (itself a text), and a call record is a packed JSON text. Documents (turn records,
+node data) keep their shape with references in place of the repeated parts: ``{"$text": id}``,
+``{"$prompt": id}``, ``{"$call": id}``, so small fields stay readable with SQLite's ``json_extract``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+import threading
+from collections.abc import Iterable
+from typing import Any
+
+from aloekit.secrets import redact
+
+MIN_SHARED_CHARS = 64
+"""Strings at least this long are stored once; shorter ones stay inline (a reference would not save space)."""
+CACHE_ENTRIES = 20_000
+"""Texts remembered per process in each direction: the history a conversation resends is found without a query."""
+REFERENCES = ("$text", "$prompt", "$call")
+
+
+def content_hash(body: str) -> int:
+    """The first 8 bytes of the body's SHA-256 as a signed 64-bit integer (SQLite's INTEGER).
+
+    Only a lookup key: equal hashes are compared by body before a row is shared, so a collision
+    costs a second row, never a wrong text.
+    """
+    return int.from_bytes(hashlib.sha256(body.encode()).digest()[:8], "big", signed=True)
+
+
+def _compact(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+class ContentStore:
+    """Interns texts into the ``texts`` table of a connection and packs/unpacks documents through it.
+
+    Writes go through the caller's connection, so a text interned inside a transaction is rolled back
+    with it (call :meth:`forget` then). Not a cache of the whole table: bounded, per process.
+    """
+
+    def __init__(self, conn: sqlite3.Connection, lock: threading.RLock | None = None) -> None:
+        self.conn = conn
+        self._lock = lock or threading.RLock()
+        self._ids: dict[str, int] = {}
+        self._bodies: dict[int, str] = {}
+
+    def forget(self) -> None:
+        """Drop what this process remembers (after a rollback, the ids it learned may not exist)."""
+        with self._lock:
+            self._ids.clear()
+            self._bodies.clear()
+
+    @staticmethod
+    def _remember(cache: dict[Any, Any], key: Any, value: Any) -> None:
+        if len(cache) >= CACHE_ENTRIES:
+            del cache[next(iter(cache))]  # oldest first: recent history is what the next calls resend
+        cache[key] = value
+
+    # Texts ------------------------------------------------------------------------------------------
+
+    def text_id(self, text: str) -> int:
+        """The id of ``text`` (secrets redacted) in ``texts``, adding it if new."""
+        with self._lock:
+            if (known := self._ids.get(text)) is not None:
+                return known
+            body = redact(text)
+            digest = content_hash(body)
+            row_id = next((i for i, b in self.conn.execute("SELECT id, body FROM texts WHERE hash = ?", [digest])
+                           if b == body), None)  # fmt: skip
+            if row_id is None:
+                row_id = self.conn.execute("INSERT INTO texts (hash, body) VALUES (?, ?)", [digest, body]).lastrowid
+            assert row_id is not None
+            self._remember(self._ids, text, row_id)
+            self._remember(self._bodies, row_id, body)
+            return row_id
+
+    def texts(self, ids: Iterable[int]) -> dict[int, str]:
+        """Bodies by id; an id that is not stored is an error naming it."""
+        wanted = set(ids)
+        with self._lock:
+            found = {i: self._bodies[i] for i in wanted if i in self._bodies}
+            missing = sorted(wanted - found.keys())
+            for start in range(0, len(missing), 500):  # SQLite's bound-parameter limit
+                chunk = missing[start : start + 500]
+                marks = ",".join("?" * len(chunk))
+                for row_id, body in self.conn.execute(f"SELECT id, body FROM texts WHERE id IN ({marks})", chunk):
+                    found[row_id] = body
+                    self._remember(self._bodies, row_id, body)
+        if lost := wanted - found.keys():
+            raise KeyError(f"texts {sorted(lost)[:5]} are referenced but not stored (was `aloe runs gc` interrupted?)")
+        return found
+
+    def text(self, text_id: int) -> str:
+        """One body by id."""
+        return self.texts([text_id])[text_id]
+
+    # Prompts and calls ------------------------------------------------------------------------------
+
+    def prompt_id(self, messages: list[dict[str, Any]]) -> int:
+        """The id of a message list, stored as ``[[role, text id, {other keys}?], ...]``."""
+        entries = []
+        for message in messages:
+            extra = {k: v for k, v in message.items() if k not in ("role", "content")}
+            content = message.get("content", "")
+            content = content if isinstance(content, str) else _compact(content)  # multimodal parts: as JSON
+            entries.append([message.get("role", ""), self.text_id(content), *([extra] if extra else [])])
+        return self.text_id(_compact(entries))
+
+    def messages(self, prompt_id: int) -> list[dict[str, Any]]:
+        """The message list stored under ``prompt_id``."""
+        entries = json.loads(self.text(prompt_id))
+        bodies = self.texts(entry[1] for entry in entries)
+        return [{"role": e[0], "content": bodies[e[1]], **(e[2] if len(e) > 2 else {})} for e in entries]
+
+    def pack(self, value: Any) -> Any:
+        """``value`` (JSON-shaped) with long strings, message lists and call records replaced by references."""
+        if isinstance(value, str):
+            return {"$text": self.text_id(value)} if len(value) >= MIN_SHARED_CHARS else value
+        if isinstance(value, list):
+            return [self.pack(v) for v in value]
+        if not isinstance(value, dict):
+            return value
+        packed: dict[str, Any] = {}
+        for key, item in value.items():
+            if key == "messages" and isinstance(item, list) and all(isinstance(m, dict) for m in item):
+                packed[key] = {"$prompt": self.prompt_id(item)}
+            elif key.endswith("calls") and isinstance(item, list) and all(isinstance(c, dict) for c in item):
+                # A call appears in its turn's record and again in a tree node: the second copy is one id.
+                packed[key] = [{"$call": self.text_id(_compact(self.pack(call)))} for call in item]
+            else:
+                packed[key] = self.pack(item)
+        return packed
+
+    def unpack(self, value: Any) -> Any:
+        """The inverse of :meth:`pack`."""
+        if isinstance(value, list):
+            return [self.unpack(v) for v in value]
+        if not isinstance(value, dict):
+            return value
+        if len(value) == 1 and (key := next(iter(value))) in REFERENCES and isinstance(value[key], int):
+            ref = value[key]
+            if key == "$text":
+                return self.text(ref)
+            if key == "$prompt":
+                return self.messages(ref)
+            return self.unpack(json.loads(self.text(ref)))
+        return {key: self.unpack(item) for key, item in value.items()}
+
+    def dumps(self, value: Any) -> str:
+        """``value`` packed, as the JSON text stored in a record or data column."""
+        return _compact(self.pack(value))
+
+    def loads(self, text: str) -> Any:
+        """The value a :meth:`dumps` text stands for."""
+        return self.unpack(json.loads(text))
+
+    # Garbage ----------------------------------------------------------------------------------------
+
+    def referenced(self, documents: Iterable[str], text_ids: Iterable[int]) -> set[int]:
+        """Every text id reachable from packed JSON ``documents`` and the plain ``text_ids`` (call log columns)."""
+        seen: set[int] = set()
+        pending: list[tuple[str, int]] = [("$text", i) for i in text_ids if i is not None]
+        for document in documents:
+            _collect(json.loads(document), pending)
+        while pending:
+            kind, ref = pending.pop()
+            if ref in seen:
+                continue
+            seen.add(ref)
+            if kind == "$prompt":
+                pending += [("$text", entry[1]) for entry in json.loads(self.text(ref))]
+            elif kind == "$call":
+                _collect(json.loads(self.text(ref)), pending)
+        return seen
+
+
+def _collect(value: Any, into: list[tuple[str, int]]) -> None:
+    if isinstance(value, list):
+        for item in value:
+            _collect(item, into)
+    elif isinstance(value, dict):
+        if len(value) == 1 and (key := next(iter(value))) in REFERENCES and isinstance(value[key], int):
+            into.append((key, value[key]))
+            return
+        for item in value.values():
+            _collect(item, into)

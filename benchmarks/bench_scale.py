@@ -1,0 +1,152 @@
+"""Paper scale: 3,000 conversations x 10 turns through ``aloe simulate`` against the role-aware stub server
+(its own process), concurrency 256, then ``aloe export sft`` and ``aloe export dpo`` of the run.
+
+Prints wall time, calls/s, the simulate process's peak RSS, the database size against the raw text it
+holds, bytes per conversation, and the export times. ``--kill-at F`` SIGKILLs ``aloe simulate`` once F of
+the turns are saved, resumes the run, and checks that every conversation has exactly its turns and nodes.
+
+Run: ``.venv/bin/python benchmarks/bench_scale.py`` (zero latency) and
+``.venv/bin/python benchmarks/bench_scale.py --latency-ms 50 --kill-at 0.5``.
+Targets (2 cores, zero latency): under 30 min, peak RSS under 2 GB, database under 3x the text, each
+export under 2 min, nothing lost after the kill.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+GIB = 1024**3
+
+
+def aloe(db: Path, *args: str) -> subprocess.Popen:
+    """Start the real CLI on ``db``; its output goes to files (a full pipe would stall it)."""
+    return subprocess.Popen([sys.executable, "-m", "aloekit.cli", "--db", str(db), "-q", *args],
+                            stdout=tempfile.TemporaryFile(), stderr=tempfile.TemporaryFile())  # fmt: skip
+
+
+def finish(proc: subprocess.Popen) -> float:
+    """Wait for ``proc`` (reaped here, to read its rusage); its peak RSS in bytes. Exits on a failure."""
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode not in (0, -signal.SIGKILL):
+        proc.stderr.seek(0)
+        sys.exit(f"aloe failed ({proc.returncode}): {proc.stderr.read().decode().strip()[-2000:]}")
+    return usage.ru_maxrss * 1024
+
+
+def saved_turns(db: Path) -> int:
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+            return conn.execute("SELECT COUNT(*) FROM turns").fetchone()[0]
+    except sqlite3.Error:
+        return 0
+
+
+def text_bytes(db: Path) -> tuple[int, int]:
+    """(Bytes of every distinct message and reply text, bytes of the texts table's bodies)."""
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+        message_ids: set[int] = set()
+        for (response_id,) in conn.execute("SELECT response_id FROM llm_calls WHERE response_id IS NOT NULL"):
+            message_ids.add(response_id)
+        for (prompt_id,) in conn.execute("SELECT DISTINCT prompt_id FROM llm_calls"):
+            body = conn.execute("SELECT body FROM texts WHERE id = ?", [prompt_id]).fetchone()[0]
+            message_ids.update(entry[1] for entry in json.loads(body))
+        message = sum(len(conn.execute("SELECT body FROM texts WHERE id = ?", [i]).fetchone()[0].encode())
+                      for i in message_ids)  # fmt: skip
+        stored = conn.execute("SELECT SUM(LENGTH(CAST(body AS BLOB))) FROM texts").fetchone()[0]
+    return message, stored
+
+
+def check_complete(db: Path, conversations: int, turns: int) -> None:
+    """Every conversation complete, exactly ``turns`` turns and 1 + 3 x turns nodes each, nothing twice."""
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+        statuses = dict(conn.execute("SELECT status, COUNT(*) FROM conversations GROUP BY status").fetchall())
+        per_turns = set(conn.execute("SELECT COUNT(*) FROM turns GROUP BY conversation_id").fetchall())
+        nodes, distinct = conn.execute("SELECT COUNT(*), COUNT(DISTINCT id) FROM tree_nodes").fetchone()
+    problems = []
+    if statuses != {"complete": conversations}:
+        problems.append(f"statuses {statuses}")
+    if per_turns != {(turns,)}:
+        problems.append(f"turns per conversation {sorted(per_turns)}")
+    if nodes != distinct or nodes != conversations * (1 + 3 * turns):
+        problems.append(f"{nodes} nodes ({distinct} distinct), expected {conversations * (1 + 3 * turns)}")
+    if problems:
+        sys.exit("LOST OR DUPLICATED WORK: " + "; ".join(problems))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--conversations", type=int, default=3000)
+    parser.add_argument("--turns", type=int, default=10)
+    parser.add_argument("--concurrency", type=int, default=256)
+    parser.add_argument("--latency-ms", type=float, default=0.0)
+    parser.add_argument(
+        "--kill-at", type=float, default=None, metavar="F", help="SIGKILL once F of the turns are saved"
+    )
+    parser.add_argument("--keep", type=Path, default=None, help="keep the database here")
+    args = parser.parse_args()
+    n, turns = args.conversations, args.turns
+    server = subprocess.Popen([sys.executable, "-m", "aloekit.testing", "--latency-ms", str(args.latency_ms)],
+                              stdout=subprocess.PIPE, text=True)  # fmt: skip
+    spec = server.stdout.readline().strip()
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            db = args.keep or Path(tmp) / "aloe.db"
+            config = Path(tmp) / "aloe.toml"  # the backend's own limit must not cap the conversations in flight
+            config.write_text(f"[backend]\nmax_concurrency = {args.concurrency}\n")
+            common = ["--concurrency", str(args.concurrency), "--role", f"all={spec}"]
+            started = time.perf_counter()
+            proc = aloe(db, "--config", str(config), "simulate", "--conversations", str(n), "--turns", str(turns),
+                        *common)  # fmt: skip
+            peak = 0.0
+            if args.kill_at is not None:
+                while saved_turns(db) < args.kill_at * n * turns and proc.poll() is None:
+                    time.sleep(0.5)
+                proc.kill()
+                peak = finish(proc)
+                killed_at = saved_turns(db)
+                with sqlite3.connect(db) as conn:
+                    run_id = conn.execute("SELECT id FROM runs ORDER BY started_at DESC LIMIT 1").fetchone()[0]
+                print(f"killed (SIGKILL) with {killed_at} of {n * turns} turns saved; resuming {run_id}")
+                proc = aloe(db, "--config", str(config), "simulate", "--resume", run_id, "--concurrency",
+                            str(args.concurrency))  # fmt: skip
+            peak = max(peak, finish(proc))
+            wall = time.perf_counter() - started
+            check_complete(db, n, turns)
+            with sqlite3.connect(db) as conn:
+                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                calls = conn.execute("SELECT COUNT(*) FROM llm_calls").fetchone()[0]
+            size = db.stat().st_size
+            message, stored = text_bytes(db)
+            exports = {}
+            for kind in ("sft", "dpo"):
+                t0 = time.perf_counter()
+                finish(aloe(db, "export", kind, "--out", str(Path(tmp) / f"{kind}.jsonl")))
+                exports[kind] = time.perf_counter() - t0
+            print(f"{n} conversations x {turns} turns, stub latency {args.latency_ms:g} ms, concurrency "
+                  f"{args.concurrency}{' (killed once and resumed)' if args.kill_at is not None else ''}")  # fmt: skip
+            print(f"wall time:        {wall / 60:.1f} min (target < 30 at zero latency)")
+            print(f"calls:            {calls} ({calls / wall:.0f} calls/s)")
+            print(f"peak RSS:         {peak / GIB:.2f} GB (target < 2)")
+            print(f"database:         {size / 1e6:.1f} MB, {size / n / 1e3:.1f} KB per conversation")
+            print(f"message text:     {message / 1e6:.1f} MB distinct (texts table: {stored / 1e6:.1f} MB)")
+            print(f"database / text:  {size / message:.2f}x (target < 3)")
+            for kind, seconds in exports.items():
+                print(f"export {kind}:       {seconds:.1f} s (target < 120)")
+            print("nothing lost: every conversation complete with exactly its turns and nodes")
+    finally:
+        server.terminate()
+        server.wait()
+
+
+if __name__ == "__main__":
+    main()

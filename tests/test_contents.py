@@ -1,0 +1,150 @@
+"""Texts, prompts and calls stored once: sharing, round trips, the migration of older databases, and gc."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+
+from click.testing import CliRunner
+
+from aloekit.cli import cli
+from aloekit.graphs import TreeStore
+from aloekit.store import MIGRATIONS, Store
+from aloekit.testing import StubOpenAIServer, role_aware_reply
+
+SYSTEM = "You are playing a real person chatting with an AI assistant. " * 3
+
+
+def history(turns: int) -> list[dict[str, str]]:
+    messages = [{"role": "system", "content": SYSTEM}]
+    for t in range(turns):
+        messages += [
+            {"role": "user", "content": f"message {t} " * 10},
+            {"role": "assistant", "content": f"reply {t} " * 10},
+        ]
+    return messages
+
+
+def test_a_resent_history_is_stored_once_and_reads_back_exactly(tmp_path):
+    store = Store(tmp_path / "aloe.db")
+    contents = store.contents
+    prompts = [contents.prompt_id(history(t)) for t in range(1, 6)]
+    assert len(set(prompts)) == 5 and contents.messages(prompts[-1]) == history(5)
+    bodies = [b for (b,) in store.conn.execute("SELECT body FROM texts")]
+    assert len(bodies) == len(set(bodies)) == 1 + 5 * 2 + 5  # the system prompt, ten messages, five prompts
+    assert sum("message 0" in b for b in bodies) == 1  # the first message, resent five times, is one row
+
+    call = {"backend": "x", "messages": history(2), "raw": "reply 1 " * 10, "prompt_tokens": 3}
+    record = {"turn": 2, "user_message": "message 1 " * 10, "user_calls": [call], "short": "kept inline",
+              "score": {"mode": "expected", "score": 2.5}}  # fmt: skip
+    node = {"hint": None, "calls": [call]}
+    packed_record, packed_node = contents.dumps(record), contents.dumps(node)
+    assert contents.loads(packed_record) == record and contents.loads(packed_node) == node
+    assert json.loads(packed_node)["calls"] == json.loads(packed_record)["user_calls"]  # one call row, two references
+    assert "kept inline" in packed_record and "message 1" not in packed_record
+    # Small fields stay readable in SQL.
+    mode = store.conn.execute("SELECT json_extract(?, '$.score.mode')", [packed_record]).fetchone()[0]
+    assert mode == "expected"
+
+
+def test_a_collision_of_the_short_hash_keeps_both_texts(tmp_path, monkeypatch):
+    store = Store(tmp_path / "aloe.db")
+    monkeypatch.setattr("aloekit.contents.content_hash", lambda body: 7)
+    a, b = store.contents.text_id("first"), store.contents.text_id("second")
+    store.contents.forget()
+    assert a != b and store.contents.texts([a, b]) == {a: "first", b: "second"}
+    assert store.contents.text_id("second") == b
+
+
+def test_a_rolled_back_turn_takes_its_new_texts_with_it(tmp_path):
+    store = Store(tmp_path / "aloe.db")
+    try:
+        with store.transaction():
+            gone = store.contents.text_id("only in the failed turn " * 4)
+            raise RuntimeError
+    except RuntimeError:
+        pass
+    again = store.contents.text_id("only in the failed turn " * 4)  # not served from the process's memory
+    assert store.contents.text(again) == "only in the failed turn " * 4
+    assert store.conn.execute("SELECT COUNT(*) FROM texts WHERE id = ?", [gone]).fetchone()[0] == (gone == again)
+
+
+def stored_view(store: Store, run_id: str) -> dict:
+    """Everything a reader sees of a run: turn records, trees, the call log."""
+    trees = TreeStore(store)
+    ids = [c.id for c in trees.conversations(run_id)]
+    calls = [{k: v for k, v in c.items() if k not in ("prompt_id", "response_id")} for c in store.calls(run_id)]
+    return {
+        "records": [r.model_dump() for cid in ids for r in trees.records(cid)],
+        "trees": [sorted(trees.tree(cid).graph.nodes(data=True)) for cid in ids],
+        "calls": calls,
+    }
+
+
+def simulate(db, conversations: int, turns: int, seed: int) -> tuple[Store, str]:
+    """A simulated run against the role-aware stub server, through the CLI."""
+    with StubOpenAIServer(respond=role_aware_reply) as server:
+        args = ["--db", str(db), "--json", "simulate", "--conversations", str(conversations), "--turns", str(turns),
+                "--seed", str(seed), "--role", f"all={server.spec()}"]  # fmt: skip
+        result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    return Store(db), json.loads(result.stdout)["run_id"]
+
+
+def test_a_schema_6_database_migrates_and_reads_the_same(tmp_path):
+    store, run_id = simulate(tmp_path / "new.db", 2, 3, seed=5)
+    expected = stored_view(store, run_id)
+
+    # The same run as aloekit 0.x stored it: every prompt inline, three times over.
+    old = sqlite3.connect(tmp_path / "old.db", isolation_level=None)
+    for step in MIGRATIONS[:6]:
+        step(old)
+    old.execute("PRAGMA user_version = 6")
+    for table in ("runs", "personas", "persona_pairs", "conversations"):
+        rows = store.conn.execute(f"SELECT * FROM {table}").fetchall()
+        for row in rows:
+            old.execute(f"INSERT INTO {table} VALUES ({','.join('?' * len(row))})", row)
+    for cid in {r["conversation_id"] for r in expected["records"]}:
+        for record in TreeStore(store).records(cid):
+            old.execute("INSERT INTO turns VALUES (?, ?, ?, ?)", [cid, record.turn, record.model_dump_json(), "t"])
+    for row in store.db["tree_nodes"].rows:
+        row["data"] = json.dumps(store.contents.loads(row["data"]))
+        old.execute(f"INSERT INTO tree_nodes ({','.join(row)}) VALUES ({','.join('?' * len(row))})", list(row.values()))
+    for call in store.calls():
+        call["messages"] = json.dumps(call["messages"])
+        del call["prompt_id"], call["response_id"]
+        old.execute(
+            f"INSERT INTO llm_calls ({','.join(call)}) VALUES ({','.join('?' * len(call))})", list(call.values())
+        )
+    old.close()
+    old_size = (tmp_path / "old.db").stat().st_size
+
+    migrated = Store(tmp_path / "old.db")
+    assert migrated.schema_version == len(MIGRATIONS)
+    assert stored_view(migrated, run_id) == expected
+    migrated.conn.execute("VACUUM")
+    migrated.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    assert (tmp_path / "old.db").stat().st_size < old_size
+
+
+def test_runs_delete_then_gc_frees_only_what_no_run_references(tmp_path, monkeypatch):
+    db = tmp_path / "aloe.db"
+    monkeypatch.setenv("ALOE_DB", str(db))  # for the commands below
+    store, first = simulate(db, 2, 2, seed=1)
+    _, second = simulate(db, 2, 2, seed=2)
+    kept = stored_view(Store(db), second)
+    texts_before = store.conn.execute("SELECT COUNT(*) FROM texts").fetchone()[0]
+
+    runner = CliRunner()
+    result = runner.invoke(cli, ["runs", "delete", first, "no-such-run"])
+    assert result.exit_code != 0 and "no run 'no-such-run'" in result.output and Store(db).get_run(first)
+    assert runner.invoke(cli, ["runs", "delete", first]).exit_code == 0
+    result = runner.invoke(cli, ["--json", "runs", "gc"])
+    assert result.exit_code == 0, result.output
+    removed = json.loads(result.stdout)
+    after = Store(db)
+    texts_after = after.conn.execute("SELECT COUNT(*) FROM texts").fetchone()[0]
+    assert removed["texts_removed"] == texts_before - texts_after > 0
+    assert after.get_run(first) is None and not after.calls(first) and not TreeStore(after).conversations(first)
+    assert stored_view(after, second) == kept  # the other run reads exactly as before
+    assert json.loads(runner.invoke(cli, ["--json", "runs", "gc"]).stdout)["texts_removed"] == 0
