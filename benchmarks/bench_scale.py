@@ -96,7 +96,7 @@ def main() -> None:
     args = parser.parse_args()
     n, turns = args.conversations, args.turns
     server = subprocess.Popen([sys.executable, "-m", "aloekit.testing", "--latency-ms", str(args.latency_ms)],
-                              stdout=subprocess.PIPE, text=True)  # fmt: skip
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)  # fmt: skip
     spec = server.stdout.readline().strip()
     try:
         with tempfile.TemporaryDirectory() as tmp:
