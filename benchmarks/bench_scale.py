@@ -25,12 +25,17 @@ import time
 from pathlib import Path
 
 GIB = 1024**3
+PROFILES = "Person {i} works shift {j} at a bakery in district {k} and keeps {i} houseplants."
+PERSONALITIES = "Temperament {i}: answers in {j} words or fewer and jokes about the number {k}."
 
 
 def aloe(db: Path, *args: str) -> subprocess.Popen:
-    """Start the real CLI on ``db``; its output goes to files (a full pipe would stall it)."""
-    return subprocess.Popen([sys.executable, "-m", "aloekit.cli", "--db", str(db), "-q", *args],
-                            stdout=tempfile.TemporaryFile(), stderr=tempfile.TemporaryFile())  # fmt: skip
+    """Start the real CLI on ``db``; its errors go to a file (a full pipe would stall it)."""
+    errors = tempfile.TemporaryFile()
+    proc = subprocess.Popen([sys.executable, "-m", "aloekit.cli", "--db", str(db), "-q", *args],
+                            stdout=subprocess.DEVNULL, stderr=errors)  # fmt: skip
+    proc.errors = errors  # type: ignore[attr-defined]
+    return proc
 
 
 def finish(proc: subprocess.Popen) -> float:
@@ -38,8 +43,8 @@ def finish(proc: subprocess.Popen) -> float:
     _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode not in (0, -signal.SIGKILL):
-        proc.stderr.seek(0)
-        sys.exit(f"aloe failed ({proc.returncode}): {proc.stderr.read().decode().strip()[-2000:]}")
+        proc.errors.seek(0)  # type: ignore[attr-defined]
+        sys.exit(f"aloe failed ({proc.returncode}): {proc.errors.read().decode().strip()[-2000:]}")  # type: ignore[attr-defined]
     return usage.ru_maxrss * 1024
 
 
@@ -103,6 +108,12 @@ def main() -> None:
             db = args.keep or Path(tmp) / "aloe.db"
             config = Path(tmp) / "aloe.toml"  # the backend's own limit must not cap the conversations in flight
             config.write_text(f"[backend]\nmax_concurrency = {args.concurrency}\n")
+            # The paper drew 3,000 conversations from a pool of 3,310 personas; the built-in seeds hold 20 x 20.
+            side = max(20, int((n * 1.2) ** 0.5) + 1)
+            for kind, lines in (("profile", PROFILES), ("personality", PERSONALITIES)):
+                path = Path(tmp) / f"{kind}.txt"
+                path.write_text("".join(lines.format(i=i, j=i % 7, k=i % 11) + "\n" for i in range(side)))
+                finish(aloe(db, "personas", "import", "--kind", kind, str(path)))
             common = ["--concurrency", str(args.concurrency), "--role", f"all={spec}"]
             started = time.perf_counter()
             proc = aloe(db, "--config", str(config), "simulate", "--conversations", str(n), "--turns", str(turns),
