@@ -83,6 +83,10 @@ class BackendSettings(BaseModel):
     """In-process backends: how long the first request of a batch waits for others to join."""
     cache: bool = False
     """Reuse stored answers for identical deterministic or seeded requests."""
+    system_role: bool = True
+    """Servers: false when the model's chat template rejects a system message (Gemma's, Mistral-Instruct
+    v0.1's); the system prompt is then sent as the start of the first user message. In-process backends
+    find this out from their template."""
     guided_choice: Literal["auto", "guided_choice", "structured_outputs", "logprobs"] = "auto"
     """OpenAI-compatible servers: how a constrained answer is asked for. ``guided_choice`` (vLLM's field)
     or ``structured_outputs`` (vLLM >= 0.10) in the request body, or ``logprobs``: not constrained, the

@@ -20,10 +20,10 @@ from typing import Any, ClassVar, Protocol
 from autogen_core.models import ChatCompletionClient
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
-from aloekit.agents.backends.messages import from_dicts
+from aloekit.agents.backends.messages import alternation_error, conform, from_dicts
 from aloekit.agents.parsing import option_distribution
 from aloekit.config import GenerationOptions
-from aloekit.errors import ConfigError
+from aloekit.errors import AloeError, ConfigError
 from aloekit.personas.models import Persona, PersonaPair
 from aloekit.seeds import draw_seed
 
@@ -191,6 +191,7 @@ class PromptRole:
         token's distribution over them is asked for too and recorded as the call's ``distribution``
         (such calls are never served from the cache, which keeps no logprobs).
         """
+        messages = conform(messages)
         options = {**self.generation, **overrides}
         if view is not None and options.get("seed") is None and options.get("temperature") != 0:
             options["seed"] = view.draw_seed(f"sample:{self.name}")
@@ -274,11 +275,37 @@ def _probe_persona() -> PersonaPair:
     return PersonaPair(profile=Persona.new("profile", "probe"), personality=Persona.new("personality", "probe"))
 
 
-def probe_view(sees_persona: bool = True) -> RoleView:
-    """A stand-in view for checks made before any call: it tells which template fields a role can fill."""
+def probe_view(sees_persona: bool = True, turn: int = 1) -> RoleView:
+    """A stand-in view for checks made before any call: it tells which template fields a role can fill,
+    and (at ``turn`` > 1, with a history) what its prompts look like later in a conversation."""
     persona = _probe_persona() if sees_persona else None
-    return RoleView(conversation_id="check", turn=1, persona=persona, user_message="", hint="",
-                    candidates=("", ""), hinted=(True, False))  # fmt: skip
+    history = tuple(
+        {"role": role, "content": f"{role} message {t}"} for t in range(1, turn) for role in ("user", "assistant")
+    )
+    return RoleView(conversation_id="check", turn=turn, history=history, persona=persona, user_message="",
+                    hint="", candidates=("", ""), hinted=(True, False))  # fmt: skip
+
+
+def check_prompts(role: Any, where: str, chat_template: Callable[[list[Message]], Any] | None = None,
+                  *, sees_persona: bool = True) -> None:  # fmt: skip
+    """Raise a one-line :class:`ConfigError` starting with ``where`` if a :class:`PromptRole`'s prompt at
+    turns 1-3 breaks strict user/assistant alternation or, given the backend's ``chat_template`` renderer,
+    that template rejects it. Other roles (agents, embedding judges) build their own prompts: not checked."""
+    if not isinstance(role, PromptRole):
+        return
+    for turn in (1, 2, 3):
+        messages = conform(role.render(probe_view(sees_persona, turn)))
+        if problem := alternation_error(messages):
+            raise ConfigError(f"{where}: its prompt at turn {turn} {problem}")
+        if chat_template is not None:
+            try:
+                chat_template(messages)
+            except AloeError:
+                raise
+            except Exception as exc:
+                detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise ConfigError(f"{where}: the backend's chat template rejects its prompt at turn {turn}: "
+                                  f"{detail}") from None  # fmt: skip
 
 
 RoleFactory = Callable[..., Role]

@@ -148,6 +148,10 @@ class PreferenceJudge(PromptRole):
             raise ConfigError(f"role {self.name!r}: labels 'letters' name at most 26 candidates; use 'numbers'")
         return chr(ord("A") + position) if self.labels == "letters" else str(position + 1)
 
+    def render(self, view: RoleView) -> list[Message]:
+        """The prompt with the candidates in their own order (each call shows them in :meth:`order`)."""
+        return self.render_order(view, list(range(len(view.candidates))))
+
     def render_order(self, view: RoleView, order: list[int], strict: bool = False) -> list[Message]:
         """Messages showing the candidates in ``order``."""
         if self.paper_exact:

@@ -92,6 +92,10 @@ class AlignmentScorer(PromptRole):
         self.score_mode = resolve_score_mode(score_mode, client)
         self.choices = SCORE_OPTIONS if guided_choice or self.score_mode == "expected" else None
 
+    def render(self, view: RoleView) -> list[Message]:
+        """The scoring prompt (:meth:`render_score`)."""
+        return self.render_score(view)
+
     def render_score(self, view: RoleView, strict: bool = False) -> list[Message]:
         """The scoring prompt for the reply in ``view.candidates[0]``."""
         prompt = SCORER_USER_PROMPT.format(user_message=view.user_message or "", reply=view.candidates[0])

@@ -32,13 +32,15 @@ class UserSimulator(PromptRole):
     system_prompt = USER_SYSTEM_PROMPT
 
     def render(self, view: RoleView) -> list[Message]:
-        """Flip roles: to the simulator, its own messages are 'assistant' and the replies are 'user'."""
+        """Flip roles: to the simulator, its own messages are 'assistant' and the replies are 'user'.
+
+        The request to open the chat stays first, so the list alternates from a user message at every
+        turn, as strict chat templates (Mistral-Instruct's) require.
+        """
         flipped = [
             {"role": "assistant" if m["role"] == "user" else "user", "content": m["content"]} for m in view.history
         ]
-        if not flipped:
-            flipped = [{"role": "user", "content": OPENING_PROMPT}]
-        return [{"role": "system", "content": self.system(view)}, *flipped]
+        return [{"role": "system", "content": self.system(view)}, {"role": "user", "content": OPENING_PROMPT}, *flipped]
 
     def clean(self, text: str) -> str:
         """Drop *stage directions*, a leading name label and wrapping quotes."""

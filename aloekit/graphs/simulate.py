@@ -11,7 +11,7 @@ from autogen_core.models import ChatCompletionClient
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from aloekit.agents.backends import BackendPool, parse_spec
-from aloekit.agents.base import RoleFactory, check_role_options, get_role_factory, role_options
+from aloekit.agents.base import RoleFactory, check_prompts, check_role_options, get_role_factory, role_options
 from aloekit.config import GenerationOptions, resolve_section
 from aloekit.errors import AloeError, ConfigError
 from aloekit.graphs.generation import Responder as ResponderSlot
@@ -158,9 +158,16 @@ def _role_factory(name: str, rc: RoleConfig) -> RoleFactory:
 
 
 def _construct(
-    factory: RoleFactory, name: str, rc: RoleConfig, client: Any, extra: dict[str, Any], sees_persona: bool
+    factory: RoleFactory,
+    name: str,
+    rc: RoleConfig,
+    client: Any,
+    extra: dict[str, Any],
+    sees_persona: bool,
+    chat_template: Callable[[list[dict[str, str]]], Any] | None = None,
 ) -> Any:
-    """Call the factory, turning what it rejects into one line naming the role, then check its templates."""
+    """Call the factory, turning what it rejects into one line naming the role, then check its templates
+    and its prompts (with the backend's ``chat_template`` renderer, when there is one)."""
     where = f"role {name!r} ({rc.kind})"
     try:
         role = factory(name, client, backend=rc.backend, generation=rc.generation.as_create_args(),
@@ -173,6 +180,7 @@ def _construct(
     check_templates = getattr(role, "check_templates", None)
     if callable(check_templates):
         check_templates(sees_persona=sees_persona)
+    check_prompts(role, where, chat_template, sees_persona=sees_persona)
     return role
 
 
@@ -199,7 +207,11 @@ def check_role(name: str, config: RoleConfig, *, sees_persona: bool = True, **ex
 def _build_role(backends: BackendPool, name: str, rc: RoleConfig, extra: dict[str, Any], sees_persona: bool) -> Any:
     factory = _role_factory(name, rc)
     check_role_options(name, rc.kind, rc.options, provided=extra)  # before a backend client is built
-    return _construct(factory, name, rc, backends.client(rc.backend, role=name), extra, sees_persona)
+    # An in-process model's own chat template is at hand: the role's prompts are rendered with it now, so
+    # a template that rejects them fails here, naming the role, not on the first call of a long run.
+    chat_template = getattr(backends.inner(rc.backend), "render_chat", None)
+    client = backends.client(rc.backend, role=name)
+    return _construct(factory, name, rc, client, extra, sees_persona, chat_template)
 
 
 def build_role(backends: BackendPool, name: str, rc: RoleConfig, **extra: Any) -> Any:

@@ -213,8 +213,9 @@ async def test_an_agent_writing_the_users_turns_sees_the_roles_flipped_and_the_p
         await pool.aclose()
     opening, turn_3 = server.requests
     assert roles_of(opening) == ["system", "user"] and opening["messages"][1]["content"] == OPENING_PROMPT
-    assert roles_of(turn_3) == ["system", "assistant", "user", "assistant", "user"]
-    assert [m["content"] for m in turn_3["messages"][1:]] == ["u1", "a1", "u2", "a2"]
+    # The request to open the chat stays first, so the roles alternate from a user message (strict templates).
+    assert roles_of(turn_3) == ["system", "user", "assistant", "user", "assistant", "user"]
+    assert [m["content"] for m in turn_3["messages"][1:]] == [OPENING_PROMPT, "u1", "a1", "u2", "a2"]
     assert "Profile: A baker living in Lyon." in turn_3["messages"][0]["content"]
     assert "Personality: Cheerful and chatty." in turn_3["messages"][0]["content"]
 

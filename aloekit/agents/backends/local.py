@@ -33,7 +33,7 @@ from autogen_core.tools import Tool, ToolSchema
 
 from aloekit.agents.backends.files import read_json_file
 from aloekit.agents.backends.managed import GenerationTimeout
-from aloekit.agents.backends.messages import to_dicts
+from aloekit.agents.backends.messages import conform, to_dicts
 from aloekit.agents.backends.registry import BackendSpec, register_backend
 from aloekit.config import BackendSettings
 from aloekit.errors import AloeError, BackendError, SpecError
@@ -239,6 +239,9 @@ class TransformersChatClient(ChatCompletionClient):
         self.timeout_s = timeout_s
         self.model: Any = None
         self.tokenizer: Any = None
+        self.system_role = True
+        """Whether the chat template takes a system message (found when the tokenizer loads)."""
+        self._path: Path | None = None
         self.batch_sizes: list[int] = []  # one entry per generate() call, for tests and benchmarks
         self._load_lock = threading.Lock()
         self._pending: list[_Request] = []
@@ -253,26 +256,47 @@ class TransformersChatClient(ChatCompletionClient):
         """Whether the model is in memory."""
         return self.model is not None
 
+    def load_tokenizer(self) -> Any:
+        """Load the tokenizer only (what a prompt check needs); later calls return it."""
+        with self._load_lock:
+            if self.tokenizer is None:
+                from transformers import AutoTokenizer
+
+                with _one_line_errors(f"{self.name}: could not prepare the model"):
+                    path = self._model_path() if callable(self._model_path) else Path(self._model_path)
+                with _one_line_errors(f"{self.name}: could not load the tokenizer from {path}"):
+                    tokenizer = AutoTokenizer.from_pretrained(path)
+                if tokenizer.chat_template is None:
+                    raise BackendError(f"{self.name}: the tokenizer in {path} has no chat template")
+                tokenizer.padding_side = "left"  # decoder-only batching: prompts must end at the same column
+                if tokenizer.pad_token is None:
+                    tokenizer.pad_token = tokenizer.eos_token
+                self._path, self.tokenizer = path, tokenizer
+                self.system_role = _takes_system_role(tokenizer)
+            return self.tokenizer
+
+    def render_chat(self, messages: Sequence[Mapping[str, Any]]) -> str:
+        """The prompt text the model sees; a system message goes into the first user message where the
+        chat template rejects a system role (Gemma's, Mistral-Instruct v0.1's)."""
+        tokenizer = self.load_tokenizer()
+        shaped = conform([dict(m) for m in messages], system_role=self.system_role)
+        return tokenizer.apply_chat_template(shaped, add_generation_prompt=True, tokenize=False)
+
     def load(self) -> None:
         """Load the tokenizer and model (and adapter) now; later calls are no-ops."""
+        if self.model is not None:
+            return
+        if self.adapter_path is not None:  # a bad adapter fails in one line, before the base model loads
+            check_adapter(self.adapter_path, self.name)
+        self.load_tokenizer()
         with self._load_lock:
             if self.model is not None:
                 return
             import torch
-            from transformers import AutoModelForCausalLM, AutoTokenizer
+            from transformers import AutoModelForCausalLM
 
-            if self.adapter_path is not None:  # a bad adapter fails in one line, before the base model loads
-                check_adapter(self.adapter_path, self.name)
-            with _one_line_errors(f"{self.name}: could not prepare the model"):
-                path = self._model_path() if callable(self._model_path) else Path(self._model_path)
+            path = self._path
             device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
-            with _one_line_errors(f"{self.name}: could not load the tokenizer from {path}"):
-                tokenizer = AutoTokenizer.from_pretrained(path)
-            if tokenizer.chat_template is None:
-                raise BackendError(f"{self.name}: the tokenizer in {path} has no chat template")
-            tokenizer.padding_side = "left"  # decoder-only batching: prompts must end at the same column
-            if tokenizer.pad_token is None:
-                tokenizer.pad_token = tokenizer.eos_token
             dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
             with _one_line_errors(f"{self.name}: could not load the model from {path}"):
                 model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
@@ -281,7 +305,6 @@ class TransformersChatClient(ChatCompletionClient):
 
                 with _one_line_errors(f"{self.name}: could not load the adapter from {self.adapter_path}"):
                     model = PeftModel.from_pretrained(model, self.adapter_path)
-            self.tokenizer = tokenizer
             self.model = model.to(device).eval()
             self.device = device
 
@@ -398,7 +421,7 @@ class TransformersChatClient(ChatCompletionClient):
         started = time.monotonic()
         deadlines = [started + r.timeout_s if r.timeout_s is not None else None for r in batch]
         tokenizer, model = self.tokenizer, self.model
-        texts = [tokenizer.apply_chat_template(r.messages, add_generation_prompt=True, tokenize=False) for r in batch]
+        texts = [self.render_chat(r.messages) for r in batch]
         encoded = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
         sampling, temperature, top_p, stop, repetition_penalty, choices = batch[0].batch_key
         if choices:  # one forward pass: nothing a deadline could stop part-way
@@ -483,9 +506,7 @@ class TransformersChatClient(ChatCompletionClient):
 
     def count_tokens(self, messages: Sequence[LLMMessage], *, tools: Sequence[Tool | ToolSchema] = []) -> int:
         """Prompt length in tokens, chat template included."""
-        self.load()
-        ids = self.tokenizer.apply_chat_template(to_dicts(messages), add_generation_prompt=True, tokenize=True)
-        return len(ids["input_ids"] if isinstance(ids, Mapping) else ids)
+        return len(self.load_tokenizer()(self.render_chat(to_dicts(messages)), add_special_tokens=False)["input_ids"])
 
     def remaining_tokens(self, messages: Sequence[LLMMessage], *, tools: Sequence[Tool | ToolSchema] = []) -> int:
         """Context window left after the prompt."""
@@ -508,6 +529,16 @@ class TransformersChatClient(ChatCompletionClient):
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
+
+
+def _takes_system_role(tokenizer: Any) -> bool:
+    """Whether the chat template renders a system message (Gemma's and Mistral-Instruct v0.1's raise)."""
+    try:
+        tokenizer.apply_chat_template([{"role": "system", "content": "s"}, {"role": "user", "content": "u"}],
+                                      add_generation_prompt=True, tokenize=False)  # fmt: skip
+    except Exception:  # jinja2's TemplateError from raise_exception, or whatever a template trips on
+        return False
+    return True
 
 
 @contextlib.contextmanager

@@ -60,3 +60,37 @@ def from_dicts(messages: Iterable[dict[str, str]]) -> list[LLMMessage]:
         else:
             raise ValueError(f"message {i}: unknown role {role!r} (expected system, user or assistant)")
     return out
+
+
+def conform(messages: Sequence[dict[str, str]], *, system_role: bool = True) -> list[dict[str, str]]:
+    """``messages`` in the shape strict chat templates take: consecutive messages of one role merged and,
+    without ``system_role``, the system prompt sent as the start of the first user message."""
+    out: list[dict[str, str]] = []
+    for message in messages:
+        if out and out[-1]["role"] == message["role"]:
+            out[-1] = {**out[-1], "content": f"{out[-1]['content']}\n\n{message['content']}"}
+        else:
+            out.append(dict(message))
+    if not system_role and out and out[0]["role"] == "system":
+        system, out = out[0], out[1:]
+        if out and out[0]["role"] == "user":
+            out[0] = {**out[0], "content": f"{system['content']}\n\n{out[0]['content']}"}
+        else:
+            out.insert(0, {"role": "user", "content": system["content"]})
+    return out
+
+
+def alternation_error(messages: Sequence[dict[str, str]]) -> str | None:
+    """Why ``messages`` break strict alternation (a system message only first, then user, assistant,
+    user... from a user message), or None when they keep it."""
+    roles = [m["role"] for m in messages]
+    if roles[:1] == ["system"]:
+        roles = roles[1:]
+    if not roles:
+        return "has no user message"
+    for index, role in enumerate(roles):
+        expected = "user" if index % 2 == 0 else "assistant"
+        if role != expected:
+            where = "starts" if index == 0 else f"has message {index + 1}"
+            return f"{where} with a {role!r} message where a {expected!r} one must come (roles must alternate)"
+    return None
