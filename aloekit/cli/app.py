@@ -327,8 +327,14 @@ def write_jsonl(rows: list[dict[str, Any]], path: Path, flag: str = "--out") -> 
 
 
 def command_line() -> str:
-    """The command as typed, for the run record."""
-    return shlex.join(["aloe", *sys.argv[1:]])
+    """The command as typed, for the run record (``python -m aloekit.training ...`` as such, e.g. under
+    ``accelerate launch``)."""
+    program = (
+        ["python", "-m", "aloekit.training"]
+        if Path(sys.argv[0]).parts[-2:] == ("training", "__main__.py")
+        else ["aloe"]
+    )
+    return shlex.join([*program, *sys.argv[1:]])
 
 
 @contextmanager

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -62,6 +63,11 @@ OFFLINE_OPTIONS = (
     ),  # fmt: skip
     click.option("--overwrite", is_flag=True, help="Replace an adapter already in --out."),
 )
+
+
+def launched_processes() -> tuple[int, int]:
+    """(This process's rank, how many were launched): (0, 1) unless under ``accelerate launch``/torchrun."""
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
 
 
 @contextmanager
@@ -135,9 +141,13 @@ def train_offline(
         trl=parse_trl_options(trl_options),
     )
     check_train_inputs(config)  # the base, --out, --init-adapter and the data, before the run row
+    rank, world = launched_processes()
+    if rank != 0:  # under accelerate launch: the main process records the run and shows progress
+        train(config)
+        return
     run_id = app.store.start_run(
         command_line(),
-        {**app.config.model_dump(mode="json"), "train": config.model_dump(mode="json")},
+        {**app.config.model_dump(mode="json"), "train": config.model_dump(mode="json"), "world_size": world},
         app.config.seed,
     )
     with run_lifetime(app.store, run_id), step_progress(app, f"train {method}", "loss", "loss", 4) as (steps, say):

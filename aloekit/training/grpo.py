@@ -329,13 +329,14 @@ def train_grpo(
     try:
         status(f"resolving base {settings.base}")
         base_dir = resolve_base(settings.base)
+        args = grpo_args(settings)  # before the model loads, as for sft/dpo (ZeRO-3 shards at load time)
         model, tokenizer = load_model_and_tokenizer(base_dir)
         tokenizer.padding_side = "left"  # trl generates from left-padded prompts
         model, peft_config = lora_model(model, settings.lora, settings.init_adapter)
         status("opening the conversations")
         rollout.start()
         trainer = GRPOTrainer(
-            model=model, reward_funcs=[rollout.reward], args=grpo_args(settings),
+            model=model, reward_funcs=[rollout.reward], args=args,
             train_dataset=Dataset.from_list(rollout.dataset_rows()), processing_class=tokenizer,
             peft_config=peft_config, callbacks=[*(callbacks or []), rollout_saver(rollout)],
             rollout_func=rollout.rollout_func,

@@ -478,16 +478,28 @@ def check_train_inputs(config: TrainConfig) -> tuple[list[dict[str, Any]], list[
     return load_rows(config.data, config.method)
 
 
-def load_model_and_tokenizer(base_dir: Path) -> tuple[Any, Any]:
-    """Float32 on CPU (bf16 on CUDA) and a tokenizer with a pad token."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def load_tokenizer(base_dir: Path) -> Any:
+    """The base's tokenizer, with a pad token."""
+    from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(base_dir: Path) -> Any:
+    """The base model: float32 on CPU, bf16 on CUDA."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
     dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
-    return AutoModelForCausalLM.from_pretrained(base_dir, dtype=dtype), tokenizer
+    return AutoModelForCausalLM.from_pretrained(base_dir, dtype=dtype)
+
+
+def load_model_and_tokenizer(base_dir: Path) -> tuple[Any, Any]:
+    """:func:`load_model` and :func:`load_tokenizer`."""
+    return load_model(base_dir), load_tokenizer(base_dir)
 
 
 def trl_args(config: TrainConfig, has_eval: bool, layers: list[tuple[str, Any]] | None = None) -> Any:
@@ -523,12 +535,13 @@ def trl_args(config: TrainConfig, has_eval: bool, layers: list[tuple[str, Any]] 
 
 def build_trainer(
     config: TrainConfig, train_rows: list[dict[str, Any]], val_rows: list[dict[str, Any]], model: Any, tokenizer: Any,
-    callbacks: list[Any] | None = None,
+    callbacks: list[Any] | None = None, args: Any = None,
 ) -> Any:  # fmt: skip
     """The trl trainer with a peft LoRA (or the ``init_adapter`` made trainable).
 
     For DPO the reference is the model with the adapter disabled (``ref_model=None`` under peft), or,
-    when continuing from ``init_adapter``, that adapter as it was before DPO.
+    when continuing from ``init_adapter``, that adapter as it was before DPO. ``args``: the trl config,
+    when the caller made it before loading the model (see :func:`train`).
     """
     from datasets import Dataset
     from trl import DPOTrainer, SFTTrainer
@@ -536,7 +549,7 @@ def build_trainer(
     model, peft_config = lora_model(model, config.lora, config.init_adapter)
     train = Dataset.from_list(_trl_columns(train_rows, config.method))
     val = Dataset.from_list(_trl_columns(val_rows, config.method)) if val_rows else None
-    args = trl_args(config, has_eval=val is not None)
+    args = args if args is not None else trl_args(config, has_eval=val is not None)
     kwargs = {"model": model, "args": args, "train_dataset": train, "eval_dataset": val,
               "processing_class": tokenizer, "peft_config": peft_config, "callbacks": callbacks}  # fmt: skip
     trainer = SFTTrainer(**kwargs) if config.method == "sft" else DPOTrainer(ref_model=None, **kwargs)
@@ -577,7 +590,7 @@ def train(
     train_rows, val_rows = check_train_inputs(config)
     status(f"resolving base {config.base}")
     base_dir = resolve_base(config.base)
-    model, tokenizer = load_model_and_tokenizer(base_dir)
+    tokenizer = load_tokenizer(base_dir)
     train_rows, dropped, tokens = drop_long_rows(train_rows, tokenizer, config.method, config.max_length)
     val_rows, val_dropped, _ = drop_long_rows(val_rows, tokenizer, config.method, config.max_length)
     if dropped or val_dropped:
@@ -585,25 +598,32 @@ def train(
                        dropped + val_dropped, config.max_length)  # fmt: skip
     if not train_rows:
         raise AloeError(f"{config.data}: every row is longer than max_length={config.max_length} tokens")
-    trainer = build_trainer(config, train_rows, val_rows, model, tokenizer, callbacks)
+    # The trainer's config exists before the model loads: under accelerate with DeepSpeed ZeRO-3 it is what
+    # tells from_pretrained to shard the weights as they load (transformers' is_deepspeed_zero3_enabled).
+    args = trl_args(config, has_eval=bool(val_rows))
+    model = load_model(base_dir)
+    trainer = build_trainer(config, train_rows, val_rows, model, tokenizer, callbacks, args)
     status(f"training {config.method} on {len(train_rows)} rows")
     started = time.time()
     result = trainer.train()
     runtime = time.time() - started
     if trainer.state.global_step == 0:  # an untrained adapter must not look like a result
         raise AloeError(f"{config.data}: training ran 0 steps on {len(train_rows)} rows; nothing was written")
+    main = trainer.is_world_process_zero()  # under accelerate, one process writes the adapter and the summary
     try:
         config.out.mkdir(parents=True, exist_ok=True)
-        trainer.save_model(str(config.out))
-        tokenizer.save_pretrained(str(config.out))
+        trainer.save_model(str(config.out))  # every process takes part (ZeRO-3 gathers), the main one writes
+        if main:
+            tokenizer.save_pretrained(str(config.out))
     except OSError as exc:  # checked before training, but the disk can still fill up or the folder vanish
         raise ConfigError(one_line(f"--out {config.out}: cannot write the adapter: {exc.strerror or exc}")) from None
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     eval_losses = [entry["eval_loss"] for entry in trainer.state.log_history if "eval_loss" in entry]
     steps = trainer.state.global_step
-    epochs_done = (
-        steps * trainer.args.per_device_train_batch_size * trainer.args.gradient_accumulation_steps / len(train_rows)
-    )
+    world = trainer.args.world_size
+    # Each optimiser step consumes a batch on every process.
+    rows_per_step = trainer.args.per_device_train_batch_size * trainer.args.gradient_accumulation_steps * world
+    epochs_done = steps * rows_per_step / len(train_rows)
     summary = {
         "method": config.method,
         "base": config.base,
@@ -619,11 +639,15 @@ def train(
         "train_loss": result.training_loss if not math.isnan(result.training_loss) else None,
         "final_eval_loss": eval_losses[-1] if eval_losses else None,
         "runtime_s": round(runtime, 2),
+        "world_size": world,
+        "distributed": str(trainer.args.parallel_mode.value),
         "tokens_per_s": round(tokens * epochs_done / runtime, 1) if runtime > 0 else None,
+        "tokens_per_s_per_process": round(tokens * epochs_done / runtime / world, 1) if runtime > 0 else None,
         "adapter_spec": f"{config.base}+{config.out}",
     }
     try:
-        (config.out / "training_summary.json").write_text(json.dumps(summary, indent=2))
+        if main:
+            (config.out / "training_summary.json").write_text(json.dumps(summary, indent=2))
     except OSError as exc:
         raise ConfigError(one_line(f"--out {config.out}: cannot write training_summary.json: {exc.strerror}")) from None
     return summary
