@@ -454,13 +454,16 @@ class Store:
                 conn.execute(f"DELETE FROM {table} WHERE run_id = ?", [run_id])
             conn.execute("DELETE FROM runs WHERE id = ?", [run_id])
 
-    def collect_garbage(self) -> tuple[int, int]:
-        """Delete the texts no stored row references, then compact the file; returns (texts, bytes) removed.
+    def collect_garbage(self) -> dict[str, int]:
+        """Delete the texts no stored row references, then compact the file.
 
+        Returns ``texts_removed``, ``text_bytes_removed`` and the file's ``bytes_before``/``bytes_after``.
         Refused while a run is in progress: its process may hold ids of texts it is about to reference.
         """
         if live := self.live_runs():
             raise StoreError(f"run {live[0]} is in progress; collect garbage when no run is")
+        self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # in WAL mode the file's size shows only after one
+        before = self.path.stat().st_size
         with self.transaction() as conn:
             documents = (value for table, column in PACKED_COLUMNS
                          for (value,) in conn.execute(f"SELECT {column} FROM {table}"))  # fmt: skip
@@ -476,8 +479,9 @@ class Store:
                 conn.execute(f"DELETE FROM texts WHERE id IN ({marks})", chunk)
         self.contents.forget()
         self.conn.execute("VACUUM")
-        self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # in WAL mode the file shrinks only at a checkpoint
-        return len(unused), freed
+        self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        return {"texts_removed": len(unused), "text_bytes_removed": freed, "bytes_before": before,
+                "bytes_after": self.path.stat().st_size}  # fmt: skip
 
     # LLM call log and cache -------------------------------------------------------------------------
 

@@ -97,13 +97,14 @@ def runs_delete(app: App, run_ids: tuple[str, ...]) -> None:
 @pass_app
 def runs_gc(app: App) -> None:
     """Remove the stored texts and prompts that no run references any more, and compact the database."""
-    before = app.store.path.stat().st_size
-    texts, freed = app.store.collect_garbage()
-    after = app.store.path.stat().st_size
+    result = app.store.collect_garbage()
     if app.as_json:
-        app.emit_json({"texts_removed": texts, "text_bytes_removed": freed, "file_bytes": [before, after]})
+        app.emit_json(result)
     else:
-        app.say(f"removed {texts} texts ({freed:,} bytes of text); {app.store.path}: {before:,} -> {after:,} bytes")
+        app.say(
+            f"removed {result['texts_removed']} texts ({result['text_bytes_removed'] / 1e6:.1f} MB of text); "
+            f"{app.store.path}: {result['bytes_before'] / 1e6:.1f} -> {result['bytes_after'] / 1e6:.1f} MB"
+        )
 
 
 commands = (runs,)
