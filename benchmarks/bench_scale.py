@@ -57,18 +57,19 @@ def saved_turns(db: Path) -> int:
 
 
 def text_bytes(db: Path) -> tuple[int, int]:
-    """(Bytes of every distinct message and reply text, bytes of the texts table's bodies)."""
+    """(Every generated message as written, each response once per call; the distinct prompt text that is
+    not itself a response: system prompts, personas, rendered judge and inducer prompts). Their sum is the
+    raw text a run holds; the database is compared with it."""
     with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
-        message_ids: set[int] = set()
-        for (response_id,) in conn.execute("SELECT response_id FROM llm_calls WHERE response_id IS NOT NULL"):
-            message_ids.add(response_id)
-        for (prompt_id,) in conn.execute("SELECT DISTINCT prompt_id FROM llm_calls"):
-            body = conn.execute("SELECT body FROM texts WHERE id = ?", [prompt_id]).fetchone()[0]
-            message_ids.update(entry[1] for entry in json.loads(body))
-        message = sum(len(conn.execute("SELECT body FROM texts WHERE id = ?", [i]).fetchone()[0].encode())
-                      for i in message_ids)  # fmt: skip
-        stored = conn.execute("SELECT SUM(LENGTH(CAST(body AS BLOB))) FROM texts").fetchone()[0]
-    return message, stored
+        generated = conn.execute("SELECT COALESCE(SUM(LENGTH(CAST(t.body AS BLOB))), 0) FROM llm_calls l "
+                                 "JOIN texts t ON t.id = l.response_id").fetchone()[0]  # fmt: skip
+        responses = {i for (i,) in conn.execute("SELECT DISTINCT response_id FROM llm_calls")}
+        in_prompts: set[int] = set()
+        for (body,) in conn.execute("SELECT body FROM texts WHERE id IN (SELECT DISTINCT prompt_id FROM llm_calls)"):
+            in_prompts.update(entry[1] for entry in json.loads(body))
+        prompt_only = sum(conn.execute("SELECT LENGTH(CAST(body AS BLOB)) FROM texts WHERE id = ?", [i]).fetchone()[0]
+                          for i in in_prompts - responses)  # fmt: skip
+    return generated, prompt_only
 
 
 def check_complete(db: Path, conversations: int, turns: int) -> None:
@@ -137,7 +138,7 @@ def main() -> None:
                 conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
                 calls = conn.execute("SELECT COUNT(*) FROM llm_calls").fetchone()[0]
             size = db.stat().st_size
-            message, stored = text_bytes(db)
+            generated, prompt_only = text_bytes(db)
             exports = {}
             for kind in ("sft", "dpo"):
                 t0 = time.perf_counter()
@@ -149,8 +150,9 @@ def main() -> None:
             print(f"calls:            {calls} ({calls / wall:.0f} calls/s)")
             print(f"peak RSS:         {peak / GIB:.2f} GB (target < 2)")
             print(f"database:         {size / 1e6:.1f} MB, {size / n / 1e3:.1f} KB per conversation")
-            print(f"message text:     {message / 1e6:.1f} MB distinct (texts table: {stored / 1e6:.1f} MB)")
-            print(f"database / text:  {size / message:.2f}x (target < 3)")
+            print(f"raw text:         {(generated + prompt_only) / 1e6:.1f} MB ({generated / 1e6:.1f} MB of generated "
+                  f"messages, {prompt_only / 1e6:.1f} MB of distinct prompt text)")  # fmt: skip
+            print(f"database / text:  {size / (generated + prompt_only):.2f}x (target < 3)")
             for kind, seconds in exports.items():
                 print(f"export {kind}:       {seconds:.1f} s (target < 120)")
             print("nothing lost: every conversation complete with exactly its turns and nodes")
