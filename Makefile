@@ -49,6 +49,8 @@ bench: install
 	$(PY) benchmarks/bench_train.py
 	$(PY) benchmarks/bench_eval.py
 	$(PY) benchmarks/bench_grpo.py
+	# paper scale: 3,000 x 10 against the stub, about 20 minutes on 2 cores
+	$(PY) benchmarks/bench_scale.py
 
 # The README's viewer screenshots (docs/screenshots/*.png), from a stub server: no model, no download.
 screenshots: install browser-deps

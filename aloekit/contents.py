@@ -17,6 +17,7 @@ import threading
 from collections.abc import Iterable
 from typing import Any
 
+from aloekit.errors import StoreError
 from aloekit.secrets import redact
 
 MIN_SHARED_CHARS = 64
@@ -24,6 +25,8 @@ MIN_SHARED_CHARS = 64
 CACHE_ENTRIES = 20_000
 """Texts remembered per process in each direction: the history a conversation resends is found without a query."""
 REFERENCES = ("$text", "$prompt", "$call")
+LITERAL = "$literal"
+"""Wraps a document's own dict that looks like a reference, so it reads back as itself."""
 
 
 def content_hash(body: str) -> int:
@@ -95,7 +98,7 @@ class ContentStore:
                     found[row_id] = body
                     self._remember(self._bodies, row_id, body)
         if lost := wanted - found.keys():
-            raise KeyError(f"texts {sorted(lost)[:5]} are referenced but not stored (was `aloe runs gc` interrupted?)")
+            raise StoreError(f"texts {sorted(lost)[:5]} are referenced but not stored: the database is damaged")
         return found
 
     def text(self, text_id: int) -> str:
@@ -105,13 +108,12 @@ class ContentStore:
     # Prompts and calls ------------------------------------------------------------------------------
 
     def prompt_id(self, messages: list[dict[str, Any]]) -> int:
-        """The id of a message list, stored as ``[[role, text id, {other keys}?], ...]``."""
+        """The id of a chat message list (string ``role`` and ``content``), stored as
+        ``[[role, text id, {other keys}?], ...]``."""
         entries = []
         for message in messages:
             extra = {k: v for k, v in message.items() if k not in ("role", "content")}
-            content = message.get("content", "")
-            content = content if isinstance(content, str) else _compact(content)  # multimodal parts: as JSON
-            entries.append([message.get("role", ""), self.text_id(content), *([extra] if extra else [])])
+            entries.append([message["role"], self.text_id(message["content"]), *([extra] if extra else [])])
         return self.text_id(_compact(entries))
 
     def messages(self, prompt_id: int) -> list[dict[str, Any]]:
@@ -128,9 +130,11 @@ class ContentStore:
             return [self.pack(v) for v in value]
         if not isinstance(value, dict):
             return value
+        if _reference(value) or (len(value) == 1 and LITERAL in value):
+            return {LITERAL: {key: self.pack(item) for key, item in value.items()}}
         packed: dict[str, Any] = {}
         for key, item in value.items():
-            if key == "messages" and isinstance(item, list) and all(isinstance(m, dict) for m in item):
+            if key == "messages" and isinstance(item, list) and all(_chat_message(m) for m in item):
                 packed[key] = {"$prompt": self.prompt_id(item)}
             elif key.endswith("calls") and isinstance(item, list) and all(isinstance(c, dict) for c in item):
                 # A call appears in its turn's record and again in a tree node: the second copy is one id.
@@ -145,13 +149,15 @@ class ContentStore:
             return [self.unpack(v) for v in value]
         if not isinstance(value, dict):
             return value
-        if len(value) == 1 and (key := next(iter(value))) in REFERENCES and isinstance(value[key], int):
-            ref = value[key]
-            if key == "$text":
+        if reference := _reference(value):
+            kind, ref = reference
+            if kind == "$text":
                 return self.text(ref)
-            if key == "$prompt":
+            if kind == "$prompt":
                 return self.messages(ref)
             return self.unpack(json.loads(self.text(ref)))
+        if len(value) == 1 and isinstance(value.get(LITERAL), dict):
+            value = value[LITERAL]
         return {key: self.unpack(item) for key, item in value.items()}
 
     def dumps(self, value: Any) -> str:
@@ -164,22 +170,40 @@ class ContentStore:
 
     # Garbage ----------------------------------------------------------------------------------------
 
-    def referenced(self, documents: Iterable[str], text_ids: Iterable[int]) -> set[int]:
-        """Every text id reachable from packed JSON ``documents`` and the plain ``text_ids`` (call log columns)."""
-        seen: set[int] = set()
-        pending: list[tuple[str, int]] = [("$text", i) for i in text_ids if i is not None]
+    def referenced(self, documents: Iterable[str], prompt_ids: Iterable[int], text_ids: Iterable[int]) -> set[int]:
+        """Every text id reachable from packed JSON ``documents``, prompts and plain texts (the call log's)."""
+        pending = [("$prompt", i) for i in prompt_ids if i is not None] + [
+            ("$text", i) for i in text_ids if i is not None
+        ]
         for document in documents:
             _collect(json.loads(document), pending)
+        seen: set[tuple[str, int]] = set()
         while pending:
-            kind, ref = pending.pop()
-            if ref in seen:
+            reference = pending.pop()
+            if reference in seen:
                 continue
-            seen.add(ref)
+            seen.add(reference)
+            kind, ref = reference
             if kind == "$prompt":
                 pending += [("$text", entry[1]) for entry in json.loads(self.text(ref))]
             elif kind == "$call":
                 _collect(json.loads(self.text(ref)), pending)
-        return seen
+        return {ref for _, ref in seen}
+
+
+def _reference(value: dict[str, Any]) -> tuple[str, int] | None:
+    """(kind, id) when ``value`` is a reference ``{"$text": id}``..."""
+    if len(value) == 1:
+        key, ref = next(iter(value.items()))
+        if key in REFERENCES and type(ref) is int:
+            return key, ref
+    return None
+
+
+def _chat_message(message: Any) -> bool:
+    return (
+        isinstance(message, dict) and isinstance(message.get("role"), str) and isinstance(message.get("content"), str)
+    )
 
 
 def _collect(value: Any, into: list[tuple[str, int]]) -> None:
@@ -187,8 +211,8 @@ def _collect(value: Any, into: list[tuple[str, int]]) -> None:
         for item in value:
             _collect(item, into)
     elif isinstance(value, dict):
-        if len(value) == 1 and (key := next(iter(value))) in REFERENCES and isinstance(value[key], int):
-            into.append((key, value[key]))
+        if reference := _reference(value):
+            into.append(reference)
             return
         for item in value.values():
             _collect(item, into)

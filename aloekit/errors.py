@@ -69,9 +69,9 @@ def run_async(main: Coroutine[Any, Any, T]) -> T:
 
     try:
         result = asyncio.run(cancelled_on_sigterm())
-    except asyncio.CancelledError:
+    except BaseException as exc:  # the cancellation itself, or whatever the unwinding raised
         if signalled:
-            raise Terminated() from None
+            raise Terminated() from None if isinstance(exc, asyncio.CancelledError) else exc
         raise
     if signalled:  # the main coroutine swallowed the cancellation; the process was still asked to stop
         raise Terminated()

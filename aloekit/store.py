@@ -227,33 +227,47 @@ PACKED_COLUMNS = (("turns", "record"), ("eval_turns", "record"), ("tree_nodes", 
 
 def _migrate_7(conn: sqlite3.Connection) -> None:
     """Prompts and texts stored once: the call log, turn records and tree nodes reference ``texts``."""
-    conn.execute("CREATE TABLE texts (id INTEGER PRIMARY KEY, hash INTEGER NOT NULL, body TEXT NOT NULL)")
+    # AUTOINCREMENT: an id freed by gc is never given to another text (a process may still remember it).
+    conn.execute("CREATE TABLE texts (id INTEGER PRIMARY KEY AUTOINCREMENT, hash INTEGER NOT NULL, body TEXT NOT NULL)")
     conn.execute("CREATE INDEX idx_texts_hash ON texts (hash)")
     contents = ContentStore(conn)
     conn.execute("ALTER TABLE llm_calls RENAME TO llm_calls_v6")
     conn.execute(LLM_CALLS_V7)
+    old_columns = [c[1] for c in conn.execute("PRAGMA table_info(llm_calls_v6)")]
     columns = [c[1] for c in conn.execute("PRAGMA table_info(llm_calls)")]
-    for row in conn.execute("SELECT * FROM llm_calls_v6 ORDER BY id").fetchall():
-        old = dict(zip([c[1] for c in conn.execute("PRAGMA table_info(llm_calls_v6)")], row, strict=True))
-        old["prompt_id"] = contents.prompt_id(json.loads(old.pop("messages")))
-        response = old.pop("response")
-        old["response_id"] = None if response is None else contents.text_id(response)
-        conn.execute(f"INSERT INTO llm_calls ({','.join(columns)}) VALUES ({','.join('?' * len(columns))})",
-                     [old[c] for c in columns])  # fmt: skip
+    insert = f"INSERT INTO llm_calls ({','.join(columns)}) VALUES ({','.join('?' * len(columns))})"
+    for rows in _batches(conn, "llm_calls_v6", "*"):
+        for row in rows:
+            old = dict(zip(old_columns, row[1:], strict=True))
+            old["prompt_id"] = contents.prompt_id(json.loads(old.pop("messages")))
+            response = old.pop("response")
+            old["response_id"] = None if response is None else contents.text_id(response)
+            conn.execute(insert, [old[c] for c in columns])
     conn.execute("DROP TABLE llm_calls_v6")
-    # Only calls the cache may answer from are looked up by key: sampled calls need no index entry.
+    # Only calls the cache may answer from are looked up by key.
     conn.execute("CREATE INDEX idx_llm_calls_cache ON llm_calls (cache_key) WHERE status = 'ok' AND cacheable = 1 "
                  "AND cached = 0")  # fmt: skip
     conn.execute("CREATE INDEX idx_llm_calls_run ON llm_calls (run_id)")
-    # A simulation's node keeps its facts; its calls are in the turn record (as aloekit writes nodes from now on).
-    simulated = "SELECT id FROM conversations WHERE kind != 'evaluation'"
-    nodes = f"SELECT rowid, data FROM tree_nodes WHERE conversation_id IN ({simulated})"
-    for rowid, value in conn.execute(nodes).fetchall():
-        data = {k: v for k, v in json.loads(value).items() if not k.endswith("calls")}
-        conn.execute("UPDATE tree_nodes SET data = ? WHERE rowid = ?", [json.dumps(data), rowid])
+    simulated = set(r for (r,) in conn.execute("SELECT id FROM conversations WHERE kind != 'evaluation'"))
     for table, column in PACKED_COLUMNS:
-        for rowid, value in conn.execute(f"SELECT rowid, {column} FROM {table}").fetchall():
-            conn.execute(f"UPDATE {table} SET {column} = ? WHERE rowid = ?", [contents.dumps(json.loads(value)), rowid])
+        for rows in _batches(conn, table, f"{column}, {'conversation_id' if table == 'tree_nodes' else 'NULL'}"):
+            for rowid, value, conversation_id in rows:
+                data = json.loads(value)
+                if (
+                    conversation_id in simulated
+                ):  # a simulation's node keeps its facts; its calls are in the turn record
+                    data = {k: v for k, v in data.items() if not k.endswith("calls")}
+                conn.execute(f"UPDATE {table} SET {column} = ? WHERE rowid = ?", [contents.dumps(data), rowid])
+
+
+def _batches(conn: sqlite3.Connection, table: str, columns: str, size: int = 1000) -> Iterator[list[tuple]]:
+    """``(rowid, columns...)`` rows of ``table`` in rowid order, ``size`` at a time (a migration of a large
+    database must not hold a whole table in memory)."""
+    last = -(2**63)
+    while rows := conn.execute(f"SELECT rowid, {columns} FROM {table} WHERE rowid > ? ORDER BY rowid LIMIT ?",
+                               [last, size]).fetchall():  # fmt: skip
+        yield rows
+        last = rows[-1][0]
 
 
 # Append-only: migration i+1 upgrades a database at schema version i. Never edit a released one.
@@ -329,11 +343,12 @@ class Store:
             self.conn.execute("BEGIN IMMEDIATE")
             try:
                 yield self.conn
+                self.conn.execute("COMMIT")
             except BaseException:
-                self.conn.execute("ROLLBACK")
+                if self.conn.in_transaction:
+                    self.conn.execute("ROLLBACK")
                 self.contents.forget()  # texts interned in the transaction are gone with it
                 raise
-            self.conn.execute("COMMIT")
 
     def migrate(self) -> None:
         """Bring the schema up to :data:`SCHEMA_VERSION`, once, even with several processes starting."""
@@ -460,15 +475,16 @@ class Store:
         Returns ``texts_removed``, ``text_bytes_removed`` and the file's ``bytes_before``/``bytes_after``.
         Refused while a run is in progress: its process may hold ids of texts it is about to reference.
         """
-        if live := self.live_runs():
-            raise StoreError(f"run {live[0]} is in progress; collect garbage when no run is")
         self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # in WAL mode the file's size shows only after one
         before = self.path.stat().st_size
-        with self.transaction() as conn:
+        with self.transaction() as conn:  # holding the write lock: no run can start or save meanwhile
+            if live := self.live_runs():
+                raise StoreError(f"run {live[0]} is in progress; collect garbage when no run is")
             documents = (value for table, column in PACKED_COLUMNS
                          for (value,) in conn.execute(f"SELECT {column} FROM {table}"))  # fmt: skip
-            logged = (i for (p, r) in conn.execute("SELECT prompt_id, response_id FROM llm_calls") for i in (p, r))
-            keep = self.contents.referenced(documents, logged)
+            prompts = (p for (p,) in conn.execute("SELECT prompt_id FROM llm_calls"))
+            responses = (r for (r,) in conn.execute("SELECT response_id FROM llm_calls"))
+            keep = self.contents.referenced(documents, prompts, responses)
             unused = [i for (i,) in conn.execute("SELECT id FROM texts") if i not in keep]
             freed = 0
             for start in range(0, len(unused), 500):
@@ -505,7 +521,9 @@ class Store:
             [key],
         )
         row = next(iter(rows), None)
-        return None if row is None else self._call(row)
+        if row is None or row["response_id"] is None:
+            return None
+        return {**row, "response": self.contents.text(row["response_id"])}
 
     def calls(self, run_id: str | None = None, role: str | None = None) -> list[dict[str, Any]]:
         """The call log (of one run and/or role), oldest first, each row with its ``messages`` and ``response``."""

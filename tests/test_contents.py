@@ -47,6 +47,33 @@ def test_a_resent_history_is_stored_once_and_reads_back_exactly(tmp_path):
     assert mode == "expected"
 
 
+def test_documents_that_look_like_references_read_back_as_themselves(tmp_path):
+    contents = Store(tmp_path / "aloe.db").contents
+    odd = (
+        {"$text": 5},
+        {"$text": True},
+        {"$call": 1, "other": 2},
+        {"$literal": {"$prompt": 3}},
+        {"messages": [{"text": "not a chat message"}]},
+        {"messages": [{"role": "user", "content": ["x"]}]},
+    )
+    for value in odd:
+        assert contents.loads(contents.dumps(value)) == value, value
+
+
+def test_gc_keeps_what_only_the_call_log_references(tmp_path):
+    """A chat, an audit or a persona generation leaves calls and no turn record: their texts stay."""
+    store = Store(tmp_path / "aloe.db")
+    run_id = store.start_run("aloe chat", {})
+    prompt = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "what should I cook tonight? " * 3}]
+    store.log_call({"run_id": run_id, "role": "chat", "spec": "s", "cache_key": "k", "cacheable": 1, "messages": prompt,
+                    "options": "{}", "response": "a risotto, slowly stirred " * 4, "status": "ok"})  # fmt: skip
+    assert store.collect_garbage()["texts_removed"] == 0
+    assert store.calls(run_id)[0]["messages"] == prompt and store.cached_response("k")["response"].startswith(
+        "a risotto"
+    )
+
+
 def test_a_collision_of_the_short_hash_keeps_both_texts(tmp_path, monkeypatch):
     store = Store(tmp_path / "aloe.db")
     monkeypatch.setattr("aloekit.contents.content_hash", lambda body: 7)

@@ -45,6 +45,23 @@ def test_sigterm_in_the_loop_unwinds_every_task_then_raises_terminated_once(capl
     assert not [r for r in caplog.records if r.name == "asyncio"], caplog.text
 
 
+def test_an_error_while_unwinding_after_sigterm_still_ends_in_terminated():
+    async def cleanup_fails() -> None:
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            await asyncio.sleep(60)
+        finally:
+            raise RuntimeError("the pool failed to close")
+
+    previous = signal.signal(signal.SIGTERM, raise_terminated)
+    try:
+        with pytest.raises(Terminated) as caught:
+            run_async(cleanup_fails())
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert isinstance(caught.value.__cause__, RuntimeError)  # the run ends interrupted, the cause kept
+
+
 def test_without_a_signal_it_returns_the_result_and_errors_pass_through():
     async def answer() -> int:
         return 42

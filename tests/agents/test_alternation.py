@@ -7,7 +7,16 @@ import json
 import shutil
 
 import pytest
-from autogen_core.models import CreateResult, RequestUsage
+from autogen_core import FunctionCall
+from autogen_core.models import (
+    AssistantMessage,
+    CreateResult,
+    FunctionExecutionResult,
+    FunctionExecutionResultMessage,
+    RequestUsage,
+    SystemMessage,
+    UserMessage,
+)
 from autogen_ext.models.replay import ReplayChatCompletionClient
 from click.testing import CliRunner
 
@@ -138,4 +147,13 @@ async def test_a_server_without_a_system_role_gets_the_system_prompt_in_the_firs
     client = BackendPool(config).client("recording-test:x")
     prompt = [{"role": "system", "content": "rules"}, {"role": "user", "content": "hi"}]
     await client.create(from_dicts(prompt))
-    assert seen == [[{"role": "user", "content": "rules\n\nhi"}]]
+    assert seen[-1] == [{"role": "user", "content": "rules\n\nhi"}]
+    # A tool call and its result (an agent's turn) pass through: only the system prompt moves.
+    call = FunctionCall(id="1", name="to_fahrenheit", arguments='{"celsius": 21}')
+    agent_turn = [SystemMessage(content="rules"), UserMessage(content="21 degrees!", source="user"),
+                  AssistantMessage(content=[call], source="a"),
+                  FunctionExecutionResultMessage(content=[
+                      FunctionExecutionResult(content="69.8", call_id="1", name="to_fahrenheit")])]  # fmt: skip
+    await client.create(agent_turn)
+    assert [m["role"] for m in seen[-1]] == ["user", "assistant", "tool"]
+    assert seen[-1][0]["content"] == "rules\n\n21 degrees!"

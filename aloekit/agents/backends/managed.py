@@ -30,7 +30,7 @@ from autogen_core.models import (
 )
 from autogen_core.tools import Tool, ToolSchema
 
-from aloekit.agents.backends.messages import conform, from_dicts, to_dicts
+from aloekit.agents.backends.messages import system_in_first_user_message, to_dicts
 from aloekit.config import BackendSettings, GenerationOptions
 from aloekit.errors import BackendError, BudgetExhausted
 from aloekit.secrets import redact
@@ -238,10 +238,9 @@ class ManagedClient(ChatCompletionClient):
         """Call the backend with limits, retries, logging and (if asked and deterministic) the cache."""
         options, passthrough = self._split_args(extra_create_args)
         create_args = {**options.as_create_args(), **passthrough}
-        message_dicts = to_dicts(messages)
         if not self.settings.system_role:
-            message_dicts = conform(message_dicts, system_role=False)
-            messages = from_dicts(message_dicts)
+            messages = system_in_first_user_message(messages)
+        message_dicts = to_dicts(messages)
         key = cache_key(self.spec, message_dicts, create_args)
         # A stored answer has no logprobs, so a request for them is never served from the cache.
         cacheable = options.deterministic and not tools and not passthrough.get("logprobs")

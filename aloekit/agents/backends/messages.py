@@ -94,3 +94,15 @@ def alternation_error(messages: Sequence[dict[str, str]]) -> str | None:
             where = "starts" if index == 0 else f"has message {index + 1}"
             return f"{where} with a {role!r} message where a {expected!r} one must come (roles must alternate)"
     return None
+
+
+def system_in_first_user_message(messages: Sequence[LLMMessage]) -> list[LLMMessage]:
+    """``messages`` with a leading system message sent as the start of the first user message, for chat
+    templates without a system role (tool calls and results pass through untouched)."""
+    if not messages or not isinstance(messages[0], SystemMessage):
+        return list(messages)
+    system, rest = messages[0].content, list(messages[1:])
+    if rest and isinstance(rest[0], UserMessage) and isinstance(rest[0].content, str):
+        rest[0] = UserMessage(content=f"{system}\n\n{rest[0].content}", source=rest[0].source)
+        return rest
+    return [UserMessage(content=system, source="system"), *rest]
