@@ -95,6 +95,8 @@ BAD_INPUTS: list[tuple[str, list[str]]] = [
     ("config show unknown command", ["config", "show", "train"]),
     ("config show bad config", ["--config", "bad.toml", "config", "show", "simulate"]),
     ("config show duplicate responders", ["--config", "dup_responders.toml", "config", "show", "simulate"]),
+    ("runs delete unknown run", ["runs", "delete", "no-such-run"]),
+    ("runs delete a known and an unknown run", ["runs", "delete", "RUN_DONE", "no-such-run"]),  # deletes nothing
     ("db in missing folder", ["--db", "nope/sub/aloe.db", "runs", "list"]),
     ("db not a database", ["--db", "notdb.db", "runs", "list"]),
     ("db is a folder", ["--db", "model_dir", "runs", "list"]),
