@@ -461,6 +461,13 @@ class Store:
             raise StoreError(f"no run {run_id!r} in {self.path}")
         if run_id in self.live_runs():
             raise StoreError(f"run {run_id} is in progress; stop it first")
+        relying = self.conn.execute(
+            "SELECT r.id, a.id FROM runs r JOIN judge_audits a ON json_extract(r.config, '$.judge_audit') = a.id "
+            "WHERE a.run_id = ? AND r.id != ?", [run_id, run_id]
+        ).fetchone()  # fmt: skip
+        if relying:  # its results name this audit: removing it would leave them citing a judge check that is gone
+            raise StoreError(f"run {run_id} holds judge audit {relying[1]}, which run {relying[0]} relies on; "
+                             f"delete {relying[0]} first")  # fmt: skip
         with self.transaction() as conn:
             conversations = "SELECT id FROM conversations WHERE run_id = ?"
             for table in ("turns", "eval_turns", "tree_nodes"):

@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import sqlite3
 
+import pytest
 from click.testing import CliRunner
 
 from aloekit.cli import cli
+from aloekit.errors import StoreError
 from aloekit.graphs import TreeStore
 from aloekit.store import MIGRATIONS, Store
 from aloekit.testing import StubOpenAIServer, role_aware_reply
@@ -72,6 +74,19 @@ def test_gc_keeps_what_only_the_call_log_references(tmp_path):
     assert store.calls(run_id)[0]["messages"] == prompt and store.cached_response("k")["response"].startswith(
         "a risotto"
     )
+
+
+def test_a_run_whose_judge_audit_another_run_relies_on_is_not_deleted(tmp_path):
+    store = Store(tmp_path / "aloe.db")
+    audit_run = store.start_run("aloe judge audit", {})
+    store.insert("judge_audits", {"id": "audit-1", "run_id": audit_run, "judge_key": "k", "stage": "eval", "judge": "j",
+                                  "passed": 1, "result": "{}", "created_at": "t"})  # fmt: skip
+    eval_run = store.start_run("aloe eval", {"judge_audit": "audit-1"})
+    with pytest.raises(StoreError, match=f"holds judge audit audit-1, which run {eval_run} relies on"):
+        store.delete_run(audit_run)
+    store.delete_run(eval_run)
+    store.delete_run(audit_run)
+    assert store.list_runs() == [] and not list(store.db["judge_audits"].rows)
 
 
 def test_a_collision_of_the_short_hash_keeps_both_texts(tmp_path, monkeypatch):
