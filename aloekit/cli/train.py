@@ -227,6 +227,8 @@ def grpo_command(
     )
     from aloekit.training.train import check_base, check_init_adapter, check_output_dir
 
+    if launched_processes()[1] > 1:  # each process would start its own run, simulated users and judge calls
+        raise AloeError("aloe train grpo runs in one process: start it without accelerate launch / torchrun")
     from_file = read_config_file(Path(train_config), "train config") if train_config is not None else {}
     flags = {"base": base, "out": out, "personas": personas, "turns": turns, "group": group, "max_steps": max_steps,
              "max_completion_length": max_completion_length, "init_adapter": init_adapter,

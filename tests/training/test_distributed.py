@@ -101,3 +101,18 @@ def test_the_trainer_config_exists_before_the_model_loads(tmp_path, tiny_model_d
     module.train(config)
     loaded = order.index("load_model")
     assert "trl_args" in order[:loaded] and "trl_args" not in order[loaded:]  # the config the trainer uses came first
+
+
+def test_grpo_under_a_multi_process_launch_is_refused_in_one_line(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from aloekit.cli import cli
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    result = CliRunner().invoke(cli, ["--db", str(tmp_path / "aloe.db"), "train", "grpo", "--out", str(tmp_path / "g")])
+    assert result.exit_code != 0
+    assert (
+        result.stderr.strip()
+        == "error: aloe train grpo runs in one process: start it without accelerate launch / torchrun"
+    )
+    assert not (tmp_path / "aloe.db").exists() or not Store(tmp_path / "aloe.db").list_runs()
