@@ -26,6 +26,8 @@ from aloekit.errors import AloeError, StoreError, Terminated, first_leaf
 from aloekit.secrets import redact
 
 DEFAULT_DB = Path("aloe.db")
+LEASE_STALE_S = 60.0
+"""A run's lease is taken as abandoned after this long without a heartbeat."""
 TRACKED_PACKAGES = (
     "aloekit",
     "torch",
@@ -449,7 +451,7 @@ class Store:
             GROUP BY r.id ORDER BY r.started_at DESC LIMIT ?"""
         return [dict(row) for row in self.db.query(sql, [limit])]
 
-    def live_runs(self, stale_s: float = 60.0) -> list[str]:
+    def live_runs(self, stale_s: float = LEASE_STALE_S) -> list[str]:
         """Runs a live process is working on now (a fresh lease held by a process that exists)."""
         now = time.time()
         rows = self.conn.execute("SELECT run_id, host, pid, heartbeat_at FROM run_leases").fetchall()
@@ -582,7 +584,7 @@ class RunLease:
     stale after ``stale_s`` without a heartbeat.
     """
 
-    def __init__(self, store: Store, run_id: str, stale_s: float = 60.0) -> None:
+    def __init__(self, store: Store, run_id: str, stale_s: float = LEASE_STALE_S) -> None:
         self.store, self.run_id, self.stale_s = store, run_id, stale_s
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._stop = threading.Event()
