@@ -191,6 +191,11 @@ class ContentStore:
         return {ref for _, ref in seen}
 
 
+def without_calls(data: dict[str, Any]) -> dict[str, Any]:
+    """A simulation's tree-node data as stored: its facts without the model calls, which its turn record holds."""
+    return {key: value for key, value in data.items() if not key.endswith("calls")}
+
+
 def _reference(value: dict[str, Any]) -> tuple[str, int] | None:
     """(kind, id) when ``value`` is a reference ``{"$text": id}``..."""
     if len(value) == 1:

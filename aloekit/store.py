@@ -21,7 +21,7 @@ from typing import Any
 import sqlite_utils
 
 from aloekit.config import one_line
-from aloekit.contents import ContentStore
+from aloekit.contents import ContentStore, without_calls
 from aloekit.errors import AloeError, StoreError, Terminated, first_leaf
 from aloekit.secrets import redact
 
@@ -203,26 +203,6 @@ def _migrate_6(conn: sqlite3.Connection) -> None:
     )
 
 
-LLM_CALLS_V7 = """CREATE TABLE llm_calls (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    run_id TEXT,
-    role TEXT NOT NULL,
-    spec TEXT NOT NULL,
-    cache_key TEXT NOT NULL,
-    cacheable INTEGER NOT NULL,
-    prompt_id INTEGER NOT NULL REFERENCES texts(id),
-    options TEXT NOT NULL,
-    response_id INTEGER REFERENCES texts(id),
-    finish_reason TEXT,
-    prompt_tokens INTEGER,
-    completion_tokens INTEGER,
-    latency_s REAL,
-    attempts INTEGER,
-    cached INTEGER NOT NULL DEFAULT 0,
-    status TEXT NOT NULL,
-    error TEXT,
-    created_at TEXT NOT NULL
-)"""
 PACKED_COLUMNS = (("turns", "record"), ("eval_turns", "record"), ("tree_nodes", "data"))
 """JSON columns whose repeated parts live in ``texts`` (:mod:`aloekit.contents`)."""
 
@@ -233,32 +213,25 @@ def _migrate_7(conn: sqlite3.Connection) -> None:
     conn.execute("CREATE TABLE texts (id INTEGER PRIMARY KEY AUTOINCREMENT, hash INTEGER NOT NULL, body TEXT NOT NULL)")
     conn.execute("CREATE INDEX idx_texts_hash ON texts (hash)")
     contents = ContentStore(conn)
-    conn.execute("ALTER TABLE llm_calls RENAME TO llm_calls_v6")
-    conn.execute(LLM_CALLS_V7)
-    old_columns = [c[1] for c in conn.execute("PRAGMA table_info(llm_calls_v6)")]
-    columns = [c[1] for c in conn.execute("PRAGMA table_info(llm_calls)")]
-    insert = f"INSERT INTO llm_calls ({','.join(columns)}) VALUES ({','.join('?' * len(columns))})"
-    for rows in _batches(conn, "llm_calls_v6", "*"):
-        for row in rows:
-            old = dict(zip(old_columns, row[1:], strict=True))
-            old["prompt_id"] = contents.prompt_id(json.loads(old.pop("messages")))
-            response = old.pop("response")
-            old["response_id"] = None if response is None else contents.text_id(response)
-            conn.execute(insert, [old[c] for c in columns])
-    conn.execute("DROP TABLE llm_calls_v6")
+    conn.execute("ALTER TABLE llm_calls ADD COLUMN prompt_id INTEGER REFERENCES texts(id)")
+    conn.execute("ALTER TABLE llm_calls ADD COLUMN response_id INTEGER REFERENCES texts(id)")
+    for rows in _batches(conn, "llm_calls", "messages, response"):
+        for rowid, messages, response in rows:
+            response_id = None if response is None else contents.text_id(response)
+            conn.execute("UPDATE llm_calls SET prompt_id = ?, response_id = ? WHERE rowid = ?",
+                         [contents.prompt_id(json.loads(messages)), response_id, rowid])  # fmt: skip
+    conn.execute("ALTER TABLE llm_calls DROP COLUMN messages")
+    conn.execute("ALTER TABLE llm_calls DROP COLUMN response")
     # Only calls the cache may answer from are looked up by key.
+    conn.execute("DROP INDEX idx_llm_calls_cache")
     conn.execute("CREATE INDEX idx_llm_calls_cache ON llm_calls (cache_key) WHERE status = 'ok' AND cacheable = 1 "
                  "AND cached = 0")  # fmt: skip
-    conn.execute("CREATE INDEX idx_llm_calls_run ON llm_calls (run_id)")
-    simulated = set(r for (r,) in conn.execute("SELECT id FROM conversations WHERE kind != 'evaluation'"))
+    simulated = {r for (r,) in conn.execute("SELECT id FROM conversations WHERE kind != 'evaluation'")}
     for table, column in PACKED_COLUMNS:
         for rows in _batches(conn, table, f"{column}, {'conversation_id' if table == 'tree_nodes' else 'NULL'}"):
             for rowid, value, conversation_id in rows:
                 data = json.loads(value)
-                if (
-                    conversation_id in simulated
-                ):  # a simulation's node keeps its facts; its calls are in the turn record
-                    data = {k: v for k, v in data.items() if not k.endswith("calls")}
+                data = without_calls(data) if conversation_id in simulated else data  # as simulations write nodes now
                 conn.execute(f"UPDATE {table} SET {column} = ? WHERE rowid = ?", [contents.dumps(data), rowid])
 
 

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from aloekit.contents import without_calls
 from aloekit.errors import AloeError
 from aloekit.graphs.records import TurnRecord
 from aloekit.graphs.tree import ConversationTree, candidate_node_id, root_id, turn_nodes
@@ -127,8 +128,7 @@ class TreeStore:
             packed = self.store.contents.dumps(record.model_dump(mode="json"))
             self.store.insert("turns", {"conversation_id": cid, "turn": turn, "record": packed, "created_at": utcnow()})
             for node in turn_nodes(record, parent):
-                # The calls are in the turn record just saved, which is what trees are built from.
-                data = self.store.contents.dumps({k: v for k, v in node["data"].items() if not k.endswith("calls")})
+                data = self.store.contents.dumps(without_calls(node["data"]))  # trees are built from the record
                 row = node | {"conversation_id": cid, "chosen": int(node["chosen"]), "data": data}
                 self.store.insert("tree_nodes", row)
             status = "complete" if complete else "running"
