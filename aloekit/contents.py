@@ -137,7 +137,7 @@ class ContentStore:
             if key == "messages" and isinstance(item, list) and all(_chat_message(m) for m in item):
                 packed[key] = {"$prompt": self.prompt_id(item)}
             elif key.endswith("calls") and isinstance(item, list) and all(isinstance(c, dict) for c in item):
-                # A call appears in its turn's record and again in a tree node: the second copy is one id.
+                # An evaluation's call is in its turn record and again in its tree node: the second copy is one id.
                 packed[key] = [{"$call": self.text_id(_compact(self.pack(call)))} for call in item]
             else:
                 packed[key] = self.pack(item)
@@ -189,11 +189,6 @@ class ContentStore:
             elif kind == "$call":
                 _collect(json.loads(self.text(ref)), pending)
         return {ref for _, ref in seen}
-
-
-def without_calls(data: dict[str, Any]) -> dict[str, Any]:
-    """A simulation's tree-node data as stored: its facts without the model calls, which its turn record holds."""
-    return {key: value for key, value in data.items() if not key.endswith("calls")}
 
 
 def _reference(value: dict[str, Any]) -> tuple[str, int] | None:

@@ -21,7 +21,7 @@ from typing import Any
 import sqlite_utils
 
 from aloekit.config import one_line
-from aloekit.contents import ContentStore, without_calls
+from aloekit.contents import ContentStore
 from aloekit.errors import AloeError, StoreError, Terminated, first_leaf
 from aloekit.secrets import redact
 
@@ -231,8 +231,19 @@ def _migrate_7(conn: sqlite3.Connection) -> None:
         for rows in _batches(conn, table, f"{column}, {'conversation_id' if table == 'tree_nodes' else 'NULL'}"):
             for rowid, value, conversation_id in rows:
                 data = json.loads(value)
-                data = without_calls(data) if conversation_id in simulated else data  # as simulations write nodes now
+                data = _without_calls(data) if conversation_id in simulated else data  # as schema 7 wrote nodes
                 conn.execute(f"UPDATE {table} SET {column} = ? WHERE rowid = ?", [contents.dumps(data), rowid])
+
+
+def _without_calls(data: dict[str, Any]) -> dict[str, Any]:
+    """A simulation's tree-node data as schema 7 stored it: without the calls, which its turn record holds."""
+    return {key: value for key, value in data.items() if not key.endswith("calls")}
+
+
+def _migrate_8(conn: sqlite3.Connection) -> None:
+    """A simulation's (or rollout's) tree is built from its turn records: the node rows that copied them go."""
+    conn.execute("DELETE FROM tree_nodes WHERE conversation_id IN "
+                 "(SELECT id FROM conversations WHERE kind != 'evaluation')")  # fmt: skip
 
 
 def _batches(conn: sqlite3.Connection, table: str, columns: str, size: int = 1000) -> Iterator[list[tuple]]:
@@ -254,6 +265,7 @@ MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     _migrate_5,
     _migrate_6,
     _migrate_7,
+    _migrate_8,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -219,6 +219,28 @@ def role_aware_reply(messages: list[dict[str, Any]]) -> str:
     return f"That sounds lovely! Tell me more about {last[:30]}"
 
 
+FILLER_WORDS = ("market basil dough oven season garden recipe weekend kitchen spice lemon bread "
+                "morning simmer thyme apricot walnut pantry crust sauce").split()  # fmt: skip
+
+
+def padded_reply(respond: Callable[[list[dict[str, Any]]], str], chars: int) -> Callable[[list[dict[str, Any]]], str]:
+    """``respond`` with every conversational reply (user and assistant) extended to about ``chars``
+    characters by words drawn from a hash of the prompt, so no two replies share their padding (the
+    store cannot deduplicate it away). Judge, scorer and inducer answers are left as they are."""
+
+    def reply(messages: list[dict[str, Any]]) -> str:
+        text = respond(messages)
+        if text == "Message 1" or text.startswith(("Score:", "None", "Profile:")) or len(text) >= chars:
+            return text
+        rng = random.Random(json.dumps(messages, sort_keys=True))
+        words = [text]
+        while sum(len(w) + 1 for w in words) < chars:
+            words.append(rng.choice(FILLER_WORDS))
+        return " ".join(words)
+
+    return reply
+
+
 def main() -> None:
     """Serve a role-aware stub on 127.0.0.1 until interrupted: ``python -m aloekit.testing --latency-ms 100``."""
     import argparse
@@ -226,8 +248,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="A stub OpenAI-compatible server for tests and benchmarks.")
     parser.add_argument("--latency-ms", type=float, default=0.0)
     parser.add_argument("--fault-rate", type=float, default=0.0)
+    parser.add_argument("--reply-chars", type=int, default=0,
+                        help="extend user and assistant replies to about this many characters")  # fmt: skip
     args = parser.parse_args()
-    server = StubOpenAIServer(respond=role_aware_reply, latency_s=args.latency_ms / 1000, fault_rate=args.fault_rate)
+    respond = padded_reply(role_aware_reply, args.reply_chars) if args.reply_chars else role_aware_reply
+    server = StubOpenAIServer(respond=respond, latency_s=args.latency_ms / 1000, fault_rate=args.fault_rate)
     print(server.spec(), flush=True)  # the first line tells the caller where to connect
     try:
         server._httpd.serve_forever()

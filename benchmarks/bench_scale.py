@@ -3,7 +3,7 @@
 
 Prints wall time, calls/s, the simulate process's peak RSS, the database size against the raw text it
 holds, bytes per conversation, and the export times. ``--kill-at F`` SIGKILLs ``aloe simulate`` once F of
-the turns are saved, resumes the run, and checks that every conversation has exactly its turns and nodes.
+the turns are saved, resumes the run, and checks that every conversation has exactly its turns and candidates.
 
 Run: ``.venv/bin/python benchmarks/bench_scale.py`` (zero latency) and
 ``.venv/bin/python benchmarks/bench_scale.py --latency-ms 50 --kill-at 0.5``.
@@ -73,18 +73,20 @@ def text_bytes(db: Path) -> tuple[int, int]:
 
 
 def check_complete(db: Path, conversations: int, turns: int) -> None:
-    """Every conversation complete, exactly ``turns`` turns and 1 + 3 x turns nodes each, nothing twice."""
+    """Every conversation complete with turns 1..``turns``, each with its two candidate replies (the tree's
+    nodes are built from these records), nothing twice."""
     with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
         statuses = dict(conn.execute("SELECT status, COUNT(*) FROM conversations GROUP BY status").fetchall())
-        per_turns = set(conn.execute("SELECT COUNT(*) FROM turns GROUP BY conversation_id").fetchall())
-        nodes, distinct = conn.execute("SELECT COUNT(*), COUNT(DISTINCT id) FROM tree_nodes").fetchone()
+        per_conversation = set(conn.execute("SELECT COUNT(*), COUNT(DISTINCT turn), MIN(turn), MAX(turn) FROM turns "
+                                            "GROUP BY conversation_id").fetchall())  # fmt: skip
+        candidates = set(conn.execute("SELECT DISTINCT json_array_length(record, '$.candidates') FROM turns"))
     problems = []
     if statuses != {"complete": conversations}:
         problems.append(f"statuses {statuses}")
-    if per_turns != {(turns,)}:
-        problems.append(f"turns per conversation {sorted(per_turns)}")
-    if nodes != distinct or nodes != conversations * (1 + 3 * turns):
-        problems.append(f"{nodes} nodes ({distinct} distinct), expected {conversations * (1 + 3 * turns)}")
+    if per_conversation != {(turns, turns, 1, turns)}:
+        problems.append(f"(turns, distinct, first, last) per conversation {sorted(per_conversation)}")
+    if candidates != {(2,)}:
+        problems.append(f"candidates per turn {sorted(candidates)}")
     if problems:
         sys.exit("LOST OR DUPLICATED WORK: " + "; ".join(problems))
 
@@ -95,13 +97,16 @@ def main() -> None:
     parser.add_argument("--turns", type=int, default=10)
     parser.add_argument("--concurrency", type=int, default=256)
     parser.add_argument("--latency-ms", type=float, default=0.0)
+    parser.add_argument("--reply-chars", type=int, default=0,
+                        help="the stub's user and assistant replies padded to about this many characters")  # fmt: skip
     parser.add_argument(
         "--kill-at", type=float, default=None, metavar="F", help="SIGKILL once F of the turns are saved"
     )
     parser.add_argument("--keep", type=Path, default=None, help="keep the database here")
     args = parser.parse_args()
     n, turns = args.conversations, args.turns
-    server = subprocess.Popen([sys.executable, "-m", "aloekit.testing", "--latency-ms", str(args.latency_ms)],
+    server = subprocess.Popen([sys.executable, "-m", "aloekit.testing", "--latency-ms", str(args.latency_ms),
+                               "--reply-chars", str(args.reply_chars)],
                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)  # fmt: skip
     spec = server.stdout.readline().strip()
     try:
@@ -155,7 +160,7 @@ def main() -> None:
             print(f"database / text:  {size / (generated + prompt_only):.2f}x (target < 3)")
             for kind, seconds in exports.items():
                 print(f"export {kind}:       {seconds:.1f} s (target < 120)")
-            print("nothing lost: every conversation complete with exactly its turns and nodes")
+            print("nothing lost: every conversation complete with exactly its turns and candidates")
     finally:
         server.terminate()
         server.wait()

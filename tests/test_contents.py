@@ -149,9 +149,11 @@ def test_a_schema_6_database_migrates_and_reads_the_same(tmp_path):
     for cid in {r["conversation_id"] for r in expected["records"]}:
         for record in TreeStore(store).records(cid):
             old.execute("INSERT INTO turns VALUES (?, ?, ?, ?)", [cid, record.turn, record.model_dump_json(), "t"])
-    for row in store.db["tree_nodes"].rows:
-        row["data"] = json.dumps(store.contents.loads(row["data"]))
-        old.execute(f"INSERT INTO tree_nodes ({','.join(row)}) VALUES ({','.join('?' * len(row))})", list(row.values()))
+        graph = TreeStore(store).tree(cid).graph  # every node with its calls, as schema 6 stored a simulation's
+        for node, a in graph.nodes(data=True):
+            parent = next(iter(graph.predecessors(node)), None)
+            old.execute("INSERT INTO tree_nodes VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", [node, cid, parent, a["turn"],
+                        a["role"], a["text"], a["label"], int(a["chosen"]), json.dumps(a["data"])])  # fmt: skip
     for call in store.calls():
         call["messages"] = json.dumps(call["messages"])
         del call["prompt_id"], call["response_id"]
@@ -164,6 +166,8 @@ def test_a_schema_6_database_migrates_and_reads_the_same(tmp_path):
     migrated = Store(tmp_path / "old.db")
     assert migrated.schema_version == len(MIGRATIONS)
     assert stored_view(migrated, run_id) == expected
+    # Migration 8: a simulation's tree is built from its records; the node rows that copied them are gone.
+    assert migrated.conn.execute("SELECT COUNT(*) FROM tree_nodes").fetchone()[0] == 0
     migrated.conn.execute("VACUUM")
     migrated.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     assert (tmp_path / "old.db").stat().st_size < old_size
@@ -190,3 +194,20 @@ def test_runs_delete_then_gc_frees_only_what_no_run_references(tmp_path, monkeyp
     assert after.get_run(first) is None and not after.calls(first) and not TreeStore(after).conversations(first)
     assert stored_view(after, second) == kept  # the other run reads exactly as before
     assert json.loads(runner.invoke(cli, ["--json", "runs", "gc"]).stdout)["texts_removed"] == 0
+
+
+def test_migration_8_keeps_evaluation_nodes_and_drops_the_copies_of_simulation_records(tmp_path):
+    old = sqlite3.connect(tmp_path / "old.db", isolation_level=None)
+    for step in MIGRATIONS[:7]:
+        step(old)
+    old.execute("PRAGMA user_version = 7")
+    old.execute("INSERT INTO runs (id, command, config, versions, started_at, status) VALUES ('r', 'x', '{}', '{}', "
+                "'t', 'complete')")  # fmt: skip
+    for cid, kind in (("sim", "simulation"), ("roll", "rollout"), ("ev", "evaluation")):
+        old.execute("INSERT INTO conversations (id, run_id, kind, position, persona, max_turns, status, created_at, "
+                    "updated_at) VALUES (?, 'r', ?, 0, '{}', 1, 'complete', 't', 't')", [cid, kind])  # fmt: skip
+        old.execute("INSERT INTO tree_nodes (id, conversation_id, turn, role, text, data) VALUES (?, ?, 0, 'persona', "
+                    "'p', '{}')", [f"{cid}/root", cid])  # fmt: skip
+    old.close()
+    migrated = Store(tmp_path / "old.db")
+    assert [r for (r,) in migrated.conn.execute("SELECT id FROM tree_nodes")] == ["ev/root"]

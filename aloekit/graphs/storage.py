@@ -7,10 +7,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from aloekit.contents import without_calls
 from aloekit.errors import AloeError
 from aloekit.graphs.records import TurnRecord
-from aloekit.graphs.tree import ConversationTree, candidate_node_id, root_id, turn_nodes
+from aloekit.graphs.tree import ConversationTree, root_id
 from aloekit.personas.models import PersonaPair
 from aloekit.store import Store, utcnow
 
@@ -39,8 +38,8 @@ def conversation_key(seed: int, position: int, persona: PersonaPair) -> str:
 
 
 class TreeStore:
-    """Reads and writes conversations; a turn's record and nodes land in one transaction, so a crash
-    leaves either the whole turn or none of it, and primary keys make a duplicate node impossible."""
+    """Reads and writes conversations; a turn's record lands in one transaction, so a crash leaves either
+    the whole turn or none of it, and its primary key (conversation, turn) makes a duplicate impossible."""
 
     def __init__(self, store: Store) -> None:
         self.store = store
@@ -70,11 +69,12 @@ class TreeStore:
                     "persona": persona.model_dump_json(), "max_turns": turns, "turns_done": 0,
                     "status": "pending", "created_at": now, "updated_at": now,
                 })  # fmt: skip
-                self.store.insert("tree_nodes", {
-                    "id": root_id(cid), "conversation_id": cid, "parent_id": None, "turn": 0, "role": "persona",
-                    "text": persona.describe(), "label": None, "chosen": 1,
-                    "data": self.store.contents.dumps({"persona": persona.model_dump(mode="json")}),
-                })  # fmt: skip
+                if kind == "evaluation":  # the only kind whose tree is stored as nodes (see save_turn)
+                    self.store.insert("tree_nodes", {
+                        "id": root_id(cid), "conversation_id": cid, "parent_id": None, "turn": 0,
+                        "role": "persona", "text": persona.describe(), "label": None, "chosen": 1,
+                        "data": self.store.contents.dumps({"persona": persona.model_dump(mode="json")}),
+                    })  # fmt: skip
                 ids.append(cid)
         return ids
 
@@ -112,25 +112,18 @@ class TreeStore:
         return [TurnRecord.model_validate(self.store.contents.loads(r["record"])) for r in rows]
 
     def save_turn(self, record: TurnRecord, complete: bool = False) -> None:
-        """Persist one finished turn (record, nodes, progress) atomically."""
+        """Persist one finished turn (record and progress) atomically.
+
+        The record is the whole turn: its tree nodes are derived from it when read (:meth:`tree`), so none
+        are stored (a second copy of every message and fact, a fifth of a simulation's database).
+        """
         cid, turn = record.conversation_id, record.turn
         with self.store.transaction() as conn:
-            if turn == 1:
-                parent = root_id(cid)
-            else:
-                previous = conn.execute(
-                    "SELECT json_extract(record, '$.continued') FROM turns WHERE conversation_id = ? AND turn = ?",
-                    [cid, turn - 1],
-                ).fetchone()
-                if previous is None:
-                    raise AloeError(f"{cid}: turn {turn} saved before turn {turn - 1}")
-                parent = candidate_node_id(cid, turn - 1, previous[0])
+            if turn > 1 and conn.execute("SELECT 1 FROM turns WHERE conversation_id = ? AND turn = ?",
+                                         [cid, turn - 1]).fetchone() is None:  # fmt: skip
+                raise AloeError(f"{cid}: turn {turn} saved before turn {turn - 1}")
             packed = self.store.contents.dumps(record.model_dump(mode="json"))
             self.store.insert("turns", {"conversation_id": cid, "turn": turn, "record": packed, "created_at": utcnow()})
-            for node in turn_nodes(record, parent):
-                data = self.store.contents.dumps(without_calls(node["data"]))  # trees are built from the record
-                row = node | {"conversation_id": cid, "chosen": int(node["chosen"]), "data": data}
-                self.store.insert("tree_nodes", row)
             status = "complete" if complete else "running"
             conn.execute(
                 "UPDATE conversations SET turns_done = ?, status = ?, error = NULL, updated_at = ? WHERE id = ?",

@@ -51,11 +51,12 @@ async def test_turns_alternate_and_done_comes_at_the_turn_limit(scripted, tmp_pa
     assert [m["role"] for m in env.messages()] == ["user", "assistant", "user"]
     done, next_message, reward, info = await env.astep("plain")
     assert done and next_message is None and reward == 1.0 and env.done
-    rows = db.conn.execute("SELECT COUNT(*) FROM tree_nodes").fetchone()[0]
+    rows = db.conn.execute("SELECT COUNT(*) FROM turns").fetchone()[0]
     with pytest.raises(AloeError, match="the conversation is over"):
         await env.astep("one too many")
-    assert db.conn.execute("SELECT COUNT(*) FROM tree_nodes").fetchone()[0] == rows  # nothing written
+    assert db.conn.execute("SELECT COUNT(*) FROM turns").fetchone()[0] == rows  # nothing written
     (conversation,) = TreeStore(db).conversations(run_id)
+    assert TreeStore(db).tree(conversation.id).graph.number_of_nodes() == 1 + 2 * 2  # user + reply per turn
     assert conversation.kind == "rollout" and conversation.status == "complete" and conversation.turns_done == 2
 
 
@@ -65,15 +66,11 @@ async def test_a_group_continues_with_its_best_scored_reply(scripted, tmp_path):
     done, _, reward, info = await env.astep(["plain", "good good", "good"])
     assert not done and info["rewards"] == [1.0, 3.0, 2.0] and info["continued"] == 1 and reward == 3.0
     assert env.messages()[1] == {"role": "assistant", "content": "good good"}
-    nodes = db.conn.execute(
-        "SELECT role, text, chosen, label, data FROM tree_nodes WHERE turn = 1 ORDER BY id"
-    ).fetchall()
-    assert [n[0] for n in nodes] == ["assistant", "assistant", "assistant", "user"]
-    chosen = {
-        text: (bool(c), label, db.contents.loads(data)["reward"])
-        for role, text, c, label, data in nodes
-        if role == "assistant"
-    }
+    (conversation,) = TreeStore(db).conversations(run_id)
+    graph = TreeStore(db).tree(conversation.id).graph
+    nodes = sorted((node_id, a) for node_id, a in graph.nodes(data=True) if a["turn"] == 1)
+    assert [a["role"] for _, a in nodes] == ["assistant", "assistant", "assistant", "user"]
+    chosen = {a["text"]: (a["chosen"], a["label"], a["data"]["reward"]) for _, a in nodes if a["role"] == "assistant"}
     assert chosen == {
         "plain": (False, "rejected", 1.0),
         "good good": (True, "preferred", 3.0),
