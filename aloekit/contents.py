@@ -3,8 +3,9 @@
 A conversation's history is resent with every call, so the same messages recur in every later prompt,
 and each call lands in a turn record, a tree node and the call log. Stored plainly that is quadratic in
 the turns and three times over; here each distinct text is one row of ``texts``, a prompt is a list of
-(role, text id) pairs (itself a text), and a call record is a packed JSON text. Documents (turn records,
-node data) keep their shape with references in place of the repeated parts: ``{"$text": id}``,
+(role, text id) pairs (itself a text), and a call record is a packed JSON text. A long text of many lines
+is stored as its lines' ids, so a prompt that restates the whole chat adds only its new lines. Documents
+(turn records, node data) keep their shape with references in place of the repeated parts: ``{"$text": id}``,
 ``{"$prompt": id}``, ``{"$call": id}``, so small fields stay readable with SQLite's ``json_extract``.
 """
 
@@ -22,6 +23,9 @@ from aloekit.secrets import redact
 
 MIN_SHARED_CHARS = 64
 """Strings at least this long are stored once; shorter ones stay inline (a reference would not save space)."""
+LINED_MIN_CHARS = 512
+"""Texts at least this long that span several lines are stored as their lines' ids: a prompt that restates
+the chat so far (the inducer's) repeats every line of the turn before, and each line is kept once."""
 CACHE_ENTRIES = 20_000
 """Texts remembered per process in each direction: the history a conversation resends is found without a query."""
 REFERENCES = ("$text", "$prompt", "$call")
@@ -49,9 +53,11 @@ class ContentStore:
     with it (call :meth:`forget` then). Not a cache of the whole table: bounded, per process.
     """
 
-    def __init__(self, conn: sqlite3.Connection, lock: threading.RLock | None = None) -> None:
+    def __init__(self, conn: sqlite3.Connection, lock: threading.RLock | None = None, lines: bool = True) -> None:
         self.conn = conn
         self._lock = lock or threading.RLock()
+        # Without ``lines`` every text is stored whole, as schema 7 (whose migration uses this class) did.
+        self._lined = "lined" if lines else "0"
         self._ids: dict[str, int] = {}
         self._bodies: dict[int, str] = {}
 
@@ -75,15 +81,47 @@ class ContentStore:
             if (known := self._ids.get(text)) is not None:
                 return known
             body = redact(text)
-            digest = content_hash(body)
-            row_id = next((i for i, b in self.conn.execute("SELECT id, body FROM texts WHERE hash = ?", [digest])
-                           if b == body), None)  # fmt: skip
-            if row_id is None:
-                row_id = self.conn.execute("INSERT INTO texts (hash, body) VALUES (?, ?)", [digest, body]).lastrowid
-            assert row_id is not None
+            row_id = self._intern(body, self._lines(body))
             self._remember(self._ids, text, row_id)
             self._remember(self._bodies, row_id, body)
             return row_id
+
+    def _lines(self, body: str) -> list[int | str] | None:
+        """How a long many-line ``body`` is stored: the ids of its lines long enough to share, with runs of
+        short ones inline; None for a body stored whole."""
+        lines = body.splitlines(keepends=True)
+        if self._lined == "0" or len(body) < LINED_MIN_CHARS or len(lines) < 2:
+            return None
+        parts: list[int | str] = []
+        for line in lines:
+            if len(line) >= MIN_SHARED_CHARS:
+                if (line_id := self._ids.get(line)) is None:  # a redacted body's lines need no redaction
+                    line_id = self._intern(line, None)
+                    self._remember(self._ids, line, line_id)
+                parts.append(line_id)
+            elif parts and isinstance(parts[-1], str):
+                parts[-1] += line
+            else:
+                parts.append(line)
+        return parts
+
+    def _intern(self, body: str, lines: list[int | str] | None) -> int:
+        """The row holding ``body`` (as ``lines`` when given), found by hash and compared, or a new one."""
+        stored = body if lines is None else _compact(lines)
+        digest = content_hash(body)
+        query = f"SELECT id, body, {self._lined} FROM texts WHERE hash = ?"
+        for row_id, existing, lined in self.conn.execute(query, [digest]):
+            # The same body gives the same lines; a row stored whole (before lines existed) matches as itself.
+            if existing == (stored if lined else body):
+                return row_id
+        if lines is None:
+            row_id = self.conn.execute("INSERT INTO texts (hash, body) VALUES (?, ?)", [digest, body]).lastrowid
+        else:
+            row_id = self.conn.execute(
+                "INSERT INTO texts (hash, body, lined) VALUES (?, ?, 1)", [digest, stored]
+            ).lastrowid
+        assert row_id is not None
+        return row_id
 
     def texts(self, ids: Iterable[int]) -> dict[int, str]:
         """Bodies by id; an id that is not stored is an error naming it."""
@@ -91,12 +129,22 @@ class ContentStore:
         with self._lock:
             found = {i: self._bodies[i] for i in wanted if i in self._bodies}
             missing = sorted(wanted - found.keys())
+            lined: dict[int, list[int | str]] = {}
             for start in range(0, len(missing), 500):  # SQLite's bound-parameter limit
                 chunk = missing[start : start + 500]
                 marks = ",".join("?" * len(chunk))
-                for row_id, body in self.conn.execute(f"SELECT id, body FROM texts WHERE id IN ({marks})", chunk):
-                    found[row_id] = body
-                    self._remember(self._bodies, row_id, body)
+                query = f"SELECT id, body, {self._lined} FROM texts WHERE id IN ({marks})"
+                for row_id, body, is_lined in self.conn.execute(query, chunk):
+                    if is_lined:
+                        lined[row_id] = json.loads(body)
+                    else:
+                        found[row_id] = body
+                        self._remember(self._bodies, row_id, body)
+            if lined:
+                lines = self.texts(part for parts in lined.values() for part in parts if isinstance(part, int))
+                for row_id, parts in lined.items():
+                    found[row_id] = "".join(lines[p] if isinstance(p, int) else p for p in parts)
+                    self._remember(self._bodies, row_id, found[row_id])
         if lost := wanted - found.keys():
             raise StoreError(f"texts {sorted(lost)[:5]} are referenced but not stored: the database is damaged")
         return found
@@ -188,7 +236,18 @@ class ContentStore:
                 pending += [("$text", entry[1]) for entry in json.loads(self.text(ref))]
             elif kind == "$call":
                 _collect(json.loads(self.text(ref)), pending)
-        return {ref for _, ref in seen}
+        ids = {ref for _, ref in seen}
+        return ids | self._line_ids(ids)
+
+    def _line_ids(self, ids: set[int]) -> set[int]:
+        """The ids of the lines that the texts among ``ids`` stored as lines are made of."""
+        ordered, lines = sorted(ids), set[int]()
+        for start in range(0, len(ordered), 500):
+            chunk = ordered[start : start + 500]
+            query = f"SELECT body FROM texts WHERE {self._lined} = 1 AND id IN ({','.join('?' * len(chunk))})"
+            for (body,) in self.conn.execute(query, chunk):
+                lines.update(part for part in json.loads(body) if isinstance(part, int))
+        return lines
 
 
 def _reference(value: dict[str, Any]) -> tuple[str, int] | None:

@@ -212,7 +212,7 @@ def _migrate_7(conn: sqlite3.Connection) -> None:
     # AUTOINCREMENT: an id freed by gc is never given to another text (a process may still remember it).
     conn.execute("CREATE TABLE texts (id INTEGER PRIMARY KEY AUTOINCREMENT, hash INTEGER NOT NULL, body TEXT NOT NULL)")
     conn.execute("CREATE INDEX idx_texts_hash ON texts (hash)")
-    contents = ContentStore(conn)
+    contents = ContentStore(conn, lines=False)
     conn.execute("ALTER TABLE llm_calls ADD COLUMN prompt_id INTEGER REFERENCES texts(id)")
     conn.execute("ALTER TABLE llm_calls ADD COLUMN response_id INTEGER REFERENCES texts(id)")
     for rows in _batches(conn, "llm_calls", "messages, response"):
@@ -246,6 +246,11 @@ def _migrate_8(conn: sqlite3.Connection) -> None:
                  "(SELECT id FROM conversations WHERE kind != 'evaluation')")  # fmt: skip
 
 
+def _migrate_9(conn: sqlite3.Connection) -> None:
+    """Long many-line texts may be stored as their lines' ids (:mod:`aloekit.contents`); older rows stay whole."""
+    conn.execute("ALTER TABLE texts ADD COLUMN lined INTEGER NOT NULL DEFAULT 0")
+
+
 def _batches(conn: sqlite3.Connection, table: str, columns: str, size: int = 1000) -> Iterator[list[tuple]]:
     """``(rowid, columns...)`` rows of ``table`` in rowid order, ``size`` at a time (a migration of a large
     database must not hold a whole table in memory)."""
@@ -266,6 +271,7 @@ MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     _migrate_6,
     _migrate_7,
     _migrate_8,
+    _migrate_9,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -24,6 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from aloekit.contents import ContentStore
+
 GIB = 1024**3
 PROFILES = "Person {i} works shift {j} at a bakery in district {k} and keeps {i} houseplants."
 PERSONALITIES = "Temperament {i}: answers in {j} words or fewer and jokes about the number {k}."
@@ -59,16 +61,16 @@ def saved_turns(db: Path) -> int:
 def text_bytes(db: Path) -> tuple[int, int]:
     """(Every generated message as written, each response once per call; the distinct prompt text that is
     not itself a response: system prompts, personas, rendered judge and inducer prompts). Their sum is the
-    raw text a run holds; the database is compared with it."""
+    raw text a run holds; the database is compared with it. Texts are read whole, through the store."""
     with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
-        generated = conn.execute("SELECT COALESCE(SUM(LENGTH(CAST(t.body AS BLOB))), 0) FROM llm_calls l "
-                                 "JOIN texts t ON t.id = l.response_id").fetchone()[0]  # fmt: skip
-        responses = {i for (i,) in conn.execute("SELECT DISTINCT response_id FROM llm_calls")}
-        in_prompts: set[int] = set()
-        for (body,) in conn.execute("SELECT body FROM texts WHERE id IN (SELECT DISTINCT prompt_id FROM llm_calls)"):
-            in_prompts.update(entry[1] for entry in json.loads(body))
-        prompt_only = sum(conn.execute("SELECT LENGTH(CAST(body AS BLOB)) FROM texts WHERE id = ?", [i]).fetchone()[0]
-                          for i in in_prompts - responses)  # fmt: skip
+        contents = ContentStore(conn)
+        calls_per_response = dict(conn.execute("SELECT response_id, COUNT(*) FROM llm_calls "
+                                               "WHERE response_id IS NOT NULL GROUP BY response_id"))  # fmt: skip
+        responses = contents.texts(calls_per_response)
+        generated = sum(len(body.encode()) * calls_per_response[i] for i, body in responses.items())
+        prompts = contents.texts(i for (i,) in conn.execute("SELECT DISTINCT prompt_id FROM llm_calls"))
+        in_prompts = {entry[1] for body in prompts.values() for entry in json.loads(body)}
+        prompt_only = sum(len(body.encode()) for body in contents.texts(in_prompts - responses.keys()).values())
     return generated, prompt_only
 
 

@@ -49,6 +49,35 @@ def test_a_resent_history_is_stored_once_and_reads_back_exactly(tmp_path):
     assert mode == "expected"
 
 
+def chat_so_far(turns: int) -> str:
+    """An inducer-style prompt: the whole chat rendered into one message, a line per message."""
+    lines = [f"User: message {t} " * 6 + "\nFriend: " + f"reply {t} " * 8 for t in range(turns)]
+    return "The chat so far:\n" + "\n".join(lines) + "\n\nWhat has the user revealed?\n"
+
+
+def test_a_prompt_restating_the_chat_adds_only_its_new_lines(tmp_path, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-secret-value-123")
+    store = Store(tmp_path / "aloe.db")
+    contents = store.contents
+    ids = [contents.text_id(chat_so_far(t)) for t in range(4, 12)]
+    rows = store.conn.execute("SELECT COUNT(*), SUM(LENGTH(body)) FROM texts").fetchone()
+    more = contents.text_id(chat_so_far(12))
+    added = store.conn.execute("SELECT COUNT(*), SUM(LENGTH(body)) FROM texts").fetchone()
+    assert added[0] - rows[0] == 3  # the new user line, the new reply line, the prompt itself
+    assert added[1] - rows[1] < len(chat_so_far(12)) - len(chat_so_far(11)) + 200  # not the whole prompt again
+    assert contents.text_id(chat_so_far(12)) == more  # found again, whole
+    leaked = chat_so_far(5).replace("message 2 ", "key sk-secret-value-123 ", 1)
+    odd = ["\n" * 600, "x" * 700, "ends without a newline " * 30 + "\n" + "y" * 70, "\r\n".join(["z" * 80] * 9)]
+    written = {contents.text_id(t): t for t in [*odd, leaked]}
+
+    fresh = Store(tmp_path / "aloe.db").contents  # nothing remembered: every body is rebuilt from its lines
+    assert fresh.texts(ids + [more]) == {i: chat_so_far(t) for i, t in zip(ids + [more], range(4, 13), strict=True)}
+    assert {i: fresh.text(i) for i in written} == {
+        i: t.replace("sk-secret-value-123", "***") for i, t in written.items()
+    }
+    assert not store.conn.execute("SELECT COUNT(*) FROM texts WHERE body LIKE '%sk-secret%'").fetchone()[0]
+
+
 def test_documents_that_look_like_references_read_back_as_themselves(tmp_path):
     contents = Store(tmp_path / "aloe.db").contents
     odd = (
@@ -211,3 +240,18 @@ def test_migration_8_keeps_evaluation_nodes_and_drops_the_copies_of_simulation_r
     old.close()
     migrated = Store(tmp_path / "old.db")
     assert [r for (r,) in migrated.conn.execute("SELECT id FROM tree_nodes")] == ["ev/root"]
+
+
+def test_gc_keeps_the_lines_of_kept_texts_and_drops_those_only_deleted_texts_used(tmp_path):
+    store = Store(tmp_path / "aloe.db")
+    run_id = store.start_run("simulate", {}, 0)
+    kept, dropped = chat_so_far(8), chat_so_far(8).replace("reply 7 ", "other 7 ")
+    store.log_call({"run_id": run_id, "role": "inducer", "spec": "x", "cache_key": "k", "cacheable": 0,
+                    "messages": [{"role": "user", "content": kept}], "options": "{}", "status": "ok",
+                    "response": "None"})  # fmt: skip
+    store.contents.text_id(dropped)  # referenced by nothing
+    store.finish_run(run_id)
+    removed = store.collect_garbage()
+    assert removed["texts_removed"] == 2  # the unreferenced prompt and its one line of its own
+    fresh = Store(tmp_path / "aloe.db")
+    assert fresh.calls(run_id)[0]["messages"] == [{"role": "user", "content": kept}]
