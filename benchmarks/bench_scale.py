@@ -6,7 +6,8 @@ holds, bytes per conversation, and the export times. ``--kill-at F`` SIGKILLs ``
 the turns are saved, resumes the run, and checks that every conversation has exactly its turns and candidates.
 
 Run: ``.venv/bin/python benchmarks/bench_scale.py`` (zero latency) and
-``.venv/bin/python benchmarks/bench_scale.py --latency-ms 50 --kill-at 0.5``.
+``.venv/bin/python benchmarks/bench_scale.py --latency-ms 50 --kill-at 0.5``. The stub's user and assistant
+replies are padded to the length the embedded model's replies have (``--reply-chars``, see REPLY_CHARS).
 Targets (2 cores, zero latency): under 30 min, peak RSS under 2 GB, database under 3x the text, each
 export under 2 min, nothing lost after the kill.
 """
@@ -27,6 +28,11 @@ from pathlib import Path
 from aloekit.contents import ContentStore
 
 GIB = 1024**3
+REPLY_CHARS = 190
+"""About the mean length of the embedded model's user and assistant replies in ``make demo`` (161-194
+characters by role, measured 2026-11-28), whose token limits (32 and 40) are the shortest of any aloekit
+preset (``simulate``'s are 64 and 96). The stub's canned replies are a sixth of that: against them the
+database's fixed per-call bookkeeping, not the text, is what a size ratio would measure."""
 PROFILES = "Person {i} works shift {j} at a bakery in district {k} and keeps {i} houseplants."
 PERSONALITIES = "Temperament {i}: answers in {j} words or fewer and jokes about the number {k}."
 
@@ -99,8 +105,9 @@ def main() -> None:
     parser.add_argument("--turns", type=int, default=10)
     parser.add_argument("--concurrency", type=int, default=256)
     parser.add_argument("--latency-ms", type=float, default=0.0)
-    parser.add_argument("--reply-chars", type=int, default=0,
-                        help="the stub's user and assistant replies padded to about this many characters")  # fmt: skip
+    parser.add_argument("--reply-chars", type=int, default=REPLY_CHARS,
+                        help="the stub's user and assistant replies padded to about this many characters "
+                             "(0: its canned 30-70 character replies)")  # fmt: skip
     parser.add_argument(
         "--kill-at", type=float, default=None, metavar="F", help="SIGKILL once F of the turns are saved"
     )
@@ -151,7 +158,8 @@ def main() -> None:
                 t0 = time.perf_counter()
                 finish(aloe(db, "export", kind, "--out", str(Path(tmp) / f"{kind}.jsonl")))
                 exports[kind] = time.perf_counter() - t0
-            print(f"{n} conversations x {turns} turns, stub latency {args.latency_ms:g} ms, concurrency "
+            replies = f"replies of ~{args.reply_chars} characters" if args.reply_chars else "canned stub replies"
+            print(f"{n} conversations x {turns} turns, stub latency {args.latency_ms:g} ms, {replies}, concurrency "
                   f"{args.concurrency}{' (killed once and resumed)' if args.kill_at is not None else ''}")  # fmt: skip
             print(f"wall time:        {wall / 60:.1f} min (target < 30 at zero latency)")
             print(f"calls:            {calls} ({calls / wall:.0f} calls/s)")
