@@ -5,6 +5,7 @@ Used by aloekit's own tests and benchmarks, and by users testing their roles wit
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import random
@@ -202,8 +203,13 @@ class StubOpenAIServer:
         self.stop()
 
 
-def role_aware_reply(messages: list[dict[str, Any]]) -> str:
-    """A plausible answer to any built-in ALOE role prompt, for stub servers in tests and benchmarks."""
+def role_aware_reply(messages: list[dict[str, Any]], reply_chars: int = 0) -> str:
+    """A plausible answer to any built-in ALOE role prompt, for stub servers in tests and benchmarks.
+
+    With ``reply_chars``, user and assistant replies are extended to about that many characters by words
+    drawn from a hash of the prompt, so no two replies share their padding (a store cannot deduplicate
+    it away); judge, scorer and inducer answers stay as they are.
+    """
     system = str(messages[0].get("content", "")) if messages else ""
     last = str(messages[-1].get("content", "")) if messages else ""
     if "Candidate replies:" in last:
@@ -213,32 +219,22 @@ def role_aware_reply(messages: list[dict[str, Any]]) -> str:
     if last.startswith("The chat so far:"):
         return "None" if last.count("User:") <= 1 else "Profile: enjoys cooking\nPersonalities: cheerful"
     if system.startswith("You are playing a real person"):
-        return f"Just got back from the market, turn {sum(m.get('role') == 'assistant' for m in messages) + 1}!"
-    if "revealed about themselves so far" in system:  # the responder that got the inducer's hint
-        return f"Oh, a fellow cook! What are you making with what you found? ({last[:30]})"
-    return f"That sounds lovely! Tell me more about {last[:30]}"
+        reply = f"Just got back from the market, turn {sum(m.get('role') == 'assistant' for m in messages) + 1}!"
+    elif "revealed about themselves so far" in system:  # the responder that got the inducer's hint
+        reply = f"Oh, a fellow cook! What are you making with what you found? ({last[:30]})"
+    else:
+        reply = f"That sounds lovely! Tell me more about {last[:30]}"
+    if len(reply) >= reply_chars:
+        return reply
+    rng = random.Random(json.dumps(messages, sort_keys=True))
+    words = [reply]
+    while sum(len(word) + 1 for word in words) < reply_chars:  # a space after each word
+        words.append(rng.choice(FILLER_WORDS))
+    return " ".join(words)
 
 
 FILLER_WORDS = ("market basil dough oven season garden recipe weekend kitchen spice lemon bread "
                 "morning simmer thyme apricot walnut pantry crust sauce").split()  # fmt: skip
-
-
-def padded_reply(respond: Callable[[list[dict[str, Any]]], str], chars: int) -> Callable[[list[dict[str, Any]]], str]:
-    """``respond`` with every conversational reply (user and assistant) extended to about ``chars``
-    characters by words drawn from a hash of the prompt, so no two replies share their padding (the
-    store cannot deduplicate it away). Judge, scorer and inducer answers are left as they are."""
-
-    def reply(messages: list[dict[str, Any]]) -> str:
-        text = respond(messages)
-        if text == "Message 1" or text.startswith(("Score:", "None", "Profile:")) or len(text) >= chars:
-            return text
-        rng = random.Random(json.dumps(messages, sort_keys=True))
-        words = [text]
-        while sum(len(w) + 1 for w in words) < chars:
-            words.append(rng.choice(FILLER_WORDS))
-        return " ".join(words)
-
-    return reply
 
 
 def main() -> None:
@@ -251,7 +247,7 @@ def main() -> None:
     parser.add_argument("--reply-chars", type=int, default=0,
                         help="extend user and assistant replies to about this many characters")  # fmt: skip
     args = parser.parse_args()
-    respond = padded_reply(role_aware_reply, args.reply_chars) if args.reply_chars else role_aware_reply
+    respond = functools.partial(role_aware_reply, reply_chars=args.reply_chars)
     server = StubOpenAIServer(respond=respond, latency_s=args.latency_ms / 1000, fault_rate=args.fault_rate)
     print(server.spec(), flush=True)  # the first line tells the caller where to connect
     try:
