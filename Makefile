@@ -44,6 +44,7 @@ lint: install
 
 bench: install
 	$(PY) benchmarks/bench_local_batching.py
+	$(PY) benchmarks/bench_engine.py
 	$(PY) benchmarks/bench_persona_filter.py
 	$(PY) benchmarks/bench_simulate.py
 	$(PY) benchmarks/bench_train.py
