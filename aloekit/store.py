@@ -230,14 +230,10 @@ def _migrate_7(conn: sqlite3.Connection) -> None:
     for table, column in PACKED_COLUMNS:
         for rows in _batches(conn, table, f"{column}, {'conversation_id' if table == 'tree_nodes' else 'NULL'}"):
             for rowid, value, conversation_id in rows:
-                data = json.loads(value)
-                data = _without_calls(data) if conversation_id in simulated else data  # as schema 7 wrote nodes
-                conn.execute(f"UPDATE {table} SET {column} = ? WHERE rowid = ?", [contents.dumps(data), rowid])
-
-
-def _without_calls(data: dict[str, Any]) -> dict[str, Any]:
-    """A simulation's tree-node data as schema 7 stored it: without the calls, which its turn record holds."""
-    return {key: value for key, value in data.items() if not key.endswith("calls")}
+                if conversation_id in simulated:  # migration 8 deletes a simulation's node rows (same transaction)
+                    continue
+                packed = contents.dumps(json.loads(value))
+                conn.execute(f"UPDATE {table} SET {column} = ? WHERE rowid = ?", [packed, rowid])
 
 
 def _migrate_8(conn: sqlite3.Connection) -> None:

@@ -203,6 +203,10 @@ class StubOpenAIServer:
         self.stop()
 
 
+FILLER_WORDS = ("market basil dough oven season garden recipe weekend kitchen spice lemon bread "
+                "morning simmer thyme apricot walnut pantry crust sauce").split()  # fmt: skip
+
+
 def role_aware_reply(messages: list[dict[str, Any]], reply_chars: int = 0) -> str:
     """A plausible answer to any built-in ALOE role prompt, for stub servers in tests and benchmarks.
 
@@ -231,10 +235,6 @@ def role_aware_reply(messages: list[dict[str, Any]], reply_chars: int = 0) -> st
     while sum(len(word) + 1 for word in words) < reply_chars:  # a space after each word
         words.append(rng.choice(FILLER_WORDS))
     return " ".join(words)
-
-
-FILLER_WORDS = ("market basil dough oven season garden recipe weekend kitchen spice lemon bread "
-                "morning simmer thyme apricot walnut pantry crust sauce").split()  # fmt: skip
 
 
 def main() -> None:

@@ -27,6 +27,8 @@ def assert_exact(store, run_id, n, turns):
     assert {c.status for c in conversations} == {"complete"}
     per_conversation = store.conn.execute("SELECT COUNT(*) FROM turns GROUP BY conversation_id").fetchall()
     assert per_conversation == [(turns,)] * n
+    # The turn records are the trees: no second copy as node rows.
+    assert store.conn.execute("SELECT COUNT(*) FROM tree_nodes").fetchone()[0] == 0
     for c in conversations:
         tree = trees.tree(c.id)
         assert tree.graph.number_of_nodes() == 1 + 3 * turns
