@@ -81,6 +81,10 @@ class BackendSettings(BaseModel):
     """In-process backends: most requests grouped into one ``generate`` call."""
     batch_wait_s: float = Field(default=0.01, ge=0)
     """In-process backends: how long the first request of a batch waits for others to join."""
+    engine: Literal["auto", "continuous", "static"] = "auto"
+    """In-process backends: ``continuous`` batching (transformers' paged-attention manager: requests join and
+    leave the running batch every step), or ``static`` batches of up to ``max_batch_size`` that run to their
+    end. ``auto``: continuous on CUDA, static on CPU, where it measured faster."""
     cache: bool = False
     """Reuse stored answers for identical deterministic or seeded requests."""
     system_role: bool = True

@@ -31,6 +31,7 @@ from autogen_core.models import (
 )
 from autogen_core.tools import Tool, ToolSchema
 
+from aloekit.agents.backends.continuous import ContinuousEngine, continuous_batching_available
 from aloekit.agents.backends.files import read_json_file
 from aloekit.agents.backends.managed import GenerationTimeout
 from aloekit.agents.backends.messages import conform, to_dicts
@@ -228,6 +229,8 @@ class TransformersChatClient(ChatCompletionClient):
         device: str | None = None,
         name: str = "transformers",
         timeout_s: float | None = None,
+        engine: str = "auto",
+        memory_fraction: float | None = None,
     ) -> None:
         self._model_path = model_path
         self.adapter_path = Path(adapter_path) if adapter_path else None
@@ -237,6 +240,10 @@ class TransformersChatClient(ChatCompletionClient):
         self.device = device
         self.name = name
         self.timeout_s = timeout_s
+        self.engine = engine
+        """``auto``, ``continuous`` or ``static`` until the model loads; then the engine in use."""
+        self.memory_fraction = memory_fraction
+        self._continuous: ContinuousEngine | None = None
         self.model: Any = None
         self.tokenizer: Any = None
         self.system_role = True
@@ -307,6 +314,23 @@ class TransformersChatClient(ChatCompletionClient):
                     model = PeftModel.from_pretrained(model, self.adapter_path)
             self.model = model.to(device).eval()
             self.device = device
+            self.engine = resolve_engine(self.engine, device)
+            if self.engine == "continuous":
+                self._continuous = ContinuousEngine(
+                    self.model,
+                    self.tokenizer,
+                    sorted(self._eos_ids()),
+                    name=self.name,
+                    max_new_tokens=self.default_max_tokens,
+                    memory_fraction=self.memory_fraction,
+                )
+
+    def _eos_ids(self) -> set[int]:
+        """Every token that ends a reply: the tokenizer's end and padding tokens, and the generation config's."""
+        eos_ids = {self.tokenizer.eos_token_id, self.tokenizer.pad_token_id}
+        configured = getattr(self.model.generation_config, "eos_token_id", None)
+        eos_ids.update(configured if isinstance(configured, list) else [configured])
+        return {i for i in eos_ids if i is not None}
 
     # Batching -------------------------------------------------------------------------------------
 
@@ -329,6 +353,10 @@ class TransformersChatClient(ChatCompletionClient):
         max_tokens = extra_create_args.get("max_tokens") or self.default_max_tokens
         seed = extra_create_args.get("seed")
         timeout_s = extra_create_args.get("timeout_s", self.timeout_s)
+        if self.model is None and self.engine != "static":  # the engine is known once the model is loaded
+            await asyncio.to_thread(self.load)
+        if self._continuous is not None and _continuous_handles(extra_create_args):
+            return await self._create_continuous(messages, int(max_tokens), seed, timeout_s, extra_create_args)
         request = _Request(
             to_dicts(messages),
             int(max_tokens),
@@ -342,6 +370,46 @@ class TransformersChatClient(ChatCompletionClient):
             self._draining = True
             loop.create_task(self._drain())
         return await request.future
+
+    async def _create_continuous(
+        self,
+        messages: Sequence[LLMMessage],
+        max_tokens: int,
+        seed: int | None,
+        timeout_s: float | None,
+        options: Mapping[str, Any],
+    ) -> CreateResult:
+        """One request through the continuous batching engine; its timeout counts from its submission."""
+        assert self._continuous is not None
+        prompt_ids = self.tokenizer(self.render_chat(to_dicts(messages)), add_special_tokens=False)["input_ids"]
+        temperature = options.get("temperature")
+        if temperature is not None and temperature > 0 and seed is None:
+            seed = secrets.randbits(31)
+        generation = self._continuous.generate(
+            prompt_ids,
+            max_tokens=max_tokens,
+            temperature=temperature,
+            top_p=options.get("top_p"),
+            seed=seed,
+            stop=tuple(options.get("stop") or ()),
+        )
+        try:
+            generated = await asyncio.wait_for(generation, timeout_s)
+        except TimeoutError:
+            raise GenerationTimeout(self.name, float(timeout_s or 0), 0) from None
+        except RuntimeError as exc:
+            raise BackendError(f"{self.name}: generation failed: {exc}") from exc
+        text = generated.text
+        if text is None:
+            text = self.tokenizer.decode(generated.tokens, skip_special_tokens=True)
+        usage = RequestUsage(prompt_tokens=len(prompt_ids), completion_tokens=len(generated.tokens))
+        self._usage.prompt_tokens += usage.prompt_tokens
+        self._usage.completion_tokens += usage.completion_tokens
+        return CreateResult(finish_reason=generated.finish_reason, content=text.strip(), usage=usage, cached=False)
+
+    def _model_turn(self) -> contextlib.AbstractContextManager[None]:
+        """While the continuous engine runs, direct model calls (guided choice, generate) pause it first."""
+        return self._continuous.paused() if self._continuous is not None else contextlib.nullcontext()
 
     async def _drain(self) -> None:
         try:
@@ -394,7 +462,7 @@ class TransformersChatClient(ChatCompletionClient):
         import torch
 
         first_tokens = [self.tokenizer(choice, add_special_tokens=False)["input_ids"][0] for choice in choices]
-        with torch.inference_mode():
+        with torch.inference_mode(), self._model_turn():
             logprobs = torch.log_softmax(self.model(**encoded).logits[:, -1, :].float(), dim=-1)[:, first_tokens]
         results = []
         for row, values in enumerate(logprobs.tolist()):
@@ -438,15 +506,13 @@ class TransformersChatClient(ChatCompletionClient):
             kwargs["logits_processor"] = [_row_sampler(seeds, temperature, top_p)]
         if stop:
             kwargs.update(stop_strings=list(stop), tokenizer=tokenizer)
-        eos_ids = {tokenizer.eos_token_id, tokenizer.pad_token_id}
-        configured = getattr(model.generation_config, "eos_token_id", None)
-        eos_ids.update(configured if isinstance(configured, list) else [configured])
+        eos_ids = self._eos_ids()
         prompt_len = encoded["input_ids"].shape[1]
         stopper = None
         if any(d is not None for d in deadlines):
             stopper = _deadline_stop(deadlines, [r.max_tokens for r in batch], prompt_len, eos_ids)
             kwargs["stopping_criteria"] = [stopper]
-        with torch.inference_mode():
+        with torch.inference_mode(), self._model_turn():
             output = model.generate(**encoded, **kwargs)
         self.batch_sizes.append(len(batch))
 
@@ -493,7 +559,10 @@ class TransformersChatClient(ChatCompletionClient):
         yield result
 
     async def close(self) -> None:
-        """Drop the model so its memory can be freed."""
+        """Stop the continuous engine and drop the model so its memory can be freed."""
+        if self._continuous is not None:
+            await asyncio.to_thread(self._continuous.close)
+            self._continuous = None
         self.model = self.tokenizer = None
 
     def actual_usage(self) -> RequestUsage:
@@ -525,6 +594,24 @@ class TransformersChatClient(ChatCompletionClient):
         return ModelInfo(
             vision=False, function_calling=False, json_output=False, family="unknown", structured_output=False
         )
+
+
+def resolve_engine(engine: str, device: str) -> str:
+    """The engine an in-process model uses: ``auto`` is continuous batching on CUDA and the static batcher on
+    CPU, where continuous batching measured slower (benchmarks/bench_engine.py); ``continuous`` falls back to
+    static, with a warning, where this transformers lacks what the engine needs."""
+    if engine == "static" or (engine == "auto" and not device.startswith("cuda")):
+        return "static"
+    if (missing := continuous_batching_available()) is not None:
+        logger.warning("continuous batching unavailable, using static batches: %s", missing)
+        return "static"
+    return "continuous"
+
+
+def _continuous_handles(options: Mapping[str, Any]) -> bool:
+    """Guided choices (one forward pass) and repetition penalties (no per-request version in transformers'
+    continuous batching) go through the static batcher, which pauses the engine while it runs."""
+    return not options.get("guided_choice") and options.get("repetition_penalty") is None
 
 
 ADAPTER_CONFIG = "adapter_config.json"
@@ -623,6 +710,7 @@ def build_local_client(spec: BackendSpec, settings: BackendSettings) -> ChatComp
         max_batch_size=settings.max_batch_size,
         batch_wait_s=settings.batch_wait_s,
         name=spec.text,
+        engine=settings.engine,
     )
 
 
@@ -662,4 +750,5 @@ def build_hf_client(spec: BackendSpec, settings: BackendSettings) -> ChatComplet
         max_batch_size=settings.max_batch_size,
         batch_wait_s=settings.batch_wait_s,
         name=spec.text,
+        engine=settings.engine,
     )

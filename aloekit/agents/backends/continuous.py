@@ -1,0 +1,235 @@
+"""Continuous batching for in-process models, through transformers' ``ContinuousBatchingManager``.
+
+Requests join and leave the running batch at every decoding step (paged KV cache), instead of waiting for a
+whole static batch to finish. transformers' manager samples every row from one global generator, so a seeded
+request would draw differently depending on its neighbours; :class:`SeededPick` replaces its sampling with
+the Gumbel-max trick on noise hashed from (seed, step, token), which depends on nothing else, so a seeded
+request draws the same tokens in any batch. Stop strings are checked on the streamed tokens and end a request
+by cancelling it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+MASK32 = 0xFFFFFFFF
+CPU_MEMORY_FRACTION = 0.02
+
+
+def continuous_batching_available() -> str | None:
+    """None when this transformers has what the engine needs, else why not (one line)."""
+    try:
+        from transformers.generation.continuous_batching import ContinuousBatchingManager
+        from transformers.generation.continuous_batching.cb_logits_processors import (  # noqa: F401
+            ContinuousBatchingLogitsProcessor,
+        )
+    except ImportError as exc:
+        return f"transformers has no continuous batching ({exc})"
+    missing = [m for m in ("pause", "register_result_handler") if not hasattr(ContinuousBatchingManager, m)]
+    if missing:
+        import transformers
+
+        return f"transformers {transformers.__version__} lacks ContinuousBatchingManager.{missing[0]} (needs >= 5.24)"
+    return None
+
+
+def step_key(seed: int, step: int) -> int:
+    """A nonzero 31-bit key for one sampled token of a seeded request (0 means greedy)."""
+    return (_fmix32(_fmix32(seed & MASK32) ^ _fmix32(step + 0x9E3779B9)) & 0x7FFFFFFF) | 1
+
+
+def _fmix32(h: int) -> int:
+    """MurmurHash3's 32-bit finaliser: every input bit affects every output bit."""
+    h ^= h >> 16
+    h = (h * 0x85EBCA6B) & MASK32
+    h ^= h >> 13
+    h = (h * 0xC2B2AE35) & MASK32
+    return h ^ (h >> 16)
+
+
+def _fmix32_tensor(h: Any) -> Any:
+    """:func:`_fmix32` on an int64 tensor of values below 2**32 (products wrap; the mask keeps the low bits)."""
+    h = h ^ (h >> 16)
+    h = (h * 0x85EBCA6B) & MASK32
+    h = h ^ (h >> 13)
+    h = (h * 0xC2B2AE35) & MASK32
+    return h ^ (h >> 16)
+
+
+def gumbel_pick(scores: Any, keys: Any) -> Any:
+    """Per row, the token a Gumbel-max draw from ``softmax(scores)`` keyed by ``keys`` picks (key 0: argmax),
+    as a row of -inf with 0 at the pick, so that any later argmax or multinomial takes exactly that token."""
+    import torch
+
+    vocab = scores.shape[-1]
+    keys = keys.to(torch.int64) & MASK32
+    tokens = _fmix32_tensor(torch.arange(vocab, device=scores.device, dtype=torch.int64) + 0x632BE5AB)
+    bits = _fmix32_tensor(keys.unsqueeze(-1) ^ tokens.unsqueeze(0))  # [rows, vocab]
+    uniform = ((bits >> 8).to(torch.float32) + 0.5) / float(1 << 24)  # in (0, 1), never 0 or 1
+    noisy = torch.where((keys != 0).unsqueeze(-1), scores.float() - torch.log(-torch.log(uniform)), scores.float())
+    pick = noisy.argmax(dim=-1, keepdim=True)
+    return torch.full_like(scores, float("-inf")).scatter_(-1, pick, 0.0)
+
+
+def _seeded_pick_class() -> type:
+    from transformers.generation.continuous_batching.cb_logits_processors import ContinuousBatchingLogitsProcessor
+
+    class SeededPick(ContinuousBatchingLogitsProcessor):
+        """Picks each row's token by :func:`gumbel_pick`, keyed per request by its ``seed`` and step."""
+
+        supported_kwargs: dict[str, type] = {"seed": int}
+        ignored_kwargs: tuple[str, ...] = ()
+
+        def fill_defaults(self, int32_tensor: Any) -> None:
+            int32_tensor.fill_(0)
+
+        def prepare_tensor_args(self, requests_with_new_token: list[Any]) -> Any:
+            import torch
+
+            keys = []
+            for request in requests_with_new_token:
+                seed = request.state.logit_processor_kwargs.get("seed")
+                keys.append(0 if seed is None else step_key(seed, len(request.state.generated_tokens)))
+            return torch.tensor(keys, dtype=torch.int32)
+
+        def __call__(self, scores: Any, tensor_arg: Any) -> Any:
+            return gumbel_pick(scores, tensor_arg[: scores.size(0)])
+
+    return SeededPick
+
+
+@dataclass
+class Generated:
+    """What one request produced: its tokens, and why it ended."""
+
+    tokens: list[int]
+    finish_reason: str  # "stop" (end of sequence or a stop string), "length"
+    text: str | None = None  # set when a stop string cut the text
+
+
+class ContinuousEngine:
+    """One running ``ContinuousBatchingManager`` over a loaded model, with per-request sampling and stop strings."""
+
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        eos_ids: Sequence[int],
+        *,
+        name: str,
+        max_new_tokens: int,
+        memory_fraction: float | None = None,
+    ) -> None:
+        import torch
+        from transformers import GenerationConfig, LogitsProcessorList, TemperatureLogitsWarper, TopPLogitsWarper
+        from transformers.generation.configuration_utils import ContinuousBatchingConfig
+        from transformers.generation.continuous_batching.cb_logits_processors import (
+            ContinuousBatchingLogitsProcessorList,
+        )
+
+        self.name = name
+        self.tokenizer = tokenizer
+        self.eos_ids = list(eos_ids)
+        generation_config = GenerationConfig(
+            do_sample=False,
+            max_new_tokens=max_new_tokens,
+            eos_token_id=self.eos_ids,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+        if memory_fraction is None and model.device.type == "cpu":
+            memory_fraction = CPU_MEMORY_FRACTION  # transformers' CPU default, 0.6 of RAM, is meant for one job
+        cb_config = ContinuousBatchingConfig(
+            max_memory_percent=memory_fraction,
+            auto_switch_to_flash=False,  # flash kernels may need a download; sdpa is what the model loaded with
+            use_async_batching=False,  # a request's step count must be exact when its noise key is computed
+        )
+        self.manager = model.init_continuous_batching(
+            generation_config=generation_config, continuous_batching_config=cb_config
+        )
+        # Per-request temperature and top_p (transformers' own CB warpers), then the seeded pick.
+        processors = ContinuousBatchingLogitsProcessorList(
+            LogitsProcessorList([TemperatureLogitsWarper(1.0), TopPLogitsWarper(1.0)]), per_request_processors=True
+        )
+        processors.logits_processor.append(_seeded_pick_class()())
+        processors.tensors_required += 1
+        processors._retrieve_processors_kwargs()
+        processors.do_processing = True
+        self.manager.logit_processor = processors
+        with torch.inference_mode():  # the generation thread runs in the caller's inference mode
+            self.manager.start()
+
+    async def generate(
+        self,
+        prompt_ids: list[int],
+        *,
+        max_tokens: int,
+        temperature: float | None,
+        top_p: float | None,
+        seed: int | None,
+        stop: Sequence[str],
+    ) -> Generated:
+        """Run one request to its end; cancelled (and its slot freed) if the caller stops waiting."""
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[Generated] = loop.create_future()
+        sampling = temperature is not None and temperature > 0
+        kwargs: dict[str, Any] = {"temperature": float(temperature) if sampling else 1.0, "top_p": 1.0}
+        if sampling:
+            kwargs["top_p"] = float(top_p) if top_p is not None else 1.0
+            kwargs["seed"] = int(seed)  # callers give unseeded sampling a random seed
+        request_id: str | None = None
+
+        def on_result(output: Any) -> None:
+            if done.done():
+                return
+            if output.error is not None:
+                done.set_exception(RuntimeError(output.error))
+                return
+            tokens = list(output.generated_tokens)
+            if stop:
+                text = self.tokenizer.decode([t for t in tokens if t not in self.eos_ids], skip_special_tokens=True)
+                cuts = [i for i in (text.find(s) for s in stop) if i >= 0]
+                if cuts:
+                    done.set_result(Generated(tokens, "stop", text[: min(cuts)]))
+                    self._cancel(request_id)
+                    return
+            if output.is_finished():
+                ended = bool(tokens) and tokens[-1] in self.eos_ids
+                done.set_result(Generated(tokens[:-1] if ended else tokens, "stop" if ended else "length"))
+
+        request_id = self.manager.add_request(
+            prompt_ids, max_new_tokens=max_tokens, streaming=bool(stop), eos_token_id=self.eos_ids, **kwargs
+        )
+        if request_id is None:
+            raise RuntimeError("the continuous batching manager is not accepting requests")
+        self.manager.register_result_handler(request_id, on_result)
+        try:
+            return await done
+        finally:
+            if not done.done() or done.cancelled():
+                self._cancel(request_id)
+
+    def _cancel(self, request_id: str | None) -> None:
+        if request_id is None:
+            return
+        self.manager.cancel_request(request_id)
+        router = self.manager.output_router  # a cancelled request never finishes, so its handler is not dropped
+        with router._lock:
+            router.result_handlers.pop(request_id, None)
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """Hold the generation loop so the caller can run the model directly (guided choice, generate())."""
+        with self.manager.pause():
+            yield
+
+    def close(self) -> None:
+        """Stop the generation thread and free the KV cache."""
+        with contextlib.suppress(Exception):
+            self.manager.stop(block=True, timeout=30)

@@ -1,0 +1,139 @@
+"""The continuous batching engine of in-process models, forced on CPU with the tiny model: the same answers
+as the static batcher, seeded draws independent of the batch, stop strings, per-request lengths, guided choice
+while it runs, timeouts that free the request, and the fallback where transformers lacks it."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import pytest
+
+from aloekit.agents.backends import BackendPool, TransformersChatClient, from_dicts
+from aloekit.agents.backends import continuous as continuous_module
+from aloekit.agents.backends.continuous import gumbel_pick, step_key
+from aloekit.agents.backends.local import resolve_engine
+from aloekit.agents.backends.managed import GenerationTimeout
+from aloekit.config import AloeConfig
+
+PROMPTS = ["hello", "what is the capital of france", "the cat likes tea", "say one two three"]
+
+
+def _msgs(text):
+    return from_dicts([{"role": "user", "content": text}])
+
+
+@pytest.fixture
+async def engine_client(tiny_model_dir):
+    client = TransformersChatClient(tiny_model_dir, engine="continuous")
+    yield client
+    await client.close()
+
+
+async def test_greedy_answers_match_the_static_batcher(tiny_model_dir, engine_client):
+    static = TransformersChatClient(tiny_model_dir, engine="static")
+    options = {"max_tokens": 12}
+    expected = await asyncio.gather(*(static.create(_msgs(p), extra_create_args=options) for p in PROMPTS))
+    got = await asyncio.gather(*(engine_client.create(_msgs(p), extra_create_args=options) for p in PROMPTS))
+    assert engine_client.engine == "continuous" and engine_client._continuous is not None
+    assert engine_client.batch_sizes == []  # nothing went through the static batcher
+    assert [r.content for r in got] == [r.content for r in expected]
+    assert [r.usage for r in got] == [r.usage for r in expected]
+
+
+async def test_seeded_sampling_does_not_depend_on_the_batch(engine_client):
+    options = {"temperature": 1.0, "top_p": 0.95, "max_tokens": 10, "seed": 11}
+    alone = await engine_client.create(_msgs("hello"), extra_create_args=options)
+    others = [engine_client.create(_msgs(p), extra_create_args={**options, "seed": 100 + i})
+              for i, p in enumerate(PROMPTS[1:])]  # fmt: skip
+    batched, *_ = await asyncio.gather(engine_client.create(_msgs("hello"), extra_create_args=options), *others)
+    assert batched.content == alone.content
+    samples = [await engine_client.create(_msgs("hello"), extra_create_args={**options, "seed": s}) for s in range(6)]
+    assert len({r.content for r in samples}) > 1  # a seed does change the sample
+
+
+async def test_per_request_max_tokens_and_stop_strings(engine_client):
+    short, long = await asyncio.gather(
+        engine_client.create(_msgs("hello"), extra_create_args={"max_tokens": 2}),
+        engine_client.create(_msgs("hello"), extra_create_args={"max_tokens": 12}),
+    )
+    assert short.usage.completion_tokens == 2 and short.finish_reason == "length"
+    assert long.usage.completion_tokens == 12 and long.content.startswith(short.content)
+    words = long.content.split()
+    assert len(words) >= 3, long.content
+    stopped = await engine_client.create(_msgs("hello"), extra_create_args={"max_tokens": 12, "stop": [words[2]]})
+    assert stopped.finish_reason == "stop"
+    assert stopped.content == long.content[: long.content.index(words[2])].strip()
+    assert stopped.usage.completion_tokens < 12  # cancelled when the stop string appeared
+
+
+async def test_guided_choice_runs_beside_the_engine(tiny_model_dir, engine_client):
+    options = {"guided_choice": ["one", "two", "three"], "logprobs": True, "max_tokens": 1}
+    static = await TransformersChatClient(tiny_model_dir, engine="static").create(
+        _msgs("say one"), extra_create_args=options
+    )
+    # A generation and a guided choice at once: the choice pauses the engine, both finish.
+    generated, chosen = await asyncio.gather(
+        engine_client.create(_msgs("hello"), extra_create_args={"max_tokens": 20}),
+        engine_client.create(_msgs("say one"), extra_create_args=options),
+    )
+    assert generated.usage.completion_tokens == 20
+    assert engine_client.batch_sizes == [1]  # the choice went through the static path
+    assert chosen.content == static.content
+    assert [t.logprob for t in chosen.logprobs[0].top_logprobs] == pytest.approx(
+        [t.logprob for t in static.logprobs[0].top_logprobs], abs=1e-4
+    )
+
+
+async def test_a_timeout_cancels_the_request_and_the_engine_keeps_serving(engine_client):
+    await engine_client.create(_msgs("hello"), extra_create_args={"max_tokens": 2})  # loaded and warm
+    with pytest.raises(GenerationTimeout):
+        await engine_client.create(_msgs("the cat likes tea"), extra_create_args={"max_tokens": 400, "timeout_s": 1e-6})
+    router = engine_client._continuous.manager.output_router
+    assert router.result_handlers == {}  # the cancelled request left nothing behind
+    after = await engine_client.create(_msgs("hello"), extra_create_args={"max_tokens": 3})
+    assert after.usage.completion_tokens == 3
+
+
+async def test_one_engine_serves_every_role_of_a_pool(tiny_model_dir):
+    pool = BackendPool(AloeConfig(backend={"engine": "continuous"}))
+    spec = f"hf:{tiny_model_dir}"
+    user, judge = pool.client(spec, role="user"), pool.client(spec, role="judge")
+    await asyncio.gather(
+        user.create(_msgs("hello"), extra_create_args={"max_tokens": 3}),
+        judge.create(_msgs("hi"), extra_create_args={"max_tokens": 3}),
+    )
+    inner = pool.inner(spec)
+    assert inner.engine == "continuous" and inner.batch_sizes == []
+    await pool.aclose()
+    assert inner._continuous is None
+
+
+def test_engine_choice_and_fallback(monkeypatch, caplog):
+    assert resolve_engine("auto", "cpu") == "static"
+    assert resolve_engine("static", "cuda") == "static"
+    assert resolve_engine("auto", "cuda:0") == "continuous"
+    assert resolve_engine("continuous", "cpu") == "continuous"
+    monkeypatch.setattr("aloekit.agents.backends.local.continuous_batching_available", lambda: "too old (test)")
+    with caplog.at_level(logging.WARNING):
+        assert resolve_engine("auto", "cuda") == "static"
+    assert "too old (test)" in caplog.text
+    assert continuous_module.continuous_batching_available() is None  # the installed transformers has it
+
+
+def test_gumbel_pick_samples_the_softmax_and_key_zero_is_greedy():
+    import torch
+
+    logits = torch.tensor([[2.0, 1.0, 0.0, -1.0, float("-inf")]])
+    probs = torch.softmax(logits, dim=-1)[0]
+    draws = 20000
+    keys = torch.tensor([step_key(seed, 0) for seed in range(draws)], dtype=torch.int32)
+    picks = gumbel_pick(logits.expand(draws, -1), keys)
+    assert torch.all(picks.max(dim=-1).values == 0) and torch.all(torch.isinf(picks).sum(dim=-1) == 4)
+    counts = torch.bincount(picks.argmax(dim=-1), minlength=5).float() / draws
+    assert counts[4] == 0  # a masked token is never drawn
+    assert torch.allclose(counts, probs, atol=0.015), (counts, probs)
+    greedy = gumbel_pick(logits.expand(3, -1), torch.zeros(3, dtype=torch.int32))
+    assert greedy.argmax(dim=-1).tolist() == [0, 0, 0]
+    assert step_key(5, 0) != step_key(5, 1) and step_key(5, 0) != step_key(6, 0)
+    assert all(0 < step_key(s, t) < 2**31 for s in (0, 2**31 - 1, 2**40) for t in range(3))
