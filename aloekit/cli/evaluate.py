@@ -74,6 +74,7 @@ def eval_command(
         run_results,
         second_judge_line,
     )
+    from aloekit.hardware import run_defaults
 
     store = app.store
     replayed = None
@@ -104,9 +105,12 @@ def eval_command(
     specs = {config.model, config.judge.backend, *([config.user.backend] if config.mode == "live" else []),
              *([config.second_judge.backend] if config.second_judge is not None else [])}  # fmt: skip
     check_run_inputs(app, specs, config.check_roles)  # before any run row is written or changed
+    given = resume_run is not None or concurrency is not None or "concurrency" in app.config.evaluation
+    app.config, in_flight, hardware = run_defaults(app.config, specs, config.concurrency, given)
+    config = config.model_copy(update={"concurrency": in_flight})
     if not resume_run:
         run_config = {**app.config.model_dump(mode="json"), "eval_resolved": config.model_dump(mode="json"),
-                      "judge_audit": notice.audit_id}  # fmt: skip
+                      "judge_audit": notice.audit_id, "hardware": hardware}  # fmt: skip
         run_id = store.start_run(command_line(), run_config, config.seed)
     with run_lifetime(store, run_id):
         if resume_run:

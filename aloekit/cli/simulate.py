@@ -83,6 +83,7 @@ def simulate(
     from aloekit.evaluation.audit import audit_notice
     from aloekit.evaluation.task import eval_persona_ids
     from aloekit.graphs import SimulationConfig, TreeStore, run_conversations
+    from aloekit.hardware import run_defaults
     from aloekit.personas import PersonaPool
 
     store, trees = app.store, TreeStore(app.store)
@@ -142,9 +143,13 @@ def simulate(
     specs = set(config.backend_specs())
     if resume_run:
         check_run_inputs(app, specs, config.check_roles)  # before the run row is changed
+    given = resume_run is not None or concurrency is not None or "concurrency" in app.config.simulation
+    app.config, in_flight, hardware = run_defaults(app.config, specs, config.concurrency, given)
+    config = config.model_copy(update={"concurrency": in_flight})
     if not resume_run:
         run_config = {**app.config.model_dump(mode="json"), "simulation_resolved": config.model_dump(mode="json"),
-                      "excluded_eval_personas": excluded, "judge_audit": notice.audit_id}  # fmt: skip
+                      "excluded_eval_personas": excluded, "judge_audit": notice.audit_id,
+                      "hardware": hardware}  # fmt: skip
         run_id = store.start_run(command_line(), run_config, config.seed)
     with run_lifetime(store, run_id):
         if resume_run:

@@ -26,6 +26,20 @@ def test_simulate_then_inspect_trees(run_aloe, tmp_path):
     assert run_aloe("trees", "export", cid, "--format", "dot").stdout.startswith("digraph")
     run = json.loads(run_aloe("--json", "runs", "list").stdout)[0]
     assert run["status"] == "completed" and run["config"]["simulation_resolved"]["turns"] == 2
+    assert run["config"]["hardware"] is None  # no role runs in this process
+
+
+def test_simulate_records_the_hardware_of_in_process_roles(run_aloe, tiny_model_dir):
+    proc = run_aloe("--json", "simulate", "--conversations", "1", "--turns", "1", "--role", f"all=hf:{tiny_model_dir}")
+    assert proc.returncode == 0, proc.stderr
+    run = json.loads(run_aloe("--json", "runs", "list").stdout)[0]
+    hardware = run["config"]["hardware"]
+    assert (
+        hardware["device"] in {"cpu", "cuda"}
+        and hardware["conversations"] == run["config"]["simulation_resolved"]["concurrency"]
+    )
+    if hardware["device"] == "cpu":  # the configured defaults stand on CPU
+        assert hardware["engine"] == "static" and hardware["in_flight"] is None and hardware["conversations"] == 8
 
 
 @pytest.mark.parametrize("flag", ["--budget-calls", "--max-calls"])

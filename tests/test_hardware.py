@@ -1,0 +1,44 @@
+"""Hardware-chosen defaults: in-process backends sized from free GPU memory unless the config sets them,
+and the choice recorded in the run config."""
+
+from __future__ import annotations
+
+from aloekit import hardware
+from aloekit.config import AloeConfig
+from aloekit.hardware import Hardware, apply_backend_defaults, run_defaults
+
+GPU = Hardware("cuda", "NVIDIA H200", 130.0, "bfloat16", "continuous", 256)
+CPU = Hardware("cpu", "cpu (2 cores)", None, "float32", "static", None)
+
+
+def test_gpu_sizes_in_process_backends_unless_the_config_sets_them(tiny_model_dir):
+    local, server = f"hf:{tiny_model_dir}", "openai:gpt-4o-mini"
+    config = apply_backend_defaults(AloeConfig(), [local, server], GPU)
+    assert (
+        config.backend_settings(local).max_concurrency == 256 and config.backend_settings(local).max_batch_size == 256
+    )
+    assert config.backend_settings(server).max_concurrency == 8  # a server keeps its own limit
+    chosen = AloeConfig(backend={"max_concurrency": 12}, backends={local: {"max_batch_size": 4}})
+    config = apply_backend_defaults(chosen, [local], GPU)
+    assert config.backend_settings(local).max_concurrency == 12 and config.backend_settings(local).max_batch_size == 4
+    assert apply_backend_defaults(AloeConfig(), [local], CPU) == AloeConfig()  # CPU: the defaults stand
+
+
+def test_run_defaults_raise_conversations_only_when_every_role_is_in_process(monkeypatch, tiny_model_dir):
+    monkeypatch.setattr(hardware, "detect", lambda: GPU)
+    local = f"hf:{tiny_model_dir}"
+    _, conversations, record = run_defaults(AloeConfig(), [local], 8, concurrency_given=False)
+    assert conversations == 64 and record["device"] == "cuda" and record["conversations"] == 64
+    assert record["in_flight"] == 256 and record["engine"] == "continuous"
+    assert run_defaults(AloeConfig(), [local], 8, concurrency_given=True)[1] == 8
+    assert run_defaults(AloeConfig(), [local, "openai:gpt-4o-mini"], 8, concurrency_given=False)[1] == 8
+    config, conversations, record = run_defaults(AloeConfig(), ["openai:gpt-4o-mini"], 8, False)
+    assert (config, conversations, record) == (AloeConfig(), 8, None)
+
+
+def test_detect_on_this_machine():
+    detected = hardware.detect()
+    if detected.device == "cpu":
+        assert detected.in_flight is None and detected.conversations is None and detected.engine == "static"
+    else:  # a CUDA machine
+        assert 16 <= detected.in_flight <= 256 and detected.dtype == "bfloat16"
