@@ -15,7 +15,7 @@ import typing
 from collections.abc import Callable, Mapping
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -37,7 +37,8 @@ class TrainingDataError(AloeError):
 FLAGS = {"data": "--data", "base": "--base", "out": "--out", "init_adapter": "--init-adapter", "epochs": "--epochs",
          "max_steps": "--max-steps", "max_length": "--max-length", "beta": "--beta", "seed": "--seed",
          "lora.r": "--lora-r", "lora.alpha": "--lora-alpha", "lora.dropout": "--lora-dropout",
-         "lora.target_modules": "--target-modules", "overwrite": "--overwrite"}  # fmt: skip
+         "lora.target_modules": "--target-modules", "overwrite": "--overwrite",
+         "batch_size": "--batch-size"}  # fmt: skip
 # SFTConfig/DPOConfig fields that TrainConfig sets from its own checked fields: setting them under `trl`
 # would silently bypass those checks.
 OWNED_TRL_FIELDS = {"max_steps": "max_steps (--max-steps)", "num_train_epochs": "epochs (--epochs)",
@@ -100,6 +101,9 @@ class TrainConfig(BaseModel):
     """Longest tokenised row; longer rows are dropped and counted, never silently truncated."""
     beta: float = Field(default=0.9, gt=0)
     """DPO temperature (the paper's 0.9)."""
+    batch_size: Annotated[int, Field(gt=0)] | Literal["auto"] = "auto"
+    """Rows per device per step. ``auto``: on CUDA, transformers' ``auto_find_batch_size`` from
+    ``CUDA_START_BATCH`` down, halving on out-of-memory; on CPU, ``CPU_BATCH``."""
     trl: dict[str, Any] = {}
     """Any other ``SFTConfig``/``DPOConfig`` field (learning_rate, per_device_train_batch_size...)."""
 
@@ -109,6 +113,28 @@ class TrainConfig(BaseModel):
         if value != -1 and value < 1:  # 0 steps would save an untrained adapter as if it were trained
             raise ValueError("must be at least 1, or -1 to run `epochs`")
         return value
+
+
+CUDA_START_BATCH = 32
+"""The first batch ``auto`` tries on CUDA (halved on out-of-memory): a small model's step is then several
+times faster than at the CPU's batch (benchmarks/bench_train.py)."""
+CPU_BATCH = 2
+"""``auto`` on CPU: larger batches on 2 cores only pad more."""
+
+
+def batch_args(config: TrainConfig, cuda: bool) -> dict[str, Any]:
+    """trl's batch-size fields for ``config.batch_size`` (a ``trl.per_device_train_batch_size`` of the user's
+    wins over ``auto``; both set is refused, since one would be ignored)."""
+    if "per_device_train_batch_size" in config.trl:
+        if config.batch_size != "auto":
+            raise ConfigError("train config: batch size set twice: --batch-size (batch_size) and "
+                              "trl.per_device_train_batch_size; keep one")  # fmt: skip
+        return {}
+    if config.batch_size != "auto":
+        return {"per_device_train_batch_size": config.batch_size}
+    if cuda:
+        return {"per_device_train_batch_size": CUDA_START_BATCH, "auto_find_batch_size": True}
+    return {"per_device_train_batch_size": CPU_BATCH}
 
 
 def default_config(method: Method) -> dict[str, Any]:
@@ -146,6 +172,7 @@ def build_train_config(method: Method, file: Path | None = None, **overrides: An
         err = exc.errors()[0]
         raise ConfigError(_config_message(err["loc"], err["msg"], layers)) from None
     check_trl_options(config, layers)
+    batch_args(config, cuda=False)  # a batch size set twice fails here, before any run row
     return config
 
 
@@ -514,7 +541,11 @@ def trl_args(config: TrainConfig, has_eval: bool, layers: list[tuple[str, Any]] 
         "seed": config.seed,
         "max_length": config.max_length,
         # trl turns gradient checkpointing on by default; on CPU it costs 15-25% and saves nothing we need.
+        # On CUDA it lets larger batches fit; non-reentrant checkpointing passes gradients to LoRA weights
+        # even though the frozen base's inputs need none (lora_model also enables input gradients).
         "gradient_checkpointing": cuda,
+        "gradient_checkpointing_kwargs": {"use_reentrant": False},
+        **batch_args(config, cuda),
         "save_strategy": "no",
         "report_to": "none",
         "use_cpu": not cuda,
@@ -550,6 +581,8 @@ def build_trainer(
     train = Dataset.from_list(_trl_columns(train_rows, config.method))
     val = Dataset.from_list(_trl_columns(val_rows, config.method)) if val_rows else None
     args = args if args is not None else trl_args(config, has_eval=val is not None)
+    if args.gradient_checkpointing:  # checkpointed LoRA layers need a graph from the (frozen) embeddings on
+        model.enable_input_require_grads()
     kwargs = {"model": model, "args": args, "train_dataset": train, "eval_dataset": val,
               "processing_class": tokenizer, "peft_config": peft_config, "callbacks": callbacks}  # fmt: skip
     trainer = SFTTrainer(**kwargs) if config.method == "sft" else DPOTrainer(ref_model=None, **kwargs)
@@ -572,6 +605,18 @@ def lora_model(model: Any, lora: LoraSettings, init_adapter: Path | None) -> tup
     except Exception as exc:  # a user's adapter that does not fit this base (shapes, modules): say so in one line
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ConfigError(one_line(f"--init-adapter {init_adapter}: cannot load it: {reason}")) from None
+
+
+def trainer_batch_size(trainer: Any) -> int:
+    """Rows per device per step as trained: the one ``auto_find_batch_size`` settled on, else the configured."""
+    return int(getattr(trainer, "_train_batch_size", None) or trainer.args.per_device_train_batch_size)
+
+
+def device_name() -> str:
+    """The device each process trains on: the CUDA device's name, else ``cpu``."""
+    import torch
+
+    return torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
 
 
 def drop_printing(trainer: Any) -> None:
@@ -622,7 +667,8 @@ def train(
     steps = trainer.state.global_step
     world = trainer.args.world_size
     # Each optimiser step consumes a batch on every process.
-    rows_per_step = trainer.args.per_device_train_batch_size * trainer.args.gradient_accumulation_steps * world
+    batch = trainer_batch_size(trainer)
+    rows_per_step = batch * trainer.args.gradient_accumulation_steps * world
     epochs_done = steps * rows_per_step / len(train_rows)
     summary = {
         "method": config.method,
@@ -643,6 +689,9 @@ def train(
         "distributed": str(trainer.args.parallel_mode.value),
         "tokens_per_s": round(tokens * epochs_done / runtime, 1) if runtime > 0 else None,
         "tokens_per_s_per_process": round(tokens * epochs_done / runtime / world, 1) if runtime > 0 else None,
+        "device": device_name(),
+        "batch_size": batch,
+        "gradient_checkpointing": bool(trainer.args.gradient_checkpointing),
         "adapter_spec": f"{config.base}+{config.out}",
     }
     try:

@@ -47,6 +47,8 @@ def test_lora_changes_and_base_does_not(tmp_path, tiny_model_dir, method, rows):
     assert sorted(reported) == [1, 2, 3] and reported[3] == summary["final_loss"]  # each step's own loss
     saved = json.loads((tmp_path / "adapter" / "training_summary.json").read_text())
     assert saved["data_hash"] == summary["data_hash"] and saved["config"]["method"] == method
+    # batch_size auto is 2 rows on CPU, without gradient checkpointing.
+    assert (saved["device"], saved["batch_size"], saved["gradient_checkpointing"]) == ("cpu", 2, False)
     original, lora, base_after = lora_and_base_weights(tiny_model_dir, tmp_path / "adapter")
     # LoRA B matrices start at zero: trained ones are not.
     lora_b = [v for k, v in lora.items() if "lora_B" in k]
@@ -136,20 +138,48 @@ def test_config_errors(tmp_path, tiny_model_dir):
         train(build_train_config("sft", data=tmp_path / "none.jsonl", base=f"hf:{tiny_model_dir}", out=tmp_path / "o"))
 
 
+def test_batch_size_auto_by_device_or_given_once():
+    from aloekit.training.train import batch_args
+
+    config = build_train_config("sft", data="d.jsonl", base="local:smollm2", out="o")
+    assert config.batch_size == "auto" and "per_device_train_batch_size" not in config.trl
+    assert batch_args(config, cuda=False) == {"per_device_train_batch_size": 2}
+    assert batch_args(config, cuda=True) == {"per_device_train_batch_size": 32, "auto_find_batch_size": True}
+    given = build_train_config("sft", data="d.jsonl", base="local:smollm2", out="o", batch_size=8)
+    assert batch_args(given, cuda=True) == {"per_device_train_batch_size": 8}
+    own_trl = build_train_config("sft", data="d.jsonl", base="local:smollm2", out="o",
+                                 trl={"per_device_train_batch_size": 4})  # fmt: skip
+    assert batch_args(own_trl, cuda=True) == {}  # the user's trl value stands
+    with pytest.raises(ConfigError, match="batch size set twice"):
+        build_train_config(
+            "sft", data="d.jsonl", base="local:smollm2", out="o", batch_size=8, trl={"per_device_train_batch_size": 4}
+        )
+    with pytest.raises(ConfigError, match="--batch-size"):
+        build_train_config("sft", data="d.jsonl", base="local:smollm2", out="o", batch_size=0)
+
+
 def test_shipped_defaults_follow_the_paper():
     config = build_train_config("dpo", data="d.jsonl", base="local:smollm2", out="o")
     assert config.beta == 0.9 and config.max_length == 2048 and config.lora.target_modules == "all-linear"
 
 
-@pytest.mark.parametrize(("method", "rows"), [("sft", SFT_ROWS), ("sft", PC_ROWS), ("dpo", DPO_ROWS)])
-def test_in_memory_only_lora_parameters_move(tmp_path, tiny_model_dir, method, rows):
+CHECKPOINTING = {"gradient_checkpointing": True, "gradient_checkpointing_kwargs": {"use_reentrant": True}}
+
+
+@pytest.mark.parametrize(("method", "rows", "trl"), [
+    ("sft", SFT_ROWS, {}), ("sft", PC_ROWS, {}), ("dpo", DPO_ROWS, {}),
+    # CUDA's gradient checkpointing, reentrant (the variant that needs input gradients to reach LoRA weights)
+    ("sft", SFT_ROWS, CHECKPOINTING), ("dpo", DPO_ROWS, CHECKPOINTING),
+])  # fmt: skip
+def test_in_memory_only_lora_parameters_move(tmp_path, tiny_model_dir, method, rows, trl):
     """trl's own check: snapshot every parameter, train, compare."""
     from aloekit.training.train import build_trainer, load_model_and_tokenizer
 
     config = build_train_config(method, data=tmp_path / "d.jsonl", base=f"hf:{tiny_model_dir}", out=tmp_path / "o",
-                                max_steps=3, trl={"learning_rate": 1e-2})  # fmt: skip
+                                max_steps=3, trl={"learning_rate": 1e-2, **trl})  # fmt: skip
     model, tokenizer = load_model_and_tokenizer(tiny_model_dir)
     trainer = build_trainer(config, rows, [], model, tokenizer)
+    assert trainer.args.gradient_checkpointing == bool(trl)
     before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
     trainer.train()
     after = dict(trainer.model.named_parameters())
