@@ -40,8 +40,17 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Tests marked ``first`` run before the rest, the order otherwise kept."""
+    """Tests marked ``first`` run before the rest, the order otherwise kept; tests marked ``gpu`` are skipped
+    without a CUDA device."""
     items.sort(key=lambda item: item.get_closest_marker("first") is None)
+    gpu_tests = [item for item in items if item.get_closest_marker("gpu") is not None]
+    if gpu_tests:
+        import torch
+
+        if not torch.cuda.is_available():
+            skip = pytest.mark.skip(reason="needs a CUDA device (benchmarks/gpu_check.sh runs these on a GPU machine)")
+            for item in gpu_tests:
+                item.add_marker(skip)
 
 
 @pytest.fixture

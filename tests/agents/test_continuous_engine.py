@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import subprocess
+import sys
 
 import pytest
 
@@ -137,3 +139,17 @@ def test_gumbel_pick_samples_the_softmax_and_key_zero_is_greedy():
     assert greedy.argmax(dim=-1).tolist() == [0, 0, 0]
     assert step_key(5, 0) != step_key(5, 1) and step_key(5, 0) != step_key(6, 0)
     assert all(0 < step_key(s, t) < 2**31 for s in (0, 2**31 - 1, 2**40) for t in range(3))
+
+
+def test_a_process_with_an_unclosed_engine_still_exits(tiny_model_dir):
+    # The manager's generation thread is not a daemon: an engine nobody closed must not keep Python alive.
+    script = (
+        "import asyncio, sys\n"
+        "from aloekit.agents.backends import TransformersChatClient, from_dicts\n"
+        "client = TransformersChatClient(sys.argv[1], engine='continuous')\n"
+        "chat = from_dicts([{'role': 'user', 'content': 'hi'}])\n"
+        "print(asyncio.run(client.create(chat, extra_create_args={'max_tokens': 3})).usage.completion_tokens)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script, str(tiny_model_dir)], capture_output=True, text=True,
+                          timeout=300)  # fmt: skip
+    assert done.returncode == 0 and done.stdout.strip() == "3", done.stderr[-2000:]

@@ -13,14 +13,32 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
+import weakref
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 logger = logging.getLogger(__name__)
 
+_RUNNING: weakref.WeakSet[ContinuousEngine] = weakref.WeakSet()
+
+
+def _stop_running_engines() -> None:
+    """Stop every engine still running when the interpreter exits: the manager's generation thread is not a
+    daemon, so without this an unclosed client would keep the process alive after its last line."""
+    for engine in list(_RUNNING):
+        engine.close()
+
+
+# Called by threading's shutdown before it joins non-daemon threads (as concurrent.futures does); plain
+# atexit handlers would run only after that join, which never ends.
+threading._register_atexit(_stop_running_engines)  # type: ignore[attr-defined]
+
 MASK32 = 0xFFFFFFFF
-CPU_MEMORY_FRACTION = 0.02
+CPU_CACHE = {"num_blocks": 64, "max_batch_tokens": 512}
+"""On CPU, a fixed KV cache (64 blocks of 256 tokens): transformers' CPU default takes 0.6 of the RAM, and a
+small fraction of it can leave too few blocks for one batch."""
 
 
 def continuous_batching_available() -> str | None:
@@ -143,9 +161,9 @@ class ContinuousEngine:
             eos_token_id=self.eos_ids,
             pad_token_id=tokenizer.pad_token_id,
         )
-        if memory_fraction is None and model.device.type == "cpu":
-            memory_fraction = CPU_MEMORY_FRACTION  # transformers' CPU default, 0.6 of RAM, is meant for one job
+        sizes = CPU_CACHE if memory_fraction is None and model.device.type == "cpu" else {}
         cb_config = ContinuousBatchingConfig(
+            **sizes,
             max_memory_percent=memory_fraction,
             auto_switch_to_flash=False,  # flash kernels may need a download; sdpa is what the model loaded with
             use_async_batching=False,  # a request's step count must be exact when its noise key is computed
@@ -164,6 +182,7 @@ class ContinuousEngine:
         self.manager.logit_processor = processors
         with torch.inference_mode():  # the generation thread runs in the caller's inference mode
             self.manager.start()
+        _RUNNING.add(self)
 
     async def generate(
         self,
@@ -230,6 +249,8 @@ class ContinuousEngine:
             yield
 
     def close(self) -> None:
-        """Stop the generation thread and free the KV cache."""
-        with contextlib.suppress(Exception):
-            self.manager.stop(block=True, timeout=30)
+        """Stop the generation thread and free the KV cache (a second call does nothing)."""
+        _RUNNING.discard(self)
+        if self.manager.is_running():
+            with contextlib.suppress(Exception):
+                self.manager.stop(block=True, timeout=30)
