@@ -85,6 +85,9 @@ class BackendSettings(BaseModel):
     """In-process backends: ``continuous`` batching (transformers' paged-attention manager: requests join and
     leave the running batch every step), or ``static`` batches of up to ``max_batch_size`` that run to their
     end. ``auto``: continuous on CUDA, static on CPU, where it measured faster."""
+    kv_cache_fraction: float | None = Field(default=None, gt=0, lt=1)
+    """In-process backends, continuous engine: the share of free GPU memory its paged KV cache takes when the
+    model loads (None: transformers' default, 0.8). Lower it when training shares the GPU."""
     cache: bool = False
     """Reuse stored answers for identical deterministic or seeded requests."""
     system_role: bool = True

@@ -22,7 +22,9 @@ def _chat(text):
 
 @pytest.fixture(scope="module")
 def pool():
-    return BackendPool()
+    pool = BackendPool()
+    yield pool
+    asyncio.run(pool.aclose())  # frees the engine's KV cache for the tests after these
 
 
 async def test_the_engine_on_cuda_is_continuous_and_answers(pool):

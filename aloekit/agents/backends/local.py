@@ -711,6 +711,7 @@ def build_local_client(spec: BackendSpec, settings: BackendSettings) -> ChatComp
         batch_wait_s=settings.batch_wait_s,
         name=spec.text,
         engine=settings.engine,
+        memory_fraction=settings.kv_cache_fraction,
     )
 
 
@@ -751,4 +752,5 @@ def build_hf_client(spec: BackendSpec, settings: BackendSettings) -> ChatComplet
         batch_wait_s=settings.batch_wait_s,
         name=spec.text,
         engine=settings.engine,
+        memory_fraction=settings.kv_cache_fraction,
     )
