@@ -13,6 +13,8 @@ def test_eval_compare_report(run_aloe, tmp_path):
                           "--role", f"judge={spec}")  # fmt: skip
     assert blind["statuses"] == {"complete": 3} and len(blind["al"]) == 2 and blind["unscored"] == 0
     assert json.loads(replay.stdout)["statuses"] == {"complete": 3}, replay.stderr
+    runs = {r["id"]: r for r in json.loads(run_aloe("--json", "runs", "list").stdout)}
+    assert runs[blind["run_id"]]["config"]["hardware"] is None  # every role on a server: nothing in-process
     compared = json.loads(run_aloe("--json", "compare", blind["run_id"], oracle["run_id"]).stdout)
     assert compared["personas"] == 3 and "avg_diff" in compared and "turns_differing" in compared
     proc = run_aloe("report", blind["run_id"], oracle["run_id"], "--out", "rep", "--note", "stub models")
@@ -52,3 +54,16 @@ def test_nothing_scored_is_null_in_json_and_na_in_text(run_aloe, tmp_path):
     assert run_aloe("report", result["run_id"], "--out", "rep").returncode == 0
     summary = json.loads((tmp_path / "rep" / "summary.json").read_text())
     assert summary["runs"][0]["metrics"]["avg"] is None and summary["runs"][0]["ci"]["ir"]["low"] is None
+
+
+def test_eval_records_the_hardware_of_an_in_process_model(run_aloe, tiny_model_dir):
+    with StubOpenAIServer(respond=role_aware_reply) as server:
+        spec = server.spec()
+        proc = run_aloe("--json", "eval", "--model", f"hf:{tiny_model_dir}", "--role", f"user={spec}",
+                        "--role", f"judge={spec}", "--personas", "1", "--turns", "1")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    run = json.loads(run_aloe("--json", "runs", "list").stdout)[0]
+    hardware = run["config"]["hardware"]
+    assert hardware["device"] in {"cpu", "cuda"} and hardware["engine"] in {"static", "continuous"}
+    # Servers play the other roles, so the conversations in flight stay as configured (16 by default).
+    assert hardware["conversations"] == run["config"]["eval_resolved"]["concurrency"] == 16
