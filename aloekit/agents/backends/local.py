@@ -193,8 +193,11 @@ def _deadline_stop(deadlines: list[float | None], max_tokens: list[int], prompt_
 class TransformersChatClient(ChatCompletionClient):
     """An autogen client over an in-process transformers causal LM, batching concurrent requests.
 
-    Requests that arrive while a ``generate`` call runs wait, and are then grouped (left-padded)
-    into the next call, up to ``max_batch_size``: on a CPU, 8 rows cost little more time than one.
+    ``engine="continuous"`` (the default on CUDA) runs requests in transformers' continuous batching
+    (:class:`~aloekit.agents.backends.continuous.ContinuousEngine`, its KV cache taking ``memory_fraction``
+    of free GPU memory). ``engine="static"`` (the default on CPU, and the path of guided choices and
+    repetition penalties): requests that arrive while a ``generate`` call runs wait, and are then grouped
+    (left-padded) into the next call, up to ``max_batch_size``: on a CPU, 8 rows cost little more than one.
     ``extra_create_args={"guided_choice": ["1", "2", ...]}`` constrains the answer to one option (as
     vLLM's guided choice): one forward pass, the option whose first token scores highest; the result's
     ``logprobs`` carry every option's first-token log-probability, as an OpenAI-compatible server's
