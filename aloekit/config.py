@@ -87,7 +87,7 @@ class BackendSettings(BaseModel):
     end. ``auto``: continuous on CUDA, static on CPU, where it measured faster."""
     kv_cache_fraction: float | None = Field(default=None, gt=0, lt=1)
     """In-process backends, continuous engine: the share of free GPU memory its paged KV cache takes when the
-    model loads (None: transformers' default, 0.8). Lower it when training shares the GPU."""
+    model loads (None: 0.5). Lower it when training or more in-process models share the GPU."""
     cache: bool = False
     """Reuse stored answers for identical deterministic or seeded requests."""
     system_role: bool = True

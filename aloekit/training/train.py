@@ -103,7 +103,7 @@ class TrainConfig(BaseModel):
     """DPO temperature (the paper's 0.9)."""
     batch_size: Annotated[int, Field(gt=0)] | Literal["auto"] = "auto"
     """Rows per device per step. ``auto``: on CUDA, transformers' ``auto_find_batch_size`` from
-    ``CUDA_START_BATCH`` down, halving on out-of-memory; on CPU, ``CPU_BATCH``."""
+    ``CUDA_START_BATCH`` down, shrunk 10% per out-of-memory; on CPU, ``CPU_BATCH``."""
     trl: dict[str, Any] = {}
     """Any other ``SFTConfig``/``DPOConfig`` field (learning_rate, per_device_train_batch_size...)."""
 
@@ -116,7 +116,7 @@ class TrainConfig(BaseModel):
 
 
 CUDA_START_BATCH = 32
-"""The first batch ``auto`` tries on CUDA (halved on out-of-memory): a small model's step is then several
+"""The first batch ``auto`` tries on CUDA (shrunk on out-of-memory): a small model's step is then several
 times faster than at the CPU's batch (benchmarks/bench_train.py)."""
 CPU_BATCH = 2
 """``auto`` on CPU: larger batches on 2 cores only pad more."""

@@ -13,7 +13,7 @@ import pytest
 
 from aloekit.agents.backends import BackendPool, TransformersChatClient, from_dicts
 from aloekit.agents.backends import continuous as continuous_module
-from aloekit.agents.backends.continuous import gumbel_pick, step_key
+from aloekit.agents.backends.continuous import gumbel_pick, step_key, uniform_from_bits
 from aloekit.agents.backends.local import resolve_engine
 from aloekit.agents.backends.managed import GenerationTimeout
 from aloekit.config import AloeConfig
@@ -138,6 +138,9 @@ def test_gumbel_pick_samples_the_softmax_and_key_zero_is_greedy():
     greedy = gumbel_pick(logits.expand(3, -1), torch.zeros(3, dtype=torch.int32))
     assert greedy.argmax(dim=-1).tolist() == [0, 0, 0]
     assert step_key(5, 0) != step_key(5, 1) and step_key(5, 0) != step_key(6, 0)
+    # The extreme hashes stay strictly inside (0, 1): 1.0 would give infinite noise and pick that token.
+    extremes = uniform_from_bits(torch.tensor([0, 2**32 - 1, 2**32 - 256], dtype=torch.int64))
+    assert torch.all(extremes > 0) and torch.all(extremes < 1)
     assert all(0 < step_key(s, t) < 2**31 for s in (0, 2**31 - 1, 2**40) for t in range(3))
 
 
@@ -149,6 +152,9 @@ def test_a_process_with_an_unclosed_engine_still_exits(tiny_model_dir):
         "client = TransformersChatClient(sys.argv[1], engine='continuous')\n"
         "chat = from_dicts([{'role': 'user', 'content': 'hi'}])\n"
         "print(asyncio.run(client.create(chat, extra_create_args={'max_tokens': 3})).usage.completion_tokens)\n"
+        "import gc\n"
+        "del client\n"  # dropped without close(): its engine must still be stopped
+        "gc.collect()\n"
     )
     done = subprocess.run([sys.executable, "-c", script, str(tiny_model_dir)], capture_output=True, text=True,
                           timeout=300)  # fmt: skip

@@ -20,11 +20,13 @@ def _chat(text):
     return from_dicts([{"role": "user", "content": text}])
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def pool():
+    # One pool per test (a semaphore that had to wait is bound to its test's event loop); closed after it,
+    # which frees the engine's KV cache for the tests that follow.
     pool = BackendPool()
     yield pool
-    asyncio.run(pool.aclose())  # frees the engine's KV cache for the tests after these
+    asyncio.run(pool.aclose())
 
 
 async def test_the_engine_on_cuda_is_continuous_and_answers(pool):

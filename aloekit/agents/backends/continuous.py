@@ -12,16 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import threading
-import weakref
+import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-logger = logging.getLogger(__name__)
-
-_RUNNING: weakref.WeakSet[ContinuousEngine] = weakref.WeakSet()
+_RUNNING: set[ContinuousEngine] = set()
+"""Engines not yet closed: held strongly, so one whose client was dropped is still stopped at exit."""
 
 
 def _stop_running_engines() -> None:
@@ -36,6 +34,9 @@ def _stop_running_engines() -> None:
 threading._register_atexit(_stop_running_engines)  # type: ignore[attr-defined]
 
 MASK32 = 0xFFFFFFFF
+GPU_MEMORY_FRACTION = 0.5
+"""Default share of free GPU memory for the KV cache: room is left for a second in-process model, for
+training beside it, and for the static path's forward passes."""
 CPU_CACHE = {"num_blocks": 64, "max_batch_tokens": 512}
 """On CPU, a fixed KV cache (64 blocks of 256 tokens): transformers' CPU default takes 0.6 of the RAM, and a
 small fraction of it can leave too few blocks for one batch."""
@@ -81,6 +82,14 @@ def _fmix32_tensor(h: Any) -> Any:
     return h ^ (h >> 16)
 
 
+def uniform_from_bits(bits: Any) -> Any:
+    """Uniform floats strictly inside (0, 1) from 32-bit hashes: 23 bits, so that the largest,
+    1 - 2**-24, is exact in float32 (24 bits would round up to 1.0 and make the Gumbel noise infinite)."""
+    import torch
+
+    return ((bits >> 9).to(torch.float32) + 0.5) / float(1 << 23)
+
+
 def gumbel_pick(scores: Any, keys: Any) -> Any:
     """Per row, the token a Gumbel-max draw from ``softmax(scores)`` keyed by ``keys`` picks (key 0: argmax),
     as a row of -inf with 0 at the pick, so that any later argmax or multinomial takes exactly that token."""
@@ -90,7 +99,7 @@ def gumbel_pick(scores: Any, keys: Any) -> Any:
     keys = keys.to(torch.int64) & MASK32
     tokens = _fmix32_tensor(torch.arange(vocab, device=scores.device, dtype=torch.int64) + 0x632BE5AB)
     bits = _fmix32_tensor(keys.unsqueeze(-1) ^ tokens.unsqueeze(0))  # [rows, vocab]
-    uniform = ((bits >> 8).to(torch.float32) + 0.5) / float(1 << 24)  # in (0, 1), never 0 or 1
+    uniform = uniform_from_bits(bits)
     noisy = torch.where((keys != 0).unsqueeze(-1), scores.float() - torch.log(-torch.log(uniform)), scores.float())
     pick = noisy.argmax(dim=-1, keepdim=True)
     return torch.full_like(scores, float("-inf")).scatter_(-1, pick, 0.0)
@@ -113,8 +122,11 @@ def _seeded_pick_class() -> type:
 
             keys = []
             for request in requests_with_new_token:
-                seed = request.state.logit_processor_kwargs.get("seed")
-                keys.append(0 if seed is None else step_key(seed, len(request.state.generated_tokens)))
+                state = request.state
+                seed = state.logit_processor_kwargs.get("seed")
+                # A soft reset (cache full) moves generated tokens into the prompt: count them still.
+                moved = len(state.initial_tokens) - state._true_initial_tokens if state._true_initial_tokens else 0
+                keys.append(0 if seed is None else step_key(seed, moved + len(state.generated_tokens)))
             return torch.tensor(keys, dtype=torch.int32)
 
         def __call__(self, scores: Any, tensor_arg: Any) -> Any:
@@ -141,7 +153,6 @@ class ContinuousEngine:
         tokenizer: Any,
         eos_ids: Sequence[int],
         *,
-        name: str,
         max_new_tokens: int,
         memory_fraction: float | None = None,
     ) -> None:
@@ -152,7 +163,6 @@ class ContinuousEngine:
             ContinuousBatchingLogitsProcessorList,
         )
 
-        self.name = name
         self.tokenizer = tokenizer
         self.eos_ids = list(eos_ids)
         generation_config = GenerationConfig(
@@ -161,10 +171,11 @@ class ContinuousEngine:
             eos_token_id=self.eos_ids,
             pad_token_id=tokenizer.pad_token_id,
         )
-        sizes = CPU_CACHE if memory_fraction is None and model.device.type == "cpu" else {}
+        sizes: dict[str, Any] = {"max_memory_percent": memory_fraction or GPU_MEMORY_FRACTION}
+        if memory_fraction is None and model.device.type == "cpu":
+            sizes = dict(CPU_CACHE)
         cb_config = ContinuousBatchingConfig(
             **sizes,
-            max_memory_percent=memory_fraction,
             auto_switch_to_flash=False,  # flash kernels may need a download; sdpa is what the model loaded with
             use_async_batching=False,  # a request's step count must be exact when its noise key is computed
         )
@@ -222,12 +233,20 @@ class ContinuousEngine:
                 ended = bool(tokens) and tokens[-1] in self.eos_ids
                 done.set_result(Generated(tokens[:-1] if ended else tokens, "stop" if ended else "length"))
 
-        request_id = self.manager.add_request(
-            prompt_ids, max_new_tokens=max_tokens, streaming=bool(stop), eos_token_id=self.eos_ids, **kwargs
-        )
-        if request_id is None:
-            raise RuntimeError("the continuous batching manager is not accepting requests")
+        # The handler is in place before the request is: a request finishing at once is not missed.
+        request_id = f"aloekit-{uuid.uuid4().hex}"
         self.manager.register_result_handler(request_id, on_result)
+        added = self.manager.add_request(
+            prompt_ids,
+            request_id=request_id,
+            max_new_tokens=max_tokens,
+            streaming=bool(stop),
+            eos_token_id=self.eos_ids,
+            **kwargs,
+        )
+        if added is None:
+            self._cancel(request_id)
+            raise RuntimeError("the continuous batching manager is not accepting requests")
         try:
             return await done
         finally:

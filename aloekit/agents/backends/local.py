@@ -323,7 +323,6 @@ class TransformersChatClient(ChatCompletionClient):
                     self.model,
                     self.tokenizer,
                     sorted(self._eos_ids()),
-                    name=self.name,
                     max_new_tokens=self.default_max_tokens,
                     memory_fraction=self.memory_fraction,
                 )
@@ -466,7 +465,9 @@ class TransformersChatClient(ChatCompletionClient):
 
         first_tokens = [self.tokenizer(choice, add_special_tokens=False)["input_ids"][0] for choice in choices]
         with torch.inference_mode(), self._model_turn():
-            logprobs = torch.log_softmax(self.model(**encoded).logits[:, -1, :].float(), dim=-1)[:, first_tokens]
+            # logits_to_keep=1: only the last position's logits, not batch x length x vocabulary of them.
+            logits = self.model(**encoded, logits_to_keep=1).logits[:, -1, :]
+            logprobs = torch.log_softmax(logits.float(), dim=-1)[:, first_tokens]
         results = []
         for row, values in enumerate(logprobs.tolist()):
             pick = max(range(len(choices)), key=values.__getitem__)
