@@ -33,8 +33,6 @@ class Hardware:
     """Free GPU memory when detected (None on CPU)."""
     dtype: str
     """What in-process models load as: bfloat16 on CUDA, float32 on CPU."""
-    engine: str
-    """The in-process engine ``auto`` picks: ``continuous`` on CUDA, ``static`` on CPU."""
     in_flight: int | None
     """Requests an in-process model gets at once by default (None: the configured defaults stand)."""
 
@@ -57,8 +55,8 @@ def detect() -> Hardware:
         free, _total = torch.cuda.mem_get_info()
         free_gib = free / GIB
         in_flight = min(MAX_IN_FLIGHT, max(MIN_IN_FLIGHT, int(free_gib / GIB_PER_REQUEST)))
-        return Hardware("cuda", torch.cuda.get_device_name(0), round(free_gib, 1), "bfloat16", "continuous", in_flight)
-    return Hardware("cpu", f"cpu ({os.cpu_count()} cores)", None, "float32", "static", None)
+        return Hardware("cuda", torch.cuda.get_device_name(0), round(free_gib, 1), "bfloat16", in_flight)
+    return Hardware("cpu", f"cpu ({os.cpu_count()} cores)", None, "float32", None)
 
 
 def in_process(specs: Iterable[str]) -> list[str]:
@@ -87,7 +85,10 @@ def run_defaults(
 ) -> tuple[AloeConfig, int, dict[str, Any] | None]:
     """For a run whose roles use ``specs``: the config with in-process backends sized to the hardware, the
     conversations to keep in flight (the hardware's default where nothing set them and every role runs in this
-    process), and the ``hardware`` record for the run config (None when no role runs in this process)."""
+    process), and the ``hardware`` record for the run config (None when no role runs in this process), with
+    the engine each in-process spec will use."""
+    from aloekit.agents.backends.local import resolve_engine
+
     specs = list(specs)
     local = in_process(specs)
     if not local:
@@ -96,4 +97,7 @@ def run_defaults(
     config = apply_backend_defaults(config, local, hardware)
     if not concurrency_given and hardware.conversations is not None and len(local) == len(specs):
         concurrency = hardware.conversations
-    return config, concurrency, {**hardware.record(), "conversations": concurrency}
+    engines = {
+        spec: resolve_engine(config.backend_settings(spec).engine, hardware.device, quiet=True) for spec in local
+    }
+    return config, concurrency, {**hardware.record(), "conversations": concurrency, "engines": engines}

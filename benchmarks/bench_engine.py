@@ -29,7 +29,7 @@ def chats(n: int) -> list[list[dict[str, str]]]:
 
 async def aloekit_rates(spec: str, levels: list[int], max_tokens: int, engine: str = "auto") -> list[float]:
     """Tokens/s of ``n`` concurrent chats through aloekit's backend for ``spec``, for each ``n`` in ``levels``
-    (one model load; a warm-up at the highest concurrency first, so CUDA graphs are captured before timing)."""
+    (one model load; a warm-up at the highest concurrency first, so the first load and warm-up are not timed)."""
     top = max(levels)
     settings = {"max_batch_size": top, "max_concurrency": top, "engine": engine}
     pool = BackendPool(AloeConfig.model_validate({"backend": settings}))

@@ -7,8 +7,8 @@ from aloekit import hardware
 from aloekit.config import AloeConfig
 from aloekit.hardware import Hardware, apply_backend_defaults, run_defaults
 
-GPU = Hardware("cuda", "NVIDIA H200", 130.0, "bfloat16", "continuous", 256)
-CPU = Hardware("cpu", "cpu (2 cores)", None, "float32", "static", None)
+GPU = Hardware("cuda", "NVIDIA H200", 130.0, "bfloat16", 256)
+CPU = Hardware("cpu", "cpu (2 cores)", None, "float32", None)
 
 
 def test_gpu_sizes_in_process_backends_unless_the_config_sets_them(tiny_model_dir):
@@ -29,7 +29,10 @@ def test_run_defaults_raise_conversations_only_when_every_role_is_in_process(mon
     local = f"hf:{tiny_model_dir}"
     _, conversations, record = run_defaults(AloeConfig(), [local], 8, concurrency_given=False)
     assert conversations == 64 and record["device"] == "cuda" and record["conversations"] == 64
-    assert record["in_flight"] == 256 and record["engine"] == "continuous"
+    assert record["in_flight"] == 256 and record["engines"] == {local: "continuous"}
+    # The engine recorded is the one the config chooses, not the one auto would pick.
+    static = AloeConfig(backends={local: {"engine": "static"}})
+    assert run_defaults(static, [local], 8, concurrency_given=False)[2]["engines"] == {local: "static"}
     assert run_defaults(AloeConfig(), [local], 8, concurrency_given=True)[1] == 8
     assert run_defaults(AloeConfig(), [local, "openai:gpt-4o-mini"], 8, concurrency_given=False)[1] == 8
     config, conversations, record = run_defaults(AloeConfig(), ["openai:gpt-4o-mini"], 8, False)
@@ -39,6 +42,6 @@ def test_run_defaults_raise_conversations_only_when_every_role_is_in_process(mon
 def test_detect_on_this_machine():
     detected = hardware.detect()
     if detected.device == "cpu":
-        assert detected.in_flight is None and detected.conversations is None and detected.engine == "static"
+        assert detected.in_flight is None and detected.conversations is None and detected.dtype == "float32"
     else:  # a CUDA machine
         assert 16 <= detected.in_flight <= 256 and detected.dtype == "bfloat16"

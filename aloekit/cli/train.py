@@ -29,20 +29,6 @@ def parse_trl_options(trl_options: tuple[str, ...]) -> dict[str, Any]:
     return trl
 
 
-class BatchSize(click.ParamType):
-    """A positive row count, or ``auto``."""
-
-    name = "N|auto"
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int | str:
-        """``auto`` as is, else a positive int."""
-        if value == "auto" or (isinstance(value, int) and value > 0):
-            return value
-        if isinstance(value, str) and value.isdigit() and int(value) > 0:
-            return int(value)
-        self.fail(f"{value!r} is not a positive number of rows or 'auto'", param, ctx)
-
-
 @click.group("train")
 def train_group() -> None:
     """LoRA training with trl + peft: sft and dpo on exported trees, grpo online against the simulated user."""
@@ -66,8 +52,8 @@ OFFLINE_OPTIONS = (
     click.option("--max-length", type=COUNT, help="Longest row in tokens; longer rows are dropped and counted."),
     click.option(
         "--batch-size",
-        type=BatchSize(),
-        help="Rows per device per step, or auto (default): CUDA finds the largest that fits from 32 down, CPU uses 2.",
+        metavar="N|auto",
+        help="Rows per device per step; auto (default): on CUDA the largest that fits from 32 down, on CPU 2.",
     ),  # fmt: skip
     click.option("--lora-r", type=COUNT, help="LoRA rank."),
     click.option("--lora-alpha", type=COUNT, help="LoRA alpha."),
@@ -131,7 +117,7 @@ def train_offline(
     init_adapter: Path | None,
     beta: float | None,
     max_length: int | None,
-    batch_size: int | str | None,
+    batch_size: str | None,
     lora_r: int | None,
     lora_alpha: int | None,
     lora_dropout: float | None,

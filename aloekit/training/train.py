@@ -15,7 +15,7 @@ import typing
 from collections.abc import Callable, Mapping
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -101,7 +101,7 @@ class TrainConfig(BaseModel):
     """Longest tokenised row; longer rows are dropped and counted, never silently truncated."""
     beta: float = Field(default=0.9, gt=0)
     """DPO temperature (the paper's 0.9)."""
-    batch_size: Annotated[int, Field(gt=0)] | Literal["auto"] = "auto"
+    batch_size: int | Literal["auto"] = "auto"
     """Rows per device per step. ``auto``: on CUDA, transformers' ``auto_find_batch_size`` from
     ``CUDA_START_BATCH`` down, shrunk 10% per out-of-memory; on CPU, ``CPU_BATCH``."""
     trl: dict[str, Any] = {}
@@ -113,6 +113,17 @@ class TrainConfig(BaseModel):
         if value != -1 and value < 1:  # 0 steps would save an untrained adapter as if it were trained
             raise ValueError("must be at least 1, or -1 to run `epochs`")
         return value
+
+    @field_validator("batch_size", mode="before")
+    @classmethod
+    def _rows_or_auto(cls, value: Any) -> int | str:
+        # Before pydantic's union, so that a bad value is named `batch_size`, not a member of the union.
+        if value == "auto":
+            return value
+        rows = int(value) if isinstance(value, str) and value.isdigit() else value
+        if isinstance(rows, bool) or not isinstance(rows, int) or rows < 1:
+            raise ValueError(f"must be a positive number of rows, or auto (got {value!r})")
+        return rows
 
 
 CUDA_START_BATCH = 32
@@ -542,7 +553,7 @@ def trl_args(config: TrainConfig, has_eval: bool, layers: list[tuple[str, Any]] 
         "max_length": config.max_length,
         # trl turns gradient checkpointing on by default; on CPU it costs 15-25% and saves nothing we need.
         # On CUDA it lets larger batches fit; non-reentrant checkpointing passes gradients to LoRA weights
-        # even though the frozen base's inputs need none (lora_model also enables input gradients).
+        # even though the frozen base's inputs need none (build_trainer also enables input gradients).
         "gradient_checkpointing": cuda,
         "gradient_checkpointing_kwargs": {"use_reentrant": False},
         **batch_args(config, cuda),

@@ -8,6 +8,7 @@ import asyncio
 import logging
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -89,10 +90,19 @@ async def test_guided_choice_runs_beside_the_engine(tiny_model_dir, engine_clien
 
 async def test_a_timeout_cancels_the_request_and_the_engine_keeps_serving(engine_client):
     await engine_client.create(_msgs("hello"), extra_create_args={"max_tokens": 2})  # loaded and warm
+    manager = engine_client._continuous.manager
+    cancelled = []
+    cancel = manager.cancel_request
+    manager.cancel_request = lambda request_id: (cancelled.append(request_id), cancel(request_id))
     with pytest.raises(GenerationTimeout):
         await engine_client.create(_msgs("the cat likes tea"), extra_create_args={"max_tokens": 400, "timeout_s": 1e-6})
-    router = engine_client._continuous.manager.output_router
-    assert router.result_handlers == {}  # the cancelled request left nothing behind
+    assert len(cancelled) == 1  # the timed-out request was cancelled in the engine, not only abandoned
+    assert manager.output_router.result_handlers == {}  # and left no handler behind
+    scheduler = manager.batch_processor.scheduler
+    deadline = time.monotonic() + 120
+    while scheduler.has_pending_requests() and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    assert not scheduler.has_pending_requests()
     after = await engine_client.create(_msgs("hello"), extra_create_args={"max_tokens": 3})
     assert after.usage.completion_tokens == 3
 

@@ -64,6 +64,7 @@ def test_eval_records_the_hardware_of_an_in_process_model(run_aloe, tiny_model_d
     assert proc.returncode == 0, proc.stderr
     run = json.loads(run_aloe("--json", "runs", "list").stdout)[0]
     hardware = run["config"]["hardware"]
-    assert hardware["device"] in {"cpu", "cuda"} and hardware["engine"] in {"static", "continuous"}
+    assert hardware["device"] in {"cpu", "cuda"}
+    assert list(hardware["engines"]) == [f"hf:{tiny_model_dir}"]  # the servers' roles are not in-process
     # Servers play the other roles, so the conversations in flight stay as configured (16 by default).
     assert hardware["conversations"] == run["config"]["eval_resolved"]["concurrency"] == 16

@@ -39,7 +39,8 @@ def test_simulate_records_the_hardware_of_in_process_roles(run_aloe, tiny_model_
         and hardware["conversations"] == run["config"]["simulation_resolved"]["concurrency"]
     )
     if hardware["device"] == "cpu":  # the configured defaults stand on CPU
-        assert hardware["engine"] == "static" and hardware["in_flight"] is None and hardware["conversations"] == 8
+        assert hardware["engines"] == {f"hf:{tiny_model_dir}": "static"} and hardware["in_flight"] is None
+        assert hardware["conversations"] == 8
 
 
 @pytest.mark.parametrize("flag", ["--budget-calls", "--max-calls"])

@@ -171,9 +171,10 @@ class ContinuousEngine:
             eos_token_id=self.eos_ids,
             pad_token_id=tokenizer.pad_token_id,
         )
-        sizes: dict[str, Any] = {"max_memory_percent": memory_fraction or GPU_MEMORY_FRACTION}
         if memory_fraction is None and model.device.type == "cpu":
-            sizes = dict(CPU_CACHE)
+            sizes: dict[str, Any] = CPU_CACHE
+        else:
+            sizes = {"max_memory_percent": memory_fraction or GPU_MEMORY_FRACTION}
         cb_config = ContinuousBatchingConfig(
             **sizes,
             auto_switch_to_flash=False,  # flash kernels may need a download; sdpa is what the model loaded with
@@ -213,7 +214,8 @@ class ContinuousEngine:
         if sampling:
             kwargs["top_p"] = float(top_p) if top_p is not None else 1.0
             kwargs["seed"] = int(seed)  # callers give unseeded sampling a random seed
-        request_id: str | None = None
+        # The handler is in place before the request is: a request finishing at once is not missed.
+        request_id = f"aloekit-{uuid.uuid4().hex}"
 
         def on_result(output: Any) -> None:
             if done.done():
@@ -233,8 +235,6 @@ class ContinuousEngine:
                 ended = bool(tokens) and tokens[-1] in self.eos_ids
                 done.set_result(Generated(tokens[:-1] if ended else tokens, "stop" if ended else "length"))
 
-        # The handler is in place before the request is: a request finishing at once is not missed.
-        request_id = f"aloekit-{uuid.uuid4().hex}"
         self.manager.register_result_handler(request_id, on_result)
         added = self.manager.add_request(
             prompt_ids,
@@ -253,9 +253,7 @@ class ContinuousEngine:
             if not done.done() or done.cancelled():
                 self._cancel(request_id)
 
-    def _cancel(self, request_id: str | None) -> None:
-        if request_id is None:
-            return
+    def _cancel(self, request_id: str) -> None:
         self.manager.cancel_request(request_id)
         router = self.manager.output_router  # a cancelled request never finishes, so its handler is not dropped
         with router._lock:

@@ -306,7 +306,7 @@ class TransformersChatClient(ChatCompletionClient):
             from transformers import AutoModelForCausalLM
 
             path = self._path
-            device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
+            device = self._target_device()
             dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
             with _one_line_errors(f"{self.name}: could not load the model from {path}"):
                 model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
@@ -326,6 +326,12 @@ class TransformersChatClient(ChatCompletionClient):
                     max_new_tokens=self.default_max_tokens,
                     memory_fraction=self.memory_fraction,
                 )
+
+    def _target_device(self) -> str:
+        """The device the model is (or will be) on: the one given, else CUDA when present, else the CPU."""
+        import torch
+
+        return self.device or ("cuda" if torch.cuda.is_available() else "cpu")
 
     def _eos_ids(self) -> set[int]:
         """Every token that ends a reply: the tokenizer's end and padding tokens, and the generation config's."""
@@ -355,8 +361,8 @@ class TransformersChatClient(ChatCompletionClient):
         max_tokens = extra_create_args.get("max_tokens") or self.default_max_tokens
         seed = extra_create_args.get("seed")
         timeout_s = extra_create_args.get("timeout_s", self.timeout_s)
-        if self.model is None and self.engine != "static":  # the engine is known once the model is loaded
-            await asyncio.to_thread(self.load)
+        if self.model is None and resolve_engine(self.engine, self._target_device(), quiet=True) != "static":
+            await asyncio.to_thread(self.load)  # the continuous engine starts with the model
         if self._continuous is not None and _continuous_handles(extra_create_args):
             return await self._create_continuous(messages, int(max_tokens), seed, timeout_s, extra_create_args)
         request = _Request(
@@ -600,14 +606,15 @@ class TransformersChatClient(ChatCompletionClient):
         )
 
 
-def resolve_engine(engine: str, device: str) -> str:
+def resolve_engine(engine: str, device: str, quiet: bool = False) -> str:
     """The engine an in-process model uses: ``auto`` is continuous batching on CUDA and the static batcher on
     CPU, where continuous batching measured slower (benchmarks/bench_engine.py); ``continuous`` falls back to
-    static, with a warning, where this transformers lacks what the engine needs."""
+    static, with a warning (unless ``quiet``), where this transformers lacks what the engine needs."""
     if engine == "static" or (engine == "auto" and not device.startswith("cuda")):
         return "static"
     if (missing := continuous_batching_available()) is not None:
-        logger.warning("continuous batching unavailable, using static batches: %s", missing)
+        if not quiet:
+            logger.warning("continuous batching unavailable, using static batches: %s", missing)
         return "static"
     return "continuous"
 
