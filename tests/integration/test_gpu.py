@@ -8,6 +8,7 @@ import json
 import pytest
 
 from aloekit.agents.backends import BackendPool, from_dicts
+from aloekit.config import AloeConfig
 from aloekit.training import build_train_config, train
 from benchmarks.bench_train import make_rows
 
@@ -23,8 +24,8 @@ def _chat(text):
 @pytest.fixture
 def pool():
     # One pool per test (a semaphore that had to wait is bound to its test's event loop); closed after it,
-    # which frees the engine's KV cache for the tests that follow.
-    pool = BackendPool()
+    # which frees the engine's KV cache for the tests that follow. 64 in flight, so the 64 chats run at once.
+    pool = BackendPool(AloeConfig(backend={"max_concurrency": 64}))
     yield pool
     asyncio.run(pool.aclose())
 
