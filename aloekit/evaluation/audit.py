@@ -226,23 +226,6 @@ def wilson_interval(accuracy: float, n: int) -> tuple[float | None, float | None
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
-def spread(personas: list[PersonaPair]) -> list[PersonaPair]:
-    """Reorder so that neighbours share neither profile nor personality (the eval set is profile-major,
-    so its first N pairs would all be one profile): rounds that each take every unused profile and
-    personality once, a diagonal through the grid."""
-    left, out = list(personas), []
-    while left:
-        profiles: set[str] = set()
-        personalities: set[str] = set()
-        for pair in list(left):
-            if pair.profile.id not in profiles and pair.personality.id not in personalities:
-                profiles.add(pair.profile.id)
-                personalities.add(pair.personality.id)
-                out.append(pair)
-                left.remove(pair)
-    return out
-
-
 def _other(personas: list[PersonaPair], i: int) -> PersonaPair:
     """Another eval persona with a different profile and personality (the same one if there is none)."""
     n = len(personas)
@@ -348,7 +331,7 @@ async def run_audit(
     config: AuditConfig, backends: BackendPool, labels: list[dict[str, Any]] | None = None
 ) -> AuditResult:
     """Build the probes, put them to the judge, and measure it."""
-    personas = spread(load_eval_personas(config.eval_set))[: config.personas]
+    personas = load_eval_personas(config.eval_set)[: config.personas]
     if len(personas) < 2:
         raise AloeError("the judge audit needs at least two eval personas")
     probes = await build_probes(config, backends, personas)

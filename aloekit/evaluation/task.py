@@ -4,6 +4,7 @@ conversation between a simulated user and the model under test), a scorer (the 1
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import resources
@@ -96,8 +97,10 @@ def _read_eval_file(path: Path, kind: Literal["profile", "personality"]) -> list
 
 
 def load_eval_personas(source: str | Path, n_personalities: int = 5) -> list[PersonaPair]:
-    """Eval personas from ``builtin`` or a folder holding the paper's two files, in a stable order:
-    every profile x the first ``n_personalities`` personalities (the paper's files: 20 x 5)."""
+    """Eval personas from ``builtin`` or a folder holding the paper's two files: every profile x the first
+    ``n_personalities`` personalities (the paper's files: 20 x 5), in a stable order in which profiles and
+    personalities each cycle, so that ``--personas N`` evaluates N people as different as the set allows
+    rather than one profile's variants."""
     profiles_path, personalities_path = eval_files(source)
     profiles = _read_eval_file(profiles_path, "profile")
     personalities = _read_eval_file(personalities_path, "personality")
@@ -106,7 +109,12 @@ def load_eval_personas(source: str | Path, n_personalities: int = 5) -> list[Per
             f"{personalities_path}: has {len(personalities)}, the benchmark needs at least {n_personalities} "
             "personalities"
         )
-    return [PersonaPair(profile=p, personality=q) for p in profiles for q in personalities[:n_personalities]]
+    chosen = personalities[:n_personalities]
+    # Pair k is profile k mod P with personality (k + k div lcm(P, Q)) mod Q: both cycle in every prefix, and
+    # the shift per block of lcm(P, Q) pairs makes the gcd(P, Q) blocks visit every cell of the grid once.
+    p, q = len(profiles), len(chosen)
+    block = math.lcm(p, q)
+    return [PersonaPair(profile=profiles[k % p], personality=chosen[(k + k // block) % q]) for k in range(p * q)]
 
 
 def check_eval_set(source: str | Path, n_personalities: int = 5) -> int:

@@ -152,10 +152,25 @@ def test_builtin_eval_set_is_ours_and_stable():
     assert [p.id for p in personas] == [p.id for p in load_eval_personas("builtin")]
 
 
+def test_the_first_eval_personas_are_different_people():
+    """`--personas N` takes the first N: they spread over the profiles and personalities (the files are
+    profile-major, so a plain cross product made the first 10 two profiles' variants)."""
+    personas = load_eval_personas("builtin")
+    assert len({p.profile.id for p in personas[:8]}) == 8
+    assert len({p.personality.id for p in personas[:5]}) == 5
+    first10 = personas[:10]
+    assert max(sum(p.profile.id == q.profile.id for q in first10) for p in first10) == 2
+    assert max(sum(p.personality.id == q.personality.id for q in first10) for p in first10) == 2
+    assert {(p.profile.id, p.personality.id) for p in personas} == {
+        (a, b) for a in {p.profile.id for p in personas} for b in {p.personality.id for p in personas}
+    }
+
+
 @pytest.mark.skipif(not SHARED_DATA.is_dir(), reason=f"the paper's eval files are not at {SHARED_DATA}")
 def test_paper_eval_files_load_as_exactly_100_personas():
     personas = load_eval_personas(SHARED_DATA)
     assert len(personas) == 100 and len({p.id for p in personas}) == 100
+    assert len({p.profile.id for p in personas[:20]}) == 20  # the first 20 are 20 different profiles
     # Training keeps out every persona of the files: all 7 personalities, not only the 5 the benchmark pairs.
     from aloekit.evaluation.task import eval_persona_ids
 
