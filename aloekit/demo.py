@@ -91,7 +91,7 @@ FULL = DemoScale(
     turns=4,
     sft_steps=16,
     dpo_steps=24,
-    eval_personas=10,
+    eval_personas=20,
     eval_turns=4,
     audit_personas=8,
     grpo_personas=2,
@@ -118,9 +118,22 @@ SCORER = RoleConfig(
     options={"score_mode": "expected"},
     generation=GenerationOptions(max_tokens=1, temperature=0),
 )
+# SmolLM2 ignores the default prompt's "reveal a little": its messages were no closer to its persona than a
+# generic reply (persona_similarity 3.21 against the base model's replies' 3.24 on 10 eval personas x 4
+# turns), which leaves nothing to infer or adapt to. Asked for one concrete detail per message, it reveals
+# something (3.56; first messages 3.63 -> 4.19), still never the whole profile.
+USER_PROMPT = """You are a real person chatting with a friend. Stay in character.
+
+Who you are:
+Profile: {profile}
+Personality: {personality}
+
+Write only your next message, one or two casual sentences. Each message mentions one concrete thing from \
+your profile (your job, family, home or hobbies), said in your own way. Never list your facts."""
 USER = RoleConfig(
     kind="user_simulator",
     backend=MODEL,
+    options={"system_prompt": USER_PROMPT},
     generation=GenerationOptions(max_tokens=32, temperature=0.8, repetition_penalty=PENALTY),
 )
 # The GRPO reward and the evaluation's second judge: embeddings, no model call, so it can be trusted where
@@ -200,8 +213,11 @@ def grpo_settings(scale: DemoScale, out: Path, init_adapter: Path) -> GRPOSettin
         max_completion_length=REPLY_TOKENS,
         user=USER,
         judge=SIMILARITY,
-        # A few dozen steps must move a LoRA: a higher learning rate than trl's default, no KL term.
-        trl={"learning_rate": 2e-4, "beta": 0.0, "repetition_penalty": PENALTY},
+        # SmolLM2's samples at temperature 1 are mostly word salad: the demo samples as its generator does.
+        temperature=0.7,
+        # A dozen steps must move a LoRA: a higher learning rate than trl's default, held constant (a linear
+        # decay halves it on average), no KL term.
+        trl={"learning_rate": 2e-4, "lr_scheduler_type": "constant", "beta": 0.0, "repetition_penalty": PENALTY},
     )
 
 
