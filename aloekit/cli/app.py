@@ -262,6 +262,8 @@ def setup_logging(verbose: int) -> None:
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
         os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+        # A dying continuous batching thread logs its traceback there; aloekit names its error in one line.
+        logging.getLogger("ContinuousBatchingLogger").setLevel(logging.CRITICAL)
         # trl still passes transformers' renamed gradient_checkpointing options; that is for them to fix.
         warnings.filterwarnings("ignore", category=FutureWarning, module=r"transformers\.")
 

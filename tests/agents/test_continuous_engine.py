@@ -1,6 +1,7 @@
 """The continuous batching engine of in-process models, forced on CPU with the tiny model: the same answers
 as the static batcher, seeded draws independent of the batch, stop strings, per-request lengths, guided choice
-while it runs, timeouts that free the request, and the fallback where transformers lacks it."""
+while it runs, timeouts that count from the first token and free the request, engine errors named in one line,
+and the fallback where transformers lacks it."""
 
 from __future__ import annotations
 
@@ -14,10 +15,19 @@ import pytest
 
 from aloekit.agents.backends import BackendPool, TransformersChatClient, from_dicts
 from aloekit.agents.backends import continuous as continuous_module
-from aloekit.agents.backends.continuous import gumbel_pick, step_key, uniform_from_bits
+from aloekit.agents.backends.continuous import (
+    ContinuousEngine,
+    EngineTimeout,
+    Progress,
+    _StopCheck,
+    gumbel_pick,
+    step_key,
+    uniform_from_bits,
+)
 from aloekit.agents.backends.local import resolve_engine
 from aloekit.agents.backends.managed import GenerationTimeout
 from aloekit.config import AloeConfig
+from aloekit.errors import BackendError
 
 PROMPTS = ["hello", "what is the capital of france", "the cat likes tea", "say one two three"]
 
@@ -94,10 +104,13 @@ async def test_a_timeout_cancels_the_request_and_the_engine_keeps_serving(engine
     cancelled = []
     cancel = manager.cancel_request
     manager.cancel_request = lambda request_id: (cancelled.append(request_id), cancel(request_id))
-    with pytest.raises(GenerationTimeout):
-        await engine_client.create(_msgs("the cat likes tea"), extra_create_args={"max_tokens": 400, "timeout_s": 1e-6})
+    options = {"max_tokens": 4000, "timeout_s": 1.0}  # thousands of tiny-model steps: far more than 1 s
+    with pytest.raises(GenerationTimeout) as timed_out:
+        await engine_client.create(_msgs("the cat likes tea"), extra_create_args=options)
+    assert timed_out.value.tokens > 0 and f"after {timed_out.value.tokens} tokens" in str(timed_out.value)
     assert len(cancelled) == 1  # the timed-out request was cancelled in the engine, not only abandoned
     assert manager.output_router.result_handlers == {}  # and left no handler behind
+    assert engine_client._continuous.progress == {}
     scheduler = manager.batch_processor.scheduler
     deadline = time.monotonic() + 120
     while scheduler.has_pending_requests() and time.monotonic() < deadline:
@@ -105,6 +118,109 @@ async def test_a_timeout_cancels_the_request_and_the_engine_keeps_serving(engine
     assert not scheduler.has_pending_requests()
     after = await engine_client.create(_msgs("hello"), extra_create_args={"max_tokens": 3})
     assert after.usage.completion_tokens == 3
+
+
+async def test_a_queued_request_times_out_only_after_its_first_token():
+    done = asyncio.get_running_loop().create_future()
+    progress = Progress()
+    waiting = asyncio.create_task(ContinuousEngine._wait(done, progress, timeout_s=0.05))
+    await asyncio.sleep(0.3)  # queued behind a full cache for 6x the timeout: not counted
+    assert not waiting.done()
+    progress.started, progress.tokens = time.monotonic(), 7
+    with pytest.raises(EngineTimeout) as timed_out:
+        await waiting
+    assert timed_out.value.tokens == 7
+    finished = asyncio.get_running_loop().create_future()
+    finished.set_result("reply")
+    assert await ContinuousEngine._wait(finished, Progress(), timeout_s=0.05) == "reply"
+
+
+class _CharTokenizer:
+    """One token per character; counts the characters it decodes."""
+
+    def __init__(self) -> None:
+        self.decoded = []
+
+    def encode(self, text, add_special_tokens=False):
+        return [ord(c) for c in text]
+
+    def decode(self, tokens, skip_special_tokens=True):
+        self.decoded.append(len(tokens))
+        return "".join(chr(t) for t in tokens)
+
+
+def test_stop_strings_are_found_on_the_newest_tokens_only():
+    tokenizer = _CharTokenizer()
+    check = _StopCheck(tokenizer, eos_ids=[0], stop=["END", "xyz"])
+    reply = [ord(c) for c in "a" * 300 + "some words xy"]
+    for n in range(1, len(reply) + 1):
+        assert check.cut(reply[:n], final=False) is None
+    assert max(tokenizer.decoded) <= check.lookback + 1  # never the whole 313-token reply
+    reply += [ord("z"), ord("!")]
+    assert check.cut(reply[:-1], final=False) == "a" * 300 + "some words "  # spans the last two deliveries
+    # A reply delivered in one piece at its end is searched whole.
+    late = [ord(c) for c in "END" + "b" * 100]
+    assert _StopCheck(tokenizer, [0], ["END"]).cut(late, final=True) == ""
+
+
+async def test_an_engine_that_cannot_start_fails_the_load_in_one_line(tiny_model_dir, monkeypatch):
+    from transformers.generation.continuous_batching import ContinuousBatchingManager
+
+    def no_room(self):
+        raise RuntimeError("no room for the paged cache (test)")
+
+    monkeypatch.setattr(ContinuousBatchingManager, "_create_batch_processor", no_room)
+    client = TransformersChatClient(tiny_model_dir, engine="continuous")
+    for _ in range(2):  # each call tries the load again and says why it failed
+        with pytest.raises(BackendError) as failed:
+            await client.create(_msgs("hello"), extra_create_args={"max_tokens": 3})
+        message = str(failed.value)
+        assert "continuous batching did not start" in message and "no room for the paged cache (test)" in message
+        assert "\n" not in message
+    assert client.model is None and client._continuous is None  # no half-loaded client serving statically
+    assert not continuous_module._RUNNING  # and no generation thread left behind
+
+
+async def test_an_engine_that_died_names_its_error(engine_client):
+    await engine_client.create(_msgs("hello"), extra_create_args={"max_tokens": 2})
+
+    def broken_forward(*args, **kwargs):
+        raise RuntimeError("device lost (test)")
+
+    engine_client.model.forward = broken_forward
+    with pytest.raises(BackendError, match="device lost"):  # the request in flight when it died
+        await engine_client.create(_msgs("hello"), extra_create_args={"max_tokens": 3})
+    with pytest.raises(BackendError) as later:  # and every later one, with the cause, not "not accepting"
+        await engine_client.create(_msgs("hi"), extra_create_args={"max_tokens": 3})
+    assert "stopped after an error: RuntimeError: device lost (test)" in str(later.value)
+
+
+def test_a_dying_engine_prints_no_traceback_under_the_cli_logging(tiny_model_dir):
+    script = (
+        "import asyncio, sys\n"
+        "from aloekit.cli.app import setup_logging\n"
+        "from aloekit.agents.backends import TransformersChatClient, from_dicts\n"
+        "setup_logging(0)\n"
+        "client = TransformersChatClient(sys.argv[1], engine='continuous')\n"
+        "chat = from_dicts([{'role': 'user', 'content': 'hi'}])\n"
+        "async def main():\n"
+        "    await client.create(chat, extra_create_args={'max_tokens': 2})\n"
+        "    def broken(*args, **kwargs):\n"
+        "        raise RuntimeError('device lost (test)')\n"
+        "    client.model.forward = broken\n"
+        "    for _ in range(2):\n"
+        "        try:\n"
+        "            await client.create(chat, extra_create_args={'max_tokens': 3})\n"
+        "        except Exception as exc:\n"
+        "            print(exc)\n"
+        "    await client.close()\n"
+        "asyncio.run(main())\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script, str(tiny_model_dir)], capture_output=True, text=True,
+                          timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr and "will be dropped" not in done.stderr, done.stderr[-2000:]
+    assert done.stdout.count("device lost (test)") == 2, done.stdout
 
 
 async def test_one_engine_serves_every_role_of_a_pool(tiny_model_dir):

@@ -5,14 +5,17 @@ whole static batch to finish. transformers' manager samples every row from one g
 request would draw differently depending on its neighbours; :class:`SeededPick` replaces its sampling with
 the Gumbel-max trick on noise hashed from (seed, step, token), which depends on nothing else, so a seeded
 request draws the same tokens in any batch. Stop strings are checked on the streamed tokens and end a request
-by cancelling it.
+by cancelling it. A request's timeout counts from its first token, as the static batcher's counts from the
+start of its batch: time spent queued behind a full cache is not counted.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import secrets
 import threading
+import time
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -40,6 +43,12 @@ training beside it, and for the static path's forward passes."""
 CPU_CACHE = {"num_blocks": 64, "max_batch_tokens": 512}
 """On CPU, a fixed KV cache (64 blocks of 256 tokens): transformers' CPU default takes 0.6 of the RAM, and a
 small fraction of it can leave too few blocks for one batch."""
+QUEUED_POLL_S = 0.1
+"""How often a request with a timeout checks whether it has started, while it waits for room in the batch."""
+THREAD_DEADLINE_S = 600.0
+"""Longest wait for the generation thread to allocate its cache and serve, or to record the error it died of."""
+STOP_LOOKBACK = 8
+"""Tokens before the newest ones that a stop string may start in (more than any stop string's own tokens)."""
 
 
 def continuous_batching_available() -> str | None:
@@ -105,7 +114,19 @@ def gumbel_pick(scores: Any, keys: Any) -> Any:
     return torch.full_like(scores, float("-inf")).scatter_(-1, pick, 0.0)
 
 
-def _seeded_pick_class() -> type:
+@dataclass
+class Progress:
+    """How far one request has got, written by the generation thread as it samples each token."""
+
+    started: float | None = None
+    """``time.monotonic()`` when its first token was sampled (None: still queued or prefilling)."""
+    tokens: int = 0
+    """Tokens generated before the one being sampled."""
+
+
+def _seeded_pick_class(progress: dict[str, Progress]) -> type:
+    """The logits processor class, recording each request's :class:`Progress` in ``progress`` on the way (it
+    sees every request at every step, in the generation thread)."""
     from transformers.generation.continuous_batching.cb_logits_processors import ContinuousBatchingLogitsProcessor
 
     class SeededPick(ContinuousBatchingLogitsProcessor):
@@ -120,19 +141,56 @@ def _seeded_pick_class() -> type:
         def prepare_tensor_args(self, requests_with_new_token: list[Any]) -> Any:
             import torch
 
-            keys = []
+            keys, now = [], time.monotonic()
             for request in requests_with_new_token:
                 state = request.state
                 seed = state.logit_processor_kwargs.get("seed")
                 # A soft reset (cache full) moves generated tokens into the prompt: count them still.
                 moved = len(state.initial_tokens) - state._true_initial_tokens if state._true_initial_tokens else 0
-                keys.append(0 if seed is None else step_key(seed, moved + len(state.generated_tokens)))
+                step = moved + len(state.generated_tokens)
+                keys.append(0 if seed is None else step_key(seed, step))
+                if (entry := progress.get(state.request_id)) is not None:  # None once its caller stopped waiting
+                    entry.tokens = step
+                    if entry.started is None:
+                        entry.started = now
             return torch.tensor(keys, dtype=torch.int32)
 
         def __call__(self, scores: Any, tensor_arg: Any) -> Any:
             return gumbel_pick(scores, tensor_arg[: scores.size(0)])
 
     return SeededPick
+
+
+class EngineTimeout(TimeoutError):
+    """A request still generating ``timeout_s`` after its first token; it has been cancelled."""
+
+    def __init__(self, timeout_s: float, tokens: int) -> None:
+        self.timeout_s, self.tokens = timeout_s, tokens
+        super().__init__(f"still generating {timeout_s:g} s after its first token ({tokens} tokens)")
+
+
+class _StopCheck:
+    """Finds a request's first stop string in its streamed tokens, decoding only the newest few each time
+    (a full decode per token would cost quadratic time in the reply's length)."""
+
+    def __init__(self, tokenizer: Any, eos_ids: Sequence[int], stop: Sequence[str]) -> None:
+        self.tokenizer, self.eos_ids, self.stop = tokenizer, set(eos_ids), tuple(stop)
+        self.scanned = 0  # tokens already searched up to
+        self.lookback = STOP_LOOKBACK + max(len(self.tokenizer.encode(s, add_special_tokens=False)) for s in stop)
+
+    def cut(self, tokens: list[int], *, final: bool) -> str | None:
+        """The text before the first stop string, or None when none has appeared. The newest tokens and those
+        just before them are searched; ``final``, the whole reply, so that no stop string is ever missed."""
+        start = 0 if final else max(0, self.scanned - self.lookback)
+        self.scanned = len(tokens)
+        if not any(s in self._decode(tokens[start:]) for s in self.stop):
+            return None
+        text = self._decode(tokens)
+        cuts = [i for i in (text.find(s) for s in self.stop) if i >= 0]
+        return text[: min(cuts)] if cuts else None
+
+    def _decode(self, tokens: list[int]) -> str:
+        return self.tokenizer.decode([t for t in tokens if t not in self.eos_ids], skip_special_tokens=True)
 
 
 @dataclass
@@ -165,6 +223,8 @@ class ContinuousEngine:
 
         self.tokenizer = tokenizer
         self.eos_ids = list(eos_ids)
+        self.progress: dict[str, Progress] = {}
+        """Requests whose caller is waiting, by request id."""
         generation_config = GenerationConfig(
             do_sample=False,
             max_new_tokens=max_new_tokens,
@@ -187,7 +247,7 @@ class ContinuousEngine:
         processors = ContinuousBatchingLogitsProcessorList(
             LogitsProcessorList([TemperatureLogitsWarper(1.0), TopPLogitsWarper(1.0)]), per_request_processors=True
         )
-        processors.logits_processor.append(_seeded_pick_class()())
+        processors.logits_processor.append(_seeded_pick_class(self.progress)())
         processors.tensors_required += 1
         processors._retrieve_processors_kwargs()
         processors.do_processing = True
@@ -195,6 +255,37 @@ class ContinuousEngine:
         with torch.inference_mode():  # the generation thread runs in the caller's inference mode
             self.manager.start()
         _RUNNING.add(self)
+        self._wait_until_serving()
+
+    def _wait_until_serving(self) -> None:
+        """Return once the generation thread has its cache and serves; raise with its error if it died first
+        (a cache that does not fit, say), instead of failing every later request with a vaguer one."""
+        deadline = time.monotonic() + THREAD_DEADLINE_S
+        while self.manager.batch_processor is None and self.manager.is_running() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        if self.manager.batch_processor is None or not self.manager.is_running():
+            self.close()
+            raise RuntimeError(self._not_serving())
+
+    def _not_serving(self) -> str:
+        """Why the manager takes no requests: the error its generation thread died of, where it has one."""
+        error = self.manager.background_thread_status.fatal_error
+        if error is not None:
+            return f"the continuous batching engine stopped after an error: {type(error).__name__}: {error}"
+        if not self.manager.is_running():
+            return "the continuous batching engine has stopped"
+        if self.manager.batch_processor is None:
+            return f"the continuous batching engine did not start within {THREAD_DEADLINE_S:g} s"
+        return "the continuous batching engine is stopping"
+
+    async def _refused(self) -> str:
+        """:meth:`_not_serving` once a dying generation thread has recorded its error (it fails the requests
+        in flight first) or ended."""
+        deadline = time.monotonic() + THREAD_DEADLINE_S
+        status = self.manager.background_thread_status
+        while self.manager.is_running() and status.fatal_error is None and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        return self._not_serving()
 
     async def generate(
         self,
@@ -205,17 +296,21 @@ class ContinuousEngine:
         top_p: float | None,
         seed: int | None,
         stop: Sequence[str],
+        timeout_s: float | None = None,
     ) -> Generated:
-        """Run one request to its end; cancelled (and its slot freed) if the caller stops waiting."""
+        """Run one request to its end; cancelled (and its slot freed) if the caller stops waiting, or with
+        :class:`EngineTimeout` once it has generated for ``timeout_s`` seconds."""
         loop = asyncio.get_running_loop()
         done: asyncio.Future[Generated] = loop.create_future()
-        sampling = temperature is not None and temperature > 0
-        kwargs: dict[str, Any] = {"temperature": float(temperature) if sampling else 1.0, "top_p": 1.0}
-        if sampling:
-            kwargs["top_p"] = float(top_p) if top_p is not None else 1.0
-            kwargs["seed"] = int(seed)  # callers give unseeded sampling a random seed
-        # The handler is in place before the request is: a request finishing at once is not missed.
+        kwargs: dict[str, Any] = {"temperature": 1.0, "top_p": 1.0}  # greedy: neutral warpers, key 0
+        if temperature is not None and temperature > 0:
+            kwargs = {
+                "temperature": float(temperature),
+                "top_p": 1.0 if top_p is None else float(top_p),
+                "seed": secrets.randbits(31) if seed is None else int(seed),
+            }
         request_id = f"aloekit-{uuid.uuid4().hex}"
+        stop_check = _StopCheck(self.tokenizer, self.eos_ids, stop) if stop else None
 
         def on_result(output: Any) -> None:
             if done.done():
@@ -223,35 +318,47 @@ class ContinuousEngine:
             if output.error is not None:
                 done.set_exception(RuntimeError(output.error))
                 return
-            tokens = list(output.generated_tokens)
-            if stop:
-                text = self.tokenizer.decode([t for t in tokens if t not in self.eos_ids], skip_special_tokens=True)
-                cuts = [i for i in (text.find(s) for s in stop) if i >= 0]
-                if cuts:
-                    done.set_result(Generated(tokens, "stop", text[: min(cuts)]))
-                    self._cancel(request_id)
-                    return
-            if output.is_finished():
+            tokens, finished = list(output.generated_tokens), output.is_finished()
+            if stop_check is not None and (text := stop_check.cut(tokens, final=finished)) is not None:
+                done.set_result(Generated(tokens, "stop", text))
+                self._cancel(request_id)
+            elif finished:
                 ended = bool(tokens) and tokens[-1] in self.eos_ids
                 done.set_result(Generated(tokens[:-1] if ended else tokens, "stop" if ended else "length"))
 
+        # The handler and progress record are in place before the request is: one finishing at once is not missed.
+        progress = self.progress[request_id] = Progress()
         self.manager.register_result_handler(request_id, on_result)
         added = self.manager.add_request(
             prompt_ids,
             request_id=request_id,
             max_new_tokens=max_tokens,
-            streaming=bool(stop),
+            streaming=stop_check is not None,
             eos_token_id=self.eos_ids,
             **kwargs,
         )
-        if added is None:
-            self._cancel(request_id)
-            raise RuntimeError("the continuous batching manager is not accepting requests")
         try:
-            return await done
+            if added is None:
+                raise RuntimeError(await self._refused())
+            return await self._wait(done, progress, timeout_s)
         finally:
+            self.progress.pop(request_id, None)
             if not done.done() or done.cancelled():
                 self._cancel(request_id)
+
+    @staticmethod
+    async def _wait(done: asyncio.Future[Generated], progress: Progress, timeout_s: float | None) -> Generated:
+        """``done``'s result, or :class:`EngineTimeout` once ``timeout_s`` has passed since the first token."""
+        if timeout_s is None:
+            return await done
+        while True:
+            if progress.started is None:
+                wait = QUEUED_POLL_S
+            elif (wait := progress.started + timeout_s - time.monotonic()) <= 0:
+                raise EngineTimeout(timeout_s, progress.tokens)
+            finished, _ = await asyncio.wait({done}, timeout=wait)
+            if finished:
+                return done.result()
 
     def _cancel(self, request_id: str) -> None:
         self.manager.cancel_request(request_id)

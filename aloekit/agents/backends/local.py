@@ -31,7 +31,7 @@ from autogen_core.models import (
 )
 from autogen_core.tools import Tool, ToolSchema
 
-from aloekit.agents.backends.continuous import ContinuousEngine, continuous_batching_available
+from aloekit.agents.backends.continuous import ContinuousEngine, EngineTimeout, continuous_batching_available
 from aloekit.agents.backends.files import read_json_file
 from aloekit.agents.backends.managed import GenerationTimeout
 from aloekit.agents.backends.messages import conform, to_dicts
@@ -315,17 +315,18 @@ class TransformersChatClient(ChatCompletionClient):
 
                 with _one_line_errors(f"{self.name}: could not load the adapter from {self.adapter_path}"):
                     model = PeftModel.from_pretrained(model, self.adapter_path)
-            self.model = model.to(device).eval()
-            self.device = device
-            self.engine = resolve_engine(self.engine, device)
-            if self.engine == "continuous":
-                self._continuous = ContinuousEngine(
-                    self.model,
-                    self.tokenizer,
-                    sorted(self._eos_ids()),
-                    max_new_tokens=self.default_max_tokens,
-                    memory_fraction=self.memory_fraction,
-                )
+            model = model.to(device).eval()
+            engine, continuous = resolve_engine(self.engine, device), None
+            if engine == "continuous":  # started before the model is kept: a failed start fails the load
+                with _one_line_errors(f"{self.name}: continuous batching did not start"):
+                    continuous = ContinuousEngine(
+                        model,
+                        self.tokenizer,
+                        sorted(self._eos_ids(model)),
+                        max_new_tokens=self.default_max_tokens,
+                        memory_fraction=self.memory_fraction,
+                    )
+            self.model, self.device, self.engine, self._continuous = model, device, engine, continuous
 
     def _target_device(self) -> str:
         """The device the model is (or will be) on: the one given, else CUDA when present, else the CPU."""
@@ -333,10 +334,11 @@ class TransformersChatClient(ChatCompletionClient):
 
         return self.device or ("cuda" if torch.cuda.is_available() else "cpu")
 
-    def _eos_ids(self) -> set[int]:
-        """Every token that ends a reply: the tokenizer's end and padding tokens, and the generation config's."""
+    def _eos_ids(self, model: Any = None) -> set[int]:
+        """Every token that ends a reply: the tokenizer's end and padding tokens, and the generation config's
+        (of ``model``, else the loaded one)."""
         eos_ids = {self.tokenizer.eos_token_id, self.tokenizer.pad_token_id}
-        configured = getattr(self.model.generation_config, "eos_token_id", None)
+        configured = getattr((model if model is not None else self.model).generation_config, "eos_token_id", None)
         eos_ids.update(configured if isinstance(configured, list) else [configured])
         return {i for i in eos_ids if i is not None}
 
@@ -387,24 +389,21 @@ class TransformersChatClient(ChatCompletionClient):
         timeout_s: float | None,
         options: Mapping[str, Any],
     ) -> CreateResult:
-        """One request through the continuous batching engine; its timeout counts from its submission."""
+        """One request through the continuous batching engine; its timeout counts from its first token."""
         assert self._continuous is not None
         prompt_ids = self.tokenizer(self.render_chat(to_dicts(messages)), add_special_tokens=False)["input_ids"]
-        temperature = options.get("temperature")
-        if temperature is not None and temperature > 0 and seed is None:
-            seed = secrets.randbits(31)
-        generation = self._continuous.generate(
-            prompt_ids,
-            max_tokens=max_tokens,
-            temperature=temperature,
-            top_p=options.get("top_p"),
-            seed=seed,
-            stop=tuple(options.get("stop") or ()),
-        )
         try:
-            generated = await asyncio.wait_for(generation, timeout_s)
-        except TimeoutError:
-            raise GenerationTimeout(self.name, float(timeout_s or 0), 0) from None
+            generated = await self._continuous.generate(
+                prompt_ids,
+                max_tokens=max_tokens,
+                temperature=options.get("temperature"),
+                top_p=options.get("top_p"),
+                seed=seed,
+                stop=tuple(options.get("stop") or ()),
+                timeout_s=float(timeout_s) if timeout_s is not None else None,
+            )
+        except EngineTimeout as exc:
+            raise GenerationTimeout(self.name, exc.timeout_s, exc.tokens) from None
         except RuntimeError as exc:
             raise BackendError(f"{self.name}: generation failed: {exc}") from exc
         text = generated.text
