@@ -85,6 +85,10 @@ class BackendSettings(BaseModel):
     """In-process backends: ``continuous`` batching (transformers' paged-attention manager: requests join and
     leave the running batch every step), or ``static`` batches of up to ``max_batch_size`` that run to their
     end. ``auto``: continuous on CUDA, static on CPU, where it measured faster."""
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """In-process backends: what the model's weights and activations load as. ``auto``: bfloat16 on CUDA,
+    float32 on CPU, where bfloat16 measured faster for one chat at a time but slower for batches (README,
+    Performance)."""
     kv_cache_fraction: float | None = Field(default=None, gt=0, lt=1)
     """In-process backends, continuous engine: the share of free GPU memory its paged KV cache takes when the
     model loads (None: 0.5). Lower it when training or more in-process models share the GPU."""

@@ -32,7 +32,7 @@ class Hardware:
     free_memory_gib: float | None
     """Free GPU memory when detected (None on CPU)."""
     dtype: str
-    """What in-process models load as: bfloat16 on CUDA, float32 on CPU."""
+    """What in-process models load as by default: bfloat16 on CUDA, float32 on CPU (``dtype`` setting)."""
     in_flight: int | None
     """Requests an in-process model gets at once by default (None: the configured defaults stand)."""
 
@@ -86,8 +86,8 @@ def run_defaults(
     """For a run whose roles use ``specs``: the config with in-process backends sized to the hardware, the
     conversations to keep in flight (the hardware's default where nothing set them and every role runs in this
     process), and the ``hardware`` record for the run config (None when no role runs in this process), with
-    the engine each in-process spec will use."""
-    from aloekit.agents.backends.local import resolve_engine
+    the engine and dtype each in-process spec will use."""
+    from aloekit.agents.backends.local import resolve_dtype, resolve_engine
 
     specs = list(specs)
     local = in_process(specs)
@@ -97,7 +97,8 @@ def run_defaults(
     config = apply_backend_defaults(config, local, hardware)
     if not concurrency_given and hardware.conversations is not None and len(local) == len(specs):
         concurrency = hardware.conversations
-    engines = {
-        spec: resolve_engine(config.backend_settings(spec).engine, hardware.device, quiet=True) for spec in local
-    }
-    return config, concurrency, {**hardware.record(), "conversations": concurrency, "engines": engines}
+    settings = {spec: config.backend_settings(spec) for spec in local}
+    engines = {spec: resolve_engine(s.engine, hardware.device, quiet=True) for spec, s in settings.items()}
+    dtypes = {spec: resolve_dtype(s.dtype, hardware.device) for spec, s in settings.items()}
+    record = {**hardware.record(), "conversations": concurrency, "engines": engines, "dtypes": dtypes}
+    return config, concurrency, record

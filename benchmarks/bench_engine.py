@@ -2,7 +2,7 @@
 aloekit's in-process backend with each engine: ``static`` batches (``max_batch_size`` = the concurrency)
 and ``continuous`` batching (transformers' manager inside the backend); ``--raw`` adds transformers' own
 ``generate_batch`` on the same prompts, greedy; ``--llamacpp URL`` a llama.cpp server's single stream on
-the same GGUF.
+the same GGUF; ``--dtype bfloat16`` loads the model so instead of the device's default.
 
 Run: ``.venv/bin/python benchmarks/bench_engine.py`` (``--concurrency 1,8`` for a quick look).
 Targets (issue 15): on 2 CPU cores, single stream >= 23 tokens/s, 8 concurrent >= 80 tokens/s and >= 1.5x
@@ -17,6 +17,7 @@ import time
 from typing import Any
 
 from aloekit.agents.backends import BackendPool, from_dicts
+from aloekit.agents.backends.local import resolve_dtype
 from aloekit.config import AloeConfig
 
 TOPICS = ["running", "coffee", "houseplants", "chess", "hiking", "baking bread", "jazz", "sailing"]
@@ -27,11 +28,13 @@ def chats(n: int) -> list[list[dict[str, str]]]:
     return [[{"role": "user", "content": f"Give me a tip about {TOPICS[i % 8]} (number {i})."}] for i in range(n)]
 
 
-async def aloekit_rates(spec: str, levels: list[int], max_tokens: int, engine: str = "auto") -> list[float]:
+async def aloekit_rates(
+    spec: str, levels: list[int], max_tokens: int, engine: str = "auto", dtype: str = "auto"
+) -> list[float]:
     """Tokens/s of ``n`` concurrent chats through aloekit's backend for ``spec``, for each ``n`` in ``levels``
     (one model load; a warm-up at the highest concurrency first, so the first load and warm-up are not timed)."""
     top = max(levels)
-    settings = {"max_batch_size": top, "max_concurrency": top, "engine": engine}
+    settings = {"max_batch_size": top, "max_concurrency": top, "engine": engine, "dtype": dtype}
     pool = BackendPool(AloeConfig.model_validate({"backend": settings}))
     client = pool.client(spec, role="bench")
 
@@ -69,6 +72,8 @@ def main() -> None:
     parser.add_argument("--concurrency", default="1,8,32,64", help="comma-separated numbers of concurrent chats")
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--engines", default="static,continuous", help="aloekit engines to measure")
+    parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                        help="what the model loads as (auto: the device's default)")  # fmt: skip
     parser.add_argument("--raw", action="store_true", help="also transformers' generate_batch, outside aloekit")
     parser.add_argument("--attention", default="sdpa", help="the attention implementation for --raw")
     parser.add_argument("--llamacpp", metavar="URL", help="a llama.cpp server (OpenAI API) serving the same GGUF")
@@ -79,7 +84,7 @@ def main() -> None:
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     engines = args.engines.split(",")
-    per_engine = [asyncio.run(aloekit_rates("local:smollm2", levels, args.max_tokens, e)) for e in engines]
+    per_engine = [asyncio.run(aloekit_rates("local:smollm2", levels, args.max_tokens, e, args.dtype)) for e in engines]
     rows = {n: [rates[i] for rates in per_engine] for i, n in enumerate(levels)}
     if args.raw:
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -88,13 +93,13 @@ def main() -> None:
 
         folder = converted_model_dir(find_smollm2_gguf())
         tokenizer = AutoTokenizer.from_pretrained(folder)
-        dtype = torch.bfloat16 if device == "cuda" else torch.float32
+        dtype = getattr(torch, resolve_dtype(args.dtype, device))
         model = AutoModelForCausalLM.from_pretrained(folder, attn_implementation=args.attention, dtype=dtype)
         model.to(device)
         for n in levels:
             rows[n].append(continuous_rate(model, tokenizer, n, args.max_tokens))
     print(f"local:smollm2 on {device} ({torch.cuda.get_device_name() if device == 'cuda' else 'CPU'}), "
-          f"{args.max_tokens} tokens per chat, greedy; tokens/s")  # fmt: skip
+          f"{resolve_dtype(args.dtype, device)}, {args.max_tokens} tokens per chat, greedy; tokens/s")  # fmt: skip
     columns = [f"aloekit {e}" for e in engines] + ([f"generate_batch ({args.attention})"] if args.raw else [])
     print("concurrent | " + " | ".join(f"{c:>18}" for c in columns))
     for n, rates in rows.items():

@@ -1,9 +1,14 @@
 """Hardware-chosen defaults: in-process backends sized from free GPU memory unless the config sets them,
-and the choice recorded in the run config."""
+loaded as the dtype the device or the config asks, and the choice recorded in the run config."""
 
 from __future__ import annotations
 
+import pytest
+import torch
+from pydantic import ValidationError
+
 from aloekit import hardware
+from aloekit.agents.backends import TransformersChatClient, from_dicts
 from aloekit.config import AloeConfig
 from aloekit.hardware import Hardware, apply_backend_defaults, run_defaults
 
@@ -31,8 +36,10 @@ def test_run_defaults_raise_conversations_only_when_every_role_is_in_process(mon
     assert conversations == 64 and record["device"] == "cuda" and record["conversations"] == 64
     assert record["in_flight"] == 256 and record["engines"] == {local: "continuous"}
     # The engine recorded is the one the config chooses, not the one auto would pick.
-    static = AloeConfig(backends={local: {"engine": "static"}})
-    assert run_defaults(static, [local], 8, concurrency_given=False)[2]["engines"] == {local: "static"}
+    assert record["dtypes"] == {local: "bfloat16"}
+    static = AloeConfig(backends={local: {"engine": "static", "dtype": "float16"}})
+    chosen = run_defaults(static, [local], 8, concurrency_given=False)[2]
+    assert chosen["engines"] == {local: "static"} and chosen["dtypes"] == {local: "float16"}
     assert run_defaults(AloeConfig(), [local], 8, concurrency_given=True)[1] == 8
     assert run_defaults(AloeConfig(), [local, "openai:gpt-4o-mini"], 8, concurrency_given=False)[1] == 8
     config, conversations, record = run_defaults(AloeConfig(), ["openai:gpt-4o-mini"], 8, False)
@@ -45,3 +52,19 @@ def test_detect_on_this_machine():
         assert detected.in_flight is None and detected.conversations is None and detected.dtype == "float32"
     else:  # a CUDA machine
         assert 16 <= detected.in_flight <= 256 and detected.dtype == "bfloat16"
+
+
+async def test_an_in_process_model_loads_as_the_dtype_asked(tiny_model_dir):
+    chat = from_dicts([{"role": "user", "content": "hello"}])
+    default = TransformersChatClient(tiny_model_dir, device="cpu")
+    half = TransformersChatClient(tiny_model_dir, device="cpu", dtype="bfloat16")
+    for client in (default, half):
+        reply = await client.create(chat, extra_create_args={"max_tokens": 3})
+        assert reply.usage.completion_tokens > 0
+    assert default.dtype == "float32" and default.model.dtype == torch.float32  # auto on CPU
+    assert half.dtype == "bfloat16" and half.model.dtype == torch.bfloat16
+
+
+def test_a_bad_dtype_is_a_config_error():
+    with pytest.raises(ValidationError, match="dtype"):
+        AloeConfig(backend={"dtype": "int4"})

@@ -205,9 +205,10 @@ class TransformersChatClient(ChatCompletionClient):
     a request sets ``repetition_penalty``, so in-process and server backends sample alike.
 
     ``extra_create_args={"timeout_s": 120}`` (default: the ``timeout_s`` given here, None for none) bounds a
-    request's generation, counted from when its batch starts, not while it waits for the model: a row still
-    generating at its deadline is finished early and its request raises
+    request's generation, counted from when its batch starts (continuous: from its first token), not while it
+    waits for the model: a row still generating at its deadline is finished early and its request raises
     :class:`~aloekit.agents.backends.managed.GenerationTimeout`; when every row is done the batch returns.
+    ``dtype`` (``auto``: bfloat16 on CUDA, float32 on CPU) is what the model loads as.
     Hence ``handles_timeout``: a :class:`~aloekit.agents.backends.managed.ManagedClient` leaves timing to it.
 
     Example:
@@ -234,6 +235,7 @@ class TransformersChatClient(ChatCompletionClient):
         timeout_s: float | None = None,
         engine: str = "auto",
         memory_fraction: float | None = None,
+        dtype: str = "auto",
     ) -> None:
         self._model_path = model_path
         self.adapter_path = Path(adapter_path) if adapter_path else None
@@ -246,6 +248,8 @@ class TransformersChatClient(ChatCompletionClient):
         self.engine = engine
         """``auto``, ``continuous`` or ``static`` until the model loads; then the engine in use."""
         self.memory_fraction = memory_fraction
+        self.dtype = dtype
+        """``auto`` or a torch dtype's name until the model loads; then the one it loaded as."""
         self._continuous: ContinuousEngine | None = None
         self.model: Any = None
         self.tokenizer: Any = None
@@ -307,9 +311,9 @@ class TransformersChatClient(ChatCompletionClient):
 
             path = self._path
             device = self._target_device()
-            dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+            dtype = resolve_dtype(self.dtype, device)
             with _one_line_errors(f"{self.name}: could not load the model from {path}"):
-                model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+                model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
             if self.adapter_path is not None:
                 from peft import PeftModel
 
@@ -327,6 +331,7 @@ class TransformersChatClient(ChatCompletionClient):
                         memory_fraction=self.memory_fraction,
                     )
             self.model, self.device, self.engine, self._continuous = model, device, engine, continuous
+            self.dtype = dtype
 
     def _target_device(self) -> str:
         """The device the model is (or will be) on: the one given, else CUDA when present, else the CPU."""
@@ -618,6 +623,13 @@ def resolve_engine(engine: str, device: str, quiet: bool = False) -> str:
     return "continuous"
 
 
+def resolve_dtype(dtype: str, device: str) -> str:
+    """The dtype an in-process model loads as: ``auto`` is bfloat16 on CUDA and float32 on CPU."""
+    if dtype != "auto":
+        return dtype
+    return "bfloat16" if device.startswith("cuda") else "float32"
+
+
 def _continuous_handles(options: Mapping[str, Any]) -> bool:
     """Guided choices (one forward pass) and repetition penalties (no per-request version in transformers'
     continuous batching) go through the static batcher, which pauses the engine while it runs."""
@@ -722,6 +734,7 @@ def build_local_client(spec: BackendSpec, settings: BackendSettings) -> ChatComp
         name=spec.text,
         engine=settings.engine,
         memory_fraction=settings.kv_cache_fraction,
+        dtype=settings.dtype,
     )
 
 
@@ -763,4 +776,5 @@ def build_hf_client(spec: BackendSpec, settings: BackendSettings) -> ChatComplet
         name=spec.text,
         engine=settings.engine,
         memory_fraction=settings.kv_cache_fraction,
+        dtype=settings.dtype,
     )
