@@ -51,12 +51,15 @@ def detect() -> Hardware:
     """The first CUDA device if there is one, else the CPU (detected once per process)."""
     import torch
 
+    from aloekit.agents.backends.local import resolve_dtype
+
     if torch.cuda.is_available():
         free, _total = torch.cuda.mem_get_info()
         free_gib = free / GIB
         in_flight = min(MAX_IN_FLIGHT, max(MIN_IN_FLIGHT, int(free_gib / GIB_PER_REQUEST)))
-        return Hardware("cuda", torch.cuda.get_device_name(0), round(free_gib, 1), "bfloat16", in_flight)
-    return Hardware("cpu", f"cpu ({os.cpu_count()} cores)", None, "float32", None)
+        name = torch.cuda.get_device_name(0)
+        return Hardware("cuda", name, round(free_gib, 1), resolve_dtype("auto", "cuda"), in_flight)
+    return Hardware("cpu", f"cpu ({os.cpu_count()} cores)", None, resolve_dtype("auto", "cpu"), None)
 
 
 def in_process(specs: Iterable[str]) -> list[str]:
