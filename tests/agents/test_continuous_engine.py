@@ -181,21 +181,9 @@ async def test_an_engine_that_cannot_start_fails_the_load_in_one_line(tiny_model
     assert not continuous_module._RUNNING  # and no generation thread left behind
 
 
-async def test_an_engine_that_died_names_its_error(engine_client):
-    await engine_client.create(_msgs("hello"), extra_create_args={"max_tokens": 2})
-
-    def broken_forward(*args, **kwargs):
-        raise RuntimeError("device lost (test)")
-
-    engine_client.model.forward = broken_forward
-    with pytest.raises(BackendError, match="device lost"):  # the request in flight when it died
-        await engine_client.create(_msgs("hello"), extra_create_args={"max_tokens": 3})
-    with pytest.raises(BackendError) as later:  # and every later one, with the cause, not "not accepting"
-        await engine_client.create(_msgs("hi"), extra_create_args={"max_tokens": 3})
-    assert "stopped after an error: RuntimeError: device lost (test)" in str(later.value)
-
-
-def test_a_dying_engine_prints_no_traceback_under_the_cli_logging(tiny_model_dir):
+def test_an_engine_that_died_names_its_error_without_a_traceback(tiny_model_dir):
+    # Under the CLI's logging: the request in flight fails with the error, and every later one with
+    # the error the engine died of (not "not accepting requests"); no transformers traceback.
     script = (
         "import asyncio, sys\n"
         "from aloekit.cli.app import setup_logging\n"
@@ -220,7 +208,9 @@ def test_a_dying_engine_prints_no_traceback_under_the_cli_logging(tiny_model_dir
                           timeout=300)  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     assert "Traceback" not in done.stderr and "will be dropped" not in done.stderr, done.stderr[-2000:]
-    assert done.stdout.count("device lost (test)") == 2, done.stdout
+    in_flight, later = done.stdout.strip().splitlines()
+    assert "device lost (test)" in in_flight
+    assert "stopped after an error: RuntimeError: device lost (test)" in later
 
 
 async def test_one_engine_serves_every_role_of_a_pool(tiny_model_dir):

@@ -17,7 +17,7 @@ import secrets
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -183,9 +183,11 @@ class _StopCheck:
         just before them are searched; ``final``, the whole reply, so that no stop string is ever missed."""
         start = 0 if final else max(0, self.scanned - self.lookback)
         self.scanned = len(tokens)
-        if not any(s in self._decode(tokens[start:]) for s in self.stop):
+        text = self._decode(tokens[start:])
+        if not any(s in text for s in self.stop):
             return None
-        text = self._decode(tokens)
+        if start:
+            text = self._decode(tokens)
         cuts = [i for i in (text.find(s) for s in self.stop) if i >= 0]
         return text[: min(cuts)] if cuts else None
 
@@ -260,9 +262,7 @@ class ContinuousEngine:
     def _wait_until_serving(self) -> None:
         """Return once the generation thread has its cache and serves; raise with its error if it died first
         (a cache that does not fit, say), instead of failing every later request with a vaguer one."""
-        deadline = time.monotonic() + THREAD_DEADLINE_S
-        while self.manager.batch_processor is None and self.manager.is_running() and time.monotonic() < deadline:
-            time.sleep(0.01)
+        self._while_running_until(lambda: self.manager.batch_processor is not None)
         if self.manager.batch_processor is None or not self.manager.is_running():
             self.close()
             raise RuntimeError(self._not_serving())
@@ -281,11 +281,15 @@ class ContinuousEngine:
     async def _refused(self) -> str:
         """:meth:`_not_serving` once a dying generation thread has recorded its error (it fails the requests
         in flight first) or ended."""
-        deadline = time.monotonic() + THREAD_DEADLINE_S
         status = self.manager.background_thread_status
-        while self.manager.is_running() and status.fatal_error is None and time.monotonic() < deadline:
-            await asyncio.sleep(0.01)
+        await asyncio.to_thread(self._while_running_until, lambda: status.fatal_error is not None)
         return self._not_serving()
+
+    def _while_running_until(self, condition: Callable[[], bool]) -> None:
+        """Wait while the generation thread runs and ``condition()`` is false, at most THREAD_DEADLINE_S."""
+        deadline = time.monotonic() + THREAD_DEADLINE_S
+        while self.manager.is_running() and not condition() and time.monotonic() < deadline:
+            time.sleep(0.01)
 
     async def generate(
         self,
