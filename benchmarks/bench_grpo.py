@@ -42,7 +42,7 @@ from peft import LoraConfig
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl import GRPOConfig, GRPOTrainer
 
-base, url, out, steps, slots, group, length, prompts_file = sys.argv[1:9]
+base, url, out, steps, slots, group, length, prompts_file, precision = sys.argv[1:10]
 steps, slots, group, length = int(steps), int(slots), int(group), int(length)
 client = openai.OpenAI(base_url=url, api_key="none")
 tokenizer = AutoTokenizer.from_pretrained(base)
@@ -56,7 +56,8 @@ def reward(prompts, completions, **_):
 args = GRPOConfig(output_dir=out, max_steps=steps, seed=0, per_device_train_batch_size=group, num_generations=group,
                   gradient_accumulation_steps=slots, steps_per_generation=slots, max_completion_length=length,
                   temperature=1.0, learning_rate=5e-5, logging_steps=1, save_strategy="no", report_to="none",
-                  use_cpu=True, gradient_checkpointing=False, shuffle_dataset=False)
+                  use_cpu=True, gradient_checkpointing=False, shuffle_dataset=False,
+                  bf16=precision == "bf16", fp16=False)  # aloekit's precision: the ratio is its loop's cost
 peft = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear", task_type="CAUSAL_LM")
 trainer = GRPOTrainer(model=model, reward_funcs=[reward], args=args, processing_class=tokenizer, peft_config=peft,
                       train_dataset=Dataset.from_list([{"prompt": p} for p in prompts]))
@@ -99,7 +100,8 @@ def timed(self, *args, **kwargs):
 
 grpo.Rollout.reward = timed
 summary = train_grpo(settings, envs, load_eval_personas("builtin")[:8])
-print(json.dumps({"runtime_s": summary["runtime_s"], "steps": summary["steps"], "reward_s": spent["reward_s"]}))
+print(json.dumps({"runtime_s": summary["runtime_s"], "steps": summary["steps"], "reward_s": spent["reward_s"],
+                  "mixed_precision": summary["mixed_precision"]}))
 """
 )
 
@@ -153,10 +155,12 @@ def main() -> None:
         ours = run(ALOEKIT, [f"hf:{base_dir}", url, str(Path(tmp) / "aloekit"), *common])
         prompts = Path(tmp) / "prompts.json"
         prompts.write_text(json.dumps(step_prompts(Path(tmp) / "aloekit" / "aloe.db", args.slots)))
-        plain = run(PLAIN_TRL, [base_dir, url, str(Path(tmp) / "plain"), *common, str(prompts)])
+        plain_args = [base_dir, url, str(Path(tmp) / "plain"), *common, str(prompts), ours["mixed_precision"]]
+        plain = run(PLAIN_TRL, plain_args)
     per_step = {name: r["runtime_s"] / r["steps"] for name, r in (("plain trl", plain), ("aloekit", ours))}
     for name, seconds in per_step.items():
         print(f"{name:10s} {seconds:.2f} s/step over {args.steps} steps ({args.slots} prompts x {args.group} replies)")
+    print(f"both in mixed precision {ours['mixed_precision']}")
     ratio = per_step["aloekit"] / per_step["plain trl"]
     share = ours["reward_s"] / ours["runtime_s"]
     print(f"step time aloekit / plain trl: {ratio:.2f} (target <= 1.15)")

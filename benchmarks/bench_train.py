@@ -5,7 +5,11 @@ On CPU both train at batch 2 (target: ours within 10% of plain trl). On CUDA, al
 (``--batch-size auto``) and plain trl with each of ``--batches``, keeping its best (target: ours >= 70% of
 plain trl at its best batch size).
 
-Run: ``.venv/bin/python benchmarks/bench_train.py [--method dpo|sft] [--steps 10]``
+Plain trl trains in aloekit's precision by default, so the ratio is the wrapper's cost. ``--plain-precision
+trl-default`` leaves trl's own default instead (``bf16=True``, CPU autocast included), so the ratio shows what
+aloekit's choice of precision buys: on a CPU without oneDNN's bf16 kernels, float32 instead of bf16.
+
+Run: ``.venv/bin/python benchmarks/bench_train.py [--method dpo|sft] [--steps 10] [--plain-precision same|trl-default]``
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer
 
 method, base, data, out, steps = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5])
 batches = [int(b) for b in sys.argv[6].split(",")]
+precision = sys.argv[7]  # "bf16" or "no": aloekit's; "default": trl's own
 rows = [json.loads(line) for line in open(data)]
 tokenizer = AutoTokenizer.from_pretrained(base)
 cuda = torch.cuda.is_available()
@@ -37,6 +42,8 @@ for batch in batches:
                   logging_steps=1, max_length=2048, seed=0, save_strategy="no", report_to="none", use_cpu=not cuda)
     if not cuda:
         common["gradient_checkpointing"] = False
+    if precision != "default":
+        common.update(bf16=precision == "bf16", fp16=False)
     peft = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear", task_type="CAUSAL_LM")
     if method == "dpo":
         args = DPOConfig(learning_rate=5e-5, beta=0.9, **common)
@@ -48,8 +55,8 @@ for batch in batches:
                              processing_class=tokenizer, peft_config=peft)
     started = time.time()
     trainer.train()
-    print(json.dumps({"batch": batch, "runtime_s": time.time() - started, "steps": trainer.state.global_step}),
-          flush=True)
+    print(json.dumps({"batch": batch, "runtime_s": time.time() - started, "steps": trainer.state.global_step,
+                      "precision": "bf16" if args.bf16 else "fp16" if args.fp16 else "no"}), flush=True)
     del trainer, model
     if cuda:
         torch.cuda.empty_cache()
@@ -80,6 +87,8 @@ def main() -> None:
     parser.add_argument("--method", choices=["dpo", "sft"], default="dpo")
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--batches", default="8,16,32,64", help="plain trl's batch sizes tried on CUDA")
+    parser.add_argument("--plain-precision", choices=["same", "trl-default"], default="same",
+                        help="plain trl in aloekit's precision, or in trl's own default (bf16)")  # fmt: skip
     args = parser.parse_args()
     import torch
 
@@ -100,9 +109,10 @@ def main() -> None:
         )  # fmt: skip
         ours_total = time.time() - started
         summary = json.loads(ours.stdout)
+        plain_precision = summary["mixed_precision"] if args.plain_precision == "same" else "default"
         plain = subprocess.run(
             [sys.executable, "-c", PLAIN_TRL, args.method, str(base), str(data), str(tmp_path / "plain"),
-             str(args.steps), batches],
+             str(args.steps), batches, plain_precision],
             capture_output=True, text=True, check=True,
         )  # fmt: skip
         plain_runs = [json.loads(line) for line in plain.stdout.splitlines() if line.startswith('{"batch"')]
@@ -112,13 +122,17 @@ def main() -> None:
     print(f"{args.method.upper()}, {args.steps} steps on SmolLM2-135M ({summary['device']}), "
           f"~{tokens_per_row:.0f} tokens per row")  # fmt: skip
     print(f"aloe train {args.method} (batch {summary['batch_size']}, gradient checkpointing "
-          f"{summary['gradient_checkpointing']}): {summary['runtime_s']:.1f}s training "
+          f"{summary['gradient_checkpointing']}, mixed precision {summary['mixed_precision']}): "
+          f"{summary['runtime_s']:.1f}s training "
           f"({ours_total:.1f}s with start-up) = {ours_rate:.0f} tokens/s")  # fmt: skip
     best = 0.0
     for run in plain_runs:
         rate = tokens_per_row * run["steps"] * run["batch"] / run["runtime_s"]
         best = max(best, rate)
-        print(f"plain trl, batch {run['batch']:>3}: {run['runtime_s']:.1f}s training = {rate:.0f} tokens/s")
+        print(
+            f"plain trl, batch {run['batch']:>3}, mixed precision {run['precision']}: {run['runtime_s']:.1f}s "
+            f"training = {rate:.0f} tokens/s"
+        )
     target = "0.70 on CUDA, vs plain trl's best batch" if cuda else "0.90"
     print(f"ratio (ours / plain{' best' if cuda else ''}): {ours_rate / best:.3f} (target >= {target})")
 

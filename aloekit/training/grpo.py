@@ -29,7 +29,7 @@ from aloekit.errors import AloeError, ConfigError
 from aloekit.graphs.simulate import MAX_TURNS, RoleConfig
 from aloekit.personas.models import PersonaPair
 from aloekit.training.environment import SimulatedUserEnv
-from aloekit.training.train import LoraSettings
+from aloekit.training.train import LoraSettings, mixed_precision, precision_args
 
 T = TypeVar("T")
 ROLLOUT_STATE = "aloekit_rollout.json"
@@ -234,6 +234,7 @@ def grpo_args(settings: GRPOSettings) -> Any:
         "report_to": "none",
         "use_cpu": not cuda,
         "gradient_checkpointing": cuda,
+        **precision_args(cuda),
         "shuffle_dataset": False,
     }
     if clash := sorted(set(owned) & set(settings.trl)):
@@ -369,6 +370,7 @@ def train_grpo(
         "data_hash": personas_hash(personas),
         "train_loss": result.training_loss if not math.isnan(result.training_loss) else None,
         "runtime_s": round(runtime, 2),
+        "mixed_precision": mixed_precision(trainer.args),
         "adapter_spec": f"{settings.base}+{settings.out}",
         **(extra_summary or {}),
     }

@@ -148,6 +148,29 @@ def batch_args(config: TrainConfig, cuda: bool) -> dict[str, Any]:
     return {"per_device_train_batch_size": CPU_BATCH}
 
 
+def precision_args(cuda: bool) -> dict[str, bool]:
+    """trl's ``bf16``/``fp16`` for this machine: bf16 on CUDA; on CPU only where oneDNN has bf16 kernels.
+
+    trl's configs default to ``bf16=True``, which on CPU turns on bf16 autocast. Without oneDNN's bf16
+    kernels (an AVX2 CPU: no AVX-512) torch multiplies bf16 matrices in a scalar loop: DPO steps there were
+    12.5x slower than in float32 (benchmarks/bench_train.py --plain-precision trl-default). A user's
+    ``trl.bf16`` wins.
+    """
+    return {"bf16": cuda or cpu_has_bf16_kernels(), "fp16": False}
+
+
+def cpu_has_bf16_kernels() -> bool:
+    """Whether torch multiplies bf16 matrices with oneDNN on this CPU (AVX-512 and later), as torch decides it."""
+    import torch
+
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def mixed_precision(args: Any) -> str:
+    """What a trl config trains in: ``bf16``, ``fp16`` or ``no`` (the model's own dtype)."""
+    return "bf16" if args.bf16 else "fp16" if args.fp16 else "no"
+
+
 def default_config(method: Method) -> dict[str, Any]:
     """The shipped YAML defaults for ``method``."""
     text = (resources.files("aloekit.training") / "defaults" / f"{method}.yaml").read_text()
@@ -557,6 +580,7 @@ def trl_args(config: TrainConfig, has_eval: bool, layers: list[tuple[str, Any]] 
         "gradient_checkpointing": cuda,
         "gradient_checkpointing_kwargs": {"use_reentrant": False},
         **batch_args(config, cuda),
+        **precision_args(cuda),
         "save_strategy": "no",
         "report_to": "none",
         "use_cpu": not cuda,
@@ -703,6 +727,7 @@ def train(
         "device": device_name(),
         "batch_size": batch,
         "gradient_checkpointing": bool(trainer.args.gradient_checkpointing),
+        "mixed_precision": mixed_precision(trainer.args),
         "adapter_spec": f"{config.base}+{config.out}",
     }
     try:

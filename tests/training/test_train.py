@@ -1,5 +1,6 @@
 """LoRA training on a tiny random model built in-process (no downloads), SFT and DPO."""
 
+import importlib
 import json
 
 import pytest
@@ -11,6 +12,7 @@ from aloekit.agents.backends import BackendPool, from_dicts
 from aloekit.errors import AloeError, ConfigError
 from aloekit.training import build_train_config, train
 from aloekit.training.progress import StepReporter
+from aloekit.training.train import cpu_has_bf16_kernels
 
 SFT_ROWS = [{"messages": [{"role": "user", "content": "hello what is the capital of france"},
                           {"role": "assistant", "content": "paris is the capital"}]}] * 6  # fmt: skip
@@ -49,6 +51,7 @@ def test_lora_changes_and_base_does_not(tmp_path, tiny_model_dir, method, rows):
     assert saved["data_hash"] == summary["data_hash"] and saved["config"]["method"] == method
     # batch_size auto is 2 rows on CPU, without gradient checkpointing.
     assert (saved["device"], saved["batch_size"], saved["gradient_checkpointing"]) == ("cpu", 2, False)
+    assert saved["mixed_precision"] == ("bf16" if cpu_has_bf16_kernels() else "no")
     original, lora, base_after = lora_and_base_weights(tiny_model_dir, tmp_path / "adapter")
     # LoRA B matrices start at zero: trained ones are not.
     lora_b = [v for k, v in lora.items() if "lora_B" in k]
@@ -156,6 +159,24 @@ def test_batch_size_auto_by_device_or_given_once():
         )
     with pytest.raises(ConfigError, match="--batch-size"):
         build_train_config("sft", data="d.jsonl", base="local:smollm2", out="o", batch_size=0)
+
+
+@pytest.mark.parametrize("onednn_bf16", [False, True])
+def test_cpu_trains_in_bf16_only_where_onednn_has_bf16_kernels(monkeypatch, tmp_path, onednn_bf16):
+    """trl's default bf16=True means CPU autocast, a scalar loop without oneDNN's kernels (12.5x slower)."""
+    from aloekit.training import grpo
+    from aloekit.training.grpo import GRPOSettings, grpo_args
+    from aloekit.training.train import trl_args
+
+    train_module = importlib.import_module("aloekit.training.train")  # the package exports a function `train`
+    monkeypatch.setattr(train_module, "cpu_has_bf16_kernels", lambda: onednn_bf16)
+    for method in ("sft", "dpo"):
+        args = trl_args(build_train_config(method, data="d.jsonl", base="local:smollm2", out=tmp_path), has_eval=False)
+        assert (args.bf16, args.fp16) == (onednn_bf16, False), method
+    assert grpo_args(GRPOSettings(out=tmp_path)).bf16 == onednn_bf16
+    assert grpo.precision_args is train_module.precision_args  # GRPO decides it in the same place
+    own = build_train_config("dpo", data="d.jsonl", base="local:smollm2", out=tmp_path, trl={"bf16": not onednn_bf16})
+    assert trl_args(own, has_eval=False).bf16 is (not onednn_bf16)  # the user's trl.bf16 wins
 
 
 def test_shipped_defaults_follow_the_paper():
