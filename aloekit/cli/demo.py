@@ -11,7 +11,7 @@ from aloekit.cli.app import App, output_folder, pass_app
 
 @click.command()
 @click.option("--out", type=click.Path(path_type=Path), default=Path("aloe-demo"), show_default=True)
-@click.option("--quick", is_flag=True, help="Smaller run (about 12 minutes on 2 cores).")
+@click.option("--quick", is_flag=True, help="Smaller run (10-20 minutes on 2 cores).")
 @pass_app
 def demo(app: App, out: Path, quick: bool) -> None:
     """Run the whole ALOE pipeline on the embedded SmolLM2: personas, trees, training, evaluation, report."""

@@ -9,7 +9,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.first]
 
 
 def test_quick_demo_produces_every_output(run_aloe, tmp_path):
-    # A deadline, not a duration: about 10 minutes on an idle 2-core machine, and over 25 on a loaded one.
+    # A deadline, not a duration: 10-20 minutes on an idle 2-core machine, and over 25 on a loaded one.
     # Both cores for the longest test (963 s on the one thread a test worker gets, about 620 s on two): the
     # other worker finishes the rest of the suite long before, and passive OpenMP waiting keeps the two
     # threads from spinning against that worker meanwhile.
