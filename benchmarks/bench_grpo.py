@@ -7,7 +7,7 @@ by step (same lengths, same chat template). Both score replies with the same HTT
 OpenAI-compatible judge (zero latency), so the ratio is the cost of aloekit's loop (environments, best-of-n
 continuation, tree storage, the user simulator's turn);
 the share is measured with the user simulator and judge on that stub, so it is a floor: with real models
-serving those roles their calls dominate.
+serving those roles their calls dominate. The plain script trains in the mixed precision aloekit chose.
 
 Run: ``.venv/bin/python benchmarks/bench_grpo.py [--steps 6] [--base local:smollm2]``
 """
@@ -57,13 +57,14 @@ args = GRPOConfig(output_dir=out, max_steps=steps, seed=0, per_device_train_batc
                   gradient_accumulation_steps=slots, steps_per_generation=slots, max_completion_length=length,
                   temperature=1.0, learning_rate=5e-5, logging_steps=1, save_strategy="no", report_to="none",
                   use_cpu=True, gradient_checkpointing=False, shuffle_dataset=False,
-                  bf16=precision == "bf16", fp16=False)  # aloekit's precision: the ratio is its loop's cost
+                  bf16=precision == "bf16", fp16=precision == "fp16")  # aloekit's: the ratio is its loop's cost
 peft = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear", task_type="CAUSAL_LM")
 trainer = GRPOTrainer(model=model, reward_funcs=[reward], args=args, processing_class=tokenizer, peft_config=peft,
                       train_dataset=Dataset.from_list([{"prompt": p} for p in prompts]))
 started = time.time()
 trainer.train()
-print(json.dumps({"runtime_s": time.time() - started, "steps": trainer.state.global_step}))
+print(json.dumps({"runtime_s": time.time() - started, "steps": trainer.state.global_step,
+                  "mixed_precision": "bf16" if args.bf16 else "fp16" if args.fp16 else "no"}))
 """
 )
 
@@ -160,7 +161,7 @@ def main() -> None:
     per_step = {name: r["runtime_s"] / r["steps"] for name, r in (("plain trl", plain), ("aloekit", ours))}
     for name, seconds in per_step.items():
         print(f"{name:10s} {seconds:.2f} s/step over {args.steps} steps ({args.slots} prompts x {args.group} replies)")
-    print(f"both in mixed precision {ours['mixed_precision']}")
+    print(f"mixed precision: aloekit {ours['mixed_precision']}, plain trl {plain['mixed_precision']}")
     ratio = per_step["aloekit"] / per_step["plain trl"]
     share = ours["reward_s"] / ours["runtime_s"]
     print(f"step time aloekit / plain trl: {ratio:.2f} (target <= 1.15)")

@@ -32,7 +32,7 @@ from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer
 
 method, base, data, out, steps = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5])
 batches = [int(b) for b in sys.argv[6].split(",")]
-precision = sys.argv[7]  # "bf16" or "no": aloekit's; "default": trl's own
+precision = sys.argv[7]  # "bf16", "fp16" or "no": aloekit's; "default": trl's own
 rows = [json.loads(line) for line in open(data)]
 tokenizer = AutoTokenizer.from_pretrained(base)
 cuda = torch.cuda.is_available()
@@ -43,7 +43,7 @@ for batch in batches:
     if not cuda:
         common["gradient_checkpointing"] = False
     if precision != "default":
-        common.update(bf16=precision == "bf16", fp16=False)
+        common.update(bf16=precision == "bf16", fp16=precision == "fp16")
     peft = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear", task_type="CAUSAL_LM")
     if method == "dpo":
         args = DPOConfig(learning_rate=5e-5, beta=0.9, **common)

@@ -234,7 +234,7 @@ def grpo_args(settings: GRPOSettings) -> Any:
         "report_to": "none",
         "use_cpu": not cuda,
         "gradient_checkpointing": cuda,
-        **precision_args(cuda),
+        **precision_args(cuda, settings.trl),
         "shuffle_dataset": False,
     }
     if clash := sorted(set(owned) & set(settings.trl)):

@@ -148,22 +148,30 @@ def batch_args(config: TrainConfig, cuda: bool) -> dict[str, Any]:
     return {"per_device_train_batch_size": CPU_BATCH}
 
 
-def precision_args(cuda: bool) -> dict[str, bool]:
-    """trl's ``bf16``/``fp16`` for this machine: bf16 on CUDA; on CPU only where oneDNN has bf16 kernels.
+def precision_args(cuda: bool, trl: Mapping[str, Any]) -> dict[str, bool]:
+    """trl's ``bf16`` on CPU: only where oneDNN has bf16 kernels; on CUDA, or when ``trl`` sets ``bf16`` or
+    ``fp16``, trl's own choice stands (it takes bf16 unless fp16 is set).
 
     trl's configs default to ``bf16=True``, which on CPU turns on bf16 autocast. Without oneDNN's bf16
-    kernels (an AVX2 CPU: no AVX-512) torch multiplies bf16 matrices in a scalar loop: DPO steps there were
-    12.5x slower than in float32 (benchmarks/bench_train.py --plain-precision trl-default). A user's
-    ``trl.bf16`` wins.
+    kernels (an AVX2 CPU) torch multiplies bf16 matrices in a plain loop: DPO steps there were 12.5x
+    slower than in float32 (benchmarks/bench_train.py --plain-precision trl-default).
     """
-    return {"bf16": cuda or cpu_has_bf16_kernels(), "fp16": False}
+    if cuda or "bf16" in trl or "fp16" in trl:
+        return {}
+    return {"bf16": cpu_has_bf16_kernels()}
 
 
 def cpu_has_bf16_kernels() -> bool:
-    """Whether torch multiplies bf16 matrices with oneDNN on this CPU (AVX-512 and later), as torch decides it."""
+    """Whether torch multiplies bf16 matrices with oneDNN on this CPU, as torch decides it (AVX-512,
+    AVX-NE-CONVERT or Arm's bf16); False on a torch built without oneDNN or with it switched off."""
     import torch
 
-    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    if not (torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled):
+        return False
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a private op: absent from some builds
+        return False
 
 
 def mixed_precision(args: Any) -> str:
@@ -580,7 +588,7 @@ def trl_args(config: TrainConfig, has_eval: bool, layers: list[tuple[str, Any]] 
         "gradient_checkpointing": cuda,
         "gradient_checkpointing_kwargs": {"use_reentrant": False},
         **batch_args(config, cuda),
-        **precision_args(cuda),
+        **precision_args(cuda, config.trl),
         "save_strategy": "no",
         "report_to": "none",
         "use_cpu": not cuda,

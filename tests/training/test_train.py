@@ -163,20 +163,35 @@ def test_batch_size_auto_by_device_or_given_once():
 
 @pytest.mark.parametrize("onednn_bf16", [False, True])
 def test_cpu_trains_in_bf16_only_where_onednn_has_bf16_kernels(monkeypatch, tmp_path, onednn_bf16):
-    """trl's default bf16=True means CPU autocast, a scalar loop without oneDNN's kernels (12.5x slower)."""
-    from aloekit.training import grpo
+    """trl's default bf16=True means CPU autocast, a plain loop without oneDNN's kernels (12.5x slower)."""
     from aloekit.training.grpo import GRPOSettings, grpo_args
     from aloekit.training.train import trl_args
 
     train_module = importlib.import_module("aloekit.training.train")  # the package exports a function `train`
     monkeypatch.setattr(train_module, "cpu_has_bf16_kernels", lambda: onednn_bf16)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+
+    def args(method, trl=None):
+        config = build_train_config(method, data="d.jsonl", base="local:smollm2", out=tmp_path, trl=trl or {})
+        return trl_args(config, has_eval=False)
+
     for method in ("sft", "dpo"):
-        args = trl_args(build_train_config(method, data="d.jsonl", base="local:smollm2", out=tmp_path), has_eval=False)
-        assert (args.bf16, args.fp16) == (onednn_bf16, False), method
+        assert (args(method).bf16, args(method).fp16) == (onednn_bf16, False), method
     assert grpo_args(GRPOSettings(out=tmp_path)).bf16 == onednn_bf16
-    assert grpo.precision_args is train_module.precision_args  # GRPO decides it in the same place
-    own = build_train_config("dpo", data="d.jsonl", base="local:smollm2", out=tmp_path, trl={"bf16": not onednn_bf16})
-    assert trl_args(own, has_eval=False).bf16 is (not onednn_bf16)  # the user's trl.bf16 wins
+    # The user's choice stands: either flag alone, with trl picking the other (fp16 alone is not a conflict).
+    assert args("dpo", {"bf16": not onednn_bf16}).bf16 is (not onednn_bf16)
+    assert (args("dpo", {"fp16": True}).fp16, args("dpo", {"fp16": True}).bf16) == (True, False)
+    fp16 = grpo_args(GRPOSettings(out=tmp_path, trl={"fp16": True}))
+    assert (fp16.fp16, fp16.bf16) == (True, False)
+
+
+def test_cpu_bf16_kernels_are_asked_of_torch_only_when_onednn_is_on(monkeypatch):
+    from aloekit.training.train import cpu_has_bf16_kernels
+
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)
+    assert cpu_has_bf16_kernels() is True
+    monkeypatch.setattr(torch.backends.mkldnn, "enabled", False)
+    assert cpu_has_bf16_kernels() is False
 
 
 def test_shipped_defaults_follow_the_paper():
