@@ -175,19 +175,15 @@ def test_cpu_trains_in_bf16_only_where_onednn_has_bf16_kernels(monkeypatch, tmp_
         config = build_train_config(method, data="d.jsonl", base="local:smollm2", out=tmp_path, trl=trl or {})
         return trl_args(config, has_eval=False)
 
-    for method in ("sft", "dpo"):
-        assert (args(method).bf16, args(method).fp16) == (onednn_bf16, False), method
-    assert grpo_args(GRPOSettings(out=tmp_path)).bf16 == onednn_bf16
+    chosen = [args("sft"), args("dpo"), grpo_args(GRPOSettings(out=tmp_path))]
+    assert [(a.bf16, a.fp16) for a in chosen] == [(onednn_bf16, False)] * 3
     # The user's choice stands: either flag alone, with trl picking the other (fp16 alone is not a conflict).
     assert args("dpo", {"bf16": not onednn_bf16}).bf16 is (not onednn_bf16)
-    assert (args("dpo", {"fp16": True}).fp16, args("dpo", {"fp16": True}).bf16) == (True, False)
-    fp16 = grpo_args(GRPOSettings(out=tmp_path, trl={"fp16": True}))
-    assert (fp16.fp16, fp16.bf16) == (True, False)
+    fp16 = [args("dpo", {"fp16": True}), grpo_args(GRPOSettings(out=tmp_path, trl={"fp16": True}))]
+    assert [(a.fp16, a.bf16) for a in fp16] == [(True, False)] * 2
 
 
 def test_cpu_bf16_kernels_are_asked_of_torch_only_when_onednn_is_on(monkeypatch):
-    from aloekit.training.train import cpu_has_bf16_kernels
-
     monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)
     assert cpu_has_bf16_kernels() is True
     monkeypatch.setattr(torch.backends.mkldnn, "enabled", False)
