@@ -89,8 +89,8 @@ def run_defaults(
     """For a run whose roles use ``specs``: the config with in-process backends sized to the hardware, the
     conversations to keep in flight (the hardware's default where nothing set them and every role runs in this
     process), and the ``hardware`` record for the run config (None when no role runs in this process), with
-    the engine and dtype each in-process spec will use."""
-    from aloekit.agents.backends.local import resolve_dtype, resolve_engine
+    the engine, dtype and weights each in-process spec will use."""
+    from aloekit.agents.backends.local import resolve_dtype, resolve_engine, resolve_weights
 
     specs = list(specs)
     local = in_process(specs)
@@ -103,5 +103,9 @@ def run_defaults(
     settings = {spec: config.backend_settings(spec) for spec in local}
     engines = {spec: resolve_engine(s.engine, hardware.device, quiet=True) for spec, s in settings.items()}
     dtypes = {spec: resolve_dtype(s.dtype, hardware.device) for spec, s in settings.items()}
-    record = {**hardware.record(), "conversations": concurrency, "engines": engines, "dtypes": dtypes}
+    weights = {spec: resolve_weights(s.weights, hardware.device, dtypes[spec], engines[spec],
+                                     gguf=parse_spec(spec).prefix == "local", quiet=True)
+               for spec, s in settings.items()}  # fmt: skip
+    record = {**hardware.record(), "conversations": concurrency, "engines": engines, "dtypes": dtypes,
+              "weights": weights}  # fmt: skip
     return config, concurrency, record

@@ -2,7 +2,8 @@
 aloekit's in-process backend with each engine: ``static`` batches (``max_batch_size`` = the concurrency)
 and ``continuous`` batching (transformers' manager inside the backend); ``--raw`` adds transformers' own
 ``generate_batch`` on the same prompts, greedy; ``--llamacpp URL`` a llama.cpp server's single stream on
-the same GGUF; ``--dtype bfloat16`` loads the model so instead of the device's default.
+the same GGUF; ``--dtype bfloat16`` loads the model so instead of the device's default; ``--weights
+float,packed`` measures each engine decoding with the converted float weights and with the GGUF's blocks.
 
 Run: ``.venv/bin/python benchmarks/bench_engine.py`` (``--concurrency 1,8`` for a quick look).
 Targets (issue 15): on 2 CPU cores, single stream >= 23 tokens/s, 8 concurrent >= 80 tokens/s and >= 1.5x
@@ -29,12 +30,12 @@ def chats(n: int) -> list[list[dict[str, str]]]:
 
 
 async def aloekit_rates(
-    spec: str, levels: list[int], max_tokens: int, engine: str = "auto", dtype: str = "auto"
+    spec: str, levels: list[int], max_tokens: int, engine: str = "auto", dtype: str = "auto", weights: str = "auto"
 ) -> list[float]:
     """Tokens/s of ``n`` concurrent chats through aloekit's backend for ``spec``, for each ``n`` in ``levels``
     (one model load; a warm-up at the highest concurrency first, so the first load and warm-up are not timed)."""
     top = max(levels)
-    settings = {"max_batch_size": top, "max_concurrency": top, "engine": engine, "dtype": dtype}
+    settings = {"max_batch_size": top, "max_concurrency": top, "engine": engine, "dtype": dtype, "weights": weights}
     pool = BackendPool(AloeConfig.model_validate({"backend": settings}))
     client = pool.client(spec, role="bench")
 
@@ -74,6 +75,7 @@ def main() -> None:
     parser.add_argument("--engines", default="static,continuous", help="aloekit engines to measure")
     parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
                         help="what the model loads as (auto: the device's default)")  # fmt: skip
+    parser.add_argument("--weights", default="auto", help="comma-separated: auto, packed, float")
     parser.add_argument("--raw", action="store_true", help="also transformers' generate_batch, outside aloekit")
     parser.add_argument("--attention", default="sdpa", help="the attention implementation for --raw")
     parser.add_argument("--llamacpp", metavar="URL", help="a llama.cpp server (OpenAI API) serving the same GGUF")
@@ -83,8 +85,9 @@ def main() -> None:
     import torch
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    engines = args.engines.split(",")
-    per_engine = [asyncio.run(aloekit_rates("local:smollm2", levels, args.max_tokens, e, args.dtype)) for e in engines]
+    columns = [(e, w) for e in args.engines.split(",") for w in args.weights.split(",")]
+    per_engine = [asyncio.run(aloekit_rates("local:smollm2", levels, args.max_tokens, e, args.dtype, w))
+                  for e, w in columns]  # fmt: skip
     rows = {n: [rates[i] for rates in per_engine] for i, n in enumerate(levels)}
     if args.raw:
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -100,23 +103,24 @@ def main() -> None:
             rows[n].append(continuous_rate(model, tokenizer, n, args.max_tokens))
     print(f"local:smollm2 on {device} ({torch.cuda.get_device_name() if device == 'cuda' else 'CPU'}), "
           f"{resolve_dtype(args.dtype, device)}, {args.max_tokens} tokens per chat, greedy; tokens/s")  # fmt: skip
-    columns = [f"aloekit {e}" for e in engines] + ([f"generate_batch ({args.attention})"] if args.raw else [])
-    print("concurrent | " + " | ".join(f"{c:>18}" for c in columns))
+    labels = [f"{e}, {w}" if w != "auto" else e for e, w in columns]
+    headers = [f"aloekit {c}" for c in labels] + ([f"generate_batch ({args.attention})"] if args.raw else [])
+    print("concurrent | " + " | ".join(f"{c:>22}" for c in headers))
     for n, rates in rows.items():
-        print(f"{n:>10} | " + " | ".join(f"{r:>18.1f}" for r in rates))
+        print(f"{n:>10} | " + " | ".join(f"{r:>22.1f}" for r in rates))
     if levels[0] == 1:
-        for i, engine in enumerate(engines):
+        for i, label in enumerate(labels):
             single = rows[1][i]
             for n in levels[1:]:
-                print(f"aloekit {engine}, {n} concurrent / single stream: {rows[n][i] / single:.2f}x")
-    if len(engines) == 2:
+                print(f"aloekit {label}, {n} concurrent / single stream: {rows[n][i] / single:.2f}x")
+    for i, label in enumerate(labels[1:], start=1):
         for n in levels:
-            print(f"{n} concurrent, {engines[1]} / {engines[0]}: {rows[n][1] / rows[n][0]:.2f}x")
+            print(f"{n} concurrent, {label} / {labels[0]}: {rows[n][i] / rows[n][0]:.2f}x")
     if args.llamacpp:
         llama = asyncio.run(aloekit_rates(f"openai:{args.llamacpp}#smollm2", [1], args.max_tokens))[0]
         print(f"llama.cpp single stream: {llama:.1f} tokens/s")
         if 8 in rows:
-            best = max(rows[8][: len(engines)])
+            best = max(rows[8][: len(columns)])
             print(f"aloekit, 8 concurrent / llama.cpp single stream: {best / llama:.2f}x (target >= 1.5)")
 
 

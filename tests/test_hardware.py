@@ -1,5 +1,6 @@
 """Hardware-chosen defaults: in-process backends sized from free GPU memory unless the config sets them,
-loaded as the dtype the device or the config asks, and the choice recorded in the run config."""
+loaded as the dtype the device or the config asks, decoding with the weights it can, and the choices recorded in
+the run config."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pydantic import ValidationError
 
 from aloekit import hardware
 from aloekit.agents.backends import TransformersChatClient, from_dicts
+from aloekit.agents.backends import local as local_backend
 from aloekit.config import AloeConfig
 from aloekit.hardware import Hardware, apply_backend_defaults, run_defaults
 
@@ -40,10 +42,21 @@ def test_run_defaults_raise_conversations_only_when_every_role_is_in_process(mon
     static = AloeConfig(backends={local: {"engine": "static", "dtype": "float16"}})
     chosen = run_defaults(static, [local], 8, concurrency_given=False)[2]
     assert chosen["engines"] == {local: "static"} and chosen["dtypes"] == {local: "float16"}
+    assert record["weights"] == {local: "float"}  # a transformers folder has no GGUF blocks to decode with
     assert run_defaults(AloeConfig(), [local], 8, concurrency_given=True)[1] == 8
     assert run_defaults(AloeConfig(), [local, "openai:gpt-4o-mini"], 8, concurrency_given=False)[1] == 8
     config, conversations, record = run_defaults(AloeConfig(), ["openai:gpt-4o-mini"], 8, False)
     assert (config, conversations, record) == (AloeConfig(), 8, None)
+
+
+def test_the_embedded_model_records_packed_weights_on_cpu(monkeypatch):
+    monkeypatch.setattr(hardware, "detect", lambda: CPU)
+    monkeypatch.setattr(local_backend, "_packed_kernels_missing", lambda: None)
+    assert run_defaults(AloeConfig(), ["local:smollm2"], 8, False)[2]["weights"] == {"local:smollm2": "packed"}
+    chosen = AloeConfig(backend={"weights": "float"})
+    assert run_defaults(chosen, ["local:smollm2"], 8, False)[2]["weights"] == {"local:smollm2": "float"}
+    monkeypatch.setattr(hardware, "detect", lambda: GPU)
+    assert run_defaults(AloeConfig(), ["local:smollm2"], 8, False)[2]["weights"] == {"local:smollm2": "float"}
 
 
 def test_detect_on_this_machine():

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import importlib.util
 import logging
 import os
@@ -35,6 +36,7 @@ from aloekit.agents.backends.continuous import ContinuousEngine, EngineTimeout, 
 from aloekit.agents.backends.files import read_json_file
 from aloekit.agents.backends.managed import GenerationTimeout
 from aloekit.agents.backends.messages import conform, to_dicts
+from aloekit.agents.backends.packed import cached_gguf_blocks, pack_linears, packed_kernels_missing
 from aloekit.agents.backends.registry import BackendSpec, register_backend
 from aloekit.config import BackendSettings
 from aloekit.errors import AloeError, BackendError, SpecError
@@ -208,7 +210,9 @@ class TransformersChatClient(ChatCompletionClient):
     request's generation, counted from when its batch starts (continuous: from its first token), not while it
     waits for the model: a row still generating at its deadline is finished early and its request raises
     :class:`~aloekit.agents.backends.managed.GenerationTimeout`; when every row is done the batch returns.
-    ``dtype`` (``auto``: bfloat16 on CUDA, float32 on CPU) is what the model loads as.
+    ``dtype`` (``auto``: bfloat16 on CUDA, float32 on CPU) is what the model loads as. ``weights="packed"``
+    (the default on CPU for a model converted from ``gguf``) decodes with the GGUF's own 4-bit blocks
+    (:mod:`~aloekit.agents.backends.packed`); ``float`` with the converted float weights only.
     Hence ``handles_timeout``: a :class:`~aloekit.agents.backends.managed.ManagedClient` leaves timing to it.
 
     Example:
@@ -236,6 +240,8 @@ class TransformersChatClient(ChatCompletionClient):
         engine: str = "auto",
         memory_fraction: float | None = None,
         dtype: str = "auto",
+        weights: str = "auto",
+        gguf: Path | None = None,
     ) -> None:
         self._model_path = model_path
         self.adapter_path = Path(adapter_path) if adapter_path else None
@@ -250,6 +256,10 @@ class TransformersChatClient(ChatCompletionClient):
         self.memory_fraction = memory_fraction
         self.dtype = dtype
         """``auto`` or a torch dtype's name until the model loads; then the one it loaded as."""
+        self.weights = weights
+        """``auto``, ``packed`` or ``float`` until the model loads; then what its decoding steps use."""
+        self.gguf = gguf
+        """The GGUF the model was converted from, whose blocks ``packed`` weights are."""
         self._continuous: ContinuousEngine | None = None
         self.model: Any = None
         self.tokenizer: Any = None
@@ -314,13 +324,22 @@ class TransformersChatClient(ChatCompletionClient):
             dtype = resolve_dtype(self.dtype, device)
             with _one_line_errors(f"{self.name}: could not load the model from {path}"):
                 model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
+            engine = resolve_engine(self.engine, device)
+            weights = resolve_weights(self.weights, device, dtype, engine, self.gguf is not None)
+            if weights == "packed":  # before any adapter: peft then wraps the packed layers as plain ones
+                assert self.gguf is not None and path is not None
+                with _one_line_errors(f"{self.name}: could not read the blocks of {self.gguf}"):
+                    packed = pack_linears(model, cached_gguf_blocks(model, self.gguf, path))
+                if not packed:
+                    logger.warning("%s: no Q4_1 or Q8_0 layer in %s; decoding in float", self.name, self.gguf)
+                    weights = "float"
             if self.adapter_path is not None:
                 from peft import PeftModel
 
                 with _one_line_errors(f"{self.name}: could not load the adapter from {self.adapter_path}"):
                     model = PeftModel.from_pretrained(model, self.adapter_path)
             model = model.to(device).eval()
-            engine, continuous = resolve_engine(self.engine, device), None
+            continuous = None
             if engine == "continuous":  # started before the model is kept: a failed start fails the load
                 with _one_line_errors(f"{self.name}: continuous batching did not start"):
                     continuous = ContinuousEngine(
@@ -331,7 +350,7 @@ class TransformersChatClient(ChatCompletionClient):
                         memory_fraction=self.memory_fraction,
                     )
             self.model, self.device, self.engine, self._continuous = model, device, engine, continuous
-            self.dtype = dtype
+            self.dtype, self.weights = dtype, weights
 
     def _target_device(self) -> str:
         """The device the model is (or will be) on: the one given, else CUDA when present, else the CPU."""
@@ -630,6 +649,31 @@ def resolve_dtype(dtype: str, device: str) -> str:
     return "bfloat16" if device.startswith("cuda") else "float32"
 
 
+def resolve_weights(weights: str, device: str, dtype: str, engine: str, gguf: bool, quiet: bool = False) -> str:
+    """What an in-process model decodes with: ``auto`` is ``packed`` (the GGUF's blocks) for a model converted
+    from a ``gguf``, loaded as float32 on a CPU whose torch has the kernels, on the static engine (the
+    continuous one decodes several requests in one row, which the packed layers leave to the float weights,
+    so a reply would decode differently alone and in company); ``float`` otherwise. ``packed`` falls back
+    to ``float``, with a warning (unless ``quiet``), where it cannot run."""
+    if weights == "float":
+        return "float"
+    why = (
+        "the model is not a GGUF's (local:)" if not gguf
+        else f"the model is on {device}, not the CPU" if device != "cpu"
+        else f"the model loads as {dtype}, not float32" if dtype != "float32"
+        else "the continuous engine runs it" if engine != "static"
+        else _packed_kernels_missing()
+    )  # fmt: skip
+    if why is None:
+        return "packed"
+    if weights == "packed" and not quiet:
+        logger.warning("packed weights unavailable, decoding in float: %s", why)
+    return "float"
+
+
+_packed_kernels_missing = functools.cache(packed_kernels_missing)
+
+
 def _continuous_handles(options: Mapping[str, Any]) -> bool:
     """Guided choices (one forward pass) and repetition penalties (no per-request version in transformers'
     continuous batching) go through the static batcher, which pauses the engine while it runs."""
@@ -735,6 +779,8 @@ def build_local_client(spec: BackendSpec, settings: BackendSettings) -> ChatComp
         engine=settings.engine,
         memory_fraction=settings.kv_cache_fraction,
         dtype=settings.dtype,
+        weights=settings.weights,
+        gguf=gguf,
     )
 
 
@@ -777,4 +823,5 @@ def build_hf_client(spec: BackendSpec, settings: BackendSettings) -> ChatComplet
         engine=settings.engine,
         memory_fraction=settings.kv_cache_fraction,
         dtype=settings.dtype,
+        weights=settings.weights,
     )

@@ -1,0 +1,190 @@
+"""Decode with a GGUF's own quantized blocks on a CPU, as llama.cpp does, through torch's int4/int8 kernels.
+
+Decoding one token reads every weight once, so on a CPU it is bound by memory bandwidth: the float32 weights
+that ``local:`` models are converted to are 540 MB a step for SmolLM2-135M, its GGUF's blocks 94 MB. Each
+linear layer stored as Q4_1 (32 weights sharing a float16 scale and minimum) runs through torch's grouped
+int4 kernel with exactly those codes, scales and minimums; the Q8_0 output layer (32 signed bytes sharing a
+scale) through torch's int8 kernel, rounded to one scale per row (that kernel has no groups): the one
+re-rounding here. Both multiply in bfloat16. Only decoding steps (one new token per row) take them: prompts
+keep the float weights, where float BLAS is faster, and a reply decodes alike whatever batch it is in. The
+blocks are matched to the layers once, bit for bit against the float weights, and cached.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+GROUP = 32
+"""Weights per GGUF block (Q4_1 and Q8_0): torch's int4 kernel groups them the same way."""
+Q4_1_BYTES, Q8_0_BYTES = 20, 34
+CACHE_NAME = "packed-blocks.safetensors"
+
+
+def packed_kernels_missing() -> str | None:
+    """Why this torch cannot run packed weights (None when it can): its CPU int4 and int8 kernels are absent
+    or fail on a tiny input."""
+    import torch
+
+    ops = ("_convert_weight_to_int4pack_for_cpu", "_weight_int4pack_mm_for_cpu", "_weight_int8pack_mm")
+    if missing := [op for op in ops if not hasattr(torch.ops.aten, op)]:
+        return f"torch {torch.__version__} lacks {', '.join(missing)}"
+    rows, x = 16, torch.ones(1, GROUP, dtype=torch.bfloat16)  # the int4 kernel wants rows in multiples of 16
+    try:
+        ones = np.ones((rows, 1), np.float32)
+        _q4_matmul(np.zeros((rows, GROUP), np.uint8), ones, ones)(x)
+        _q8_matmul(np.ones((rows, GROUP), np.int8), np.ones(rows, np.float32))(x)
+    except (RuntimeError, NotImplementedError) as exc:
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return f"torch's CPU int4/int8 kernels failed: {detail}"
+    return None
+
+
+def _q4_matmul(codes: np.ndarray, scales: np.ndarray, minimums: np.ndarray) -> Callable[[Any], Any]:
+    """``x @ W.T`` for ``W = scale * code + minimum`` per group of 32: codes [N, K] in 0..15, scales and
+    minimums [N, K/32]. torch's kernel computes ``(code - 8) * scale + zero``: zero is ``minimum + 8 * scale``."""
+    import torch
+
+    packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(torch.from_numpy(codes.astype(np.int32)), 1)
+    scale_zero = np.stack([scales, minimums + 8 * scales], axis=-1).transpose(1, 0, 2)  # [K/32, N, 2]
+    scale_zero_bf16 = torch.from_numpy(np.ascontiguousarray(scale_zero)).to(torch.bfloat16)
+    return lambda x: torch.ops.aten._weight_int4pack_mm_for_cpu(x, packed, GROUP, scale_zero_bf16)
+
+
+def _q8_matmul(codes: np.ndarray, row_scales: np.ndarray) -> Callable[[Any], Any]:
+    """``x @ W.T`` for ``W = row_scale * code``: codes int8 [N, K], row scales [N]."""
+    import torch
+
+    codes_t, scales_bf16 = torch.from_numpy(codes), torch.from_numpy(row_scales).to(torch.bfloat16)
+    return lambda x: torch.ops.aten._weight_int8pack_mm(x, codes_t, scales_bf16)
+
+
+def per_row_int8(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``weight`` [N, K] rounded to int8 codes with one float32 scale per row (what torch's int8 kernel takes)."""
+    row_scales = (np.maximum(np.abs(weight).max(axis=1), np.finfo(np.float32).tiny) / 127).astype(np.float32)
+    return np.rint(weight / row_scales[:, None]).astype(np.int8), row_scales
+
+
+def _q4_1_blocks(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Q4_1 bytes [N, K/32 * 20] as (codes [N, K], scales [N, K/32], minimums [N, K/32])."""
+    blocks = raw.reshape(raw.shape[0], -1, Q4_1_BYTES)
+    scales = blocks[..., 0:2].copy().view(np.float16)[..., 0].astype(np.float32)
+    minimums = blocks[..., 2:4].copy().view(np.float16)[..., 0].astype(np.float32)
+    nibbles = blocks[..., 4:]  # byte j holds weight j (low nibble) and weight j + 16 (high nibble)
+    codes = np.concatenate([nibbles & 0x0F, nibbles >> 4], axis=-1).reshape(raw.shape[0], -1)
+    return codes, scales, minimums
+
+
+def _dequantized(kind: str, raw: np.ndarray) -> np.ndarray:
+    """A Q4_1 or Q8_0 tensor as float32 [N, K], computed as transformers' GGUF loader (gguf-py) does, so that
+    equal weights compare equal bit for bit."""
+    if kind == "Q8_0":
+        blocks = raw.reshape(raw.shape[0], -1, Q8_0_BYTES)
+        scales = blocks[..., 0:2].copy().view(np.float16).astype(np.float32)
+        return (blocks[..., 2:].copy().view(np.int8).astype(np.float32) * scales).reshape(raw.shape[0], -1)
+    codes, scales, minimums = _q4_1_blocks(raw)
+    return np.repeat(scales, GROUP, axis=1) * codes.astype(np.float32) + np.repeat(minimums, GROUP, axis=1)
+
+
+def _row_order(dequantized: np.ndarray, weight: np.ndarray) -> np.ndarray | None:
+    """Indices ``order`` with ``dequantized[order] == weight`` bit for bit (a GGUF stores some layers' rows
+    permuted: llama.cpp's rotary order of q and k), or None when they are not the same weights."""
+    if dequantized.shape != weight.shape:
+        return None
+    where = {row.tobytes(): i for i, row in enumerate(dequantized)}
+    order = [where.get(row.tobytes(), -1) for row in weight]
+    return None if -1 in order else np.asarray(order)
+
+
+def match_gguf_blocks(model: Any, gguf: Path) -> dict[str, np.ndarray]:
+    """For each linear layer of ``model`` whose float weight is exactly a Q4_1 or Q8_0 tensor of ``gguf``, the
+    arrays its packed kernel needs, keyed ``LAYER.codes/scales/minimums`` (Q4_1, in the layer's row order)
+    or ``LAYER.int8/row_scales`` (Q8_0). A layer matching no tensor is left out (it stays float)."""
+    import torch
+    from gguf import GGUFReader
+
+    tensors = [(t.tensor_type.name, t.data) for t in GGUFReader(gguf).tensors
+               if t.tensor_type.name in ("Q4_1", "Q8_0") and len(t.data.shape) == 2]  # fmt: skip
+    by_row: dict[int, int] = {}  # hash of any dequantized row -> its tensor: each layer's found in one look
+    for index, (kind, raw) in enumerate(tensors):
+        for row in _dequantized(kind, raw):
+            by_row.setdefault(hash(row.tobytes()), index)
+    arrays: dict[str, np.ndarray] = {}
+    for name, module in model.named_modules():
+        if not isinstance(module, torch.nn.Linear) or module.bias is not None:
+            continue
+        weight = module.weight.detach().cpu().numpy()
+        if (index := by_row.get(hash(weight[0].tobytes()))) is None:
+            continue
+        kind, raw = tensors[index]
+        if (order := _row_order(_dequantized(kind, raw), weight)) is None:
+            continue
+        if kind == "Q4_1":
+            codes, scales, minimums = _q4_1_blocks(raw)
+            arrays |= {f"{name}.codes": codes[order], f"{name}.scales": scales[order],
+                       f"{name}.minimums": minimums[order]}  # fmt: skip
+        else:
+            codes, row_scales = per_row_int8(weight)
+            arrays |= {f"{name}.int8": codes, f"{name}.row_scales": row_scales}
+    return arrays
+
+
+def cached_gguf_blocks(model: Any, gguf: Path, folder: Path) -> dict[str, np.ndarray]:
+    """:func:`match_gguf_blocks`, saved in ``folder`` (the converted model's) the first time: reading the GGUF's
+    metadata alone takes seconds. Written beside its place and renamed, as the converted model is."""
+    from safetensors.numpy import load_file, save_file
+
+    path = folder / CACHE_NAME
+    if path.is_file():
+        return load_file(path)
+    arrays = match_gguf_blocks(model, gguf)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".packed-", dir=folder)
+        os.close(fd)
+        try:
+            save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, tmp)
+            os.replace(tmp, path)
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+    except OSError as exc:  # a read-only or full cache: the blocks still serve this load
+        logger.warning("could not cache the packed blocks in %s: %s", folder, exc)
+    return arrays
+
+
+def pack_linears(model: Any, arrays: dict[str, np.ndarray]) -> int:
+    """Route the short inputs of each layer named in ``arrays`` through its packed kernel; returns how many."""
+    packed = 0
+    for name, module in model.named_modules():
+        if f"{name}.codes" in arrays:
+            matmul = _q4_matmul(arrays[f"{name}.codes"], arrays[f"{name}.scales"], arrays[f"{name}.minimums"])
+        elif f"{name}.int8" in arrays:
+            matmul = _q8_matmul(arrays[f"{name}.int8"], arrays[f"{name}.row_scales"])
+        else:
+            continue
+        _attach(module, matmul)
+        packed += 1
+    return packed
+
+
+def _attach(module: Any, matmul: Callable[[Any], Any]) -> None:
+    """Send ``module``'s decoding-step inputs ([batch, 1, features]) through ``matmul`` (in bfloat16, back in
+    their dtype), any other to its float weight. Only ``forward`` changes: the layer stays a
+    ``torch.nn.Linear`` with its weight, so a peft adapter wraps it as any other and adds its float update."""
+    import torch
+
+    float_forward = module.forward
+
+    def forward(x: Any) -> Any:
+        if x.dim() != 3 or x.shape[1] != 1:
+            return float_forward(x)
+        return matmul(x[:, 0].to(torch.bfloat16)).to(x.dtype)[:, None]
+
+    module.forward = forward
