@@ -92,7 +92,8 @@ class BackendSettings(BaseModel):
     weights: Literal["auto", "packed", "float"] = "auto"
     """In-process ``local:`` models: ``packed`` decodes with the GGUF's own 4-bit blocks through torch's CPU
     int4/int8 kernels (prompts still run in float), about twice as fast on a CPU; ``float`` uses the float32
-    weights the GGUF is converted to. ``auto``: packed on CPU with float32 where torch has the kernels."""
+    weights the GGUF is converted to. ``auto``: packed on a CPU (float32, static engine) where torch has the
+    kernels."""
     kv_cache_fraction: float | None = Field(default=None, gt=0, lt=1)
     """In-process backends, continuous engine: the share of free GPU memory its paged KV cache takes when the
     model loads (None: 0.5). Lower it when training or more in-process models share the GPU."""
