@@ -272,10 +272,15 @@ MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
-def cache_key(spec: str, messages: list[dict[str, Any]], options: Mapping[str, Any]) -> str:
-    """Hash of (backend spec, messages, generation options) identifying one LLM request."""
-    payload = json.dumps({"spec": spec, "messages": messages, "options": dict(options)}, sort_keys=True)
-    return hashlib.sha256(payload.encode()).hexdigest()
+def cache_key(
+    spec: str, messages: list[dict[str, Any]], options: Mapping[str, Any], compute: Mapping[str, Any] | None = None
+) -> str:
+    """Hash of (backend spec, messages, generation options, and for an in-process model the settings that change
+    what it computes) identifying one LLM request."""
+    request = {"spec": spec, "messages": messages, "options": dict(options)}
+    if compute:  # absent for servers, so their keys are what they were
+        request["compute"] = dict(compute)
+    return hashlib.sha256(json.dumps(request, sort_keys=True).encode()).hexdigest()
 
 
 class Store:

@@ -85,3 +85,18 @@ async def test_generation_options_pass_through(setup):
         "stop": ["\n"],
         "response_format": {"type": "text"},
     }
+
+
+async def test_an_in_process_model_computing_differently_is_not_served_the_stored_answer(tmp_path, tiny_model_dir):
+    store, spec = Store(tmp_path / "aloe.db"), f"hf:{tiny_model_dir}"
+
+    async def answer(**backend) -> bool:
+        pool = BackendPool(AloeConfig.model_validate({"backend": backend}), store=store)
+        result = await pool.client(spec).create(HI, extra_create_args={"temperature": 0, "max_tokens": 3}, cache=True)
+        await pool.aclose()
+        return result.cached
+
+    assert not await answer(dtype="float32")
+    assert not await answer(dtype="bfloat16")  # other numerics: made again
+    assert not await answer(dtype="float32", weights="float")  # asked differently, even where it makes no odds
+    assert await answer(dtype="float32") and await answer(dtype="bfloat16")

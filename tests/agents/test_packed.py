@@ -85,6 +85,16 @@ def test_a_peft_adapter_wraps_a_packed_layer_and_adds_its_update():
     assert update.abs().max() > 0.01 and torch.allclose(model(step), base + update, atol=1e-5)
 
 
+@needs_kernels
+def test_a_layer_the_kernels_refuse_stays_float():
+    codes, scales, minimums = packed._q4_1_blocks(quantize(_weight(8, 32), Q4_1))  # 8 rows: int4 wants 16s
+    net = torch.nn.Sequential(torch.nn.Linear(32, 8, bias=False))
+    arrays = {"0.codes": codes, "0.scales": scales, "0.minimums": minimums}
+    assert packed.pack_linears(net, arrays) == 0
+    step = torch.ones(2, 1, 32)
+    assert torch.equal(net(step), torch.nn.functional.linear(step, net[0].weight))
+
+
 def test_rows_are_matched_bit_for_bit_in_any_order():
     weight = _weight(6, 32)
     order = packed._row_order(weight[[3, 0, 5, 1, 4, 2]], weight)

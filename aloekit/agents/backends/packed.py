@@ -160,14 +160,22 @@ def cached_gguf_blocks(model: Any, gguf: Path, folder: Path) -> dict[str, np.nda
 
 
 def pack_linears(model: Any, arrays: dict[str, np.ndarray]) -> int:
-    """Route the short inputs of each layer named in ``arrays`` through its packed kernel; returns how many."""
+    """Send the decoding steps of each layer named in ``arrays`` through its packed kernel; returns how many.
+    A layer whose shape the kernels refuse (the int4 one wants rows in multiples of 16) stays float."""
+    import torch
+
     packed = 0
     for name, module in model.named_modules():
-        if f"{name}.codes" in arrays:
-            matmul = _q4_matmul(arrays[f"{name}.codes"], arrays[f"{name}.scales"], arrays[f"{name}.minimums"])
-        elif f"{name}.int8" in arrays:
-            matmul = _q8_matmul(arrays[f"{name}.int8"], arrays[f"{name}.row_scales"])
-        else:
+        try:
+            if f"{name}.codes" in arrays:
+                matmul = _q4_matmul(arrays[f"{name}.codes"], arrays[f"{name}.scales"], arrays[f"{name}.minimums"])
+            elif f"{name}.int8" in arrays:
+                matmul = _q8_matmul(arrays[f"{name}.int8"], arrays[f"{name}.row_scales"])
+            else:
+                continue
+            matmul(torch.zeros(1, module.in_features, dtype=torch.bfloat16))
+        except RuntimeError as exc:
+            logger.info("%s stays float: %s", name, str(exc).strip().splitlines()[0] if str(exc).strip() else exc)
             continue
         _attach(module, matmul)
         packed += 1
