@@ -6,7 +6,7 @@ next-token distribution is compared with the float model's: how often the greedy
 the mean KL divergence (nats). The packed weights are the GGUF's own, so the difference is bfloat16
 arithmetic plus the output layer's int8 re-rounding.
 
-Run: ``.venv/bin/python benchmarks/bench_packed_quality.py`` (about two minutes on 2 cores).
+Run: ``.venv/bin/python benchmarks/bench_packed_quality.py`` (about three minutes on 2 cores).
 """
 
 from __future__ import annotations
