@@ -57,11 +57,6 @@ class GenerationOptions(BaseModel):
         return GenerationOptions.model_validate({**self.as_create_args(), **extra})
 
 
-COMPUTE_SETTINGS = ("engine", "dtype", "weights")
-"""In-process backends' settings that change what the model computes for the same request (its numerics, or how
-the continuous engine samples): part of such a backend's cache key."""
-
-
 class BackendSettings(BaseModel):
     """How aloekit calls one backend endpoint: limits, timeouts, retries, caching."""
 

@@ -42,17 +42,19 @@ def test_run_defaults_raise_conversations_only_when_every_role_is_in_process(mon
     static = AloeConfig(backends={local: {"engine": "static", "dtype": "float16"}})
     chosen = run_defaults(static, [local], 8, concurrency_given=False)[2]
     assert chosen["engines"] == {local: "static"} and chosen["dtypes"] == {local: "float16"}
-    assert record["weights"] == {local: "float"}  # a transformers folder has no GGUF blocks to decode with
+    assert record["weights"] == {local: "float"}
     assert run_defaults(AloeConfig(), [local], 8, concurrency_given=True)[1] == 8
     assert run_defaults(AloeConfig(), [local, "openai:gpt-4o-mini"], 8, concurrency_given=False)[1] == 8
     config, conversations, record = run_defaults(AloeConfig(), ["openai:gpt-4o-mini"], 8, False)
     assert (config, conversations, record) == (AloeConfig(), 8, None)
 
 
-def test_the_embedded_model_records_packed_weights_on_cpu(monkeypatch):
+def test_the_embedded_model_records_packed_weights_on_cpu(monkeypatch, tiny_model_dir):
     monkeypatch.setattr(hardware, "detect", lambda: CPU)
-    monkeypatch.setattr(local_backend, "_packed_kernels_missing", lambda: None)
+    monkeypatch.setattr(local_backend, "packed_kernels_missing", lambda: None)
     assert run_defaults(AloeConfig(), ["local:smollm2"], 8, False)[2]["weights"] == {"local:smollm2": "packed"}
+    folder = f"hf:{tiny_model_dir}"  # a transformers folder has no GGUF blocks to decode with
+    assert run_defaults(AloeConfig(), [folder], 8, False)[2]["weights"] == {folder: "float"}
     chosen = AloeConfig(backend={"weights": "float"})
     assert run_defaults(chosen, ["local:smollm2"], 8, False)[2]["weights"] == {"local:smollm2": "float"}
     monkeypatch.setattr(hardware, "detect", lambda: GPU)

@@ -98,5 +98,6 @@ async def test_an_in_process_model_computing_differently_is_not_served_the_store
 
     assert not await answer(dtype="float32")
     assert not await answer(dtype="bfloat16")  # other numerics: made again
-    assert not await answer(dtype="float32", weights="float")  # asked differently, even where it makes no odds
     assert await answer(dtype="float32") and await answer(dtype="bfloat16")
+    # What the settings resolve to counts: a transformers folder decodes in float whether asked or not.
+    assert await answer(dtype="float32", weights="float")

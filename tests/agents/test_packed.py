@@ -60,7 +60,7 @@ def test_only_decoding_steps_take_the_packed_kernel():
         calls.append((tuple(x.shape), x.dtype))
         return torch.zeros(x.shape[0], 16, dtype=torch.bfloat16)
 
-    packed._attach(layer, kernel)
+    layer.__class__, layer.packed_matmul = packed._packed_class(), kernel
     step = layer(torch.ones(4, 1, 32))
     assert calls == [((4, 32), torch.bfloat16)] and step.shape == (4, 1, 16) and step.dtype == torch.float32
     assert not step.any()
@@ -76,7 +76,8 @@ def test_a_peft_adapter_wraps_a_packed_layer_and_adds_its_update():
     raw = quantize(_weight(64, 96), Q4_1)
     net = torch.nn.Sequential(torch.nn.Linear(96, 64, bias=False))
     net[0].weight.data = torch.from_numpy(dequantize(raw, Q4_1))
-    packed._attach(net[0], packed._q4_matmul(*packed._q4_1_blocks(raw)))
+    codes, scales, minimums = packed._q4_1_blocks(raw)
+    assert packed.pack_linears(net, {"0.codes": codes, "0.scales": scales, "0.minimums": minimums}) == 1
     step = torch.randn(2, 1, 96)
     base = net(step)
     model = get_peft_model(net, LoraConfig(target_modules=["0"], r=4, init_lora_weights=False))
@@ -95,6 +96,19 @@ def test_a_layer_the_kernels_refuse_stays_float():
     assert torch.equal(net(step), torch.nn.functional.linear(step, net[0].weight))
 
 
+@needs_kernels
+def test_layers_an_adapter_trains_in_full_stay_float():
+    codes, scales, minimums = packed._q4_1_blocks(quantize(_weight(16, 32), Q4_1))
+    net = torch.nn.ModuleDict(
+        {"head": torch.nn.Linear(32, 16, bias=False), "lm_head": torch.nn.Linear(32, 16, bias=False)}
+    )
+    arrays = {f"{name}.{part}": array for name in net for part, array in
+              (("codes", codes), ("scales", scales), ("minimums", minimums))}  # fmt: skip
+    # peft matches modules_to_save as a whole name or a dotted suffix: "head" is not "lm_head".
+    assert packed.pack_linears(net, arrays, skip=("head",)) == 1
+    assert type(net["head"]) is torch.nn.Linear and type(net["lm_head"]) is packed._packed_class()
+
+
 def test_rows_are_matched_bit_for_bit_in_any_order():
     weight = _weight(6, 32)
     order = packed._row_order(weight[[3, 0, 5, 1, 4, 2]], weight)
@@ -106,7 +120,7 @@ def test_rows_are_matched_bit_for_bit_in_any_order():
 
 
 def test_packed_is_chosen_only_where_it_can_run(monkeypatch, caplog):
-    monkeypatch.setattr(local, "_packed_kernels_missing", lambda: None)
+    monkeypatch.setattr(local, "packed_kernels_missing", lambda: None)
     assert resolve_weights("auto", "cpu", "float32", "static", gguf=True) == "packed"
     assert resolve_weights("packed", "cpu", "float32", "static", gguf=True) == "packed"
     for case in (("cuda", "float32", "static", True), ("cpu", "bfloat16", "static", True),
@@ -114,7 +128,7 @@ def test_packed_is_chosen_only_where_it_can_run(monkeypatch, caplog):
         assert resolve_weights("auto", *case) == "float"
     assert resolve_weights("float", "cpu", "float32", "static", gguf=True) == "float"
     assert not caplog.records  # auto falls back quietly
-    monkeypatch.setattr(local, "_packed_kernels_missing", lambda: "torch 2.0 lacks _weight_int8pack_mm")
+    monkeypatch.setattr(local, "packed_kernels_missing", lambda: "torch 2.0 lacks _weight_int8pack_mm")
     assert resolve_weights("auto", "cpu", "float32", "static", gguf=True) == "float" and not caplog.records
     with caplog.at_level(logging.WARNING):
         assert resolve_weights("packed", "cpu", "float32", "static", gguf=True) == "float"
@@ -140,7 +154,7 @@ def test_kernels_are_found_on_this_torch():
 
 def _decoded_logits(model, prompt_ids: torch.Tensor, tokens: list[int]) -> torch.Tensor:
     """The next-token logits at each step of decoding ``tokens`` after the prompt, one token at a time."""
-    out = model(prompt_ids, use_cache=True)
+    out = model(prompt_ids, use_cache=True, logits_to_keep=1)  # as generate() asks
     logits = [out.logits[0, -1]]
     for token in tokens[:-1]:
         out = model(torch.tensor([[token]]), past_key_values=out.past_key_values, use_cache=True)
@@ -194,3 +208,28 @@ async def test_local_smollm2_decodes_packed_by_default_on_cpu():
     floating = local.build_local_client(spec, BackendSettings(weights="float"))
     floating.load()
     assert floating.weights == "float"
+
+
+@needs_kernels
+@pytest.mark.integration
+@pytest.mark.skipif(torch.cuda.is_available(), reason="packed weights are for CPU decoding")
+async def test_an_adapter_s_fully_trained_layers_decode_with_their_own_weights(tmp_path):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from aloekit.agents.backends import from_dicts
+    from aloekit.agents.backends.registry import parse_spec
+    from aloekit.config import BackendSettings
+
+    base = AutoModelForCausalLM.from_pretrained(local.converted_model_dir(local.find_smollm2_gguf()))
+    config = LoraConfig(r=4, target_modules=["q_proj"], modules_to_save=["o_proj"], layers_to_transform=[0])
+    get_peft_model(base, config).save_pretrained(tmp_path / "adapter")
+    client = local.build_local_client(parse_spec(f"local:smollm2+{tmp_path / 'adapter'}"), BackendSettings())
+    chat = from_dicts([{"role": "user", "content": "Name a fruit."}])
+    assert (await client.create(chat, extra_create_args={"max_tokens": 4, "temperature": 0})).content.strip()
+    kinds = {name: type(module).__name__ for name, module in client.model.named_modules()}
+    assert kinds["base_model.model.model.layers.0.self_attn.q_proj.base_layer"] == "PackedLinear"  # LoRA on top
+    assert kinds["base_model.model.model.layers.1.self_attn.q_proj"] == "PackedLinear"  # no LoRA in layer 1
+    # peft copies each o_proj and trains the copy: neither may decode with the base model's blocks.
+    saved = {name: kind for name, kind in kinds.items() if ".o_proj." in name and kind.endswith("Linear")}
+    assert len(saved) == 60 and set(saved.values()) == {"Linear"}

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import importlib.util
 import logging
 import os
@@ -320,26 +319,18 @@ class TransformersChatClient(ChatCompletionClient):
             from transformers import AutoModelForCausalLM
 
             path = self._path
-            device = self._target_device()
-            dtype = resolve_dtype(self.dtype, device)
+            device, settings = self._target_device(), self._resolved(quiet=False)
             with _one_line_errors(f"{self.name}: could not load the model from {path}"):
-                model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
-            engine = resolve_engine(self.engine, device)
-            weights = resolve_weights(self.weights, device, dtype, engine, self.gguf is not None)
-            if weights == "packed":  # before any adapter: peft then wraps the packed layers as plain ones
-                assert self.gguf is not None and path is not None
-                with _one_line_errors(f"{self.name}: could not read the blocks of {self.gguf}"):
-                    packed = pack_linears(model, cached_gguf_blocks(model, self.gguf, path))
-                if not packed:
-                    logger.warning("%s: no Q4_1 or Q8_0 layer in %s; decoding in float", self.name, self.gguf)
-                    weights = "float"
+                model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, settings["dtype"]))
+            if settings["weights"] == "packed" and not self._pack(model):  # before peft wraps the layers
+                settings["weights"] = "float"
             if self.adapter_path is not None:
                 from peft import PeftModel
 
                 with _one_line_errors(f"{self.name}: could not load the adapter from {self.adapter_path}"):
                     model = PeftModel.from_pretrained(model, self.adapter_path)
             model = model.to(device).eval()
-            continuous = None
+            engine, continuous = settings["engine"], None
             if engine == "continuous":  # started before the model is kept: a failed start fails the load
                 with _one_line_errors(f"{self.name}: continuous batching did not start"):
                     continuous = ContinuousEngine(
@@ -350,7 +341,41 @@ class TransformersChatClient(ChatCompletionClient):
                         memory_fraction=self.memory_fraction,
                     )
             self.model, self.device, self.engine, self._continuous = model, device, engine, continuous
-            self.dtype, self.weights = dtype, weights
+            self.dtype, self.weights = settings["dtype"], settings["weights"]
+
+    def compute_settings(self) -> dict[str, str]:
+        """The engine, dtype and weights this model computes with (those in use once loaded, else those it will
+        resolve to): a cached answer is served only to the same (``ManagedClient``'s cache key)."""
+        if self.model is not None:
+            return {"engine": self.engine, "dtype": self.dtype, "weights": self.weights}
+        return self._resolved(quiet=True)
+
+    def _resolved(self, quiet: bool) -> dict[str, str]:
+        """What ``engine``, ``dtype`` and ``weights`` resolve to on the target device."""
+        device = self._target_device()
+        dtype, engine = resolve_dtype(self.dtype, device), resolve_engine(self.engine, device, quiet)
+        weights = resolve_weights(self.weights, device, dtype, engine, self.gguf is not None, quiet)
+        return {"engine": engine, "dtype": dtype, "weights": weights}
+
+    def _pack(self, model: Any) -> int:
+        """Pack ``model``'s layers with the GGUF's blocks (:mod:`~aloekit.agents.backends.packed`), leaving float
+        the layers an adapter trains in full (its ``modules_to_save``); how many were packed. Under ``auto`` a
+        file without usable blocks, or one that cannot be read, decodes in float quietly."""
+        assert self.gguf is not None and self._path is not None
+        saved = read_json_file(self.adapter_path / ADAPTER_CONFIG, self.name) if self.adapter_path else {}
+        try:
+            with _one_line_errors(f"{self.name}: could not read the blocks of {self.gguf}"):
+                blocks = cached_gguf_blocks(model, self.gguf, self._path)
+        except BackendError:
+            if self.weights == "packed":
+                raise
+            logger.info("%s: decoding in float", self.name, exc_info=True)
+            return 0
+        packed = pack_linears(model, blocks, skip=tuple(saved.get("modules_to_save") or ()))
+        if not packed:
+            log = logger.warning if self.weights == "packed" else logger.info
+            log("%s: no Q4_1 or Q8_0 layer in %s to decode with; decoding in float", self.name, self.gguf)
+        return packed
 
     def _target_device(self) -> str:
         """The device the model is (or will be) on: the one given, else CUDA when present, else the CPU."""
@@ -662,16 +687,13 @@ def resolve_weights(weights: str, device: str, dtype: str, engine: str, gguf: bo
         else f"the model is on {device}, not the CPU" if device != "cpu"
         else f"the model loads as {dtype}, not float32" if dtype != "float32"
         else "the continuous engine runs it" if engine != "static"
-        else _packed_kernels_missing()
+        else packed_kernels_missing()
     )  # fmt: skip
     if why is None:
         return "packed"
     if weights == "packed" and not quiet:
         logger.warning("packed weights unavailable, decoding in float: %s", why)
     return "float"
-
-
-_packed_kernels_missing = functools.cache(packed_kernels_missing)
 
 
 def _continuous_handles(options: Mapping[str, Any]) -> bool:

@@ -199,12 +199,8 @@ class ManagedClient(ChatCompletionClient):
         run_id: str | None = None,
         rng: random.Random | None = None,
         budget: Budget | None = None,
-        compute: Mapping[str, Any] | None = None,
     ) -> None:
         self.inner = inner
-        self.compute = dict(compute or {})
-        """Settings that change what an in-process model computes (``COMPUTE_SETTINGS``): in the cache key, so
-        an answer made with float weights is not served to a run decoding packed ones."""
         self.budget = budget
         self.spec = spec
         self.role = role
@@ -245,7 +241,10 @@ class ManagedClient(ChatCompletionClient):
         if not self.settings.system_role:
             messages = system_in_first_user_message(messages)
         message_dicts = to_dicts(messages)
-        key = cache_key(self.spec, message_dicts, create_args, self.compute)
+        # An in-process model says what it computes with (engine, dtype, weights): an answer made with float
+        # weights is not served to a run decoding packed ones.
+        compute = getattr(self.inner, "compute_settings", None)
+        key = cache_key(self.spec, message_dicts, create_args, compute() if compute is not None else None)
         # A stored answer has no logprobs, so a request for them is never served from the cache.
         cacheable = options.deterministic and not tools and not passthrough.get("logprobs")
         use_cache = (self.settings.cache if cache is None else cache) and cacheable and self.store is not None

@@ -3,15 +3,18 @@
 Decoding one token reads every weight once, so on a CPU it is bound by memory bandwidth: the float32 weights
 that ``local:`` models are converted to are 540 MB a step for SmolLM2-135M, its GGUF's blocks 94 MB. Each
 linear layer stored as Q4_1 (32 weights sharing a float16 scale and minimum) runs through torch's grouped
-int4 kernel with exactly those codes, scales and minimums; the Q8_0 output layer (32 signed bytes sharing a
-scale) through torch's int8 kernel, rounded to one scale per row (that kernel has no groups): the one
-re-rounding here. Both multiply in bfloat16. Only decoding steps (one new token per row) take them: prompts
-keep the float weights, where float BLAS is faster, and a reply decodes alike whatever batch it is in. The
-blocks are matched to the layers once, bit for bit against the float weights, and cached.
+int4 kernel with exactly those codes (scales and minimums rounded to bfloat16); the Q8_0 output layer (32
+signed bytes sharing a scale) through torch's int8 kernel, its codes rounded again to one scale per row
+(that kernel has no groups). Both multiply in bfloat16. Only one-token-per-row inputs take them: decoding
+steps, and the output layer on a prompt's last position (``logits_to_keep=1``: a reply's first token, a
+guided choice); the rest of a prompt keeps the float weights, where float BLAS is faster, and a reply
+decodes alike whatever batch it is in. The blocks are matched to the layers once, bit for bit against the
+float weights, and cached.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import tempfile
@@ -29,9 +32,10 @@ Q4_1_BYTES, Q8_0_BYTES = 20, 34
 CACHE_NAME = "packed-blocks.safetensors"
 
 
+@functools.cache
 def packed_kernels_missing() -> str | None:
     """Why this torch cannot run packed weights (None when it can): its CPU int4 and int8 kernels are absent
-    or fail on a tiny input."""
+    or fail on a tiny input. Probed once per process."""
     import torch
 
     ops = ("_convert_weight_to_int4pack_for_cpu", "_weight_int4pack_mm_for_cpu", "_weight_int8pack_mm")
@@ -159,13 +163,17 @@ def cached_gguf_blocks(model: Any, gguf: Path, folder: Path) -> dict[str, np.nda
     return arrays
 
 
-def pack_linears(model: Any, arrays: dict[str, np.ndarray]) -> int:
+def pack_linears(model: Any, arrays: dict[str, np.ndarray], skip: tuple[str, ...] = ()) -> int:
     """Send the decoding steps of each layer named in ``arrays`` through its packed kernel; returns how many.
-    A layer whose shape the kernels refuse (the int4 one wants rows in multiples of 16) stays float."""
+    A layer whose shape the kernels refuse (the int4 one wants rows in multiples of 16) stays float, as does
+    one named in ``skip`` or ending in ``.NAME`` for a NAME there (an adapter's ``modules_to_save``: peft
+    trains a copy of those, whose weights the packed blocks are not)."""
     import torch
 
     packed = 0
     for name, module in model.named_modules():
+        if any(name == kept or name.endswith(f".{kept}") for kept in skip):
+            continue
         try:
             if f"{name}.codes" in arrays:
                 matmul = _q4_matmul(arrays[f"{name}.codes"], arrays[f"{name}.scales"], arrays[f"{name}.minimums"])
@@ -177,22 +185,26 @@ def pack_linears(model: Any, arrays: dict[str, np.ndarray]) -> int:
         except RuntimeError as exc:
             logger.info("%s stays float: %s", name, str(exc).strip().splitlines()[0] if str(exc).strip() else exc)
             continue
-        _attach(module, matmul)
+        module.__class__, module.packed_matmul = _packed_class(), matmul
         packed += 1
     return packed
 
 
-def _attach(module: Any, matmul: Callable[[Any], Any]) -> None:
-    """Send ``module``'s decoding-step inputs ([batch, 1, features]) through ``matmul`` (in bfloat16, back in
-    their dtype), any other to its float weight. Only ``forward`` changes: the layer stays a
-    ``torch.nn.Linear`` with its weight, so a peft adapter wraps it as any other and adds its float update."""
+@functools.cache
+def _packed_class() -> type:
+    """:class:`PackedLinear`, defined on first use (torch is imported lazily: the CLI starts without it)."""
     import torch
 
-    float_forward = module.forward
+    class PackedLinear(torch.nn.Linear):
+        """A linear layer whose decoding-step inputs ([batch, 1, features]) go through ``packed_matmul`` (in
+        bfloat16, back in their dtype), any other through its float weight. It stays a ``torch.nn.Linear``
+        with its weight, so a peft adapter wraps it as any other and adds its float update."""
 
-    def forward(x: Any) -> Any:
-        if x.dim() != 3 or x.shape[1] != 1:
-            return float_forward(x)
-        return matmul(x[:, 0].to(torch.bfloat16)).to(x.dtype)[:, None]
+        packed_matmul: Callable[[Any], Any]
 
-    module.forward = forward
+        def forward(self, x: Any) -> Any:
+            if x.dim() != 3 or x.shape[1] != 1:
+                return super().forward(x)
+            return self.packed_matmul(x[:, 0].to(torch.bfloat16)).to(x.dtype)[:, None]
+
+    return PackedLinear

@@ -9,7 +9,7 @@ from autogen_core.models import ChatCompletionClient
 
 from aloekit.agents.backends.managed import Budget, ManagedClient, UsageLedger
 from aloekit.agents.backends.registry import get_backend, parse_spec
-from aloekit.config import COMPUTE_SETTINGS, AloeConfig, GenerationOptions
+from aloekit.config import AloeConfig, GenerationOptions
 from aloekit.errors import BackendError, SpecError
 from aloekit.store import Store
 
@@ -72,7 +72,6 @@ class BackendPool:
             run_id=self.run_id,
             rng=self._rng,
             budget=self.budget,
-            compute=settings.model_dump(include=set(COMPUTE_SETTINGS)) if get_backend(parsed.prefix).batching else None,
         )
 
     async def aclose(self) -> None:
