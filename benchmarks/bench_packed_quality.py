@@ -27,7 +27,7 @@ TOPICS = ["running", "coffee", "houseplants", "chess", "hiking", "baking bread",
 
 def step_logits(model: Any, prompt: torch.Tensor, reply: list[int]) -> torch.Tensor:
     """The next-token logits before each token of ``reply``, decoding it one token at a time after ``prompt``."""
-    out = model(prompt, use_cache=True)
+    out = model(prompt, use_cache=True, logits_to_keep=1)  # as generate() asks: the output layer sees one row
     logits = [out.logits[0, -1].float()]
     for token in reply[:-1]:
         out = model(torch.tensor([[token]]), past_key_values=out.past_key_values, use_cache=True)
