@@ -31,9 +31,10 @@ def chats(n: int) -> list[list[dict[str, str]]]:
 
 async def aloekit_rates(
     spec: str, levels: list[int], max_tokens: int, engine: str = "auto", dtype: str = "auto", weights: str = "auto"
-) -> list[float]:
+) -> tuple[list[float], dict[str, str]]:
     """Tokens/s of ``n`` concurrent chats through aloekit's backend for ``spec``, for each ``n`` in ``levels``
-    (one model load; a warm-up at the highest concurrency first, so the first load and warm-up are not timed)."""
+    (one model load; a warm-up at the highest concurrency first, so the first load and warm-up are not timed),
+    and the engine, dtype and weights the model ran with (where asked ones fell back, not those asked)."""
     top = max(levels)
     settings = {"max_batch_size": top, "max_concurrency": top, "engine": engine, "dtype": dtype, "weights": weights}
     pool = BackendPool(AloeConfig.model_validate({"backend": settings}))
@@ -47,8 +48,9 @@ async def aloekit_rates(
 
     await rate(top, 8)  # loads the model and warms up
     rates = [await rate(n, max_tokens) for n in levels]
+    compute = getattr(client.inner, "compute_settings", dict)()
     await pool.aclose()
-    return rates
+    return rates, compute
 
 
 def continuous_rate(model: Any, tokenizer: Any, n: int, max_tokens: int) -> float:
@@ -66,6 +68,16 @@ def continuous_rate(model: Any, tokenizer: Any, n: int, max_tokens: int) -> floa
     rate = sum(len(o.generated_tokens) for o in outputs.values()) / (time.perf_counter() - started)
     model.destroy_cached_continuous_batching_manager()  # the next concurrency gets a manager sized for it
     return rate
+
+
+def column_label(engine: str, weights: str, ran: dict[str, str]) -> str:
+    """The engine (and weights, where asked) the model ran with, ``(asked X)`` after one that fell back."""
+
+    def shown(asked: str, key: str) -> str:
+        got = ran.get(key, asked)
+        return got if asked in ("auto", got) else f"{got} (asked {asked})"
+
+    return shown(engine, "engine") + (f", {shown(weights, 'weights')}" if weights != "auto" else "")
 
 
 def main() -> None:
@@ -86,9 +98,9 @@ def main() -> None:
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     columns = [(e, w) for e in args.engines.split(",") for w in args.weights.split(",")]
-    per_engine = [asyncio.run(aloekit_rates("local:smollm2", levels, args.max_tokens, e, args.dtype, w))
-                  for e, w in columns]  # fmt: skip
-    rows = {n: [rates[i] for rates in per_engine] for i, n in enumerate(levels)}
+    measured = [asyncio.run(aloekit_rates("local:smollm2", levels, args.max_tokens, e, args.dtype, w))
+                for e, w in columns]  # fmt: skip
+    rows = {n: [rates[i] for rates, _ in measured] for i, n in enumerate(levels)}
     if args.raw:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -103,11 +115,14 @@ def main() -> None:
             rows[n].append(continuous_rate(model, tokenizer, n, args.max_tokens))
     print(f"local:smollm2 on {device} ({torch.cuda.get_device_name() if device == 'cuda' else 'CPU'}), "
           f"{resolve_dtype(args.dtype, device)}, {args.max_tokens} tokens per chat, greedy; tokens/s")  # fmt: skip
-    labels = [f"{e}, {w}" if w != "auto" else e for e, w in columns]
+    # Columns say what the model ran with: an engine or weights that fell back (continuous batching needs
+    # transformers >= 5.19, packed weights a CPU) must not pass for the one asked.
+    labels = [column_label(e, w, compute) for (e, w), (_, compute) in zip(columns, measured, strict=True)]
     headers = [f"aloekit {c}" for c in labels] + ([f"generate_batch ({args.attention})"] if args.raw else [])
-    print("concurrent | " + " | ".join(f"{c:>22}" for c in headers))
+    widths = [max(22, len(h)) for h in headers]
+    print("concurrent | " + " | ".join(f"{h:>{w}}" for h, w in zip(headers, widths, strict=True)))
     for n, rates in rows.items():
-        print(f"{n:>10} | " + " | ".join(f"{r:>22.1f}" for r in rates))
+        print(f"{n:>10} | " + " | ".join(f"{r:>{w}.1f}" for r, w in zip(rates, widths, strict=True)))
     if levels[0] == 1:
         for i, label in enumerate(labels):
             single = rows[1][i]
@@ -117,7 +132,7 @@ def main() -> None:
         for n in levels:
             print(f"{n} concurrent, {label} / {labels[0]}: {rows[n][i] / rows[n][0]:.2f}x")
     if args.llamacpp:
-        llama = asyncio.run(aloekit_rates(f"openai:{args.llamacpp}#smollm2", [1], args.max_tokens))[0]
+        llama = asyncio.run(aloekit_rates(f"openai:{args.llamacpp}#smollm2", [1], args.max_tokens))[0][0]
         print(f"llama.cpp single stream: {llama:.1f} tokens/s")
         if 8 in rows:
             best = max(rows[8][: len(columns)])

@@ -56,6 +56,10 @@ nvidia-smi -L 2>&1 | tee -a "$LOG"
 "$PY" -c "import torch, transformers, trl, peft; print('torch', torch.__version__, 'transformers', \
 transformers.__version__, 'trl', trl.__version__, 'peft', peft.__version__, 'cuda', torch.cuda.is_available())" \
   2>&1 | tee -a "$LOG"
+# transformers < 5.19 lacks what the continuous engine needs: the GPU tests then fail and the engine
+# benchmark's columns say "static (asked continuous)". Install a newer transformers first.
+"$PY" -c "from aloekit.agents.backends.continuous import continuous_batching_available as a; \
+print('continuous batching:', a() or 'available')" 2>&1 | tee -a "$LOG"
 
 # Converting the GGUF to float weights (once) is not part of any step's time.
 "$PY" -c "from aloekit.agents.backends.local import converted_model_dir, find_smollm2_gguf as f; converted_model_dir(f())" \

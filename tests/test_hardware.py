@@ -33,6 +33,7 @@ def test_gpu_sizes_in_process_backends_unless_the_config_sets_them(tiny_model_di
 
 def test_run_defaults_raise_conversations_only_when_every_role_is_in_process(monkeypatch, tiny_model_dir):
     monkeypatch.setattr(hardware, "detect", lambda: GPU)
+    monkeypatch.setattr(local_backend, "continuous_batching_available", lambda: None)  # any transformers
     local = f"hf:{tiny_model_dir}"
     _, conversations, record = run_defaults(AloeConfig(), [local], 8, concurrency_given=False)
     assert conversations == 64 and record["device"] == "cuda" and record["conversations"] == 64

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import secrets
 import threading
 import time
@@ -47,6 +48,11 @@ QUEUED_POLL_S = 0.1
 """How often a request with a timeout checks whether it has started, while it waits for room in the batch."""
 THREAD_DEADLINE_S = 600.0
 """Longest wait for the generation thread to allocate its cache and serve, or to record the error it died of."""
+MANAGER_NEEDS = ("pause", "register_result_handler")
+CONFIG_NEEDS = ("auto_switch_to_flash", "use_async_batching")
+MIN_TRANSFORMERS = "5.19"
+"""The oldest transformers whose manager and config have what the engine uses (5.18 lacks the config's
+fields, 5.17 also ``pause``); the engine's tests pass on 5.19 and 5.24 and are skipped on 5.17 and 5.18."""
 STOP_LOOKBACK = 8
 """Tokens before the newest ones that a stop string may start in (more than any stop string's own tokens)."""
 
@@ -54,17 +60,23 @@ STOP_LOOKBACK = 8
 def continuous_batching_available() -> str | None:
     """None when this transformers has what the engine needs, else why not (one line)."""
     try:
+        from transformers.generation.configuration_utils import ContinuousBatchingConfig
         from transformers.generation.continuous_batching import ContinuousBatchingManager
         from transformers.generation.continuous_batching.cb_logits_processors import (  # noqa: F401
-            ContinuousBatchingLogitsProcessor,
+            ContinuousBatchingLogitsProcessorList,
         )
     except ImportError as exc:
         return f"transformers has no continuous batching ({exc})"
-    missing = [m for m in ("pause", "register_result_handler") if not hasattr(ContinuousBatchingManager, m)]
+    fields = {field.name for field in dataclasses.fields(ContinuousBatchingConfig)}
+    missing = [f"ContinuousBatchingManager.{m}" for m in MANAGER_NEEDS if not hasattr(ContinuousBatchingManager, m)]
+    missing += [f"ContinuousBatchingConfig.{f}" for f in CONFIG_NEEDS if f not in fields]
     if missing:
         import transformers
 
-        return f"transformers {transformers.__version__} lacks ContinuousBatchingManager.{missing[0]} (needs >= 5.24)"
+        return (
+            f"transformers {transformers.__version__} lacks {missing[0]} "
+            f"(continuous batching needs >= {MIN_TRANSFORMERS})"
+        )
     return None
 
 
