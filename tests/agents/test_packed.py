@@ -97,6 +97,17 @@ def test_a_layer_the_kernels_refuse_stays_float():
 
 
 @needs_kernels
+def test_arrays_of_another_shape_leave_the_layer_float():
+    codes, scales, minimums = packed._q4_1_blocks(quantize(_weight(32, 64), Q4_1))
+    arrays = {"0.codes": codes, "0.scales": scales, "0.minimums": minimums}
+    for rows, columns in ((16, 64), (32, 32)):  # fewer outputs (the kernel would return 32), other inputs
+        net = torch.nn.Sequential(torch.nn.Linear(columns, rows, bias=False))
+        assert packed.pack_linears(net, arrays) == 0 and type(net[0]) is torch.nn.Linear
+    net = torch.nn.Sequential(torch.nn.Linear(64, 32, bias=False))
+    assert packed.pack_linears(net, arrays) == 1
+
+
+@needs_kernels
 def test_layers_an_adapter_trains_in_full_stay_float():
     codes, scales, minimums = packed._q4_1_blocks(quantize(_weight(16, 32), Q4_1))
     net = torch.nn.ModuleDict(

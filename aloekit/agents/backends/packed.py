@@ -165,9 +165,10 @@ def cached_gguf_blocks(model: Any, gguf: Path, folder: Path) -> dict[str, np.nda
 
 def pack_linears(model: Any, arrays: dict[str, np.ndarray], skip: tuple[str, ...] = ()) -> int:
     """Send the decoding steps of each layer named in ``arrays`` through its packed kernel; returns how many.
-    A layer whose shape the kernels refuse (the int4 one wants rows in multiples of 16) stays float, as does
-    one named in ``skip`` or ending in ``.NAME`` for a NAME there (an adapter's ``modules_to_save``: peft
-    trains a copy of those, whose weights the packed blocks are not)."""
+    A layer whose shape the kernels refuse (the int4 one wants rows in multiples of 16) or whose arrays are
+    not its shape (a cache left by another model) stays float, as does one named in ``skip`` or ending in
+    ``.NAME`` for a NAME there (an adapter's ``modules_to_save``: peft trains a copy of those, whose weights
+    the packed blocks are not)."""
     import torch
 
     packed = 0
@@ -181,7 +182,9 @@ def pack_linears(model: Any, arrays: dict[str, np.ndarray], skip: tuple[str, ...
                 matmul = _q8_matmul(arrays[f"{name}.int8"], arrays[f"{name}.row_scales"])
             else:
                 continue
-            matmul(torch.zeros(1, module.in_features, dtype=torch.bfloat16))
+            out = matmul(torch.zeros(1, module.in_features, dtype=torch.bfloat16))
+            if out.shape[-1] != module.out_features:
+                raise RuntimeError(f"{out.shape[-1]} outputs, not {module.out_features}")
         except RuntimeError as exc:
             logger.info("%s stays float: %s", name, str(exc).strip().splitlines()[0] if str(exc).strip() else exc)
             continue
