@@ -34,7 +34,7 @@ from aloekit.errors import BackendError
 # engine would then pass or fail for the wrong reason.
 needs_engine = pytest.mark.skipif(
     continuous_module.continuous_batching_available() is not None,
-    reason=f"{continuous_module.continuous_batching_available()}",
+    reason=str(continuous_module.continuous_batching_available()),
 )
 
 PROMPTS = ["hello", "what is the capital of france", "the cat likes tea", "say one two three"]
