@@ -48,7 +48,7 @@ async def aloekit_rates(
 
     await rate(top, 8)  # loads the model and warms up
     rates = [await rate(n, max_tokens) for n in levels]
-    compute = getattr(client.inner, "compute_settings", dict)()
+    compute = client.compute_settings()
     await pool.aclose()
     return rates, compute
 

@@ -101,3 +101,7 @@ async def test_an_in_process_model_computing_differently_is_not_served_the_store
     assert await answer(dtype="float32") and await answer(dtype="bfloat16")
     # What the settings resolve to counts: a transformers folder decodes in float whether asked or not.
     assert await answer(dtype="float32", weights="float")
+    # What resolved, not what was asked: a server has none of its own to report (its keys stay as they were).
+    pool = BackendPool(AloeConfig.model_validate({"backend": {"dtype": "bfloat16", "weights": "packed"}}))
+    assert pool.client(spec).compute_settings() == {"engine": "static", "dtype": "bfloat16", "weights": "float"}
+    assert pool.client("openai:http://127.0.0.1:9/v1#m").compute_settings() == {}

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import secrets
 import threading
 import time
@@ -57,8 +58,10 @@ STOP_LOOKBACK = 8
 """Tokens before the newest ones that a stop string may start in (more than any stop string's own tokens)."""
 
 
+@functools.cache
 def continuous_batching_available() -> str | None:
-    """None when this transformers has what the engine needs, else why not (one line)."""
+    """None when this transformers has what the engine needs, else why not (one line). Checked once per
+    process: an unloaded in-process model resolves its engine for each call's cache key."""
     try:
         from transformers.generation.configuration_utils import ContinuousBatchingConfig
         from transformers.generation.continuous_batching import ContinuousBatchingManager

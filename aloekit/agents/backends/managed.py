@@ -219,6 +219,12 @@ class ManagedClient(ChatCompletionClient):
         """Whether the wrapped client always returns every guided choice's first-token log-probability."""
         return getattr(self.inner, "choice_logprobs", False) is True
 
+    def compute_settings(self) -> dict[str, str]:
+        """The engine, dtype and weights an in-process model computes with (what fell back, not what was
+        asked); empty for a server, whose settings are not ours."""
+        compute = getattr(self.inner, "compute_settings", None)
+        return compute() if compute is not None else {}
+
     def _split_args(self, extra: Mapping[str, Any]) -> tuple[GenerationOptions, dict[str, Any]]:
         known = {k: v for k, v in extra.items() if k in GenerationOptions.model_fields}
         passthrough = {k: v for k, v in extra.items() if k not in GenerationOptions.model_fields}
@@ -241,10 +247,8 @@ class ManagedClient(ChatCompletionClient):
         if not self.settings.system_role:
             messages = system_in_first_user_message(messages)
         message_dicts = to_dicts(messages)
-        # An in-process model says what it computes with (engine, dtype, weights): an answer made with float
-        # weights is not served to a run decoding packed ones.
-        compute = getattr(self.inner, "compute_settings", None)
-        key = cache_key(self.spec, message_dicts, create_args, compute() if compute is not None else None)
+        # An answer made with float weights is not served to a run decoding packed ones.
+        key = cache_key(self.spec, message_dicts, create_args, self.compute_settings())
         # A stored answer has no logprobs, so a request for them is never served from the cache.
         cacheable = options.deterministic and not tools and not passthrough.get("logprobs")
         use_cache = (self.settings.cache if cache is None else cache) and cacheable and self.store is not None
