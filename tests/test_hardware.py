@@ -4,6 +4,8 @@ the run config."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from pydantic import ValidationError
@@ -60,6 +62,38 @@ def test_the_embedded_model_records_packed_weights_on_cpu(monkeypatch, tiny_mode
     assert run_defaults(chosen, ["local:smollm2"], 8, False)[2]["weights"] == {"local:smollm2": "float"}
     monkeypatch.setattr(hardware, "detect", lambda: GPU)
     assert run_defaults(AloeConfig(), ["local:smollm2"], 8, False)[2]["weights"] == {"local:smollm2": "float"}
+
+
+def test_the_run_config_records_what_a_model_loaded_with(monkeypatch, tiny_model_dir, tmp_path):
+    from aloekit.agents.backends import BackendPool
+    from aloekit.cli.app import record_loaded_settings
+    from aloekit.store import Store
+
+    def unreadable(model, gguf, folder):
+        raise OSError(f"{gguf}: not a GGUF file")
+
+    monkeypatch.setattr(hardware, "detect", lambda: CPU)
+    monkeypatch.setattr(local_backend, "packed_kernels_missing", lambda: None)
+    monkeypatch.setattr(local_backend, "cached_gguf_blocks", unreadable)
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")  # the server's client is built, never called
+    fell_back, unloaded, server = "local:fell-back", "local:unloaded", "openai:gpt-4o-mini"
+    clients = {spec: TransformersChatClient(tiny_model_dir, device="cpu", gguf=tmp_path / "x.gguf")
+               for spec in (fell_back, unloaded)}  # fmt: skip
+    clients[fell_back].load()  # its blocks cannot be read: it decodes in float under weights = "auto"
+    predicted = {"engines": {s: "static" for s in clients}, "dtypes": {s: "float32" for s in clients},
+                 "weights": {s: "packed" for s in clients}}  # fmt: skip
+    store = Store(tmp_path / "aloe.db")
+    run_id = store.start_run("aloe simulate", {"hardware": {**CPU.record(), **predicted}})
+    pool = BackendPool(AloeConfig())
+    monkeypatch.setattr(pool, "inner", lambda spec: clients.get(spec) or BackendPool.inner(pool, spec))
+    record_loaded_settings(store, run_id, pool, [fell_back, unloaded, server])
+    recorded = json.loads(store.get_run(run_id)["config"])["hardware"]
+    assert recorded["weights"] == {fell_back: "float", unloaded: "packed"}  # an unloaded model keeps the prediction
+    assert recorded["engines"] == predicted["engines"] and recorded["dtypes"] == predicted["dtypes"]
+    assert recorded["device"] == "cpu"
+    nothing_in_process = store.start_run("aloe simulate", {"hardware": None})
+    record_loaded_settings(store, nothing_in_process, pool, [server])
+    assert json.loads(store.get_run(nothing_in_process)["config"])["hardware"] is None
 
 
 def test_detect_on_this_machine():

@@ -369,6 +369,32 @@ async def ensure_loaded(app: App, pool: BackendPool, spec: str) -> None:
             await asyncio.to_thread(inner.load)
 
 
+HARDWARE_ENTRIES = {"engine": "engines", "dtype": "dtypes", "weights": "weights"}
+"""A loaded model's compute setting -> the run config's ``hardware`` entry that records it per spec."""
+
+
+def record_loaded_settings(store: Store, run_id: str, pool: BackendPool, specs: Iterable[str]) -> None:
+    """Make the run config's ``hardware`` record say what each loaded in-process model computes with: the
+    record is written before loading, and a load can fall back (packed blocks that cannot be used decode in
+    float). A resumed run's record then says what its latest invocation loaded."""
+    run = store.get_run(run_id)
+    config = json.loads(run["config"]) if run else {}
+    hardware = config.get("hardware")
+    if not hardware:
+        return
+    changed = False
+    for spec in specs:
+        inner = pool.inner(spec)
+        if not isinstance(inner, TransformersChatClient) or not inner.loaded:
+            continue
+        for setting, value in inner.compute_settings().items():
+            entry = hardware.setdefault(HARDWARE_ENTRIES[setting], {})
+            changed |= entry.get(spec) != value
+            entry[spec] = value
+    if changed:
+        store.update("runs", run_id, {"config": json.dumps(config, sort_keys=True)})
+
+
 def run_recorded(
     app: App,
     coro_factory: Callable[[BackendPool], Awaitable[Any]],
@@ -452,6 +478,7 @@ def run_with_progress(
         try:
             for spec in sorted(specs):
                 await ensure_loaded(app, backends, spec)
+            record_loaded_settings(store, run_id, backends, specs)
             with app.progress(f"{label} {{task.fields[run]}}", "{task.fields[stats]}") as progress:
                 done = total - len(trees.conversations(run_id, statuses=UNFINISHED))
                 task = progress.add_task("", total=total, completed=done, run=run_id, stats=stats())
