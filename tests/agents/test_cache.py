@@ -1,9 +1,13 @@
+import os
+import shutil
+
 import pytest
 
 from aloekit.agents.backends import BackendPool, from_dicts
+from aloekit.agents.backends.messages import to_dicts
 from aloekit.config import AloeConfig
 from aloekit.errors import BackendError
-from aloekit.store import Store
+from aloekit.store import Store, cache_key
 from tests.helpers import ScriptedClient
 
 HI = from_dicts([{"role": "user", "content": "hi"}])
@@ -105,3 +109,44 @@ async def test_an_in_process_model_computing_differently_is_not_served_the_store
     pool = BackendPool(AloeConfig.model_validate({"backend": {"dtype": "bfloat16", "weights": "packed"}}))
     assert pool.client(spec).compute_settings() == {"engine": "static", "dtype": "bfloat16", "weights": "float"}
     assert pool.client("openai:http://127.0.0.1:9/v1#m").compute_settings() == {}
+
+
+async def test_a_model_or_adapter_replaced_in_place_is_not_served_its_predecessor_s_answers(tmp_path, tiny_model_dir):
+    store, folder = Store(tmp_path / "aloe.db"), tmp_path / "model"
+    shutil.copytree(tiny_model_dir, folder)
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text('{"peft_type": "LORA", "base_model_name_or_path": null}')
+    (adapter / "adapter_model.safetensors").write_bytes(b"old")  # never loaded: keys need no model
+
+    def cached_answer_key(spec: str) -> str:
+        client = BackendPool(AloeConfig(), store=store).client(spec)
+        return cache_key(spec, to_dicts(HI), {"temperature": 0}, client._cache_compute())
+
+    base, adapted = cached_answer_key(f"hf:{folder}"), cached_answer_key(f"hf:{folder}+{adapter}")
+    assert base == cached_answer_key(f"hf:{folder}") != adapted  # unchanged files: the same key
+    weights = next(folder.glob("*.safetensors"))
+    weights.write_bytes(weights.read_bytes())  # retrained in place: rewritten, a new modification time
+    os.utime(weights, ns=(1, 1))
+    assert cached_answer_key(f"hf:{folder}") != base
+    (adapter / "adapter_model.safetensors").write_bytes(b"new")
+    assert cached_answer_key(f"hf:{folder}+{adapter}") != adapted
+    # A server reports no weights of its own: its keys stay what they were.
+    server = "openai:http://127.0.0.1:9/v1#m"
+    assert BackendPool(AloeConfig()).client(server)._cache_compute() == {}
+
+
+async def test_the_cached_answer_of_a_replaced_model_is_made_again(tmp_path, tiny_model_dir):
+    store, folder = Store(tmp_path / "aloe.db"), tmp_path / "model"
+    shutil.copytree(tiny_model_dir, folder)
+
+    async def cached() -> bool:
+        pool = BackendPool(AloeConfig(), store=store)
+        result = await pool.client(f"hf:{folder}").create(HI, extra_create_args={"temperature": 0, "max_tokens": 3},
+                                                          cache=True)  # fmt: skip
+        await pool.aclose()
+        return result.cached
+
+    assert not await cached() and await cached()
+    os.utime(next(folder.glob("*.safetensors")), ns=(1, 1))
+    assert not await cached()

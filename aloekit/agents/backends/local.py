@@ -8,6 +8,7 @@ import contextlib
 import functools
 import hashlib
 import importlib.util
+import json
 import logging
 import os
 import secrets
@@ -84,16 +85,29 @@ def conversion_target(gguf: Path) -> Path:
     """Where ``gguf``'s float conversion is cached: named by the file's content, so a GGUF replaced by another
     of the same name and size (a retrained model in the same quantisation) is converted anew, not served from
     the old one's weights, while a copy of the same file reuses the conversion."""
-    stat = gguf.stat()
-    return cache_dir() / "models" / f"{gguf.stem}-{_file_digest(str(gguf.resolve()), stat.st_size, stat.st_mtime_ns)}"
+    return cache_dir() / "models" / f"{gguf.stem}-{file_digest(gguf)}"
+
+
+def file_digest(path: Path) -> str:
+    """The first 16 hex digits of the file's SHA-256 (read once per process for each version of the file)."""
+    stat = path.stat()
+    return _file_digest(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
 
 
 @functools.cache
 def _file_digest(path: str, size: int, mtime_ns: int) -> str:
-    """The first 16 hex digits of the file's SHA-256, read once per process for each version of the file (its
-    size and modification time are part of the cache key)."""
+    # size and mtime_ns only key the cache: a file rewritten in place is read again.
     with open(path, "rb") as file:
         return hashlib.file_digest(file, "sha256").hexdigest()[:16]
+
+
+def _folder_stamp(folder: Path) -> list[tuple[str, int, int]]:
+    """Each file's name, size and modification time in ``folder`` (empty when it cannot be read)."""
+    try:
+        entries = [(e.name, e.stat()) for e in os.scandir(folder) if e.is_file()]
+    except OSError:
+        return []
+    return sorted((name, stat.st_size, stat.st_mtime_ns) for name, stat in entries)
 
 
 def converted_model_dir(gguf: Path) -> Path:
@@ -283,6 +297,7 @@ class TransformersChatClient(ChatCompletionClient):
         self.system_role = True
         """Whether the chat template takes a system message (found when the tokenizer loads)."""
         self._path: Path | None = None
+        self._identity: str | None = None
         self.batch_sizes: list[int] = []  # one entry per generate() call, for tests and benchmarks
         self._load_lock = threading.Lock()
         self._pending: list[_Request] = []
@@ -367,6 +382,22 @@ class TransformersChatClient(ChatCompletionClient):
         if self.model is not None:
             return {"engine": self.engine, "dtype": self.dtype, "weights": self.weights}
         return self._resolved(quiet=True)
+
+    def weights_identity(self) -> str:
+        """Which weights answer, for the response cache: the GGUF's content digest or the model folder's files
+        (name, size, modification time), and the adapter folder's files; so a model or adapter retrained or
+        replaced in place is not served its predecessor's answers. Read once per client, before loading, as
+        the model it loads then is."""
+        if self._identity is None:
+            parts: list[Any] = []
+            if self.gguf is not None:
+                parts.append(file_digest(self.gguf))
+            elif not callable(self._model_path):
+                parts.append(_folder_stamp(Path(self._model_path)))
+            if self.adapter_path is not None:
+                parts.append(_folder_stamp(self.adapter_path))
+            self._identity = hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]
+        return self._identity
 
     def _resolved(self, quiet: bool) -> dict[str, str]:
         """What ``engine``, ``dtype`` and ``weights`` resolve to on the target device."""

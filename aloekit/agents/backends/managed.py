@@ -225,6 +225,11 @@ class ManagedClient(ChatCompletionClient):
         compute = getattr(self.inner, "compute_settings", None)
         return compute() if compute is not None else {}
 
+    def _cache_compute(self) -> dict[str, str]:
+        """The cache key's part that tells in-process models apart: their compute settings and weights."""
+        identity = getattr(self.inner, "weights_identity", None)
+        return {**self.compute_settings(), **({"weights_identity": identity()} if identity is not None else {})}
+
     def _split_args(self, extra: Mapping[str, Any]) -> tuple[GenerationOptions, dict[str, Any]]:
         known = {k: v for k, v in extra.items() if k in GenerationOptions.model_fields}
         passthrough = {k: v for k, v in extra.items() if k not in GenerationOptions.model_fields}
@@ -247,8 +252,9 @@ class ManagedClient(ChatCompletionClient):
         if not self.settings.system_role:
             messages = system_in_first_user_message(messages)
         message_dicts = to_dicts(messages)
-        # An answer made with float weights is not served to a run decoding packed ones.
-        key = cache_key(self.spec, message_dicts, create_args, self.compute_settings())
+        # An answer made with float weights, or by an earlier version of the model's files, is not served to a
+        # run decoding packed ones, or with the files as they are now.
+        key = cache_key(self.spec, message_dicts, create_args, self._cache_compute())
         # A stored answer has no logprobs, so a request for them is never served from the cache.
         cacheable = options.deterministic and not tools and not passthrough.get("logprobs")
         use_cache = (self.settings.cache if cache is None else cache) and cacheable and self.store is not None
