@@ -9,6 +9,7 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from aloekit.agents.backends.pool import BackendPool
 from aloekit.agents.backends.registry import get_backend, parse_spec
 from aloekit.config import AloeConfig
 
@@ -89,7 +90,8 @@ def run_defaults(
     """For a run whose roles use ``specs``: the config with in-process backends sized to the hardware, the
     conversations to keep in flight (the hardware's default where nothing set them and every role runs in this
     process), and the ``hardware`` record for the run config (None when no role runs in this process), with
-    the engine, dtype and weights each in-process spec will use."""
+    the engine, dtype and weights each in-process spec will use, and which files it answers with (``files``:
+    ``TransformersChatClient.weights_identity``)."""
     from aloekit.agents.backends.local import resolve_dtype, resolve_engine, resolve_weights
 
     specs = list(specs)
@@ -106,6 +108,8 @@ def run_defaults(
     weights = {spec: resolve_weights(s.weights, hardware.device, dtypes[spec], engines[spec],
                                      gguf=parse_spec(spec).prefix == "local", quiet=True)
                for spec, s in settings.items()}  # fmt: skip
+    pool = BackendPool(config)
+    files = {spec: identity for spec in local if (identity := pool.weights_identity(spec)) is not None}
     record = {**hardware.record(), "conversations": concurrency, "engines": engines, "dtypes": dtypes,
-              "weights": weights}  # fmt: skip
+              "weights": weights, "files": files}  # fmt: skip
     return config, concurrency, record

@@ -99,7 +99,7 @@ def eval_command(
             err = exc.errors()[0]
             raise AloeError(f"eval config: field {format_loc(err['loc'])}: {err['msg']}") from None
         config = apply_roles(config, roles)
-        notice = audit_notice(store, "eval", config.judge)
+        notice = audit_notice(store, BackendPool(app.config), "eval", config.judge)
         plan = plan_eval_conversations(store, config)
 
     specs = {config.model, config.judge.backend, *([config.user.backend] if config.mode == "live" else []),

@@ -265,7 +265,7 @@ def grpo_command(
     for kind in ("profile", "personality"):
         pool.ensure_seeds(kind)
     train_personas = training_personas(pool, settings, settings.conversations)
-    notice = audit_notice(app.store, "eval", settings.judge)
+    notice = audit_notice(app.store, BackendPool(app.config), "eval", settings.judge)
     run_id = app.store.start_run(
         command_line(), {**app.config.model_dump(mode="json"), "grpo": settings.model_dump(mode="json"),
                          "judge_audit": notice.audit_id}, settings.seed,

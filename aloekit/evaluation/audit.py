@@ -57,6 +57,11 @@ def calls_model(kind: str) -> bool:
         return True
 
 
+def judge_files(judge: RoleConfig, backends: BackendPool) -> str | None:
+    """Which files the judge's in-process model answers with (None for a server, or a judge calling none)."""
+    return backends.weights_identity(judge.backend) if calls_model(judge.kind) else None
+
+
 def judge_key(stage: Stage, judge: RoleConfig, paper_exact: bool = False, both_orders: bool = False) -> str:
     """Identity of a judge as configured: stage, kind, backend, options, generation, and for a simulation
     judge ``paper_exact`` and ``both_orders`` (which changes its verdicts: both orders' answers combined)."""
@@ -137,6 +142,9 @@ class AuditResult:
     by_kind: dict[str, dict[str, int]]
     labels: dict[str, Any] | None = None
     details: list[dict[str, Any]] = field(default_factory=list)
+    judge_files: str | None = None
+    """Which files an in-process judge answered with (``BackendPool.weights_identity``): the audit vouches for
+    those only. None for a server's judge, and for audits made before it was recorded."""
 
     @property
     def passed(self) -> bool:
@@ -367,6 +375,7 @@ async def run_audit(
         flip_rate=(sum(d["flipped"] for d in both_valid) / len(both_valid)) if both_valid else None,
         tie_rate=outcomes.count("tie") / len(details) if config.stage == "eval" and details else None,
         by_kind=by_kind, labels=await _agreement(config, judge, labels) if labels else None, details=list(details),
+        judge_files=judge_files(config.judge, backends),
     )  # fmt: skip
 
 
@@ -451,9 +460,12 @@ def get_audit(store: Store, audit_id: str) -> AuditResult | None:
     return _row_to_result(rows[0])[1] if rows else None
 
 
-def latest_audit(store: Store, key: str) -> tuple[str, AuditResult] | None:
-    """The newest audit of the judge with identity ``key``, as (id, result)."""
-    rows = list(store.db["judge_audits"].rows_where("judge_key = ?", [key], order_by="created_at DESC", limit=1))
+def latest_audit(store: Store, key: str, files: str | None = None) -> tuple[str, AuditResult] | None:
+    """The newest audit of the judge with identity ``key`` answering with ``files`` (an audit of a model since
+    retrained or replaced does not vouch for it; one made before files were recorded does), as (id, result)."""
+    recorded = "json_extract(result, '$.judge_files')"
+    rows = list(store.db["judge_audits"].rows_where(f"judge_key = ? AND ({recorded} IS NULL OR {recorded} = ?)",
+                                                    [key, files], order_by="created_at DESC", limit=1))  # fmt: skip
     return _row_to_result(rows[0]) if rows else None
 
 
@@ -467,16 +479,27 @@ class AuditNotice:
 
 
 def audit_notice(
-    store: Store, stage: Stage, judge: RoleConfig, paper_exact: bool = False, both_orders: bool = False
+    store: Store,
+    backends: BackendPool,
+    stage: Stage,
+    judge: RoleConfig,
+    paper_exact: bool = False,
+    both_orders: bool = False,
 ) -> AuditNotice:
-    """The line a run prints about the judge it is about to use: a warning unless it passed an audit."""
-    found = latest_audit(store, judge_key(stage, judge, paper_exact, both_orders))
+    """The line a run prints about the judge it is about to use, from ``backends``: a warning unless it passed
+    an audit (of the same files, for an in-process judge)."""
+    key = judge_key(stage, judge, paper_exact, both_orders)
+    found = latest_audit(store, key, judge_files(judge, backends))
     if found is None:
         what = "labels" if stage == "simulate" else "scores"
         flags = "".join(f" --{name}" for name, on in (("paper-exact", paper_exact), ("judge-both-orders", both_orders))
                         if on)  # fmt: skip
+        # Audits of the same judge on other files: it was retrained or replaced since.
+        none = "no audit of its current files" if store.db["judge_audits"].count_where("judge_key = ?", [key]) else (
+            "no audit"
+        )  # fmt: skip
         text = (
-            f"warning: judge {judge.backend} ({judge.kind}) has no audit in {store.path}, so its {what} are "
+            f"warning: judge {judge.backend} ({judge.kind}) has {none} in {store.path}, so its {what} are "
             f"unverified (run: aloe judge audit --stage {stage}{flags} --role judge={judge.backend})"
         )
         return AuditNotice(None, text, warning=True)

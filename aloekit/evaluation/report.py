@@ -12,7 +12,7 @@ from pydantic import ValidationError
 
 from aloekit.config import format_loc, one_line
 from aloekit.errors import AloeError, ConfigError
-from aloekit.evaluation.audit import AuditResult, get_audit, judge_key, latest_audit
+from aloekit.evaluation.audit import AuditResult, calls_model, get_audit, judge_key, latest_audit
 from aloekit.evaluation.metrics import (
     N_BOOT,
     BootstrapCIs,
@@ -25,6 +25,7 @@ from aloekit.evaluation.metrics import (
     holm,
 )
 from aloekit.evaluation.task import EvalConfig, EvalStore
+from aloekit.graphs.simulate import RoleConfig
 from aloekit.serialize import to_json
 from aloekit.store import Store
 
@@ -61,13 +62,28 @@ def eval_config(store: Store, run_id: str) -> EvalConfig:
         ) from None
 
 
-def audit_of_run(store: Store, run_id: str, config: EvalConfig) -> tuple[str | None, AuditResult | None]:
-    """The judge audit recorded when the run started, else the newest audit of the same judge."""
+def run_files(store: Store, run_id: str) -> dict[str, str]:
+    """Which files each in-process spec of the run answered with (the run config's ``hardware.files``)."""
+    run = store.get_run(run_id)
+    hardware = json.loads(run["config"]).get("hardware") if run else None
+    return dict((hardware or {}).get("files") or {})
+
+
+def judge_files_of(judge: RoleConfig, files: dict[str, str]) -> str | None:
+    """Which files ``judge`` answered with in a run whose in-process specs answered with ``files``."""
+    return files.get(judge.backend) if calls_model(judge.kind) else None
+
+
+def audit_of_run(
+    store: Store, run_id: str, config: EvalConfig, files: dict[str, str]
+) -> tuple[str | None, AuditResult | None]:
+    """The judge audit recorded when the run started, else the newest audit of the same judge (on the same
+    files, for an in-process judge)."""
     run = store.get_run(run_id)
     recorded = json.loads(run["config"]).get("judge_audit") if run else None
     if recorded and (result := get_audit(store, recorded)) is not None:
         return recorded, result
-    found = latest_audit(store, judge_key("eval", config.judge))
+    found = latest_audit(store, judge_key("eval", config.judge), judge_files_of(config.judge, files))
     return found if found else (None, None)
 
 
@@ -88,18 +104,20 @@ def run_results(store: Store, run_id: str, n_boot: int = N_BOOT) -> dict[str, An
     turns = max((c.max_turns for c in evals.trees.conversations(run_id)), default=config.turns)
     metrics = compute_metrics(scores, turns)
     cis = run_cis(scores, turns, config) if n_boot else bootstrap(scores, turns, n_boot=0)
-    audit_id, audit = audit_of_run(store, run_id, config)
+    files = run_files(store, run_id)
+    audit_id, audit = audit_of_run(store, run_id, config, files)
     second_scores = evals.second_scores(run_id)
     second = None
     if config.second_judge is not None and second_scores:
-        audited = latest_audit(store, judge_key("eval", config.second_judge))
+        audited = latest_audit(store, judge_key("eval", config.second_judge),
+                               judge_files_of(config.second_judge, files))  # fmt: skip
         second = {"kind": config.second_judge.kind, "metrics": compute_metrics(second_scores, turns),
                   "scores": second_scores, "agreement": judge_agreement(scores, second_scores),
                   "audit_id": audited[0] if audited else None,
                   "audit": audited[1] if audited else None}  # fmt: skip
     return {"run_id": run_id, "config": config, "scores": scores, "turns": turns, "metrics": metrics, "cis": cis,
             "statuses": evals.trees.status_counts(run_id), "audit_id": audit_id, "audit": audit,
-            "score_modes": evals.score_modes(run_id), "second": second}  # fmt: skip
+            "score_modes": evals.score_modes(run_id), "second": second, "files": files}  # fmt: skip
 
 
 def judge_agreement(first: Scores, second: Scores) -> dict[str, Any]:
@@ -306,9 +324,23 @@ def check_same_score_modes(results: list[dict[str, Any]]) -> None:
         raise AloeError(f"the runs' scores were read in different modes ({shown}): they are different metrics")
 
 
+def check_same_judge(results: list[dict[str, Any]], judge: str = "judge") -> None:
+    """Refuse to compare runs scored by different judges (``judge="second_judge"``: second judges), or by one
+    in-process judge whose files changed between the runs (retrained or replaced)."""
+    configs = [getattr(r["config"], judge) for r in results]
+    if len({judge_key("eval", c) for c in configs}) > 1:
+        raise AloeError("the runs were scored by different judges: runs are compared under one judge "
+                        "(evaluate them with the same --role judge and judge settings)")  # fmt: skip
+    files = {judge_files_of(c, r["files"]) for r, c in zip(results, configs, strict=True)} - {None}
+    if len(files) > 1:
+        raise AloeError(f"the runs' judge {configs[0].backend} answered with different files (retrained or "
+                        "replaced between the runs): their scores are not comparable")  # fmt: skip
+
+
 def comparison_dict(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     """Paired comparison of two run results on their shared personas (`aloe compare` and `aloe report`)."""
-    check_same_score_modes([a, b])
+    check_same_score_modes([a, b])  # first: its message names the more specific difference
+    check_same_judge([a, b])
     turns = min(a["turns"], b["turns"])
     try:
         c = compare(a["scores"], b["scores"], turns, n_boot=N_BOOT, seed=a["config"].seed)
@@ -354,17 +386,13 @@ def methods_table(results: list[dict[str, Any]], judge: str = "judge") -> dict[s
     if judge == "second_judge":
         if any(r["second"] is None for r in results):
             raise AloeError("a second-judge methods table needs a second judge in every run")
-        judges = {judge_key("eval", r["config"].second_judge) for r in results}
         score_sets = [r["second"]["scores"] for r in results]
         judge_backend = f"{results[0]['second']['kind']} (second judge)"
     else:
-        judges = {judge_key("eval", r["config"].judge) for r in results}
         check_same_score_modes(results)
         score_sets = [r["scores"] for r in results]
         judge_backend = results[0]["config"].judge.backend
-    if len(judges) > 1:
-        raise AloeError("the runs were scored by different judges: a methods table compares methods under one judge "
-                        "(evaluate them with the same --role judge and judge settings)")  # fmt: skip
+    check_same_judge(results, judge)
     shared = set.intersection(*(set(scores) for scores in score_sets))
     if not shared:
         raise AloeError("the runs share no personas (evaluate them on the same eval set)")

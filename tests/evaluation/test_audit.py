@@ -6,12 +6,22 @@ import hashlib
 import json
 import random
 import re
+from dataclasses import replace
 
 import pytest
 
 from aloekit.agents.backends import BackendPool
 from aloekit.config import AloeConfig
-from aloekit.evaluation.audit import AuditConfig, judge_key, latest_audit, read_labels, run_audit, save_audit
+from aloekit.evaluation.audit import (
+    AuditConfig,
+    audit_notice,
+    judge_files,
+    judge_key,
+    latest_audit,
+    read_labels,
+    run_audit,
+    save_audit,
+)
 from aloekit.evaluation.task import load_eval_personas
 from aloekit.graphs import RoleConfig
 from aloekit.store import Store
@@ -84,6 +94,30 @@ async def test_a_perfect_judge_passes(scripted, tmp_path):
     audit_id = save_audit(store, run_id, result)
     found = latest_audit(store, judge_key("simulate", config.judge))
     assert found is not None and found[0] == audit_id and found[1].accuracy == 1.0
+
+
+async def test_an_audit_vouches_only_for_the_files_the_judge_answered_with(scripted, tmp_path, tiny_model_dir):
+    config, backends, store = _setup(scripted, tmp_path, perfect_judge, personas=2)
+    result = await run_audit(config, backends)
+    assert result.judge_files is None  # a scripted judge, like a server's, has no files of ours
+    key, run_id = judge_key("simulate", config.judge), store.start_run("audit", {}, 0)
+    audited = save_audit(store, run_id, replace(result, judge_files="a" * 16))
+    assert latest_audit(store, key, "a" * 16)[0] == audited
+    assert latest_audit(store, key, "b" * 16) is None  # the judge was retrained or replaced since
+    legacy = save_audit(store, run_id, result)  # as audits made before files were recorded
+    assert latest_audit(store, key, "b" * 16)[0] == legacy
+    # An in-process judge's files are read without loading it; a judge calling no model has none.
+    folder = RoleConfig(kind="preference_judge", backend=f"hf:{tiny_model_dir}")
+    files = judge_files(folder, BackendPool(AloeConfig()))
+    assert files is not None and re.fullmatch(r"[0-9a-f]{16}", files)
+    assert judge_files(folder.model_copy(update={"kind": "persona_similarity"}), BackendPool(AloeConfig())) is None
+    notice = audit_notice(store, BackendPool(AloeConfig()), "simulate", folder)
+    assert notice.audit_id is None and "has no audit" in notice.text
+    save_audit(store, run_id, replace(result, judge_key=judge_key("simulate", folder), judge_files="c" * 16))
+    stale = audit_notice(store, BackendPool(AloeConfig()), "simulate", folder)
+    assert stale.audit_id is None and stale.warning and "has no audit of its current files" in stale.text
+    same = save_audit(store, run_id, replace(result, judge_key=judge_key("simulate", folder), judge_files=files))
+    assert audit_notice(store, BackendPool(AloeConfig()), "simulate", folder).audit_id == same
 
 
 async def test_a_position_biased_judge_flips_every_time_and_fails(scripted, tmp_path):

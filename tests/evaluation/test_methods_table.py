@@ -10,7 +10,7 @@ from aloekit.agents.backends import BackendPool
 from aloekit.config import AloeConfig
 from aloekit.errors import AloeError
 from aloekit.evaluation import EvalConfig, create_eval_conversations, run_evaluation
-from aloekit.evaluation.report import methods_table, methods_table_lines, run_results
+from aloekit.evaluation.report import comparison_dict, methods_table, methods_table_lines, run_results
 from aloekit.graphs import RoleConfig
 from aloekit.store import Store
 from tests.helpers import ScriptedClient
@@ -72,6 +72,28 @@ async def test_runs_under_different_judges_or_personas_are_refused(scripted, tmp
         methods_table([run_results(store, r, n_boot=0) for r in (a, b)])
     with pytest.raises(AloeError, match="at least two evaluation runs"):
         methods_table([run_results(store, a, n_boot=0)])
+    with pytest.raises(AloeError, match="scored by different judges"):  # two runs: `aloe compare`, `aloe report`
+        comparison_dict(run_results(store, a, n_boot=0), run_results(store, b, n_boot=0))
+
+
+async def test_runs_whose_in_process_judge_changed_files_are_refused(scripted, tmp_path):
+    store = Store(tmp_path / "aloe.db")
+    runs = [await evaluate(scripted, store, name) for name in ("base", "better", "learner")]
+    judge = run_results(store, runs[0], n_boot=0)["config"].judge.backend
+
+    def record_files(run_id: str, files: dict[str, str]) -> None:  # as simulate/eval record an in-process judge's
+        config = json.loads(store.get_run(run_id)["config"])
+        store.update("runs", run_id, {"config": json.dumps({**config, "hardware": {"files": files}})})
+
+    record_files(runs[0], {judge: "a" * 16})
+    record_files(runs[1], {judge: "a" * 16})  # the third run has no record (an older run): not a difference
+    results = [run_results(store, r, n_boot=0) for r in runs]
+    assert len(methods_table(results)["rows"]) == 3 and comparison_dict(results[0], results[1])
+    record_files(runs[1], {judge: "b" * 16})  # the judge was retrained between the runs
+    results = [run_results(store, r, n_boot=0) for r in runs]
+    for compared in (lambda: methods_table(results), lambda: comparison_dict(results[0], results[1])):
+        with pytest.raises(AloeError, match=f"judge {judge} answered with different files"):
+            compared()
 
 
 async def test_compare_table_cli_and_the_report(scripted, tmp_path, run_aloe):

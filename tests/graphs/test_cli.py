@@ -2,6 +2,8 @@ import json
 
 import pytest
 
+from aloekit.agents.backends import BackendPool
+from aloekit.config import AloeConfig
 from aloekit.testing import StubOpenAIServer, role_aware_reply
 from tests.graphs.test_generation import SNAPSHOT
 
@@ -38,6 +40,9 @@ def test_simulate_records_the_hardware_of_in_process_roles(run_aloe, tiny_model_
         hardware["device"] in {"cpu", "cuda"}
         and hardware["conversations"] == run["config"]["simulation_resolved"]["concurrency"]
     )
+    # Which files the model answered with, read as the response cache and judge audits read them.
+    spec = f"hf:{tiny_model_dir}"
+    assert hardware["files"] == {spec: BackendPool(AloeConfig()).weights_identity(spec)}
     if hardware["device"] == "cpu":  # the configured defaults stand on CPU
         assert hardware["engines"] == {f"hf:{tiny_model_dir}": "static"} and hardware["in_flight"] is None
         assert hardware["conversations"] == 8

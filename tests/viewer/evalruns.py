@@ -23,6 +23,16 @@ def judge_score(messages: list[dict[str, str]], options: object) -> str:
     return "I cannot say." if value % 11 == 0 else f"Score: {1 + value % 5}"
 
 
+IMPROVED = " (improved)"
+
+
+def judge(messages: list[dict[str, str]], options: object) -> str:
+    """:func:`judge_score` of the reply without its ``IMPROVED`` marks, plus one per mark (at most 5)."""
+    marks = messages[-1]["content"].count(IMPROVED)
+    answer = judge_score([{**m, "content": m["content"].replace(IMPROVED, "")} for m in messages], options)
+    return f"Score: {min(5, int(answer.split()[-1]) + marks)}" if marks and answer.startswith("Score: ") else answer
+
+
 def eval_run(
     store: Store,
     tag: str,
@@ -40,16 +50,14 @@ def eval_run(
         SCRIPTED_CLIENTS[f"{tag}-{role}"] = client
         return f"scripted:{tag}-{role}"
 
-    def judge(messages: list[dict[str, str]], options: object) -> str:
-        answer = judge_score(messages, options)
-        if bias and answer.startswith("Score: "):  # a second "model" that scores a little higher
-            return f"Score: {min(5, int(answer.split()[-1]) + bias)}"
-        return answer
-
-    model = scripted("model", ScriptedClient(lambda m, o: f"{reply_text} {sum(x['role'] == 'user' for x in m)}"))
+    better = IMPROVED * bias  # a second "model" whose replies the one judge scores a little higher
+    model = scripted(
+        "model", ScriptedClient(lambda m, o: f"{reply_text}{better} {sum(x['role'] == 'user' for x in m)}")
+    )
     user = scripted("user", ScriptedClient(lambda m, o: user_text))
     config = EvalConfig(model=model, personas=personas, turns=turns, seed=seed)
-    config = config.with_backend("judge", scripted("judge", ScriptedClient(judge))).with_backend("user", user)
+    SCRIPTED_CLIENTS["eval-runs-judge"] = ScriptedClient(judge)  # every run scored by the same judge
+    config = config.with_backend("judge", "scripted:eval-runs-judge").with_backend("user", user)
     run_id = store.start_run("aloe eval", {"eval_resolved": config.model_dump(mode="json")}, seed)
     create_eval_conversations(store, run_id, config)
     backends = BackendPool(AloeConfig.model_validate({"backend": {"max_retries": 0}}), store=store)

@@ -55,6 +55,14 @@ class BackendPool:
             self._clients[parsed.text] = client
         return self._clients[parsed.text]
 
+    def weights_identity(self, spec: str) -> str | None:
+        """Which files an in-process spec answers with (``TransformersChatClient.weights_identity``), read without
+        loading the model; None for a server, whose weights are not ours to see."""
+        if not get_backend(parse_spec(spec).prefix).batching:
+            return None
+        identity = getattr(self.inner(spec), "weights_identity", None)
+        return identity() if identity is not None else None
+
     def client(self, spec: str, role: str = "default", defaults: GenerationOptions | None = None) -> ManagedClient:
         """A managed client for ``role`` over the shared client for ``spec``."""
         parsed = parse_spec(spec)
