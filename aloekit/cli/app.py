@@ -430,6 +430,18 @@ def refuse_on_resume(given: dict[str, Any]) -> None:
                         "(only --concurrency and the budgets apply; start a new run instead)")  # fmt: skip
 
 
+def refuse_changed_files(store: Store, run_id: str, hardware: dict[str, Any] | None) -> None:
+    """A resumed run continues with the models it started with: an in-process model whose files changed since
+    (retrained or replaced in place) would mix two models' answers in one run."""
+    run = store.get_run(run_id)
+    started = ((json.loads(run["config"]) if run else {}).get("hardware") or {}).get("files") or {}
+    now = (hardware or {}).get("files") or {}
+    changed = sorted(spec for spec, files in started.items() if spec in now and now[spec] != files)
+    if changed:
+        raise AloeError(f"run {run_id}: the files of {', '.join(changed)} changed since it started (retrained or "
+                        "replaced): resuming would mix two models' answers in one run; start a new run")  # fmt: skip
+
+
 def check_run_inputs(app: App, specs: Iterable[str], *checks: Callable[[], object]) -> None:
     """Validate backend specs (and ``checks``) before a run row is written, so bad input leaves no run behind."""
     from aloekit.agents.backends import check_spec

@@ -15,6 +15,7 @@ from aloekit.cli.app import (
     check_run_inputs,
     command_line,
     pass_app,
+    refuse_changed_files,
     refuse_on_resume,
     run_exit_status,
     run_lifetime,
@@ -107,6 +108,8 @@ def eval_command(
     check_run_inputs(app, specs, config.check_roles)  # before any run row is written or changed
     given = resume_run is not None or concurrency is not None or "concurrency" in app.config.evaluation
     app.config, in_flight, hardware = run_defaults(app.config, specs, config.concurrency, given)
+    if resume_run:
+        refuse_changed_files(store, run_id, hardware)
     config = config.model_copy(update={"concurrency": in_flight})
     if not resume_run:
         run_config = {**app.config.model_dump(mode="json"), "eval_resolved": config.model_dump(mode="json"),

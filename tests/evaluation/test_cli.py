@@ -1,4 +1,5 @@
 import json
+import shutil
 
 from aloekit.testing import StubOpenAIServer, role_aware_reply
 
@@ -68,3 +69,18 @@ def test_eval_records_the_hardware_of_an_in_process_model(run_aloe, tiny_model_d
     assert list(hardware["engines"]) == [f"hf:{tiny_model_dir}"]  # the servers' roles are not in-process
     # Servers play the other roles, so the conversations in flight stay as configured (16 by default).
     assert hardware["conversations"] == run["config"]["eval_resolved"]["concurrency"] == 16
+
+
+def test_an_eval_is_not_resumed_with_a_model_whose_files_changed(run_aloe, tiny_model_dir, tmp_path):
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, folder)
+    with StubOpenAIServer(respond=role_aware_reply) as server:
+        first = run_aloe("--json", "eval", "--model", f"hf:{folder}", "--role", f"user={server.spec()}",
+                         "--role", f"judge={server.spec()}", "--personas", "2", "--turns", "2",
+                         "--budget-calls", "3")  # fmt: skip
+        assert first.returncode == 0, first.stderr
+        run_id = json.loads(first.stdout)["run_id"]
+        (folder / "config.json").write_text((folder / "config.json").read_text() + " ")  # replaced in place
+        resumed = run_aloe("eval", "--resume", run_id)
+    assert resumed.returncode == 1 and resumed.stderr.startswith(f"error: run {run_id}: the files of hf:{folder} "
+                                                                 "changed since it started")  # fmt: skip

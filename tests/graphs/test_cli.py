@@ -1,4 +1,6 @@
 import json
+import os
+import shutil
 
 import pytest
 
@@ -46,6 +48,24 @@ def test_simulate_records_the_hardware_of_in_process_roles(run_aloe, tiny_model_
     if hardware["device"] == "cpu":  # the configured defaults stand on CPU
         assert hardware["engines"] == {f"hf:{tiny_model_dir}": "static"} and hardware["in_flight"] is None
         assert hardware["conversations"] == 8
+
+
+def test_a_run_is_not_resumed_with_a_model_whose_files_changed(run_aloe, tiny_model_dir, tmp_path):
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, folder)
+    first = run_aloe("--json", "simulate", "--conversations", "1", "--turns", "2", "--budget-calls", "3",
+                     "--role", f"all=hf:{folder}")  # fmt: skip
+    assert first.returncode == 0, first.stderr
+    run_id = json.loads(first.stdout)["run_id"]
+    os.utime(next(folder.glob("*.safetensors")), ns=(1, 1))  # retrained in place
+    resumed = run_aloe("simulate", "--resume", run_id)
+    assert resumed.returncode == 1 and "Traceback" not in resumed.stderr
+    assert resumed.stderr == (
+        f"error: run {run_id}: the files of hf:{folder} changed since it started (retrained "
+        "or replaced): resuming would mix two models' answers in one run; start a new run\n"
+    )
+    run = json.loads(run_aloe("--json", "runs", "list").stdout)[0]
+    assert run["id"] == run_id and run["status"] == "incomplete"  # left as it was
 
 
 @pytest.mark.parametrize("flag", ["--budget-calls", "--max-calls"])
