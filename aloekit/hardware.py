@@ -84,6 +84,11 @@ def apply_backend_defaults(config: AloeConfig, specs: Iterable[str], hardware: H
     return config.model_copy(update={"backends": backends})
 
 
+def recorded_files(run_config: dict[str, Any]) -> dict[str, str]:
+    """Which files each in-process spec of a run answered with (its ``hardware.files``; {} when none)."""
+    return dict((run_config.get("hardware") or {}).get("files") or {})
+
+
 def run_defaults(
     config: AloeConfig, specs: Iterable[str], concurrency: int, concurrency_given: bool
 ) -> tuple[AloeConfig, int, dict[str, Any] | None]:

@@ -434,6 +434,11 @@ class Store:
         rows = list(self.db["runs"].rows_where("id = ?", [run_id]))
         return rows[0] if rows else None
 
+    def run_config(self, run_id: str) -> dict[str, Any]:
+        """The config a run was started with ({} when there is no such run)."""
+        run = self.get_run(run_id)
+        return json.loads(run["config"]) if run else {}
+
     def list_runs(self, limit: int = 50) -> list[dict[str, Any]]:
         """Return the newest runs first, each with its LLM call and token counts."""
         sql = """

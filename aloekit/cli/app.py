@@ -377,8 +377,7 @@ def record_loaded_settings(store: Store, run_id: str, pool: BackendPool, specs: 
     """Make the run config's ``hardware`` record say what each loaded in-process model computes with: the
     record is written before loading, and a load can fall back (packed blocks that cannot be used decode in
     float). A resumed run's record then says what its latest invocation loaded."""
-    run = store.get_run(run_id)
-    config = json.loads(run["config"]) if run else {}
+    config = store.run_config(run_id)
     hardware = config.get("hardware")
     if not hardware:
         return
@@ -433,9 +432,9 @@ def refuse_on_resume(given: dict[str, Any]) -> None:
 def refuse_changed_files(store: Store, run_id: str, hardware: dict[str, Any] | None) -> None:
     """A resumed run continues with the models it started with: an in-process model whose files changed since
     (retrained or replaced in place) would mix two models' answers in one run."""
-    run = store.get_run(run_id)
-    started = ((json.loads(run["config"]) if run else {}).get("hardware") or {}).get("files") or {}
-    now = (hardware or {}).get("files") or {}
+    from aloekit.hardware import recorded_files
+
+    started, now = recorded_files(store.run_config(run_id)), recorded_files({"hardware": hardware})
     changed = sorted(spec for spec, files in started.items() if spec in now and now[spec] != files)
     if changed:
         raise AloeError(f"run {run_id}: the files of {', '.join(changed)} changed since it started (retrained or "

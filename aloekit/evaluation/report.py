@@ -26,6 +26,7 @@ from aloekit.evaluation.metrics import (
 )
 from aloekit.evaluation.task import EvalConfig, EvalStore
 from aloekit.graphs.simulate import RoleConfig
+from aloekit.hardware import recorded_files
 from aloekit.serialize import to_json
 from aloekit.store import Store
 
@@ -62,13 +63,6 @@ def eval_config(store: Store, run_id: str) -> EvalConfig:
         ) from None
 
 
-def run_files(store: Store, run_id: str) -> dict[str, str]:
-    """Which files each in-process spec of the run answered with (the run config's ``hardware.files``)."""
-    run = store.get_run(run_id)
-    hardware = json.loads(run["config"]).get("hardware") if run else None
-    return dict((hardware or {}).get("files") or {})
-
-
 def judge_files_of(judge: RoleConfig, files: dict[str, str]) -> str | None:
     """Which files ``judge`` answered with in a run whose in-process specs answered with ``files``."""
     return files.get(judge.backend) if calls_model(judge.kind) else None
@@ -79,8 +73,7 @@ def audit_of_run(
 ) -> tuple[str | None, AuditResult | None]:
     """The judge audit recorded when the run started, else the newest audit of the same judge (on the same
     files, for an in-process judge)."""
-    run = store.get_run(run_id)
-    recorded = json.loads(run["config"]).get("judge_audit") if run else None
+    recorded = store.run_config(run_id).get("judge_audit")
     if recorded and (result := get_audit(store, recorded)) is not None:
         return recorded, result
     found = latest_audit(store, judge_key("eval", config.judge), judge_files_of(config.judge, files))
@@ -104,7 +97,7 @@ def run_results(store: Store, run_id: str, n_boot: int = N_BOOT) -> dict[str, An
     turns = max((c.max_turns for c in evals.trees.conversations(run_id)), default=config.turns)
     metrics = compute_metrics(scores, turns)
     cis = run_cis(scores, turns, config) if n_boot else bootstrap(scores, turns, n_boot=0)
-    files = run_files(store, run_id)
+    files = recorded_files(store.run_config(run_id))
     audit_id, audit = audit_of_run(store, run_id, config, files)
     second_scores = evals.second_scores(run_id)
     second = None
