@@ -227,8 +227,10 @@ def grpo_command(
     from aloekit.training.grpo import (
         GRPOSettings,
         build_environments,
+        check_resumable,
         grpo_args,
         last_checkpoint,
+        resume_key,
         train_grpo,
         training_personas,
     )
@@ -261,6 +263,8 @@ def grpo_command(
             check_role(name, role)
 
     check_run_inputs(app, {role.backend for role in settings.roles.values()}, check_roles)
+    if settings.resume:  # before the run row: a resume with another setup leaves nothing behind
+        check_resumable(last_checkpoint(settings.out), resume_key(settings, BackendPool(app.config)))
     pool = PersonaPool(app.store)
     for kind in ("profile", "personality"):
         pool.ensure_seeds(kind)

@@ -255,15 +255,57 @@ def last_checkpoint(out: Path) -> Path:
     return Path(found)
 
 
-def rollout_saver(rollout: Rollout) -> Any:
-    """A trainer callback writing the rollout's state into every checkpoint trl saves."""
+RESUMABLE = {"out", "resume", "overwrite", "save_steps", "max_steps"}
+"""Settings a resumed run may change (``max_steps``: train on past the checkpoint's end); any other change would
+continue a checkpoint with another setup than it was trained with."""
+
+
+def resume_key(settings: GRPOSettings, backends: Any = None) -> dict[str, Any]:
+    """What a checkpoint was trained with that its resumption must keep: every setting but :data:`RESUMABLE`,
+    and which files each in-process model (the policy's base, the roles') answers with, from ``backends``."""
+    from aloekit.agents.backends import BackendPool
+
+    pool = backends if backends is not None else BackendPool()
+    specs = sorted({settings.base, *(role.backend for role in settings.roles.values())})
+    files = {spec: identity for spec in specs if (identity := pool.weights_identity(spec)) is not None}
+    return {"settings": settings.model_dump(mode="json", exclude=RESUMABLE), "files": files}
+
+
+def check_resumable(checkpoint: Path, key: dict[str, Any]) -> None:
+    """Refuse, in one line naming the first difference, to resume ``checkpoint`` with another setup than
+    :func:`resume_key` recorded in it (a checkpoint saved before keys were recorded resumes as before)."""
+    saved = json.loads((checkpoint / ROLLOUT_STATE).read_text()).get("resume_key")
+    if saved is None or (found := _first_difference(saved, key)) is None:
+        return
+    path, was, now = found
+    if path.startswith("files."):
+        what = f"the files of {path.removeprefix('files.')} changed since (retrained or replaced)"
+    else:
+        what = f"{path.removeprefix('settings.')} was {json.dumps(was)}, now {json.dumps(now)}"
+    raise ConfigError(f"--resume: {checkpoint} was trained with another setup: {what}; resume with the same "
+                      "one (only --max-steps and --save-steps may change), or train into another --out")  # fmt: skip
+
+
+def _first_difference(saved: Any, now: Any, path: str = "") -> tuple[str, Any, Any] | None:
+    """The first dotted path where two JSON values differ, with both values there; None when equal."""
+    if isinstance(saved, dict) and isinstance(now, dict):
+        for key in sorted(set(saved) | set(now)):
+            if found := _first_difference(saved.get(key), now.get(key), f"{path}.{key}" if path else key):
+                return found
+        return None
+    return None if saved == now else (path, saved, now)
+
+
+def rollout_saver(rollout: Rollout, key: dict[str, Any]) -> Any:
+    """A trainer callback writing the rollout's state, and the run's :func:`resume_key`, into every checkpoint
+    trl saves."""
     from transformers import TrainerCallback
 
     class SaveRollout(TrainerCallback):
         def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
             folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"  # transformers' own naming
             if folder.is_dir():
-                (folder / ROLLOUT_STATE).write_text(json.dumps(rollout.state()))
+                (folder / ROLLOUT_STATE).write_text(json.dumps({**rollout.state(), "resume_key": key}))
 
     return SaveRollout()
 
@@ -325,7 +367,9 @@ def train_grpo(
         raise AloeError(f"GRPO needs one environment per slot: {settings.personas} slots, {len(envs)} environments")
     rollout = Rollout(envs, personas, settings.seed, settings.conversations)
     checkpoint = last_checkpoint(settings.out) if settings.resume else None
+    key = resume_key(settings, backends)
     if checkpoint is not None:
+        check_resumable(checkpoint, key)
         rollout.restore(json.loads((checkpoint / ROLLOUT_STATE).read_text()))
     try:
         status(f"resolving base {settings.base}")
@@ -339,7 +383,7 @@ def train_grpo(
         trainer = GRPOTrainer(
             model=model, reward_funcs=[rollout.reward], args=args,
             train_dataset=Dataset.from_list(rollout.dataset_rows()), processing_class=tokenizer,
-            peft_config=peft_config, callbacks=[*(callbacks or []), rollout_saver(rollout)],
+            peft_config=peft_config, callbacks=[*(callbacks or []), rollout_saver(rollout, key)],
             rollout_func=rollout.rollout_func,
         )  # fmt: skip
         if callbacks:

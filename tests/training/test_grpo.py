@@ -12,7 +12,15 @@ from aloekit.errors import ConfigError
 from aloekit.evaluation.task import load_eval_personas
 from aloekit.graphs import RoleConfig, TreeStore
 from aloekit.store import Store
-from aloekit.training.grpo import GRPOSettings, Rollout, build_environments, grpo_args, train_grpo
+from aloekit.training.grpo import (
+    GRPOSettings,
+    Rollout,
+    build_environments,
+    check_resumable,
+    grpo_args,
+    resume_key,
+    train_grpo,
+)
 from tests.helpers import ScriptedClient
 
 
@@ -156,3 +164,11 @@ def test_a_resumed_grpo_run_continues_from_its_checkpoint(scripted, tmp_path, ti
     assert resumed["conversations_started"] == 4
     with pytest.raises(ConfigError, match="--resume: no GRPO checkpoint in"):
         run(GRPOSettings(**{**common, "out": tmp_path / "empty"}, max_steps=1, resume=True))
+    # Only --max-steps and --save-steps may change on a resume: not the setup, nor the models' files.
+    with pytest.raises(ConfigError, match=r"checkpoint-4 was trained with another setup: temperature was 1.0, now 0.5"):
+        run(GRPOSettings(**common, max_steps=6, resume=True, overwrite=True, temperature=0.5))
+    key = resume_key(GRPOSettings(**common, max_steps=6))
+    assert list(key["files"]) == [f"hf:{tiny_model_dir}"]  # the scripted roles are not in-process
+    check_resumable(checkpoint, key)
+    with pytest.raises(ConfigError, match=rf"the files of hf:{tiny_model_dir} changed since \(retrained or replaced\)"):
+        check_resumable(checkpoint, {**key, "files": {f"hf:{tiny_model_dir}": "0" * 16}})

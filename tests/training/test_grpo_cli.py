@@ -64,3 +64,18 @@ def test_grpo_bad_input_is_one_line_and_records_no_run(run_aloe, tmp_path, args,
     if (tmp_path / "aloe.db").exists():
         runs = Store(tmp_path / "aloe.db", readonly=True).conn.execute("SELECT COUNT(*) FROM runs").fetchone()[0]
         assert runs == 0
+
+
+def test_a_resume_with_another_setup_is_refused_before_any_run(run_aloe, tmp_path, tiny_model_dir):
+    with StubOpenAIServer(respond=role_aware_reply) as server:
+        common = ["train", "grpo", "--base", f"hf:{tiny_model_dir}", "--out", "grpo", "--personas", "2", "--turns",
+                  "2", "--max-completion-length", "4", "--role", f"user={server.spec()}",
+                  "--role", f"judge={server.spec()}", "--save-steps", "1"]  # fmt: skip
+        first = run_aloe(*common, "--group", "2", "--max-steps", "1", timeout=600)
+        assert first.returncode == 0, first.stderr[-2000:]
+        other = run_aloe(*common, "--group", "3", "--max-steps", "2", "--resume", "--overwrite", timeout=600)
+    assert other.returncode == 1 and "Traceback" not in other.stderr
+    assert other.stderr == ("error: --resume: grpo/checkpoint-1 was trained with another setup: group was 2, now 3; "
+                            "resume with the same one (only --max-steps and --save-steps may change), or train into "
+                            "another --out\n")  # fmt: skip
+    assert Store(tmp_path / "aloe.db", readonly=True).conn.execute("SELECT COUNT(*) FROM runs").fetchone()[0] == 1
