@@ -253,8 +253,6 @@ def grpo_command(
     check_base(settings.base)
     check_output_dir(settings.out, settings.overwrite)
     grpo_args(settings)  # the trl options, refused now rather than after the run row
-    if settings.resume:
-        last_checkpoint(settings.out)
     if settings.init_adapter is not None:
         check_init_adapter(settings.init_adapter)
 
