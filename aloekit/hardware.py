@@ -86,7 +86,9 @@ def apply_backend_defaults(config: AloeConfig, specs: Iterable[str], hardware: H
 
 def recorded_files(run_config: dict[str, Any]) -> dict[str, str]:
     """Which files each in-process spec of a run answered with (its ``hardware.files``; {} when none)."""
-    return dict((run_config.get("hardware") or {}).get("files") or {})
+    hardware = run_config.get("hardware")
+    files = hardware.get("files") if isinstance(hardware, dict) else None
+    return {spec: value for spec, value in files.items() if isinstance(value, str)} if isinstance(files, dict) else {}
 
 
 def run_defaults(

@@ -435,9 +435,14 @@ class Store:
         return rows[0] if rows else None
 
     def run_config(self, run_id: str) -> dict[str, Any]:
-        """The config a run was started with ({} when there is no such run)."""
+        """The config a run was started with ({} when there is no such run, or its row is damaged: the commands
+        that need a field of it say so themselves)."""
         run = self.get_run(run_id)
-        return json.loads(run["config"]) if run else {}
+        try:
+            config = json.loads(run["config"]) if run else {}
+        except (TypeError, ValueError, RecursionError):
+            return {}
+        return config if isinstance(config, dict) else {}
 
     def list_runs(self, limit: int = 50) -> list[dict[str, Any]]:
         """Return the newest runs first, each with its LLM call and token counts."""

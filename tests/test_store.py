@@ -72,6 +72,22 @@ def test_run_lifecycle_records_config_versions_and_status(tmp_path):
     assert [r["id"] for r in store.list_runs()] == [run_id]
 
 
+def test_a_run_s_config_and_recorded_files_are_read_whatever_the_row_holds(tmp_path):
+    from aloekit.hardware import recorded_files
+
+    store = Store(tmp_path / "aloe.db")
+    run_id = store.start_run("aloe simulate", {"hardware": {"files": {"local:smollm2": "ab" * 8}}})
+    assert store.run_config(run_id)["hardware"]["files"] == {"local:smollm2": "ab" * 8}
+    assert recorded_files(store.run_config(run_id)) == {"local:smollm2": "ab" * 8}
+    assert store.run_config("nope") == {}
+    for damaged in ("{not json", "[1, 2]", "null"):  # a damaged row: the commands needing a field say so
+        store.update("runs", run_id, {"config": damaged})
+        assert store.run_config(run_id) == {}
+    for config in ({"hardware": None}, {"hardware": "cpu"}, {"hardware": {"files": ["x"]}},
+                   {"hardware": {"files": {"a": 1, "b": "cd" * 8}}}):  # fmt: skip
+        assert recorded_files(config) == ({"b": "cd" * 8} if "b" in str(config) else {})
+
+
 def test_transaction_rolls_back_on_error(tmp_path):
     store = Store(tmp_path / "aloe.db")
     with pytest.raises(RuntimeError):
