@@ -126,8 +126,9 @@ async def test_a_model_or_adapter_replaced_in_place_is_not_served_its_predecesso
     base, adapted = cached_answer_key(f"hf:{folder}"), cached_answer_key(f"hf:{folder}+{adapter}")
     assert base == cached_answer_key(f"hf:{folder}") != adapted  # unchanged files: the same key
     weights = next(folder.glob("*.safetensors"))
-    weights.write_bytes(weights.read_bytes())  # retrained in place: rewritten, a new modification time
-    os.utime(weights, ns=(1, 1))
+    os.utime(weights, ns=(1, 1))  # touched (copied without its dates): the same content, the same key
+    assert cached_answer_key(f"hf:{folder}") == base
+    weights.write_bytes(weights.read_bytes() + b"\0")  # retrained in place: other content
     assert cached_answer_key(f"hf:{folder}") != base
     (adapter / "adapter_model.safetensors").write_bytes(b"new")
     assert cached_answer_key(f"hf:{folder}+{adapter}") != adapted
@@ -148,5 +149,6 @@ async def test_the_cached_answer_of_a_replaced_model_is_made_again(tmp_path, tin
         return result.cached
 
     assert not await cached() and await cached()
-    os.utime(next(folder.glob("*.safetensors")), ns=(1, 1))
+    config = folder / "config.json"
+    config.write_text(config.read_text() + "\n")  # replaced in place: other content
     assert not await cached()

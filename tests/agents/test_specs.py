@@ -1,5 +1,6 @@
 import json
 import os
+import shutil
 from importlib import metadata
 
 import pytest
@@ -156,3 +157,45 @@ def test_per_spec_settings_override_defaults():
     settings = config.backend_settings("openai:gpt-4o-mini")
     assert (settings.timeout_s, settings.max_concurrency) == (5, 32)
     assert config.backend_settings("local:smollm2").max_concurrency == 8
+
+
+def test_a_file_s_digest_is_its_content_and_is_read_once_per_version(monkeypatch, tmp_path):
+    from aloekit.agents.backends import digests
+
+    monkeypatch.setenv("ALOE_CACHE_DIR", str(tmp_path / "cache"))
+    folder, copy = tmp_path / "model", tmp_path / "copy"
+    folder.mkdir()
+    (folder / "model.safetensors").write_bytes(b"weights one")
+    (folder / ".lock").write_text("ignored")
+    first = digests.folder_digest(folder)
+    shutil.copytree(folder, copy, copy_function=shutil.copy)  # new modification times, the same content
+    (copy / ".lock").write_text("other")
+    assert digests.folder_digest(copy) == first
+    (copy / "model.safetensors").write_bytes(b"weights two!")  # another size: a quick rewrite may keep the date
+    assert digests.folder_digest(copy) != first
+    assert digests.folder_digest(tmp_path / "missing") == digests.folder_digest(tmp_path / "cache" / "none")
+    # A later process reads a file again only when its size or modification time changed: the record says so.
+    weights = folder / "model.safetensors"
+    before, stat = digests.file_digest(weights), weights.stat()
+    digests._digest.cache_clear()  # as a new process
+    weights.write_bytes(b"weights 1ne")  # same size, and its old modification time put back
+    os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert digests.file_digest(weights) == before  # the record, not the file, answered
+    os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1))
+    assert digests.file_digest(weights) != before
+
+
+def test_a_converted_gguf_model_is_identified_by_the_gguf_s_content(monkeypatch, tmp_path):
+    from aloekit.agents.backends import TransformersChatClient
+
+    monkeypatch.setenv("ALOE_CACHE_DIR", str(tmp_path / "cache"))
+    gguf = tmp_path / "model.gguf"
+    gguf.write_bytes(b"GGUF one")
+
+    def identity() -> str:
+        return TransformersChatClient(lambda: tmp_path / "converted", gguf=gguf).weights_identity()
+
+    first = identity()
+    assert identity() == first
+    gguf.write_bytes(b"GGUF two!")  # a retrained model at the same path
+    assert identity() != first

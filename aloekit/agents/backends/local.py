@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import hashlib
 import importlib.util
 import json
@@ -35,6 +34,7 @@ from autogen_core.models import (
 from autogen_core.tools import Tool, ToolSchema
 
 from aloekit.agents.backends.continuous import ContinuousEngine, EngineTimeout, continuous_batching_available
+from aloekit.agents.backends.digests import DIGEST_HEX, file_digest, folder_digest
 from aloekit.agents.backends.files import read_json_file
 from aloekit.agents.backends.managed import GenerationTimeout
 from aloekit.agents.backends.messages import conform, to_dicts
@@ -86,28 +86,6 @@ def conversion_target(gguf: Path) -> Path:
     of the same name and size (a retrained model in the same quantisation) is converted anew, not served from
     the old one's weights, while a copy of the same file reuses the conversion."""
     return cache_dir() / "models" / f"{gguf.stem}-{file_digest(gguf)}"
-
-
-def file_digest(path: Path) -> str:
-    """The first 16 hex digits of the file's SHA-256 (read once per process for each version of the file)."""
-    stat = path.stat()
-    return _file_digest(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
-
-
-@functools.cache
-def _file_digest(path: str, size: int, mtime_ns: int) -> str:
-    # size and mtime_ns only key the cache: a file rewritten in place is read again.
-    with open(path, "rb") as file:
-        return hashlib.file_digest(file, "sha256").hexdigest()[:16]
-
-
-def _folder_stamp(folder: Path) -> list[tuple[str, int, int]]:
-    """Each file's name, size and modification time in ``folder`` (empty when it cannot be read)."""
-    try:
-        entries = [(e.name, e.stat()) for e in os.scandir(folder) if e.is_file()]
-    except OSError:
-        return []
-    return sorted((name, stat.st_size, stat.st_mtime_ns) for name, stat in entries)
 
 
 def converted_model_dir(gguf: Path) -> Path:
@@ -344,6 +322,7 @@ class TransformersChatClient(ChatCompletionClient):
             return
         if self.adapter_path is not None:  # a bad adapter fails in one line, before the base model loads
             check_adapter(self.adapter_path, self.name)
+        self.weights_identity()  # of the files about to load
         self.load_tokenizer()
         with self._load_lock:
             if self.model is not None:
@@ -384,19 +363,22 @@ class TransformersChatClient(ChatCompletionClient):
         return self._resolved(quiet=True)
 
     def weights_identity(self) -> str:
-        """Which weights answer, for the response cache: the GGUF's content digest or the model folder's files
-        (name, size, modification time), and the adapter folder's files; so a model or adapter retrained or
-        replaced in place is not served its predecessor's answers. Read once per client, before loading, as
-        the model it loads then is."""
+        """Which weights answer (the response cache, judge audits and resumes compare it): the content of the
+        GGUF or of the model folder's files, and of the adapter folder's; so a model or adapter retrained or
+        replaced in place is told from its predecessor, and a copy is not. Read once per client, when the
+        model loads or before (a cache lookup), so it names the files loaded."""
         if self._identity is None:
-            parts: list[Any] = []
+            parts: list[str] = []
             if self.gguf is not None:
-                parts.append(file_digest(self.gguf))
+                try:
+                    parts.append(file_digest(self.gguf))
+                except OSError:  # loading it fails with its own error
+                    parts.append("unreadable")
             elif not callable(self._model_path):
-                parts.append(_folder_stamp(Path(self._model_path)))
+                parts.append(folder_digest(Path(self._model_path)))
             if self.adapter_path is not None:
-                parts.append(_folder_stamp(self.adapter_path))
-            self._identity = hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]
+                parts.append(folder_digest(self.adapter_path))
+            self._identity = hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:DIGEST_HEX]
         return self._identity
 
     def _resolved(self, quiet: bool) -> dict[str, str]:
