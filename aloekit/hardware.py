@@ -115,8 +115,7 @@ def run_defaults(
     weights = {spec: resolve_weights(s.weights, hardware.device, dtypes[spec], engines[spec],
                                      gguf=parse_spec(spec).prefix == "local", quiet=True)
                for spec, s in settings.items()}  # fmt: skip
-    pool = BackendPool(config)
-    files = {spec: identity for spec in local if (identity := pool.weights_identity(spec)) is not None}
+    files = BackendPool(config).files(local)
     record = {**hardware.record(), "conversations": concurrency, "engines": engines, "dtypes": dtypes,
               "weights": weights, "files": files}  # fmt: skip
     return config, concurrency, record

@@ -100,12 +100,13 @@ def eval_command(
             err = exc.errors()[0]
             raise AloeError(f"eval config: field {format_loc(err['loc'])}: {err['msg']}") from None
         config = apply_roles(config, roles)
-        notice = audit_notice(store, BackendPool(app.config), "eval", config.judge)
         plan = plan_eval_conversations(store, config)
 
     specs = {config.model, config.judge.backend, *([config.user.backend] if config.mode == "live" else []),
              *([config.second_judge.backend] if config.second_judge is not None else [])}  # fmt: skip
     check_run_inputs(app, specs, config.check_roles)  # before any run row is written or changed
+    if not resume_run:  # after the checks: the judge's client is built to read its files
+        notice = audit_notice(store, BackendPool(app.config), "eval", config.judge)
     given = resume_run is not None or concurrency is not None or "concurrency" in app.config.evaluation
     app.config, in_flight, hardware = run_defaults(app.config, specs, config.concurrency, given)
     if resume_run:

@@ -261,13 +261,14 @@ def grpo_command(
             check_role(name, role)
 
     check_run_inputs(app, {role.backend for role in settings.roles.values()}, check_roles)
+    probe = BackendPool(app.config)  # builds clients to read the in-process models' files; loads nothing
     if settings.resume:  # before the run row: a resume with another setup leaves nothing behind
-        check_resumable(last_checkpoint(settings.out), resume_key(settings, BackendPool(app.config)))
+        check_resumable(last_checkpoint(settings.out), resume_key(settings, probe))
     pool = PersonaPool(app.store)
     for kind in ("profile", "personality"):
         pool.ensure_seeds(kind)
     train_personas = training_personas(pool, settings, settings.conversations)
-    notice = audit_notice(app.store, BackendPool(app.config), "eval", settings.judge)
+    notice = audit_notice(app.store, probe, "eval", settings.judge)
     run_id = app.store.start_run(
         command_line(), {**app.config.model_dump(mode="json"), "grpo": settings.model_dump(mode="json"),
                          "judge_audit": notice.audit_id}, settings.seed,

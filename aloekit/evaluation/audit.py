@@ -26,6 +26,7 @@ import hashlib
 import json
 import math
 import uuid
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -57,9 +58,10 @@ def calls_model(kind: str) -> bool:
         return True
 
 
-def judge_files(judge: RoleConfig, backends: BackendPool) -> str | None:
-    """Which files the judge's in-process model answers with (None for a server, or a judge calling none)."""
-    return backends.weights_identity(judge.backend) if calls_model(judge.kind) else None
+def judge_files(judge: RoleConfig, files: Mapping[str, str]) -> str | None:
+    """Which files ``judge`` answers with, given those of each in-process spec (``BackendPool.files``, or a
+    run's ``hardware.files``): None for a server, or a judge calling no model."""
+    return files.get(judge.backend) if calls_model(judge.kind) else None
 
 
 def judge_key(stage: Stage, judge: RoleConfig, paper_exact: bool = False, both_orders: bool = False) -> str:
@@ -375,7 +377,7 @@ async def run_audit(
         flip_rate=(sum(d["flipped"] for d in both_valid) / len(both_valid)) if both_valid else None,
         tie_rate=outcomes.count("tie") / len(details) if config.stage == "eval" and details else None,
         by_kind=by_kind, labels=await _agreement(config, judge, labels) if labels else None, details=list(details),
-        judge_files=judge_files(config.judge, backends),
+        judge_files=judge_files(config.judge, backends.files([config.judge.backend])),
     )  # fmt: skip
 
 
@@ -462,10 +464,12 @@ def get_audit(store: Store, audit_id: str) -> AuditResult | None:
 
 def latest_audit(store: Store, key: str, files: str | None = None) -> tuple[str, AuditResult] | None:
     """The newest audit of the judge with identity ``key`` answering with ``files`` (an audit of a model since
-    retrained or replaced does not vouch for it; one made before files were recorded does), as (id, result)."""
+    retrained or replaced does not vouch for it; one made before files were recorded does, and any does when
+    ``files`` is not known), as (id, result)."""
     recorded = "json_extract(result, '$.judge_files')"
-    rows = list(store.db["judge_audits"].rows_where(f"judge_key = ? AND ({recorded} IS NULL OR {recorded} = ?)",
-                                                    [key, files], order_by="created_at DESC", limit=1))  # fmt: skip
+    where = f"judge_key = ? AND json_valid(result) AND (? IS NULL OR {recorded} IS NULL OR {recorded} = ?)"
+    rows = list(store.db["judge_audits"].rows_where(where, [key, files, files], order_by="created_at DESC",
+                                                    limit=1))  # fmt: skip
     return _row_to_result(rows[0]) if rows else None
 
 
@@ -489,7 +493,7 @@ def audit_notice(
     """The line a run prints about the judge it is about to use, from ``backends``: a warning unless it passed
     an audit (of the same files, for an in-process judge)."""
     key = judge_key(stage, judge, paper_exact, both_orders)
-    found = latest_audit(store, key, judge_files(judge, backends))
+    found = latest_audit(store, key, judge_files(judge, backends.files([judge.backend])))
     if found is None:
         what = "labels" if stage == "simulate" else "scores"
         flags = "".join(f" --{name}" for name, on in (("paper-exact", paper_exact), ("judge-both-orders", both_orders))

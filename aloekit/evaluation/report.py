@@ -12,7 +12,7 @@ from pydantic import ValidationError
 
 from aloekit.config import format_loc, one_line
 from aloekit.errors import AloeError, ConfigError
-from aloekit.evaluation.audit import AuditResult, calls_model, get_audit, judge_key, latest_audit
+from aloekit.evaluation.audit import AuditResult, get_audit, judge_files, judge_key, latest_audit
 from aloekit.evaluation.metrics import (
     N_BOOT,
     BootstrapCIs,
@@ -25,7 +25,6 @@ from aloekit.evaluation.metrics import (
     holm,
 )
 from aloekit.evaluation.task import EvalConfig, EvalStore
-from aloekit.graphs.simulate import RoleConfig
 from aloekit.hardware import recorded_files
 from aloekit.serialize import to_json
 from aloekit.store import Store
@@ -63,11 +62,6 @@ def eval_config(store: Store, run_id: str) -> EvalConfig:
         ) from None
 
 
-def judge_files_of(judge: RoleConfig, files: dict[str, str]) -> str | None:
-    """Which files ``judge`` answered with in a run whose in-process specs answered with ``files``."""
-    return files.get(judge.backend) if calls_model(judge.kind) else None
-
-
 def audit_of_run(
     store: Store, run_id: str, config: EvalConfig, files: dict[str, str]
 ) -> tuple[str | None, AuditResult | None]:
@@ -76,7 +70,7 @@ def audit_of_run(
     recorded = store.run_config(run_id).get("judge_audit")
     if recorded and (result := get_audit(store, recorded)) is not None:
         return recorded, result
-    found = latest_audit(store, judge_key("eval", config.judge), judge_files_of(config.judge, files))
+    found = latest_audit(store, judge_key("eval", config.judge), judge_files(config.judge, files))
     return found if found else (None, None)
 
 
@@ -103,7 +97,7 @@ def run_results(store: Store, run_id: str, n_boot: int = N_BOOT) -> dict[str, An
     second = None
     if config.second_judge is not None and second_scores:
         audited = latest_audit(store, judge_key("eval", config.second_judge),
-                               judge_files_of(config.second_judge, files))  # fmt: skip
+                               judge_files(config.second_judge, files))  # fmt: skip
         second = {"kind": config.second_judge.kind, "metrics": compute_metrics(second_scores, turns),
                   "scores": second_scores, "agreement": judge_agreement(scores, second_scores),
                   "audit_id": audited[0] if audited else None,
@@ -324,7 +318,7 @@ def check_same_judge(results: list[dict[str, Any]], judge: str = "judge") -> Non
     if len({judge_key("eval", c) for c in configs}) > 1:
         raise AloeError("the runs were scored by different judges: runs are compared under one judge "
                         "(evaluate them with the same --role judge and judge settings)")  # fmt: skip
-    files = {judge_files_of(c, r["files"]) for r, c in zip(results, configs, strict=True)} - {None}
+    files = {judge_files(c, r["files"]) for r, c in zip(results, configs, strict=True)} - {None}
     if len(files) > 1:
         raise AloeError(f"the runs' judge {configs[0].backend} answered with different files (retrained or "
                         "replaced between the runs): their scores are not comparable")  # fmt: skip

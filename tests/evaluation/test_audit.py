@@ -104,13 +104,20 @@ async def test_an_audit_vouches_only_for_the_files_the_judge_answered_with(scrip
     audited = save_audit(store, run_id, replace(result, judge_files="a" * 16))
     assert latest_audit(store, key, "a" * 16)[0] == audited
     assert latest_audit(store, key, "b" * 16) is None  # the judge was retrained or replaced since
+    assert latest_audit(store, key)[0] == audited  # files not known (a run that did not record them): any
+    damaged = {**next(store.db["judge_audits"].rows_where("id = ?", [audited])), "id": "audit-damaged",
+               "result": "{not json", "created_at": "9999"}  # fmt: skip
+    store.insert("judge_audits", damaged)  # one damaged row does not break the lookup
+    assert latest_audit(store, key, "a" * 16)[0] == audited
     legacy = save_audit(store, run_id, result)  # as audits made before files were recorded
     assert latest_audit(store, key, "b" * 16)[0] == legacy
     # An in-process judge's files are read without loading it; a judge calling no model has none.
     folder = RoleConfig(kind="preference_judge", backend=f"hf:{tiny_model_dir}")
-    files = judge_files(folder, BackendPool(AloeConfig()))
-    assert files is not None and re.fullmatch(r"[0-9a-f]{16}", files)
-    assert judge_files(folder.model_copy(update={"kind": "persona_similarity"}), BackendPool(AloeConfig())) is None
+    files = BackendPool(AloeConfig()).files([folder.backend])
+    assert re.fullmatch(r"[0-9a-f]{16}", judge_files(folder, files))
+    assert judge_files(folder.model_copy(update={"kind": "persona_similarity"}), files) is None
+    assert BackendPool(AloeConfig()).files(["openai:http://127.0.0.1:9/v1#m", "scripted:x"]) == {}
+    files = judge_files(folder, files)
     notice = audit_notice(store, BackendPool(AloeConfig()), "simulate", folder)
     assert notice.audit_id is None and "has no audit" in notice.text
     save_audit(store, run_id, replace(result, judge_key=judge_key("simulate", folder), judge_files="c" * 16))

@@ -89,6 +89,19 @@ async def test_runs_whose_in_process_judge_changed_files_are_refused(scripted, t
     record_files(runs[1], {judge: "a" * 16})  # the third run has no record (an older run): not a difference
     results = [run_results(store, r, n_boot=0) for r in runs]
     assert len(methods_table(results)["rows"]) == 3 and comparison_dict(results[0], results[1])
+    # A run that recorded no audit id is vouched for by the newest audit of its judge's files, not another's.
+    from dataclasses import replace
+
+    from aloekit.evaluation.audit import AuditResult, judge_key, save_audit
+
+    blank = AuditResult(stage="eval", judge_key=judge_key("eval", results[0]["config"].judge), judge={},
+                        eval_set="builtin", personas=2, probes=2, trials=2, correct=2, invalid=0, accuracy=1.0,
+                        ci_low=0.6, ci_high=1.0, invalid_rate=0.0, flip_rate=None, tie_rate=0.0,
+                        by_kind={})  # fmt: skip
+    of_these = save_audit(store, runs[0], replace(blank, judge_files="a" * 16))
+    newer = save_audit(store, runs[0], replace(blank, judge_files="c" * 16))  # of other files
+    store.update("judge_audits", newer, {"created_at": "9999"})  # the newest, whatever the clock's resolution
+    assert run_results(store, runs[0], n_boot=0)["audit_id"] == of_these
     record_files(runs[1], {judge: "b" * 16})  # the judge was retrained between the runs
     results = [run_results(store, r, n_boot=0) for r in runs]
     for compared in (lambda: methods_table(results), lambda: comparison_dict(results[0], results[1])):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections.abc import Iterable
 
 from autogen_core.models import ChatCompletionClient
 
@@ -55,13 +56,16 @@ class BackendPool:
             self._clients[parsed.text] = client
         return self._clients[parsed.text]
 
-    def weights_identity(self, spec: str) -> str | None:
-        """Which files an in-process spec answers with (``TransformersChatClient.weights_identity``), read without
-        loading the model; None for a server, whose weights are not ours to see."""
-        if not get_backend(parse_spec(spec).prefix).batching:
-            return None
-        identity = getattr(self.inner(spec), "weights_identity", None)
-        return identity() if identity is not None else None
+    def files(self, specs: Iterable[str]) -> dict[str, str]:
+        """Which files each in-process spec among ``specs`` answers with (``TransformersChatClient``'s
+        ``weights_identity``), read without loading a model; a server, whose weights are not ours to see, has
+        no entry."""
+        found = {}
+        for spec in sorted(set(specs)):
+            if get_backend(parse_spec(spec).prefix).batching:
+                if (identity := getattr(self.inner(spec), "weights_identity", None)) is not None:
+                    found[spec] = identity()
+        return found
 
     def client(self, spec: str, role: str = "default", defaults: GenerationOptions | None = None) -> ManagedClient:
         """A managed client for ``role`` over the shared client for ``spec``."""
