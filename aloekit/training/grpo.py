@@ -28,6 +28,7 @@ from aloekit.config import GenerationOptions, one_line
 from aloekit.errors import AloeError, ConfigError
 from aloekit.graphs.simulate import MAX_TURNS, RoleConfig
 from aloekit.personas.models import PersonaPair
+from aloekit.secrets import redact
 from aloekit.training.environment import SimulatedUserEnv
 from aloekit.training.train import LoraSettings, mixed_precision, precision_args
 
@@ -262,20 +263,39 @@ continue a checkpoint with another setup than it was trained with."""
 
 def resume_key(settings: GRPOSettings, backends: Any = None) -> dict[str, Any]:
     """What a checkpoint was trained with that its resumption must keep: every setting but :data:`RESUMABLE`,
-    and which files each in-process model (the policy's base, the roles') answers with, from ``backends``."""
+    and which files each in-process model (the policy's base, the roles') answers with, from ``backends``;
+    secrets redacted, as everything written to disk."""
     from aloekit.agents.backends import BackendPool
 
     pool = backends if backends is not None else BackendPool()
-    specs = sorted({settings.base, *(role.backend for role in settings.roles.values())})
-    files = {spec: identity for spec in specs if (identity := pool.weights_identity(spec)) is not None}
-    return {"settings": settings.model_dump(mode="json", exclude=RESUMABLE), "files": files}
+    files = pool.files([settings.base, *(role.backend for role in settings.roles.values())])
+    key = {"settings": settings.model_dump(mode="json", exclude=RESUMABLE), "files": files}
+    return json.loads(redact(json.dumps(key)))
+
+
+def read_rollout_state(checkpoint: Path) -> dict[str, Any]:
+    """The rollout's part of ``checkpoint``; one line when it is not readable."""
+    path = checkpoint / ROLLOUT_STATE
+    try:
+        state = json.loads(path.read_text())
+    except (OSError, ValueError, RecursionError) as exc:
+        raise ConfigError(one_line(f"--resume: {path}: not readable: {exc}")) from None
+    if not isinstance(state, dict):
+        raise ConfigError(f"--resume: {path}: expected a JSON object")
+    return state
 
 
 def check_resumable(checkpoint: Path, key: dict[str, Any]) -> None:
     """Refuse, in one line naming the first difference, to resume ``checkpoint`` with another setup than
     :func:`resume_key` recorded in it (a checkpoint saved before keys were recorded resumes as before)."""
-    saved = json.loads((checkpoint / ROLLOUT_STATE).read_text()).get("resume_key")
-    if saved is None or (found := _first_difference(saved, key)) is None:
+    saved = read_rollout_state(checkpoint).get("resume_key")
+    if not isinstance(saved, dict):
+        return
+    # Settings first: another role spec is named as such, not as a spec whose files are unknown.
+    found = _first_difference(saved.get("settings"), key["settings"], "settings") or _first_difference(
+        saved.get("files"), key["files"], "files"
+    )
+    if found is None:
         return
     path, was, now = found
     if path.startswith("files."):
@@ -370,7 +390,11 @@ def train_grpo(
     key = resume_key(settings, backends)
     if checkpoint is not None:
         check_resumable(checkpoint, key)
-        rollout.restore(json.loads((checkpoint / ROLLOUT_STATE).read_text()))
+        try:
+            rollout.restore(read_rollout_state(checkpoint))
+        except (KeyError, TypeError, ValueError):
+            raise ConfigError(f"--resume: {checkpoint / ROLLOUT_STATE}: not a rollout state (a field is missing "
+                              "or of another type)") from None  # fmt: skip
     try:
         status(f"resolving base {settings.base}")
         base_dir = resolve_base(settings.base)
@@ -418,5 +442,5 @@ def train_grpo(
         "adapter_spec": f"{settings.base}+{settings.out}",
         **(extra_summary or {}),
     }
-    (settings.out / "training_summary.json").write_text(json.dumps(summary, indent=2))
+    (settings.out / "training_summary.json").write_text(redact(json.dumps(summary, indent=2)))  # specs' keys
     return summary

@@ -11,6 +11,7 @@ from aloekit.config import AloeConfig
 from aloekit.errors import ConfigError
 from aloekit.evaluation.task import load_eval_personas
 from aloekit.graphs import RoleConfig, TreeStore
+from aloekit.secrets import register_url_secrets
 from aloekit.store import Store
 from aloekit.training.grpo import (
     GRPOSettings,
@@ -172,3 +173,15 @@ def test_a_resumed_grpo_run_continues_from_its_checkpoint(scripted, tmp_path, ti
     check_resumable(checkpoint, key)
     with pytest.raises(ConfigError, match=rf"the files of hf:{tiny_model_dir} changed since \(retrained or replaced\)"):
         check_resumable(checkpoint, {**key, "files": {f"hf:{tiny_model_dir}": "0" * 16}})
+    # A role moved to another backend is named as such (settings are compared before files).
+    moved = {**common, "judge": RoleConfig(kind="alignment_scorer", backend=f"hf:{tiny_model_dir}")}
+    with pytest.raises(ConfigError, match=r"another setup: judge.backend was \"scripted:r-judge\", now \"hf:"):
+        check_resumable(checkpoint, resume_key(GRPOSettings(**moved, max_steps=6)))
+    # What a checkpoint records has its secrets redacted; a damaged record is one line, not a traceback.
+    register_url_secrets("http://user:sekrit-password@127.0.0.1:9/v1")
+    served = {**common, "judge": RoleConfig(kind="alignment_scorer",
+                                            backend="openai:http://user:sekrit-password@127.0.0.1:9/v1#m")}  # fmt: skip
+    assert "sekrit-password" not in json.dumps(resume_key(GRPOSettings(**served, max_steps=6)))
+    (checkpoint / "aloekit_rollout.json").write_text("[1, 2]")
+    with pytest.raises(ConfigError, match=r"aloekit_rollout.json: expected a JSON object"):
+        check_resumable(checkpoint, key)
