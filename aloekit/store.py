@@ -435,14 +435,9 @@ class Store:
         return rows[0] if rows else None
 
     def run_config(self, run_id: str) -> dict[str, Any]:
-        """The config a run was started with ({} when there is no such run, or its row is damaged: the commands
-        that need a field of it say so themselves)."""
+        """The config a run was started with ({} when there is no such run: :func:`stored_config`)."""
         run = self.get_run(run_id)
-        try:
-            config = json.loads(run["config"]) if run else {}
-        except (TypeError, ValueError, RecursionError):
-            return {}
-        return config if isinstance(config, dict) else {}
+        return stored_config(run["config"]) if run else {}
 
     def list_runs(self, limit: int = 50) -> list[dict[str, Any]]:
         """Return the newest runs first, each with its LLM call and token counts."""
@@ -550,6 +545,16 @@ class Store:
     def close(self) -> None:
         """Close the connection."""
         self.conn.close()
+
+
+def stored_config(text: str | None) -> dict[str, Any]:
+    """A run row's stored config, or {} when it is not a JSON object: one damaged row must not break a page or a
+    lookup (the commands that need a field of it say so themselves)."""
+    try:
+        config = json.loads(text or "{}")
+    except (TypeError, ValueError, RecursionError):
+        return {}
+    return config if isinstance(config, dict) else {}
 
 
 def run_end_state(exc: BaseException) -> tuple[str, str]:

@@ -376,10 +376,11 @@ HARDWARE_ENTRIES = {"engine": "engines", "dtype": "dtypes", "weights": "weights"
 def record_loaded_settings(store: Store, run_id: str, pool: BackendPool, specs: Iterable[str]) -> None:
     """Make the run config's ``hardware`` record say what each loaded in-process model computes with: the
     record is written before loading, and a load can fall back (packed blocks that cannot be used decode in
-    float). A resumed run's record then says what its latest invocation loaded."""
+    float). On a resume those entries say what the latest invocation loaded, the device entries what the
+    first ran on."""
     config = store.run_config(run_id)
     hardware = config.get("hardware")
-    if not hardware:
+    if not isinstance(hardware, dict):  # nothing in-process, or a damaged row: nothing to correct
         return
     changed = False
     for spec in specs:
@@ -387,7 +388,9 @@ def record_loaded_settings(store: Store, run_id: str, pool: BackendPool, specs: 
         if not isinstance(inner, TransformersChatClient) or not inner.loaded:
             continue
         for setting, value in inner.compute_settings().items():
-            entry = hardware.setdefault(HARDWARE_ENTRIES[setting], {})
+            entry = hardware.get(HARDWARE_ENTRIES[setting])
+            if not isinstance(entry, dict):
+                entry = hardware[HARDWARE_ENTRIES[setting]] = {}
             changed |= entry.get(spec) != value
             entry[spec] = value
     if changed:

@@ -12,7 +12,7 @@ from typing import Any
 
 from aloekit.graphs.storage import TreeStore
 from aloekit.graphs.tree import ConversationTree
-from aloekit.store import Store
+from aloekit.store import Store, stored_config
 
 STYLE = """
 body{font:15px/1.45 system-ui,sans-serif;margin:0;color:#1d2330;background:#f6f7fb}
@@ -75,15 +75,6 @@ def page(title: str, body: str, standalone: bool = False) -> tuple[str, str]:
 # Runs -------------------------------------------------------------------------------------------------
 
 
-def _config(run: dict[str, Any]) -> dict[str, Any]:
-    """A run's stored config, or {} when it is not a JSON object (one damaged row must not break a page)."""
-    try:
-        config = json.loads(run["config"])
-    except (TypeError, ValueError):
-        return {}
-    return config if isinstance(config, dict) else {}
-
-
 def _backends(config: dict[str, Any]) -> dict[str, str]:
     try:
         if sim := config.get("simulation_resolved"):
@@ -113,7 +104,7 @@ def runs_page(store: Store) -> tuple[str, str]:
         counts.setdefault(run_id, {})[status] = n
     rows = []
     for run in store.list_runs(limit=500):
-        config = _config(run)
+        config = stored_config(run["config"])
         kind = next((name for key, name in RUN_KINDS.items() if key in config), "")
         backends = "<br>".join(f"{esc(k)}: <code>{esc(v)}</code>" for k, v in _backends(config).items())
         status_counts = ", ".join(f"{n} {esc(s)}" for s, n in sorted(counts.get(run["id"], {}).items()))
@@ -135,7 +126,7 @@ def run_page(store: Store, run_id: str) -> tuple[str, str] | None:
     if run is None:
         return None
     trees = TreeStore(store)
-    config = _config(run)
+    config = stored_config(run["config"])
     rows = []
     for c in trees.conversations(run_id):
         preferred = rejected = flips = both = 0
