@@ -56,6 +56,8 @@ def test_a_run_is_not_resumed_with_a_model_whose_files_changed(run_aloe, tiny_mo
                      "--role", f"all=hf:{folder}")  # fmt: skip
     assert first.returncode == 0, first.stderr
     run_id = json.loads(first.stdout)["run_id"]
+    unchanged = run_aloe("--json", "simulate", "--resume", run_id, "--budget-calls", "2")  # same files: resumes
+    assert unchanged.returncode == 0, unchanged.stderr
     (folder / "config.json").write_text((folder / "config.json").read_text() + "\n")  # replaced in place
     resumed = run_aloe("simulate", "--resume", run_id)
     assert resumed.returncode == 1 and "Traceback" not in resumed.stderr
