@@ -105,14 +105,13 @@ def eval_command(
     specs = {config.model, config.judge.backend, *([config.user.backend] if config.mode == "live" else []),
              *([config.second_judge.backend] if config.second_judge is not None else [])}  # fmt: skip
     check_run_inputs(app, specs, config.check_roles)  # before any run row is written or changed
-    if not resume_run:  # after the checks: the judge's client is built to read its files
-        notice = audit_notice(store, BackendPool(app.config), "eval", config.judge)
     given = resume_run is not None or concurrency is not None or "concurrency" in app.config.evaluation
     app.config, in_flight, hardware = run_defaults(app.config, specs, config.concurrency, given)
     if resume_run:
         refuse_changed_files(store, run_id, hardware)
     config = config.model_copy(update={"concurrency": in_flight})
     if not resume_run:
+        notice = audit_notice(store, BackendPool(app.config), "eval", config.judge)  # after the spec checks
         run_config = {**app.config.model_dump(mode="json"), "eval_resolved": config.model_dump(mode="json"),
                       "judge_audit": notice.audit_id, "hardware": hardware}  # fmt: skip
         run_id = store.start_run(command_line(), run_config, config.seed)

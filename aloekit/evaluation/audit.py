@@ -145,7 +145,7 @@ class AuditResult:
     labels: dict[str, Any] | None = None
     details: list[dict[str, Any]] = field(default_factory=list)
     judge_files: str | None = None
-    """Which files an in-process judge answered with (``BackendPool.weights_identity``): the audit vouches for
+    """Which files an in-process judge answered with (``BackendPool.files``): the audit vouches for
     those only. None for a server's judge, and for audits made before it was recorded."""
 
     @property
