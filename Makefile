@@ -32,11 +32,12 @@ browser-deps:
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
 	    chromium chromium-driver graphviz)
 
-# Two workers by default (pytest-xdist; whole files per worker, since README blocks build on each other):
-# the quick demo takes about half the suite's time on one worker while the other runs the rest.
+# Two workers by default (pytest-xdist; whole files per worker, since README blocks build on each other), in
+# the order tests/conftest.py gives: the quick demo, the longest test, starts at once on one worker while the
+# other runs the rest.
 TEST_WORKERS ?= 2
 test: install browser-deps lint
-	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 lint: install
 	$(VENV)/bin/ruff check aloekit tests benchmarks
