@@ -1,8 +1,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,6 +14,7 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ.setdefault("MKL_NUM_THREADS", "1")
 
 from aloekit.agents.backends.registry import register_backend
+from tests.forkserver import ForkServer
 from tests.helpers import ScriptedClient, build_tiny_chat_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -83,20 +82,20 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     return build_tiny_chat_model(tmp_path_factory.mktemp("tiny-model"))
 
 
+@pytest.fixture(scope="session")
+def fork_server():
+    """Starts CLI processes as forks of one that has imported torch and the rest once (:mod:`tests.forkserver`)."""
+    server = ForkServer()
+    yield server
+    server.close()
+
+
 @pytest.fixture
-def run_aloe(tmp_path):
-    """Run the real CLI in a subprocess in ``tmp_path``; returns CompletedProcess."""
+def run_aloe(tmp_path, fork_server):
+    """Run the real CLI in a process of its own in ``tmp_path``; returns CompletedProcess."""
 
     def run(*args: str, env: dict[str, str] | None = None, input: str | None = None, timeout: float = 120):
         full_env = {**os.environ, "ALOE_DB": str(tmp_path / "aloe.db"), **(env or {})}
-        return subprocess.run(
-            [sys.executable, "-m", "aloekit.cli", *args],
-            cwd=tmp_path,
-            env=full_env,
-            input=input,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-        )
+        return fork_server.run(args, cwd=tmp_path, env=full_env, input=input, timeout=timeout)
 
     return run
