@@ -12,6 +12,7 @@ subprocess instead when such a variable differs from the server's.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import importlib
 import io
 import json
@@ -163,7 +164,8 @@ class ForkServer:
         try:
             return int(self._reply(time.monotonic() + timeout))
         except subprocess.TimeoutExpired:
-            os.kill(pid, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):  # it ended meanwhile
+                os.kill(pid, signal.SIGKILL)
             self._reply(None)
             raise subprocess.TimeoutExpired(command, timeout) from None
 

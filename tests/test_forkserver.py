@@ -1,0 +1,52 @@
+"""The test harness itself: CLI commands forked from the preloaded server behave as subprocesses do, and the
+quick demo's file is handed to the workers first."""
+
+from __future__ import annotations
+
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import pytest_collection_modifyitems
+
+
+def test_a_forked_command_has_its_own_streams_status_folder_and_environment(run_aloe, tmp_path):
+    ok = run_aloe("--json", "runs", "list", env={"ALOE_DB": str(tmp_path / "elsewhere.db")})
+    assert ok.returncode == 0 and ok.stdout.strip() == "[]" and ok.stderr == ""
+    assert (tmp_path / "elsewhere.db").is_file() and not (tmp_path / "aloe.db").exists()
+    bad = run_aloe("nosuch")
+    assert bad.returncode == 2 and bad.stdout == "" and bad.stderr.startswith("error: No such command 'nosuch'")
+    (tmp_path / "personas.txt").write_text("A nurse who keeps bees.\n")
+    imported = run_aloe("personas", "import", "personas.txt", "--kind", "profile")  # a path relative to tmp_path
+    assert imported.returncode == 0, imported.stderr
+
+
+def test_a_command_past_its_timeout_is_killed_and_the_server_goes_on(fork_server, tmp_path):
+    env = {"ALOE_DB": str(tmp_path / "aloe.db"), "PATH": "/usr/bin:/bin"}
+    with pytest.raises(subprocess.TimeoutExpired):  # no command starts within a millisecond
+        fork_server.run(["--help"], cwd=tmp_path, env=env, input=None, timeout=0.001)
+    assert fork_server.run(["--help"], cwd=tmp_path, env=env, input=None, timeout=120).returncode == 0
+
+
+def test_an_import_time_variable_gets_a_real_subprocess(fork_server):
+    assert fork_server._forkable({**fork_server._env})
+    assert not fork_server._forkable({**fork_server._env, "OMP_NUM_THREADS": "7"})
+    assert not fork_server._forkable({**fork_server._env, "HF_HUB_OFFLINE": "1"})
+
+
+@dataclass
+class _Item:
+    path: Path
+    markers: set[str] = field(default_factory=set)
+
+    def get_closest_marker(self, name: str) -> object | None:
+        return name if name in self.markers else None
+
+
+def test_the_file_of_a_first_marked_test_leads_then_files_by_test_count():
+    small, big, demo = Path("a.py"), Path("b.py"), Path("z_demo.py")
+    items = [_Item(small), _Item(big), _Item(big), _Item(demo, {"first"})]
+    pytest_collection_modifyitems(items)  # type: ignore[arg-type]
+    assert [item.path for item in items] == [demo, big, big, small]
