@@ -66,17 +66,22 @@ class DemoScale:
     grpo_steps: int
 
 
+# What CI runs: every stage once, as small as still shows it working. On the 2-core development machine the
+# previous quick scale (12 x 3 simulated turns, 6 SFT + 8 DPO steps, 4 audit and evaluation personas, 2 GRPO
+# users) took 14.2 minutes idle, over half of `make test`'s CPU time, and this one 11.1: the simulation costs
+# about what its prompts do (prefill, linear in conversations), a DPO step 13 s, while the evaluation costs
+# what its turns do one after another, whatever the number of personas.
 QUICK = DemoScale(
     new_profiles=3,
     persona_rounds=1,
-    conversations=12,
+    conversations=8,
     turns=3,
-    sft_steps=6,
-    dpo_steps=8,
-    eval_personas=4,
+    sft_steps=2,
+    dpo_steps=2,
+    eval_personas=3,
     eval_turns=3,
-    audit_personas=4,
-    grpo_personas=2,
+    audit_personas=3,
+    grpo_personas=1,
     grpo_turns=2,
     grpo_group=2,
     grpo_steps=2,
@@ -375,8 +380,9 @@ async def _run_demo(out: Path, scale: DemoScale, say: Callable[[str], None]) -> 
         f"adapter {adapters / 'dpo'}"
     )
 
-    stage(f"online RL: GRPO from the DPO adapter, {scale.grpo_steps} steps, {scale.grpo_personas} simulated users "
-          f"x {scale.grpo_group} replies per turn, reward persona_similarity")  # fmt: skip
+    users = f"{scale.grpo_personas} simulated user{'s' if scale.grpo_personas > 1 else ''}"
+    stage(f"online RL: GRPO from the DPO adapter, {scale.grpo_steps} steps, {users} x {scale.grpo_group} replies "
+          "per turn, reward persona_similarity")  # fmt: skip
     settings = grpo_settings(scale, adapters / "grpo", adapters / "dpo")
     grpo_config = {"grpo": settings.model_dump(mode="json"), "judge_audit": audits["reward"][0]}
     grpo_run = store.start_run("aloe demo: train grpo", grpo_config, settings.seed)
@@ -384,7 +390,8 @@ async def _run_demo(out: Path, scale: DemoScale, say: Callable[[str], None]) -> 
     store.finish_run(grpo_run, "completed")
     rewards = grpo["rewards_per_step"]
     say(f"      mean reward {format_value(rewards[0], 2)} at step 1, {format_value(rewards[-1], 2)} at step "
-        f"{len(rewards)} ({grpo['conversations_started']} conversations); adapter {adapters / 'grpo'}")  # fmt: skip
+        f"{len(rewards)} ({grpo['conversations_started']} conversation"
+        f"{'s' if grpo['conversations_started'] != 1 else ''}); adapter {adapters / 'grpo'}")  # fmt: skip
 
     methods = {"base": MODEL, "DPO": f"{MODEL}+{adapters / 'dpo'}", "GRPO": f"{MODEL}+{adapters / 'grpo'}"}
     stage(f"evaluation: {', '.join(methods)}; {scale.eval_personas} personas x {scale.eval_turns} turns, live")

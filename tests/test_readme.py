@@ -151,7 +151,7 @@ SKIP: dict[str, str] = {
 
 # Console blocks without a command: the printed output of something run elsewhere, with why it is not run here.
 OUTPUT_ONLY: dict[str, str] = {
-    "[2/8] judge audits: known-answer probes from 4 eval personas": "what `aloe demo --quick` printed (10-20 minutes "
+    "[2/8] judge audits: known-answer probes from 3 eval personas": "what `aloe demo --quick` printed (10-20 minutes "
     "on the embedded model); tests/integration/test_demo.py runs it and checks its outputs",
 }
 

@@ -9,12 +9,11 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.first]
 
 
 def test_quick_demo_produces_every_output(run_aloe, tmp_path):
-    # A deadline, not a duration: 10-20 minutes on an idle 2-core machine, and over 25 on a loaded one.
-    # Both cores for the longest test (963 s on the one thread a test worker gets, about 620 s on two): the
-    # other worker finishes the rest of the suite long before, and passive OpenMP waiting keeps the two
-    # threads from spinning against that worker meanwhile.
-    threads = {"OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2", "OMP_WAIT_POLICY": "PASSIVE"}
-    proc = run_aloe("--json", "demo", "--quick", "--out", "demo", timeout=3600, env=threads)
+    # A deadline, not a duration: about 11 minutes on an idle 2-core machine on two threads, longer on the one
+    # thread a test worker gets, and longer still on a loaded machine. One thread, as every other test: the rest
+    # of the suite takes as much CPU as the demo, so the two workers finish together, and a second OpenMP thread
+    # would cost more CPU time than it saves wall time (963 s on one thread, about 620 s on two, measured).
+    proc = run_aloe("--json", "demo", "--quick", "--out", "demo", timeout=3600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout)
     out = tmp_path / "demo"
@@ -36,7 +35,7 @@ def test_quick_demo_produces_every_output(run_aloe, tmp_path):
     assert html.startswith("<!doctype html>") and 'class="turn"' in html
     assert (out / "adapters" / "dpo" / "adapter_config.json").is_file()
     dpo = (out / "data" / "dpo.jsonl").read_text().splitlines()
-    assert len(dpo) >= 30 and result["dpo_pairs"] == len(dpo)
+    assert len(dpo) >= 16 and result["dpo_pairs"] == len(dpo)  # 8 conversations x 3 turns, a few left unlabelled
     assert set(json.loads(dpo[0])) >= {"prompt", "chosen", "rejected"}
     # GRPO ran online from the DPO adapter, rewarded by persona_similarity, every step scored.
     grpo = json.loads((out / "adapters" / "grpo" / "training_summary.json").read_text())
