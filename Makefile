@@ -33,8 +33,8 @@ browser-deps:
 	    chromium chromium-driver graphviz)
 
 # Two workers by default (pytest-xdist; whole files per worker, since README blocks build on each other), in
-# the order tests/conftest.py gives: the quick demo, the longest test, starts at once on one worker while the
-# other runs the rest.
+# the order tests/conftest.py gives: the quick demo, the longest test, starts at once on one worker (the one
+# file xdist queues behind it waits) while the other works through the rest.
 TEST_WORKERS ?= 2
 test: install browser-deps lint
 	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder

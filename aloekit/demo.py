@@ -380,7 +380,7 @@ async def _run_demo(out: Path, scale: DemoScale, say: Callable[[str], None]) -> 
         f"adapter {adapters / 'dpo'}"
     )
 
-    users = f"{scale.grpo_personas} simulated user{'s' if scale.grpo_personas > 1 else ''}"
+    users = f"{scale.grpo_personas} simulated user{'s' if scale.grpo_personas != 1 else ''}"
     stage(f"online RL: GRPO from the DPO adapter, {scale.grpo_steps} steps, {users} x {scale.grpo_group} replies "
           "per turn, reward persona_similarity")  # fmt: skip
     settings = grpo_settings(scale, adapters / "grpo", adapters / "dpo")

@@ -92,10 +92,11 @@ def fork_server():
 
 @pytest.fixture
 def run_aloe(tmp_path, fork_server):
-    """Run the real CLI in a process of its own in ``tmp_path``; returns CompletedProcess."""
+    """Run the real CLI in a process of its own in ``tmp_path``; returns CompletedProcess. ``fresh=True``: a new
+    Python process rather than a fork of the preloaded server (:mod:`tests.forkserver`)."""
 
-    def run(*args: str, env: dict[str, str] | None = None, input: str | None = None, timeout: float = 120):
+    def run(*args: str, env: dict[str, str] | None = None, input: str | None = None, timeout: float = 120, fresh=False):
         full_env = {**os.environ, "ALOE_DB": str(tmp_path / "aloe.db"), **(env or {})}
-        return fork_server.run(args, cwd=tmp_path, env=full_env, input=input, timeout=timeout)
+        return fork_server.run(args, cwd=tmp_path, env=full_env, input=input, timeout=timeout, fresh=fresh)
 
     return run

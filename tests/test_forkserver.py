@@ -3,6 +3,7 @@ quick demo's file is handed to the workers first."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,7 +13,8 @@ import pytest
 from tests.conftest import pytest_collection_modifyitems
 
 
-def test_a_forked_command_has_its_own_streams_status_folder_and_environment(run_aloe, tmp_path):
+def test_a_forked_command_has_its_own_streams_status_folder_and_environment(run_aloe, fork_server, tmp_path):
+    forks = fork_server.forks
     ok = run_aloe("--json", "runs", "list", env={"ALOE_DB": str(tmp_path / "elsewhere.db")})
     assert ok.returncode == 0 and ok.stdout.strip() == "[]" and ok.stderr == ""
     assert (tmp_path / "elsewhere.db").is_file() and not (tmp_path / "aloe.db").exists()
@@ -21,19 +23,24 @@ def test_a_forked_command_has_its_own_streams_status_folder_and_environment(run_
     (tmp_path / "personas.txt").write_text("A nurse who keeps bees.\n")
     imported = run_aloe("personas", "import", "personas.txt", "--kind", "profile")  # a path relative to tmp_path
     assert imported.returncode == 0, imported.stderr
+    assert fork_server.forks == forks + 3  # all three were forks, not subprocesses
 
 
 def test_a_command_past_its_timeout_is_killed_and_the_server_goes_on(fork_server, tmp_path):
-    env = {"ALOE_DB": str(tmp_path / "aloe.db"), "PATH": "/usr/bin:/bin"}
+    env = {**os.environ, "ALOE_DB": str(tmp_path / "aloe.db")}
+    assert fork_server.forkable(env)
     with pytest.raises(subprocess.TimeoutExpired):  # no command starts within a millisecond
         fork_server.run(["--help"], cwd=tmp_path, env=env, input=None, timeout=0.001)
+    forks = fork_server.forks
     assert fork_server.run(["--help"], cwd=tmp_path, env=env, input=None, timeout=120).returncode == 0
+    assert fork_server.forks == forks + 1
 
 
 def test_an_import_time_variable_gets_a_real_subprocess(fork_server):
-    assert fork_server._forkable({**fork_server._env})
-    assert not fork_server._forkable({**fork_server._env, "OMP_NUM_THREADS": "7"})
-    assert not fork_server._forkable({**fork_server._env, "HF_HUB_OFFLINE": "1"})
+    assert fork_server.forkable({**os.environ, "ALOE_DB": "x.db", "COLUMNS": "200"})
+    assert not fork_server.forkable({**os.environ, "OMP_NUM_THREADS": "7"})
+    assert not fork_server.forkable({**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert not fork_server.forkable({**os.environ, "SOMETHING_NEW": "1"})
 
 
 @dataclass

@@ -140,7 +140,7 @@ SUBSTITUTIONS: list[Sub] = [
 
 # README commands that are not run, with the reason. Keys are the command as written (comment removed).
 SKIP: dict[str, str] = {
-    "make demo": "installs the venv and runs the full demo (49 minutes on 2 cores); tests/integration/test_demo.py "
+    "make demo": "installs the venv and runs the full demo (32 minutes on 2 cores); tests/integration/test_demo.py "
     "runs `aloe demo --quick`",
     "make test": "runs the whole test suite, this file included",
     "accelerate launch --config_file \"$(python -c 'import aloekit.training, pathlib; print(pathlib.Path("
@@ -151,7 +151,7 @@ SKIP: dict[str, str] = {
 
 # Console blocks without a command: the printed output of something run elsewhere, with why it is not run here.
 OUTPUT_ONLY: dict[str, str] = {
-    "[2/8] judge audits: known-answer probes from 3 eval personas": "what `aloe demo --quick` printed (10-20 minutes "
+    "[2/8] judge audits: known-answer probes from 3 eval personas": "what `aloe demo --quick` printed (11 minutes "
     "on the embedded model); tests/integration/test_demo.py runs it and checks its outputs",
 }
 

@@ -24,11 +24,11 @@ def _replay_files(tmp_path) -> dict[str, str]:
     return specs
 
 
-def _simulate(run_aloe, specs, *args):
+def _simulate(run_aloe, specs, *args, env=None):
     roles = ["--role", f"user={specs['user']}", "--role", f"inducer={specs['inducer']}", "--role",
              f"judge={specs['judge']}", "--role", f"preferred={specs['responder']}", "--role",
              f"plain={specs['responder']}"]  # fmt: skip
-    proc = run_aloe("--json", *args, "--conversations", "4", "--turns", "3", *roles)
+    proc = run_aloe("--json", *args, "--conversations", "4", "--turns", "3", *roles, env=env)
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout)
 
@@ -42,8 +42,9 @@ def _export(run_aloe, tmp_path, run_id, kind):
 
 def test_same_seed_gives_byte_identical_exports(run_aloe, tmp_path):
     specs = _replay_files(tmp_path)
-    first = _simulate(run_aloe, specs, "simulate", "--seed", "7")
-    second = _simulate(run_aloe, specs, "--seed", "7", "simulate")  # the global flag is honoured too
+    # Two processes with different hash seeds (set and dict orders): nothing may depend on them.
+    first = _simulate(run_aloe, specs, "simulate", "--seed", "7", env={"PYTHONHASHSEED": "1"})
+    second = _simulate(run_aloe, specs, "--seed", "7", "simulate", env={"PYTHONHASHSEED": "2"})  # global flag too
     other = _simulate(run_aloe, specs, "simulate", "--seed", "8")
     assert first["seed"] == second["seed"] == 7 and other["seed"] == 8
     runs = {r["id"]: r for r in json.loads(run_aloe("--json", "runs", "list").stdout)}
