@@ -47,9 +47,11 @@ PRELOAD = (
 )
 RUN_TIME_PREFIXES = ("ALOE_", "PYTEST_")
 RUN_TIME_NAMES = {"COLUMNS", "LINES", "OPENAI_API_KEY"}
+QUIET_NAMES = {"TRANSFORMERS_VERBOSITY", "HF_HUB_DISABLE_PROGRESS_BARS", "HF_DATASETS_DISABLE_PROGRESS_BARS"}
 """Variables read when a command runs (aloekit's, the OpenAI client's key, the terminal's width) or by nobody
 in a command (pytest's): a difference in any other, such as ``OMP_NUM_THREADS`` or ``HF_HUB_OFFLINE``, gets a
-plain subprocess."""
+plain subprocess. ``QUIET_NAMES`` too, although read at import: the CLI sets them itself, so a test that ran it
+in-process leaves them in the worker's environment; in a fork they only leave those libraries' messages on."""
 REPO = Path(__file__).resolve().parents[1]
 WRITE = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
 START_TIMEOUT_S = 900  # importing torch, transformers and trl on a loaded 2-core machine
@@ -162,7 +164,7 @@ class ForkServer:
         read at run time. Starts the server, with the current environment, if it is not running."""
         self.start()
         differing = {k for k in {*env, *self._env} if env.get(k) != self._env.get(k)}
-        return all(k.startswith(RUN_TIME_PREFIXES) or k in RUN_TIME_NAMES for k in differing)
+        return all(k.startswith(RUN_TIME_PREFIXES) or k in RUN_TIME_NAMES | QUIET_NAMES for k in differing)
 
     def start(self) -> None:
         """Start the server (unless it runs) and wait until it has imported everything."""
