@@ -249,6 +249,11 @@ async def in_thread(stop: threading.Event, function: Callable[..., T], *args: An
         raise
 
 
+def _count(n: int, noun: str) -> str:
+    """``1 conversation``, ``2 conversations``."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 def _write_jsonl(rows: list[dict[str, Any]], path: Path) -> None:
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
 
@@ -380,7 +385,7 @@ async def _run_demo(out: Path, scale: DemoScale, say: Callable[[str], None]) -> 
         f"adapter {adapters / 'dpo'}"
     )
 
-    users = f"{scale.grpo_personas} simulated user{'s' if scale.grpo_personas != 1 else ''}"
+    users = _count(scale.grpo_personas, "simulated user")
     stage(f"online RL: GRPO from the DPO adapter, {scale.grpo_steps} steps, {users} x {scale.grpo_group} replies "
           "per turn, reward persona_similarity")  # fmt: skip
     settings = grpo_settings(scale, adapters / "grpo", adapters / "dpo")
@@ -390,8 +395,8 @@ async def _run_demo(out: Path, scale: DemoScale, say: Callable[[str], None]) -> 
     store.finish_run(grpo_run, "completed")
     rewards = grpo["rewards_per_step"]
     say(f"      mean reward {format_value(rewards[0], 2)} at step 1, {format_value(rewards[-1], 2)} at step "
-        f"{len(rewards)} ({grpo['conversations_started']} conversation"
-        f"{'s' if grpo['conversations_started'] != 1 else ''}); adapter {adapters / 'grpo'}")  # fmt: skip
+        f"{len(rewards)} ({_count(grpo['conversations_started'], 'conversation')}); "
+        f"adapter {adapters / 'grpo'}")  # fmt: skip
 
     methods = {"base": MODEL, "DPO": f"{MODEL}+{adapters / 'dpo'}", "GRPO": f"{MODEL}+{adapters / 'grpo'}"}
     stage(f"evaluation: {', '.join(methods)}; {scale.eval_personas} personas x {scale.eval_turns} turns, live")

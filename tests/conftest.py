@@ -14,10 +14,12 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ.setdefault("MKL_NUM_THREADS", "1")
 
 from aloekit.agents.backends.registry import register_backend
-from tests.forkserver import ForkServer
+from tests.forkserver import REPO, ForkServer
 from tests.helpers import ScriptedClient, build_tiny_chat_model
 
-REPO = Path(__file__).resolve().parents[1]
+SESSION_ENV = dict(os.environ)
+"""The environment every test starts from (:func:`restore_environment`) and the fork server runs with."""
+
 SHARED_DATA = REPO.parent / "shared" / "aloe-paper-data"
 
 # A backend registered from the tests, the way a user or plugin adds one; `scripted:NAME` looks up
@@ -82,10 +84,27 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     return build_tiny_chat_model(tmp_path_factory.mktemp("tiny-model"))
 
 
+def reset_environment() -> None:
+    """Back to the session's environment: what a test changed, or a command it ran in-process set (the CLI's
+    quieting variables, the embedder's ``HF_HUB_OFFLINE``), is gone."""
+    pytests = {k: v for k, v in os.environ.items() if k.startswith("PYTEST_")}  # pytest's own, e.g. the current test
+    wanted = {**{k: v for k, v in SESSION_ENV.items() if not k.startswith("PYTEST_")}, **pytests}
+    if os.environ != wanted:
+        os.environ.clear()
+        os.environ.update(wanted)
+
+
+@pytest.fixture(autouse=True)
+def restore_environment():
+    """Each test leaves the environment as the session began (later tests, and the fork server, rely on it)."""
+    yield
+    reset_environment()
+
+
 @pytest.fixture(scope="session")
 def fork_server():
     """Starts CLI processes as forks of one that has imported torch and the rest once (:mod:`tests.forkserver`)."""
-    server = ForkServer()
+    server = ForkServer(SESSION_ENV)
     yield server
     server.close()
 

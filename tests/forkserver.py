@@ -47,11 +47,9 @@ PRELOAD = (
 )
 RUN_TIME_PREFIXES = ("ALOE_", "PYTEST_")
 RUN_TIME_NAMES = {"COLUMNS", "LINES", "OPENAI_API_KEY"}
-QUIET_NAMES = {"TRANSFORMERS_VERBOSITY", "HF_HUB_DISABLE_PROGRESS_BARS", "HF_DATASETS_DISABLE_PROGRESS_BARS"}
 """Variables read when a command runs (aloekit's, the OpenAI client's key, the terminal's width) or by nobody
 in a command (pytest's): a difference in any other, such as ``OMP_NUM_THREADS`` or ``HF_HUB_OFFLINE``, gets a
-plain subprocess. ``QUIET_NAMES`` too, although read at import: the CLI sets them itself, so a test that ran it
-in-process leaves them in the worker's environment; in a fork they only leave those libraries' messages on."""
+plain subprocess."""
 REPO = Path(__file__).resolve().parents[1]
 WRITE = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
 START_TIMEOUT_S = 900  # importing torch, transformers and trl on a loaded 2-core machine
@@ -122,12 +120,12 @@ def _exit_code(exit_: SystemExit) -> int:
 
 
 class ForkServer:
-    """The test side: one server per test worker, started with the worker's environment, restarted if it died.
-    One command at a time (a test worker runs one test at a time)."""
+    """The test side: one server per test worker, started with ``env`` (the environment the session began
+    with), restarted if it died. One command at a time (a test worker runs one test at a time)."""
 
-    def __init__(self) -> None:
+    def __init__(self, env: Mapping[str, str]) -> None:
         self._process: subprocess.Popen[bytes] | None = None
-        self._env: dict[str, str] = {}
+        self._env = dict(env)
         self.forks = 0
         """Commands run as forks (the rest ran as subprocesses)."""
 
@@ -150,9 +148,8 @@ class ForkServer:
             )
         with tempfile.TemporaryDirectory(prefix="aloe-fork-") as folder:
             streams = {name: Path(folder) / name for name in ("stdin", "stdout", "stderr")}
-            for path in streams.values():
-                path.write_text("")
-            streams["stdin"].write_text(input or "", encoding=locale.getpreferredencoding(False))
+            for name, path in streams.items():  # all there before the child starts, whatever happens to it
+                path.write_text(input or "" if name == "stdin" else "", encoding=locale.getpreferredencoding(False))
             request = {"args": list(args), "cwd": str(cwd), "env": dict(env)}
             request.update({name: str(path) for name, path in streams.items()})
             returncode = self._call(request, command, timeout, streams)
@@ -161,16 +158,15 @@ class ForkServer:
 
     def forkable(self, env: Mapping[str, str]) -> bool:
         """Whether a fork sees ``env`` as a new process would: it differs from the server's only in variables
-        read at run time. Starts the server, with the current environment, if it is not running."""
+        read at run time. Starts the server if it is not running."""
         self.start()
         differing = {k for k in {*env, *self._env} if env.get(k) != self._env.get(k)}
-        return all(k.startswith(RUN_TIME_PREFIXES) or k in RUN_TIME_NAMES | QUIET_NAMES for k in differing)
+        return all(k.startswith(RUN_TIME_PREFIXES) or k in RUN_TIME_NAMES for k in differing)
 
     def start(self) -> None:
         """Start the server (unless it runs) and wait until it has imported everything."""
         if self._process is not None and self._process.poll() is None:
             return
-        self._env = dict(os.environ)
         self._process = subprocess.Popen(
             [sys.executable, "-m", "tests.forkserver"],
             cwd=REPO,
@@ -179,7 +175,8 @@ class ForkServer:
             stdout=subprocess.PIPE,
             bufsize=0,  # unbuffered: a line read is all that was read, so select() sees the next one coming
         )
-        self._expect("ready", time.monotonic() + START_TIMEOUT_S)
+        if self._expect("ready", time.monotonic() + START_TIMEOUT_S) is None:
+            raise RuntimeError(f"the fork server did not start within {START_TIMEOUT_S} s")
 
     def close(self) -> None:
         """Stop the server."""
@@ -201,14 +198,13 @@ class ForkServer:
         try:
             self._process.stdin.write(json.dumps(request).encode() + b"\n")
             pid = int(self._expect("pid", None))  # the server is ready: it forks at once
-            try:
-                return int(self._expect("exit", deadline))
-            except subprocess.TimeoutExpired:
+            status = self._expect("exit", deadline)
+            if status is None:
                 with contextlib.suppress(ProcessLookupError):  # it ended meanwhile
                     os.kill(pid, signal.SIGKILL)
                 self._expect("exit", None)
-                stdout, stderr = self._outputs(streams)
-                raise subprocess.TimeoutExpired(command, timeout, stdout, stderr) from None
+                raise subprocess.TimeoutExpired(command, timeout, *self._outputs(streams))
+            return int(status)
         except subprocess.TimeoutExpired:
             raise
         except BaseException:  # the protocol may be out of step: the next command gets a new server
@@ -216,14 +212,13 @@ class ForkServer:
             self._process.wait()
             raise
 
-    def _expect(self, word: str, deadline: float | None) -> str:
-        """The rest of the server's next line, which must start with ``word``; ``TimeoutExpired`` if none came
-        by ``deadline``."""
+    def _expect(self, word: str, deadline: float | None) -> str | None:
+        """The rest of the server's next line, which must start with ``word``; None if none came by ``deadline``."""
         assert self._process is not None and self._process.stdout is not None
         if deadline is not None:
             ready, _, _ = select.select([self._process.stdout], [], [], max(0.0, deadline - time.monotonic()))
             if not ready:
-                raise subprocess.TimeoutExpired(f"fork server ({word})", 0)
+                return None
         line = self._process.stdout.readline().decode()
         head, _, rest = line.strip().partition(" ")
         if head != word:

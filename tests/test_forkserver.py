@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import pytest_collection_modifyitems
+from tests.conftest import SESSION_ENV, pytest_collection_modifyitems, reset_environment
 
 
 def test_a_forked_command_has_its_own_streams_status_folder_and_environment(run_aloe, fork_server, tmp_path):
@@ -41,6 +41,19 @@ def test_an_import_time_variable_gets_a_real_subprocess(fork_server):
     assert not fork_server.forkable({**os.environ, "OMP_NUM_THREADS": "7"})
     assert not fork_server.forkable({**os.environ, "HF_HUB_OFFLINE": "1"})
     assert not fork_server.forkable({**os.environ, "SOMETHING_NEW": "1"})
+
+
+def test_a_command_run_in_process_does_not_leave_its_environment_to_later_commands(fork_server, tmp_path):
+    from click.testing import CliRunner
+
+    from aloekit.cli import cli
+
+    CliRunner().invoke(cli, ["runs", "list"], env={"ALOE_DB": str(tmp_path / "aloe.db")})
+    assert os.environ.get("TRANSFORMERS_VERBOSITY") == "error"  # set by the CLI's logging set-up, in-process
+    assert not fork_server.forkable(dict(os.environ))
+    reset_environment()  # what every test's teardown does
+    assert os.environ.get("TRANSFORMERS_VERBOSITY") == SESSION_ENV.get("TRANSFORMERS_VERBOSITY")
+    assert fork_server.forkable(dict(os.environ))
 
 
 @dataclass
