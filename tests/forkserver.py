@@ -146,10 +146,12 @@ class ForkServer:
             return subprocess.run(
                 command, cwd=cwd, env=dict(env), input=input, capture_output=True, text=True, timeout=timeout
             )
+        self.start()
         with tempfile.TemporaryDirectory(prefix="aloe-fork-") as folder:
             streams = {name: Path(folder) / name for name in ("stdin", "stdout", "stderr")}
             for name, path in streams.items():  # all there before the child starts, whatever happens to it
-                path.write_text(input or "" if name == "stdin" else "", encoding=locale.getpreferredencoding(False))
+                text = (input or "") if name == "stdin" else ""
+                path.write_text(text, encoding=locale.getpreferredencoding(False))
             request = {"args": list(args), "cwd": str(cwd), "env": dict(env)}
             request.update({name: str(path) for name, path in streams.items()})
             returncode = self._call(request, command, timeout, streams)
@@ -158,8 +160,7 @@ class ForkServer:
 
     def forkable(self, env: Mapping[str, str]) -> bool:
         """Whether a fork sees ``env`` as a new process would: it differs from the server's only in variables
-        read at run time. Starts the server if it is not running."""
-        self.start()
+        read at run time."""
         differing = {k for k in {*env, *self._env} if env.get(k) != self._env.get(k)}
         return all(k.startswith(RUN_TIME_PREFIXES) or k in RUN_TIME_NAMES for k in differing)
 
