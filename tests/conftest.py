@@ -86,7 +86,7 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 
 def reset_environment() -> None:
     """Back to the session's environment: what a test changed, or a command it ran in-process set (the CLI's
-    quieting variables, the embedder's ``HF_HUB_OFFLINE``), is gone."""
+    quieting variables), is gone."""
     pytests = {k: v for k, v in os.environ.items() if k.startswith("PYTEST_")}  # pytest's own, e.g. the current test
     wanted = {**{k: v for k, v in SESSION_ENV.items() if not k.startswith("PYTEST_")}, **pytests}
     if os.environ != wanted:

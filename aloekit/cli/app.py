@@ -258,14 +258,29 @@ def setup_logging(verbose: int) -> None:
     if verbose < 2:  # HTTP client chatter is only useful when debugging
         for name in ("httpx", "httpx2", "httpcore", "httpcore2", "openai", "autogen_core", "autogen_ext"):
             logging.getLogger(name).setLevel(max(level, logging.WARNING))
-    if verbose == 0:  # set through the environment so start-up does not import transformers
-        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-        os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    if verbose == 0:
+        quiet_hugging_face()
         # A dying continuous batching thread logs its traceback there; aloekit names its error in one line.
         logging.getLogger("ContinuousBatchingLogger").setLevel(logging.CRITICAL)
         # trl still passes transformers' renamed gradient_checkpointing options; that is for them to fix.
         warnings.filterwarnings("ignore", category=FutureWarning, module=r"transformers\.")
+
+
+def quiet_hugging_face() -> None:
+    """Silence transformers' warnings and the Hugging Face progress bars, unless the user's environment says.
+
+    Through the environment, so start-up does not import transformers; libraries already imported (aloekit
+    called from a notebook or a preloaded process) read it only at import, so they are told directly.
+    """
+    switches = {"TRANSFORMERS_VERBOSITY": "error", "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+                "HF_DATASETS_DISABLE_PROGRESS_BARS": "1"}  # fmt: skip
+    ours = {name for name, value in switches.items() if os.environ.setdefault(name, value) == value}
+    if "TRANSFORMERS_VERBOSITY" in ours and "transformers" in sys.modules:
+        sys.modules["transformers"].logging.set_verbosity_error()
+    if "HF_HUB_DISABLE_PROGRESS_BARS" in ours and "huggingface_hub" in sys.modules:
+        sys.modules["huggingface_hub"].utils.disable_progress_bars()
+    if "HF_DATASETS_DISABLE_PROGRESS_BARS" in ours and "datasets" in sys.modules:
+        sys.modules["datasets"].disable_progress_bars()
 
 
 def import_plugins(modules: list[str], folder: Path) -> None:

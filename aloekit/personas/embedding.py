@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.util
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -71,13 +70,13 @@ class SentenceTransformerEmbedder:
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """Encode ``texts`` (loads the model on first use)."""
         if self._model is None:
-            os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for a hub: the model is on disk
             try:
                 from sentence_transformers import SentenceTransformer
             except ImportError as exc:
                 raise BackendError(f"{self.name}: needs sentence-transformers ({exc.msg})") from None
             try:
-                self._model = SentenceTransformer(str(self.model_path), device=self.device)
+                # never reach for a hub, even where huggingface_hub was imported before: the model is on disk
+                self._model = SentenceTransformer(str(self.model_path), device=self.device, local_files_only=True)
             except (OSError, ValueError, RuntimeError) as exc:  # a folder that is not a model, a bad device
                 raise BackendError(_one_line(f"{self.name}: cannot load {self.model_path}: {exc}")) from None
         if not texts:

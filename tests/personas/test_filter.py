@@ -1,3 +1,5 @@
+import socket
+
 import numpy as np
 import pytest
 
@@ -45,3 +47,14 @@ def test_real_minilm_rejects_paraphrase_keeps_distinct():
     assert vectors.shape == (3, 384)
     pool = SimilarityFilter(vectors[:1], threshold=0.6)
     assert pool.admit(vectors[1:]) == [False, True]
+
+
+@pytest.mark.integration
+def test_loading_minilm_never_reaches_for_a_hub(monkeypatch):
+    # Whatever the environment says: huggingface_hub reads HF_HUB_OFFLINE only when it is first imported.
+    def connect(self, address):
+        raise AssertionError(f"the embedder opened a connection to {address}")
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(socket.socket, "connect", connect)
+    assert get_embedder("minilm").embed(["a persona"]).shape == (1, 384)
