@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import functools
 import math
 from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from pathlib import Path
@@ -210,3 +212,22 @@ def count_rows(db: Path, table: str) -> int:
             return conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
     except sqlite3.Error:
         return 0
+
+
+class ThreadHopRecorder(concurrent.futures.ThreadPoolExecutor):
+    """An event loop's default executor that records what it is given: a graph node or branch that is a plain
+    function runs there (LangGraph's way for sync callables), and concurrent conversations then resume in an
+    order set by the threads, so replayed answers (handed out in call order) land on other conversations."""
+
+    def __init__(self) -> None:
+        super().__init__(max_workers=1)
+        self.jobs: list[str] = []
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> concurrent.futures.Future:
+        """Record the job's name, then run it."""
+        job = functools.partial(fn, *args)
+        while isinstance(job, functools.partial):  # through contextvars' Context.run and langchain's wrapper
+            job = job.args[0] if job.func.__name__ == "run" and job.args else job.func
+        inner = [c.cell_contents for c in job.__closure__ or () if callable(c.cell_contents)]
+        self.jobs.append((inner[0] if inner else job).__qualname__)
+        return super().submit(fn, *args, **kwargs)

@@ -289,7 +289,7 @@ def build_eval_graph(roles: EvalRoles) -> Any:
                    {"role": "assistant", "content": state["reply"]}]  # fmt: skip
         return {"record": record, "history": history, "turn": state["turn"] + 1}
 
-    def next_step(state: EvalState) -> Literal["user", "__end__"]:
+    async def next_step(state: EvalState) -> Literal["user", "__end__"]:  # async: no thread, see the generation graph
         return "user" if state["turn"] <= state["max_turns"] else END
 
     builder = StateGraph(EvalState)

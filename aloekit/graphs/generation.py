@@ -92,7 +92,10 @@ def build_generation_graph(roles: RoleSet, checkpointer: Any = None) -> Any:
         # An inducer's parsed value is the hint (None: nothing revealed yet).
         return {"hint": out.value, "inducer_text": out.text, "inducer_calls": out.calls}
 
-    def fan_out(state: GenerationState) -> list[Send]:
+    # Every node and branch is a coroutine function, even those that await nothing: LangGraph runs a plain
+    # function in a thread pool, and the threads' timing would then reorder concurrent conversations' calls
+    # (a replay backend's answers, a batch's rows) from one run to the next.
+    async def fan_out(state: GenerationState) -> list[Send]:
         return [Send("respond", {**state, "responder_index": i}) for i in range(len(roles.responders))]
 
     async def respond(state: GenerationState) -> dict[str, Any]:
@@ -111,7 +114,7 @@ def build_generation_graph(roles: RoleSet, checkpointer: Any = None) -> Any:
         out = await roles.judge(view(state, user_message=state["user_message"], candidates=texts, hinted=hinted))
         return {"verdict": out.value, "judge_calls": out.calls}
 
-    def select(state: GenerationState) -> dict[str, Any]:
+    async def select(state: GenerationState) -> dict[str, Any]:
         candidates = sorted(state["candidates"], key=lambda c: c.index)
         index = state.get("conversation_index", 0)
         chosen = continue_index(state.get("seed", 0), index, state["turn"], len(candidates))
@@ -132,7 +135,7 @@ def build_generation_graph(roles: RoleSet, checkpointer: Any = None) -> Any:
                    {"role": "assistant", "content": candidates[chosen].text}]  # fmt: skip
         return {"records": [record], "history": history, "turn": state["turn"] + 1}
 
-    def next_step(state: GenerationState) -> Literal["user", "__end__"]:
+    async def next_step(state: GenerationState) -> Literal["user", "__end__"]:
         return "user" if state["turn"] <= state["max_turns"] else END
 
     builder = StateGraph(GenerationState)

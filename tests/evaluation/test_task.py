@@ -1,3 +1,4 @@
+import asyncio
 import os
 import re
 import signal
@@ -22,7 +23,7 @@ from aloekit.store import Store
 from aloekit.testing import StubOpenAIServer, role_aware_reply
 from tests.conftest import SHARED_DATA
 from tests.graphs.scripted import scripted_setup
-from tests.helpers import ScriptedClient, count_rows, seeded_run, wait_for
+from tests.helpers import ScriptedClient, ThreadHopRecorder, count_rows, seeded_run, wait_for
 
 PERSONALITIES = [p.personality.text for p in load_eval_personas("builtin")[:4]]
 
@@ -59,7 +60,10 @@ async def test_live_scripted_end_to_end(tmp_path, scripted):
     store, config, backends = setup(scripted, tmp_path)
     run_id = store.start_run("eval", {"eval_resolved": config.model_dump(mode="json")}, 0)
     create_eval_conversations(store, run_id, config)
+    recorder = ThreadHopRecorder()  # a graph step in a thread would let timing reorder the personas' calls
+    asyncio.get_running_loop().set_default_executor(recorder)
     summary = await run_evaluation(store, backends, config, run_id)
+    assert recorder.jobs == []
     assert summary.statuses == {"complete": 4} and summary.turns_saved == 12 and summary.unscored == 1
     m = compute_metrics(EvalStore(store).scores(run_id), 3)
     # AL(1) = mean(1, 2, 1, 2); AL(2) = mean(3, 2, 3) with persona 0 unscored; AL(3) = mean(3, 4, 3, 4)

@@ -1,3 +1,4 @@
+import asyncio
 import json
 import os
 import signal
@@ -12,7 +13,7 @@ from aloekit.graphs import SimulationConfig, TreeStore, run_conversations
 from aloekit.store import Store
 from aloekit.testing import StubOpenAIServer, role_aware_reply
 from tests.graphs.scripted import scripted_setup
-from tests.helpers import count_rows, seeded_run, wait_for
+from tests.helpers import ThreadHopRecorder, count_rows, seeded_run, wait_for
 
 
 def _new_run(store, config, n):
@@ -148,3 +149,14 @@ def test_sigkill_mid_run_five_times_then_resume(tmp_path):
         assert json.loads(final.stdout)["statuses"] == {"complete": n}
     assert kills >= 5, "the run finished before it could be killed 5 times; slow the stub down"
     assert_exact(Store(db), run_id, n, turns)
+
+
+async def test_the_turn_loop_stays_on_the_event_loop_so_call_order_is_deterministic(tmp_path, scripted):
+    # A node or branch run in a thread lets timing reorder concurrent conversations' calls (and thus a replay
+    # backend's answers): the same-seed exports once differed under load.
+    config, backends, _ = scripted_setup(scripted, turns=2, concurrency=3)
+    store = Store(tmp_path / "aloe.db")
+    recorder = ThreadHopRecorder()
+    asyncio.get_running_loop().set_default_executor(recorder)
+    summary = await run_conversations(TreeStore(store), backends, config, _new_run(store, config, 3))
+    assert summary.finished and recorder.jobs == []
