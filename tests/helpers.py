@@ -228,6 +228,6 @@ class ThreadHopRecorder(concurrent.futures.ThreadPoolExecutor):
         job = functools.partial(fn, *args)
         while isinstance(job, functools.partial):  # through contextvars' Context.run and langchain's wrapper
             job = job.args[0] if job.func.__name__ == "run" and job.args else job.func
-        inner = [c.cell_contents for c in job.__closure__ or () if callable(c.cell_contents)]
-        self.jobs.append((inner[0] if inner else job).__qualname__)
+        inner = [c.cell_contents for c in getattr(job, "__closure__", None) or () if callable(c.cell_contents)]
+        self.jobs.append(getattr(inner[0] if inner else job, "__qualname__", repr(job)))
         return super().submit(fn, *args, **kwargs)
