@@ -172,8 +172,35 @@ def signed_rank(differences: list[float]) -> tuple[float | None, float | None]:
         return None, 1.0
     from scipy.stats import wilcoxon
 
-    result = wilcoxon(differences)
-    return float(result.statistic), float(result.pvalue)
+    d = np.asarray(differences, dtype=float)
+    nonzero = d[d != 0]
+    tied = len(nonzero) < len(d) or len(np.unique(np.abs(nonzero))) < len(nonzero)
+    if not tied or len(d) > EXHAUSTIVE_SIGNED_RANK:  # scipy's exact table or its normal approximation
+        result = wilcoxon(d)
+        return float(result.statistic), float(result.pvalue)
+    statistic = float(wilcoxon(d, method="asymptotic").statistic)  # the same statistic whatever the method
+    return statistic, exhaustive_signed_rank_p(d)
+
+
+EXHAUSTIVE_SIGNED_RANK = 13
+"""Up to this many differences with ties or zeros, scipy's ``wilcoxon`` enumerates all 2^n sign flips."""
+
+
+def exhaustive_signed_rank_p(d: np.ndarray) -> float:
+    """Two-sided signed-rank p by all 2^n sign flips: the permutation test scipy's ``wilcoxon`` runs on tied
+    or zero differences, with the rank sum computed for every flip at once. scipy evaluates it one flip at a
+    time (0.7 s for 10 differences, 6 s for 13, per call; a comparison makes one call per turn)."""
+    from scipy.stats import permutation_test, rankdata
+
+    ranks = np.zeros_like(d)
+    ranks[d != 0] = rankdata(np.abs(d[d != 0]))  # zeros dropped (Wilcoxon's rule, scipy's default)
+
+    def positive_rank_sum(x: np.ndarray, axis: int) -> np.ndarray:  # flips keep |x|, hence each rank
+        return np.sum((x > 0) * ranks, axis=axis)
+
+    result = permutation_test((d,), positive_rank_sum, permutation_type="samples", vectorized=True,
+                              n_resamples=2 ** len(d), alternative="two-sided")  # fmt: skip
+    return float(result.pvalue)
 
 
 @dataclass

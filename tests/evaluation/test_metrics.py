@@ -3,7 +3,7 @@ import math
 import pytest
 
 from aloekit.evaluation import bootstrap, compare, compute_metrics, fit_line, normalize
-from aloekit.evaluation.metrics import holm
+from aloekit.evaluation.metrics import holm, signed_rank
 from aloekit.evaluation.report import format_interval, format_value
 
 
@@ -134,3 +134,20 @@ def test_no_difference_flags_few_turns():
         raw += any(p is not None and p < 0.05 for p in c.turn_p)
         corrected += bool(c.turns_differing)
     assert corrected <= 1 < raw  # Holm keeps the family-wise error near 5%
+
+
+@pytest.mark.parametrize(
+    "differences",
+    [
+        [1.0, 1.0, 2.0, -1.0, 0.0, 3.0, 1.0, 2.0, -2.0, 1.0],  # ties and a zero: the sign-flip enumeration
+        [0.5, 0.5, 0.5, 0.5],
+        [-1.0, 0.0, 0.0],
+        [0.3, -1.2, 2.5, 0.7, -0.1, 1.9],  # no ties: scipy's exact table
+        [1.0, 2.0, 1.0, -1.0, 2.0, 3.0, 1.0, 1.0, -2.0, 2.0, 1.0, 3.0, 2.0, 1.0],  # 14 tied: normal approximation
+    ],
+)
+def test_signed_rank_gives_scipys_wilcoxon(differences):
+    from scipy.stats import wilcoxon
+
+    reference = wilcoxon(differences)
+    assert signed_rank(differences) == (float(reference.statistic), float(reference.pvalue))
