@@ -122,7 +122,9 @@ def export(
             f"({report.unlabelled_turns} unlabelled turns, {report.identical_pairs} identical pairs, "
             f"{report.short_conversations} too short)"
         )
-    train, val = split_by_conversation(rows, val_fraction, seed=app.config.seed)
+    # Every kind splits on the same conversations; a same-seed rerun's copy (KEY-2) stays beside KEY.
+    same = {name: trees.key(c) for c in conversations for name in (c.id, keys[c.id])}
+    train, val = split_by_conversation(rows, val_fraction, seed=app.config.seed, same=same)
     write = write_parquet if file_type == "parquet" else write_jsonl
     write(train, out)
     written = {"train": str(out), "train_rows": len(train)}

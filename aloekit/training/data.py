@@ -8,7 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -199,19 +199,24 @@ def trees_from_rows(rows: Iterable[dict[str, Any]]) -> list[ConversationTree]:
 
 
 def split_by_conversation(
-    rows: Sequence[dict[str, Any]], val_fraction: float, seed: int = 0
+    rows: Sequence[dict[str, Any]], val_fraction: float, seed: int = 0, same: Mapping[str, str] | None = None
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Train/validation split by conversation, never by turn, so no conversation leaks across."""
+    """Train/validation split by conversation, never by turn, so no conversation leaks across.
+
+    ``same`` maps a row's ``conversation_id`` to the conversation it is (an export key, the database id a tree
+    row keeps, a same-seed rerun's copy): those go to one side together, the same side in every export.
+    """
     if not 0 <= val_fraction < 1:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
-    ids = sorted({row["conversation_id"] for row in rows})
-    random.Random(seed).shuffle(ids)
-    n_val = round(len(ids) * val_fraction)
-    if val_fraction > 0 and n_val == 0 and len(ids) > 1:
+    unit = {cid: (same or {}).get(cid, cid) for cid in {row["conversation_id"] for row in rows}}
+    units = sorted(set(unit.values()))
+    random.Random(seed).shuffle(units)
+    n_val = round(len(units) * val_fraction)
+    if val_fraction > 0 and n_val == 0 and len(units) > 1:
         n_val = 1
-    val_ids = set(ids[:n_val])
-    return [r for r in rows if r["conversation_id"] not in val_ids], [
-        r for r in rows if r["conversation_id"] in val_ids
+    held_out = set(units[:n_val])
+    return [r for r in rows if unit[r["conversation_id"]] not in held_out], [
+        r for r in rows if unit[r["conversation_id"]] in held_out
     ]
 
 

@@ -40,6 +40,11 @@ def _export(run_aloe, tmp_path, run_id, kind):
     return out.read_bytes() + out.with_name(f"{out.stem}.val.jsonl").read_bytes()
 
 
+def _ids(path) -> list[str]:
+    """The conversation id of every row of a JSONL export."""
+    return [json.loads(line)["conversation_id"] for line in path.read_text().splitlines()]
+
+
 def test_same_seed_gives_byte_identical_exports(run_aloe, tmp_path):
     specs = _replay_files(tmp_path)
     # Two processes with different hash seeds (set and dict orders): nothing may depend on them.
@@ -56,14 +61,15 @@ def test_same_seed_gives_byte_identical_exports(run_aloe, tmp_path):
         assert a == b and len(a) > 0
         assert _export(run_aloe, tmp_path, other["run_id"], kind) != a
     # Exported together, the two identical runs keep every row: repeated keys get a suffix, nothing is lost.
-    both = run_aloe(
-        "--json", "export", "dpo", "--run", first["run_id"], "--run", second["run_id"], "--out", "both.jsonl"
-    )
-    rows = [json.loads(line) for line in (tmp_path / "both.jsonl").read_text().splitlines()]
-    single = [json.loads(line) for line in (tmp_path / f"{first['run_id']}.dpo.jsonl").read_text().splitlines()]
-    single += [json.loads(line) for line in (tmp_path / f"{first['run_id']}.dpo.val.jsonl").read_text().splitlines()]
-    assert both.returncode == 0 and len(rows) == 2 * len(single)
-    assert len({r["conversation_id"] for r in rows}) == 2 * len({r["conversation_id"] for r in single})
+    both = run_aloe("--json", "export", "dpo", "--run", first["run_id"], "--run", second["run_id"], "--out",
+                    "both.jsonl", "--val-fraction", "0.5")  # fmt: skip
+    assert both.returncode == 0, both.stderr
+    train, val = (_ids(tmp_path / name) for name in ("both.jsonl", "both.val.jsonl"))
+    single = _ids(tmp_path / f"{first['run_id']}.dpo.jsonl") + _ids(tmp_path / f"{first['run_id']}.dpo.val.jsonl")
+    assert len(train) + len(val) == 2 * len(single)
+    assert len(set(train + val)) == 2 * len(set(single))
+    # A key and its copy are one conversation: on opposite sides, validation would hold training data.
+    assert val and not {cid.removesuffix("-2") for cid in val} & {cid.removesuffix("-2") for cid in train}
 
     def trees(run_id):
         listed = json.loads(run_aloe("--json", "trees", "list", "--run", run_id).stdout)
@@ -76,6 +82,14 @@ def test_same_seed_gives_byte_identical_exports(run_aloe, tmp_path):
         return out
 
     assert trees(first["run_id"]) == trees(second["run_id"])
+    # Tree rows keep database ids, yet hold out the conversations the SFT export holds out.
+    keys = {c["id"]: c["key"] for c in json.loads(run_aloe("--json", "trees", "list", "--run", first["run_id"]).stdout)}
+    assert (
+        run_aloe("export", "tree", "--run", first["run_id"], "--out", "tree.jsonl", "--val-fraction", "0.25").returncode
+        == 0
+    )
+    held_out = {keys[cid] for cid in _ids(tmp_path / "tree.val.jsonl")}
+    assert held_out and held_out == set(_ids(tmp_path / f"{first['run_id']}.sft.val.jsonl"))
 
 
 def test_eval_personas_are_kept_out_of_sampling(run_aloe, tmp_path):

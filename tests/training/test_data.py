@@ -129,6 +129,20 @@ def test_split_by_conversation_has_no_leakage():
     assert split_by_conversation(rows, 0.0) == (rows, [])
 
 
+def test_copies_of_one_conversation_go_to_one_side():
+    # A same-seed rerun exported beside its run (KEY-2), or a tree row under its database id, is the same
+    # conversation: on opposite sides it would put training data into validation.
+    rows = [{"conversation_id": f"c{i}{copy}", "turn": 1} for i in range(20) for copy in ("", "-2", "-db")]
+    same = {f"c{i}{copy}": f"c{i}" for i in range(20) for copy in ("-2", "-db")}
+    train, val = split_by_conversation(rows, 0.25, seed=3, same=same)
+    base = {r["conversation_id"].split("-")[0] for r in val}
+    assert len(base) == 5 and len(val) == 15
+    assert not base & {r["conversation_id"].split("-")[0] for r in train}
+    # Alone, the run's own rows split as they did before copies were exported beside them.
+    alone = [r for r in rows if "-" not in r["conversation_id"]]
+    assert split_by_conversation(alone, 0.25, seed=3)[1] == [r for r in val if "-" not in r["conversation_id"]]
+
+
 def test_flat_tree_export_round_trips(tmp_path):
     path = Path(__file__).parent.parent / "data" / "turn_records.json"
     records = [TurnRecord.model_validate(r) for r in json.loads(path.read_text())]
