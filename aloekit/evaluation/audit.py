@@ -23,9 +23,9 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import itertools
 import json
 import math
-import uuid
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -441,8 +441,10 @@ async def _agreement(config: AuditConfig, judge: Any, rows: list[dict[str, Any]]
 
 
 def save_audit(store: Store, run_id: str, result: AuditResult) -> str:
-    """Store an audit; returns its id."""
-    audit_id = f"audit-{uuid.uuid4().hex[:10]}"
+    """Store an audit; returns its id: its run's id (which holds the run's start time) and its number there,
+    so two same-seed audits differ only where their runs' ids do."""
+    taken = {row[0] for row in store.conn.execute("SELECT id FROM judge_audits WHERE run_id = ?", [run_id])}
+    audit_id = next(name for n in itertools.count(len(taken) + 1) if (name := f"audit-{run_id}-{n}") not in taken)
     store.insert("judge_audits", {
         "id": audit_id, "run_id": run_id, "judge_key": result.judge_key, "stage": result.stage,
         "judge": json.dumps(result.judge, sort_keys=True), "passed": int(result.passed), "accuracy": result.accuracy,

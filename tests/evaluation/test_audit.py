@@ -94,6 +94,8 @@ async def test_a_perfect_judge_passes(scripted, tmp_path):
     audit_id = save_audit(store, run_id, result)
     found = latest_audit(store, judge_key("simulate", config.judge))
     assert found is not None and found[0] == audit_id and found[1].accuracy == 1.0
+    # Named after its run (the only part a same-seed rerun changes) and numbered within it.
+    assert audit_id == f"audit-{run_id}-1" and save_audit(store, run_id, result) == f"audit-{run_id}-2"
 
 
 async def test_an_audit_vouches_only_for_the_files_the_judge_answered_with(scripted, tmp_path, tiny_model_dir):
