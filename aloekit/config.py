@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from aloekit.errors import AloeError, ConfigError
+from aloekit.secrets import register_url_secrets
 
 ENV_PREFIX = "ALOE_"
 M = TypeVar("M", bound=BaseModel)
@@ -205,6 +206,7 @@ def read_config_file(path: Path, what: str = "config file") -> dict[str, Any]:
     if path.exists() and not path.is_dir() and suffix not in CONFIG_SUFFIXES:
         raise ConfigError(f"{what} {path}: unknown format {suffix!r} (use .toml, .yaml or .yml)")
     text = read_text_file(path, what, max_bytes=MAX_CONFIG_BYTES)
+    register_url_secrets(text)  # a key in a backend URL is redacted everywhere, as one typed on the command line
     try:
         data = tomllib.loads(text) if suffix == ".toml" else yaml.safe_load(text)
     except tomllib.TOMLDecodeError as exc:  # its message ends "(at line N, column M)"

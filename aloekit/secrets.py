@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
+import sys
+from collections.abc import Iterable, Iterator
+from typing import Any
 
 _SECRET_ENV_NAMES: set[str] = {"OPENAI_API_KEY"}
 _MIN_SECRET_LEN = 8  # shorter values are placeholders, and redacting them would mangle ordinary text
@@ -51,3 +55,37 @@ class RedactingFilter(logging.Filter):
         if clean != message:
             record.msg, record.args = clean, None
         return True
+
+
+class RedactingStream:
+    """A text stream (stdout, stderr) that redacts secrets from everything written to it, so that no output
+    path (a warning naming a backend spec, a summary line, ``config show``) can print a key."""
+
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+
+    def write(self, text: str) -> int:
+        """Write ``text`` redacted; returns its length as given, as text streams do."""
+        if not isinstance(text, str):  # refuse bytes as a text stream does (click probes for a binary stream)
+            raise TypeError(f"write() argument must be str, not {type(text).__name__}")
+        self.stream.write(redact(text))
+        return len(text)
+
+    def writelines(self, lines: Iterable[str]) -> None:
+        """Write each line redacted."""
+        for line in lines:
+            self.write(line)
+
+    def __getattr__(self, name: str) -> Any:  # flush, isatty, fileno, encoding...: the stream's own
+        return getattr(self.stream, name)
+
+
+@contextlib.contextmanager
+def redacted_output() -> Iterator[None]:
+    """Redact secrets from ``sys.stdout`` and ``sys.stderr`` while the block runs."""
+    streams = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = RedactingStream(sys.stdout), RedactingStream(sys.stderr)
+    try:
+        yield
+    finally:
+        sys.stdout, sys.stderr = streams

@@ -368,9 +368,9 @@ class Store:
             return self.db[table].insert(_redacted(row)).last_rowid
 
     def update(self, table: str, pk: Any, values: Mapping[str, Any]) -> None:
-        """Update one row by primary key under the process's write lock."""
+        """Update one row by primary key (strings redacted) under the process's write lock."""
         with self._lock:
-            self.db[table].update(pk, dict(values))
+            self.db[table].update(pk, _redacted(values))
 
     # Runs -------------------------------------------------------------------------------------------
 

@@ -25,3 +25,23 @@ def test_redaction(monkeypatch):
     assert redact(f"Incorrect API key provided: {SECRET}.") == "Incorrect API key provided: ***."
     record = logging.LogRecord("x", logging.INFO, "f", 1, "key=%s", (SECRET,), None)
     assert RedactingFilter().filter(record) and record.getMessage() == "key=***"
+
+
+def test_a_key_inside_a_backend_url_never_reaches_output_or_the_database(run_aloe, tmp_path):
+    # Typed into a spec on the command line or written in a config file: warnings, summaries, `config show`,
+    # a failed conversation's stored reason and listings all name the spec, never the key.
+    key = "sk-url-0123456789SECRET"
+    with StubOpenAIServer([Reply("status", status=500)] * 20) as server:
+        spec = server.spec().replace("://", f"://user:{key}@")
+        (tmp_path / "aloe.toml").write_text(f'[simulation.judge]\nbackend = "{spec}"\n')
+        shown = run_aloe("--config", "aloe.toml", "config", "show", "simulate")
+        simulated = run_aloe("simulate", "--conversations", "1", "--turns", "1", "--role", f"all={spec}",
+                             env={"ALOE_BACKEND__MAX_RETRIES": "0"})  # fmt: skip
+        listed = run_aloe("--json", "trees", "list")
+    assert shown.returncode == 0 and "user:***@" in shown.stdout
+    assert simulated.returncode == 3 and "failed" in simulated.stdout and "no audit" in simulated.stderr
+    assert "user:***@" in listed.stdout  # the failed conversation's reason, read back from the database
+    for proc in (shown, simulated, listed):
+        assert key not in proc.stdout + proc.stderr
+    for path in tmp_path.glob("aloe.db*"):
+        assert key.encode() not in path.read_bytes()

@@ -32,7 +32,7 @@ from aloekit.agents.backends import BackendPool, TransformersChatClient
 from aloekit.config import AloeConfig, one_line
 from aloekit.errors import AloeError, Terminated, first_leaf, run_async
 from aloekit.limits import MAX_CONCURRENCY, MAX_CONVERSATIONS, MAX_TURNS
-from aloekit.secrets import RedactingFilter, redact, register_url_secrets
+from aloekit.secrets import RedactingFilter, redact, redacted_output, register_url_secrets
 from aloekit.serialize import to_json
 from aloekit.store import RunLease, Store, run_end_state
 
@@ -175,7 +175,7 @@ def write_crash_log(exc: BaseException) -> Path:
         try:
             folder.mkdir(parents=True, exist_ok=True)
             path = folder / name
-            path.write_text(f"aloe {shlex.join(sys.argv[1:])}\n{text}", encoding="utf-8")
+            path.write_text(redact(f"aloe {shlex.join(sys.argv[1:])}\n{text}"), encoding="utf-8")
             return path
         except OSError:
             continue
@@ -198,7 +198,8 @@ class AloeGroup(click.Group):
         in_main_thread = threading.current_thread() is threading.main_thread()
         previous = signal.signal(signal.SIGTERM, _raise_terminated) if in_main_thread else None
         try:
-            code = self._main(*args, **kwargs)
+            with redacted_output():
+                code = self._main(*args, **kwargs)
         finally:
             if previous is not None:
                 signal.signal(signal.SIGTERM, previous)
