@@ -35,46 +35,57 @@ class BudgetExhausted(AloeError):
     """A run's call or token budget is spent; work stops cleanly and can be resumed."""
 
 
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+"""Signals that stop a command as Ctrl-C does: ``kill``, and the terminal it ran in being closed."""
+
+
 class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised in the main thread so that a run ends ``interrupted`` exactly as after Ctrl-C."""
+    """SIGTERM or SIGHUP, raised in the main thread so that a run ends ``interrupted`` exactly as after Ctrl-C."""
+
+    def __init__(self, signum: int = signal.SIGTERM) -> None:
+        super().__init__(signum)
+        self.signum = signum
+        self.signal_name = signal.Signals(signum).name
 
 
 def run_async(main: Coroutine[Any, Any, T]) -> T:
-    """``asyncio.run(main)``, where SIGTERM ends the run as asyncio ends it on Ctrl-C.
+    """``asyncio.run(main)``, where SIGTERM or SIGHUP ends the run as asyncio ends it on Ctrl-C.
 
     The main task is cancelled, every task unwinds, and :class:`Terminated` is raised once the loop has
     closed. Raised by a signal handler inside the loop instead, it would land in whichever task happened
     to run, and asyncio would log that task's traceback when it is collected.
     """
-    signalled: list[bool] = []
+    signalled: list[int] = []
 
-    async def cancelled_on_sigterm() -> T:
+    async def cancelled_on_stop_signals() -> T:
         if threading.current_thread() is not threading.main_thread():
             return await main  # only the main thread receives signals
         loop, task = asyncio.get_running_loop(), asyncio.current_task()
-        previous = signal.getsignal(signal.SIGTERM)
+        previous = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
 
-        def on_sigterm() -> None:
-            signalled.append(True)
+        def on_signal(signum: int) -> None:
+            signalled.append(signum)
             if task is not None:
                 task.cancel()
 
-        loop.add_signal_handler(signal.SIGTERM, on_sigterm)
+        for signum in STOP_SIGNALS:
+            loop.add_signal_handler(signum, on_signal, signum)
         try:
             return await main
         finally:
-            loop.remove_signal_handler(signal.SIGTERM)  # resets SIGTERM to the default: put the previous back
-            if previous is not None:
-                signal.signal(signal.SIGTERM, previous)
+            for signum, handler in previous.items():
+                loop.remove_signal_handler(signum)  # resets it to the default: put the previous handler back
+                if handler is not None:
+                    signal.signal(signum, handler)
 
     try:
-        result = asyncio.run(cancelled_on_sigterm())
+        result = asyncio.run(cancelled_on_stop_signals())
     except BaseException as exc:  # the cancellation itself, or whatever the unwinding raised
         if signalled:
-            raise Terminated() from None if isinstance(exc, asyncio.CancelledError) else exc
+            raise Terminated(signalled[0]) from None if isinstance(exc, asyncio.CancelledError) else exc
         raise
     if signalled:  # the main coroutine swallowed the cancellation; the process was still asked to stop
-        raise Terminated()
+        raise Terminated(signalled[0])
     return result
 
 

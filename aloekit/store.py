@@ -558,10 +558,11 @@ def stored_config(text: str | None) -> dict[str, Any]:
 
 
 def run_end_state(exc: BaseException) -> tuple[str, str]:
-    """How a run that stopped on ``exc`` ended: ``interrupted`` (Ctrl-C, SIGTERM) or ``failed``, and why (one line)."""
+    """How a run that stopped on ``exc`` ended: ``interrupted`` (Ctrl-C, SIGTERM, SIGHUP) or ``failed``, and why
+    (one line)."""
     exc = first_leaf(exc)
     if isinstance(exc, KeyboardInterrupt):
-        return "interrupted", "SIGTERM" if isinstance(exc, Terminated) else "Ctrl-C"
+        return "interrupted", exc.signal_name if isinstance(exc, Terminated) else "Ctrl-C"
     reason = str(exc) if isinstance(exc, AloeError) else f"{type(exc).__name__}: {exc}"
     return "failed", redact(one_line(reason))
 

@@ -30,7 +30,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from aloekit.agents.backends import BackendPool, TransformersChatClient
 from aloekit.config import AloeConfig, one_line
-from aloekit.errors import AloeError, Terminated, first_leaf, run_async
+from aloekit.errors import STOP_SIGNALS, AloeError, Terminated, first_leaf, run_async
 from aloekit.limits import MAX_CONCURRENCY, MAX_CONVERSATIONS, MAX_TURNS
 from aloekit.secrets import RedactingFilter, redact, redacted_output, register_url_secrets
 from aloekit.serialize import to_json
@@ -49,6 +49,8 @@ EXIT_INTERRUPTED = 130
 """Ctrl-C: the run is marked ``interrupted`` and can be resumed."""
 EXIT_TERMINATED = 143
 """SIGTERM: as Ctrl-C."""
+EXIT_HUNG_UP = 129
+"""SIGHUP (the terminal was closed): as Ctrl-C."""
 
 # Flag ranges are the settings' own, so a value out of range is a usage error (exit 2) before anything runs.
 COUNT = click.IntRange(1, MAX_CONVERSATIONS)
@@ -183,7 +185,7 @@ def write_crash_log(exc: BaseException) -> Path:
 
 
 def _raise_terminated(signum: int, frame: Any) -> None:
-    raise Terminated()
+    raise Terminated(signum)
 
 
 class AloeGroup(click.Group):
@@ -195,14 +197,15 @@ class AloeGroup(click.Group):
         """Run the CLI; map errors, Ctrl-C and SIGTERM to one line and an exit status."""
         for arg in args[0] if args and args[0] is not None else sys.argv[1:]:
             register_url_secrets(str(arg))  # a key typed into a spec URL is redacted everywhere from here on
-        in_main_thread = threading.current_thread() is threading.main_thread()
-        previous = signal.signal(signal.SIGTERM, _raise_terminated) if in_main_thread else None
+        previous = {}
+        if threading.current_thread() is threading.main_thread():  # only the main thread can take signals
+            previous = {signum: signal.signal(signum, _raise_terminated) for signum in STOP_SIGNALS}
         try:
             with redacted_output():
                 code = self._main(*args, **kwargs)
         finally:
-            if previous is not None:
-                signal.signal(signal.SIGTERM, previous)
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
         if standalone_mode:
             sys.exit(code)
         return code
@@ -234,9 +237,15 @@ class AloeGroup(click.Group):
             click.echo(f"error: database: {error_line(str(exc))} (another process may hold it; try again)", err=True)
             return EXIT_ERROR
         except (Terminated, click.Abort, KeyboardInterrupt) as exc:
-            terminated = isinstance(exc, Terminated) or isinstance(exc.__cause__, Terminated)
-            click.echo("terminated" if terminated else "interrupted", err=True)
-            return EXIT_TERMINATED if terminated else EXIT_INTERRUPTED
+            signalled = exc if isinstance(exc, Terminated) else exc.__cause__
+            if not isinstance(signalled, Terminated):
+                click.echo("interrupted", err=True)
+                return EXIT_INTERRUPTED
+            if signalled.signum == signal.SIGTERM:
+                click.echo("terminated", err=True)
+                return EXIT_TERMINATED
+            click.echo(f"terminated ({signalled.signal_name})", err=True)
+            return EXIT_HUNG_UP
         except Exception as exc:  # a bug: one line here, the traceback in a file
             try:
                 where = f"the traceback is in {write_crash_log(exc)}"

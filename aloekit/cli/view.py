@@ -30,7 +30,7 @@ def view(app: App, view_db: Path | None, host: str, port: int, allow_remote: boo
         server.serve_forever()
     except KeyboardInterrupt as exc:
         if isinstance(exc, Terminated):
-            raise  # a service manager stopping it: exit 143, as every command
+            raise  # a service manager stopping it, or its terminal closed: exit 143 or 129, as every command
     finally:
         server.server_close()
 

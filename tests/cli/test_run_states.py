@@ -48,8 +48,12 @@ def run_row(tmp_path: Path) -> tuple[str, str, str | None]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("command", ["simulate", "eval"])
-def test_sigterm_marks_the_run_interrupted_and_resume_finishes_it(tmp_path, command):
+@pytest.mark.parametrize(
+    ("command", "stop", "status", "last_line"),
+    [("simulate", signal.SIGTERM, 143, "terminated"), ("eval", signal.SIGTERM, 143, "terminated"),
+     ("simulate", signal.SIGHUP, 129, "terminated (SIGHUP)")],  # SIGHUP: the terminal was closed
+)  # fmt: skip
+def test_sigterm_marks_the_run_interrupted_and_resume_finishes_it(tmp_path, command, stop, status, last_line):
     with StubOpenAIServer(respond=role_aware_reply, latency_s=0.1) as server:
         spec = server.spec()
         if command == "simulate":
@@ -60,12 +64,12 @@ def test_sigterm_marks_the_run_interrupted_and_resume_finishes_it(tmp_path, comm
                            "--personas", "4", "--turns", "3", "--concurrency", "2"], "eval_turns"  # fmt: skip
         proc = aloe(tmp_path, *args)
         wait_for(lambda: saved(tmp_path, table) > 0, "a turn was saved", proc)
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(stop)
         _, err = proc.communicate(timeout=DEADLINE_S)
-        assert proc.returncode == 143, err
-        assert err.strip().splitlines()[-1] == "terminated" and "Traceback" not in err
-        run_id, status, reason = run_row(tmp_path)
-        assert (status, reason) == ("interrupted", "SIGTERM")
+        assert proc.returncode == status, err
+        assert err.strip().splitlines()[-1] == last_line and "Traceback" not in err
+        run_id, run_status, reason = run_row(tmp_path)
+        assert (run_status, reason) == ("interrupted", signal.Signals(stop).name)
         assert not query(tmp_path, f"SELECT 1 FROM conversations WHERE run_id = '{run_id}' AND status = 'running'")
         assert not query(tmp_path, "SELECT 1 FROM run_leases")  # the lease was given back
         resumed = aloe(tmp_path, "--json", command, "--resume", run_id)
