@@ -6,6 +6,7 @@ import asyncio
 import functools
 import json
 import logging
+import math
 import os
 import shlex
 import signal
@@ -52,12 +53,25 @@ EXIT_TERMINATED = 143
 EXIT_HUNG_UP = 129
 """SIGHUP (the terminal was closed): as Ctrl-C."""
 
+
+class FiniteFloatRange(click.FloatRange):
+    """click's ``FloatRange`` that also refuses nan and infinities: nan passes every comparison, and an open
+    upper end lets inf through, which later failed with exit 1 (or a traceback) instead of a usage error."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        """The number, or a usage error naming the flag."""
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number.", param, ctx)
+        return number
+
+
 # Flag ranges are the settings' own, so a value out of range is a usage error (exit 2) before anything runs.
 COUNT = click.IntRange(1, MAX_CONVERSATIONS)
 TURNS = click.IntRange(1, MAX_TURNS)
 CONCURRENCY = click.IntRange(1, MAX_CONCURRENCY)
 NON_NEGATIVE = click.IntRange(0, MAX_CONVERSATIONS)
-TEMPERATURE = click.FloatRange(0, 10)
+TEMPERATURE = FiniteFloatRange(0, 10)
 PORT = click.IntRange(0, 65535)
 SEED = click.IntRange(0, 2**32 - 1)
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from aloekit.cli.app import TURNS, App, output_file, output_folder, pass_app, write_jsonl
+from aloekit.cli.app import TURNS, App, FiniteFloatRange, output_file, output_folder, pass_app, write_jsonl
 from aloekit.errors import AloeError
 from aloekit.secrets import read_secret
 
@@ -30,7 +30,7 @@ from aloekit.secrets import read_secret
 )
 @click.option(
     "--val-fraction",
-    type=click.FloatRange(0, 1, max_open=True),
+    type=FiniteFloatRange(0, 1, max_open=True),
     default=0.0,
     show_default=True,
     help="Share of conversations held out, written beside --out as NAME.val.jsonl.",

@@ -14,6 +14,7 @@ from aloekit.cli.app import (
     NON_NEGATIVE,
     TEMPERATURE,
     App,
+    FiniteFloatRange,
     check_run_inputs,
     ensure_loaded,
     output_file,
@@ -21,8 +22,8 @@ from aloekit.cli.app import (
     run_recorded,
 )
 
-SIMILARITY = click.FloatRange(0, 1, min_open=True)
-POSITIVE_FLOAT = click.FloatRange(0, min_open=True)
+SIMILARITY = FiniteFloatRange(0, 1, min_open=True)
+POSITIVE_FLOAT = FiniteFloatRange(0, min_open=True)
 KIND_CHOICE = click.Choice(["profile", "personality"])
 
 

@@ -11,7 +11,17 @@ from typing import Any
 
 import click
 
-from aloekit.cli.app import COUNT, TURNS, App, apply_roles, check_run_inputs, command_line, pass_app, run_lifetime
+from aloekit.cli.app import (
+    COUNT,
+    TURNS,
+    App,
+    FiniteFloatRange,
+    apply_roles,
+    check_run_inputs,
+    command_line,
+    pass_app,
+    run_lifetime,
+)
 from aloekit.errors import AloeError
 
 
@@ -42,13 +52,13 @@ OFFLINE_OPTIONS = (
     click.option("--out", type=click.Path(path_type=Path), required=True, help="Folder for the LoRA adapter."),
     click.option("--max-steps", type=COUNT, help="Stop after N optimiser steps."),
     click.option(
-        "--epochs", type=click.FloatRange(0, 1e6, min_open=True), help="Passes over the data (unless --max-steps)."
+        "--epochs", type=FiniteFloatRange(0, 1e6, min_open=True), help="Passes over the data (unless --max-steps)."
     ),
     click.option(
         "--config", "train_config", type=click.Path(path_type=Path), help="YAML/TOML over the shipped defaults."
     ),
     click.option("--init-adapter", type=click.Path(path_type=Path), help="Continue from this adapter (SFT, then DPO)."),
-    click.option("--beta", type=click.FloatRange(0, min_open=True), help="DPO beta (default 0.9, the paper's)."),
+    click.option("--beta", type=FiniteFloatRange(0, min_open=True), help="DPO beta (default 0.9, the paper's)."),
     click.option("--max-length", type=COUNT, help="Longest row in tokens; longer rows are dropped and counted."),
     click.option(
         "--batch-size",
@@ -57,7 +67,7 @@ OFFLINE_OPTIONS = (
     ),  # fmt: skip
     click.option("--lora-r", type=COUNT, help="LoRA rank."),
     click.option("--lora-alpha", type=COUNT, help="LoRA alpha."),
-    click.option("--lora-dropout", type=click.FloatRange(0, 1, max_open=True), help="LoRA dropout."),
+    click.option("--lora-dropout", type=FiniteFloatRange(0, 1, max_open=True), help="LoRA dropout."),
     click.option("--target-modules", help="Comma-separated module names, or all-linear."),
     click.option(
         "--trl",
@@ -183,7 +193,7 @@ def train_offline(
     metavar="ROLE=SPEC",
     help="user=SPEC, judge=SPEC, or profile=SPEC (adds RLPA's profile-inference reward). Repeatable.",
 )
-@click.option("--profile-weight", type=click.FloatRange(min=0), help="Weight of the profile reward (default 1).")
+@click.option("--profile-weight", type=FiniteFloatRange(min=0), help="Weight of the profile reward (default 1).")
 @click.option("--max-steps", type=COUNT, help="Optimiser steps (default 20); each is one turn of every conversation.")
 @click.option("--max-completion-length", type=COUNT, help="Longest sampled reply in tokens (default 64).")
 @click.option("--init-adapter", type=click.Path(path_type=Path), help="Continue from this adapter (e.g. DPO's).")

@@ -435,3 +435,25 @@ def test_the_matrix_covers_every_command():
     commands = {command(args) for _, args in BAD_INPUTS}
     assert len(BAD_INPUTS) >= 150
     assert set(cli.commands) <= commands, set(cli.commands) - commands
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["export", "sft", "--out", "x.jsonl", "--val-fraction", "nan"],
+        ["train", "dpo", "--data", "x.jsonl", "--out", "a", "--beta", "inf"],
+        ["train", "sft", "--data", "x.jsonl", "--out", "a", "--epochs", "nan"],
+        ["train", "sft", "--data", "x.jsonl", "--out", "a", "--lora-dropout", "nan"],
+        ["train", "grpo", "--out", "a", "--profile-weight", "inf"],
+        ["personas", "generate", "--threshold", "nan"],
+        ["chat", "replay:x.json", "hi", "--temperature", "nan"],
+    ],
+    ids=lambda args: f"{args[0]}-{args[-2]}-{args[-1]}",
+)
+def test_nan_and_infinity_are_usage_errors_naming_the_flag(tmp_path, monkeypatch, args):
+    # They pass click's range comparisons (nan every one, inf an open upper end) and failed later.
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(cli, ["--db", str(tmp_path / "aloe.db"), *args])
+    assert result.exit_code == 2, result.output
+    assert f"Invalid value for '{args[-2]}': '{args[-1]}' is not a finite number." in result.output
+    assert not (tmp_path / "aloe.db").exists()
