@@ -191,11 +191,22 @@ def write_crash_log(exc: BaseException) -> Path:
         try:
             folder.mkdir(parents=True, exist_ok=True)
             path = folder / name
-            path.write_text(redact(f"aloe {shlex.join(sys.argv[1:])}\n{text}"), encoding="utf-8")
+            path.write_text(redact(f"aloe {shlex.join(sys.argv[1:])}\n{text}"), encoding="utf-8",
+                            errors="backslashreplace")  # fmt: skip
             return path
         except OSError:
             continue
     raise OSError("no writable folder for the crash log")
+
+
+def is_text(value: str) -> bool:
+    """Whether ``value`` is valid Unicode text: bytes that are not UTF-8 arrive from the shell or a pipe as
+    lone surrogates, which SQLite, JSON and HTTP clients then refuse with a traceback."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _raise_terminated(signum: int, frame: Any) -> None:
@@ -209,8 +220,15 @@ class AloeGroup(click.Group):
 
     def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:  # type: ignore[override]
         """Run the CLI; map errors, Ctrl-C and SIGTERM to one line and an exit status."""
-        for arg in args[0] if args and args[0] is not None else sys.argv[1:]:
-            register_url_secrets(str(arg))  # a key typed into a spec URL is redacted everywhere from here on
+        arguments = [str(arg) for arg in (args[0] if args and args[0] is not None else sys.argv[1:])]
+        for arg in arguments:
+            register_url_secrets(arg)  # a key typed into a spec URL is redacted everywhere from here on
+        if undecodable := [arg for arg in arguments if not is_text(arg)]:  # bytes the shell passed through
+            shown = undecodable[0].encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+            click.echo(f"error: argument '{shown}' is not valid UTF-8 text (rename the file or retype it)", err=True)
+            if standalone_mode:
+                sys.exit(EXIT_USAGE)
+            return EXIT_USAGE
         previous = {}
         if threading.current_thread() is threading.main_thread():  # only the main thread can take signals
             previous = {signum: signal.signal(signum, _raise_terminated) for signum in STOP_SIGNALS}

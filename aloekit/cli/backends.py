@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from aloekit.agents.backends import BackendPool, from_dicts, list_backends
-from aloekit.cli.app import COUNT, SEED, TEMPERATURE, App, ensure_loaded, pass_app, run_recorded
+from aloekit.cli.app import COUNT, SEED, TEMPERATURE, App, ensure_loaded, is_text, pass_app, run_recorded
 
 
 async def _chat_once(
@@ -122,6 +122,9 @@ def chat(
                 break
             if not line.strip() or line.strip() == "/exit":
                 break
+            if not is_text(line):
+                app.warn("that line is not valid UTF-8 text; type it again")
+                continue
             history.append({"role": "user", "content": line})
             result = await _chat_once(app, pool, spec, history, options)
             history.append({"role": "assistant", "content": result["reply"]})

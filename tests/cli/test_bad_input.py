@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -457,3 +459,19 @@ def test_nan_and_infinity_are_usage_errors_naming_the_flag(tmp_path, monkeypatch
     assert result.exit_code == 2, result.output
     assert f"Invalid value for '{args[-2]}': '{args[-1]}' is not a finite number." in result.output
     assert not (tmp_path / "aloe.db").exists()
+
+
+def test_arguments_and_chat_lines_that_are_not_utf8_get_one_line(run_aloe, tmp_path):
+    # The shell passes such bytes through as lone surrogates, which SQLite and the HTTP clients refuse.
+    for args, shown in ((["trees", "show", "caf\udce9"], "caf\\xe9"),
+                        (["personas", "import", "caf\udce9.txt", "--kind", "profile"], "caf\\xe9.txt")):  # fmt: skip
+        proc = run_aloe(*args)
+        assert proc.returncode == 2 and proc.stdout == "", proc.stderr
+        assert proc.stderr == f"error: argument '{shown}' is not valid UTF-8 text (rename the file or retype it)\n"
+    (tmp_path / "replay.json").write_text('["hello back", "again"]')
+    chat = subprocess.run([sys.executable, "-m", "aloekit.cli", "chat", "replay:replay.json"], cwd=tmp_path,
+                          input=b"hello\n\xff\xfe\nagain\n", capture_output=True, timeout=300)  # fmt: skip
+    out, err = chat.stdout.decode(), chat.stderr.decode()
+    assert chat.returncode == 0 and "Traceback" not in err, err
+    assert "that line is not valid UTF-8 text; type it again" in err
+    assert "bot> hello back" in out and "bot> again" in out
