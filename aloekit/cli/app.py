@@ -349,8 +349,29 @@ def output_file(path: Path, flag: str) -> Path:
     """Check that ``path`` can be written as a file (creating its folder); fail with one line naming ``flag``."""
     if path.is_dir():
         raise AloeError(f"{flag} {path}: is a folder, expected a file path")
+    if path.is_fifo() or path.is_socket():  # writing would wait for a reader forever
+        raise AloeError(f"{flag} {path}: is a {'pipe' if path.is_fifo() else 'socket'}, expected a file path")
     _make_folder(path.parent, flag, path)
     return path
+
+
+def write_whole(path: Path, flag: str, write: Callable[[Path], object]) -> None:
+    """Run ``write`` on a temporary file beside ``path``, then put it in place: a full disk or any other error
+    leaves no partial file, and an existing one as it was. A device (``/dev/stdout``) is written directly."""
+    output_file(path, flag)
+    if path.exists() and not path.is_file():
+        target = path
+    else:
+        target = path.with_name(f".{path.stem}.partial-{os.getpid()}{path.suffix}")  # same suffix: same format
+    try:
+        write(target)
+        if target != path:
+            os.replace(target, path)
+    except OSError as exc:
+        raise AloeError(f"{flag} {path}: cannot write: {exc.strerror or exc}") from None
+    finally:
+        if target != path:
+            target.unlink(missing_ok=True)
 
 
 def output_folder(path: Path, flag: str) -> Path:
@@ -369,12 +390,8 @@ def _make_folder(folder: Path, flag: str, path: Path) -> None:
 
 
 def write_text(path: Path, text: str, flag: str) -> None:
-    """Write ``text`` to a checked output file, reporting OS errors in one line."""
-    output_file(path, flag)
-    try:
-        path.write_text(text, encoding="utf-8")
-    except OSError as exc:
-        raise AloeError(f"{flag} {path}: cannot write: {exc.strerror or exc}") from None
+    """Write ``text`` to a checked output file, whole or not at all, reporting OS errors in one line."""
+    write_whole(path, flag, lambda target: target.write_text(text, encoding="utf-8"))
 
 
 def write_jsonl(rows: list[dict[str, Any]], path: Path, flag: str = "--out") -> None:

@@ -7,7 +7,16 @@ from typing import Any
 
 import click
 
-from aloekit.cli.app import TURNS, App, FiniteFloatRange, output_file, output_folder, pass_app, write_jsonl
+from aloekit.cli.app import (
+    TURNS,
+    App,
+    FiniteFloatRange,
+    output_file,
+    output_folder,
+    pass_app,
+    write_jsonl,
+    write_whole,
+)
 from aloekit.errors import AloeError
 from aloekit.secrets import read_secret
 
@@ -125,6 +134,8 @@ def export(
     # Every kind splits on the same conversations; a same-seed rerun's copy (KEY-2) stays beside KEY.
     same = {name: trees.key(c) for c in conversations for name in (c.id, keys[c.id])}
     train, val = split_by_conversation(rows, val_fraction, seed=app.config.seed, same=same)
+    if val:  # both paths checked before either is written
+        output_file(out.with_name(f"{out.stem}.val{out.suffix}"), "--val-fraction's validation file")
     write = write_parquet if file_type == "parquet" else write_jsonl
     write(train, out)
     written = {"train": str(out), "train_rows": len(train)}
@@ -184,10 +195,8 @@ def write_parquet(rows: list[dict[str, Any]], path: Path) -> None:
     """Write rows as one parquet file (the format verl's trainers read)."""
     from datasets import Dataset
 
-    try:
-        Dataset.from_list(rows).to_parquet(str(path))
-    except OSError as exc:
-        raise AloeError(f"--out {path}: cannot write: {exc.strerror or exc}") from None
+    dataset = Dataset.from_list(rows)
+    write_whole(path, "--out", lambda target: dataset.to_parquet(str(target)))
 
 
 commands = (export,)

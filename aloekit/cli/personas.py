@@ -17,9 +17,9 @@ from aloekit.cli.app import (
     FiniteFloatRange,
     check_run_inputs,
     ensure_loaded,
-    output_file,
     pass_app,
     run_recorded,
+    write_whole,
 )
 
 SIMILARITY = FiniteFloatRange(0, 1, min_open=True)
@@ -213,7 +213,9 @@ def personas_export(app: App, kind: str, out: Path) -> None:
     """Write the pool of KIND to a file."""
     from aloekit.personas import PersonaPool, write_persona_file
 
-    n = write_persona_file(PersonaPool(app.store).list(kind), output_file(out, "--out"))
+    personas = PersonaPool(app.store).list(kind)
+    write_whole(out, "--out", lambda target: write_persona_file(personas, target))
+    n = len(personas)
     app.emit_json({"kind": kind, "out": str(out), "count": n}) if app.as_json else click.echo(
         f"wrote {n} {kind}s to {out}"
     )

@@ -301,6 +301,13 @@ def check_report_folder(out: Path) -> None:
     existing = next((p for p in out.parents if p.exists()), None)
     if existing is not None and not existing.is_dir():
         raise ConfigError(f"--out {out}: {existing} is a file, not a folder")
+    for name in REPORT_FILES:  # one that cannot be written would leave the others half a report
+        if (out / name).exists() and not (out / name).is_file():
+            raise ConfigError(f"--out {out}: {name} there is not a file")
+
+
+REPORT_FILES = ("report.md", "summary.json", "al_curve.png")
+"""What ``aloe report`` writes into its folder."""
 
 
 def check_same_score_modes(results: list[dict[str, Any]]) -> None:

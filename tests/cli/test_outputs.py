@@ -1,0 +1,68 @@
+"""Output files are written whole or not at all, never through a link, never into a pipe."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from aloekit.cli.app import write_text, write_whole
+from aloekit.errors import AloeError
+
+
+def test_a_failed_write_leaves_no_partial_file_and_the_old_one_as_it_was(tmp_path):
+    out = tmp_path / "rows.jsonl"
+    out.write_text("the previous export\n")
+
+    def full_disk(target):
+        target.write_text("half a ro")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    with pytest.raises(AloeError, match=r"^--out .*rows.jsonl: cannot write: No space left on device$"):
+        write_whole(out, "--out", full_disk)
+    assert out.read_text() == "the previous export\n" and os.listdir(tmp_path) == ["rows.jsonl"]
+    with pytest.raises(AloeError, match="cannot write"):
+        write_whole(tmp_path / "new.jsonl", "--out", full_disk)
+    assert os.listdir(tmp_path) == ["rows.jsonl"]
+
+
+def test_a_link_is_replaced_not_written_through(tmp_path):
+    elsewhere = tmp_path / "elsewhere.txt"
+    elsewhere.write_text("not aloekit's\n")
+    (tmp_path / "out.jsonl").symlink_to(elsewhere)
+    write_text(tmp_path / "out.jsonl", "rows\n", "--out")
+    assert elsewhere.read_text() == "not aloekit's\n" and (tmp_path / "out.jsonl").read_text() == "rows\n"
+
+
+def test_pipes_are_refused_and_devices_written_directly(tmp_path):
+    os.mkfifo(tmp_path / "pipe.jsonl")
+    with pytest.raises(AloeError, match=r"pipe.jsonl: is a pipe, expected a file path$"):
+        write_text(tmp_path / "pipe.jsonl", "rows\n", "--out")
+    write_text(Path(os.devnull), "rows\n", "--out")
+    assert os.path.exists(os.devnull) and not os.path.isfile(os.devnull)
+
+
+def test_export_checks_the_validation_file_before_writing_either(run_aloe, tmp_path):
+    roles = []
+    for role in ("user", "inducer", "judge", "preferred", "plain"):
+        answers = ["Message 1"] * 20 if role == "judge" else [f"{role} says {i}" for i in range(20)]
+        (tmp_path / f"{role}.json").write_text(json.dumps(answers))
+        roles += ["--role", f"{role}=replay:{role}.json"]
+    assert run_aloe("simulate", "--conversations", "2", "--turns", "2", *roles).returncode == 0
+    (tmp_path / "sft.val.jsonl").mkdir()
+    proc = run_aloe("export", "sft", "--out", "sft.jsonl", "--val-fraction", "0.5")
+    assert proc.returncode == 1 and "sft.val.jsonl: is a folder" in proc.stderr
+    assert not (tmp_path / "sft.jsonl").exists()
+
+
+def test_a_report_folder_whose_files_cannot_be_written_is_refused_before_any_is(tmp_path):
+    from aloekit.errors import ConfigError
+    from aloekit.evaluation.report import check_report_folder
+
+    (tmp_path / "rep" / "report.md").mkdir(parents=True)
+    with pytest.raises(ConfigError, match=r"rep: report.md there is not a file$"):
+        check_report_folder(tmp_path / "rep")
+    assert os.listdir(tmp_path / "rep") == ["report.md"]
