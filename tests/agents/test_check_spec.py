@@ -2,6 +2,7 @@
 paths failing with the same one-line errors for a corrupt adapter."""
 
 import json
+import re
 
 import pytest
 
@@ -51,6 +52,20 @@ def no_model_load(monkeypatch):
 @pytest.mark.parametrize("spec", ["", "smollm2", ":smollm2", "local:"])
 def test_malformed(spec):
     one_line_error(SpecError, spec, "malformed backend spec")
+
+
+@pytest.mark.parametrize(
+    ("url", "match"),
+    [
+        ("http://127.0.0.1:99999/v1", "Port out of range 0-65535"),
+        ("http://127.0.0.1:abc/v1", "Port could not be cast to integer"),
+        ("http:///v1", "the server URL has no host"),
+        ("http://[::1/v1", "Invalid IPv6 URL"),
+    ],
+)
+def test_a_server_url_is_checked_before_any_run(url, match):
+    # Found only by the first request, it failed every conversation of a recorded run with a TaskGroup error.
+    one_line_error(SpecError, f"openai:{url}#m", rf"malformed openai spec 'openai:{re.escape(url)}#m': {match}")
 
 
 def test_unknown_prefix_lists_known_ones():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import urllib.parse
 from collections.abc import AsyncGenerator, Mapping, Sequence
 from typing import Any
 
@@ -30,6 +31,13 @@ def split_openai_target(target: str) -> tuple[str | None, str]:
                 f"malformed openai spec 'openai:{target}': a server URL needs the model after '#', "
                 "e.g. openai:http://127.0.0.1:8000/v1#Qwen/Qwen2.5-7B-Instruct"
             )
+        try:
+            parsed = urllib.parse.urlsplit(base_url)
+            parsed.port  # noqa: B018 - raises on a port out of range or not a number
+        except ValueError as exc:
+            raise SpecError(f"malformed openai spec 'openai:{target}': {exc}") from None
+        if not parsed.hostname:
+            raise SpecError(f"malformed openai spec 'openai:{target}': the server URL has no host")
         return base_url.rstrip("/"), model
     if "#" in target:
         raise SpecError(f"malformed openai spec 'openai:{target}': a server URL must start with http:// or https://")
