@@ -306,6 +306,7 @@ class Store:
             )
             conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
             if not readonly:
+                self._refuse_foreign(conn)  # before WAL mode, which rewrites the file's header
                 conn.execute("PRAGMA journal_mode = WAL")
                 conn.execute("PRAGMA synchronous = NORMAL")
         except sqlite3.DatabaseError as exc:
@@ -343,6 +344,13 @@ class Store:
                     self.conn.execute("ROLLBACK")
                 self.contents.forget()  # texts interned in the transaction are gone with it
                 raise
+
+    def _refuse_foreign(self, conn: sqlite3.Connection) -> None:
+        """Refuse another program's database: creating aloekit's tables in it would change a file not ours."""
+        if conn.execute("PRAGMA user_version").fetchone()[0] == 0:
+            if foreign := conn.execute("SELECT name FROM sqlite_master LIMIT 1").fetchone():
+                raise StoreError(f"database {self.path}: an SQLite database but not an aloekit one (it holds "
+                                 f"{foreign[0]!r} and no aloekit schema); give another --db")  # fmt: skip
 
     def migrate(self) -> None:
         """Bring the schema up to :data:`SCHEMA_VERSION`, once, even with several processes starting."""

@@ -1,4 +1,5 @@
 import json
+import sqlite3
 import subprocess
 import sys
 
@@ -33,6 +34,16 @@ def test_newer_schema_is_refused(tmp_path):
     Store(path).conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
     with pytest.raises(StoreError, match="newer than this aloekit"):
         Store(path)
+
+
+def test_another_programs_database_is_refused_and_left_unchanged(tmp_path):
+    path = tmp_path / "other.db"
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE notes (text)")
+    before = path.read_bytes()
+    with pytest.raises(StoreError, match=r"an SQLite database but not an aloekit one \(it holds 'notes'"):
+        Store(path)
+    assert path.read_bytes() == before
 
 
 def test_missing_folder_is_a_clear_error(tmp_path):
