@@ -8,3 +8,6 @@ MAX_CONCURRENCY = 10_000
 """Most conversations in progress at once."""
 SQLITE_INT_MIN, SQLITE_INT_MAX = -(2**63), 2**63 - 1
 """Seeds and budgets are stored in SQLite INTEGER columns."""
+MAX_BATCH_ROWS = 65_536
+"""Rows per device per step (and accumulation steps): far above any device's memory, yet a number the
+trainers' samplers can take (one past ``sys.maxsize`` failed mid-run with an ``islice`` error)."""

@@ -9,8 +9,9 @@ from typing import Any
 import click
 
 from aloekit.agents.backends import BackendPool
-from aloekit.cli.app import CONCURRENCY, COUNT, SEED, App, ensure_loaded, pass_app, run_recorded
+from aloekit.cli.app import CONCURRENCY, SEED, App, ensure_loaded, pass_app, run_recorded
 from aloekit.errors import AloeError
+from aloekit.limits import MAX_CONVERSATIONS
 
 
 @click.group()
@@ -30,7 +31,9 @@ def judge() -> None:
     "--role", "roles", multiple=True, metavar="ROLE=SPEC", help="judge=SPEC, user=SPEC or generator=SPEC. Repeatable."
 )
 @click.option("--eval-set", help="Personas of the probes: builtin (default) or a folder with the paper's files.")
-@click.option("--personas", type=COUNT, help="Eval personas probed, two probes each (default 20).")
+# Two at least: each persona's probes borrow another persona's profile as the wrong answer.
+@click.option("--personas", type=click.IntRange(2, MAX_CONVERSATIONS), help="Eval personas probed, two probes each "
+              "(default 20).")  # fmt: skip
 @click.option("--labels", "labels_path", type=click.Path(path_type=Path), help="JSONL of reference preferences.")
 @click.option("--concurrency", type=CONCURRENCY, default=8, show_default=True, help="Personas probed at once.")
 @click.option("--seed", "audit_seed", type=SEED, help="Seed (default: --seed).")

@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from aloekit.config import format_loc, one_line, read_config_file, read_text_file, source_of
 from aloekit.errors import AloeError, ConfigError
+from aloekit.limits import MAX_BATCH_ROWS
 from aloekit.training.data import data_hash
 
 logger = logging.getLogger(__name__)
@@ -121,8 +122,8 @@ class TrainConfig(BaseModel):
         if value == "auto":
             return value
         rows = int(value) if isinstance(value, str) and value.isdigit() else value
-        if isinstance(rows, bool) or not isinstance(rows, int) or rows < 1:
-            raise ValueError(f"must be a positive number of rows, or auto (got {value!r})")
+        if isinstance(rows, bool) or not isinstance(rows, int) or not 1 <= rows <= MAX_BATCH_ROWS:
+            raise ValueError(f"must be a number of rows from 1 to {MAX_BATCH_ROWS}, or auto (got {value!r})")
         return rows
 
 
@@ -294,6 +295,8 @@ def check_trl_options(config: TrainConfig, layers: list[tuple[str, Any]] | None 
             fail(key, f"expected {_describe(hints[key])}, got {value!r}")
         if key in POSITIVE_TRL_FIELDS and not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
             fail(key, f"must be a number greater than 0, got {value!r}")
+        if key in POSITIVE_TRL_FIELDS and key != "learning_rate" and value > MAX_BATCH_ROWS:
+            fail(key, f"must be at most {MAX_BATCH_ROWS}, got {value!r}")
     trl_args(config, has_eval=False, layers=layers)  # the config class's own checks (scheduler names...)
 
 

@@ -475,3 +475,10 @@ def test_arguments_and_chat_lines_that_are_not_utf8_get_one_line(run_aloe, tmp_p
     assert chat.returncode == 0 and "Traceback" not in err, err
     assert "that line is not valid UTF-8 text; type it again" in err
     assert "bot> hello back" in out and "bot> again" in out
+
+
+def test_an_audit_of_one_persona_is_a_usage_error_before_any_run(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(cli, ["--db", str(tmp_path / "aloe.db"), "judge", "audit", "--personas", "1"])
+    assert result.exit_code == 2 and "Invalid value for '--personas': 1 is not in the range 2<=x" in result.output
+    assert not (tmp_path / "aloe.db").exists()  # it used to record a failed run

@@ -143,6 +143,9 @@ def test_corrupt_hf_dataset_folder(tmp_path):
         ({"trl": {"learning_rate": "fast"}}, r"field trl.learning_rate .*expected a number, got 'fast'"),
         ({"trl": {"learning_rate": 0}}, r"field trl.learning_rate .*greater than 0"),
         ({"trl": {"per_device_train_batch_size": 0}}, r"field trl.per_device_train_batch_size .*greater than 0"),
+        # Past sys.maxsize, trl's sampler failed mid-run (islice) after the run row and the output folder.
+        ({"trl": {"per_device_train_batch_size": 10**23}}, r"field trl.per_device_train_batch_size .*at most 65536"),
+        ({"batch_size": str(10**23)}, r"field batch_size \(--batch-size\): .*from 1 to 65536, or auto"),
         (
             {"trl": {"gradient_accumulation_steps": 1.5}},
             r"field trl.gradient_accumulation_steps .*expected an integer, got 1.5",
