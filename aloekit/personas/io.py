@@ -75,9 +75,12 @@ class ParsedFile:
 
 
 def _check_text(text: str, name: str) -> None:
-    """Reject a text that SQLite cannot store: a lone surrogate, which only a JSON escape can produce here."""
+    """Reject a text that SQLite cannot store (a lone surrogate, which only a JSON escape can produce here) or
+    that no person wrote: NUL characters, which a UTF-16 file without a byte-order mark decodes into."""
     if bad := _SURROGATE.search(text):
         raise ValueError(f"{name} is not valid Unicode (lone surrogate U+{ord(bad.group()):04X})")
+    if "\x00" in text:
+        raise ValueError(f"{name} holds NUL characters (a UTF-16 file? save it as UTF-8)")
 
 
 def _undecodable(text: str) -> str | None:

@@ -64,6 +64,19 @@ def test_lone_surrogate_escape_is_a_bad_line(tmp_path, pool):
     assert report.added == 1 and report.bad == [f"{path}:2: text is not valid Unicode (lone surrogate U+D800)"]
 
 
+def test_nul_characters_are_refused_naming_a_utf16_file(tmp_path, pool):
+    # A UTF-16 file without a byte-order mark decodes as UTF-8 into text full of NULs; "2 added" hid it.
+    bomless = tmp_path / "p.txt"
+    bomless.write_bytes("a persona\n".encode("utf-16-le"))
+    assert _error(pool, bomless).startswith(f"{bomless}:1: text holds NUL characters (a UTF-16 file? save it as UTF-8)")
+    escaped = tmp_path / "p.jsonl"
+    escaped.write_text(json.dumps(A) + '\n{"text": "\\u0000"}\n', encoding="utf-8")
+    report = pool.import_file(escaped, "profile", skip_bad=True)
+    assert report.added == 1 and report.bad == [
+        f"{escaped}:2: text holds NUL characters (a UTF-16 file? save it as UTF-8)"
+    ]
+
+
 def test_deeply_nested_json_line(tmp_path, pool):
     path = tmp_path / "p.jsonl"
     path.write_text(json.dumps(A) + "\n" + "[" * 100_000 + "\n", encoding="utf-8")
