@@ -39,6 +39,12 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
 """Signals that stop a command as Ctrl-C does: ``kill``, and the terminal it ran in being closed."""
 
 
+def stop_signals() -> list[int]:
+    """:data:`STOP_SIGNALS` this process should act on: not one it was started ignoring (``nohup`` ignores
+    SIGHUP so that a run outlives its terminal)."""
+    return [signum for signum in STOP_SIGNALS if signal.getsignal(signum) is not signal.SIG_IGN]
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM or SIGHUP, raised in the main thread so that a run ends ``interrupted`` exactly as after Ctrl-C."""
 
@@ -61,14 +67,14 @@ def run_async(main: Coroutine[Any, Any, T]) -> T:
         if threading.current_thread() is not threading.main_thread():
             return await main  # only the main thread receives signals
         loop, task = asyncio.get_running_loop(), asyncio.current_task()
-        previous = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
+        previous = {signum: signal.getsignal(signum) for signum in stop_signals()}
 
         def on_signal(signum: int) -> None:
             signalled.append(signum)
             if task is not None:
                 task.cancel()
 
-        for signum in STOP_SIGNALS:
+        for signum in previous:
             loop.add_signal_handler(signum, on_signal, signum)
         try:
             return await main

@@ -347,10 +347,14 @@ class Store:
 
     def _refuse_foreign(self, conn: sqlite3.Connection) -> None:
         """Refuse another program's database: creating aloekit's tables in it would change a file not ours."""
-        if conn.execute("PRAGMA user_version").fetchone()[0] == 0:
-            if foreign := conn.execute("SELECT name FROM sqlite_master LIMIT 1").fetchone():
-                raise StoreError(f"database {self.path}: an SQLite database but not an aloekit one (it holds "
-                                 f"{foreign[0]!r} and no aloekit schema); give another --db")  # fmt: skip
+        # One statement, one snapshot: another process's migration may commit between two.
+        version, foreign = conn.execute(
+            "SELECT (SELECT user_version FROM pragma_user_version), (SELECT name FROM sqlite_master LIMIT 1)"
+        ).fetchone()
+        if version == 0 and foreign is not None:
+            conn.close()
+            raise StoreError(f"database {self.path}: an SQLite database but not an aloekit one (it holds "
+                             f"{foreign!r} and no aloekit schema); give another --db")  # fmt: skip
 
     def migrate(self) -> None:
         """Bring the schema up to :data:`SCHEMA_VERSION`, once, even with several processes starting."""

@@ -45,3 +45,21 @@ def test_a_key_inside_a_backend_url_never_reaches_output_or_the_database(run_alo
         assert key not in proc.stdout + proc.stderr
     for path in tmp_path.glob("aloe.db*"):
         assert key.encode() not in path.read_bytes()
+
+
+def test_progress_text_is_redacted_before_rich_wraps_it():
+    # Wrapped across lines, a long key reaches the output streams in pieces that no longer match it.
+    import io
+
+    from rich.console import Console
+
+    from aloekit.cli.app import App
+    from aloekit.config import AloeConfig
+    from aloekit.secrets import register_url_secrets
+
+    key = "sk-proj-" + "x7" * 60
+    spec = f"openai:http://user:{key}@127.0.0.1:8000/v1#model"
+    register_url_secrets(spec)
+    out = io.StringIO()
+    App(config=AloeConfig(), console=Console(file=out, width=40)).say(f"chatting with {spec}")
+    assert "user:***@" in out.getvalue().replace("\n", "") and key[:20] not in out.getvalue()

@@ -9,6 +9,7 @@ import logging
 import math
 import os
 import shlex
+import shutil
 import signal
 import sqlite3
 import sys
@@ -31,7 +32,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from aloekit.agents.backends import BackendPool, TransformersChatClient
 from aloekit.config import AloeConfig, one_line
-from aloekit.errors import STOP_SIGNALS, AloeError, Terminated, first_leaf, run_async
+from aloekit.errors import AloeError, Terminated, first_leaf, run_async, stop_signals
 from aloekit.limits import MAX_CONCURRENCY, MAX_CONVERSATIONS, MAX_TURNS
 from aloekit.secrets import RedactingFilter, redact, redacted_output, register_url_secrets
 from aloekit.serialize import to_json
@@ -102,7 +103,7 @@ class App:
     def say(self, text: str) -> None:
         """Human-oriented progress text on stderr (silent with --quiet or --json)."""
         if not (self.quiet or self.as_json):
-            self.console.print(text)
+            self.console.print(redact(text))  # before rich wraps a long spec across lines, out of the streams' reach
 
     def warn(self, text: str) -> None:
         """A line on stderr that matters for trusting results: shown even with --quiet or --json."""
@@ -231,7 +232,7 @@ class AloeGroup(click.Group):
             return EXIT_USAGE
         previous = {}
         if threading.current_thread() is threading.main_thread():  # only the main thread can take signals
-            previous = {signum: signal.signal(signum, _raise_terminated) for signum in STOP_SIGNALS}
+            previous = {signum: signal.signal(signum, _raise_terminated) for signum in stop_signals()}
         try:
             with redacted_output():
                 code = self._main(*args, **kwargs)
@@ -349,23 +350,34 @@ def output_file(path: Path, flag: str) -> Path:
     """Check that ``path`` can be written as a file (creating its folder); fail with one line naming ``flag``."""
     if path.is_dir():
         raise AloeError(f"{flag} {path}: is a folder, expected a file path")
-    if path.is_fifo() or path.is_socket():  # writing would wait for a reader forever
+    if (path.is_fifo() or path.is_socket()) and not is_stream_path(path):  # a write would wait for a reader
         raise AloeError(f"{flag} {path}: is a {'pipe' if path.is_fifo() else 'socket'}, expected a file path")
     _make_folder(path.parent, flag, path)
     return path
 
 
+def is_stream_path(path: Path) -> bool:
+    """Whether ``path`` names a device or a process's stream (``/dev/stdout``, ``/dev/fd/3``, ``>(...)``):
+    written in place, whatever it resolves to."""
+    return any(str(p).startswith(("/dev/", "/proc/")) for p in (path.absolute(), path.resolve()))
+
+
 def write_whole(path: Path, flag: str, write: Callable[[Path], object]) -> None:
-    """Run ``write`` on a temporary file beside ``path``, then put it in place: a full disk or any other error
-    leaves no partial file, and an existing one as it was. A device (``/dev/stdout``) is written directly."""
+    """Run ``write`` on a temporary file beside ``path``, then put it in place with the old file's permissions:
+    a full disk or any other error leaves no partial file, and an existing one as it was. A device or stream
+    (``/dev/stdout``) is written directly."""
     output_file(path, flag)
-    if path.exists() and not path.is_file():
+    if path.is_file() and not os.access(path, os.W_OK):
+        raise AloeError(f"{flag} {path}: the file is read-only")
+    if is_stream_path(path) or (path.exists() and not path.is_file()):
         target = path
     else:
         target = path.with_name(f".{path.stem}.partial-{os.getpid()}{path.suffix}")  # same suffix: same format
     try:
         write(target)
         if target != path:
+            if path.is_file():
+                shutil.copymode(path, target)
             os.replace(target, path)
     except OSError as exc:
         raise AloeError(f"{flag} {path}: cannot write: {exc.strerror or exc}") from None
@@ -439,7 +451,7 @@ async def ensure_loaded(app: App, pool: BackendPool, spec: str) -> None:
     """Load an in-process model before the clock starts, with a status line (the first load converts it)."""
     inner = pool.inner(spec)
     if isinstance(inner, TransformersChatClient) and not inner.loaded:
-        with app.console.status(f"loading {spec} (the first use converts the model, later loads take seconds)"):
+        with app.console.status(redact(f"loading {spec} (the first use converts the model, later loads take seconds)")):
             await asyncio.to_thread(inner.load)
 
 

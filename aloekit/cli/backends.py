@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import json
+import sys
 import time
 from contextlib import nullcontext
 from typing import Any
@@ -13,6 +15,7 @@ from rich.table import Table
 
 from aloekit.agents.backends import BackendPool, from_dicts, list_backends
 from aloekit.cli.app import COUNT, SEED, TEMPERATURE, App, ensure_loaded, is_text, pass_app, run_recorded
+from aloekit.secrets import redact
 
 
 async def _chat_once(
@@ -21,7 +24,7 @@ async def _chat_once(
     await ensure_loaded(app, pool, spec)
     client = pool.client(spec, role="chat")
     started = time.monotonic()
-    with app.console.status(f"waiting for {spec}") if not (app.quiet or app.as_json) else nullcontext():
+    with app.console.status(redact(f"waiting for {spec}")) if not (app.quiet or app.as_json) else nullcontext():
         result = await client.create(from_dicts(messages), extra_create_args=options)
     return {
         "spec": spec,
@@ -115,6 +118,8 @@ def chat(
 
     async def interactive(pool: BackendPool) -> None:
         app.say(f"chatting with {spec}; an empty line, /exit or Ctrl-D ends")
+        if isinstance(sys.stdin, io.TextIOWrapper):  # under a strict locale a bad byte would raise inside input()
+            sys.stdin.reconfigure(errors="surrogateescape")
         while True:
             try:
                 line = input("you> ")  # in the main thread, so Ctrl-C and SIGTERM stop it at once

@@ -131,8 +131,8 @@ def export(
             f"({report.unlabelled_turns} unlabelled turns, {report.identical_pairs} identical pairs, "
             f"{report.short_conversations} too short)"
         )
-    # Every kind splits on the same conversations; a same-seed rerun's copy (KEY-2) stays beside KEY.
-    same = {name: trees.key(c) for c in conversations for name in (c.id, keys[c.id])}
+    # Every kind splits the same conversations alike; a same-seed rerun's copy (KEY-2) stays beside KEY.
+    same = {name: key for c in conversations for key in [trees.key(c)] for name in (c.id, keys[c.id])}
     train, val = split_by_conversation(rows, val_fraction, seed=app.config.seed, same=same)
     if val:  # both paths checked before either is written
         output_file(out.with_name(f"{out.stem}.val{out.suffix}"), "--val-fraction's validation file")

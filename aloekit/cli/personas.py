@@ -212,7 +212,9 @@ def personas_stats(app: App, embedder: str, no_similarity: bool) -> None:
 def personas_export(app: App, kind: str, out: Path) -> None:
     """Write the pool of KIND to a file."""
     from aloekit.personas import PersonaPool, write_persona_file
+    from aloekit.personas.io import persona_file_suffix
 
+    persona_file_suffix(out)  # named as given, not as the temporary file written first
     personas = PersonaPool(app.store).list(kind)
     write_whole(out, "--out", lambda target: write_persona_file(personas, target))
     n = len(personas)

@@ -100,7 +100,7 @@ class AuditConfig(BaseModel):
     """Writes the probe replies: for the persona (told it), for another persona, and for nobody."""
     eval_set: str = BUILTIN_EVAL_SET
     """Personas of the probes: ``builtin`` or a folder with the paper's two files."""
-    personas: int | None = Field(default=20, gt=0)
+    personas: int | None = Field(default=20, ge=2)
     """Probe N eval personas (two probes each; no two neighbours share a profile or personality); None: all."""
     seed: int = 0
     """Seeds every sampled call."""

@@ -175,7 +175,7 @@ def signed_rank(differences: list[float]) -> tuple[float | None, float | None]:
     d = np.asarray(differences, dtype=float)
     nonzero = d[d != 0]
     tied = len(nonzero) < len(d) or len(np.unique(np.abs(nonzero))) < len(nonzero)
-    if not tied or len(d) > EXHAUSTIVE_SIGNED_RANK:  # scipy's exact table or its normal approximation
+    if not tied or len(d) > EXHAUSTIVE_SIGNED_RANK or not np.isfinite(d).all():  # scipy's table or approximation
         result = wilcoxon(d)
         return float(result.statistic), float(result.pvalue)
     statistic = float(wilcoxon(d, method="asymptotic").statistic)  # the same statistic whatever the method

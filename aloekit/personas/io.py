@@ -334,12 +334,18 @@ def read_persona_file(path: Path | str, kind: PersonaKind | None = None) -> Pars
     return parsed
 
 
-def write_persona_file(personas: Iterable[Persona], path: Path | str) -> int:
-    """Write texts in the format the suffix names (.jsonl: one JSON string a line, as the paper's files)."""
-    path = Path(path)
+def persona_file_suffix(path: Path) -> str:
+    """The format ``path``'s suffix names for a persona file, or :class:`PersonaFileError` naming ``path``."""
     suffix = path.suffix.lower()
     if suffix not in (".jsonl", ".ndjson", ".json", ".csv", ".txt"):
         raise PersonaFileError(f"{path}: unknown format {suffix or '(no suffix)'!r} (use .jsonl, .json, .csv or .txt)")
+    return suffix
+
+
+def write_persona_file(personas: Iterable[Persona], path: Path | str) -> int:
+    """Write texts in the format the suffix names (.jsonl: one JSON string a line, as the paper's files)."""
+    path = Path(path)
+    suffix = persona_file_suffix(path)
     texts = [p.text for p in personas]
     if suffix in (".jsonl", ".ndjson"):
         body = "".join(json.dumps(t, ensure_ascii=False) + "\n" for t in texts)

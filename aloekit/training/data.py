@@ -204,12 +204,15 @@ def split_by_conversation(
     """Train/validation split by conversation, never by turn, so no conversation leaks across.
 
     ``same`` maps a row's ``conversation_id`` to the conversation it is (an export key, the database id a tree
-    row keeps, a same-seed rerun's copy): those go to one side together, the same side in every export.
+    row keeps, a same-seed rerun's copy): those go to one side together. Its conversations are drawn from
+    whether or not they gave rows, so exports of one set of conversations (SFT, DPO, trees) hold out the
+    same ones even where a conversation gave one kind no rows.
     """
     if not 0 <= val_fraction < 1:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
-    unit = {cid: (same or {}).get(cid, cid) for cid in {row["conversation_id"] for row in rows}}
-    units = sorted(set(unit.values()))
+    same = same or {}
+    unit = {cid: same.get(cid, cid) for cid in {row["conversation_id"] for row in rows}}
+    units = sorted({*unit.values(), *same.values()})
     random.Random(seed).shuffle(units)
     n_val = round(len(units) * val_fraction)
     if val_fraction > 0 and n_val == 0 and len(units) > 1:

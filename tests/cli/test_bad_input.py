@@ -469,8 +469,9 @@ def test_arguments_and_chat_lines_that_are_not_utf8_get_one_line(run_aloe, tmp_p
         assert proc.returncode == 2 and proc.stdout == "", proc.stderr
         assert proc.stderr == f"error: argument '{shown}' is not valid UTF-8 text (rename the file or retype it)\n"
     (tmp_path / "replay.json").write_text('["hello back", "again"]')
+    strict = {**os.environ, "PYTHONIOENCODING": "utf-8:strict"}  # as under an en_US.UTF-8 locale
     chat = subprocess.run([sys.executable, "-m", "aloekit.cli", "chat", "replay:replay.json"], cwd=tmp_path,
-                          input=b"hello\n\xff\xfe\nagain\n", capture_output=True, timeout=300)  # fmt: skip
+                          input=b"hello\n\xff\xfe\nagain\n", capture_output=True, timeout=300, env=strict)  # fmt: skip
     out, err = chat.stdout.decode(), chat.stderr.decode()
     assert chat.returncode == 0 and "Traceback" not in err, err
     assert "that line is not valid UTF-8 text; type it again" in err

@@ -5,6 +5,8 @@ from __future__ import annotations
 import errno
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -43,6 +45,19 @@ def test_pipes_are_refused_and_devices_written_directly(tmp_path):
         write_text(tmp_path / "pipe.jsonl", "rows\n", "--out")
     write_text(Path(os.devnull), "rows\n", "--out")
     assert os.path.exists(os.devnull) and not os.path.isfile(os.devnull)
+    # /dev/stdout is a pipe here (captured): written in place, not refused, not replaced.
+    script = "from pathlib import Path\nfrom aloekit.cli.app import write_text\n"
+    script += "write_text(Path('/dev/stdout'), 'rows', 'o')"
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and proc.stdout == "rows", proc.stderr
+
+
+def test_a_replaced_file_keeps_its_permissions(tmp_path):
+    out = tmp_path / "private.jsonl"
+    out.write_text("old\n")
+    out.chmod(0o600)
+    write_text(out, "new\n", "--out")
+    assert out.read_text() == "new\n" and out.stat().st_mode & 0o777 == 0o600
 
 
 def test_export_checks_the_validation_file_before_writing_either(run_aloe, tmp_path):

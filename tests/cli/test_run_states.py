@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -23,11 +24,11 @@ from tests.helpers import count_rows, wait_for
 DEADLINE_S = 300  # generous: a loaded 2-core machine may take long to start a process
 
 
-def aloe(tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
+def aloe(tmp_path: Path, *args: str, env: dict[str, str] | None = None, **popen: Any) -> subprocess.Popen:
     """Start the real CLI on the test's database."""
     full_env = {**os.environ, "ALOE_DB": str(tmp_path / "aloe.db"), **(env or {})}
     return subprocess.Popen([sys.executable, "-m", "aloekit.cli", "-q", *args], env=full_env, cwd=tmp_path,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)  # fmt: skip
 
 
 def query(tmp_path: Path, sql: str) -> list[tuple]:
@@ -77,6 +78,19 @@ def test_sigterm_marks_the_run_interrupted_and_resume_finishes_it(tmp_path, comm
         assert resumed.returncode == 0, err
         assert json.loads(out)["statuses"] == {"complete": 4}
         assert run_row(tmp_path)[1:] == ("completed", None)
+
+
+@pytest.mark.slow
+def test_under_nohup_a_hangup_does_not_stop_the_run(tmp_path):
+    # nohup starts the command with SIGHUP ignored, so that it outlives its terminal: aloekit keeps it so.
+    with StubOpenAIServer(respond=role_aware_reply, latency_s=0.1) as server:
+        proc = aloe(tmp_path, "simulate", "--conversations", "2", "--turns", "3", "--role", f"all={server.spec()}",
+                    preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN))  # fmt: skip
+        wait_for(lambda: saved(tmp_path, "turns") > 0, "a turn was saved", proc)
+        proc.send_signal(signal.SIGHUP)
+        _, err = proc.communicate(timeout=DEADLINE_S)
+    assert proc.returncode == 0, err
+    assert run_row(tmp_path)[1:] == ("completed", None)
 
 
 @pytest.mark.slow

@@ -153,3 +153,15 @@ def test_flat_tree_export_round_trips(tmp_path):
     assert sorted(again.graph.nodes(data=True)) == sorted(tree.graph.nodes(data=True))
     assert sorted(again.graph.edges(data=True)) == sorted(tree.graph.edges(data=True))
     assert again.continued_path() == tree.continued_path()
+
+
+def test_exports_of_the_same_conversations_hold_out_the_same_ones():
+    # A conversation that gave DPO no pairs must not shift DPO's validation set onto SFT's training data.
+    same = {f"c{i}": f"c{i}" for i in range(20)}
+    sft = [{"conversation_id": f"c{i}"} for i in range(20)]
+    dpo = [row for row in sft if row["conversation_id"] not in {"c3", "c11"}]
+    held_out = {r["conversation_id"] for r in split_by_conversation(sft, 0.25, seed=4, same=same)[1]}
+    assert {r["conversation_id"] for r in split_by_conversation(dpo, 0.25, seed=4, same=same)[1]} == held_out - {
+        "c3",
+        "c11",
+    }
