@@ -220,17 +220,21 @@ class AloeGroup(click.Group):
     verbose = 0
 
     def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:  # type: ignore[override]
-        """Run the CLI; map errors, Ctrl-C and SIGTERM to one line and an exit status."""
-        arguments = [str(arg) for arg in (args[0] if args and args[0] is not None else sys.argv[1:])]
+        """Run the CLI; map errors, Ctrl-C, SIGTERM and SIGHUP to one line and an exit status."""
+        given = args[0] if args else kwargs.get("args")  # click's CliRunner passes args= by keyword
+        arguments = [str(arg) for arg in (given if given is not None else sys.argv[1:])]
         for arg in arguments:
             register_url_secrets(arg)  # a key typed into a spec URL is redacted everywhere from here on
         if undecodable := [arg for arg in arguments if not is_text(arg)]:  # bytes the shell passed through
-            shown = undecodable[0].encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+            try:  # the shell's bytes as such (caf\xe9); any other lone surrogate escaped
+                shown = undecodable[0].encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+            except UnicodeEncodeError:
+                shown = undecodable[0].encode("utf-8", "backslashreplace").decode("utf-8")
             click.echo(f"error: argument '{shown}' is not valid UTF-8 text (rename the file or retype it)", err=True)
             if standalone_mode:
                 sys.exit(EXIT_USAGE)
             return EXIT_USAGE
-        previous = {}
+        previous: dict[int, Any] = {}
         if threading.current_thread() is threading.main_thread():  # only the main thread can take signals
             previous = {signum: signal.signal(signum, _raise_terminated) for signum in stop_signals()}
         try:

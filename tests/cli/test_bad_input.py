@@ -468,6 +468,9 @@ def test_arguments_and_chat_lines_that_are_not_utf8_get_one_line(run_aloe, tmp_p
         proc = run_aloe(*args)
         assert proc.returncode == 2 and proc.stdout == "", proc.stderr
         assert proc.stderr == f"error: argument '{shown}' is not valid UTF-8 text (rename the file or retype it)\n"
+    # In-process (click's runner passes args= by keyword), any lone surrogate: the same one line.
+    result = CliRunner().invoke(cli, ["--db", str(tmp_path / "aloe.db"), "trees", "show", "x\ud800"])
+    assert result.exit_code == 2 and "error: argument 'x\\ud800' is not valid UTF-8 text" in result.output
     (tmp_path / "replay.json").write_text('["hello back", "again"]')
     strict = {**os.environ, "PYTHONIOENCODING": "utf-8:strict"}  # as under an en_US.UTF-8 locale
     chat = subprocess.run([sys.executable, "-m", "aloekit.cli", "chat", "replay:replay.json"], cwd=tmp_path,
