@@ -63,7 +63,8 @@ def test_sigterm_marks_the_run_interrupted_and_resume_finishes_it(tmp_path, comm
         else:
             args, table = ["eval", "--model", spec, "--role", f"user={spec}", "--role", f"judge={spec}",
                            "--personas", "4", "--turns", "3", "--concurrency", "2"], "eval_turns"  # fmt: skip
-        proc = aloe(tmp_path, *args)
+        # As started from a terminal, whatever this test runs under (nohup would pass SIGHUP on ignored).
+        proc = aloe(tmp_path, *args, preexec_fn=lambda: signal.signal(stop, signal.SIG_DFL))
         wait_for(lambda: saved(tmp_path, table) > 0, "a turn was saved", proc)
         proc.send_signal(stop)
         _, err = proc.communicate(timeout=DEADLINE_S)
