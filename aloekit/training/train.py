@@ -46,8 +46,8 @@ OWNED_TRL_FIELDS = {"max_steps": "max_steps (--max-steps)", "num_train_epochs": 
                     "seed": "seed (--seed)", "max_length": "max_length (--max-length)",
                     "beta": "beta (--beta)"}  # fmt: skip
 # trl/transformers accept these and only fail mid-training (a zero batch size, a zero learning rate).
-POSITIVE_TRL_FIELDS = ("learning_rate", "per_device_train_batch_size", "per_device_eval_batch_size",
-                       "gradient_accumulation_steps")  # fmt: skip
+ROW_COUNT_TRL_FIELDS = ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps")
+POSITIVE_TRL_FIELDS = ("learning_rate", *ROW_COUNT_TRL_FIELDS)
 
 
 class LoraSettings(BaseModel):
@@ -295,7 +295,7 @@ def check_trl_options(config: TrainConfig, layers: list[tuple[str, Any]] | None 
             fail(key, f"expected {_describe(hints[key])}, got {value!r}")
         if key in POSITIVE_TRL_FIELDS and not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
             fail(key, f"must be a number greater than 0, got {value!r}")
-        if key in POSITIVE_TRL_FIELDS and key != "learning_rate" and value > MAX_BATCH_ROWS:
+        if key in ROW_COUNT_TRL_FIELDS and value > MAX_BATCH_ROWS:
             fail(key, f"must be at most {MAX_BATCH_ROWS}, got {value!r}")
     trl_args(config, has_eval=False, layers=layers)  # the config class's own checks (scheduler names...)
 
