@@ -3,7 +3,9 @@ aloekit's in-process backend with each engine: ``static`` batches (``max_batch_s
 and ``continuous`` batching (transformers' manager inside the backend); ``--raw`` adds transformers' own
 ``generate_batch`` on the same prompts, greedy; ``--llamacpp URL`` a llama.cpp server's single stream on
 the same GGUF; ``--dtype bfloat16`` loads the model so instead of the device's default; ``--weights
-float,packed`` measures each engine decoding with the converted float weights and with the GGUF's blocks.
+float,packed`` measures each engine decoding with the converted float weights and with the GGUF's blocks;
+``--round-tokens 8,0`` the static engine with finished rows leaving its batch every 8 tokens and (0) with
+one ``generate`` call per batch, which keeps every row to the end.
 
 Run: ``.venv/bin/python benchmarks/bench_engine.py`` (``--concurrency 1,8`` for a quick look).
 Targets (issue 15): on 2 CPU cores, single stream >= 23 tokens/s, 8 concurrent >= 80 tokens/s and >= 1.5x
@@ -17,7 +19,7 @@ import asyncio
 import time
 from typing import Any
 
-from aloekit.agents.backends import BackendPool, from_dicts
+from aloekit.agents.backends import BackendPool, from_dicts, local
 from aloekit.agents.backends.local import resolve_dtype
 from aloekit.config import AloeConfig
 
@@ -30,11 +32,19 @@ def chats(n: int) -> list[list[dict[str, str]]]:
 
 
 async def aloekit_rates(
-    spec: str, levels: list[int], max_tokens: int, engine: str = "auto", dtype: str = "auto", weights: str = "auto"
+    spec: str,
+    levels: list[int],
+    max_tokens: int,
+    engine: str = "auto",
+    dtype: str = "auto",
+    weights: str = "auto",
+    round_tokens: int = local.ROUND_TOKENS,
 ) -> tuple[list[float], dict[str, str]]:
     """Tokens/s of ``n`` concurrent chats through aloekit's backend for ``spec``, for each ``n`` in ``levels``
     (one model load; a warm-up at the highest concurrency first, so the first load and warm-up are not timed),
-    and the engine, dtype and weights the model ran with (where asked ones fell back, not those asked)."""
+    and the engine, dtype and weights the model ran with (where asked ones fell back, not those asked).
+    ``round_tokens``: the static engine's tokens per ``generate`` call (0: one call per batch)."""
+    local.ROUND_TOKENS = round_tokens or 10**9
     top = max(levels)
     settings = {"max_batch_size": top, "max_concurrency": top, "engine": engine, "dtype": dtype, "weights": weights}
     pool = BackendPool(AloeConfig.model_validate({"backend": settings}))
@@ -70,14 +80,18 @@ def continuous_rate(model: Any, tokenizer: Any, n: int, max_tokens: int) -> floa
     return rate
 
 
-def column_label(engine: str, weights: str, ran: dict[str, str]) -> str:
-    """The engine (and weights, where asked) the model ran with, ``(asked X)`` after one that fell back."""
+def column_label(engine: str, weights: str, ran: dict[str, str], round_tokens: int | None = None) -> str:
+    """The engine (and weights, where asked) the model ran with, ``(asked X)`` after one that fell back, and
+    the static engine's rounds where several were asked."""
 
     def shown(asked: str, key: str) -> str:
         got = ran.get(key, asked)
         return got if asked in ("auto", got) else f"{got} (asked {asked})"
 
-    return shown(engine, "engine") + (f", {shown(weights, 'weights')}" if weights != "auto" else "")
+    label = shown(engine, "engine") + (f", {shown(weights, 'weights')}" if weights != "auto" else "")
+    if round_tokens is not None and ran.get("engine") == "static":
+        label += f", rounds of {round_tokens}" if round_tokens else ", one call"
+    return label
 
 
 def main() -> None:
@@ -91,15 +105,19 @@ def main() -> None:
     parser.add_argument("--raw", action="store_true", help="also transformers' generate_batch, outside aloekit")
     parser.add_argument("--attention", default="sdpa", help="the attention implementation for --raw")
     parser.add_argument("--llamacpp", metavar="URL", help="a llama.cpp server (OpenAI API) serving the same GGUF")
+    parser.add_argument("--round-tokens", default=str(local.ROUND_TOKENS),
+                        help="comma-separated tokens per generate call, static engine (0: one per batch)")  # fmt: skip
     args = parser.parse_args()
     levels = [int(n) for n in args.concurrency.split(",")]
 
     import torch
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    columns = [(e, w) for e in args.engines.split(",") for w in args.weights.split(",")]
-    measured = [asyncio.run(aloekit_rates("local:smollm2", levels, args.max_tokens, e, args.dtype, w))
-                for e, w in columns]  # fmt: skip
+    rounds = [int(r) for r in args.round_tokens.split(",")]
+    columns = [(e, w, r) for e in args.engines.split(",") for w in args.weights.split(",")
+               for r in (rounds if e == "static" else rounds[:1])]  # fmt: skip
+    measured = [asyncio.run(aloekit_rates("local:smollm2", levels, args.max_tokens, e, args.dtype, w, r))
+                for e, w, r in columns]  # fmt: skip
     rows = {n: [rates[i] for rates, _ in measured] for i, n in enumerate(levels)}
     if args.raw:
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -117,7 +135,8 @@ def main() -> None:
           f"{resolve_dtype(args.dtype, device)}, {args.max_tokens} tokens per chat, greedy; tokens/s")  # fmt: skip
     # Columns say what the model ran with: an engine or weights that fell back (continuous batching needs
     # transformers >= 5.19, packed weights a CPU) must not pass for the one asked.
-    labels = [column_label(e, w, compute) for (e, w), (_, compute) in zip(columns, measured, strict=True)]
+    labels = [column_label(e, w, compute, r if len(rounds) > 1 else None)
+              for (e, w, r), (_, compute) in zip(columns, measured, strict=True)]  # fmt: skip
     headers = [f"aloekit {c}" for c in labels] + ([f"generate_batch ({args.attention})"] if args.raw else [])
     widths = [max(22, len(h)) for h in headers]
     print("concurrent | " + " | ".join(f"{h:>{w}}" for h, w in zip(headers, widths, strict=True)))

@@ -115,14 +115,15 @@ class ScriptedClient(ChatCompletionClient):
         )
 
 
-def build_tiny_chat_model(path: Path, seed: int = 0) -> Path:
-    """Save a 2-layer random Llama with a word-level tokenizer and a chat template to ``path``."""
+def build_tiny_chat_model(path: Path, seed: int = 0, extra_words: tuple[str, ...] = ()) -> Path:
+    """Save a 2-layer random Llama with a word-level tokenizer and a chat template to ``path``; ``extra_words``
+    join the vocabulary (``abcdef``: transformers' stop-string criterion reads the vocabulary through it)."""
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
     specials = ["<unk>", "<pad>", "<|im_start|>", "<|im_end|>"]
-    vocab = {token: i for i, token in enumerate(specials + WORDS)}
+    vocab = {token: i for i, token in enumerate(specials + WORDS + list(extra_words))}
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     tok.decoder = decoders.WordPiece(prefix="##")  # joins words with spaces

@@ -11,3 +11,7 @@ def test_columns_name_what_ran_and_what_fell_back():
     fell_back = column_label("continuous", "packed", {"engine": "static", "weights": "float"})
     assert fell_back == "static (asked continuous), float (asked packed)"
     assert column_label("static", "auto", {}) == "static"  # a server reports nothing
+    # Where several round sizes were asked, the static engine's columns say which; the continuous one has none.
+    assert column_label("static", "auto", {"engine": "static"}, 8) == "static, rounds of 8"
+    assert column_label("static", "auto", {"engine": "static"}, 0) == "static, one call"
+    assert column_label("continuous", "auto", {"engine": "continuous"}, 8) == "continuous"

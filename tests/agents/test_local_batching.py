@@ -2,9 +2,10 @@ import asyncio
 
 import pytest
 
-from aloekit.agents.backends import BackendPool, TransformersChatClient, from_dicts
+from aloekit.agents.backends import BackendPool, TransformersChatClient, from_dicts, local
 from aloekit.config import AloeConfig
 from aloekit.errors import BackendError
+from tests.helpers import build_tiny_chat_model
 
 PROMPTS = ["hello", "what is the capital of france", "the cat likes tea", "say one two three"]
 
@@ -86,3 +87,55 @@ async def test_guided_choice_answers_one_of_the_options(tiny_model_dir):
     results = await asyncio.gather(*(client.create(_msgs(p), extra_create_args=options) for p in PROMPTS))
     assert client.batch_sizes == [4]
     assert all(r.content in {"1", "2", "3", "4", "5"} and r.usage.completion_tokens == 1 for r in results)
+
+
+def _record_generate_rows(client):
+    """Wrap the loaded model's ``generate`` to record each call's batch rows."""
+    rows, generate = [], client.model.generate
+
+    def recording(*args, **kwargs):
+        rows.append(kwargs["input_ids"].shape[0])
+        return generate(*args, **kwargs)
+
+    client.model.generate = recording
+    return rows
+
+
+async def test_finished_rows_leave_the_batch_between_rounds(tiny_model_dir, monkeypatch):
+    monkeypatch.setattr(local, "ROUND_TOKENS", 2)
+    client = TransformersChatClient(tiny_model_dir)
+    client.load()
+    rows = _record_generate_rows(client)
+    max_tokens = [3, 12, 7, 20]
+    results = await asyncio.gather(
+        *(
+            client.create(_msgs(p), extra_create_args={"temperature": 0, "max_tokens": n})
+            for p, n in zip(PROMPTS, max_tokens, strict=True)
+        )
+    )
+    assert [r.usage.completion_tokens for r in results] == max_tokens  # the random model never ends a reply itself
+    assert client.batch_sizes == [4]
+    # Two tokens per call: the 3-token reply leaves after the second call, the 7-token one after the fourth...
+    assert rows == [4, 4, 3, 3, 2, 2, 1, 1, 1, 1]
+
+
+@pytest.mark.parametrize("sampling", [{"temperature": 0}, {"temperature": 0.9, "top_p": 0.8}], ids=["greedy", "seeded"])
+async def test_replies_are_the_same_in_rounds_as_in_one_call(tmp_path, monkeypatch, sampling):
+    model_dir = build_tiny_chat_model(tmp_path, extra_words=("abcdef",))  # stop strings need it
+
+    async def replies(round_tokens, stop=()):
+        monkeypatch.setattr(local, "ROUND_TOKENS", round_tokens)
+        client = TransformersChatClient(model_dir)
+        options = [{**sampling, "max_tokens": n, "seed": i, "stop": list(stop)} for i, n in enumerate([3, 12, 7, 20])]
+        results = await asyncio.gather(
+            *(client.create(_msgs(p), extra_create_args=o) for p, o in zip(PROMPTS, options, strict=True))
+        )
+        return [(r.content, r.finish_reason, r.usage.completion_tokens) for r in results]
+
+    whole = await replies(10**6)
+    assert await replies(2) == whole
+    # A stop string met in one round ends its row there; the text is cut at it as in one call.
+    stop = whole[3][0].split()[2]
+    in_rounds = await replies(2, stop=[stop])
+    assert in_rounds == await replies(10**6, stop=[stop])
+    assert in_rounds[3][1] == "stop" and stop not in in_rounds[3][0]

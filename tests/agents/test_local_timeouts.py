@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 import pytest
 from autogen_core.models import CreateResult, LLMMessage
 
-from aloekit.agents.backends import BackendPool, TransformersChatClient, from_dicts
+from aloekit.agents.backends import BackendPool, TransformersChatClient, from_dicts, local
 from aloekit.agents.backends.local import _deadline_stop
 from aloekit.agents.backends.managed import TIMEOUT_ENV, GenerationTimeout
 from aloekit.config import AloeConfig
@@ -120,6 +120,21 @@ async def test_only_rows_past_their_deadline_are_timed_out(tiny_model_dir):
     assert client.batch_sizes == [2]
     assert isinstance(late, GenerationTimeout) and late.tokens < LONG_TOKENS
     assert isinstance(on_time, CreateResult) and on_time.usage.completion_tokens == SHORT_TOKENS
+
+
+async def test_deadlines_follow_their_rows_when_others_leave_the_batch(tiny_model_dir, monkeypatch):
+    monkeypatch.setattr(local, "ROUND_TOKENS", 2)  # rows 0 and 1 leave after the first call; row 2 goes on alone
+    client = TransformersChatClient(tiny_model_dir)
+    done, late, alone = await asyncio.gather(
+        client.create(_msgs(LONG_PROMPT), extra_create_args={"max_tokens": 2}),
+        client.create(_msgs(LONG_PROMPT), extra_create_args=_long(timeout_s=INSTANT)),
+        client.create(_msgs(LONG_PROMPT), extra_create_args={"max_tokens": SHORT_TOKENS, "timeout_s": 3600}),
+        return_exceptions=True,
+    )
+    assert client.batch_sizes == [3]
+    assert isinstance(done, CreateResult) and done.usage.completion_tokens == 2
+    assert isinstance(late, GenerationTimeout) and late.tokens < LONG_TOKENS
+    assert isinstance(alone, CreateResult) and alone.usage.completion_tokens == SHORT_TOKENS
 
 
 async def test_rows_keep_their_own_max_tokens_under_a_deadline(tiny_model_dir):

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import hashlib
 import importlib.util
+import inspect
 import json
 import logging
 import os
@@ -50,6 +51,9 @@ SMOLLM2_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_ENV = "ALOE_SMOLLM2_GGUF"
 CACHE_ENV = "ALOE_CACHE_DIR"
 DEFAULT_MAX_TOKENS = 256
+ROUND_TOKENS = 8
+"""New tokens per ``generate`` call of a static batch: between calls, the rows that have finished leave the
+batch, so a reply that ends at its sixth token does not decode padding while the others run to 64."""
 LOCAL_MODELS = {"smollm2"}
 
 
@@ -145,10 +149,11 @@ def _batch_key(options: Mapping[str, Any]) -> tuple[Any, ...]:
     )
 
 
-def _row_sampler(seeds: list[int], temperature: float, top_p: float | None) -> Any:
+def _row_sampler(seeds: list[int], temperature: float, top_p: float | None, rows: list[int]) -> Any:
     """A logits processor that samples each row with its own ``torch.Generator`` and leaves only the
     sampled token finite, so greedy search emits it. A seeded request then draws the same tokens
-    whichever batch it lands in (transformers' own sampling shares one global generator per batch)."""
+    whichever batch it lands in (transformers' own sampling shares one global generator per batch).
+    ``rows[i]`` is the request (index into ``seeds``) that batch row ``i`` holds now."""
     import torch
     from transformers import LogitsProcessor
 
@@ -165,20 +170,29 @@ def _row_sampler(seeds: list[int], temperature: float, top_p: float | None) -> A
                 outside = ordered.cumsum(dim=-1) - ordered > top_p  # keep the smallest prefix reaching top_p
                 probs = probs.scatter(-1, index, ordered.masked_fill(outside, 0.0))
             picked = torch.full_like(scores, float("-inf"))
-            for row, generator in enumerate(self.generators):
-                token = torch.multinomial(probs[row], 1, generator=generator)
+            for row, request in enumerate(rows):
+                token = torch.multinomial(probs[row], 1, generator=self.generators[request])
                 picked[row, token] = 0.0
             return picked
 
     return RowSampler()
 
 
-def _deadline_stop(deadlines: list[float | None], max_tokens: list[int], prompt_len: int, eos_ids: set[int]) -> Any:
+def _deadline_stop(
+    deadlines: list[float | None],
+    max_tokens: list[int],
+    prompt_len: int,
+    eos_ids: set[int],
+    rows: list[int] | None = None,
+) -> Any:
     """A stopping criterion finishing each row once ``time.monotonic()`` passes its deadline (None: never),
-    so ``generate`` returns when every row is done. ``timed_out[row]`` says the row was still generating
-    then; a row that had already ended (end of sequence or its own ``max_tokens``) is not timed out."""
+    so ``generate`` returns when every row is done. ``timed_out[request]`` says the request was still
+    generating then; one that had already ended (end of sequence or its own ``max_tokens``) is not timed out.
+    ``rows[i]`` is the request (index into ``deadlines``) that batch row ``i`` holds now (default: row i)."""
     import torch
     from transformers import StoppingCriteria
+
+    held = rows if rows is not None else list(range(len(deadlines)))
 
     class DeadlineStop(StoppingCriteria):
         def __init__(self) -> None:
@@ -187,18 +201,54 @@ def _deadline_stop(deadlines: list[float | None], max_tokens: list[int], prompt_
 
         def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
             now, generated = time.monotonic(), input_ids.shape[1] - prompt_len
-            for row, last in enumerate(input_ids[:, -1].tolist()):
-                if self.ended[row] or self.timed_out[row]:
+            for request, last in zip(held, input_ids[:, -1].tolist(), strict=True):
+                if self.ended[request] or self.timed_out[request]:
                     continue
-                if last in eos_ids or generated >= max_tokens[row]:
-                    self.ended[row] = True
-                elif (deadline := deadlines[row]) is not None and now >= deadline:
-                    self.timed_out[row] = True
+                if last in eos_ids or generated >= max_tokens[request]:
+                    self.ended[request] = True
+                elif (deadline := deadlines[request]) is not None and now >= deadline:
+                    self.timed_out[request] = True
             # Ended rows are finished too: a row past its own max_tokens need not keep the batch running.
-            done = [e or t for e, t in zip(self.ended, self.timed_out, strict=True)]
+            done = [self.ended[r] or self.timed_out[r] for r in held]
             return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
     return DeadlineStop()
+
+
+def _decode_in_rounds(
+    model: Any, encoded: Any, kwargs: dict[str, Any], max_tokens: list[int], rows: list[int],
+    finished: Callable[[int, list[int]], bool],
+) -> list[list[int]]:  # fmt: skip
+    """Each request's new tokens, from ``generate`` calls of at most :data:`ROUND_TOKENS` that share one KV
+    cache. After each call, the rows whose request has ``finished(request, tokens)`` leave the batch, its
+    cache and ``rows`` (which the row-wise processors read), so the rest decode without them."""
+    import torch
+    from transformers import DynamicCache
+
+    input_ids, mask = encoded["input_ids"], encoded["attention_mask"]
+    cache = DynamicCache(config=model.config)
+    # a later transformers 5 renamed generate's past_key_values to cache (the old name warns); the model's
+    # forward, which peft wraps, names the one this version takes.
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    cache_keyword = "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+    new: list[list[int]] = [[] for _ in max_tokens]
+    while True:
+        steps = min(ROUND_TOKENS, max(max_tokens[r] - len(new[r]) for r in rows))
+        output = model.generate(
+            input_ids=input_ids, attention_mask=mask, max_new_tokens=steps, **{cache_keyword: cache}, **kwargs
+        )
+        made = output.shape[1] - input_ids.shape[1]
+        for row, request in enumerate(rows):
+            new[request] += output[row, input_ids.shape[1] :].tolist()
+        keep = [row for row, request in enumerate(rows) if not finished(request, new[request])]
+        if not keep or made < steps:  # made < steps: generate itself found every row done
+            return new
+        input_ids, mask = output, torch.cat([mask, mask.new_ones(len(rows), made)], dim=1)
+        if len(keep) < len(rows):
+            index = torch.tensor(keep, device=output.device)
+            cache.batch_select_indices(index)
+            input_ids, mask = input_ids[index], mask[index]
+            rows[:] = [rows[row] for row in keep]
 
 
 class TransformersChatClient(ChatCompletionClient):
@@ -208,7 +258,8 @@ class TransformersChatClient(ChatCompletionClient):
     (:class:`~aloekit.agents.backends.continuous.ContinuousEngine`, its KV cache taking ``memory_fraction``
     of free GPU memory). ``engine="static"`` (the default on CPU, and the path of guided choices and
     repetition penalties): requests that arrive while a ``generate`` call runs wait, and are then grouped
-    (left-padded) into the next call, up to ``max_batch_size``: on a CPU, 8 rows cost little more than one.
+    (left-padded) into the next batch, up to ``max_batch_size``: on a CPU, 8 rows cost little more than one.
+    A batch decodes :data:`ROUND_TOKENS` tokens per ``generate`` call; finished rows leave between calls.
     ``extra_create_args={"guided_choice": ["1", "2", ...]}`` constrains the answer to one option (as
     vLLM's guided choice): one forward pass, the option whose first token scores highest; the result's
     ``logprobs`` carry every option's first-token log-probability, as an OpenAI-compatible server's
@@ -584,32 +635,42 @@ class TransformersChatClient(ChatCompletionClient):
         if choices:  # one forward pass: nothing a deadline could stop part-way
             return self._choose(encoded, choices)
         kwargs: dict[str, Any] = {
-            "max_new_tokens": max(r.max_tokens for r in batch),
             "pad_token_id": tokenizer.pad_token_id,
             "do_sample": False,  # sampling, when asked, is done per row by _row_sampler
         }
+        rows = list(range(len(batch)))  # the request each batch row holds: rows leave as they finish
+        max_tokens = [r.max_tokens for r in batch]
         if repetition_penalty is not None:
             kwargs["repetition_penalty"] = repetition_penalty
         if sampling:
             seeds = [r.seed if r.seed is not None else secrets.randbits(31) for r in batch]
-            kwargs["logits_processor"] = [_row_sampler(seeds, temperature, top_p)]
+            kwargs["logits_processor"] = [_row_sampler(seeds, temperature, top_p, rows)]
         if stop:
             kwargs.update(stop_strings=list(stop), tokenizer=tokenizer)
         eos_ids = self._eos_ids()
         prompt_len = encoded["input_ids"].shape[1]
         stopper = None
         if any(d is not None for d in deadlines):
-            stopper = _deadline_stop(deadlines, [r.max_tokens for r in batch], prompt_len, eos_ids)
+            stopper = _deadline_stop(deadlines, max_tokens, prompt_len, eos_ids, rows)
             kwargs["stopping_criteria"] = [stopper]
+
+        def finished(request: int, tokens: list[int]) -> bool:
+            return (
+                len(tokens) >= max_tokens[request]
+                or not eos_ids.isdisjoint(tokens)
+                or (stopper is not None and stopper.timed_out[request])
+                or any(s in tokenizer.decode(tokens, skip_special_tokens=True) for s in stop)
+            )
+
         with torch.inference_mode(), self._model_turn():
-            output = model.generate(**encoded, **kwargs)
+            generated = _decode_in_rounds(model, encoded, kwargs, max_tokens, rows, finished)
         self.batch_sizes.append(len(batch))
 
         results: list[CreateResult | GenerationTimeout] = []
         for row, request in enumerate(batch):
             # Only this row's own max_tokens count: past them it may hold more tokens, or the padding a
             # finished row gets, which must not read as an end of sequence.
-            tokens = output[row, prompt_len : prompt_len + request.max_tokens].tolist()
+            tokens = generated[row][: request.max_tokens]
             finish = "length"
             for i, token in enumerate(tokens):
                 if token in eos_ids:
