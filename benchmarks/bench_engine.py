@@ -5,7 +5,9 @@ and ``continuous`` batching (transformers' manager inside the backend); ``--raw`
 the same GGUF; ``--dtype bfloat16`` loads the model so instead of the device's default; ``--weights
 float,packed`` measures each engine decoding with the converted float weights and with the GGUF's blocks;
 ``--round-tokens 8,0`` the static engine with finished rows leaving its batch every 8 tokens and (0) with
-one ``generate`` call per batch, which keeps every row to the end.
+one ``generate`` call per batch, which keeps every row to the end. ``--preamble-words 450 --temperature 0.7
+--max-tokens 256`` makes the chats look like a simulation's: long prompts, sampled (seeded) replies of
+varied length.
 
 Run: ``.venv/bin/python benchmarks/bench_engine.py`` (``--concurrency 1,8`` for a quick look).
 Targets (issue 15): on 2 CPU cores, single stream >= 23 tokens/s, 8 concurrent >= 80 tokens/s and >= 1.5x
@@ -26,9 +28,15 @@ from aloekit.config import AloeConfig
 TOPICS = ["running", "coffee", "houseplants", "chess", "hiking", "baking bread", "jazz", "sailing"]
 
 
-def chats(n: int) -> list[list[dict[str, str]]]:
-    """``n`` different one-message chats."""
-    return [[{"role": "user", "content": f"Give me a tip about {TOPICS[i % 8]} (number {i})."}] for i in range(n)]
+PREAMBLE = "You are a helpful assistant who answers in a friendly, practical tone. "
+
+
+def chats(n: int, preamble_words: int = 0) -> list[list[dict[str, str]]]:
+    """``n`` different one-message chats, each after about ``preamble_words`` words of system prompt."""
+    preamble = PREAMBLE * -(-preamble_words // len(PREAMBLE.split()))
+    system = [{"role": "system", "content": preamble.strip()}] if preamble_words else []
+    return [system + [{"role": "user", "content": f"Give me a tip about {TOPICS[i % 8]} (number {i})."}]
+            for i in range(n)]  # fmt: skip
 
 
 async def aloekit_rates(
@@ -39,11 +47,14 @@ async def aloekit_rates(
     dtype: str = "auto",
     weights: str = "auto",
     round_tokens: int = local.ROUND_TOKENS,
+    temperature: float = 0.0,
+    preamble_words: int = 0,
 ) -> tuple[list[float], dict[str, str]]:
     """Tokens/s of ``n`` concurrent chats through aloekit's backend for ``spec``, for each ``n`` in ``levels``
     (one model load; a warm-up at the highest concurrency first, so the first load and warm-up are not timed),
     and the engine, dtype and weights the model ran with (where asked ones fell back, not those asked).
-    ``round_tokens``: the static engine's tokens per ``generate`` call (0: one call per batch)."""
+    ``round_tokens``: the static engine's tokens per ``generate`` call (0: one call per batch); chat ``i``
+    samples at ``temperature`` with seed ``i`` (0: greedy)."""
     local.ROUND_TOKENS = round_tokens or 10**9
     top = max(levels)
     settings = {"max_batch_size": top, "max_concurrency": top, "engine": engine, "dtype": dtype, "weights": weights}
@@ -51,9 +62,14 @@ async def aloekit_rates(
     client = pool.client(spec, role="bench")
 
     async def rate(n: int, tokens: int) -> float:
-        options = {"max_tokens": tokens, "temperature": 0}
+        options = [{"max_tokens": tokens, "temperature": temperature, "seed": i} for i in range(n)]
         started = time.perf_counter()
-        results = await asyncio.gather(*(client.create(from_dicts(c), extra_create_args=options) for c in chats(n)))
+        results = await asyncio.gather(
+            *(
+                client.create(from_dicts(c), extra_create_args=o)
+                for c, o in zip(chats(n, preamble_words), options, strict=True)
+            )
+        )
         return sum(r.usage.completion_tokens for r in results) / (time.perf_counter() - started)
 
     await rate(top, 8)  # loads the model and warms up
@@ -98,6 +114,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--concurrency", default="1,8,32,64", help="comma-separated numbers of concurrent chats")
     parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--temperature", type=float, default=0.0, help="0: greedy; else sampled, seed i for chat i")
+    parser.add_argument("--preamble-words", type=int, default=0, help="words of system prompt before each chat")
     parser.add_argument("--engines", default="static,continuous", help="aloekit engines to measure")
     parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
                         help="what the model loads as (auto: the device's default)")  # fmt: skip
@@ -116,7 +134,8 @@ def main() -> None:
     rounds = [int(r) for r in args.round_tokens.split(",")]
     columns = [(e, w, r) for e in args.engines.split(",") for w in args.weights.split(",")
                for r in (rounds if e == "static" else rounds[:1])]  # fmt: skip
-    measured = [asyncio.run(aloekit_rates("local:smollm2", levels, args.max_tokens, e, args.dtype, w, r))
+    workload = {"temperature": args.temperature, "preamble_words": args.preamble_words}
+    measured = [asyncio.run(aloekit_rates("local:smollm2", levels, args.max_tokens, e, args.dtype, w, r, **workload))
                 for e, w, r in columns]  # fmt: skip
     rows = {n: [rates[i] for rates, _ in measured] for i, n in enumerate(levels)}
     if args.raw:
@@ -132,7 +151,9 @@ def main() -> None:
         for n in levels:
             rows[n].append(continuous_rate(model, tokenizer, n, args.max_tokens))
     print(f"local:smollm2 on {device} ({torch.cuda.get_device_name() if device == 'cuda' else 'CPU'}), "
-          f"{resolve_dtype(args.dtype, device)}, {args.max_tokens} tokens per chat, greedy; tokens/s")  # fmt: skip
+          f"{resolve_dtype(args.dtype, device)}, {args.max_tokens} tokens per chat, "
+          f"{f'temperature {args.temperature}' if args.temperature else 'greedy'}"
+          f"{f', {args.preamble_words}-word preamble' if args.preamble_words else ''}; tokens/s")  # fmt: skip
     # Columns say what the model ran with: an engine or weights that fell back (continuous batching needs
     # transformers >= 5.19, packed weights a CPU) must not pass for the one asked.
     labels = [column_label(e, w, compute, r if len(rounds) > 1 else None)
@@ -151,7 +172,7 @@ def main() -> None:
         for n in levels:
             print(f"{n} concurrent, {label} / {labels[0]}: {rows[n][i] / rows[n][0]:.2f}x")
     if args.llamacpp:
-        llama = asyncio.run(aloekit_rates(f"openai:{args.llamacpp}#smollm2", [1], args.max_tokens))[0][0]
+        llama = asyncio.run(aloekit_rates(f"openai:{args.llamacpp}#smollm2", [1], args.max_tokens, **workload))[0][0]
         print(f"llama.cpp single stream: {llama:.1f} tokens/s")
         if 8 in rows:
             best = max(rows[8][: len(columns)])
