@@ -115,8 +115,9 @@ async def test_finished_rows_leave_the_batch_between_rounds(tiny_model_dir, monk
     )
     assert [r.usage.completion_tokens for r in results] == max_tokens  # the random model never ends a reply itself
     assert client.batch_sizes == [4]
-    # Two tokens per call: the 3-token reply leaves after the second call, the 7-token one after the fourth...
-    assert rows == [4, 4, 3, 3, 2, 2, 1, 1, 1, 1]
+    # Two tokens per call: the 3-token reply leaves after the second call, the 7-token one after the fourth,
+    # the 12-token one after the sixth; the 20-token one, alone, makes its last 8 tokens in one call.
+    assert rows == [4, 4, 3, 3, 2, 2, 1]
 
 
 @pytest.mark.parametrize("sampling", [{"temperature": 0}, {"temperature": 0.9, "top_p": 0.8}], ids=["greedy", "seeded"])

@@ -233,7 +233,9 @@ def _decode_in_rounds(
     cache_keyword = "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
     new: list[list[int]] = [[] for _ in max_tokens]
     while True:
-        steps = min(ROUND_TOKENS, max(max_tokens[r] - len(new[r]) for r in rows))
+        steps = max(max_tokens[r] - len(new[r]) for r in rows)
+        if len(rows) > 1:  # a lone row has no neighbour to leave for: one call spares the calls' setup
+            steps = min(ROUND_TOKENS, steps)
         output = model.generate(
             input_ids=input_ids, attention_mask=mask, max_new_tokens=steps, **{cache_keyword: cache}, **kwargs
         )
