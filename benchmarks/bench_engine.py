@@ -9,7 +9,8 @@ one ``generate`` call per batch, which keeps every row to the end. ``--preamble-
 --max-tokens 256`` makes the chats look like a simulation's: long prompts, sampled (seeded) replies of
 varied length.
 
-Run: ``.venv/bin/python benchmarks/bench_engine.py`` (``--concurrency 1,8`` for a quick look).
+Run: ``.venv/bin/python benchmarks/bench_engine.py`` (``--concurrency 1,8`` for a quick look; ``--repeats 3``
+for medians where the machine's load varies).
 Targets (issue 15): on 2 CPU cores, single stream >= 23 tokens/s, 8 concurrent >= 80 tokens/s and >= 1.5x
 llama.cpp's single stream; on a GPU, 64 concurrent >= 20x the single stream.
 """
@@ -18,7 +19,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import statistics
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from aloekit.agents.backends import BackendPool, from_dicts, local
@@ -46,16 +49,17 @@ async def aloekit_rates(
     engine: str = "auto",
     dtype: str = "auto",
     weights: str = "auto",
-    round_tokens: int = local.ROUND_TOKENS,
+    rounds: Sequence[int] = (local.ROUND_TOKENS,),
+    repeats: int = 1,
     temperature: float = 0.0,
     preamble_words: int = 0,
-) -> tuple[list[float], dict[str, str]]:
-    """Tokens/s of ``n`` concurrent chats through aloekit's backend for ``spec``, for each ``n`` in ``levels``
-    (one model load; a warm-up at the highest concurrency first, so the first load and warm-up are not timed),
-    and the engine, dtype and weights the model ran with (where asked ones fell back, not those asked).
-    ``round_tokens``: the static engine's tokens per ``generate`` call (0: one call per batch); chat ``i``
-    samples at ``temperature`` with seed ``i`` (0: greedy)."""
-    local.ROUND_TOKENS = round_tokens or 10**9
+) -> tuple[list[list[float]], dict[str, str]]:
+    """Tokens/s of ``n`` concurrent chats through aloekit's backend for ``spec``, for each of the static engine's
+    ``rounds`` (tokens per ``generate`` call, 0: one call per batch) and each ``n`` in ``levels``: the median
+    of ``repeats``, the round sizes taking turns on one loaded model in alternating order, so the machine's
+    changing load falls on them alike (a warm-up at the highest concurrency first: the first load and
+    warm-up are not timed); and the engine, dtype and weights the model ran with (where asked ones fell
+    back, not those asked). Chat ``i`` samples at ``temperature`` with seed ``i`` (0: greedy)."""
     top = max(levels)
     settings = {"max_batch_size": top, "max_concurrency": top, "engine": engine, "dtype": dtype, "weights": weights}
     pool = BackendPool(AloeConfig.model_validate({"backend": settings}))
@@ -73,7 +77,13 @@ async def aloekit_rates(
         return sum(r.usage.completion_tokens for r in results) / (time.perf_counter() - started)
 
     await rate(top, 8)  # loads the model and warms up
-    rates = [await rate(n, max_tokens) for n in levels]
+    taken: dict[tuple[int, int], list[float]] = {}
+    for n in levels:
+        for repeat in range(repeats):
+            for tokens in rounds if repeat % 2 == 0 else rounds[::-1]:  # the first of a turn measured faster
+                local.ROUND_TOKENS = tokens or 10**9
+                taken.setdefault((tokens, n), []).append(await rate(n, max_tokens))
+    rates = [[statistics.median(taken[tokens, n]) for n in levels] for tokens in rounds]
     compute = client.compute_settings()
     await pool.aclose()
     return rates, compute
@@ -125,6 +135,7 @@ def main() -> None:
     parser.add_argument("--llamacpp", metavar="URL", help="a llama.cpp server (OpenAI API) serving the same GGUF")
     parser.add_argument("--round-tokens", default=str(local.ROUND_TOKENS),
                         help="comma-separated tokens per generate call, static engine (0: one per batch)")  # fmt: skip
+    parser.add_argument("--repeats", type=int, default=1, help="measurements per figure (the median is shown)")
     args = parser.parse_args()
     levels = [int(n) for n in args.concurrency.split(",")]
 
@@ -132,11 +143,16 @@ def main() -> None:
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     rounds = [int(r) for r in args.round_tokens.split(",")]
-    columns = [(e, w, r) for e in args.engines.split(",") for w in args.weights.split(",")
-               for r in (rounds if e == "static" else rounds[:1])]  # fmt: skip
     workload = {"temperature": args.temperature, "preamble_words": args.preamble_words}
-    measured = [asyncio.run(aloekit_rates("local:smollm2", levels, args.max_tokens, e, args.dtype, w, r, **workload))
-                for e, w, r in columns]  # fmt: skip
+    columns: list[tuple[str, str, int]] = []
+    measured: list[tuple[list[float], dict[str, str]]] = []
+    for engine in args.engines.split(","):
+        for weights in args.weights.split(","):
+            asked = rounds if engine == "static" else rounds[:1]
+            rates, compute = asyncio.run(aloekit_rates("local:smollm2", levels, args.max_tokens, engine, args.dtype,
+                                                       weights, asked, args.repeats, **workload))  # fmt: skip
+            columns += [(engine, weights, r) for r in asked]
+            measured += [(r, compute) for r in rates]
     rows = {n: [rates[i] for rates, _ in measured] for i, n in enumerate(levels)}
     if args.raw:
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -172,7 +188,8 @@ def main() -> None:
         for n in levels:
             print(f"{n} concurrent, {label} / {labels[0]}: {rows[n][i] / rows[n][0]:.2f}x")
     if args.llamacpp:
-        llama = asyncio.run(aloekit_rates(f"openai:{args.llamacpp}#smollm2", [1], args.max_tokens, **workload))[0][0]
+        server = f"openai:{args.llamacpp}#smollm2"
+        llama = asyncio.run(aloekit_rates(server, [1], args.max_tokens, repeats=args.repeats, **workload))[0][0][0]
         print(f"llama.cpp single stream: {llama:.1f} tokens/s")
         if 8 in rows:
             best = max(rows[8][: len(columns)])
