@@ -6,12 +6,13 @@ import json
 import os
 import re
 import tomllib
+import types
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar, Union, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from aloekit.errors import AloeError, ConfigError
 from aloekit.secrets import register_url_secrets
@@ -22,10 +23,37 @@ CONFIG_SUFFIXES = (".toml", ".yaml", ".yml")
 MAX_CONFIG_BYTES = 16 * 2**20
 
 
-class GenerationOptions(BaseModel):
-    """Sampling options passed the same way to every backend (as autogen ``extra_create_args``)."""
+def _types_in(annotation: Any) -> set[Any]:
+    """The types an annotation admits: through ``X | None``, ``Optional``, ``Annotated`` and ``Literal``'s values."""
+    origin = get_origin(annotation)
+    if origin in (Union, types.UnionType):
+        return set().union(*map(_types_in, get_args(annotation)))
+    if origin is Annotated:
+        return _types_in(get_args(annotation)[0])
+    if origin is Literal:
+        return {type(value) for value in get_args(annotation)}
+    return {annotation}
+
+
+class Settings(BaseModel):
+    """Base of the settings users write (config files, environment, flags): unknown keys, inf and nan, and
+    true or false where a number belongs are refused (pydantic alone reads ``turns = true`` as 1; inf/nan
+    would pass a range check's intent badly: an infinite timeout hangs, nan compares false)."""
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_a_number(cls, value: Any, info: ValidationInfo) -> Any:
+        if isinstance(value, bool) and info.field_name is not None:
+            admitted = _types_in(cls.model_fields[info.field_name].annotation)
+            if admitted & {int, float} and not admitted & {bool, Any}:
+                raise ValueError("a number, not true or false")
+        return value
+
+
+class GenerationOptions(Settings):
+    """Sampling options passed the same way to every backend (as autogen ``extra_create_args``)."""
 
     temperature: float | None = Field(default=None, ge=0)
     """Sampling temperature; 0 means greedy decoding."""
@@ -58,11 +86,8 @@ class GenerationOptions(BaseModel):
         return GenerationOptions.model_validate({**self.as_create_args(), **extra})
 
 
-class BackendSettings(BaseModel):
+class BackendSettings(Settings):
     """How aloekit calls one backend endpoint: limits, timeouts, retries, caching."""
-
-    # inf/nan would pass the range checks' intent badly: an infinite timeout hangs, nan compares false.
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     max_concurrency: int = Field(default=8, gt=0)
     """Requests in flight at once to this endpoint (shared by every role using it)."""
@@ -111,10 +136,8 @@ class BackendSettings(BaseModel):
     for the OpenAI API (which rejects unknown fields)."""
 
 
-class AloeConfig(BaseModel):
+class AloeConfig(Settings):
     """Top-level configuration shared by every ``aloe`` command."""
-
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     db: Path = Path("aloe.db")
     """SQLite database holding runs, the call log and every later stage's output."""

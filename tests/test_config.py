@@ -1,4 +1,5 @@
 import pytest
+from pydantic import ValidationError
 
 from aloekit.config import GenerationOptions, load_config
 from aloekit.errors import ConfigError
@@ -157,3 +158,39 @@ def test_env_value_and_table_conflict():
     deep = {"ALOE_SIMULATION": "[" * 100_000}  # not JSON as far as the decoder can go: kept as a string
     with pytest.raises(ConfigError, match="environment variable ALOE_SIMULATION: field simulation"):
         load_config(environ=deep)
+
+
+def _all_settings() -> list[type]:
+    """Every settings model users write, once their modules are imported."""
+    import aloekit.evaluation.audit
+    import aloekit.evaluation.task
+    import aloekit.graphs.simulate
+    import aloekit.personas.generate
+    import aloekit.training.grpo
+    import aloekit.training.train  # noqa: F401
+    from aloekit.config import Settings
+
+    found, todo = [], [Settings]
+    while todo:
+        found += (subclasses := todo.pop().__subclasses__())
+        todo += subclasses
+    return found
+
+
+@pytest.mark.parametrize("model", _all_settings(), ids=lambda m: m.__name__)
+def test_true_or_false_is_no_number(model):
+    from aloekit.config import _types_in
+
+    def problems(name):
+        try:
+            model.model_validate({name: True})
+        except ValidationError as exc:  # other fields' errors (required ones missing) are not this test's
+            return [e["msg"] for e in exc.errors() if e["loc"] == (name,)]
+        return []
+
+    fields = model.model_fields.items()
+    numbers = [n for n, f in fields if _types_in(f.annotation) & {int, float}]
+    for name in numbers:  # pydantic alone reads true as 1 and false as 0
+        assert problems(name), f"{model.__name__}.{name} took true for a number"
+    for name in [n for n, f in fields if _types_in(f.annotation) == {bool}]:
+        assert problems(name) == [], f"{model.__name__}.{name} refused true"

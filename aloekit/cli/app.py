@@ -347,6 +347,20 @@ def import_plugins(modules: list[str], folder: Path) -> None:
                             f"{type(exc).__name__}: {exc}") from None  # fmt: skip
 
 
+def check_backend_overrides(config: AloeConfig, config_path: Path | None) -> None:
+    """Each ``[backends."SPEC"]`` table must name a spec of a registered backend (checked once plugins have
+    registered theirs): an override under a mistyped prefix would otherwise apply to nothing, silently."""
+    from aloekit.agents.backends import parse_spec
+    from aloekit.errors import SpecError
+
+    for spec in config.backends:
+        try:
+            parse_spec(spec)
+        except SpecError as exc:
+            where = f"{config_path}: " if config_path else ""
+            raise AloeError(one_line(f"{where}backends[{spec!r}]: {exc}")) from None
+
+
 # Output paths -----------------------------------------------------------------------------------------
 
 

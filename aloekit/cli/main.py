@@ -21,7 +21,7 @@ from aloekit.cli import (
     trees,
     view,
 )
-from aloekit.cli.app import SEED, AloeGroup, App, import_plugins, setup_logging
+from aloekit.cli.app import SEED, AloeGroup, App, check_backend_overrides, import_plugins, setup_logging
 from aloekit.config import load_config
 from aloekit.secrets import register_secret_env
 
@@ -66,6 +66,7 @@ def cli(
         register_secret_env(settings.api_key_env)  # redacted from every message, even before a backend is built
     import_plugins(config.plugins, (config_path.parent if config_path else Path.cwd()).resolve())
     import_plugins(list(plugins), Path.cwd())
+    check_backend_overrides(config, config_path)
     ctx.obj = App(config=config, quiet=quiet, as_json=as_json, cli_seed=seed, config_path=config_path,
                   global_flags={k: v for k, v in flags.items() if v is not None})  # fmt: skip
 

@@ -31,13 +31,13 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from aloekit.agents.backends import BackendPool
 from aloekit.agents.base import RoleView, get_role_factory
 from aloekit.agents.judge import INVALID, Verdict
 from aloekit.agents.scorer import Score
-from aloekit.config import GenerationOptions, read_text_file
+from aloekit.config import GenerationOptions, Settings, read_text_file
 from aloekit.errors import AloeError, ConfigError
 from aloekit.evaluation.task import BUILTIN_EVAL_SET, load_eval_personas
 from aloekit.graphs.simulate import MAX_CONCURRENCY, RoleConfig, build_role, offered_options
@@ -79,10 +79,8 @@ def judge_key(stage: Stage, judge: RoleConfig, paper_exact: bool = False, both_o
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
 
 
-class AuditConfig(BaseModel):
+class AuditConfig(Settings):
     """Settings of one ``aloe judge audit``."""
-
-    model_config = ConfigDict(extra="forbid")
 
     stage: Stage
     """``simulate``: the preference judge of ``aloe simulate``; ``eval``: the 1-5 scorer of ``aloe eval``."""

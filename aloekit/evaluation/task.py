@@ -12,13 +12,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 from langgraph.graph import END, START, StateGraph
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, Field, field_validator
 from typing_extensions import TypedDict
 
 from aloekit.agents.backends import BackendPool
 from aloekit.agents.base import CallRecord, Message, Role, RoleView
 from aloekit.agents.scorer import Score
-from aloekit.config import GenerationOptions, resolve_section
+from aloekit.config import GenerationOptions, Settings, resolve_section
 from aloekit.errors import AloeError, ConfigError
 from aloekit.evaluation.baselines import get_baseline
 from aloekit.graphs.runner import drive_conversations
@@ -131,10 +131,8 @@ def eval_persona_ids(source: str | Path) -> set[str]:
             for p in _read_eval_file(path, kind)}  # fmt: skip
 
 
-class EvalConfig(BaseModel):
+class EvalConfig(Settings):
     """Settings of one ``aloe eval`` run."""
-
-    model_config = ConfigDict(extra="forbid")
 
     model: str
     """Backend spec of the model under test."""

@@ -8,11 +8,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from autogen_core.models import ChatCompletionClient
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
 from aloekit.agents.backends import BackendPool, parse_spec
 from aloekit.agents.base import RoleFactory, check_prompts, check_role_options, get_role_factory, role_options
-from aloekit.config import GenerationOptions, resolve_section
+from aloekit.config import GenerationOptions, Settings, resolve_section
 from aloekit.errors import AloeError, ConfigError
 from aloekit.graphs.generation import Responder as ResponderSlot
 from aloekit.graphs.generation import RoleSet, build_generation_graph, initial_state, recursion_limit
@@ -27,10 +27,8 @@ FIXED_ROLE_NAMES = ("user", "inducer", "judge", "all")
 """Names ``--role`` uses for the fixed roles (and every role), so no responder may take them."""
 
 
-class RoleConfig(BaseModel):
+class RoleConfig(Settings):
     """One role: which registered kind, on which backend, with which generation options."""
-
-    model_config = ConfigDict(extra="forbid")
 
     kind: str = Field(min_length=1)
     """A registered role kind (``aloe simulate --help`` lists them), built-in or your own."""
@@ -64,10 +62,8 @@ def _responders() -> list[ResponderConfig]:
     ]
 
 
-class SimulationConfig(BaseModel):
+class SimulationConfig(Settings):
     """Settings of ``aloe simulate`` (the ``[simulation]`` table of a config file)."""
-
-    model_config = ConfigDict(extra="forbid")
 
     conversations: int = Field(default=8, ge=1, le=MAX_CONVERSATIONS)
     """How many conversation trees to grow."""

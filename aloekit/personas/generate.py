@@ -11,8 +11,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from autogen_core.models import ChatCompletionClient, UserMessage
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
+from aloekit.config import Settings
 from aloekit.personas.embedding import Embedder, SimilarityFilter
 from aloekit.personas.models import Persona, PersonaKind, normalize_text
 from aloekit.personas.pool import PersonaPool
@@ -37,10 +38,8 @@ examples and from each other in every detail. Keep the same style and length as 
 Write each one on a single line, numbered 1 to {n}, and write nothing else."""
 
 
-class GenerationConfig(BaseModel):
+class GenerationConfig(Settings):
     """Settings for :func:`generate_personas`; a value out of range raises ``pydantic.ValidationError``."""
-
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # inf passes a lower bound but is never meant
 
     kind: PersonaKind
     """Which pool to grow."""

@@ -21,10 +21,10 @@ from collections.abc import Callable, Coroutine, Iterable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from aloekit.agents.base import Message
-from aloekit.config import GenerationOptions, one_line
+from aloekit.config import GenerationOptions, Settings, one_line
 from aloekit.errors import AloeError, ConfigError
 from aloekit.graphs.simulate import MAX_TURNS, RoleConfig
 from aloekit.personas.models import PersonaPair
@@ -41,10 +41,8 @@ environment when trl generates (a prompt read when the row is fetched would be o
 fetches the next batch ahead)."""
 
 
-class GRPOSettings(BaseModel):
+class GRPOSettings(Settings):
     """One ``aloe train grpo`` run (the GRPO counterpart of :class:`~aloekit.training.TrainConfig`)."""
-
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     base: str = "local:smollm2"
     """Policy base model: ``local:smollm2`` or ``hf:PATH``."""

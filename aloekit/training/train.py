@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator
 
-from aloekit.config import format_loc, one_line, read_config_file, read_text_file, source_of
+from aloekit.config import Settings, format_loc, one_line, read_config_file, read_text_file, source_of
 from aloekit.errors import AloeError, ConfigError
 from aloekit.limits import MAX_BATCH_ROWS
 from aloekit.training.data import data_hash
@@ -50,10 +50,8 @@ ROW_COUNT_TRL_FIELDS = ("per_device_train_batch_size", "per_device_eval_batch_si
 POSITIVE_TRL_FIELDS = ("learning_rate", *ROW_COUNT_TRL_FIELDS)
 
 
-class LoraSettings(BaseModel):
+class LoraSettings(Settings):
     """peft LoRA settings."""
-
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     r: int = Field(default=16, gt=0)
     """Rank."""
@@ -73,10 +71,8 @@ class LoraSettings(BaseModel):
         return value
 
 
-class TrainConfig(BaseModel):
+class TrainConfig(Settings):
     """One training run. Defaults come from ``aloekit/training/defaults/{method}.yaml``."""
-
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     method: Method
     """``sft`` or ``dpo``."""

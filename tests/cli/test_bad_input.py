@@ -73,6 +73,10 @@ FILES: dict[str, bytes | str] = {
     "big_persona.csv": "text\n" + "x" * 100 + "\n",
     "retries.toml": "[backend]\nmax_retries = 1100\n",
     "seed.toml": "seed = -5\n",
+    "seed_true.toml": "seed = true\n",
+    "true_sim.toml": "[simulation]\nturns = true\n",
+    "false_eval.toml": "[evaluation]\nturns = false\n",
+    "backends_prefix.toml": '[backends."locl:smollm2"]\ntimeout_s = 5\n',
     "dup_responders.toml": '[[simulation.responders]]\nname = "a"\n[[simulation.responders]]\nname = "a"\n',
 }
 
@@ -94,6 +98,8 @@ BAD_INPUTS: list[tuple[str, list[str]]] = [
     ("config a fifo", ["--config", "fifo.toml", "runs", "list"]),
     ("config retries unbounded", ["--config", "retries.toml", "runs", "list"]),
     ("config seed negative", ["--config", "seed.toml", "runs", "list"]),
+    ("config seed true", ["--config", "seed_true.toml", "runs", "list"]),
+    ("config override of an unknown backend", ["--config", "backends_prefix.toml", "runs", "list"]),
     ("config show unknown command", ["config", "show", "train"]),
     ("config show bad config", ["--config", "bad.toml", "config", "show", "simulate"]),
     ("config show duplicate responders", ["--config", "dup_responders.toml", "config", "show", "simulate"]),
@@ -230,6 +236,7 @@ BAD_INPUTS: list[tuple[str, list[str]]] = [
     ("simulate config unknown key", ["--config", "unknown_sim.toml", "simulate"]),
     ("simulate config wrong type", ["--config", "type_sim.toml", "simulate"]),
     ("simulate config negative", ["--config", "negative_sim.toml", "simulate"]),
+    ("simulate config true for a number", ["--config", "true_sim.toml", "simulate"]),
     ("simulate config huge", ["--config", "huge_sim.toml", "simulate"]),
     ("simulate config role kind", ["--config", "role_kind.toml", "simulate", "--conversations", "2"]),
     ("simulate config role option", ["--config", "role_option.toml", "simulate", "--conversations", "2"]),
@@ -338,6 +345,7 @@ BAD_INPUTS: list[tuple[str, list[str]]] = [
     ("eval concurrency above the cap", ["eval", "--model", "local:smollm2", "--concurrency", "20000"]),
     ("eval resume not an eval", ["eval", "--resume", "RUN_DONE"]),
     ("eval config unknown key", ["--config", "eval_unknown.toml", "eval", "--model", "local:smollm2"]),
+    ("eval config false for a number", ["--config", "false_eval.toml", "eval", "--model", "local:smollm2"]),
     ("eval config turns zero", ["--config", "eval_turns.toml", "eval", "--model", "local:smollm2"]),
     # compare and report
     ("compare unknown runs", ["compare", "no-such-a", "no-such-b"]),

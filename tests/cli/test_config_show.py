@@ -51,7 +51,10 @@ def test_plugins_in_a_config_file_resolve_next_to_it(tmp_path, monkeypatch):
         "from aloekit.agents.backends import register_backend\n"
         "register_backend('nextdoor', description='from a plugin')(lambda spec, settings: None)\n"
     )
-    (project / "aloe.toml").write_text('plugins = ["aloe_plugin_next_to_config"]\n')
+    # An override for the plugin's prefix is checked only once the plugin has registered it.
+    (project / "aloe.toml").write_text(
+        'plugins = ["aloe_plugin_next_to_config"]\n[backends."nextdoor:x"]\ntimeout_s = 5\n'
+    )
     monkeypatch.chdir(tmp_path)  # elsewhere: the plugin is found through the config file's folder
     monkeypatch.setattr("sys.path", list(__import__("sys").path))
     monkeypatch.delitem(sys.modules, "aloe_plugin_next_to_config", raising=False)
