@@ -17,7 +17,7 @@ import tempfile
 import threading
 import traceback
 import warnings
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -384,24 +384,46 @@ def write_whole(path: Path, flag: str, write: Callable[[Path], object]) -> None:
     """Run ``write`` on a temporary file beside ``path``, then put it in place with the old file's permissions:
     a full disk or any other error leaves no partial file, and an existing one as it was. A device or stream
     (``/dev/stdout``) is written directly."""
-    output_file(path, flag)
-    if path.is_file() and not os.access(path, os.W_OK):
-        raise AloeError(f"{flag} {path}: the file is read-only")
-    if is_stream_path(path) or (path.exists() and not path.is_file()):
-        target = path
-    else:
-        target = path.with_name(f".{path.stem}.partial-{os.getpid()}{path.suffix}")  # same suffix: same format
+    write_files([(path, flag, write)])
+
+
+def write_files(outputs: Sequence[tuple[Path, str, Callable[[Path], object]]], stale: Sequence[Path] = ()) -> None:
+    """:func:`write_whole` for files that belong together (a training file and its validation split): each
+    ``(path, flag, write)`` is written to its temporary file first, and only when all are written are they put
+    in place and the ``stale`` files (of an earlier set) removed, so an error leaves the old set as it was."""
+    targets: list[tuple[Path, str, Path]] = []
+    for path, flag, _ in outputs:
+        output_file(path, flag)
+        if path.is_file() and not os.access(path, os.W_OK):
+            raise AloeError(f"{flag} {path}: the file is read-only")
     try:
-        write(target)
-        if target != path:
-            if path.is_file():
-                shutil.copymode(path, target)
-            os.replace(target, path)
-    except OSError as exc:
-        raise AloeError(f"{flag} {path}: cannot write: {exc.strerror or exc}") from None
+        for path, flag, write in outputs:
+            if is_stream_path(path) or (path.exists() and not path.is_file()):
+                target = path
+            else:  # same suffix: same format
+                target = path.with_name(f".{path.stem}.partial-{os.getpid()}{path.suffix}")
+            targets.append((path, flag, target))
+            try:
+                write(target)
+            except OSError as exc:
+                raise AloeError(f"{flag} {path}: cannot write: {exc.strerror or exc}") from None
+        for path, flag, target in targets:
+            try:
+                if target != path:
+                    if path.is_file():
+                        shutil.copymode(path, target)
+                    os.replace(target, path)
+            except OSError as exc:
+                raise AloeError(f"{flag} {path}: cannot write: {exc.strerror or exc}") from None
+        for path in stale:
+            try:
+                path.unlink(missing_ok=True)
+            except OSError as exc:
+                raise AloeError(f"{path}: cannot remove it: {exc.strerror or exc}") from None
     finally:
-        if target != path:
-            target.unlink(missing_ok=True)
+        for path, _, target in targets:
+            if target != path:
+                target.unlink(missing_ok=True)
 
 
 def output_folder(path: Path, flag: str) -> Path:
@@ -424,9 +446,14 @@ def write_text(path: Path, text: str, flag: str) -> None:
     write_whole(path, flag, lambda target: target.write_text(text, encoding="utf-8"))
 
 
+def jsonl_text(rows: list[dict[str, Any]]) -> str:
+    """Rows as JSON lines."""
+    return "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+
+
 def write_jsonl(rows: list[dict[str, Any]], path: Path, flag: str = "--out") -> None:
     """Write rows as JSON lines."""
-    write_text(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), flag)
+    write_text(path, jsonl_text(rows), flag)
 
 
 # Runs -------------------------------------------------------------------------------------------------

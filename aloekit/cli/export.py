@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -11,11 +12,12 @@ from aloekit.cli.app import (
     TURNS,
     App,
     FiniteFloatRange,
+    is_stream_path,
+    jsonl_text,
     output_file,
     output_folder,
     pass_app,
-    write_jsonl,
-    write_whole,
+    write_files,
 )
 from aloekit.errors import AloeError
 from aloekit.secrets import read_secret
@@ -134,15 +136,31 @@ def export(
     # Every kind splits the same conversations alike; a same-seed rerun's copy (KEY-2) stays beside KEY.
     same = {name: key for c in conversations for key in [trees.key(c)] for name in (c.id, keys[c.id])}
     train, val = split_by_conversation(rows, val_fraction, seed=app.config.seed, same=same)
-    if val:  # both paths checked before either is written
-        output_file(out.with_name(f"{out.stem}.val{out.suffix}"), "--val-fraction's validation file")
-    write = write_parquet if file_type == "parquet" else write_jsonl
-    write(train, out)
-    written = {"train": str(out), "train_rows": len(train)}
+    from aloekit.training.train import validation_path  # the name training reads the split from
+
+    val_path = validation_path(out)
+
+    def writer(part: list[dict[str, Any]]) -> Callable[[Path], object]:
+        if file_type == "parquet":
+            from datasets import Dataset
+
+            dataset = Dataset.from_list(part)
+            return lambda target: dataset.to_parquet(str(target))
+        text = jsonl_text(part)
+        return lambda target: target.write_text(text, encoding="utf-8")
+
+    outputs = [(out, "--out", writer(train))]
     if val:
-        val_path = out.with_name(f"{out.stem}.val{out.suffix}")
-        write(val, val_path)
+        outputs.append((val_path, "--val-fraction's validation file", writer(val)))
+    # Without a split, one left beside --out by an earlier export goes: `aloe train` would read it as this
+    # data's validation split, rows of other conversations, perhaps of these very ones.
+    stale = [val_path] if not val and val_path.is_file() and not is_stream_path(out) else []
+    write_files(outputs, stale=stale)
+    written: dict[str, Any] = {"train": str(out), "train_rows": len(train)}
+    if val:
         written |= {"validation": str(val_path), "validation_rows": len(val)}
+    if stale:
+        written["removed_validation"] = str(val_path)
     if hf_dataset or hub_repo:
         from datasets import Dataset, DatasetDict
 
@@ -183,20 +201,14 @@ def export(
     click.echo(
         f"wrote {len(train)} {kind} rows to {out}" + (f" and {len(val)} to {written['validation']}" if val else "")
     )
+    if stale:
+        click.echo(f"removed {val_path}, an earlier export's validation split (training would have read it)")
     skipped = {k: v for k, v in result["skipped"].items() if v}
     if skipped:
         click.echo("skipped: " + ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in skipped.items()))
     if report.cut_conversations:
         click.echo(f"{report.cut_conversations} conversations were cut where they continued with another reply "
                    "(a whole-conversation row must show every reply its user answered)")  # fmt: skip
-
-
-def write_parquet(rows: list[dict[str, Any]], path: Path) -> None:
-    """Write rows as one parquet file (the format verl's trainers read)."""
-    from datasets import Dataset
-
-    dataset = Dataset.from_list(rows)
-    write_whole(path, "--out", lambda target: dataset.to_parquet(str(target)))
 
 
 commands = (export,)

@@ -73,6 +73,43 @@ def test_export_checks_the_validation_file_before_writing_either(run_aloe, tmp_p
     assert not (tmp_path / "sft.jsonl").exists()
 
 
+def test_an_export_without_a_split_removes_an_earlier_ones_validation_file(run_aloe, tmp_path):
+    roles = []
+    for role in ("user", "inducer", "judge", "preferred", "plain"):
+        answers = ["Message 1"] * 20 if role == "judge" else [f"{role} says {i}" for i in range(20)]
+        (tmp_path / f"{role}.json").write_text(json.dumps(answers))
+        roles += ["--role", f"{role}=replay:{role}.json"]
+    assert run_aloe("simulate", "--conversations", "2", "--turns", "2", *roles).returncode == 0
+    assert run_aloe("export", "sft", "--out", "sft.jsonl", "--val-fraction", "0.5").returncode == 0
+    assert (tmp_path / "sft.val.jsonl").is_file()
+    # Left there, `aloe train` would read it as the new file's validation split.
+    proc = run_aloe("--json", "export", "sft", "--out", "sft.jsonl")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["removed_validation"] == "sft.val.jsonl"
+    assert not (tmp_path / "sft.val.jsonl").exists() and (tmp_path / "sft.jsonl").is_file()
+
+
+def test_files_written_together_are_put_in_place_together(tmp_path):
+    from aloekit.cli.app import write_files
+    from aloekit.errors import AloeError
+
+    train, val, stale = tmp_path / "a.jsonl", tmp_path / "a.val.jsonl", tmp_path / "old.jsonl"
+    for path in (train, val, stale):
+        path.write_text("old\n")
+
+    def full_disk(target):
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(AloeError, match=r"^--val \S+/a.val.jsonl: cannot write: No space left on device$"):
+        write_files([(train, "--out", lambda t: t.write_text("new\n")), (val, "--val", full_disk)], stale=[stale])
+    # The first file was written, but not put in place: the old set stands whole, and nothing partial is left.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.jsonl", "a.val.jsonl", "old.jsonl"]
+    assert train.read_text() == val.read_text() == "old\n"
+    write_files([(train, "--out", lambda t: t.write_text("new\n")), (val, "--val", lambda t: t.write_text("v\n"))],
+                stale=[stale])  # fmt: skip
+    assert (train.read_text(), val.read_text(), stale.exists()) == ("new\n", "v\n", False)
+
+
 def test_a_report_folder_whose_files_cannot_be_written_is_refused_before_any_is(tmp_path):
     from aloekit.errors import ConfigError
     from aloekit.evaluation.report import check_report_folder
