@@ -56,8 +56,8 @@ nvidia-smi -L 2>&1 | tee -a "$LOG"
 "$PY" -c "import torch, transformers, trl, peft; print('torch', torch.__version__, 'transformers', \
 transformers.__version__, 'trl', trl.__version__, 'peft', peft.__version__, 'cuda', torch.cuda.is_available())" \
   2>&1 | tee -a "$LOG"
-# transformers < 5.19 lacks what the continuous engine needs: the GPU tests then fail and the engine
-# benchmark's columns say "static (asked continuous)". Install a newer transformers first.
+# transformers < 5.19 lacks what the continuous engine needs: the GPU tests then check the static engine
+# on CUDA and the engine benchmark's columns say "static (asked continuous)". Install a newer one first.
 "$PY" -c "from aloekit.agents.backends.continuous import continuous_batching_available as a; \
 print('continuous batching:', a() or 'available')" 2>&1 | tee -a "$LOG"
 
