@@ -390,7 +390,8 @@ def write_whole(path: Path, flag: str, write: Callable[[Path], object]) -> None:
 def write_files(outputs: Sequence[tuple[Path, str, Callable[[Path], object]]], stale: Sequence[Path] = ()) -> None:
     """:func:`write_whole` for files that belong together (a training file and its validation split): each
     ``(path, flag, write)`` is written to its temporary file first, and only when all are written are they put
-    in place and the ``stale`` files (of an earlier set) removed, so an error leaves the old set as it was."""
+    in place (renames, which do not fail for want of space) and the ``stale`` files of an earlier set removed,
+    so a write error, a full disk, leaves the old set as it was."""
     targets: list[tuple[Path, str, Path]] = []
     for path, flag, _ in outputs:
         output_file(path, flag)
