@@ -397,6 +397,9 @@ def write_files(outputs: Sequence[tuple[Path, str, Callable[[Path], object]]], s
         output_file(path, flag)
         if path.is_file() and not os.access(path, os.W_OK):
             raise AloeError(f"{flag} {path}: the file is read-only")
+    for path in stale:
+        if path.is_file() and not os.access(path, os.W_OK):
+            raise AloeError(f"{path}: the file is read-only (an earlier set's, which this one replaces)")
     try:
         for path, flag, write in outputs:
             if is_stream_path(path) or (path.exists() and not path.is_file()):
@@ -450,11 +453,6 @@ def write_text(path: Path, text: str, flag: str) -> None:
 def jsonl_text(rows: list[dict[str, Any]]) -> str:
     """Rows as JSON lines."""
     return "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
-
-
-def write_jsonl(rows: list[dict[str, Any]], path: Path, flag: str = "--out") -> None:
-    """Write rows as JSON lines."""
-    write_text(path, jsonl_text(rows), flag)
 
 
 # Runs -------------------------------------------------------------------------------------------------

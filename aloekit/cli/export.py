@@ -202,7 +202,7 @@ def export(
         f"wrote {len(train)} {kind} rows to {out}" + (f" and {len(val)} to {written['validation']}" if val else "")
     )
     if stale:
-        click.echo(f"removed {val_path}, an earlier export's validation split (training would have read it)")
+        click.echo(f"removed {val_path}, an earlier export's validation split of {out}")
     skipped = {k: v for k, v in result["skipped"].items() if v}
     if skipped:
         click.echo("skipped: " + ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in skipped.items()))

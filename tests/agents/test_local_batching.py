@@ -140,3 +140,19 @@ async def test_replies_are_the_same_in_rounds_as_in_one_call(tmp_path, monkeypat
     in_rounds = await replies(2, stop=[stop])
     assert in_rounds == await replies(10**6, stop=[stop])
     assert in_rounds[3][1] == "stop" and stop not in in_rounds[3][0]
+
+
+async def test_a_model_asking_for_its_own_cache_decodes_in_one_call(tiny_model_dir):
+    # Gemma's generation config asks for a hybrid cache; generate refuses a cache passed beside that request.
+    client = TransformersChatClient(tiny_model_dir)
+    client.load()
+    client.model.generation_config.cache_implementation = "static"
+    rows = _record_generate_rows(client)
+    results = await asyncio.gather(
+        *(
+            client.create(_msgs(p), extra_create_args={"temperature": 0, "max_tokens": n})
+            for p, n in zip(PROMPTS[:2], [3, 12], strict=True)
+        )
+    )
+    assert [r.usage.completion_tokens for r in results] == [3, 12]
+    assert rows == [2]

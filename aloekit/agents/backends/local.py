@@ -226,6 +226,11 @@ def _decode_in_rounds(
     from transformers import DynamicCache
 
     input_ids, mask = encoded["input_ids"], encoded["attention_mask"]
+    if getattr(model.generation_config, "cache_implementation", None) is not None:
+        # A model that asks for its own cache (Gemma's hybrid one) gets it, in one call, every row to the
+        # end: generate refuses a cache passed beside that request.
+        output = model.generate(**encoded, max_new_tokens=max(max_tokens), **kwargs)
+        return [output[row, input_ids.shape[1] :].tolist() for row in range(len(max_tokens))]
     cache = DynamicCache(config=model.config)
     # a later transformers 5 renamed generate's past_key_values to cache (the old name warns); the model's
     # forward, which peft wraps, names the one this version takes.
@@ -248,7 +253,7 @@ def _decode_in_rounds(
         input_ids, mask = output, torch.cat([mask, mask.new_ones(len(rows), made)], dim=1)
         if len(keep) < len(rows):
             index = torch.tensor(keep, device=output.device)
-            cache.batch_select_indices(index)
+            cache.reorder_cache(index)  # beam search's row selection: every cache layer kind has it
             input_ids, mask = input_ids[index], mask[index]
             rows[:] = [rows[row] for row in keep]
 
@@ -661,7 +666,8 @@ class TransformersChatClient(ChatCompletionClient):
                 len(tokens) >= max_tokens[request]
                 or not eos_ids.isdisjoint(tokens)
                 or (stopper is not None and stopper.timed_out[request])
-                or any(s in tokenizer.decode(tokens, skip_special_tokens=True) for s in stop)
+                # transformers' criterion matches stop strings on the tokens' own text, special tokens too
+                or any(s in tokenizer.decode(tokens) for s in stop)
             )
 
         with torch.inference_mode(), self._model_turn():
