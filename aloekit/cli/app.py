@@ -351,14 +351,15 @@ def check_backend_overrides(config: AloeConfig, config_path: Path | None) -> Non
     """Each ``[backends."SPEC"]`` table must name a spec of a registered backend (checked once plugins have
     registered theirs): an override under a mistyped prefix would otherwise apply to nothing, silently."""
     from aloekit.agents.backends import parse_spec
+    from aloekit.config import config_layers, source_of
     from aloekit.errors import SpecError
 
     for spec in config.backends:
         try:
             parse_spec(spec)
-        except SpecError as exc:
-            where = f"{config_path}: " if config_path else ""
-            raise AloeError(one_line(f"{where}backends[{spec!r}]: {exc}")) from None
+        except SpecError as exc:  # named as the config's other errors: the file, or the variable that set it
+            source = source_of(("backends", spec), config_layers(config_path)) or "config"
+            raise AloeError(one_line(f"{source.removeprefix('file ')}: backends[{spec!r}]: {exc}")) from None
 
 
 # Output paths -----------------------------------------------------------------------------------------

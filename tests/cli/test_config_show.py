@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import sys
 
+import pytest
 from click.testing import CliRunner
 
 from aloekit.agents.backends import registry
@@ -74,3 +75,18 @@ def test_the_readme_letters_tip_works_as_written(tmp_path, monkeypatch):
     shown = json.loads(result.stdout)
     assert shown["simulation.judge.kind"] == {"value": "preference_judge", "source": "default"}
     assert shown["simulation.judge.options.labels"] == {"value": "letters", "source": "file aloe.toml"}
+
+
+@pytest.mark.parametrize("from_file", [True, False], ids=["file", "environment"])
+def test_an_override_for_an_unknown_backend_names_where_it_was_set(tmp_path, monkeypatch, from_file):
+    monkeypatch.chdir(tmp_path)
+    if from_file:
+        (tmp_path / "aloe.toml").write_text('[backends."locl:smollm2"]\ntimeout_s = 5\n')
+        args, where = ["--config", "aloe.toml"], "aloe.toml"
+    else:
+        monkeypatch.setenv("ALOE_BACKENDS__LOCL:SMOLLM2__TIMEOUT_S", "5")
+        args, where = [], "environment variable ALOE_BACKENDS__LOCL:SMOLLM2__TIMEOUT_S"
+    result = CliRunner().invoke(cli, [*args, "runs", "list"])
+    assert result.exit_code == 1
+    assert result.stderr.startswith(f"error: {where}: backends['locl:smollm2']: unknown backend prefix 'locl' (known: ")
+    assert result.stderr.count("\n") == 1
