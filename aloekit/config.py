@@ -21,6 +21,8 @@ ENV_PREFIX = "ALOE_"
 M = TypeVar("M", bound=BaseModel)
 CONFIG_SUFFIXES = (".toml", ".yaml", ".yml")
 MAX_CONFIG_BYTES = 16 * 2**20
+MAX_SEED = 2**32 - 1
+"""The largest seed: numpy's, which trl and transformers seed."""
 
 
 def _types_in(annotation: Any) -> set[Any]:
@@ -141,7 +143,7 @@ class AloeConfig(Settings):
 
     db: Path = Path("aloe.db")
     """SQLite database holding runs, the call log and every later stage's output."""
-    seed: int = Field(default=0, ge=0, le=2**32 - 1)
+    seed: int = Field(default=0, ge=0, le=MAX_SEED)
     """Seed for everything random in a run."""
     generation: GenerationOptions = GenerationOptions()
     """Default generation options for every role."""

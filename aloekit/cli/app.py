@@ -31,7 +31,7 @@ from rich.logging import RichHandler
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from aloekit.agents.backends import BackendPool, TransformersChatClient
-from aloekit.config import AloeConfig, one_line
+from aloekit.config import MAX_SEED, AloeConfig, one_line
 from aloekit.errors import AloeError, Terminated, first_leaf, run_async, stop_signals
 from aloekit.limits import MAX_CONCURRENCY, MAX_CONVERSATIONS, MAX_TURNS
 from aloekit.secrets import RedactingFilter, redact, redacted_output, register_url_secrets
@@ -116,12 +116,18 @@ class App:
         else:
             self.say(text)
 
-    def seed_for(self, flag: int | None, section: dict[str, Any]) -> int:
-        """A stage's seed: its own --seed, else ``aloe --seed``, else its config section's, else the top-level one."""
-        for candidate in (flag, self.cli_seed, section.get("seed")):
+    def seed_for(self, flag: int | None, section: dict[str, Any], where: str) -> int:
+        """A stage's seed: its own --seed, else ``aloe --seed``, else its config section's (checked here, ``where``
+        naming the section in the error: it is then passed on as a flag), else the top-level one."""
+        for candidate in (flag, self.cli_seed):
             if candidate is not None:
-                return int(candidate)
-        return self.config.seed
+                return candidate
+        value = section.get("seed")
+        if value is None:
+            return self.config.seed
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_SEED:
+            raise AloeError(one_line(f"{where}: field seed: a whole number from 0 to {MAX_SEED}, not {value!r}"))
+        return value
 
     def progress(self, label: str, note: str) -> Progress:
         """A progress bar on stderr (off with --quiet/--json): label, bar, done/total, note, elapsed."""
@@ -356,7 +362,8 @@ def check_backend_overrides(config: AloeConfig, config_path: Path | None) -> Non
 
     for spec in config.backends:
         try:
-            parse_spec(spec)
+            if parse_spec(spec).text != spec:  # a spec is looked up as written: " local:x" would match none
+                raise SpecError("spaces around the spec: no role's spec would match it")
         except SpecError as exc:  # named as the config's other errors: the file, or the variable that set it
             source = source_of(("backends", spec), config_layers(config_path)) or "config"
             raise AloeError(one_line(f"{source.removeprefix('file ')}: backends[{spec!r}]: {exc}")) from None
@@ -390,9 +397,9 @@ def write_whole(path: Path, flag: str, write: Callable[[Path], object]) -> None:
 
 def write_files(outputs: Sequence[tuple[Path, str, Callable[[Path], object]]], stale: Sequence[Path] = ()) -> None:
     """:func:`write_whole` for files that belong together (a training file and its validation split): each
-    ``(path, flag, write)`` is written to its temporary file first, and only when all are written are they put
-    in place (renames, which do not fail for want of space) and the ``stale`` files of an earlier set removed,
-    so a write error, a full disk, leaves the old set as it was."""
+    ``(path, flag, write)`` is written to its temporary file first; only when all are written are the ``stale``
+    files of an earlier set removed and the new ones put in place (renames, which do not fail for want of
+    space), so a write error, a full disk, leaves the old set as it was."""
     targets: list[tuple[Path, str, Path]] = []
     for path, flag, _ in outputs:
         output_file(path, flag)
@@ -412,6 +419,11 @@ def write_files(outputs: Sequence[tuple[Path, str, Callable[[Path], object]]], s
                 write(target)
             except OSError as exc:
                 raise AloeError(f"{flag} {path}: cannot write: {exc.strerror or exc}") from None
+        for path in stale:  # first: a file that cannot go fails the set before anything is replaced
+            try:
+                path.unlink(missing_ok=True)
+            except OSError as exc:
+                raise AloeError(f"{path}: cannot remove it: {exc.strerror or exc}") from None
         for path, flag, target in targets:
             try:
                 if target != path:
@@ -420,11 +432,6 @@ def write_files(outputs: Sequence[tuple[Path, str, Callable[[Path], object]]], s
                     os.replace(target, path)
             except OSError as exc:
                 raise AloeError(f"{flag} {path}: cannot write: {exc.strerror or exc}") from None
-        for path in stale:
-            try:
-                path.unlink(missing_ok=True)
-            except OSError as exc:
-                raise AloeError(f"{path}: cannot remove it: {exc.strerror or exc}") from None
     finally:
         for path, _, target in targets:
             if target != path:

@@ -135,7 +135,11 @@ def export(
         )
     # Every kind splits the same conversations alike; a same-seed rerun's copy (KEY-2) stays beside KEY.
     same = {name: key for c in conversations for key in [trees.key(c)] for name in (c.id, keys[c.id])}
+    if val_fraction and is_stream_path(out):  # the split goes beside --out, which a stream has not
+        raise AloeError(f"--val-fraction needs --out to be a file, not the stream {out}: its split goes beside it")
     train, val = split_by_conversation(rows, val_fraction, seed=app.config.seed, same=same)
+    if not train:
+        raise AloeError(f"--val-fraction {val_fraction:g} held out all {len(rows)} rows: nothing is left to train on")
     from aloekit.training.train import validation_path  # the name training reads the split from
 
     val_path = validation_path(out)

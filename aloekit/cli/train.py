@@ -114,6 +114,19 @@ def offline_command(method: str, what: str) -> click.Command:
     return click.command(method, help=f"{what} The adapter then works as the backend hf:BASE+OUT.")(pass_app(command))
 
 
+def offline_seed(app: App, train_config: Path | None) -> int | None:
+    """The seed ``train sft|dpo`` passes on as a flag: ``aloe --seed``, else none where the train config sets
+    its own (checked there with its other fields), else the top-level config's, which as a flag would
+    override the train config's."""
+    from aloekit.config import read_config_file
+
+    if app.cli_seed is not None:
+        return app.cli_seed
+    if train_config is not None and "seed" in read_config_file(Path(train_config), "train config"):
+        return None
+    return app.config.seed
+
+
 def train_offline(
     app: App,
     method: str,
@@ -153,7 +166,7 @@ def train_offline(
         max_length=max_length,
         batch_size=batch_size,
         overwrite=overwrite or None,
-        seed=app.config.seed,
+        seed=offline_seed(app, train_config),
         lora={k: v for k, v in lora.items() if v is not None},
         trl=parse_trl_options(trl_options),
     )
@@ -249,9 +262,10 @@ def grpo_command(
     if launched_processes()[1] > 1:  # each process would start its own run, simulated users and judge calls
         raise AloeError("aloe train grpo runs in one process: start it without accelerate launch / torchrun")
     from_file = read_config_file(Path(train_config), "train config") if train_config is not None else {}
+    seed = app.seed_for(None, from_file, f"train config {train_config}")
     flags = {"base": base, "out": out, "personas": personas, "turns": turns, "group": group, "max_steps": max_steps,
              "max_completion_length": max_completion_length, "init_adapter": init_adapter,
-             "overwrite": overwrite or None, "seed": app.seed_for(None, from_file), "save_steps": save_steps,
+             "overwrite": overwrite or None, "seed": seed, "save_steps": save_steps,
              "resume": resume or None, "profile_weight": profile_weight,
              "trl": parse_trl_options(trl_options) or None}  # fmt: skip
     try:

@@ -77,6 +77,10 @@ FILES: dict[str, bytes | str] = {
     "true_sim.toml": "[simulation]\nturns = true\n",
     "false_eval.toml": "[evaluation]\nturns = false\n",
     "backends_prefix.toml": '[backends."locl:smollm2"]\ntimeout_s = 5\n',
+    "backends_spaces.toml": '[backends." local:smollm2"]\ntimeout_s = 5\n',
+    "sim_seed_text.toml": '[simulation]\nseed = "abc"\n',
+    "sim_seed_true.toml": "[simulation]\nseed = true\n",
+    "eval_seed_fraction.toml": "[evaluation]\nseed = 1.7\n",
     "dup_responders.toml": '[[simulation.responders]]\nname = "a"\n[[simulation.responders]]\nname = "a"\n',
 }
 
@@ -100,6 +104,7 @@ BAD_INPUTS: list[tuple[str, list[str]]] = [
     ("config seed negative", ["--config", "seed.toml", "runs", "list"]),
     ("config seed true", ["--config", "seed_true.toml", "runs", "list"]),
     ("config override of an unknown backend", ["--config", "backends_prefix.toml", "runs", "list"]),
+    ("config override with spaces around its spec", ["--config", "backends_spaces.toml", "runs", "list"]),
     ("config show unknown command", ["config", "show", "train"]),
     ("config show bad config", ["--config", "bad.toml", "config", "show", "simulate"]),
     ("config show duplicate responders", ["--config", "dup_responders.toml", "config", "show", "simulate"]),
@@ -237,6 +242,9 @@ BAD_INPUTS: list[tuple[str, list[str]]] = [
     ("simulate config wrong type", ["--config", "type_sim.toml", "simulate"]),
     ("simulate config negative", ["--config", "negative_sim.toml", "simulate"]),
     ("simulate config true for a number", ["--config", "true_sim.toml", "simulate"]),
+    ("simulate config seed text", ["--config", "sim_seed_text.toml", "simulate"]),
+    ("simulate config seed true", ["--config", "sim_seed_true.toml", "simulate"]),
+    ("judge audit config seed text", ["--config", "sim_seed_text.toml", "judge", "audit", "--stage", "simulate"]),
     ("simulate config huge", ["--config", "huge_sim.toml", "simulate"]),
     ("simulate config role kind", ["--config", "role_kind.toml", "simulate", "--conversations", "2"]),
     ("simulate config role option", ["--config", "role_option.toml", "simulate", "--conversations", "2"]),
@@ -346,6 +354,7 @@ BAD_INPUTS: list[tuple[str, list[str]]] = [
     ("eval resume not an eval", ["eval", "--resume", "RUN_DONE"]),
     ("eval config unknown key", ["--config", "eval_unknown.toml", "eval", "--model", "local:smollm2"]),
     ("eval config false for a number", ["--config", "false_eval.toml", "eval", "--model", "local:smollm2"]),
+    ("eval config seed fraction", ["--config", "eval_seed_fraction.toml", "eval", "--model", "local:smollm2"]),
     ("eval config turns zero", ["--config", "eval_turns.toml", "eval", "--model", "local:smollm2"]),
     # compare and report
     ("compare unknown runs", ["compare", "no-such-a", "no-such-b"]),

@@ -87,6 +87,11 @@ def test_an_export_without_a_split_removes_an_earlier_ones_validation_file(run_a
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["removed_validation"] == "sft.val.jsonl"
     assert not (tmp_path / "sft.val.jsonl").exists() and (tmp_path / "sft.jsonl").is_file()
+    # A split has no place beside a stream, and one that holds out every row leaves nothing to train on.
+    proc = run_aloe("export", "sft", "--out", "/dev/stdout", "--val-fraction", "0.5")
+    assert proc.returncode == 1 and proc.stderr.startswith("error: --val-fraction needs --out to be a file")
+    proc = run_aloe("export", "sft", "--out", "all.jsonl", "--val-fraction", "0.99")
+    assert proc.returncode == 1 and "held out all" in proc.stderr and not (tmp_path / "all.jsonl").exists()
 
 
 def test_files_written_together_are_put_in_place_together(tmp_path):
