@@ -178,7 +178,7 @@ def train_offline(
     run_id = app.store.start_run(
         command_line(),
         {**app.config.model_dump(mode="json"), "train": config.model_dump(mode="json"), "world_size": world},
-        app.config.seed,
+        config.seed,  # the one it trains with
     )
     with run_lifetime(app.store, run_id), step_progress(app, f"train {method}", "loss", "loss", 4) as (steps, say):
         summary = train(config, callbacks=[steps], on_status=say)
