@@ -74,7 +74,7 @@ CONCURRENCY = click.IntRange(1, MAX_CONCURRENCY)
 NON_NEGATIVE = click.IntRange(0, MAX_CONVERSATIONS)
 TEMPERATURE = FiniteFloatRange(0, 10)
 PORT = click.IntRange(0, 65535)
-SEED = click.IntRange(0, 2**32 - 1)
+SEED = click.IntRange(0, MAX_SEED)
 
 
 @dataclass
@@ -116,18 +116,13 @@ class App:
         else:
             self.say(text)
 
-    def seed_for(self, flag: int | None, section: dict[str, Any], where: str) -> int:
-        """A stage's seed: its own --seed, else ``aloe --seed``, else its config section's (checked here, ``where``
-        naming the section in the error: it is then passed on as a flag), else the top-level one."""
-        for candidate in (flag, self.cli_seed):
+    def seed_for(self, flag: int | None, section: dict[str, Any]) -> Any:
+        """A stage's seed: its own --seed, else ``aloe --seed``, else its config section's, else the top-level one.
+        The section's is passed on as written, for the stage's settings to check with its other fields."""
+        for candidate in (flag, self.cli_seed, section.get("seed")):
             if candidate is not None:
                 return candidate
-        value = section.get("seed")
-        if value is None:
-            return self.config.seed
-        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_SEED:
-            raise AloeError(one_line(f"{where}: field seed: a whole number from 0 to {MAX_SEED}, not {value!r}"))
-        return value
+        return self.config.seed
 
     def progress(self, label: str, note: str) -> Progress:
         """A progress bar on stderr (off with --quiet/--json): label, bar, done/total, note, elapsed."""

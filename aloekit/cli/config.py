@@ -35,7 +35,7 @@ def config_show(app: App, command: str | None) -> None:
         resolved = EvalConfig.resolve({"model": "(set by --model)"}, app.config.evaluation)
         effective[section] = resolved.model_dump(mode="json")
     if section:  # a stage's seed: `aloe --seed` wins over the section's own (App.seed_for)
-        effective[section]["seed"] = app.seed_for(None, getattr(app.config, section), f"{section} config")
+        effective[section]["seed"] = app.seed_for(None, getattr(app.config, section))
     layers = config_layers(app.config_path, app.global_flags)
     if section and app.cli_seed is not None:
         layers.insert(0, ("flag --seed", {section: {"seed": app.cli_seed}}))

@@ -93,7 +93,7 @@ def eval_command(
         flags = {"model": model_spec, "mode": mode, "replay_run": replay_run, "eval_set": eval_set,
                  "personas": personas, "turns": turns, "concurrency": concurrency, "baseline": baseline,
                  "max_calls": max_calls, "max_tokens": max_tokens,
-                 "seed": app.seed_for(eval_seed, app.config.evaluation, "evaluation config")}  # fmt: skip
+                 "seed": app.seed_for(eval_seed, app.config.evaluation)}  # fmt: skip
         try:
             config = EvalConfig.resolve(app.config.evaluation, {k: v for k, v in flags.items() if v is not None})
         except ValidationError as exc:

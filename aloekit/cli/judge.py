@@ -67,9 +67,8 @@ def judge_audit(
         assignments[role.strip()] = spec.strip()
     if stage == "eval" and (judge_both_orders or paper_exact):
         raise AloeError("--judge-both-orders and --paper-exact describe the simulation judge: use --stage simulate")
-    seed = app.seed_for(audit_seed, section, "evaluation config" if stage == "eval" else "simulation config")
     config = audit_config(stage, section, assignments, eval_set=eval_set, personas=personas, concurrency=concurrency,
-                          seed=seed, both_orders=judge_both_orders,
+                          seed=app.seed_for(audit_seed, section), both_orders=judge_both_orders,
                           paper_exact=paper_exact)  # fmt: skip
     labels = read_labels(labels_path) if labels_path else None
     load_eval_personas(config.eval_set)  # a bad eval set fails here, before the run row

@@ -96,7 +96,7 @@ def simulate(
         "max_tokens": max_tokens,
         "judge_both_orders": judge_both_orders,
         "paper_exact": paper_exact,
-        "seed": app.seed_for(sim_seed, app.config.simulation, "simulation config"),
+        "seed": app.seed_for(sim_seed, app.config.simulation),
         "eval_set": eval_set,
         "allow_eval_personas": allow_eval_personas,
     }

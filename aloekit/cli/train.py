@@ -262,10 +262,9 @@ def grpo_command(
     if launched_processes()[1] > 1:  # each process would start its own run, simulated users and judge calls
         raise AloeError("aloe train grpo runs in one process: start it without accelerate launch / torchrun")
     from_file = read_config_file(Path(train_config), "train config") if train_config is not None else {}
-    seed = app.seed_for(None, from_file, f"train config {train_config}")
     flags = {"base": base, "out": out, "personas": personas, "turns": turns, "group": group, "max_steps": max_steps,
              "max_completion_length": max_completion_length, "init_adapter": init_adapter,
-             "overwrite": overwrite or None, "seed": seed, "save_steps": save_steps,
+             "overwrite": overwrite or None, "seed": app.seed_for(None, from_file), "save_steps": save_steps,
              "resume": resume or None, "profile_weight": profile_weight,
              "trl": parse_trl_options(trl_options) or None}  # fmt: skip
     try:

@@ -41,6 +41,7 @@ from aloekit.config import GenerationOptions, Settings, read_text_file
 from aloekit.errors import AloeError, ConfigError
 from aloekit.evaluation.task import BUILTIN_EVAL_SET, load_eval_personas
 from aloekit.graphs.simulate import MAX_CONCURRENCY, RoleConfig, build_role, offered_options
+from aloekit.limits import SQLITE_INT_MAX, SQLITE_INT_MIN
 from aloekit.personas.models import Persona, PersonaPair
 from aloekit.store import Store, utcnow
 
@@ -100,8 +101,8 @@ class AuditConfig(Settings):
     """Personas of the probes: ``builtin`` or a folder with the paper's two files."""
     personas: int | None = Field(default=20, ge=2)
     """Probe N eval personas (two probes each; no two neighbours share a profile or personality); None: all."""
-    seed: int = 0
-    """Seeds every sampled call."""
+    seed: int = Field(default=0, ge=SQLITE_INT_MIN, le=SQLITE_INT_MAX)
+    """Seeds every sampled call (the bounds of the stage's own seed)."""
     concurrency: int = Field(default=8, gt=0, le=MAX_CONCURRENCY)
     """Personas probed at once."""
 
