@@ -114,19 +114,6 @@ def offline_command(method: str, what: str) -> click.Command:
     return click.command(method, help=f"{what} The adapter then works as the backend hf:BASE+OUT.")(pass_app(command))
 
 
-def offline_seed(app: App, train_config: Path | None) -> int | None:
-    """The seed ``train sft|dpo`` passes on as a flag: ``aloe --seed``, else none where the train config sets
-    its own (checked there with its other fields), else the top-level config's, which as a flag would
-    override the train config's."""
-    from aloekit.config import read_config_file
-
-    if app.cli_seed is not None:
-        return app.cli_seed
-    if train_config is not None and "seed" in read_config_file(Path(train_config), "train config"):
-        return None
-    return app.config.seed
-
-
 def train_offline(
     app: App,
     method: str,
@@ -166,7 +153,8 @@ def train_offline(
         max_length=max_length,
         batch_size=batch_size,
         overwrite=overwrite or None,
-        seed=offline_seed(app, train_config),
+        seed=app.cli_seed,  # `aloe --seed` wins over the train config's; the top-level seed only fills in
+        default_seed=app.config.seed,
         lora={k: v for k, v in lora.items() if v is not None},
         trl=parse_trl_options(trl_options),
     )

@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 from pydantic import Field
 
 from aloekit.agents.base import Message
-from aloekit.config import GenerationOptions, Settings, one_line
+from aloekit.config import MAX_SEED, GenerationOptions, Settings, one_line
 from aloekit.errors import AloeError, ConfigError
 from aloekit.graphs.simulate import MAX_TURNS, RoleConfig
 from aloekit.personas.models import PersonaPair
@@ -66,7 +66,7 @@ class GRPOSettings(Settings):
     were running start afresh with the next personas (an unfinished conversation is not in the checkpoint)."""
     overwrite: bool = False
     """Replace an adapter already in ``out``."""
-    seed: int = Field(default=0, ge=0, lt=2**32)
+    seed: int = Field(default=0, ge=0, le=MAX_SEED)
     """Seed for persona sampling, the environment and trl."""
     lora: LoraSettings = LoraSettings()
     """LoRA settings (as for SFT and DPO)."""

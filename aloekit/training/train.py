@@ -20,7 +20,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, ValidationError, field_validator
 
-from aloekit.config import Settings, format_loc, one_line, read_config_file, read_text_file, source_of
+from aloekit.config import MAX_SEED, Settings, format_loc, one_line, read_config_file, read_text_file, source_of
 from aloekit.errors import AloeError, ConfigError
 from aloekit.limits import MAX_BATCH_ROWS
 from aloekit.training.data import data_hash
@@ -90,7 +90,7 @@ class TrainConfig(Settings):
     """Stop after this many optimiser steps (-1: run ``epochs``)."""
     epochs: float = Field(default=1.0, gt=0)
     """Passes over the data when ``max_steps`` is -1."""
-    seed: int = Field(default=0, ge=0, lt=2**32)
+    seed: int = Field(default=0, ge=0, le=MAX_SEED)
     """Seed for trl/transformers (numpy's seed range)."""
     lora: LoraSettings = LoraSettings()
     """LoRA settings."""
@@ -182,9 +182,12 @@ def default_config(method: Method) -> dict[str, Any]:
     return yaml.safe_load(text)
 
 
-def build_train_config(method: Method, file: Path | None = None, **overrides: Any) -> TrainConfig:
-    """Shipped defaults < YAML/TOML ``file`` < ``overrides``; None values are ignored and the ``lora``
-    and ``trl`` tables are merged key by key. Errors name the file or flag and the field."""
+def build_train_config(
+    method: Method, file: Path | None = None, *, default_seed: int | None = None, **overrides: Any
+) -> TrainConfig:
+    """Shipped defaults (and ``default_seed``, the run's top-level seed) < YAML/TOML ``file`` < ``overrides``;
+    None values are ignored and the ``lora`` and ``trl`` tables are merged key by key. Errors name the file or
+    flag and the field."""
 
     def merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
         out = dict(base)
@@ -195,7 +198,7 @@ def build_train_config(method: Method, file: Path | None = None, **overrides: An
             out[key] = {**base[key], **value} if tables else value
         return out
 
-    defaults = default_config(method)
+    defaults = default_config(method) | ({"seed": default_seed} if default_seed is not None else {})
     from_file = read_config_file(Path(file), "train config") if file is not None else {}
     # The CLI passes {} for "no --lora-*/--trl flags": that overrides nothing, and names no source.
     flags = {

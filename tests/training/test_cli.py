@@ -113,21 +113,17 @@ def test_the_usage_line_of_python_m_aloekit_training_works_when_copied(tmp_path)
 
 @pytest.mark.parametrize(
     ("cli_seed", "file_text", "top_seed", "expected"),
-    [(3, "seed: 7\n", 5, 3), (None, "seed: 7\n", 5, None), (None, "epochs: 1\n", 5, 5), (None, None, 5, 5)],
+    [(3, "seed: 7\n", 5, 3), (None, "seed: 7\n", 5, 7), (None, "epochs: 1\n", 5, 5), (None, None, 5, 5)],
     ids=["aloe --seed wins", "the train config's own", "else the top-level one", "no train config"],
 )
 def test_the_train_configs_seed_is_not_overridden_by_the_top_level_one(tmp_path, cli_seed, file_text, top_seed,
                                                                        expected):  # fmt: skip
-    from aloekit.cli.app import App
-    from aloekit.cli.train import offline_seed
-    from aloekit.config import AloeConfig
     from aloekit.training import build_train_config
 
     path = None
     if file_text is not None:
         (path := tmp_path / "t.yaml").write_text(file_text)
-    seed = offline_seed(App(config=AloeConfig(seed=top_seed), cli_seed=cli_seed), path)
-    assert seed == expected
-    data = tmp_path / "rows.jsonl"
-    config = build_train_config("sft", path, data=data, base="local:smollm2", out=tmp_path / "o", seed=seed)
-    assert config.seed == (7 if expected is None else expected)  # None: the file's seed stands
+    # As `aloe train sft|dpo` passes them: `aloe --seed` as a flag, the top-level seed as the default.
+    config = build_train_config("sft", path, data=tmp_path / "rows.jsonl", base="local:smollm2", out=tmp_path / "o",
+                                seed=cli_seed, default_seed=top_seed)  # fmt: skip
+    assert config.seed == expected
