@@ -155,7 +155,7 @@ def test_a_row_that_ended_before_its_deadline_is_not_timed_out():
 
     later = time.monotonic() + 3600
     deadlines: list[float | None] = [later, later, later, None]
-    stop = _deadline_stop(deadlines, [5, 1, 5, 5], prompt_len=2, eos_ids={0})
+    stop = _deadline_stop(deadlines, [5, 1, 5, 5], prompt_len=2, eos_ids={0}, rows=[0, 1, 2, 3])
     # First token: row 0 ends with an end of sequence, row 1 reaches its max_tokens, rows 2 and 3 go on.
     ids = torch.tensor([[7, 7, 0], [7, 7, 4], [7, 7, 4], [7, 7, 4]])
     assert stop(ids, None).tolist() == [True, True, False, False]

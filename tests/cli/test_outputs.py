@@ -60,13 +60,18 @@ def test_a_replaced_file_keeps_its_permissions(tmp_path):
     assert out.read_text() == "new\n" and out.stat().st_mode & 0o777 == 0o600
 
 
-def test_export_checks_the_validation_file_before_writing_either(run_aloe, tmp_path):
+def _simulate_two_conversations(run_aloe, tmp_path):
+    """Two conversations of two turns from replay files, every role answered without a model."""
     roles = []
     for role in ("user", "inducer", "judge", "preferred", "plain"):
         answers = ["Message 1"] * 20 if role == "judge" else [f"{role} says {i}" for i in range(20)]
         (tmp_path / f"{role}.json").write_text(json.dumps(answers))
         roles += ["--role", f"{role}=replay:{role}.json"]
     assert run_aloe("simulate", "--conversations", "2", "--turns", "2", *roles).returncode == 0
+
+
+def test_export_checks_the_validation_file_before_writing_either(run_aloe, tmp_path):
+    _simulate_two_conversations(run_aloe, tmp_path)
     (tmp_path / "sft.val.jsonl").mkdir()
     proc = run_aloe("export", "sft", "--out", "sft.jsonl", "--val-fraction", "0.5")
     assert proc.returncode == 1 and "sft.val.jsonl: is a folder" in proc.stderr
@@ -74,12 +79,7 @@ def test_export_checks_the_validation_file_before_writing_either(run_aloe, tmp_p
 
 
 def test_an_export_without_a_split_removes_an_earlier_ones_validation_file(run_aloe, tmp_path):
-    roles = []
-    for role in ("user", "inducer", "judge", "preferred", "plain"):
-        answers = ["Message 1"] * 20 if role == "judge" else [f"{role} says {i}" for i in range(20)]
-        (tmp_path / f"{role}.json").write_text(json.dumps(answers))
-        roles += ["--role", f"{role}=replay:{role}.json"]
-    assert run_aloe("simulate", "--conversations", "2", "--turns", "2", *roles).returncode == 0
+    _simulate_two_conversations(run_aloe, tmp_path)
     assert run_aloe("export", "sft", "--out", "sft.jsonl", "--val-fraction", "0.5").returncode == 0
     assert (tmp_path / "sft.val.jsonl").is_file()
     # Left there, `aloe train` would read it as the new file's validation split.

@@ -183,16 +183,14 @@ def _deadline_stop(
     max_tokens: list[int],
     prompt_len: int,
     eos_ids: set[int],
-    rows: list[int] | None = None,
+    rows: list[int],
 ) -> Any:
     """A stopping criterion finishing each row once ``time.monotonic()`` passes its deadline (None: never),
     so ``generate`` returns when every row is done. ``timed_out[request]`` says the request was still
     generating then; one that had already ended (end of sequence or its own ``max_tokens``) is not timed out.
-    ``rows[i]`` is the request (index into ``deadlines``) that batch row ``i`` holds now (default: row i)."""
+    ``rows[i]`` is the request (index into ``deadlines``) that batch row ``i`` holds now."""
     import torch
     from transformers import StoppingCriteria
-
-    held = rows if rows is not None else list(range(len(deadlines)))
 
     class DeadlineStop(StoppingCriteria):
         def __init__(self) -> None:
@@ -201,7 +199,7 @@ def _deadline_stop(
 
         def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
             now, generated = time.monotonic(), input_ids.shape[1] - prompt_len
-            for request, last in zip(held, input_ids[:, -1].tolist(), strict=True):
+            for request, last in zip(rows, input_ids[:, -1].tolist(), strict=True):
                 if self.ended[request] or self.timed_out[request]:
                     continue
                 if last in eos_ids or generated >= max_tokens[request]:
@@ -209,7 +207,7 @@ def _deadline_stop(
                 elif (deadline := deadlines[request]) is not None and now >= deadline:
                     self.timed_out[request] = True
             # Ended rows are finished too: a row past its own max_tokens need not keep the batch running.
-            done = [self.ended[r] or self.timed_out[r] for r in held]
+            done = [self.ended[r] or self.timed_out[r] for r in rows]
             return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
     return DeadlineStop()
