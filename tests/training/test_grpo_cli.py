@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import json
+import signal
+import threading
+import time
 
 import pytest
+from click.testing import CliRunner
 
+from aloekit.cli import cli
+from aloekit.cpu_thread import call_on_cpu_thread, on_cpu_thread
 from aloekit.graphs import TreeStore
 from aloekit.store import Store
 from aloekit.testing import StubOpenAIServer, role_aware_reply
+from aloekit.training import grpo
 
 
 def test_grpo_cli_trains_stores_rollouts_and_reports(run_aloe, tmp_path, tiny_model_dir):
@@ -79,3 +86,37 @@ def test_a_resume_with_another_setup_is_refused_before_any_run(run_aloe, tmp_pat
                             "resume with the same one (only --max-steps and --save-steps may change), or train into "
                             "another --out\n")  # fmt: skip
     assert Store(tmp_path / "aloe.db", readonly=True).conn.execute("SELECT COUNT(*) FROM runs").fetchone()[0] == 1
+
+
+def test_grpo_trains_on_the_cpu_thread_and_ctrl_c_aborts_it_after_its_step(tmp_path, tiny_model_dir, monkeypatch):
+    """Training runs where the rollouts' in-process models generate (aloekit.cpu_thread); Ctrl-C, which only the
+    main thread receives, makes the trainer end at its next step with nothing written after it."""
+    seen = {}
+    main_thread = threading.get_ident()
+
+    def fake_train_grpo(settings, envs, personas, *, callbacks, **kwargs):
+        seen["on_cpu_thread"] = on_cpu_thread()
+        abort = callbacks[-1]
+        abort.on_step_end(None, type("State", (), {"global_step": 1})(), None)  # not set yet: step 1 goes on
+        signal.pthread_kill(main_thread, signal.SIGINT)  # Ctrl-C during step 2
+        deadline = time.monotonic() + 120
+        while not abort.event.is_set() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        try:
+            abort.on_step_end(None, type("State", (), {"global_step": 2})(), None)
+        except Exception as exc:
+            seen["aborted"] = str(exc)
+            raise
+        return {}
+
+    monkeypatch.setattr(grpo, "train_grpo", fake_train_grpo)
+    with StubOpenAIServer(respond=role_aware_reply) as server:
+        roles = ["--role", f"user={server.spec()}", "--role", f"judge={server.spec()}"]
+        out = ["--out", str(tmp_path / "grpo")]
+        args = ["--db", str(tmp_path / "aloe.db"), "train", "grpo", "--base", f"hf:{tiny_model_dir}", *out, *roles]
+        result = CliRunner().invoke(cli, args)
+        call_on_cpu_thread(lambda: None)  # the fake has finished once the thread is free
+    assert result.exit_code == 130, result.output
+    assert seen == {"on_cpu_thread": True, "aborted": "training stopped after step 2"}
+    (run,) = Store(tmp_path / "aloe.db", readonly=True).list_runs()
+    assert run["status"] == "interrupted"

@@ -242,12 +242,13 @@ def test_one_sft_format_per_file(tmp_path, tiny_model_dir):
 
 
 async def test_a_cancelled_training_thread_stops_after_its_step(tmp_path, tiny_model_dir):
-    """The demo trains in worker threads, which Ctrl-C and SIGTERM never reach: cancelling the awaiting task
+    """The demo trains on the CPU thread, which Ctrl-C and SIGTERM never reach: cancelling the awaiting task
     must stop the trainer at its next step, not after all of them."""
     import asyncio
     import threading
 
-    from aloekit.demo import in_thread
+    from aloekit.cpu_thread import run_on_cpu_thread
+    from aloekit.demo import train_on_cpu_thread
     from aloekit.training.progress import StopWhenSet
 
     stop, started, steps = threading.Event(), threading.Event(), []
@@ -258,12 +259,12 @@ async def test_a_cancelled_training_thread_stops_after_its_step(tmp_path, tiny_m
 
     config = build_train_config("sft", data=write(tmp_path / "d.jsonl", SFT_ROWS), base=f"hf:{tiny_model_dir}",
                                 out=tmp_path / "adapter", max_steps=3000)  # fmt: skip
-    task = asyncio.create_task(in_thread(stop, train, config, [StepReporter(report), StopWhenSet(stop)]))
+    task = asyncio.create_task(train_on_cpu_thread(stop, train, config, [StepReporter(report), StopWhenSet(stop)]))
     assert await asyncio.to_thread(started.wait, 300)  # the first step, however loaded the machine
     cancelled_at = max(steps)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
     assert stop.is_set()
-    await asyncio.get_running_loop().shutdown_default_executor()  # what asyncio.run waits for before exiting
+    await run_on_cpu_thread(lambda: None)  # behind the trainer: what the process waits for before exiting
     assert max(steps) <= cancelled_at + 2 < 3000  # the step under way (and its report), then no more

@@ -24,6 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from aloekit.cpu_thread import call_on_cpu_thread
+
 logger = logging.getLogger(__name__)
 
 GROUP = 32
@@ -35,7 +37,12 @@ CACHE_NAME = "packed-blocks.safetensors"
 @functools.cache
 def packed_kernels_missing() -> str | None:
     """Why this torch cannot run packed weights (None when it can): its CPU int4 and int8 kernels are absent
-    or fail on a tiny input. Probed once per process."""
+    or fail on a tiny input. Probed once per process, on the CPU thread (:mod:`aloekit.cpu_thread`)."""
+    return call_on_cpu_thread(_probe_packed_kernels)
+
+
+def _probe_packed_kernels() -> str | None:
+    """:func:`packed_kernels_missing`, probed in the calling thread."""
     import torch
 
     ops = ("_convert_weight_to_int4pack_for_cpu", "_weight_int4pack_mm_for_cpu", "_weight_int8pack_mm")
