@@ -15,3 +15,6 @@ def test_columns_name_what_ran_and_what_fell_back():
     assert column_label("static", "auto", {"engine": "static"}, 8) == "static, rounds of 8"
     assert column_label("static", "auto", {"engine": "static"}, 0) == "static, one call"
     assert column_label("continuous", "auto", {"engine": "continuous"}, 8) == "continuous"
+    # and which KV cache, where both were asked
+    assert column_label("static", "auto", {"engine": "static"}, 8, "dynamic") == "static, rounds of 8, dynamic cache"
+    assert column_label("continuous", "auto", {"engine": "continuous"}, None, "growing") == "continuous"

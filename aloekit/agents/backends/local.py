@@ -37,6 +37,7 @@ from autogen_core.tools import Tool, ToolSchema
 from aloekit.agents.backends.continuous import ContinuousEngine, EngineTimeout, continuous_batching_available
 from aloekit.agents.backends.digests import DIGEST_HEX, file_digest, folder_digest
 from aloekit.agents.backends.files import read_json_file
+from aloekit.agents.backends.kvcache import growing_cache
 from aloekit.agents.backends.managed import GenerationTimeout
 from aloekit.agents.backends.messages import conform, to_dicts
 from aloekit.agents.backends.packed import cached_gguf_blocks, pack_linears, packed_kernels_missing
@@ -223,7 +224,6 @@ def _decode_in_rounds(
     cache. After each call, the rows whose request has ``finished(request, tokens)`` leave the batch, its
     cache and ``rows`` (which the row-wise processors read), so the rest decode without them."""
     import torch
-    from transformers import DynamicCache
 
     input_ids, mask = encoded["input_ids"], encoded["attention_mask"]
     if getattr(model.generation_config, "cache_implementation", None) is not None:
@@ -231,7 +231,7 @@ def _decode_in_rounds(
         # end: generate refuses a cache passed beside that request.
         output = model.generate(**encoded, max_new_tokens=max(max_tokens), **kwargs)
         return [output[row, input_ids.shape[1] :].tolist() for row in range(len(max_tokens))]
-    cache = DynamicCache(config=model.config)
+    cache = growing_cache(model.config)
     # a later transformers 5 renamed generate's past_key_values to cache (the old name warns); the model's
     # forward, which peft wraps, names the one this version takes.
     base = model.get_base_model() if hasattr(model, "get_base_model") else model

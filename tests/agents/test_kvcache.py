@@ -1,0 +1,87 @@
+"""The static engine's KV cache appends in place and holds exactly what transformers' ``DynamicCache`` would."""
+
+import asyncio
+
+import pytest
+import torch
+from transformers import DynamicCache, LlamaConfig, Qwen2Config
+from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
+
+from aloekit.agents.backends import TransformersChatClient, from_dicts, kvcache, local
+from aloekit.agents.backends.kvcache import growing_cache
+
+CONFIG = LlamaConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
+
+
+def states(batch: int, length: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    return tuple(torch.randn(batch, 2, length, 8, generator=generator) for _ in range(2))  # type: ignore[return-value]
+
+
+def test_appends_write_into_the_buffer_and_equal_concatenation():
+    growing, plain = growing_cache(CONFIG).layers[0], DynamicLayer()
+    growing.update(*states(3, 5, seed=0))
+    plain.update(*states(3, 5, seed=0))
+    buffer = growing.key_buffer.data_ptr()
+    for step in range(kvcache.MIN_ROOM):
+        keys, values = growing.update(*states(3, 1, seed=step + 1))
+        expected = plain.update(*states(3, 1, seed=step + 1))
+        assert torch.equal(keys, expected[0]) and torch.equal(values, expected[1])
+    # 5 + 64 positions fit the first buffer: no step copied the cache (DynamicCache's torch.cat copies it all)
+    assert growing.key_buffer.data_ptr() == buffer and growing.get_seq_length() == 5 + kvcache.MIN_ROOM
+    growing.update(*states(3, 40, seed=99))  # past the buffer's room: a longer one, the filled part carried over
+    expected = plain.update(*states(3, 40, seed=99))
+    assert growing.key_buffer.data_ptr() != buffer and torch.equal(growing.keys, expected[0])
+
+
+@pytest.mark.parametrize(
+    "operation",
+    [
+        lambda layer: layer.reorder_cache(torch.tensor([2, 0])),  # rows leaving a static batch
+        lambda layer: layer.reorder_cache(torch.tensor([1, 2, 0])),  # beam search's: the same batch size
+        lambda layer: layer.batch_select_indices(torch.tensor([1])),
+        lambda layer: layer.crop(-2),
+        lambda layer: layer.batch_repeat_interleave(2),
+    ],
+    ids=["reorder", "permute", "select", "crop", "repeat"],
+)
+def test_what_the_parent_class_does_to_the_cache_is_kept(operation):
+    growing, plain = growing_cache(CONFIG).layers[0], DynamicLayer()
+    for layer in (growing, plain):
+        layer.update(*states(3, 6, seed=0))
+        layer.update(*states(3, 1, seed=1))
+        operation(layer)
+    batch = plain.keys.shape[0]
+    for step in range(3):
+        keys, values = growing.update(*states(batch, 1, seed=10 + step))
+        expected = plain.update(*states(batch, 1, seed=10 + step))
+        assert torch.equal(keys, expected[0]) and torch.equal(values, expected[1])
+
+
+def test_only_full_attention_layers_are_replaced():
+    config = Qwen2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                         use_sliding_window=True, sliding_window=16, max_window_layers=1)  # fmt: skip
+    kinds = [type(layer) for layer in DynamicCache(config=config).layers]
+    assert DynamicSlidingWindowLayer in kinds and DynamicLayer in kinds
+    made = [type(layer) for layer in growing_cache(config).layers]
+    assert [m if k is DynamicSlidingWindowLayer else DynamicLayer for m, k in zip(made, kinds, strict=True)] == kinds
+    assert [m is k for m, k in zip(made, kinds, strict=True)] == [k is DynamicSlidingWindowLayer for k in kinds]
+
+
+async def test_replies_are_those_of_transformers_dynamic_cache(tiny_model_dir, monkeypatch):
+    monkeypatch.setattr(local, "ROUND_TOKENS", 2)  # rows leave between rounds: the cache is reordered
+
+    async def replies() -> list[str]:
+        client = TransformersChatClient(tiny_model_dir)
+        prompts = ["hello", "what is the capital of france", "the cat likes tea", "say one two three"]
+        results = await asyncio.gather(
+            *(
+                client.create(from_dicts([{"role": "user", "content": p}]), extra_create_args={"max_tokens": n})
+                for p, n in zip(prompts, [3, 12, 7, 20], strict=True)
+            )
+        )
+        return [r.content for r in results]
+
+    grown = await replies()
+    monkeypatch.setattr(local, "growing_cache", lambda config: DynamicCache(config=config))
+    assert await replies() == grown
