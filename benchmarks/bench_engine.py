@@ -2,14 +2,14 @@
 aloekit's in-process backend with each engine: ``static`` batches (``max_batch_size`` = the concurrency)
 and ``continuous`` batching (transformers' manager inside the backend); ``--raw`` adds transformers' own
 ``generate_batch`` on the same prompts, greedy; ``--llamacpp URL`` a llama.cpp server's single stream on
-the same GGUF; ``--dtype bfloat16`` loads the model so instead of the device's default; ``--weights
-float,packed`` measures each engine decoding with the converted float weights and with the GGUF's blocks;
-``--round-tokens 8,0`` the static engine with finished rows leaving its batch every 8 tokens and (0) with
-one ``generate`` call per batch, which keeps every row to the end; ``--kv-cache growing,dynamic`` it with
-aloekit's KV cache that appends in place and with transformers' ``DynamicCache``, which copies itself every
-step. ``--preamble-words 450 --temperature 0.7
---max-tokens 256`` makes the chats look like a simulation's: long prompts, sampled (seeded) replies of
-varied length.
+the same GGUF. A single stream (concurrency 1) answers 8 chats one after another. ``--dtype bfloat16``
+loads the model so instead of the device's default; ``--weights float,packed`` measures each engine
+decoding with the converted float weights and with the GGUF's blocks; ``--round-tokens 8,0`` the static
+engine with finished rows leaving its batch every 8 tokens and (0) with one ``generate`` call per batch,
+which keeps every row to the end; ``--kv-cache growing,dynamic`` it with aloekit's KV cache that appends in
+place and with transformers' ``DynamicCache``, which copies itself every step. ``--preamble-words 450
+--temperature 0.7 --max-tokens 256`` makes the chats look like a simulation's: long prompts, sampled
+(seeded) replies of varied length.
 
 Run: ``.venv/bin/python benchmarks/bench_engine.py`` (``--concurrency 1,8`` for a quick look; ``--repeats 3``
 for medians where the machine's load varies).
@@ -34,6 +34,11 @@ from aloekit.config import AloeConfig
 
 TOPICS = ["running", "coffee", "houseplants", "chess", "hiking", "baking bread", "jazz", "sailing"]
 
+
+SINGLE_STREAM_CHATS = 8
+"""A single stream answers this many chats one after another: one chat's reply may end after a few tokens,
+and so measure mostly its prompt and the request (llama.cpp ended the first chat after 7 tokens, aloekit
+after 55)."""
 
 PREAMBLE = "You are a helpful assistant who answers in a friendly, practical tone. "
 
@@ -71,14 +76,16 @@ async def aloekit_rates(
     client = pool.client(spec, role="bench")
 
     async def rate(n: int, tokens: int) -> float:
-        options = [{"max_tokens": tokens, "temperature": temperature, "seed": i} for i in range(n)]
+        count = n if n > 1 else SINGLE_STREAM_CHATS
+        requests = [
+            (from_dicts(chat), {"max_tokens": tokens, "temperature": temperature, "seed": i})
+            for i, chat in enumerate(chats(count, preamble_words))
+        ]
         started = time.perf_counter()
-        results = await asyncio.gather(
-            *(
-                client.create(from_dicts(c), extra_create_args=o)
-                for c, o in zip(chats(n, preamble_words), options, strict=True)
-            )
-        )
+        if n > 1:
+            results = await asyncio.gather(*(client.create(c, extra_create_args=o) for c, o in requests))
+        else:
+            results = [await client.create(c, extra_create_args=o) for c, o in requests]
         return sum(r.usage.completion_tokens for r in results) / (time.perf_counter() - started)
 
     await rate(top, 8)  # loads the model and warms up
@@ -107,15 +114,17 @@ def continuous_rate(model: Any, tokenizer: Any, n: int, max_tokens: int) -> floa
     """Tokens/s of ``n`` chats through transformers' ``generate_batch`` (continuous batching)."""
     from transformers.generation import GenerationConfig
 
-    inputs = [tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=True) for c in chats(n)]
+    prompts = chats(n if n > 1 else SINGLE_STREAM_CHATS)
+    inputs = [tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=True) for c in prompts]
     inputs = [list(i["input_ids"]) if hasattr(i, "keys") else list(i) for i in inputs]
     config = GenerationConfig(max_new_tokens=max_tokens, do_sample=False, eos_token_id=tokenizer.eos_token_id,
                               pad_token_id=tokenizer.pad_token_id)  # fmt: skip
     # A backend keeps one manager running; its start (and CUDA graph capture) is not what is measured here.
     model.generate_batch(inputs=inputs, generation_config=config, persistent_manager=True)
     started = time.perf_counter()
-    outputs = model.generate_batch(inputs=inputs, generation_config=config, persistent_manager=True)
-    rate = sum(len(o.generated_tokens) for o in outputs.values()) / (time.perf_counter() - started)
+    batches = [inputs] if n > 1 else [[i] for i in inputs]  # a single stream: one chat after another
+    outputs = [o for b in batches for o in model.generate_batch(b, config, persistent_manager=True).values()]
+    rate = sum(len(o.generated_tokens) for o in outputs) / (time.perf_counter() - started)
     model.destroy_cached_continuous_batching_manager()  # the next concurrency gets a manager sized for it
     return rate
 

@@ -1,7 +1,8 @@
 """The engine benchmark names each column by what the model ran with, so a fallback never passes for the
 engine or weights that were asked."""
 
-from benchmarks.bench_engine import column_label
+from benchmarks.bench_engine import SINGLE_STREAM_CHATS, aloekit_rates, column_label
+from tests.helpers import ScriptedClient
 
 
 def test_columns_name_what_ran_and_what_fell_back():
@@ -18,3 +19,24 @@ def test_columns_name_what_ran_and_what_fell_back():
     # and which KV cache, where both were asked
     assert column_label("static", "auto", {"engine": "static"}, 8, "dynamic") == "static, rounds of 8, dynamic cache"
     assert column_label("continuous", "auto", {"engine": "continuous"}, None, "growing") == "continuous"
+
+
+async def test_a_single_stream_answers_eight_chats_one_after_another(scripted):
+    """One chat's reply can end after a few tokens, which then measure mostly the request: the single stream
+    answers the same chats as 8 concurrent ones, in sequence."""
+    in_flight, seen = [0], []
+
+    class Counting(ScriptedClient):
+        async def create(self, messages, **kwargs):
+            in_flight[0] += 1
+            seen.append(in_flight[0])
+            try:
+                return await super().create(messages, **kwargs)
+            finally:
+                in_flight[0] -= 1
+
+    spec = scripted("bench", Counting(delay_s=0.01))
+    await aloekit_rates(spec, [1, 8], max_tokens=4)
+    warm_up, single, concurrent = seen[:8], seen[8:16], seen[16:]
+    assert max(warm_up) == max(concurrent) == 8 and len(concurrent) == 8
+    assert single == [1] * SINGLE_STREAM_CHATS
