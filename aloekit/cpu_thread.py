@@ -6,7 +6,8 @@ cores, idle workers stop spinning and sleep, so each of the thousand operations 
 them to wake: on 2 cores a SmolLM2-135M step took 40 ms in an executor thread once another thread had used
 torch, against 16 ms with one thread doing all of it. ``asyncio.to_thread`` may hand each call to a different
 thread, so in-process models run their CPU work here instead, one call at a time: on a CPU they would share
-its cores anyway.
+its cores anyway. A call made on the thread runs at once (a trainer here reaches its rollouts' models); work
+here must not wait for another thread that waits for this one.
 """
 
 from __future__ import annotations

@@ -1,3 +1,5 @@
+"""In-process CPU work runs on one thread (aloekit.cpu_thread): a second OpenMP team slows every step 2.5x."""
+
 import asyncio
 import contextvars
 import os
@@ -69,7 +71,7 @@ async def test_an_in_process_cpu_model_loads_and_generates_on_the_cpu_thread(tin
     assert seen == {"load": True, "generate": True}
 
 
-async def test_a_cuda_model_keeps_to_thread(tiny_model_dir):
+async def test_a_model_off_the_cpu_keeps_to_thread_workers(tiny_model_dir):
     client = TransformersChatClient(tiny_model_dir, device="cuda")
     assert await client.run_in_model_thread(where) != await run_on_cpu_thread(where)
 

@@ -45,13 +45,10 @@ class StopWhenSet(TrainerCallback):
             control.should_training_stop = True
 
 
-class AbortWhenSet(TrainerCallback):
+class AbortWhenSet(StopWhenSet):
     """Ends training with an error after the current step once ``event`` is set, so that nothing training would
     write after its last step (the adapter, the summary) is written, as when Ctrl-C reaches a trainer on the
     main thread."""
-
-    def __init__(self, event: threading.Event) -> None:
-        self.event = event
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         """Raise if the event is set."""

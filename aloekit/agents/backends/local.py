@@ -505,7 +505,7 @@ class TransformersChatClient(ChatCompletionClient):
         seed = extra_create_args.get("seed")
         timeout_s = extra_create_args.get("timeout_s", self.timeout_s)
         if self.model is None and resolve_engine(self.engine, self._target_device(), quiet=True) != "static":
-            await asyncio.to_thread(self.load)  # the continuous engine starts with the model
+            await self.run_in_model_thread(self.load)  # the continuous engine starts with the model
         if self._continuous is not None and _continuous_handles(extra_create_args):
             return await self._create_continuous(messages, int(max_tokens), seed, timeout_s, extra_create_args)
         request = _Request(
