@@ -7,17 +7,19 @@ them to wake: on 2 cores a SmolLM2-135M step took 40 ms in an executor thread on
 torch, against 16 ms with one thread doing all of it. ``asyncio.to_thread`` may hand each call to a different
 thread, so in-process models run their CPU work here instead, one call at a time: on a CPU they would share
 its cores anyway. A call made on the thread runs at once (a trainer here reaches its rollouts' models); work
-here must not wait for another thread that waits for this one.
+here must not wait for another thread that waits for this one, so async code reaches it through
+:func:`run_on_cpu_thread`, never ``asyncio.to_thread`` of something that calls :func:`call_on_cpu_thread`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import functools
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -53,6 +55,19 @@ os.register_at_fork(after_in_child=_forget_executor)
 def on_cpu_thread() -> bool:
     """Whether the calling thread is the CPU thread."""
     return getattr(_this_thread, "is_cpu_thread", False)
+
+
+@contextlib.contextmanager
+def as_cpu_thread() -> Iterator[None]:
+    """Make the calling thread the CPU thread while the block runs: for a command whose trainer must stay on the
+    main thread, where Ctrl-C reaches it, with its rollouts' models (``aloe train grpo``). Enter it before any
+    torch work; a call from another thread meanwhile still goes to the worker thread."""
+    was = on_cpu_thread()
+    _this_thread.is_cpu_thread = True
+    try:
+        yield
+    finally:
+        _this_thread.is_cpu_thread = was
 
 
 def call_on_cpu_thread(function: Callable[..., T], *args: Any, **kwargs: Any) -> T:

@@ -31,6 +31,7 @@ from aloekit.agents.backends import BackendPool, from_dicts, local
 from aloekit.agents.backends.kvcache import growing_cache
 from aloekit.agents.backends.local import resolve_dtype
 from aloekit.config import AloeConfig
+from aloekit.cpu_thread import call_on_cpu_thread
 
 TOPICS = ["running", "coffee", "houseplants", "chess", "hiking", "baking bread", "jazz", "sailing"]
 
@@ -103,7 +104,7 @@ async def aloekit_rates(
     return rates, compute
 
 
-def dynamic_cache(config: Any) -> Any:
+def dynamic_cache(config: Any, room: int) -> Any:
     """transformers' own ``DynamicCache``, which appends by concatenation."""
     from transformers import DynamicCache
 
@@ -194,10 +195,11 @@ def main() -> None:
         folder = converted_model_dir(find_smollm2_gguf())
         tokenizer = AutoTokenizer.from_pretrained(folder)
         dtype = getattr(torch, resolve_dtype(args.dtype, device))
-        model = AutoModelForCausalLM.from_pretrained(folder, attn_implementation=args.attention, dtype=dtype)
-        model.to(device)
+        # on the CPU thread, as aloekit's engines (aloekit.cpu_thread)
+        load = AutoModelForCausalLM.from_pretrained
+        model = call_on_cpu_thread(load, folder, attn_implementation=args.attention, dtype=dtype).to(device)
         for n in levels:
-            rows[n].append(continuous_rate(model, tokenizer, n, args.max_tokens))
+            rows[n].append(call_on_cpu_thread(continuous_rate, model, tokenizer, n, args.max_tokens))
     print(f"local:smollm2 on {device} ({torch.cuda.get_device_name() if device == 'cuda' else 'CPU'}), "
           f"{resolve_dtype(args.dtype, device)}, {args.max_tokens} tokens per chat, "
           f"{f'temperature {args.temperature}' if args.temperature else 'greedy'}"

@@ -7,8 +7,8 @@ import signal
 import threading
 
 from aloekit import cpu_thread
-from aloekit.agents.backends import TransformersChatClient, from_dicts, local, packed
-from aloekit.cpu_thread import call_on_cpu_thread, on_cpu_thread, run_on_cpu_thread
+from aloekit.agents.backends import TransformersChatClient, from_dicts, packed
+from aloekit.cpu_thread import as_cpu_thread, call_on_cpu_thread, on_cpu_thread, run_on_cpu_thread
 from aloekit.personas import embedding
 
 REQUEST = contextvars.ContextVar("REQUEST", default="unset")
@@ -79,8 +79,34 @@ async def test_a_model_off_the_cpu_keeps_to_thread_workers(tiny_model_dir):
 def test_the_packed_kernel_probe_and_the_embedder_run_on_the_cpu_thread(monkeypatch, tmp_path):
     monkeypatch.setattr(packed, "_probe_packed_kernels", lambda: None if on_cpu_thread() else "wrong thread")
     assert packed.packed_kernels_missing.__wrapped__() is None
-    assert local.packed_kernels_missing is packed.packed_kernels_missing
     tmp_path.joinpath("model").mkdir()
     embedder = embedding.SentenceTransformerEmbedder(tmp_path / "model")
     monkeypatch.setattr(embedder, "_embed", lambda texts: [on_cpu_thread()] * len(texts))
     assert embedder.embed(["a", "b"]) == [True, True]
+
+
+def test_the_first_tokenizer_load_converts_on_the_cpu_thread(tiny_model_dir):
+    """Converting a GGUF is torch work: a prompt check on the main thread must not do it there."""
+    converted = []
+
+    def convert():
+        converted.append(on_cpu_thread())
+        return tiny_model_dir
+
+    client = TransformersChatClient(convert)
+    client.load_tokenizer()
+    client.load_tokenizer()
+    assert converted == [True]
+
+
+def test_as_cpu_thread_makes_this_thread_the_cpu_thread_for_a_while():
+    def in_a_thread() -> tuple[bool, int, bool]:
+        with as_cpu_thread():
+            inside = on_cpu_thread(), call_on_cpu_thread(threading.get_ident)
+        return inside[0], inside[1], on_cpu_thread()
+
+    result: list[tuple[bool, int, bool]] = []
+    thread = threading.Thread(target=lambda: result.append(in_a_thread()))
+    thread.start()
+    thread.join()
+    assert result == [(True, thread.ident, False)]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,7 +22,7 @@ from aloekit.cli.app import (
     pass_app,
     run_lifetime,
 )
-from aloekit.cpu_thread import call_on_cpu_thread
+from aloekit.cpu_thread import as_cpu_thread
 from aloekit.errors import AloeError
 
 
@@ -228,6 +227,9 @@ def grpo_command(
     overwrite: bool,
 ) -> None:
     """LoRA GRPO against the simulated user: per turn G sampled replies, judged, the best continues."""
+    # The trainer, its rollouts' in-process models and their loading all stay on this (the main) thread: one
+    # thread for torch's CPU work (aloekit.cpu_thread), and the one Ctrl-C reaches.
+    click.get_current_context().with_resource(as_cpu_thread())
     from pydantic import ValidationError
 
     from aloekit.agents.backends import BackendPool
@@ -247,7 +249,6 @@ def grpo_command(
         train_grpo,
         training_personas,
     )
-    from aloekit.training.progress import AbortWhenSet
     from aloekit.training.train import check_base, check_init_adapter, check_output_dir
 
     if launched_processes()[1] > 1:  # each process would start its own run, simulated users and judge calls
@@ -292,17 +293,10 @@ def grpo_command(
     with run_lifetime(app.store, run_id), progress as (steps, say):
         backends = BackendPool(app.config, store=app.store, run_id=run_id)
         envs = build_environments(settings, backends, TreeStore(app.store), run_id)
-        # On the CPU thread, where its rollouts' in-process models generate (aloekit.cpu_thread); a signal reaches
-        # only this thread, which then stops the trainer after its step.
-        stop = threading.Event()
-        try:
-            summary = call_on_cpu_thread(
-                train_grpo, settings, envs, train_personas, callbacks=[steps, AbortWhenSet(stop)], on_status=say,
-                extra_summary={"run_id": run_id, "judge_audit": notice.audit_id}, backends=backends,
-            )  # fmt: skip
-        except BaseException:
-            stop.set()
-            raise
+        summary = train_grpo(
+            settings, envs, train_personas, callbacks=[steps], on_status=say,
+            extra_summary={"run_id": run_id, "judge_audit": notice.audit_id}, backends=backends,
+        )  # fmt: skip
     app.store.finish_run(run_id, "completed")
     if app.as_json:
         app.emit_json(summary)

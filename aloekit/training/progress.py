@@ -1,5 +1,5 @@
-"""transformers ``TrainerCallback``s: one reports steps and loss to a callable (the CLI's progress bar), two
-stop training from another thread."""
+"""transformers ``TrainerCallback``s: one reports steps and loss to a callable (the CLI's progress bar), one
+stops training from another thread."""
 
 from __future__ import annotations
 
@@ -8,8 +8,6 @@ from collections.abc import Callable
 from typing import Any
 
 from transformers import TrainerCallback
-
-from aloekit.errors import AloeError
 
 
 class StepReporter(TrainerCallback):
@@ -43,14 +41,3 @@ class StopWhenSet(TrainerCallback):
         """Ask the trainer to stop if the event is set."""
         if self.event.is_set():
             control.should_training_stop = True
-
-
-class AbortWhenSet(StopWhenSet):
-    """Ends training with an error after the current step once ``event`` is set, so that nothing training would
-    write after its last step (the adapter, the summary) is written, as when Ctrl-C reaches a trainer on the
-    main thread."""
-
-    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        """Raise if the event is set."""
-        if self.event.is_set():
-            raise AloeError(f"training stopped after step {state.global_step}")

@@ -7,9 +7,10 @@ import torch
 from transformers import DynamicCache, LlamaConfig, Qwen2Config
 from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
 
-from aloekit.agents.backends import TransformersChatClient, from_dicts, kvcache, local
+from aloekit.agents.backends import TransformersChatClient, from_dicts, local
 from aloekit.agents.backends.kvcache import growing_cache
 
+ROOM = 16
 CONFIG = LlamaConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
 
 
@@ -19,17 +20,17 @@ def states(batch: int, length: int, seed: int) -> tuple[torch.Tensor, torch.Tens
 
 
 def test_appends_write_into_the_buffer_and_equal_concatenation():
-    growing, plain = growing_cache(CONFIG).layers[0], DynamicLayer()
+    growing, plain = growing_cache(CONFIG, room=ROOM).layers[0], DynamicLayer()
     growing.update(*states(3, 5, seed=0))
     plain.update(*states(3, 5, seed=0))
     buffer = growing.key_buffer.data_ptr()
-    for step in range(kvcache.MIN_ROOM):
+    for step in range(ROOM):
         keys, values = growing.update(*states(3, 1, seed=step + 1))
         expected = plain.update(*states(3, 1, seed=step + 1))
         assert torch.equal(keys, expected[0]) and torch.equal(values, expected[1])
-    # 5 + 64 positions fit the first buffer: no step copied the cache (DynamicCache's torch.cat copies it all)
-    assert growing.key_buffer.data_ptr() == buffer and growing.get_seq_length() == 5 + kvcache.MIN_ROOM
-    growing.update(*states(3, 40, seed=99))  # past the buffer's room: a longer one, the filled part carried over
+    # the room's 16 steps fit the first buffer: none copied the cache (DynamicCache's torch.cat copies it all)
+    assert growing.key_buffer.data_ptr() == buffer and growing.get_seq_length() == 5 + ROOM
+    growing.update(*states(3, 40, seed=99))  # past the room (a caller's mistake): a longer buffer, nothing lost
     expected = plain.update(*states(3, 40, seed=99))
     assert growing.key_buffer.data_ptr() != buffer and torch.equal(growing.keys, expected[0])
 
@@ -46,7 +47,7 @@ def test_appends_write_into_the_buffer_and_equal_concatenation():
     ids=["reorder", "permute", "select", "crop", "repeat"],
 )
 def test_what_the_parent_class_does_to_the_cache_is_kept(operation):
-    growing, plain = growing_cache(CONFIG).layers[0], DynamicLayer()
+    growing, plain = growing_cache(CONFIG, room=ROOM).layers[0], DynamicLayer()
     for layer in (growing, plain):
         layer.update(*states(3, 6, seed=0))
         layer.update(*states(3, 1, seed=1))
@@ -63,7 +64,7 @@ def test_only_full_attention_layers_are_replaced():
                          use_sliding_window=True, sliding_window=16, max_window_layers=1)  # fmt: skip
     kinds = [type(layer) for layer in DynamicCache(config=config).layers]
     assert DynamicSlidingWindowLayer in kinds and DynamicLayer in kinds
-    made = [type(layer) for layer in growing_cache(config).layers]
+    made = [type(layer) for layer in growing_cache(config, room=ROOM).layers]
     assert [m if k is DynamicSlidingWindowLayer else DynamicLayer for m, k in zip(made, kinds, strict=True)] == kinds
     assert [m is k for m, k in zip(made, kinds, strict=True)] == [k is DynamicSlidingWindowLayer for k in kinds]
 
@@ -82,6 +83,15 @@ async def test_replies_are_those_of_transformers_dynamic_cache(tiny_model_dir, m
         )
         return [r.content for r in results]
 
+    made = []
+
+    def recorded(config, room):
+        made.append(growing_cache(config, room))
+        return made[-1]
+
+    monkeypatch.setattr(local, "growing_cache", recorded)
     grown = await replies()
-    monkeypatch.setattr(local, "growing_cache", lambda config: DynamicCache(config=config))
+    (cache,) = made  # the one batch decoded with the growing cache, and rows left it between rounds
+    assert cache.layers[0].key_buffer is not None and cache.layers[0].keys.shape[0] == 1
+    monkeypatch.setattr(local, "growing_cache", lambda config, room: DynamicCache(config=config))
     assert await replies() == grown

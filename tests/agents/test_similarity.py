@@ -68,3 +68,19 @@ def test_options_are_checked_before_a_run():
         check_role("judge", RoleConfig(kind="persona_similarity", options={"labels": "letters"}))
     with pytest.raises(Exception, match="unknown embedder 'bert'"):
         check_role("judge", RoleConfig(kind="persona_similarity", options={"embedder": "bert"}))
+
+
+async def test_it_embeds_on_the_cpu_thread(judge, monkeypatch):
+    """Embedding is torch work: on the CPU thread (aloekit.cpu_thread), not on the event loop's."""
+    from aloekit.cpu_thread import on_cpu_thread
+
+    threads = []
+    scores = judge.similarity_scores
+
+    def recorded(persona, replies):
+        threads.append(on_cpu_thread())
+        return scores(persona, replies)
+
+    monkeypatch.setattr(judge, "similarity_scores", recorded)
+    await judge(view(TAILORED))
+    assert threads == [True]

@@ -52,6 +52,23 @@ async def test_generation_reaches_the_target_from_the_shipped_seeds(setup):
         assert "Write 4 new ones" in prompt and "Here are some new profiles" not in prompt
 
 
+async def test_embeddings_are_made_on_the_cpu_thread(setup):
+    """Embedding is torch work: on the CPU thread (aloekit.cpu_thread), where a local generator runs too."""
+    from aloekit.cpu_thread import on_cpu_thread
+
+    threads = []
+
+    class Recording(BagOfWordsEmbedder):
+        def embed(self, texts):
+            threads.append(on_cpu_thread())
+            return super().embed(texts)
+
+    pool, make = setup
+    _, client = make(lambda messages: fresh_people(4))
+    await generate_personas(pool, client, Recording(), GenerationConfig(kind="profile", target=24))
+    assert len(threads) >= 2 and all(threads)  # the pool's, then each round's candidates
+
+
 async def test_generation_stops_on_saturation(setup):
     pool, make = setup
     pool.ensure_seeds("personality")

@@ -247,14 +247,15 @@ async def test_a_cancelled_training_thread_stops_after_its_step(tmp_path, tiny_m
     import asyncio
     import threading
 
-    from aloekit.cpu_thread import run_on_cpu_thread
+    from aloekit.cpu_thread import on_cpu_thread, run_on_cpu_thread
     from aloekit.demo import train_on_cpu_thread
     from aloekit.training.progress import StopWhenSet
 
-    stop, started, steps = threading.Event(), threading.Event(), []
+    stop, started, steps, threads = threading.Event(), threading.Event(), [], set()
 
     def report(step, total, logs):
         steps.append(step)
+        threads.add(on_cpu_thread())
         started.set()
 
     config = build_train_config("sft", data=write(tmp_path / "d.jsonl", SFT_ROWS), base=f"hf:{tiny_model_dir}",
@@ -268,3 +269,4 @@ async def test_a_cancelled_training_thread_stops_after_its_step(tmp_path, tiny_m
     assert stop.is_set()
     await run_on_cpu_thread(lambda: None)  # behind the trainer: what the process waits for before exiting
     assert max(steps) <= cancelled_at + 2 < 3000  # the step under way (and its report), then no more
+    assert threads == {True}  # where the demo's models generate

@@ -4,8 +4,8 @@ transformers' ``DynamicCache`` appends a step's keys and values with ``torch.cat
 cache: on a CPU, for 8 rows of a 600-token prompt, that is a quarter of every decoding step of SmolLM2-135M.
 Its ``StaticCache`` preallocates, but attends over its full length, padding included. A
 :func:`growing_cache` keeps each full-attention layer's keys and values in buffers with room to spare and
-hands attention views of the filled part, so a step writes only its own token; a buffer that fills is
-replaced by one half again as long.
+hands attention views of the filled part, so a step writes only its own token. The room is what the batch
+may still generate, so a buffer is copied only when rows leave the batch (as ``DynamicCache`` is).
 """
 
 from __future__ import annotations
@@ -13,19 +13,17 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-MIN_ROOM = 64
-"""Spare positions a new buffer has at least (beyond half its filled length)."""
 
-
-def growing_cache(config: Any) -> Any:
+def growing_cache(config: Any, room: int) -> Any:
     """transformers' ``DynamicCache`` for ``config`` with each plain full-attention layer replaced by one that
-    appends in place; sliding-window and other layer kinds are kept as transformers made them."""
+    appends in place, its buffers ``room`` positions longer than what they hold when made; sliding-window and
+    other layer kinds are kept as transformers made them."""
     from transformers import DynamicCache
     from transformers.cache_utils import DynamicLayer
 
     cache = DynamicCache(config=config)
     growing = _growing_layer_class()
-    cache.layers = [growing() if type(layer) is DynamicLayer else layer for layer in cache.layers]
+    cache.layers = [growing(room) if type(layer) is DynamicLayer else layer for layer in cache.layers]
     return cache
 
 
@@ -41,6 +39,10 @@ def _growing_layer_class() -> type:
 
         key_buffer: Any = None
         value_buffer: Any = None
+
+        def __init__(self, room: int) -> None:
+            super().__init__()
+            self.room = room
 
         def update(self, key_states: Any, value_states: Any, *args: Any, **kwargs: Any) -> tuple[Any, Any]:
             if not self.is_initialized:
@@ -68,10 +70,9 @@ def _growing_layer_class() -> type:
                 and end <= buffer.shape[-2]
             )
 
-        @staticmethod
-        def _buffer(filled: Any, new: Any, end: int) -> Any:
-            """A buffer for ``end`` positions and room to spare, holding ``filled`` (empty before the first)."""
-            shape = (*new.shape[:-2], end + max(MIN_ROOM, end // 2), new.shape[-1])
+        def _buffer(self, filled: Any, new: Any, end: int) -> Any:
+            """A buffer for ``end`` positions and the room, holding ``filled`` (empty before the first update)."""
+            shape = (*new.shape[:-2], end + self.room, new.shape[-1])
             buffer = new.new_empty(shape)
             if filled.numel():
                 buffer[..., : filled.shape[-2], :] = filled

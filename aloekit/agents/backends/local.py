@@ -231,7 +231,7 @@ def _decode_in_rounds(
         # end: generate refuses a cache passed beside that request.
         output = model.generate(**encoded, max_new_tokens=max(max_tokens), **kwargs)
         return [output[row, input_ids.shape[1] :].tolist() for row in range(len(max_tokens))]
-    cache = growing_cache(model.config)
+    cache = growing_cache(model.config, room=max(max_tokens))
     # a later transformers 5 renamed generate's past_key_values to cache (the old name warns); the model's
     # forward, which peft wraps, names the one this version takes.
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
@@ -349,7 +349,10 @@ class TransformersChatClient(ChatCompletionClient):
         return self.model is not None
 
     def load_tokenizer(self) -> Any:
-        """Load the tokenizer only (what a prompt check needs); later calls return it."""
+        """Load the tokenizer only (what a prompt check needs); later calls return it. The first, which may convert
+        the model (torch work), runs on the CPU thread (:mod:`aloekit.cpu_thread`)."""
+        if self.tokenizer is None and callable(self._model_path) and not on_cpu_thread():
+            return call_on_cpu_thread(self.load_tokenizer)  # before taking the lock, which load() there takes too
         with self._load_lock:
             if self.tokenizer is None:
                 from transformers import AutoTokenizer
