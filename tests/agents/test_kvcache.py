@@ -8,7 +8,7 @@ from transformers import DynamicCache, LlamaConfig, Qwen2Config
 from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
 
 from aloekit.agents.backends import TransformersChatClient, from_dicts, local
-from aloekit.agents.backends.kvcache import growing_cache
+from aloekit.agents.backends.kvcache import MIN_SPARE, growing_cache
 
 ROOM = 16
 CONFIG = LlamaConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
@@ -33,6 +33,17 @@ def test_appends_write_into_the_buffer_and_equal_concatenation():
     growing.update(*states(3, 40, seed=99))  # past the room (a caller's mistake): a longer buffer, nothing lost
     expected = plain.update(*states(3, 40, seed=99))
     assert growing.key_buffer.data_ptr() != buffer and torch.equal(growing.keys, expected[0])
+
+
+def test_spare_room_is_half_what_is_held_within_what_the_batch_may_generate():
+    layer = growing_cache(CONFIG, room=1000).layers[0]  # a batch allowed 1000 new tokens reserves no 1000
+    layer.update(*states(1, 5, seed=0))
+    assert layer.key_buffer.shape[-2] == 5 + MIN_SPARE
+    layer.update(*states(1, 300, seed=1))
+    assert layer.key_buffer.shape[-2] == 305 + 305 // 2
+    short = growing_cache(CONFIG, room=8).layers[0]  # a judge's 8 tokens: no more than that spare
+    short.update(*states(1, 300, seed=0))
+    assert short.key_buffer.shape[-2] == 308
 
 
 @pytest.mark.parametrize(

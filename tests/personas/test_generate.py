@@ -52,21 +52,27 @@ async def test_generation_reaches_the_target_from_the_shipped_seeds(setup):
         assert "Write 4 new ones" in prompt and "Here are some new profiles" not in prompt
 
 
-async def test_embeddings_are_made_on_the_cpu_thread(setup):
-    """Embedding is torch work: on the CPU thread (aloekit.cpu_thread), where a local generator runs too."""
+@pytest.mark.parametrize("uses_cpu_thread", [True, False], ids=["local", "http"])
+async def test_embeddings_are_made_off_the_event_loop(setup, uses_cpu_thread):
+    """A local embedder encodes on the CPU thread (aloekit.cpu_thread), where a local generator runs too; any
+    other (an HTTP one) in a worker thread, so that it does not hold the CPU thread."""
+    import threading
+
     from aloekit.cpu_thread import on_cpu_thread
 
     threads = []
 
     class Recording(BagOfWordsEmbedder):
         def embed(self, texts):
-            threads.append(on_cpu_thread())
+            threads.append((on_cpu_thread(), threading.current_thread() is threading.main_thread()))
             return super().embed(texts)
 
+    embedder = Recording()
+    embedder.uses_cpu_thread = uses_cpu_thread
     pool, make = setup
     _, client = make(lambda messages: fresh_people(4))
-    await generate_personas(pool, client, Recording(), GenerationConfig(kind="profile", target=24))
-    assert len(threads) >= 2 and all(threads)  # the pool's, then each round's candidates
+    await generate_personas(pool, client, embedder, GenerationConfig(kind="profile", target=24))
+    assert len(threads) >= 2 and set(threads) == {(uses_cpu_thread, False)}  # the pool's, then each round's
 
 
 async def test_generation_stops_on_saturation(setup):
