@@ -8,7 +8,8 @@ torch, against 16 ms with one thread doing all of it. ``asyncio.to_thread`` may 
 thread, so in-process models run their CPU work here instead, one call at a time: on a CPU they would share
 its cores anyway. A call made on the thread runs at once (a trainer here reaches its rollouts' models); work
 here must not wait for another thread that waits for this one, so async code reaches it through
-:func:`run_on_cpu_thread`, never ``asyncio.to_thread`` of something that calls :func:`call_on_cpu_thread`.
+:func:`run_on_cpu_thread` (or :func:`run_off_loop`, for work of an object that says whether it uses the
+thread), never ``asyncio.to_thread`` of something that calls :func:`call_on_cpu_thread`.
 """
 
 from __future__ import annotations
@@ -75,6 +76,15 @@ def call_on_cpu_thread(function: Callable[..., T], *args: Any, **kwargs: Any) ->
     if on_cpu_thread():
         return function(*args, **kwargs)
     return _cpu_executor().submit(function, *args, **kwargs).result()
+
+
+async def run_off_loop(owner: object, function: Callable[..., T], *args: Any) -> T:
+    """``function(*args)``, work of ``owner`` (a model, an embedder), off the event loop: on the CPU thread where
+    ``owner.uses_cpu_thread`` says it computes there, else in an ``asyncio.to_thread`` worker (a model on a
+    GPU, an HTTP embedder: neither should hold up the CPU thread)."""
+    if getattr(owner, "uses_cpu_thread", False):
+        return await run_on_cpu_thread(function, *args)
+    return await asyncio.to_thread(function, *args)
 
 
 async def run_on_cpu_thread(function: Callable[..., T], *args: Any) -> T:

@@ -8,7 +8,7 @@ import threading
 
 from aloekit import cpu_thread
 from aloekit.agents.backends import TransformersChatClient, from_dicts, packed
-from aloekit.cpu_thread import as_cpu_thread, call_on_cpu_thread, on_cpu_thread, run_on_cpu_thread
+from aloekit.cpu_thread import as_cpu_thread, call_on_cpu_thread, on_cpu_thread, run_off_loop, run_on_cpu_thread
 from aloekit.personas import embedding
 
 REQUEST = contextvars.ContextVar("REQUEST", default="unset")
@@ -73,7 +73,8 @@ async def test_an_in_process_cpu_model_loads_and_generates_on_the_cpu_thread(tin
 
 async def test_a_model_off_the_cpu_keeps_to_thread_workers(tiny_model_dir):
     client = TransformersChatClient(tiny_model_dir, device="cuda")
-    assert await client.run_in_model_thread(where) != await run_on_cpu_thread(where)
+    assert not client.uses_cpu_thread
+    assert await run_off_loop(client, where) != await run_on_cpu_thread(where)
 
 
 def test_the_packed_kernel_probe_and_the_embedder_run_on_the_cpu_thread(monkeypatch, tmp_path):

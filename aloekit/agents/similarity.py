@@ -19,8 +19,9 @@ import numpy as np
 from aloekit.agents.base import RoleOutput, RoleView, register_role
 from aloekit.agents.judge import INVALID, Verdict
 from aloekit.agents.scorer import Score
+from aloekit.cpu_thread import run_off_loop
 from aloekit.errors import AloeError, ConfigError
-from aloekit.personas.embedding import Embedder, get_embedder, run_embedding
+from aloekit.personas.embedding import Embedder, get_embedder
 from aloekit.personas.models import PersonaPair
 
 
@@ -107,7 +108,7 @@ class PersonaSimilarity:
             raise ConfigError(f"role {self.name!r} (persona_similarity) must be shown the persona")
         if not view.candidates:
             raise ConfigError(f"role {self.name!r} (persona_similarity) has no reply to judge")
-        scored = await run_embedding(self.embedder, self.similarity_scores, view.persona, view.candidates)
+        scored = await run_off_loop(self.embedder, self.similarity_scores, view.persona, view.candidates)
         raw = [f"score {s:.3f} (similarity {sim:.4f}, ranked against {n} other personas)" for s, sim, n in scored]
         if len(view.candidates) == 1:
             digest = hashlib.sha256(f"{self.embedder_spec}|{self.reference}|{view.persona.id}|{view.candidates[0]}"

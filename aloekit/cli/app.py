@@ -31,6 +31,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from aloekit.agents.backends import BackendPool, TransformersChatClient
 from aloekit.config import MAX_SEED, AloeConfig, one_line
+from aloekit.cpu_thread import run_off_loop
 from aloekit.errors import AloeError, Terminated, first_leaf, run_async, stop_signals
 from aloekit.limits import MAX_CONCURRENCY, MAX_CONVERSATIONS, MAX_TURNS
 from aloekit.secrets import RedactingFilter, redact, redacted_output, register_url_secrets
@@ -498,7 +499,7 @@ async def ensure_loaded(app: App, pool: BackendPool, spec: str) -> None:
     inner = pool.inner(spec)
     if isinstance(inner, TransformersChatClient) and not inner.loaded:
         with app.console.status(redact(f"loading {spec} (the first use converts the model, later loads take seconds)")):
-            await inner.run_in_model_thread(inner.load)
+            await run_off_loop(inner, inner.load)
 
 
 HARDWARE_ENTRIES = {"engine": "engines", "dtype": "dtypes", "weights": "weights"}

