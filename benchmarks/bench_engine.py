@@ -7,7 +7,8 @@ loads the model so instead of the device's default; ``--weights float,packed`` m
 decoding with the converted float weights and with the GGUF's blocks; ``--round-tokens 8,0`` the static
 engine with finished rows leaving its batch every 8 tokens and (0) with one ``generate`` call per batch,
 which keeps every row to the end; ``--kv-cache growing,dynamic`` it with aloekit's KV cache that appends in
-place and with transformers' ``DynamicCache``, which copies itself every step. ``--preamble-words 450
+place and with transformers' ``DynamicCache``, which copies itself every step; ``--decode-step
+plain,transformers`` it with aloekit's plain decoding step and with transformers' modules. ``--preamble-words 450
 --temperature 0.7 --max-tokens 256`` makes the chats look like a simulation's: long prompts, sampled
 (seeded) replies of varied length.
 
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import statistics
 import time
 from collections.abc import Sequence
@@ -28,6 +30,7 @@ from itertools import product
 from typing import Any
 
 from aloekit.agents.backends import BackendPool, from_dicts, local
+from aloekit.agents.backends.decode_step import plain_decoding_steps
 from aloekit.agents.backends.kvcache import growing_cache
 from aloekit.agents.backends.local import resolve_dtype
 from aloekit.config import AloeConfig
@@ -59,15 +62,15 @@ async def aloekit_rates(
     engine: str = "auto",
     dtype: str = "auto",
     weights: str = "auto",
-    variants: Sequence[tuple[int, str]] = ((local.ROUND_TOKENS, "growing"),),
+    variants: Sequence[tuple[int, str, str]] = ((local.ROUND_TOKENS, "growing", "plain"),),
     repeats: int = 1,
     temperature: float = 0.0,
     preamble_words: int = 0,
 ) -> tuple[list[list[float]], dict[str, str]]:
     """Tokens/s of ``n`` concurrent chats through aloekit's backend for ``spec``, for each of the static engine's
-    ``variants`` (tokens per ``generate`` call, 0: one call per batch; and the KV cache, ``growing`` or
-    ``dynamic``) and each ``n`` in ``levels``: the median of ``repeats``, the variants taking turns on one
-    loaded model in alternating order, so the machine's
+    ``variants`` (tokens per ``generate`` call, 0: one call per batch; the KV cache, ``growing`` or
+    ``dynamic``; the decoding step, ``plain`` or ``transformers``) and each ``n`` in ``levels``: the median
+    of ``repeats``, the variants taking turns on one loaded model in alternating order, so the machine's
     changing load falls on them alike (a warm-up at the highest concurrency first: the first load and
     warm-up are not timed); and the engine, dtype and weights the model ran with (where asked ones fell
     back, not those asked). Chat ``i`` samples at ``temperature`` with seed ``i`` (0: greedy)."""
@@ -90,13 +93,14 @@ async def aloekit_rates(
         return sum(r.usage.completion_tokens for r in results) / (time.perf_counter() - started)
 
     await rate(top, 8)  # loads the model and warms up
-    taken: dict[tuple[tuple[int, str], int], list[float]] = {}
+    taken: dict[tuple[tuple[int, str, str], int], list[float]] = {}
     for n in levels:
         for repeat in range(repeats):
             for variant in variants if repeat % 2 == 0 else variants[::-1]:  # the first of a turn measured faster
-                tokens, cache = variant
+                tokens, cache, step = variant
                 local.ROUND_TOKENS = tokens or 10**9
                 local.growing_cache = growing_cache if cache == "growing" else dynamic_cache
+                local.plain_decoding_steps = plain_decoding_steps if step == "plain" else transformers_steps
                 taken.setdefault((variant, n), []).append(await rate(n, max_tokens))
     rates = [[statistics.median(taken[variant, n]) for n in levels] for variant in variants]
     compute = client.compute_settings()
@@ -109,6 +113,11 @@ def dynamic_cache(config: Any, room: int) -> Any:
     from transformers import DynamicCache
 
     return DynamicCache(config=config)
+
+
+def transformers_steps(model: Any) -> contextlib.AbstractContextManager[bool]:
+    """Decoding steps through transformers' modules: no plain step."""
+    return contextlib.nullcontext(False)
 
 
 def continuous_rate(model: Any, tokenizer: Any, n: int, max_tokens: int) -> float:
@@ -131,10 +140,11 @@ def continuous_rate(model: Any, tokenizer: Any, n: int, max_tokens: int) -> floa
 
 
 def column_label(
-    engine: str, weights: str, ran: dict[str, str], round_tokens: int | None = None, kv_cache: str | None = None
-) -> str:
+    engine: str, weights: str, ran: dict[str, str], round_tokens: int | None = None, kv_cache: str | None = None,
+    decode_step: str | None = None,
+) -> str:  # fmt: skip
     """The engine (and weights, where asked) the model ran with, ``(asked X)`` after one that fell back, and
-    the static engine's rounds and KV cache where several were asked."""
+    the static engine's rounds, KV cache and decoding step where several were asked."""
 
     def shown(asked: str, key: str) -> str:
         got = ran.get(key, asked)
@@ -145,6 +155,8 @@ def column_label(
         label += f", rounds of {round_tokens}" if round_tokens else ", one call"
     if kv_cache is not None and ran.get("engine") == "static":
         label += f", {kv_cache} cache"
+    if decode_step is not None and ran.get("engine") == "static":
+        label += f", {decode_step} steps"
     return label
 
 
@@ -164,6 +176,8 @@ def main() -> None:
     parser.add_argument("--round-tokens", default=str(local.ROUND_TOKENS),
                         help="comma-separated tokens per generate call, static engine (0: one per batch)")  # fmt: skip
     parser.add_argument("--kv-cache", default="growing", help="comma-separated: growing, dynamic (static engine)")
+    parser.add_argument("--decode-step", default="plain",
+                        help="comma-separated: plain, transformers (static engine)")  # fmt: skip
     parser.add_argument("--repeats", type=int, default=1, help="measurements per figure (the median is shown)")
     args = parser.parse_args()
     levels = [int(n) for n in args.concurrency.split(",")]
@@ -175,9 +189,12 @@ def main() -> None:
     caches = args.kv_cache.split(",")
     if unknown := set(caches) - {"growing", "dynamic"}:
         parser.error(f"--kv-cache: unknown {', '.join(sorted(unknown))} (use growing, dynamic)")
-    static_variants = list(product(rounds, caches))
+    steps = args.decode_step.split(",")
+    if unknown := set(steps) - {"plain", "transformers"}:
+        parser.error(f"--decode-step: unknown {', '.join(sorted(unknown))} (use plain, transformers)")
+    static_variants = list(product(rounds, caches, steps))
     workload = {"temperature": args.temperature, "preamble_words": args.preamble_words}
-    columns: list[tuple[str, str, tuple[int, str]]] = []
+    columns: list[tuple[str, str, tuple[int, str, str]]] = []
     measured: list[tuple[list[float], dict[str, str]]] = []
     for engine in args.engines.split(","):
         for weights in args.weights.split(","):
@@ -206,8 +223,9 @@ def main() -> None:
           f"{f', {args.preamble_words}-word preamble' if args.preamble_words else ''}; tokens/s")  # fmt: skip
     # Columns say what the model ran with: an engine or weights that fell back (continuous batching needs
     # transformers >= 5.19, packed weights a CPU) must not pass for the one asked.
-    labels = [column_label(e, w, compute, r if len(rounds) > 1 else None, c if len(caches) > 1 else None)
-              for (e, w, (r, c)), (_, compute) in zip(columns, measured, strict=True)]  # fmt: skip
+    labels = [column_label(e, w, compute, r if len(rounds) > 1 else None, c if len(caches) > 1 else None,
+                           s if len(steps) > 1 else None)
+              for (e, w, (r, c, s)), (_, compute) in zip(columns, measured, strict=True)]  # fmt: skip
     headers = [f"aloekit {c}" for c in labels] + ([f"generate_batch ({args.attention})"] if args.raw else [])
     widths = [max(22, len(h)) for h in headers]
     print("concurrent | " + " | ".join(f"{h:>{w}}" for h, w in zip(headers, widths, strict=True)))

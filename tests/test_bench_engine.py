@@ -19,6 +19,9 @@ def test_columns_name_what_ran_and_what_fell_back():
     # and which KV cache, where both were asked
     assert column_label("static", "auto", {"engine": "static"}, 8, "dynamic") == "static, rounds of 8, dynamic cache"
     assert column_label("continuous", "auto", {"engine": "continuous"}, None, "growing") == "continuous"
+    # and which decoding step, where both were asked
+    plain = column_label("static", "auto", {"engine": "static"}, None, None, "plain")
+    assert plain == "static, plain steps"
 
 
 async def test_a_single_stream_answers_eight_chats_one_after_another(scripted):

@@ -35,6 +35,7 @@ from autogen_core.models import (
 from autogen_core.tools import Tool, ToolSchema
 
 from aloekit.agents.backends.continuous import ContinuousEngine, EngineTimeout, continuous_batching_available
+from aloekit.agents.backends.decode_step import plain_decoding_steps
 from aloekit.agents.backends.digests import DIGEST_HEX, file_digest, folder_digest
 from aloekit.agents.backends.files import read_json_file
 from aloekit.agents.backends.kvcache import growing_cache
@@ -236,25 +237,26 @@ def _decode_in_rounds(
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     cache_keyword = "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
     new: list[list[int]] = [[] for _ in max_tokens]
-    while True:
-        steps = max(max_tokens[r] - len(new[r]) for r in rows)
-        if len(rows) > 1:  # a lone row has no neighbour to leave for: one call spares the calls' setup
-            steps = min(ROUND_TOKENS, steps)
-        output = model.generate(
-            input_ids=input_ids, attention_mask=mask, max_new_tokens=steps, **{cache_keyword: cache}, **kwargs
-        )
-        made = output.shape[1] - input_ids.shape[1]
-        for row, request in enumerate(rows):
-            new[request] += output[row, input_ids.shape[1] :].tolist()
-        keep = [row for row, request in enumerate(rows) if not finished(request, new[request])]
-        if not keep or made < steps:  # made < steps: generate itself found every row done
-            return new
-        input_ids, mask = output, torch.cat([mask, mask.new_ones(len(rows), made)], dim=1)
-        if len(keep) < len(rows):
-            index = torch.tensor(keep, device=output.device)
-            cache.reorder_cache(index)  # beam search's row selection: every cache layer kind has it
-            input_ids, mask = input_ids[index], mask[index]
-            rows[:] = [rows[row] for row in keep]
+    with plain_decoding_steps(model):
+        while True:
+            steps = max(max_tokens[r] - len(new[r]) for r in rows)
+            if len(rows) > 1:  # a lone row has no neighbour to leave for: one call spares the calls' setup
+                steps = min(ROUND_TOKENS, steps)
+            output = model.generate(
+                input_ids=input_ids, attention_mask=mask, max_new_tokens=steps, **{cache_keyword: cache}, **kwargs
+            )
+            made = output.shape[1] - input_ids.shape[1]
+            for row, request in enumerate(rows):
+                new[request] += output[row, input_ids.shape[1] :].tolist()
+            keep = [row for row, request in enumerate(rows) if not finished(request, new[request])]
+            if not keep or made < steps:  # made < steps: generate itself found every row done
+                return new
+            input_ids, mask = output, torch.cat([mask, mask.new_ones(len(rows), made)], dim=1)
+            if len(keep) < len(rows):
+                index = torch.tensor(keep, device=output.device)
+                cache.reorder_cache(index)  # beam search's row selection: every cache layer kind has it
+                input_ids, mask = input_ids[index], mask[index]
+                rows[:] = [rows[row] for row in keep]
 
 
 class TransformersChatClient(ChatCompletionClient):

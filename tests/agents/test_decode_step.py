@@ -1,0 +1,191 @@
+"""The plain decoding step: logits equal to transformers' bit for bit (grouped and plain attention, padded
+and unpadded batches, float32 and bfloat16, a peft adapter, SmolLM2's packed weights), taken only for
+generate's decoding steps and only within the block, and the static engine's replies unchanged by it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import pytest
+import torch
+from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+from aloekit.agents.backends import from_dicts, local, packed
+from aloekit.agents.backends.decode_step import plain_decoding_steps, plain_step
+from aloekit.agents.backends.kvcache import growing_cache
+from aloekit.agents.backends.local import TransformersChatClient
+
+
+def _llama(kv_heads: int = 2, dtype: torch.dtype = torch.float32, **config: object) -> LlamaForCausalLM:
+    torch.manual_seed(0)
+    settings = dict(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2, pad_token_id=0,
+                    num_attention_heads=4, num_key_value_heads=kv_heads, attn_implementation="sdpa")  # fmt: skip
+    settings |= config
+    model = LlamaForCausalLM(LlamaConfig(**settings))
+    return model.to(dtype).eval()
+
+
+def _prompts(rows: int, padded: bool) -> dict[str, torch.Tensor]:
+    ids = torch.randint(1, 64, (rows, 7), generator=torch.Generator().manual_seed(rows))
+    mask = torch.ones_like(ids)
+    if padded:
+        for row in range(rows):  # left padding, as the static engine's tokenizer pads
+            mask[row, : row % 4] = 0
+    return {"input_ids": ids.masked_fill(mask == 0, 0), "attention_mask": mask}
+
+
+def _step_logits(model, encoded, cache_factory, steps: int, plain: bool) -> list[torch.Tensor]:
+    """Logits of ``steps`` decoding steps after the prompt, each feeding transformers' greedy token."""
+    step = plain_step(model)
+    cache, mask = cache_factory(model.config), encoded["attention_mask"]
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, -1:]
+    with torch.inference_mode():
+        logits = model(**encoded, past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
+        seen = []
+        for _ in range(steps):
+            ids, positions = logits.argmax(-1, keepdim=True), positions + 1
+            mask = torch.cat([mask, mask.new_ones(len(mask), 1)], dim=1)
+            if plain:
+                logits = step(ids, positions, mask, cache)
+            else:
+                out = model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache)
+                logits = out.logits[:, -1]
+            seen.append(logits)
+    return seen
+
+
+CACHES = {"growing": lambda config: growing_cache(config, room=16), "dynamic": lambda c: DynamicCache(config=c)}
+
+
+def _equal(logits: list[torch.Tensor], others: list[torch.Tensor]) -> bool:
+    return all(torch.equal(a, b) for a, b in zip(logits, others, strict=True))
+
+
+@pytest.mark.filterwarnings("ignore:`past_key_values` is deprecated:FutureWarning")
+@pytest.mark.parametrize("kv_heads", [2, 4])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize(("rows", "padded"), [(1, False), (3, False), (4, True)])
+@pytest.mark.parametrize("cache", sorted(CACHES))
+def test_logits_equal_transformers_bit_for_bit(kv_heads, dtype, rows, padded, cache):
+    model, encoded = _llama(kv_heads, dtype), _prompts(rows, padded)
+    transformers_logits = _step_logits(model, encoded, CACHES[cache], 6, plain=False)
+    plain_logits = _step_logits(model, encoded, CACHES[cache], 6, plain=True)
+    assert _equal(transformers_logits, plain_logits)
+
+
+@pytest.mark.filterwarnings("ignore:`past_key_values` is deprecated:FutureWarning")
+def test_a_peft_adapter_s_layers_are_called_as_modules():
+    from peft import LoraConfig, get_peft_model
+
+    model = get_peft_model(_llama(), LoraConfig(target_modules=["q_proj", "down_proj"], r=4, init_lora_weights=False))
+    model.eval()
+    base, encoded = model.get_base_model(), _prompts(3, True)
+    assert plain_step(model).model is base
+    plain = _step_logits(base, encoded, CACHES["growing"], 4, plain=True)
+    assert _equal(_step_logits(base, encoded, CACHES["growing"], 4, plain=False), plain)
+    # the adapter counts: without it the logits differ
+    with model.disable_adapter():
+        assert not torch.equal(_step_logits(base, encoded, CACHES["growing"], 1, plain=True)[0], plain[0])
+
+
+def test_other_models_keep_transformers_forward():
+    assert plain_step(_llama()) is not None
+    assert plain_step(_llama().train()) is None
+    assert plain_step(_llama(attn_implementation="eager")) is None
+    assert plain_step(_llama(rope_scaling={"rope_type": "linear", "factor": 2.0})) is None
+    qwen = Qwen2ForCausalLM(Qwen2Config(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=1,
+                                        num_attention_heads=4, num_key_value_heads=2)).eval()  # fmt: skip
+    assert plain_step(qwen) is None
+    with plain_decoding_steps(qwen) as applies:
+        assert not applies and "forward" not in qwen.__dict__
+
+
+@pytest.mark.parametrize(("adapter", "rows"), [(False, 3), (True, 3), (False, 1)])
+def test_only_generate_s_decoding_steps_take_it_and_only_within_the_block(monkeypatch, adapter, rows):
+    from peft import LoraConfig, get_peft_model
+
+    from aloekit.agents.backends import decode_step
+
+    model, encoded, calls = _llama(), _prompts(rows, True), []  # a lone row: generate passes no mask
+    if adapter:  # peft's generate reaches the base model's forward
+        model = get_peft_model(model, LoraConfig(target_modules=["q_proj"], r=4, init_lora_weights=False)).eval()
+    step_call = decode_step.PlainLlamaStep.__call__
+
+    def counted(self, input_ids, *args):
+        calls.append(tuple(input_ids.shape))
+        return step_call(self, input_ids, *args)
+
+    monkeypatch.setattr(decode_step.PlainLlamaStep, "__call__", counted)
+    with torch.inference_mode():
+        reference = model.generate(**encoded, max_new_tokens=5, do_sample=False, pad_token_id=0)
+        with plain_decoding_steps(model) as applies:
+            assert applies
+            output = model.generate(**encoded, max_new_tokens=5, do_sample=False, pad_token_id=0)
+            model(**encoded)  # a prompt: transformers' forward
+        assert "forward" not in plain_step(model).model.__dict__  # the class's forward again
+        model(**encoded)
+    assert torch.equal(output, reference) and calls == [(rows, 1)] * 4  # the prompt's pass made the first token
+
+
+def test_an_instance_forward_set_before_is_put_back():
+    model = _llama()
+    hooked = model.forward  # as accelerate's hooks set one
+    model.forward = hooked
+    with plain_decoding_steps(model):
+        assert model.forward is not hooked
+    assert model.__dict__["forward"] is hooked
+
+
+async def test_the_static_engine_s_replies_are_unchanged(tiny_model_dir, monkeypatch):
+    monkeypatch.setattr(local, "ROUND_TOKENS", 2)  # rows leave between rounds: the cache is reordered
+
+    async def replies() -> list[str]:
+        client = TransformersChatClient(tiny_model_dir)
+        prompts = ["hello", "what is the capital of france", "the cat likes tea", "say one two three"]
+        sampled = {"temperature": 0.9, "seed": 3}
+        results = await asyncio.gather(
+            *(
+                client.create(from_dicts([{"role": "user", "content": p}]), extra_create_args={"max_tokens": n} | s)
+                for p, n, s in zip(prompts, [3, 12, 7, 20], [{}, sampled, {}, sampled], strict=True)
+            )
+        )
+        return [r.content for r in results]
+
+    steps = []
+    real = local.plain_decoding_steps
+
+    def recorded(model):
+        steps.append(plain_step(model) is not None)
+        return real(model)
+
+    monkeypatch.setattr(local, "plain_decoding_steps", recorded)
+    plain = await replies()
+    assert steps and all(steps)
+    monkeypatch.setattr(local, "plain_decoding_steps", lambda model: contextlib.nullcontext(False))
+    assert await replies() == plain
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(packed.packed_kernels_missing() is not None, reason="no packed kernels on this torch")
+@pytest.mark.filterwarnings("ignore:`past_key_values` is deprecated:FutureWarning")
+def test_smollm2_s_packed_steps_equal_transformers_bit_for_bit():
+    from aloekit.agents.backends.registry import parse_spec
+    from aloekit.config import BackendSettings
+
+    client = local.build_local_client(parse_spec("local:smollm2"), BackendSettings(weights="packed"))
+    client.load()
+    chats = [[{"role": "user", "content": f"Give me a tip about {topic}."}] for topic in ("tea", "chess openings")]
+    encoded = client.tokenizer([client.render_chat(chat) for chat in chats], return_tensors="pt", padding=True)
+    assert client.weights == "packed" and not encoded["attention_mask"].all()  # packed, and padded
+    model = client.model
+    transformers_logits = _step_logits(model, dict(encoded), CACHES["growing"], 4, plain=False)
+    assert _equal(transformers_logits, _step_logits(model, dict(encoded), CACHES["growing"], 4, plain=True))
+
+
+@pytest.mark.gpu
+@pytest.mark.filterwarnings("ignore:`past_key_values` is deprecated:FutureWarning")
+def test_logits_equal_transformers_bit_for_bit_on_cuda():
+    model, encoded = _llama(2, torch.bfloat16).cuda(), {k: v.cuda() for k, v in _prompts(4, True).items()}
+    plain = _step_logits(model, encoded, CACHES["growing"], 6, plain=True)
+    assert _equal(_step_logits(model, encoded, CACHES["growing"], 6, plain=False), plain)
