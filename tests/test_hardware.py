@@ -73,6 +73,7 @@ def test_the_run_config_records_what_a_model_loaded_with(monkeypatch, tiny_model
         raise OSError(f"{gguf}: not a GGUF file")
 
     monkeypatch.setattr(hardware, "detect", lambda: CPU)
+    monkeypatch.setattr(local_backend, "cpu_has_bfloat16_tiles", lambda: False)  # as CPU says: float32
     monkeypatch.setattr(local_backend, "packed_kernels_missing", lambda: None)
     monkeypatch.setattr(local_backend, "cached_gguf_blocks", unreadable)
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test")  # the server's client is built, never called
@@ -99,20 +100,50 @@ def test_the_run_config_records_what_a_model_loaded_with(monkeypatch, tiny_model
 def test_detect_on_this_machine():
     detected = hardware.detect()
     if detected.device == "cpu":
-        assert detected.in_flight is None and detected.conversations is None and detected.dtype == "float32"
+        tiles = local_backend.cpu_has_bfloat16_tiles()
+        assert detected.in_flight is None and detected.conversations is None
+        assert detected.dtype == ("bfloat16" if tiles else "float32")
     else:  # a CUDA machine
         assert 16 <= detected.in_flight <= 256 and detected.dtype == "bfloat16"
 
 
-async def test_an_in_process_model_loads_as_the_dtype_asked(tiny_model_dir):
+@pytest.mark.parametrize("tiles", [False, True])
+async def test_an_in_process_model_loads_as_the_dtype_asked(tiny_model_dir, monkeypatch, tiles):
+    monkeypatch.setattr(local_backend, "cpu_has_bfloat16_tiles", lambda: tiles)
     chat = from_dicts([{"role": "user", "content": "hello"}])
     default = TransformersChatClient(tiny_model_dir, device="cpu")
     half = TransformersChatClient(tiny_model_dir, device="cpu", dtype="bfloat16")
     for client in (default, half):
         reply = await client.create(chat, extra_create_args={"max_tokens": 3})
         assert reply.usage.completion_tokens > 0
-    assert default.dtype == "float32" and default.model.dtype == torch.float32  # auto on CPU
+    auto = torch.bfloat16 if tiles else torch.float32  # on CPU: bfloat16 where AMX tiles multiply it
+    assert default.dtype == str(auto).removeprefix("torch.") and default.model.dtype == auto
     assert half.dtype == "bfloat16" and half.model.dtype == torch.bfloat16
+
+
+def test_auto_is_bfloat16_on_cuda_and_on_cpus_with_bfloat16_tiles(monkeypatch):
+    for tiles, on_cpu in ((False, "float32"), (True, "bfloat16")):
+        monkeypatch.setattr(local_backend, "cpu_has_bfloat16_tiles", lambda tiles=tiles: tiles)
+        assert local_backend.resolve_dtype("auto", "cpu") == on_cpu
+        assert local_backend.resolve_dtype("auto", "cuda") == "bfloat16"
+        assert local_backend.resolve_dtype("float32", "cpu") == "float32"
+        assert local_backend.resolve_dtype("auto", "mps") == "float32"  # the tiles are a CPU's
+
+
+def test_cast_parameters_loads_as_from_pretrained_does(tiny_model_dir):
+    from transformers import AutoModelForCausalLM
+
+    cast = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    local_backend.cast_parameters(cast, torch.bfloat16)
+    loaded = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.bfloat16)
+
+    def same(tensors, others) -> bool:
+        return all(torch.equal(a, b) and a.dtype == b.dtype for a, b in zip(tensors, others, strict=True))
+
+    assert same(cast.parameters(), loaded.parameters())
+    # buffers stay as loaded: the rotary embedding's float32 frequencies, not rounded to bfloat16
+    assert same(cast.buffers(), loaded.buffers())
+    assert cast.model.rotary_emb.inv_freq.dtype == torch.float32
 
 
 def test_a_bad_dtype_is_a_config_error():

@@ -169,15 +169,17 @@ async def test_the_static_engine_s_replies_are_unchanged(tiny_model_dir, monkeyp
 @pytest.mark.integration
 @pytest.mark.skipif(packed.packed_kernels_missing() is not None, reason="no packed kernels on this torch")
 @pytest.mark.filterwarnings("ignore:`past_key_values` is deprecated:FutureWarning")
-def test_smollm2_s_packed_steps_equal_transformers_bit_for_bit():
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_smollm2_s_packed_steps_equal_transformers_bit_for_bit(dtype):
     from aloekit.agents.backends.registry import parse_spec
     from aloekit.config import BackendSettings
 
-    client = local.build_local_client(parse_spec("local:smollm2"), BackendSettings(weights="packed"))
+    settings = BackendSettings(weights="packed", dtype=dtype)
+    client = local.build_local_client(parse_spec("local:smollm2"), settings)
     client.load()
     chats = [[{"role": "user", "content": f"Give me a tip about {topic}."}] for topic in ("tea", "chess openings")]
     encoded = client.tokenizer([client.render_chat(chat) for chat in chats], return_tensors="pt", padding=True)
-    assert client.weights == "packed" and not encoded["attention_mask"].all()  # packed, and padded
+    assert client.weights == "packed" and client.dtype == dtype and not encoded["attention_mask"].all()  # padded
     model = client.model
     transformers_logits = _step_logits(model, dict(encoded), CACHES["growing"], 4, plain=False)
     assert _equal(transformers_logits, _step_logits(model, dict(encoded), CACHES["growing"], 4, plain=True))

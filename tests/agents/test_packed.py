@@ -133,8 +133,9 @@ def test_rows_are_matched_bit_for_bit_in_any_order():
 def test_packed_is_chosen_only_where_it_can_run(monkeypatch, caplog):
     monkeypatch.setattr(local, "packed_kernels_missing", lambda: None)
     assert resolve_weights("auto", "cpu", "float32", "static", gguf=True) == "packed"
+    assert resolve_weights("auto", "cpu", "bfloat16", "static", gguf=True) == "packed"
     assert resolve_weights("packed", "cpu", "float32", "static", gguf=True) == "packed"
-    for case in (("cuda", "float32", "static", True), ("cpu", "bfloat16", "static", True),
+    for case in (("cuda", "float32", "static", True), ("cpu", "float16", "static", True),
                  ("cpu", "float32", "continuous", True), ("cpu", "float32", "static", False)):  # fmt: skip
         assert resolve_weights("auto", *case) == "float"
     assert resolve_weights("float", "cpu", "float32", "static", gguf=True) == "float"
@@ -220,6 +221,26 @@ async def test_local_smollm2_decodes_packed_by_default_on_cpu():
     floating = local.build_local_client(spec, BackendSettings(weights="float"))
     floating.load()
     assert floating.weights == "float"
+
+
+@needs_kernels
+@pytest.mark.integration
+@pytest.mark.skipif(torch.cuda.is_available(), reason="packed weights are for CPU decoding")
+async def test_local_smollm2_decodes_packed_in_bfloat16():
+    """The blocks are matched to the float32 weights, then the model computes in bfloat16 (the default on a CPU
+    with AMX tiles)."""
+    from aloekit.agents.backends import from_dicts
+    from aloekit.agents.backends.registry import parse_spec
+    from aloekit.config import BackendSettings
+
+    client = local.build_local_client(parse_spec("local:smollm2"), BackendSettings(dtype="bfloat16"))
+    chat = from_dicts([{"role": "user", "content": "Name a fruit."}])
+    result = await client.create(chat, extra_create_args={"max_tokens": 8, "temperature": 0})
+    model = client.model
+    assert client.weights == "packed" and client.dtype == "bfloat16" and result.content.strip()
+    assert sum(type(module) is packed._packed_class() for module in model.modules()) == 211
+    assert {parameter.dtype for parameter in model.parameters()} == {torch.bfloat16}
+    assert model.model.rotary_emb.inv_freq.dtype == torch.float32  # buffers as from_pretrained leaves them
 
 
 @needs_kernels

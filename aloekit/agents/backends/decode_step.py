@@ -35,7 +35,9 @@ def plain_step(model: Any) -> PlainLlamaStep | None:
         return None
     if base.config._attn_implementation != "sdpa" or base.model.rotary_emb.rope_type != "default":
         return None
-    return PlainLlamaStep(base)
+    if (step := base.__dict__.get("_plain_step")) is None:  # made once: it joins the packed weights
+        step = base._plain_step = PlainLlamaStep(base)
+    return step
 
 
 @contextlib.contextmanager
@@ -79,6 +81,21 @@ def _linear(module: Any) -> Callable[[Any], Any]:
     return lambda x: module(x[:, None])[:, 0]  # anything else (a peft adapter's layer): the module itself
 
 
+def _joined(modules: list[Any]) -> Callable[[Any], Any]:
+    """``x`` [rows, features] through each of ``modules`` (which take the same input), their outputs side by
+    side: one int4 kernel call where each is packed so, else one call each."""
+    import torch
+
+    from aloekit.agents.backends.packed import Q4Matmul, _packed_class
+
+    matmuls = [getattr(module, "packed_matmul", None) for module in modules]
+    if all(type(m) is _packed_class() and isinstance(k, Q4Matmul) for m, k in zip(modules, matmuls, strict=True)):
+        joined = Q4Matmul.joined(matmuls)
+        return lambda x: joined(x.to(torch.bfloat16)).to(x.dtype)
+    each = list(map(_linear, modules))
+    return lambda x: torch.cat([linear(x) for linear in each], dim=-1)
+
+
 def _rms_norm(x: Any, norm: Any) -> Any:
     """transformers' ``LlamaRMSNorm`` forward."""
     import torch
@@ -90,7 +107,8 @@ def _rms_norm(x: Any, norm: Any) -> Any:
 class PlainLlamaStep:
     """One decoding step of a transformers ``LlamaForCausalLM``: embedding, rotary embedding, each layer's
     norm, projections, cache update, sdpa attention (as transformers calls it for one query token) and MLP,
-    final norm and output layer. Weights are read at each call, so an update in place is seen."""
+    final norm and output layer. Packed q/k/v and gate/up layers each run as one kernel call (their columns
+    equal bit for bit); float weights are read at each call, so an update in place is seen."""
 
     def __init__(self, model: Any) -> None:
         from transformers.modeling_outputs import CausalLMOutputWithPast
@@ -99,10 +117,12 @@ class PlainLlamaStep:
         config = model.config
         self.heads, self.kv_heads = config.num_attention_heads, config.num_key_value_heads
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
+        self.intermediate = config.intermediate_size
         self.layers = [
             (layer.input_layernorm, layer.post_attention_layernorm, layer.self_attn.scaling, layer.mlp.act_fn,
-             *map(_linear, (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj,
-                            layer.self_attn.o_proj, layer.mlp.gate_proj, layer.mlp.up_proj, layer.mlp.down_proj)))
+             _joined([layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj]),
+             _linear(layer.self_attn.o_proj), _joined([layer.mlp.gate_proj, layer.mlp.up_proj]),
+             _linear(layer.mlp.down_proj))
             for layer in model.model.layers[: config.num_hidden_layers]
         ]  # fmt: skip
         self.head = _linear(model.lm_head)
@@ -138,7 +158,7 @@ class PlainLlamaStep:
         import torch
         from torch.nn.functional import embedding, scaled_dot_product_attention
 
-        inner, rows = self.model.model, input_ids.shape[0]
+        inner, rows, intermediate = self.model.model, input_ids.shape[0], self.intermediate
         heads, kv_heads, dim, half = self.heads, self.kv_heads, self.head_dim, self.head_dim // 2
         hidden = embedding(input_ids[:, 0], inner.embed_tokens.weight)
         rotary = inner.rotary_emb
@@ -156,16 +176,17 @@ class PlainLlamaStep:
             gqa = {"enable_gqa": True}
         elif groups > 1:
             query_shape = (rows, kv_heads, groups, dim)
-        for index, (norm, post_norm, scaling, act, q, k, v, o, gate, up, down) in enumerate(self.layers):
+        for index, (norm, post_norm, scaling, act, qkv, o, gate_up, down) in enumerate(self.layers):
             x = _rms_norm(hidden, norm)
-            queries, keys = q(x).view(rows, heads, dim), k(x).view(rows, kv_heads, dim)
-            queries = queries * cos + torch.cat((-queries[..., half:], queries[..., :half]), dim=-1) * sin
-            keys = keys * cos + torch.cat((-keys[..., half:], keys[..., :half]), dim=-1) * sin
-            keys, values = cache.update(keys[:, :, None], v(x).view(rows, kv_heads, 1, dim), index)
+            projected = qkv(x).view(rows, heads + 2 * kv_heads, dim)  # query heads, key heads, value heads
+            rotated = projected[:, : heads + kv_heads]  # queries and keys rotate alike
+            rotated = rotated * cos + torch.cat((-rotated[..., half:], rotated[..., :half]), dim=-1) * sin
+            keys, values = cache.update(rotated[:, heads:, None], projected[:, heads + kv_heads :, None], index)
             attended = scaled_dot_product_attention(
-                queries.reshape(query_shape), keys, values, attn_mask=mask, scale=scaling, **gqa
+                rotated[:, :heads].reshape(query_shape), keys, values, attn_mask=mask, scale=scaling, **gqa
             )
             hidden = hidden + o(attended.reshape(rows, heads * dim))
-            x = _rms_norm(hidden, post_norm)
-            hidden = hidden + down(act(gate(x)) * up(x))
+            gated = gate_up(_rms_norm(hidden, post_norm))
+            # contiguous: torch's silu rounds a strided input differently in the last bit
+            hidden = hidden + down(act(gated[:, :intermediate].contiguous()) * gated[:, intermediate:])
         return self.head(_rms_norm(hidden, inner.norm))

@@ -59,15 +59,34 @@ def _probe_packed_kernels() -> str | None:
     return None
 
 
-def _q4_matmul(codes: np.ndarray, scales: np.ndarray, minimums: np.ndarray) -> Callable[[Any], Any]:
+def _q4_matmul(codes: np.ndarray, scales: np.ndarray, minimums: np.ndarray) -> Q4Matmul:
     """``x @ W.T`` for ``W = scale * code + minimum`` per group of 32: codes [N, K] in 0..15, scales and
     minimums [N, K/32]. torch's kernel computes ``(code - 8) * scale + zero``: zero is ``minimum + 8 * scale``."""
     import torch
 
     packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(torch.from_numpy(codes.astype(np.int32)), 1)
     scale_zero = np.stack([scales, minimums + 8 * scales], axis=-1).transpose(1, 0, 2)  # [K/32, N, 2]
-    scale_zero_bf16 = torch.from_numpy(np.ascontiguousarray(scale_zero)).to(torch.bfloat16)
-    return lambda x: torch.ops.aten._weight_int4pack_mm_for_cpu(x, packed, GROUP, scale_zero_bf16)
+    return Q4Matmul(packed, torch.from_numpy(np.ascontiguousarray(scale_zero)).to(torch.bfloat16))
+
+
+class Q4Matmul:
+    """torch's int4 kernel over one packed weight ([N, K/2] codes, [K/32, N, 2] bfloat16 scales and zeros)."""
+
+    def __init__(self, packed: Any, scale_zero: Any) -> None:
+        self.packed, self.scale_zero = packed, scale_zero
+
+    def __call__(self, x: Any) -> Any:
+        import torch
+
+        return torch.ops.aten._weight_int4pack_mm_for_cpu(x, self.packed, GROUP, self.scale_zero)
+
+    @classmethod
+    def joined(cls, parts: list[Q4Matmul]) -> Q4Matmul:
+        """One kernel for several weights that multiply the same input: its output is their outputs side by
+        side, each column bit for bit (the kernel reduces each output column alone; tested)."""
+        import torch
+
+        return cls(torch.cat([p.packed for p in parts]), torch.cat([p.scale_zero for p in parts], dim=1))
 
 
 def _q8_matmul(codes: np.ndarray, row_scales: np.ndarray) -> Callable[[Any], Any]:
