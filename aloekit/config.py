@@ -114,14 +114,15 @@ class BackendSettings(Settings):
     leave the running batch every step), or ``static`` batches of up to ``max_batch_size`` that run to their
     end. ``auto``: continuous on CUDA, static on CPU, where it measured faster."""
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    """In-process backends: what the model's weights and activations load as. ``auto``: bfloat16 on CUDA,
-    float32 on CPU, where bfloat16 measured faster for one chat at a time but slower for batches (README,
+    """In-process backends: what the model's weights and activations load as. ``auto``: bfloat16 on CUDA and on
+    a CPU with AMX tiles (whose bfloat16 matrix products measured about 7x faster than float32), float32 on
+    other CPUs, where bfloat16 measured faster for one chat at a time but slower for batches (README,
     Performance)."""
     weights: Literal["auto", "packed", "float"] = "auto"
     """In-process ``local:`` models: ``packed`` decodes with the GGUF's own 4-bit blocks through torch's CPU
     int4/int8 kernels (prompts still run in float), about twice as fast on a CPU; ``float`` uses the float32
-    weights the GGUF is converted to. ``auto``: packed on a CPU (float32, static engine) where torch has the
-    kernels."""
+    weights the GGUF is converted to. ``auto``: packed on a CPU (float32 or bfloat16, static engine) where
+    torch has the kernels."""
     kv_cache_fraction: float | None = Field(default=None, gt=0, lt=1)
     """In-process backends, continuous engine: the share of free GPU memory its paged KV cache takes when the
     model loads (None: 0.5). Lower it when training or more in-process models share the GPU."""

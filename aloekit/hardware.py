@@ -33,7 +33,7 @@ class Hardware:
     free_memory_gib: float | None
     """Free GPU memory when detected (None on CPU)."""
     dtype: str
-    """What in-process models load as by default: bfloat16 on CUDA, float32 on CPU (``dtype`` setting)."""
+    """What in-process models load as by default: bfloat16 on CUDA and AMX CPUs, else float32 (``dtype`` setting)."""
     in_flight: int | None
     """Requests an in-process model gets at once by default (None: the configured defaults stand)."""
 

@@ -143,7 +143,7 @@ def test_cast_parameters_loads_as_from_pretrained_does(tiny_model_dir):
     assert same(cast.parameters(), loaded.parameters())
     # buffers stay as loaded: the rotary embedding's float32 frequencies, not rounded to bfloat16
     assert same(cast.buffers(), loaded.buffers())
-    assert cast.model.rotary_emb.inv_freq.dtype == torch.float32
+    assert cast.model.rotary_emb.inv_freq.dtype == torch.float32 and cast.config.dtype == loaded.config.dtype
 
 
 def test_a_bad_dtype_is_a_config_error():

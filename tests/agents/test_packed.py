@@ -87,6 +87,19 @@ def test_a_peft_adapter_wraps_a_packed_layer_and_adds_its_update():
 
 
 @needs_kernels
+@pytest.mark.parametrize("rows", [(64, 32), (576, 192, 192), (32, 16, 48), (16, 16), (80, 64)])
+def test_joined_int4_matmuls_equal_their_parts_or_are_refused(rows):
+    rng = np.random.default_rng(0)
+    parts = [packed._q4_matmul(rng.integers(0, 16, (n, 64)).astype(np.uint8), rng.random((n, 2)).astype(np.float32),
+                               -rng.random((n, 2)).astype(np.float32)) for n in rows]  # fmt: skip
+    joined, x = packed.Q4Matmul.joined(parts), torch.randn(5, 64).bfloat16()
+    if all(n % 64 == 0 for n in rows[:-1]):  # whole blocks of torch's layout (AVX-512: 64 rows) join
+        assert joined is not None
+    if joined is not None:
+        assert torch.equal(joined(x), torch.cat([part(x) for part in parts], dim=-1))
+
+
+@needs_kernels
 def test_a_layer_the_kernels_refuse_stays_float():
     codes, scales, minimums = packed._q4_1_blocks(quantize(_weight(8, 32), Q4_1))  # 8 rows: int4 wants 16s
     net = torch.nn.Sequential(torch.nn.Linear(32, 8, bias=False))

@@ -2,13 +2,14 @@
 
 A decoding step feeds one token per row through every layer. Through transformers' modules, a good part of it
 is Python: module calls, the causal mask and rotary embedding rebuilt, the attention dispatch. On 2 CPU cores,
-SmolLM2-135M with 8 rows takes 34 ms a step, of which its kernels (int4/int8 matmuls, attention) take 20; the
-same calls made directly take 29 ms (1 row: 16.5 and 12.5). :func:`plain_decoding_steps` makes ``generate``'s
-decoding steps of a transformers ``LlamaForCausalLM`` with sdpa attention and the default rotary embedding
-take :class:`PlainLlamaStep`, which makes the same torch calls on the same tensors in the same order: its
-logits equal transformers' bit for bit (tested), so a reply is the same token for token. Every other call
-(a prompt, a guided choice, another architecture) keeps transformers' forward. transformers offers no such
-path: its own fast paths (CUDA graphs, ``torch.compile``) are for GPUs, and compiling measured slower here.
+a step of SmolLM2-135M with 8 rows takes about 34 ms, of which its kernels (int4/int8 matmuls, attention) take
+20; the same calls made directly take about 28 ms (1 row: 17 and 13). :func:`plain_decoding_steps` makes
+``generate``'s decoding steps of a transformers ``LlamaForCausalLM`` (sdpa attention, the default rotary
+embedding, no sliding window, no hooks) take :class:`PlainLlamaStep`, which makes the same torch calls on the
+same tensors in the same order: its logits equal transformers' bit for bit (tested), so a reply is the same
+token for token. Every other call (a prompt, a guided choice, another architecture or cache) keeps
+transformers' forward. transformers offers no such path: its own fast paths (CUDA graphs, ``torch.compile``)
+are for GPUs, and compiling measured slower here.
 """
 
 from __future__ import annotations
@@ -26,32 +27,51 @@ STEP_KEYWORDS = frozenset(
 
 
 def plain_step(model: Any) -> PlainLlamaStep | None:
-    """:class:`PlainLlamaStep` for ``model`` (peft's wrapper looked through), or None where its arithmetic would
-    not be transformers': another architecture or attention, another rotary embedding, a model in training."""
+    """:class:`PlainLlamaStep` for ``model`` as it is now (peft's wrapper looked through), or None where its
+    arithmetic would not be transformers': another architecture, attention or rotary embedding, a sliding
+    window, a model in training, modules it would bypass (hooks, an adapter on the embedding or the norms),
+    or a transformers without the one-token sdpa path it mirrors."""
+    import torch
     from transformers import LlamaForCausalLM
+    from transformers.models.llama.modeling_llama import LlamaRMSNorm
 
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    if type(base) is not LlamaForCausalLM or base.training:
+    if type(base) is not LlamaForCausalLM or base.training or _one_token_sdpa() is None:
         return None
-    if base.config._attn_implementation != "sdpa" or base.model.rotary_emb.rope_type != "default":
+    config, inner = base.config, base.model
+    if config._attn_implementation != "sdpa" or inner.rotary_emb.rope_type != "default":
         return None
-    if (step := base.__dict__.get("_plain_step")) is None:  # made once: it joins the packed weights
-        step = base._plain_step = PlainLlamaStep(base)
-    return step
+    if getattr(config, "sliding_window", None) or "forward" in base.__dict__:
+        return None
+    norms = [inner.norm, *(n for y in inner.layers for n in (y.input_layernorm, y.post_attention_layernorm))]
+    if type(inner.embed_tokens) is not torch.nn.Embedding or any(type(norm) is not LlamaRMSNorm for norm in norms):
+        return None
+    if any(hasattr(module, "_hf_hook") for module in base.modules()):  # accelerate's offloading or device maps
+        return None
+    return PlainLlamaStep(base)
+
+
+@functools.cache
+def _one_token_sdpa() -> tuple[Callable[..., bool], Callable[..., Any]] | None:
+    """transformers' choice between sdpa's grouped-query mode and packing a query's heads, and the packing,
+    for one query token (None where this transformers has no such path: the step is then not taken)."""
+    try:
+        from transformers.integrations.sdpa_attention import pack_gqa, use_gqa_in_sdpa
+    except ImportError:
+        return None
+    return use_gqa_in_sdpa, pack_gqa
 
 
 @contextlib.contextmanager
 def plain_decoding_steps(model: Any) -> Iterator[bool]:
-    """Within the block, ``model``'s decoding steps (one token per row, with a KV cache and position ids, as
-    ``generate`` calls them) take :func:`plain_step`; any other call, transformers'
-    forward. Yields whether the plain step applies to ``model``."""
+    """Within the block, ``model``'s decoding steps (one token per row, with a ``DynamicCache`` and position
+    ids, as ``generate`` calls them) take :func:`plain_step`, made as ``model`` is on entering; any other call,
+    transformers' forward. Yields whether the plain step applies to ``model``."""
     step = plain_step(model)
     if step is None:
         yield False
         return
-    base = step.model
-    own = base.__dict__.get("forward")  # an instance forward someone set (accelerate's hooks) is put back
-    forward = base.forward
+    base, forward = step.model, step.model.forward
 
     @functools.wraps(forward)  # generate reads the forward's signature (it passes position ids if it names them)
     def routed(*args: Any, **kwargs: Any) -> Any:
@@ -61,10 +81,7 @@ def plain_decoding_steps(model: Any) -> Iterator[bool]:
     try:
         yield True
     finally:
-        if own is None:
-            del base.forward
-        else:
-            base.forward = own
+        del base.forward  # the class's again: plain_step refuses a model with an instance forward of its own
 
 
 def _linear(module: Any) -> Callable[[Any], Any]:
@@ -81,17 +98,21 @@ def _linear(module: Any) -> Callable[[Any], Any]:
     return lambda x: module(x[:, None])[:, 0]  # anything else (a peft adapter's layer): the module itself
 
 
-def _joined(modules: list[Any]) -> Callable[[Any], Any]:
+def _joined(owner: Any, modules: list[Any]) -> Callable[[Any], Any]:
     """``x`` [rows, features] through each of ``modules`` (which take the same input), their outputs side by
-    side: one int4 kernel call where each is packed so, else one call each."""
+    side: one int4 kernel call where each is packed so and the kernel's layout allows joining them (kept on
+    ``owner`` while the same packed weights are there), else one call each."""
     import torch
 
     from aloekit.agents.backends.packed import Q4Matmul, _packed_class
 
     matmuls = [getattr(module, "packed_matmul", None) for module in modules]
     if all(type(m) is _packed_class() and isinstance(k, Q4Matmul) for m, k in zip(modules, matmuls, strict=True)):
-        joined = Q4Matmul.joined(matmuls)
-        return lambda x: joined(x.to(torch.bfloat16)).to(x.dtype)
+        kept = owner.__dict__.get("_joined_matmul")
+        if kept is None or kept[0] != matmuls:  # Q4Matmul compares by identity: the same packed weights
+            kept = owner._joined_matmul = (matmuls, Q4Matmul.joined(matmuls))
+        if (joined := kept[1]) is not None:
+            return lambda x: joined(x.to(torch.bfloat16)).to(x.dtype)
     each = list(map(_linear, modules))
     return lambda x: torch.cat([linear(x) for linear in each], dim=-1)
 
@@ -120,8 +141,8 @@ class PlainLlamaStep:
         self.intermediate = config.intermediate_size
         self.layers = [
             (layer.input_layernorm, layer.post_attention_layernorm, layer.self_attn.scaling, layer.mlp.act_fn,
-             _joined([layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj]),
-             _linear(layer.self_attn.o_proj), _joined([layer.mlp.gate_proj, layer.mlp.up_proj]),
+             _joined(layer.self_attn, [layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj]),
+             _linear(layer.self_attn.o_proj), _joined(layer.mlp, [layer.mlp.gate_proj, layer.mlp.up_proj]),
              _linear(layer.mlp.down_proj))
             for layer in model.model.layers[: config.num_hidden_layers]
         ]  # fmt: skip
@@ -131,18 +152,22 @@ class PlainLlamaStep:
         self.output_class = CausalLMOutputWithPast
 
     def takes(self, kwargs: dict[str, Any]) -> bool:
-        """Whether a forward call with ``kwargs`` is a decoding step this class computes."""
+        """Whether a forward call with ``kwargs`` is a decoding step this class computes: one token per row,
+        position ids, a ``DynamicCache`` of full-attention layers and a mask (if any) over it and the token."""
         import torch
-        from transformers import Cache
+        from transformers import DynamicCache
 
         ids, mask, positions = kwargs.get("input_ids"), kwargs.get("attention_mask"), kwargs.get("position_ids")
         cache = kwargs.get("cache", kwargs.get("past_key_values"))
+        if type(cache) is not DynamicCache or any(cache.is_sliding):
+            return False
         return (
             all(key in STEP_KEYWORDS for key, value in kwargs.items() if value is not None)
             and isinstance(ids, torch.Tensor) and ids.dim() == 2 and ids.shape[1] == 1
             and isinstance(positions, torch.Tensor) and positions.shape == ids.shape
-            and (mask is None or isinstance(mask, torch.Tensor) and mask.dim() == 2)  # None: every position counts
-            and isinstance(cache, Cache) and kwargs.get("use_cache") is not False
+            and (mask is None  # every position counts
+                 or isinstance(mask, torch.Tensor) and mask.dim() == 2 and mask.shape[1] == cache.get_seq_length() + 1)
+            and kwargs.get("use_cache") is not False and kwargs.get("return_dict") is not False
             and not kwargs.get("output_attentions") and not kwargs.get("output_hidden_states")
         )  # fmt: skip
 
@@ -158,6 +183,7 @@ class PlainLlamaStep:
         import torch
         from torch.nn.functional import embedding, scaled_dot_product_attention
 
+        uses_gqa, pack_gqa = _one_token_sdpa()  # type: ignore[misc]  # plain_step checked it
         inner, rows, intermediate = self.model.model, input_ids.shape[0], self.intermediate
         heads, kv_heads, dim, half = self.heads, self.kv_heads, self.head_dim, self.head_dim // 2
         hidden = embedding(input_ids[:, 0], inner.embed_tokens.weight)
@@ -166,25 +192,22 @@ class PlainLlamaStep:
         angles = torch.cat((freqs, freqs), dim=-1)  # [rows, 1, head_dim]: one position, all heads alike
         cos = (angles.cos() * rotary.attention_scaling).to(hidden.dtype)
         sin = (angles.sin() * rotary.attention_scaling).to(hidden.dtype)
-        # transformers' sdpa call for one query token: without a mask where every position counts (its mask
-        # function then returns None), the query heads that share a key head then run as its queries
-        groups = heads // kv_heads
+        # transformers' mask for one query token: none where every position counts
         everywhere = attention_mask is None or bool(attention_mask.all())
         mask = None if everywhere else attention_mask.bool()[:, None, None, :]
-        query_shape, gqa = (rows, heads, 1, dim), {}
-        if groups > 1 and mask is None:
-            gqa = {"enable_gqa": True}
-        elif groups > 1:
-            query_shape = (rows, kv_heads, groups, dim)
+        groups = heads // kv_heads
         for index, (norm, post_norm, scaling, act, qkv, o, gate_up, down) in enumerate(self.layers):
             x = _rms_norm(hidden, norm)
             projected = qkv(x).view(rows, heads + 2 * kv_heads, dim)  # query heads, key heads, value heads
             rotated = projected[:, : heads + kv_heads]  # queries and keys rotate alike
             rotated = rotated * cos + torch.cat((-rotated[..., half:], rotated[..., :half]), dim=-1) * sin
             keys, values = cache.update(rotated[:, heads:, None], projected[:, heads + kv_heads :, None], index)
-            attended = scaled_dot_product_attention(
-                rotated[:, :heads].reshape(query_shape), keys, values, attn_mask=mask, scale=scaling, **gqa
-            )
+            queries, gqa = rotated[:, :heads, None], {}  # [rows, heads, 1, head_dim]; then as transformers calls sdpa
+            if groups > 1 and uses_gqa(mask, keys, values):
+                gqa = {"enable_gqa": True}
+            elif groups > 1:
+                queries = pack_gqa(queries, groups)
+            attended = scaled_dot_product_attention(queries, keys, values, attn_mask=mask, scale=scaling, **gqa)
             hidden = hidden + o(attended.reshape(rows, heads * dim))
             gated = gate_up(_rms_norm(hidden, post_norm))
             # contiguous: torch's silu rounds a strided input differently in the last bit

@@ -279,7 +279,7 @@ class TransformersChatClient(ChatCompletionClient):
     request's generation, counted from when its batch starts (continuous: from its first token), not while it
     waits for the model: a row still generating at its deadline is finished early and its request raises
     :class:`~aloekit.agents.backends.managed.GenerationTimeout`; when every row is done the batch returns.
-    ``dtype`` (``auto``: bfloat16 on CUDA, float32 on CPU) is what the model loads as. ``weights="packed"``
+    ``dtype`` (``auto``: :func:`resolve_dtype`) is what the model loads as. ``weights="packed"``
     (the default on CPU for a model converted from ``gguf``) decodes with the GGUF's own 4-bit blocks
     (:mod:`~aloekit.agents.backends.packed`); ``float`` with the converted float weights only.
     Hence ``handles_timeout``: a :class:`~aloekit.agents.backends.managed.ManagedClient` leaves timing to it.
@@ -809,6 +809,7 @@ def cast_parameters(model: Any, dtype: Any) -> None:
     loads them (``model.to(dtype)`` would also round the rotary embedding's float32 frequencies)."""
     for parameter in model.parameters():
         parameter.data = parameter.data.to(dtype)
+    model.config.dtype = dtype
 
 
 def resolve_weights(weights: str, device: str, dtype: str, engine: str, gguf: bool, quiet: bool = False) -> str:

@@ -81,12 +81,17 @@ class Q4Matmul:
         return torch.ops.aten._weight_int4pack_mm_for_cpu(x, self.packed, GROUP, self.scale_zero)
 
     @classmethod
-    def joined(cls, parts: list[Q4Matmul]) -> Q4Matmul:
-        """One kernel for several weights that multiply the same input: its output is their outputs side by
-        side, each column bit for bit (the kernel reduces each output column alone; tested)."""
+    def joined(cls, parts: list[Q4Matmul]) -> Q4Matmul | None:
+        """One kernel for several weights that multiply the same input, its output their outputs side by side,
+        each column bit for bit (the kernel reduces each output column alone); None where the packed layout
+        does not allow it. torch packs rows in blocks (64 on AVX-512), so only parts whose rows fill whole
+        blocks join: the joined kernel is checked against the parts on a probe input."""
         import torch
 
-        return cls(torch.cat([p.packed for p in parts]), torch.cat([p.scale_zero for p in parts], dim=1))
+        joined = cls(torch.cat([p.packed for p in parts]), torch.cat([p.scale_zero for p in parts], dim=1))
+        probe = torch.randn(2, parts[0].scale_zero.shape[0] * GROUP, generator=torch.Generator().manual_seed(0))
+        probe = probe.to(torch.bfloat16)
+        return joined if torch.equal(joined(probe), torch.cat([p(probe) for p in parts], dim=-1)) else None
 
 
 def _q8_matmul(codes: np.ndarray, row_scales: np.ndarray) -> Callable[[Any], Any]:
