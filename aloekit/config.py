@@ -115,7 +115,7 @@ class BackendSettings(Settings):
     end. ``auto``: continuous on CUDA, static on CPU, where it measured faster."""
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     """In-process backends: what the model's weights and activations load as. ``auto``: bfloat16 on CUDA and on
-    a CPU with AMX tiles (whose bfloat16 matrix products measured about 7x faster than float32), float32 on
+    a CPU with AMX tiles (whose bfloat16 matrix products measured 6-8x faster than float32), float32 on
     other CPUs, where bfloat16 measured faster for one chat at a time but slower for batches (README,
     Performance)."""
     weights: Literal["auto", "packed", "float"] = "auto"

@@ -795,9 +795,10 @@ def resolve_dtype(dtype: str, device: str) -> str:
 @functools.cache
 def cpu_has_bfloat16_tiles() -> bool:
     """Whether this CPU has AMX tiles (Intel Xeon since Sapphire Rapids), on which torch multiplies bfloat16
-    matrices through oneDNN about 7x faster than float32 (2 cores: 3015 against 393 GFLOPS, a 5000 x 576 by
+    matrices through oneDNN 6-8x faster than float32 (2 cores: 3015 against 393 GFLOPS, a 5000 x 576 by
     576 x 1536 product), so a prompt of 8 x 558 tokens of SmolLM2 fills its cache in 1.3 s instead of 4.4.
-    Elsewhere (AVX2, AVX-512 without AMX) bfloat16 measured slower for batches (README, Performance)."""
+    On an AVX2 CPU bfloat16 measured slower for batches (README, Performance); AVX-512 without AMX was not
+    measured."""
     import torch
 
     probe = getattr(torch.cpu, "_is_amx_tile_supported", None)  # private, present since torch 2.3
