@@ -297,3 +297,28 @@ def test_unreadable_blocks_decode_in_float_unless_packed_was_asked(monkeypatch, 
     asked = TransformersChatClient(tiny_model_dir, device="cpu", gguf=tmp_path / "x.gguf", weights="packed")
     with pytest.raises(BackendError, match=r"could not read the blocks of .*x\.gguf: OSError: .*not a GGUF file"):
         asked.load()
+
+
+@pytest.mark.parametrize("cached", [False, True])
+def test_blocks_are_matched_in_float32_then_the_model_takes_its_dtype(monkeypatch, tiny_model_dir, tmp_path, cached):
+    """Matching needs the float32 weights, once: with the blocks cached, the model loads as its dtype directly
+    (no transient float32 copy); either way it computes in that dtype."""
+    import shutil
+
+    from aloekit.agents.backends import TransformersChatClient
+
+    folder = shutil.copytree(tiny_model_dir, tmp_path / "model")
+    if cached:
+        (folder / packed.CACHE_NAME).touch()
+    matched_in = []
+
+    def blocks(model, gguf, folder):
+        matched_in.append(model.dtype)
+        return {}  # no layer to pack: it decodes in float
+
+    monkeypatch.setattr(local, "packed_kernels_missing", lambda: None)
+    monkeypatch.setattr(local, "cached_gguf_blocks", blocks)
+    client = TransformersChatClient(folder, device="cpu", gguf=tmp_path / "x.gguf", dtype="bfloat16")
+    client.load()
+    assert matched_in == [torch.bfloat16 if cached else torch.float32]
+    assert client.model.dtype == torch.bfloat16 and client.dtype == "bfloat16" and client.weights == "float"

@@ -42,7 +42,7 @@ from aloekit.agents.backends.files import read_json_file
 from aloekit.agents.backends.kvcache import growing_cache
 from aloekit.agents.backends.managed import GenerationTimeout
 from aloekit.agents.backends.messages import conform, to_dicts
-from aloekit.agents.backends.packed import cached_gguf_blocks, pack_linears, packed_kernels_missing
+from aloekit.agents.backends.packed import CACHE_NAME, cached_gguf_blocks, pack_linears, packed_kernels_missing
 from aloekit.agents.backends.registry import BackendSpec, register_backend
 from aloekit.config import BackendSettings
 from aloekit.cpu_thread import call_on_cpu_thread, on_cpu_thread, run_off_loop
@@ -404,9 +404,11 @@ class TransformersChatClient(ChatCompletionClient):
             path = self._path
             device, settings = self._target_device(), self._resolved(quiet=False)
             dtype, packing = getattr(torch, settings["dtype"]), settings["weights"] == "packed"
+            # Packed blocks are matched to the float32 weights bit for bit, once: until they are cached beside
+            # the model, it loads as float32 and then takes its dtype (a transient float32 copy otherwise).
+            matching = packing and not (Path(path) / CACHE_NAME).is_file()
             with _one_line_errors(f"{self.name}: could not load the model from {path}"):
-                # packed blocks are matched to the float32 weights bit for bit; the model then takes its dtype
-                model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32 if packing else dtype)
+                model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32 if matching else dtype)
             if packing:
                 if not self._pack(model):  # before peft wraps the layers
                     settings["weights"] = "float"
