@@ -66,7 +66,7 @@ print('continuous batching:', a() or 'available')" 2>&1 | tee -a "$LOG"
   2>&1 | tee -a "$LOG"
 # Most important first: a step cut short by the caller's own time limit still leaves the log.
 step tests 150 "$PY" -m pytest -q -p no:cacheprovider tests/integration/test_gpu.py \
-  tests/integration/test_smollm2.py tests/agents/test_continuous_engine.py
+  tests/integration/test_smollm2.py tests/agents/test_continuous_engine.py tests/agents/test_decode_step.py
 step engine 120 "$PY" benchmarks/bench_engine.py --concurrency 1,8,32,64
 step simulate 150 "$PY" -m aloekit.cli --db "$WORK/sim.db" --json simulate --conversations 64 --turns 3 \
   --role all=local:smollm2
