@@ -222,8 +222,9 @@ def _decode_in_rounds(
     finished: Callable[[int, list[int]], bool],
 ) -> list[list[int]]:  # fmt: skip
     """Each request's new tokens, from ``generate`` calls of at most :data:`ROUND_TOKENS` that share one KV
-    cache. After each call, the rows whose request has ``finished(request, tokens)`` leave the batch, its
-    cache and ``rows`` (which the row-wise processors read), so the rest decode without them."""
+    cache, their decoding steps in plain torch calls where the model allows (:func:`plain_decoding_steps`).
+    After each call, the rows whose request has ``finished(request, tokens)`` leave the batch, its cache and
+    ``rows`` (which the row-wise processors read), so the rest decode without them."""
     import torch
 
     input_ids, mask = encoded["input_ids"], encoded["attention_mask"]
