@@ -26,6 +26,11 @@ STEP_KEYWORDS = frozenset(
 """What ``generate`` passes a decoding step: a call with anything else (set) keeps transformers' forward."""
 
 
+def base_model(model: Any) -> Any:
+    """The transformers model under peft's wrapper (``model`` itself when it has none)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
 def plain_step(model: Any) -> PlainLlamaStep | None:
     """:class:`PlainLlamaStep` for ``model`` as it is now (peft's wrapper looked through), or None where its
     arithmetic would not be transformers': another architecture, attention or rotary embedding, a sliding
@@ -35,7 +40,7 @@ def plain_step(model: Any) -> PlainLlamaStep | None:
     from transformers import LlamaForCausalLM
     from transformers.models.llama.modeling_llama import LlamaRMSNorm
 
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = base_model(model)
     if type(base) is not LlamaForCausalLM or base.training or _one_token_sdpa() is None:
         return None
     config, inner = base.config, base.model
@@ -135,6 +140,7 @@ class PlainLlamaStep:
         from transformers.modeling_outputs import CausalLMOutputWithPast
 
         self.model = model
+        self.uses_gqa, self.pack_gqa = _one_token_sdpa() or (None, None)  # plain_step made sure it is there
         config = model.config
         self.heads, self.kv_heads = config.num_attention_heads, config.num_key_value_heads
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
@@ -183,7 +189,7 @@ class PlainLlamaStep:
         import torch
         from torch.nn.functional import embedding, scaled_dot_product_attention
 
-        uses_gqa, pack_gqa = _one_token_sdpa()  # type: ignore[misc]  # plain_step checked it
+        uses_gqa, pack_gqa = self.uses_gqa, self.pack_gqa
         inner, rows, intermediate = self.model.model, input_ids.shape[0], self.intermediate
         heads, kv_heads, dim, half = self.heads, self.kv_heads, self.head_dim, self.head_dim // 2
         hidden = embedding(input_ids[:, 0], inner.embed_tokens.weight)

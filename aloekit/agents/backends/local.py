@@ -36,13 +36,13 @@ from autogen_core.models import (
 from autogen_core.tools import Tool, ToolSchema
 
 from aloekit.agents.backends.continuous import ContinuousEngine, EngineTimeout, continuous_batching_available
-from aloekit.agents.backends.decode_step import plain_decoding_steps
+from aloekit.agents.backends.decode_step import base_model, plain_decoding_steps
 from aloekit.agents.backends.digests import DIGEST_HEX, file_digest, folder_digest
 from aloekit.agents.backends.files import read_json_file
 from aloekit.agents.backends.kvcache import growing_cache
 from aloekit.agents.backends.managed import GenerationTimeout
 from aloekit.agents.backends.messages import conform, to_dicts
-from aloekit.agents.backends.packed import CACHE_NAME, cached_gguf_blocks, pack_linears, packed_kernels_missing
+from aloekit.agents.backends.packed import blocks_cached, cached_gguf_blocks, pack_linears, packed_kernels_missing
 from aloekit.agents.backends.registry import BackendSpec, register_backend
 from aloekit.config import BackendSettings
 from aloekit.cpu_thread import call_on_cpu_thread, on_cpu_thread, run_off_loop
@@ -236,8 +236,7 @@ def _decode_in_rounds(
     cache = growing_cache(model.config, room=max(max_tokens))
     # a later transformers 5 renamed generate's past_key_values to cache (the old name warns); the model's
     # forward, which peft wraps, names the one this version takes.
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    cache_keyword = "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+    cache_keyword = "cache" if "cache" in inspect.signature(base_model(model).forward).parameters else "past_key_values"
     new: list[list[int]] = [[] for _ in max_tokens]
     with plain_decoding_steps(model):
         while True:
@@ -407,7 +406,7 @@ class TransformersChatClient(ChatCompletionClient):
             dtype, packing = getattr(torch, settings["dtype"]), settings["weights"] == "packed"
             # Packed blocks are matched to the float32 weights bit for bit, once: until they are cached beside
             # the model, it loads as float32 and then takes its dtype (a transient float32 copy otherwise).
-            matching = packing and not (Path(path) / CACHE_NAME).is_file()
+            matching = packing and not blocks_cached(Path(path))
             with _one_line_errors(f"{self.name}: could not load the model from {path}"):
                 model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32 if matching else dtype)
             if packing:

@@ -172,13 +172,18 @@ def match_gguf_blocks(model: Any, gguf: Path) -> dict[str, np.ndarray]:
     return arrays
 
 
+def blocks_cached(folder: Path) -> bool:
+    """Whether :func:`cached_gguf_blocks` has saved its blocks in ``folder`` (then it needs no float32 weights)."""
+    return (folder / CACHE_NAME).is_file()
+
+
 def cached_gguf_blocks(model: Any, gguf: Path, folder: Path) -> dict[str, np.ndarray]:
     """:func:`match_gguf_blocks`, saved in ``folder`` (the converted model's) the first time: reading the GGUF's
     metadata alone takes seconds. Written beside its place and renamed, as the converted model is."""
     from safetensors.numpy import load_file, save_file
 
     path = folder / CACHE_NAME
-    if path.is_file():
+    if blocks_cached(folder):
         return load_file(path)
     arrays = match_gguf_blocks(model, gguf)
     try:
