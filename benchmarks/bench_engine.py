@@ -186,12 +186,14 @@ def main() -> None:
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     rounds = [int(r) for r in args.round_tokens.split(",")]
-    caches = args.kv_cache.split(",")
-    if unknown := set(caches) - {"growing", "dynamic"}:
-        parser.error(f"--kv-cache: unknown {', '.join(sorted(unknown))} (use growing, dynamic)")
-    steps = args.decode_step.split(",")
-    if unknown := set(steps) - {"plain", "transformers"}:
-        parser.error(f"--decode-step: unknown {', '.join(sorted(unknown))} (use plain, transformers)")
+
+    def listed(flag: str, value: str, allowed: tuple[str, ...]) -> list[str]:
+        if unknown := set(chosen := value.split(",")) - set(allowed):
+            parser.error(f"{flag}: unknown {', '.join(sorted(unknown))} (use {', '.join(allowed)})")
+        return chosen
+
+    caches = listed("--kv-cache", args.kv_cache, ("growing", "dynamic"))
+    steps = listed("--decode-step", args.decode_step, ("plain", "transformers"))
     static_variants = list(product(rounds, caches, steps))
     workload = {"temperature": args.temperature, "preamble_words": args.preamble_words}
     columns: list[tuple[str, str, tuple[int, str, str]]] = []

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from aloekit.agents.backends import packed
-from aloekit.agents.backends.local import cast_parameters, converted_model_dir, find_smollm2_gguf
+from aloekit.agents.backends.local import converted_model_dir, find_smollm2_gguf
 
 TOPICS = ["running", "coffee", "houseplants", "chess", "hiking", "baking bread", "jazz", "sailing", "tax forms",
           "a job interview", "sleep", "learning Spanish"]  # fmt: skip
@@ -47,10 +47,10 @@ def main() -> None:
     tokenizer = AutoTokenizer.from_pretrained(folder)
     reference = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
     packed_model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
-    layers = packed.pack_linears(packed_model, packed.cached_gguf_blocks(packed_model, gguf, folder))
-    packed_half = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
-    packed.pack_linears(packed_half, packed.cached_gguf_blocks(packed_half, gguf, folder))
-    cast_parameters(packed_half, torch.bfloat16)  # as aloekit loads it
+    blocks = packed.cached_gguf_blocks(packed_model, gguf, folder)
+    layers = packed.pack_linears(packed_model, blocks)
+    packed_half = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.bfloat16).eval()  # as aloekit loads it
+    packed.pack_linears(packed_half, blocks)
     half = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.bfloat16).eval()
     models = {"packed": packed_model, "packed bfloat16": packed_half, "bfloat16": half}
     same: dict[str, list[bool]] = {name: [] for name in models}
