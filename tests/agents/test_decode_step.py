@@ -206,18 +206,23 @@ async def test_the_static_engine_s_replies_are_unchanged(tiny_model_dir, monkeyp
         )
         return [r.content for r in results]
 
-    steps = []
-    real = local.plain_decoding_steps
+    from aloekit.agents.backends import decode_step
 
-    def recorded(model):
-        steps.append(plain_step(model) is not None)
-        return real(model)
+    rows_stepped = []
+    step_call = decode_step.PlainLlamaStep.__call__
 
-    monkeypatch.setattr(local, "plain_decoding_steps", recorded)
+    def counted(self, input_ids, *args):
+        rows_stepped.append(input_ids.shape[0])
+        return step_call(self, input_ids, *args)
+
+    monkeypatch.setattr(decode_step.PlainLlamaStep, "__call__", counted)
     plain = await replies()
-    assert steps and all(steps)
+    # the engine's steps took the plain step: greedy and sampled requests batch apart, two rows each, and one
+    # row of each went on alone once the other had left between rounds
+    assert rows_stepped[0] == max(rows_stepped) == 2 and 1 in rows_stepped
     monkeypatch.setattr(local, "plain_decoding_steps", lambda model: contextlib.nullcontext(False))
-    assert await replies() == plain
+    rows_stepped.clear()
+    assert await replies() == plain and not rows_stepped
 
 
 @pytest.mark.integration
