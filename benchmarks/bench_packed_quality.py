@@ -4,7 +4,8 @@ For each of 12 prompts the float model writes a greedy reply; then the packed mo
 bfloat16 (the default on a CPU with AMX tiles) and, for scale, the model loaded as bfloat16 decode the same
 tokens one at a time, and each step's next-token distribution is compared with the float model's: how often
 the greedy token is the same, and the mean KL divergence (nats). The packed weights are the GGUF's own, so
-the difference is bfloat16 arithmetic plus the output layer's int8 re-rounding.
+the difference is bfloat16 arithmetic plus the output layer's int8 re-rounding (on a CPU with AMX tiles,
+the packed bfloat16 model's output layer uses its bfloat16 weight instead, as aloekit's does).
 
 Run: ``.venv/bin/python benchmarks/bench_packed_quality.py`` (about three minutes on 2 cores).
 """
@@ -19,7 +20,7 @@ from typing import Any
 import torch
 
 from aloekit.agents.backends import packed
-from aloekit.agents.backends.local import converted_model_dir, find_smollm2_gguf
+from aloekit.agents.backends.local import converted_model_dir, cpu_has_bfloat16_tiles, find_smollm2_gguf
 
 TOPICS = ["running", "coffee", "houseplants", "chess", "hiking", "baking bread", "jazz", "sailing", "tax forms",
           "a job interview", "sleep", "learning Spanish"]  # fmt: skip
@@ -50,7 +51,7 @@ def main() -> None:
     blocks = packed.cached_gguf_blocks(packed_model, gguf, folder)
     layers = packed.pack_linears(packed_model, blocks)
     packed_half = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.bfloat16).eval()  # as aloekit loads it
-    packed.pack_linears(packed_half, blocks)
+    packed.pack_linears(packed_half, blocks, tiles=cpu_has_bfloat16_tiles())  # its output layer: bfloat16 on AMX
     half = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.bfloat16).eval()
     models = {"packed": packed_model, "packed bfloat16": packed_half, "bfloat16": half}
     same: dict[str, list[bool]] = {name: [] for name in models}

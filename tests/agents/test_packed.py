@@ -53,6 +53,39 @@ def test_packed_kernels_multiply_as_the_float_weights():
     assert _relative_error(packed._q8_matmul(*packed.per_row_int8(weight))(x.bfloat16()), reference) < 0.01
 
 
+@pytest.mark.parametrize("shape", [(80, 96), (16, 32), (1000, 64)])
+def test_the_bfloat16_tiles_matmul_equals_linear_row_by_row(shape):
+    weight = torch.from_numpy(_weight(*shape))  # float32, as before the model takes its dtype: rounded alike
+    matmul = packed.bfloat16_tiles_matmul(weight)
+    if matmul is None:
+        assert not local.cpu_has_bfloat16_tiles()  # a CPU with AMX tiles must have it
+        pytest.skip("this torch and CPU have no oneDNN bfloat16 path equal to linear")
+    x = torch.randn(8, shape[1]).bfloat16()
+    out = matmul(x)
+    assert out.dtype == torch.bfloat16
+    assert torch.equal(out, torch.nn.functional.linear(x[:, None], weight.bfloat16())[:, 0])
+    assert all(torch.equal(matmul(x[:rows]), out[:rows]) for rows in range(1, 8))  # alone or in any batch
+
+
+@needs_kernels
+@pytest.mark.parametrize("tiles", [False, True])
+def test_a_q8_0_layer_decodes_through_the_tiles_only_when_asked(monkeypatch, tiles):
+    weight = dequantize(quantize(_weight(32, 64), Q8_0), Q8_0)
+    codes, row_scales = packed.per_row_int8(weight)
+    net = torch.nn.Sequential(torch.nn.Linear(64, 32, bias=False)).bfloat16()
+    net[0].weight.data = torch.from_numpy(weight).bfloat16()
+    assert packed.pack_linears(net, {"0.int8": codes, "0.row_scales": row_scales}, tiles=tiles) == 1
+    x = torch.randn(3, 1, 64).bfloat16()
+    on_tiles = packed.bfloat16_tiles_matmul(net[0].weight) is not None
+    if tiles and on_tiles:
+        assert torch.equal(net(x), torch.nn.functional.linear(x, net[0].weight))  # its own weight
+    else:
+        assert torch.equal(net(x)[:, 0], packed._q8_matmul(codes, row_scales)(x[:, 0]))  # the int8 kernel
+    monkeypatch.setattr(packed, "bfloat16_tiles_matmul", lambda weight: None)  # no oneDNN path: int8 again
+    assert packed.pack_linears(net, {"0.int8": codes, "0.row_scales": row_scales}, tiles=tiles) == 1
+    assert torch.equal(net(x)[:, 0], packed._q8_matmul(codes, row_scales)(x[:, 0]))
+
+
 def test_only_decoding_steps_take_the_packed_kernel():
     layer, calls = torch.nn.Linear(32, 16, bias=False), []
 
@@ -254,6 +287,11 @@ async def test_local_smollm2_decodes_packed_in_bfloat16():
     assert sum(type(module) is packed._packed_class() for module in model.modules()) == 211
     assert {parameter.dtype for parameter in model.parameters()} == {torch.bfloat16}
     assert model.model.rotary_emb.inv_freq.dtype == torch.float32  # buffers as from_pretrained leaves them
+    x, head = torch.randn(3, 576).bfloat16(), model.lm_head
+    int8 = packed._q8_matmul(*packed.per_row_int8(head.weight.detach().float().numpy()))
+    # the Q8_0 output layer: its own bfloat16 weight where the CPU has AMX tiles, else the int8 kernel
+    expected = torch.nn.functional.linear(x, head.weight) if local.cpu_has_bfloat16_tiles() else int8(x)
+    assert torch.equal(head.packed_matmul(x), expected)
 
 
 @needs_kernels
@@ -297,6 +335,22 @@ def test_unreadable_blocks_decode_in_float_unless_packed_was_asked(monkeypatch, 
     asked = TransformersChatClient(tiny_model_dir, device="cpu", gguf=tmp_path / "x.gguf", weights="packed")
     with pytest.raises(BackendError, match=r"could not read the blocks of .*x\.gguf: OSError: .*not a GGUF file"):
         asked.load()
+
+
+@pytest.mark.parametrize(("dtype", "cpu_tiles", "tiles"),
+                         [("bfloat16", True, True), ("bfloat16", False, False), ("float32", True, False)])  # fmt: skip
+def test_the_output_layer_takes_the_tiles_for_bfloat16_on_a_cpu_with_them(
+    monkeypatch, tiny_model_dir, tmp_path, dtype, cpu_tiles, tiles
+):
+    from aloekit.agents.backends import TransformersChatClient
+
+    asked = []
+    monkeypatch.setattr(local, "packed_kernels_missing", lambda: None)
+    monkeypatch.setattr(local, "cpu_has_bfloat16_tiles", lambda: cpu_tiles)
+    monkeypatch.setattr(local, "cached_gguf_blocks", lambda model, gguf, folder: {})
+    monkeypatch.setattr(local, "pack_linears", lambda model, arrays, skip, tiles: asked.append(tiles) or 0)
+    TransformersChatClient(tiny_model_dir, device="cpu", gguf=tmp_path / "x.gguf", dtype=dtype).load()
+    assert asked == [tiles]
 
 
 @pytest.mark.parametrize("cached", [False, True])

@@ -410,7 +410,7 @@ class TransformersChatClient(ChatCompletionClient):
             with _one_line_errors(f"{self.name}: could not load the model from {path}"):
                 model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32 if matching else dtype)
             if packing:
-                if not self._pack(model):  # before peft wraps the layers
+                if not self._pack(model, settings["dtype"]):  # before peft wraps the layers
                     settings["weights"] = "float"
                 cast_parameters(model, dtype)
             if self.adapter_path is not None:
@@ -465,10 +465,10 @@ class TransformersChatClient(ChatCompletionClient):
         weights = resolve_weights(self.weights, device, dtype, engine, self.gguf is not None, quiet)
         return {"engine": engine, "dtype": dtype, "weights": weights}
 
-    def _pack(self, model: Any) -> int:
-        """Pack ``model``'s layers with the GGUF's blocks (:mod:`~aloekit.agents.backends.packed`), leaving float
-        the layers an adapter trains in full (its ``modules_to_save``); how many were packed. Under ``auto`` a
-        file without usable blocks, or one that cannot be read, decodes in float quietly."""
+    def _pack(self, model: Any, dtype: str) -> int:
+        """Pack ``model``'s layers with the GGUF's blocks (:mod:`~aloekit.agents.backends.packed`) for computing in
+        ``dtype``, leaving float the layers an adapter trains in full (its ``modules_to_save``); how many were
+        packed. Under ``auto`` a file without usable blocks, or one that cannot be read, decodes in float quietly."""
         assert self.gguf is not None and self._path is not None
         saved = read_json_file(self.adapter_path / ADAPTER_CONFIG, self.name) if self.adapter_path else {}
         try:
@@ -479,7 +479,8 @@ class TransformersChatClient(ChatCompletionClient):
                 raise
             logger.info("%s: decoding in float", self.name, exc_info=True)
             return 0
-        packed = pack_linears(model, blocks, skip=tuple(saved.get("modules_to_save") or ()))
+        tiles = dtype == "bfloat16" and cpu_has_bfloat16_tiles()
+        packed = pack_linears(model, blocks, skip=tuple(saved.get("modules_to_save") or ()), tiles=tiles)
         if not packed:
             log = logger.warning if self.weights == "packed" else logger.info
             log("%s: no Q4_1 or Q8_0 layer in %s to decode with; decoding in float", self.name, self.gguf)
