@@ -77,7 +77,8 @@ def test_logits_equal_transformers_bit_for_bit(kv_heads, dtype, rows, padded, ca
 
 
 def _packed_llama(hidden: int, heads: int, kv_heads: int, intermediate: int, dtype: torch.dtype) -> LlamaForCausalLM:
-    """A tiny Llama whose linear layers decode with random Q4_1 blocks (the output layer with int8 codes)."""
+    """A tiny Llama whose linear layers decode with random Q4_1 blocks, the output layer with int8 codes (in
+    bfloat16 on a CPU with AMX tiles: its own weight through them), packed then cast as aloekit loads it."""
     model = _llama(kv_heads, hidden_size=hidden, num_attention_heads=heads, intermediate_size=intermediate)
     rng, arrays = np.random.default_rng(0), {}
     for name, module in model.named_modules():
@@ -88,7 +89,8 @@ def _packed_llama(hidden: int, heads: int, kv_heads: int, intermediate: int, dty
                        f"{name}.minimums": -rng.random((rows, groups)).astype(np.float32) / 8}  # fmt: skip
     codes, row_scales = packed.per_row_int8(model.lm_head.weight.detach().numpy())
     arrays |= {"lm_head.int8": codes, "lm_head.row_scales": row_scales}
-    assert packed.pack_linears(model, arrays) == 7 * 2 + 1
+    tiles = dtype == torch.bfloat16 and local.cpu_has_bfloat16_tiles()
+    assert packed.pack_linears(model, arrays, tiles=tiles) == 7 * 2 + 1
     local.cast_parameters(model, dtype)
     return model
 
@@ -105,6 +107,9 @@ def test_packed_layers_equal_transformers_bit_for_bit(sizes, joined, dtype):
     model, encoded = _packed_llama(*sizes, dtype=dtype), _prompts(4, True)
     plain = _step_logits(model, encoded, CACHES["growing"], 5, plain=True)
     assert _equal(_step_logits(model, encoded, CACHES["growing"], 5, plain=False), plain)
+    if dtype == torch.bfloat16 and local.cpu_has_bfloat16_tiles():  # the output layer took the tiles
+        x, head = torch.randn(3, model.config.hidden_size).bfloat16(), model.lm_head
+        assert torch.equal(head.packed_matmul(x), torch.nn.functional.linear(x, head.weight))
     if joined:  # one kernel call for q/k/v and one for gate/up, kept on their modules
         layer = model.model.layers[0]
         assert layer.self_attn._joined_matmul[1] is not None and layer.mlp._joined_matmul[1] is not None

@@ -53,18 +53,23 @@ def test_packed_kernels_multiply_as_the_float_weights():
     assert _relative_error(packed._q8_matmul(*packed.per_row_int8(weight))(x.bfloat16()), reference) < 0.01
 
 
-@pytest.mark.parametrize("shape", [(80, 96), (16, 32), (1000, 64)])
+@pytest.mark.parametrize("shape", [(80, 96), (16, 64), (3072, 576)])
 def test_the_bfloat16_tiles_matmul_equals_linear_row_by_row(shape):
     weight = torch.from_numpy(_weight(*shape))  # float32, as before the model takes its dtype: rounded alike
     matmul = packed.bfloat16_tiles_matmul(weight)
+    assert packed.bfloat16_tiles_matmul(torch.from_numpy(_weight(16, 48))) is None  # fewer than 64 inputs
     if matmul is None:
         assert not local.cpu_has_bfloat16_tiles()  # a CPU with AMX tiles must have it
         pytest.skip("this torch and CPU have no oneDNN bfloat16 path equal to linear")
-    x = torch.randn(8, shape[1]).bfloat16()
+    x = torch.randn(70, shape[1]).bfloat16()
     out = matmul(x)
     assert out.dtype == torch.bfloat16
-    assert torch.equal(out, torch.nn.functional.linear(x[:, None], weight.bfloat16())[:, 0])
-    assert all(torch.equal(matmul(x[:rows]), out[:rows]) for rows in range(1, 8))  # alone or in any batch
+    assert torch.equal(out[:32], torch.nn.functional.linear(x[:32, None], weight.bfloat16())[:, 0])
+    # a row alone or in a batch of any size (oneDNN changes kernel above 32 rows: 3072 x 576 showed it)
+    assert all(torch.equal(matmul(x[:rows]), out[:rows]) for rows in range(1, 70))
+    assert all(torch.equal(matmul(x[row : row + 1]), out[row : row + 1]) for row in range(70))
+    strided = torch.randn(5, 3, shape[1]).bfloat16()[:, -1]  # a prompt's last positions, as transformers slices
+    assert torch.equal(matmul(strided), matmul(strided.contiguous()))
 
 
 @needs_kernels
@@ -288,7 +293,8 @@ async def test_local_smollm2_decodes_packed_in_bfloat16():
     assert {parameter.dtype for parameter in model.parameters()} == {torch.bfloat16}
     assert model.model.rotary_emb.inv_freq.dtype == torch.float32  # buffers as from_pretrained leaves them
     x, head = torch.randn(3, 576).bfloat16(), model.lm_head
-    int8 = packed._q8_matmul(*packed.per_row_int8(head.weight.detach().float().numpy()))
+    blocks = packed.cached_gguf_blocks(model, local.find_smollm2_gguf(), client._path)  # read back from the cache
+    int8 = packed._q8_matmul(blocks["lm_head.int8"], blocks["lm_head.row_scales"])
     # the Q8_0 output layer: its own bfloat16 weight where the CPU has AMX tiles, else the int8 kernel
     expected = torch.nn.functional.linear(x, head.weight) if local.cpu_has_bfloat16_tiles() else int8(x)
     assert torch.equal(head.packed_matmul(x), expected)
