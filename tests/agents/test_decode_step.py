@@ -12,7 +12,7 @@ import pytest
 import torch
 from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
-from aloekit.agents.backends import from_dicts, local, packed
+from aloekit.agents.backends import decode_step, from_dicts, local, packed
 from aloekit.agents.backends.decode_step import plain_decoding_steps, plain_step
 from aloekit.agents.backends.kvcache import growing_cache
 from aloekit.agents.backends.local import TransformersChatClient
@@ -158,8 +158,6 @@ def test_other_models_keep_transformers_forward():
 def test_only_generate_s_decoding_steps_take_it_and_only_within_the_block(monkeypatch, adapter, rows):
     from peft import LoraConfig, get_peft_model
 
-    from aloekit.agents.backends import decode_step
-
     model, encoded, calls = _llama(), _prompts(rows, True), []  # a lone row: generate passes no mask
     if adapter:  # peft's generate reaches the base model's forward
         model = get_peft_model(model, LoraConfig(target_modules=["q_proj"], r=4, init_lora_weights=False)).eval()
@@ -211,8 +209,6 @@ async def test_the_static_engine_s_replies_are_unchanged(tiny_model_dir, monkeyp
         )
         return [r.content for r in results]
 
-    from aloekit.agents.backends import decode_step
-
     rows_stepped = []
     step_call = decode_step.PlainLlamaStep.__call__
 
@@ -257,3 +253,25 @@ def test_logits_equal_transformers_bit_for_bit_on_cuda():
         pytest.skip("this transformers has no one-token sdpa path (pack_gqa) for the plain step to mirror")
     plain = _step_logits(model, encoded, CACHES["growing"], 6, plain=True)
     assert _equal(_step_logits(model, encoded, CACHES["growing"], 6, plain=False), plain)
+
+
+@pytest.mark.filterwarnings("ignore:`past_key_values` is deprecated:FutureWarning")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_releases_without_pack_gqa_repeat_the_key_and_value_heads(monkeypatch, dtype):
+    """transformers before ``pack_gqa`` (5.17, the GPU image's) repeats the key and value heads for a masked
+    query token; the step does as that release does (run against 5.17: bit for bit), and the attention it
+    computes so is the packed way's, to rounding."""
+    from transformers.integrations import sdpa_attention
+
+    model, encoded = _llama(kv_heads=2, dtype=dtype), _prompts(4, True)  # padded: a mask, so no sdpa GQA mode
+    packed_way = _step_logits(model, encoded, CACHES["growing"], 4, plain=True)
+    repeats = []
+
+    def repeat_kv(states: torch.Tensor, groups: int) -> torch.Tensor:
+        repeats.append(groups)
+        return sdpa_attention.repeat_kv(states, groups)
+
+    monkeypatch.setattr(decode_step, "_one_token_sdpa", lambda: (sdpa_attention.use_gqa_in_sdpa, None, repeat_kv))
+    repeated_way = _step_logits(model, encoded, CACHES["growing"], 4, plain=True)
+    assert all(torch.allclose(a, b, rtol=1e-3, atol=1e-3) for a, b in zip(repeated_way, packed_way, strict=True))
+    assert repeats and set(repeats) == {2}  # keys and values of every layer, 2 query heads per key head

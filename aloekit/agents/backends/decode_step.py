@@ -57,14 +57,18 @@ def plain_step(model: Any) -> PlainLlamaStep | None:
 
 
 @functools.cache
-def _one_token_sdpa() -> tuple[Callable[..., bool], Callable[..., Any]] | None:
-    """transformers' choice between sdpa's grouped-query mode and packing a query's heads, and the packing,
-    for one query token (None where this transformers has no such path: the step is then not taken)."""
+def _one_token_sdpa() -> tuple[Callable[..., bool], Callable[..., Any] | None, Callable[..., Any]] | None:
+    """transformers' choice between sdpa's grouped-query mode and its other way for one query token, and the
+    two other ways: packing the query's heads (``pack_gqa``, later releases; None before) and repeating the key
+    and value heads (``repeat_kv``, which releases without ``pack_gqa`` use, e.g. 5.17). None where this
+    transformers has neither helper: the step is then not taken."""
     try:
-        from transformers.integrations.sdpa_attention import pack_gqa, use_gqa_in_sdpa
-    except ImportError:
+        from transformers.integrations import sdpa_attention
+
+        uses_gqa, repeat_kv = sdpa_attention.use_gqa_in_sdpa, sdpa_attention.repeat_kv
+    except (ImportError, AttributeError):
         return None
-    return use_gqa_in_sdpa, pack_gqa
+    return uses_gqa, getattr(sdpa_attention, "pack_gqa", None), repeat_kv
 
 
 @contextlib.contextmanager
@@ -140,7 +144,7 @@ class PlainLlamaStep:
         from transformers.modeling_outputs import CausalLMOutputWithPast
 
         self.model = model
-        self.uses_gqa, self.pack_gqa = _one_token_sdpa() or (None, None)  # plain_step made sure it is there
+        self.uses_gqa, self.pack_gqa, self.repeat_kv = _one_token_sdpa() or (None, None, None)  # plain_step checked
         config = model.config
         self.heads, self.kv_heads = config.num_attention_heads, config.num_key_value_heads
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
@@ -189,7 +193,7 @@ class PlainLlamaStep:
         import torch
         from torch.nn.functional import embedding, scaled_dot_product_attention
 
-        uses_gqa, pack_gqa = self.uses_gqa, self.pack_gqa
+        uses_gqa, pack_gqa, repeat_kv = self.uses_gqa, self.pack_gqa, self.repeat_kv
         inner, rows, intermediate = self.model.model, input_ids.shape[0], self.intermediate
         heads, kv_heads, dim, half = self.heads, self.kv_heads, self.head_dim, self.head_dim // 2
         hidden = embedding(input_ids[:, 0], inner.embed_tokens.weight)
@@ -211,8 +215,10 @@ class PlainLlamaStep:
             queries, gqa = rotated[:, :heads, None], {}  # [rows, heads, 1, head_dim]; then as transformers calls sdpa
             if groups > 1 and uses_gqa(mask, keys, values):
                 gqa = {"enable_gqa": True}
-            elif groups > 1:
+            elif groups > 1 and pack_gqa is not None:
                 queries = pack_gqa(queries, groups)
+            elif groups > 1:
+                keys, values = repeat_kv(keys, groups), repeat_kv(values, groups)
             attended = scaled_dot_product_attention(queries, keys, values, attn_mask=mask, scale=scaling, **gqa)
             hidden = hidden + o(attended.reshape(rows, heads * dim))
             gated = gate_up(_rms_norm(hidden, post_norm))
