@@ -98,12 +98,12 @@ def _linear(module: Any) -> Callable[[Any], Any]:
     import torch
     from torch.nn.functional import linear
 
-    from aloekit.agents.backends.packed import _packed_class
+    from aloekit.agents.backends.packed import _packed_class, in_bfloat16
 
     if type(module) is torch.nn.Linear:
         return lambda x: linear(x[:, None], module.weight, module.bias)[:, 0]
     if type(module) is _packed_class():  # its forward for a step, without the module call
-        return lambda x: module.packed_matmul(x.to(torch.bfloat16)).to(x.dtype)
+        return lambda x: in_bfloat16(module.packed_matmul, x)
     return lambda x: module(x[:, None])[:, 0]  # anything else (a peft adapter's layer): the module itself
 
 
@@ -113,7 +113,7 @@ def _joined(owner: Any, modules: list[Any]) -> Callable[[Any], Any]:
     ``owner`` while the same packed weights are there), else one call each."""
     import torch
 
-    from aloekit.agents.backends.packed import Q4Matmul, _packed_class
+    from aloekit.agents.backends.packed import Q4Matmul, _packed_class, in_bfloat16
 
     matmuls = [getattr(module, "packed_matmul", None) for module in modules]
     if all(type(m) is _packed_class() and isinstance(k, Q4Matmul) for m, k in zip(modules, matmuls, strict=True)):
@@ -121,7 +121,7 @@ def _joined(owner: Any, modules: list[Any]) -> Callable[[Any], Any]:
         if kept is None or kept[0] != matmuls:  # Q4Matmul compares by identity: the same packed weights
             kept = owner._joined_matmul = (matmuls, Q4Matmul.joined(matmuls))
         if (joined := kept[1]) is not None:
-            return lambda x: joined(x.to(torch.bfloat16)).to(x.dtype)
+            return lambda x: in_bfloat16(joined, x)
     each = list(map(_linear, modules))
     return lambda x: torch.cat([linear(x) for linear in each], dim=-1)
 

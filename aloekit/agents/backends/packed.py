@@ -71,6 +71,21 @@ def _q4_matmul(codes: np.ndarray, scales: np.ndarray, minimums: np.ndarray) -> Q
     return Q4Matmul(packed, torch.from_numpy(np.ascontiguousarray(scale_zero)).to(torch.bfloat16))
 
 
+def _probe_input(rows: int, columns: int) -> Any:
+    """A fixed random bfloat16 input [rows, columns] on which a kernel is checked against its reference."""
+    import torch
+
+    return torch.randn(rows, columns, generator=torch.Generator().manual_seed(0)).to(torch.bfloat16)
+
+
+def in_bfloat16(matmul: Callable[[Any], Any], x: Any) -> Any:
+    """``matmul(x)`` for a packed matmul, which multiplies in bfloat16: ``x`` cast to it, the result back to
+    ``x``'s dtype (what a packed layer returns, through its forward or the plain decoding step)."""
+    import torch
+
+    return matmul(x.to(torch.bfloat16)).to(x.dtype)
+
+
 class Q4Matmul:
     """torch's int4 kernel over one packed weight ([N, K/2] codes, [K/32, N, 2] bfloat16 scales and zeros)."""
 
@@ -91,8 +106,7 @@ class Q4Matmul:
         import torch
 
         joined = cls(torch.cat([p.packed for p in parts]), torch.cat([p.scale_zero for p in parts], dim=1))
-        probe = torch.randn(2, parts[0].scale_zero.shape[0] * GROUP, generator=torch.Generator().manual_seed(0))
-        probe = probe.to(torch.bfloat16)
+        probe = _probe_input(2, parts[0].scale_zero.shape[0] * GROUP)
         return joined if torch.equal(joined(probe), torch.cat([p(probe) for p in parts], dim=-1)) else None
 
 
@@ -132,8 +146,7 @@ def bfloat16_tiles_matmul(weight: Any) -> Callable[[Any], Any] | None:
             out = [mkldnn._linear_pointwise(part, reordered, None, "none", [], "") for part in parts]
             return out[0] if len(out) == 1 else torch.cat(out)
 
-        probe = torch.randn(TILES_ROWS + 2, weight.shape[1], generator=torch.Generator().manual_seed(0))
-        probe = probe.to(torch.bfloat16)
+        probe = _probe_input(TILES_ROWS + 2, weight.shape[1])
         out = matmul(probe)
         linear = torch.nn.functional.linear(probe[:TILES_ROWS, None], weight)[:, 0]
         same = torch.equal(out[:TILES_ROWS], linear)
@@ -292,6 +305,6 @@ def _packed_class() -> type:
         def forward(self, x: Any) -> Any:
             if x.dim() != 3 or x.shape[1] != 1:
                 return super().forward(x)
-            return self.packed_matmul(x[:, 0].to(torch.bfloat16)).to(x.dtype)[:, None]
+            return in_bfloat16(self.packed_matmul, x[:, 0])[:, None]
 
     return PackedLinear
