@@ -97,9 +97,10 @@ def run_defaults(
     """For a run whose roles use ``specs``: the config with in-process backends sized to the hardware, the
     conversations to keep in flight (the hardware's default where nothing set them and every role runs in this
     process), and the ``hardware`` record for the run config (None when no role runs in this process), with
-    the engine, dtype and weights each in-process spec will use, and which files it answers with (``files``:
+    the engine, dtype and weights each in-process spec will use (and how packed weights multiply their Q8_0
+    layers), and which files it answers with (``files``:
     ``TransformersChatClient.weights_identity``)."""
-    from aloekit.agents.backends.local import resolve_dtype, resolve_engine, resolve_weights
+    from aloekit.agents.backends.local import resolve_dtype, resolve_engine, resolve_q8_0_matmul, resolve_weights
 
     specs = list(specs)
     local = in_process(specs)
@@ -115,7 +116,8 @@ def run_defaults(
     weights = {spec: resolve_weights(s.weights, hardware.device, dtypes[spec], engines[spec],
                                      gguf=parse_spec(spec).prefix == "local", quiet=True)
                for spec, s in settings.items()}  # fmt: skip
+    q8_0_matmuls = {spec: resolve_q8_0_matmul(dtypes[spec]) for spec in local if weights[spec] == "packed"}
     files = BackendPool(config).files(local)
     record = {**hardware.record(), "conversations": concurrency, "engines": engines, "dtypes": dtypes,
-              "weights": weights, "files": files}  # fmt: skip
+              "weights": weights, "q8_0_matmuls": q8_0_matmuls, "files": files}  # fmt: skip
     return config, concurrency, record

@@ -502,7 +502,7 @@ async def ensure_loaded(app: App, pool: BackendPool, spec: str) -> None:
             await run_off_loop(inner, inner.load)
 
 
-HARDWARE_ENTRIES = {"engine": "engines", "dtype": "dtypes", "weights": "weights"}
+HARDWARE_ENTRIES = {"engine": "engines", "dtype": "dtypes", "weights": "weights", "q8_0_matmul": "q8_0_matmuls"}
 """A loaded model's compute setting -> the run config's ``hardware`` entry that records it per spec."""
 
 
@@ -520,12 +520,16 @@ def record_loaded_settings(store: Store, run_id: str, pool: BackendPool, specs: 
         inner = pool.inner(spec)
         if not isinstance(inner, TransformersChatClient) or not inner.loaded:
             continue
-        for setting, value in inner.compute_settings().items():
-            entry = hardware.get(HARDWARE_ENTRIES[setting])
+        computed = inner.compute_settings()
+        for setting, name in HARDWARE_ENTRIES.items():
+            entry = hardware.get(name)
             if not isinstance(entry, dict):
-                entry = hardware[HARDWARE_ENTRIES[setting]] = {}
-            changed |= entry.get(spec) != value
-            entry[spec] = value
+                entry = hardware[name] = {}
+            changed |= entry.get(spec) != (value := computed.get(setting))
+            if value is None:  # a setting packed weights have, where they fell back to float
+                entry.pop(spec, None)
+            else:
+                entry[spec] = value
     if changed:
         store.update("runs", run_id, {"config": json.dumps(config, sort_keys=True)})
 

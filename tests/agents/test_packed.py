@@ -338,25 +338,43 @@ def test_unreadable_blocks_decode_in_float_unless_packed_was_asked(monkeypatch, 
     assert automatic.compute_settings()["weights"] == "packed"  # what it expects before loading
     automatic.load()
     assert automatic.weights == "float" and automatic.compute_settings()["weights"] == "float"
+    assert "q8_0_matmul" not in automatic.compute_settings()  # float weights have no Q8_0 layers
     asked = TransformersChatClient(tiny_model_dir, device="cpu", gguf=tmp_path / "x.gguf", weights="packed")
     with pytest.raises(BackendError, match=r"could not read the blocks of .*x\.gguf: OSError: .*not a GGUF file"):
         asked.load()
 
 
-@pytest.mark.parametrize(("dtype", "cpu_tiles", "tiles"),
-                         [("bfloat16", True, True), ("bfloat16", False, False), ("float32", True, False)])  # fmt: skip
+@pytest.mark.parametrize(
+    ("dtype", "cpu_tiles", "tiles_work", "asked", "q8_0_matmul"),
+    [("bfloat16", True, True, True, "bfloat16 tiles"), ("bfloat16", True, False, True, "int8"),
+     ("bfloat16", False, True, False, "int8"), ("float32", True, True, False, "int8")],
+)  # fmt: skip
 def test_the_output_layer_takes_the_tiles_for_bfloat16_on_a_cpu_with_them(
-    monkeypatch, tiny_model_dir, tmp_path, dtype, cpu_tiles, tiles
+    monkeypatch, tiny_model_dir, tmp_path, dtype, cpu_tiles, tiles_work, asked, q8_0_matmul
 ):
+    """Asked for a bfloat16 model on a CPU with AMX tiles; the compute settings (which the response cache keys
+    on and the run config records) say which matmul the Q8_0 layers took: int8 where the tiles fell back."""
     from aloekit.agents.backends import TransformersChatClient
 
-    asked = []
+    asked_tiles = []
+
+    def pack(model, arrays, skip, tiles):
+        asked_tiles.append(tiles)
+        reordered = packed.BFloat16TilesMatmul(None) if tiles and tiles_work else lambda x: x  # else int8's
+        model.lm_head.packed_matmul = reordered
+        model.model.layers[0].mlp.up_proj.packed_matmul = packed.Q4Matmul(None, None)
+        return 2
+
     monkeypatch.setattr(local, "packed_kernels_missing", lambda: None)
     monkeypatch.setattr(local, "cpu_has_bfloat16_tiles", lambda: cpu_tiles)
-    monkeypatch.setattr(local, "cached_gguf_blocks", lambda model, gguf, folder: {})
-    monkeypatch.setattr(local, "pack_linears", lambda model, arrays, skip, tiles: asked.append(tiles) or 0)
-    TransformersChatClient(tiny_model_dir, device="cpu", gguf=tmp_path / "x.gguf", dtype=dtype).load()
-    assert asked == [tiles]
+    monkeypatch.setattr(local, "cached_gguf_blocks", lambda model, gguf, folder: {"lm_head.int8": None})
+    monkeypatch.setattr(local, "pack_linears", pack)
+    client = TransformersChatClient(tiny_model_dir, device="cpu", gguf=tmp_path / "x.gguf", dtype=dtype)
+    settings = {"engine": "static", "dtype": dtype, "weights": "packed"}
+    assert client.compute_settings() == settings | {"q8_0_matmul": "bfloat16 tiles" if asked else "int8"}  # predicted
+    client.load()
+    assert asked_tiles == [asked]
+    assert client.compute_settings() == settings | {"q8_0_matmul": q8_0_matmul}
 
 
 @pytest.mark.parametrize("cached", [False, True])

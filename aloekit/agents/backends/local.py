@@ -42,7 +42,14 @@ from aloekit.agents.backends.files import read_json_file
 from aloekit.agents.backends.kvcache import growing_cache
 from aloekit.agents.backends.managed import GenerationTimeout
 from aloekit.agents.backends.messages import conform, to_dicts
-from aloekit.agents.backends.packed import blocks_cached, cached_gguf_blocks, pack_linears, packed_kernels_missing
+from aloekit.agents.backends.packed import (
+    BFloat16TilesMatmul,
+    Q4Matmul,
+    blocks_cached,
+    cached_gguf_blocks,
+    pack_linears,
+    packed_kernels_missing,
+)
 from aloekit.agents.backends.registry import BackendSpec, register_backend
 from aloekit.config import BackendSettings
 from aloekit.cpu_thread import call_on_cpu_thread, on_cpu_thread, run_off_loop
@@ -327,6 +334,8 @@ class TransformersChatClient(ChatCompletionClient):
         """``auto`` or a torch dtype's name until the model loads; then the one it loaded as."""
         self.weights = weights
         """``auto``, ``packed`` or ``float`` until the model loads; then what its decoding steps use."""
+        self.q8_0_matmul: str | None = None
+        """Once loaded with packed weights, how their Q8_0 layers multiply (:func:`resolve_q8_0_matmul`)."""
         self.gguf = gguf
         """The GGUF the model was converted from, whose blocks ``packed`` weights are."""
         self._continuous: ContinuousEngine | None = None
@@ -410,8 +419,7 @@ class TransformersChatClient(ChatCompletionClient):
             with _one_line_errors(f"{self.name}: could not load the model from {path}"):
                 model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32 if matching else dtype)
             if packing:
-                if not self._pack(model, settings["dtype"]):  # before peft wraps the layers
-                    settings["weights"] = "float"
+                self._pack(model, settings)  # before peft wraps the layers
                 cast_parameters(model, dtype)
             if self.adapter_path is not None:
                 from peft import PeftModel
@@ -431,13 +439,16 @@ class TransformersChatClient(ChatCompletionClient):
                     )
             self.model, self.device, self.engine, self._continuous = model, device, engine, continuous
             self.dtype, self.weights = settings["dtype"], settings["weights"]
+            self.q8_0_matmul = settings.get("q8_0_matmul")
 
     def compute_settings(self) -> dict[str, str]:
-        """The engine, dtype and weights this model computes with (those in use once loaded, else those it will
-        resolve to): a cached answer is served only to the same (``ManagedClient``'s cache key)."""
-        if self.model is not None:
-            return {"engine": self.engine, "dtype": self.dtype, "weights": self.weights}
-        return self._resolved(quiet=True)
+        """The engine, dtype and weights this model computes with, and for packed weights how their Q8_0 layers
+        multiply (those in use once loaded, else those it will resolve to): a cached answer is served only to
+        the same (``ManagedClient``'s cache key)."""
+        if self.model is None:
+            return self._resolved(quiet=True)
+        loaded = {"engine": self.engine, "dtype": self.dtype, "weights": self.weights}
+        return loaded | ({"q8_0_matmul": self.q8_0_matmul} if self.q8_0_matmul is not None else {})
 
     def weights_identity(self) -> str:
         """Which weights answer (the response cache, judge audits and resumes compare it): the content of the
@@ -459,16 +470,20 @@ class TransformersChatClient(ChatCompletionClient):
         return self._identity
 
     def _resolved(self, quiet: bool) -> dict[str, str]:
-        """What ``engine``, ``dtype`` and ``weights`` resolve to on the target device."""
+        """What ``engine``, ``dtype`` and ``weights`` resolve to on the target device, and ``q8_0_matmul`` for
+        packed weights."""
         device = self._target_device()
         dtype, engine = resolve_dtype(self.dtype, device), resolve_engine(self.engine, device, quiet)
         weights = resolve_weights(self.weights, device, dtype, engine, self.gguf is not None, quiet)
-        return {"engine": engine, "dtype": dtype, "weights": weights}
+        resolved = {"engine": engine, "dtype": dtype, "weights": weights}
+        return resolved | ({"q8_0_matmul": resolve_q8_0_matmul(dtype)} if weights == "packed" else {})
 
-    def _pack(self, model: Any, dtype: str) -> int:
+    def _pack(self, model: Any, settings: dict[str, str]) -> None:
         """Pack ``model``'s layers with the GGUF's blocks (:mod:`~aloekit.agents.backends.packed`) for computing in
-        ``dtype``, leaving float the layers an adapter trains in full (its ``modules_to_save``); how many were
-        packed. Under ``auto`` a file without usable blocks, or one that cannot be read, decodes in float quietly."""
+        ``settings["dtype"]``, leaving float the layers an adapter trains in full (its ``modules_to_save``), and
+        make ``settings`` say what was done: ``float`` weights where none could be packed, ``int8`` Q8_0 layers
+        where the tiles were asked and one fell back. Under ``auto`` a file without usable blocks, or one that
+        cannot be read, decodes in float quietly."""
         assert self.gguf is not None and self._path is not None
         saved = read_json_file(self.adapter_path / ADAPTER_CONFIG, self.name) if self.adapter_path else {}
         try:
@@ -478,13 +493,20 @@ class TransformersChatClient(ChatCompletionClient):
             if self.weights == "packed":
                 raise
             logger.info("%s: decoding in float", self.name, exc_info=True)
-            return 0
-        tiles = dtype == "bfloat16" and cpu_has_bfloat16_tiles()
-        packed = pack_linears(model, blocks, skip=tuple(saved.get("modules_to_save") or ()), tiles=tiles)
-        if not packed:
+            blocks = {}
+        tiles = settings["q8_0_matmul"] == "bfloat16 tiles"
+        if blocks and not pack_linears(model, blocks, skip=tuple(saved.get("modules_to_save") or ()), tiles=tiles):
             log = logger.warning if self.weights == "packed" else logger.info
             log("%s: no Q4_1 or Q8_0 layer in %s to decode with; decoding in float", self.name, self.gguf)
-        return packed
+            blocks = {}
+        if not blocks:
+            settings["weights"] = "float"
+            del settings["q8_0_matmul"]
+            return
+        matmuls = [getattr(module, "packed_matmul", None) for module in model.modules()]
+        q8_0 = [matmul for matmul in matmuls if matmul is not None and not isinstance(matmul, Q4Matmul)]
+        if not all(isinstance(matmul, BFloat16TilesMatmul) for matmul in q8_0):
+            settings["q8_0_matmul"] = "int8"
 
     def _target_device(self) -> str:
         """The device the model is (or will be) on: the one given, else CUDA when present, else the CPU."""
@@ -806,6 +828,14 @@ def cpu_has_bfloat16_tiles() -> bool:
 
     probe = getattr(torch.cpu, "_is_amx_tile_supported", None)  # private, present since torch 2.3
     return bool(probe()) if probe is not None else False
+
+
+def resolve_q8_0_matmul(dtype: str) -> str:
+    """How a packed model's Q8_0 layers (SmolLM2's output layer) multiply: ``bfloat16 tiles`` (their weight in
+    bfloat16 through the matrix units, :func:`~aloekit.agents.backends.packed.bfloat16_tiles_matmul`) for a
+    bfloat16 model on a CPU with AMX tiles, ``int8`` (torch's int8 kernel) otherwise. Their results differ
+    in the last bits, so a cached answer is served only to the same."""
+    return "bfloat16 tiles" if dtype == "bfloat16" and cpu_has_bfloat16_tiles() else "int8"
 
 
 def cast_parameters(model: Any, dtype: Any) -> None:

@@ -124,7 +124,22 @@ for one row of fewer than 64 inputs, oneDNN changes kernel (measured), so a row'
 many rows share its batch."""
 
 
-def bfloat16_tiles_matmul(weight: Any) -> Callable[[Any], Any] | None:
+class BFloat16TilesMatmul:
+    """``x @ W.T`` for a bfloat16 ``W`` reordered once for the CPU's matrix units, :data:`TILES_ROWS` rows per
+    oneDNN call (:func:`bfloat16_tiles_matmul` makes and checks one)."""
+
+    def __init__(self, reordered: Any) -> None:
+        self.reordered = reordered
+
+    def __call__(self, x: Any) -> Any:
+        import torch
+
+        linear = torch.ops.mkldnn._linear_pointwise
+        out = [linear(part, self.reordered, None, "none", [], "") for part in x.split(TILES_ROWS)]
+        return out[0] if len(out) == 1 else torch.cat(out)
+
+
+def bfloat16_tiles_matmul(weight: Any) -> BFloat16TilesMatmul | None:
     """``x @ W.T`` for ``W = weight`` in bfloat16, through oneDNN with ``W`` reordered once for the CPU's matrix
     units (``torch.nn.functional.linear`` reorders it at every call), :data:`TILES_ROWS` rows per call; None
     for a weight of fewer than :data:`TILES_MIN_INPUTS` inputs, where this torch has no such path, or where a
@@ -139,13 +154,7 @@ def bfloat16_tiles_matmul(weight: Any) -> Callable[[Any], Any] | None:
         return None
     weight = weight.detach().to(torch.bfloat16)
     try:
-        reordered = mkldnn._reorder_linear_weight(weight)
-
-        def matmul(x: Any) -> Any:
-            parts = x.split(TILES_ROWS)
-            out = [mkldnn._linear_pointwise(part, reordered, None, "none", [], "") for part in parts]
-            return out[0] if len(out) == 1 else torch.cat(out)
-
+        matmul = BFloat16TilesMatmul(mkldnn._reorder_linear_weight(weight))
         probe = _probe_input(TILES_ROWS + 2, weight.shape[1])
         out = matmul(probe)
         linear = torch.nn.functional.linear(probe[:TILES_ROWS, None], weight)[:, 0]
