@@ -192,6 +192,34 @@ def test_only_a_dynamic_cache_of_full_attention_layers_and_its_mask_are_taken():
     assert not step.takes(call | {"cache": StaticCache(config=model.config, max_cache_len=8)})
     assert not step.takes(call | {"return_dict": False}) and not step.takes(call | {"labels": ids})
     assert not step.takes(call | {"input_ids": torch.ones(2, 3, dtype=torch.long)})  # a prompt
+    # early 5.x releases pass the cache position, just past the cache for a decoding step
+    assert step.takes(call | {"cache_position": torch.tensor([5])})
+    assert not step.takes(call | {"cache_position": torch.tensor([4])})
+    assert not step.takes(call | {"cache_position": torch.tensor([5, 6])})
+
+
+def test_a_release_that_decides_grouped_attention_from_the_mask_and_keys_alone_is_followed(monkeypatch):
+    """transformers 5.0's ``use_gqa_in_sdpa`` takes the mask and the keys; later ones the values too."""
+    from transformers.integrations import sdpa_attention
+
+    asked = []
+
+    def two_arguments(attention_mask, key):
+        asked.append((attention_mask, key.shape))
+        return attention_mask is None
+
+    model, encoded = _llama(kv_heads=2), _prompts(3, False)  # no mask: sdpa's grouped mode
+    transformers_logits = _step_logits(model, encoded, CACHES["growing"], 3, plain=False)  # before: it takes three
+    monkeypatch.setattr(sdpa_attention, "use_gqa_in_sdpa", two_arguments)
+    decode_step._one_token_sdpa.cache_clear()
+    try:
+        uses_gqa = decode_step._one_token_sdpa()[0]  # kept (cached): the steps below call it
+        monkeypatch.undo()  # transformers' own forward (the prompt's pass) calls its own
+        assert uses_gqa(None, torch.ones(1, 2, 3, 4), torch.ones(1, 2, 3, 4)) and asked == [(None, (1, 2, 3, 4))]
+        assert _equal(_step_logits(model, encoded, CACHES["growing"], 3, plain=True), transformers_logits)
+        assert len(asked) == 1 + 3 * 2  # each step's two layers asked it
+    finally:
+        decode_step._one_token_sdpa.cache_clear()
 
 
 async def test_the_static_engine_s_replies_are_unchanged(tiny_model_dir, monkeypatch):
@@ -270,7 +298,8 @@ def test_releases_without_pack_gqa_repeat_the_key_and_value_heads(monkeypatch, d
         repeats.append(groups)
         return sdpa_attention.repeat_kv(states, groups)
 
-    monkeypatch.setattr(decode_step, "_one_token_sdpa", lambda: (sdpa_attention.use_gqa_in_sdpa, None, repeat_kv))
+    uses_gqa = decode_step._one_token_sdpa()[0]  # called as the step calls it on any release
+    monkeypatch.setattr(decode_step, "_one_token_sdpa", lambda: (uses_gqa, None, repeat_kv))
     repeated_way = _step_logits(model, encoded, CACHES["growing"], 4, plain=True)
     assert all(torch.allclose(a, b, rtol=1e-3, atol=1e-3) for a, b in zip(repeated_way, packed_way, strict=True))
     assert repeats and set(repeats) == {2}  # keys and values of every layer, 2 query heads per key head

@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import inspect
 from collections.abc import Callable, Iterator
 from typing import Any
 
 STEP_KEYWORDS = frozenset(
     {"input_ids", "attention_mask", "position_ids", "cache", "past_key_values", "use_cache", "return_dict",
-     "logits_to_keep", "output_attentions", "output_hidden_states"}
+     "logits_to_keep", "output_attentions", "output_hidden_states", "cache_position"}
 )  # fmt: skip
 """What ``generate`` passes a decoding step: a call with anything else (set) keeps transformers' forward."""
 
@@ -58,16 +59,19 @@ def plain_step(model: Any) -> PlainLlamaStep | None:
 
 @functools.cache
 def _one_token_sdpa() -> tuple[Callable[..., bool], Callable[..., Any] | None, Callable[..., Any]] | None:
-    """transformers' choice between sdpa's grouped-query mode and its other way for one query token, and the
-    two other ways: packing the query's heads (``pack_gqa``, later releases; None before) and repeating the key
-    and value heads (``repeat_kv``, which releases without ``pack_gqa`` use, e.g. 5.17). None where this
-    transformers has neither helper: the step is then not taken."""
+    """transformers' choice between sdpa's grouped-query mode and its other way for one query token (called with
+    the mask, keys and values), and the two other ways: packing the query's heads (``pack_gqa``, later releases;
+    None before) and repeating the key and value heads (``repeat_kv``, which releases without ``pack_gqa`` use,
+    e.g. 5.17). None where this transformers has neither helper: the step is then not taken."""
     try:
         from transformers.integrations import sdpa_attention
 
         uses_gqa, repeat_kv = sdpa_attention.use_gqa_in_sdpa, sdpa_attention.repeat_kv
     except (ImportError, AttributeError):
         return None
+    if len(inspect.signature(uses_gqa).parameters) == 2:  # early 5.x releases decide from the mask and keys alone
+        decide = uses_gqa
+        uses_gqa = functools.wraps(decide)(lambda mask, keys, values: decide(mask, keys))
     return uses_gqa, getattr(sdpa_attention, "pack_gqa", None), repeat_kv
 
 
@@ -163,20 +167,23 @@ class PlainLlamaStep:
 
     def takes(self, kwargs: dict[str, Any]) -> bool:
         """Whether a forward call with ``kwargs`` is a decoding step this class computes: one token per row,
-        position ids, a ``DynamicCache`` of full-attention layers and a mask (if any) over it and the token."""
+        position ids, a ``DynamicCache`` of full-attention layers, a mask (if any) over it and the token, and
+        (early 5.x releases pass one) a cache position just past the cache."""
         import torch
         from transformers import DynamicCache
 
         ids, mask, positions = kwargs.get("input_ids"), kwargs.get("attention_mask"), kwargs.get("position_ids")
-        cache = kwargs.get("cache", kwargs.get("past_key_values"))
+        cache, at = kwargs.get("cache", kwargs.get("past_key_values")), kwargs.get("cache_position")
         if type(cache) is not DynamicCache or any(cache.is_sliding):
             return False
+        cached = cache.get_seq_length()
         return (
             all(key in STEP_KEYWORDS for key, value in kwargs.items() if value is not None)
             and isinstance(ids, torch.Tensor) and ids.dim() == 2 and ids.shape[1] == 1
             and isinstance(positions, torch.Tensor) and positions.shape == ids.shape
+            and (at is None or isinstance(at, torch.Tensor) and at.shape == (1,) and int(at) == cached)
             and (mask is None  # every position counts
-                 or isinstance(mask, torch.Tensor) and mask.dim() == 2 and mask.shape[1] == cache.get_seq_length() + 1)
+                 or isinstance(mask, torch.Tensor) and mask.dim() == 2 and mask.shape[1] == cached + 1)
             and kwargs.get("use_cache") is not False and kwargs.get("return_dict") is not False
             and not kwargs.get("output_attentions") and not kwargs.get("output_hidden_states")
         )  # fmt: skip
