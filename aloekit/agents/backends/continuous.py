@@ -62,6 +62,9 @@ STOP_LOOKBACK = 8
 def continuous_batching_available() -> str | None:
     """None when this transformers has what the engine needs, else why not (one line). Checked once per
     process: an unloaded in-process model resolves its engine for each call's cache key."""
+    import transformers
+
+    needs = f"continuous batching needs >= {MIN_TRANSFORMERS}"
     try:
         from transformers.generation.configuration_utils import ContinuousBatchingConfig
         from transformers.generation.continuous_batching import ContinuousBatchingManager
@@ -69,18 +72,11 @@ def continuous_batching_available() -> str | None:
             ContinuousBatchingLogitsProcessorList,
         )
     except ImportError as exc:
-        return f"transformers has no continuous batching ({exc})"
+        return f"transformers {transformers.__version__} has no continuous batching ({needs}): {exc}"
     fields = {field.name for field in dataclasses.fields(ContinuousBatchingConfig)}
     missing = [f"ContinuousBatchingManager.{m}" for m in MANAGER_NEEDS if not hasattr(ContinuousBatchingManager, m)]
     missing += [f"ContinuousBatchingConfig.{f}" for f in CONFIG_NEEDS if f not in fields]
-    if missing:
-        import transformers
-
-        return (
-            f"transformers {transformers.__version__} lacks {missing[0]} "
-            f"(continuous batching needs >= {MIN_TRANSFORMERS})"
-        )
-    return None
+    return f"transformers {transformers.__version__} lacks {missing[0]} ({needs})" if missing else None
 
 
 def step_key(seed: int, step: int) -> int:
