@@ -35,6 +35,28 @@ async def test_repeat_is_served_from_cache(setup):
     assert client.ledger.as_dict()["judge"]["cache_hits"] == 1
 
 
+async def test_an_answer_is_stored_under_the_settings_its_model_loaded_with(setup):
+    """A model predicted to decode one way that falls back on loading (float weights for packed ones, the int8
+    kernel for the tiles) stores its answer under what made it: a later process whose model loads as
+    predicted is not served it, and one that falls back alike is."""
+    inner, client, _ = setup()
+    settings = {"weights": "packed", "q8_0_matmul": "bfloat16 tiles"}
+    inner.compute_settings = lambda: dict(settings)
+    respond = inner.respond
+
+    def load_then_respond(messages, options):
+        settings["q8_0_matmul"] = "int8"  # the load's probe refused the tiles
+        return respond(messages, options)
+
+    inner.respond = load_then_respond
+    assert not (await client.create(HI, extra_create_args={"temperature": 0}, cache=True)).cached
+    assert (await client.create(HI, extra_create_args={"temperature": 0}, cache=True)).cached
+    settings["q8_0_matmul"] = "bfloat16 tiles"  # a process that has not loaded yet predicts the tiles
+    inner.respond = respond
+    assert not (await client.create(HI, extra_create_args={"temperature": 0}, cache=True)).cached
+    assert len(inner.calls) == 2
+
+
 async def test_seeded_sampling_is_cacheable(setup):
     inner, client, _ = setup()
     for _ in range(2):

@@ -254,7 +254,8 @@ class ManagedClient(ChatCompletionClient):
         message_dicts = to_dicts(messages)
         # An answer made with float weights, or by an earlier version of the model's files, is not served to a
         # run decoding packed ones, or with the files as they are now.
-        key = cache_key(self.spec, message_dicts, create_args, self._cache_compute())
+        compute = self._cache_compute()
+        key = cache_key(self.spec, message_dicts, create_args, compute)
         # A stored answer has no logprobs, so a request for them is never served from the cache.
         cacheable = options.deterministic and not tools and not passthrough.get("logprobs")
         use_cache = (self.settings.cache if cache is None else cache) and cacheable and self.store is not None
@@ -356,6 +357,8 @@ class ManagedClient(ChatCompletionClient):
                 await asyncio.sleep(delay)
 
         latency = time.monotonic() - started
+        if (loaded := self._cache_compute()) != compute:  # the model loaded with a fallback (float weights, int8)
+            log_row["cache_key"] = cache_key(self.spec, message_dicts, create_args, loaded)  # what made the answer
         if self.budget is not None:
             self.budget.spend(result.usage)
         usage.calls += 1
