@@ -337,6 +337,22 @@ async def test_an_adapter_s_fully_trained_layers_decode_with_their_own_weights(t
     assert len(saved) == 60 and set(saved.values()) == {"Linear"}
 
 
+@pytest.mark.parametrize(("weights", "level"), [("packed", logging.WARNING), ("auto", logging.INFO)])
+def test_a_gguf_without_q4_1_or_q8_0_layers_decodes_in_float_and_says_so(
+    monkeypatch, caplog, tiny_model_dir, tmp_path, weights, level
+):
+    from aloekit.agents.backends import TransformersChatClient
+
+    monkeypatch.setattr(local, "packed_kernels_missing", lambda: None)
+    monkeypatch.setattr(local, "cached_gguf_blocks", lambda model, gguf, folder: {})  # e.g. a Q4_K_M file
+    client = TransformersChatClient(tiny_model_dir, device="cpu", gguf=tmp_path / "x.gguf", weights=weights)
+    with caplog.at_level(logging.INFO, logger=local.logger.name):
+        client.load()
+    assert client.weights == "float" and "q8_0_matmul" not in client.compute_settings()
+    said = [r for r in caplog.records if "no Q4_1 or Q8_0 layer" in r.getMessage()]
+    assert [r.levelno for r in said] == [level]
+
+
 def test_unreadable_blocks_decode_in_float_unless_packed_was_asked(monkeypatch, tiny_model_dir, tmp_path):
     from aloekit.agents.backends import TransformersChatClient
     from aloekit.errors import BackendError
@@ -359,7 +375,8 @@ def test_unreadable_blocks_decode_in_float_unless_packed_was_asked(monkeypatch, 
 @pytest.mark.parametrize(
     ("dtype", "cpu_tiles", "tiles_work", "asked", "q8_0_matmul"),
     [("bfloat16", True, True, True, "bfloat16 tiles"), ("bfloat16", True, False, True, "int8"),
-     ("bfloat16", False, True, False, "int8"), ("float32", True, True, False, "int8")],
+     ("bfloat16", False, True, False, "int8"), ("float32", True, True, False, "int8"),
+     ("bfloat16", True, None, True, "int8")],  # None: the file has no Q8_0 layer, so none takes the tiles
 )  # fmt: skip
 def test_the_output_layer_takes_the_tiles_for_bfloat16_on_a_cpu_with_them(
     monkeypatch, tiny_model_dir, tmp_path, dtype, cpu_tiles, tiles_work, asked, q8_0_matmul
@@ -372,10 +389,10 @@ def test_the_output_layer_takes_the_tiles_for_bfloat16_on_a_cpu_with_them(
 
     def pack(model, arrays, skip, tiles):
         asked_tiles.append(tiles)
-        reordered = packed.BFloat16TilesMatmul(None) if tiles and tiles_work else lambda x: x  # else int8's
-        model.lm_head.packed_matmul = reordered
         model.model.layers[0].mlp.up_proj.packed_matmul = packed.Q4Matmul(None, None)
-        return 2
+        if tiles_work is not None:
+            model.lm_head.packed_matmul = packed.BFloat16TilesMatmul(None) if tiles and tiles_work else len  # or int8
+        return 1 if tiles_work is None else 2
 
     monkeypatch.setattr(local, "packed_kernels_missing", lambda: None)
     monkeypatch.setattr(local, "cpu_has_bfloat16_tiles", lambda: cpu_tiles)

@@ -44,7 +44,6 @@ from aloekit.agents.backends.managed import GenerationTimeout
 from aloekit.agents.backends.messages import conform, to_dicts
 from aloekit.agents.backends.packed import (
     BFloat16TilesMatmul,
-    Q4Matmul,
     blocks_cached,
     cached_gguf_blocks,
     pack_linears,
@@ -481,9 +480,10 @@ class TransformersChatClient(ChatCompletionClient):
     def _pack(self, model: Any, settings: dict[str, str]) -> None:
         """Pack ``model``'s layers with the GGUF's blocks (:mod:`~aloekit.agents.backends.packed`) for computing in
         ``settings["dtype"]``, leaving float the layers an adapter trains in full (its ``modules_to_save``), and
-        make ``settings`` say what was done: ``float`` weights where none could be packed, ``int8`` Q8_0 layers
-        where the tiles were asked and one fell back. Under ``auto`` a file without usable blocks, or one that
-        cannot be read, decodes in float quietly."""
+        make ``settings`` say what was done: ``float`` weights where none could be packed, ``bfloat16 tiles``
+        where a Q8_0 layer took them, else ``int8`` (the tiles' probe refused them, as with torch 2.11, or
+        the file has no Q8_0 layer). Under ``auto`` a file without usable blocks, or one that cannot be read,
+        decodes in float quietly."""
         assert self.gguf is not None and self._path is not None
         saved = read_json_file(self.adapter_path / ADAPTER_CONFIG, self.name) if self.adapter_path else {}
         try:
@@ -493,20 +493,18 @@ class TransformersChatClient(ChatCompletionClient):
             if self.weights == "packed":
                 raise
             logger.info("%s: decoding in float", self.name, exc_info=True)
-            blocks = {}
+            blocks = None
         tiles = settings["q8_0_matmul"] == "bfloat16 tiles"
-        if blocks and not pack_linears(model, blocks, skip=tuple(saved.get("modules_to_save") or ()), tiles=tiles):
-            log = logger.warning if self.weights == "packed" else logger.info
-            log("%s: no Q4_1 or Q8_0 layer in %s to decode with; decoding in float", self.name, self.gguf)
-            blocks = {}
-        if not blocks:
+        skip = tuple(saved.get("modules_to_save") or ())
+        if blocks is None or not pack_linears(model, blocks, skip=skip, tiles=tiles):
+            if blocks is not None:
+                log = logger.warning if self.weights == "packed" else logger.info
+                log("%s: no Q4_1 or Q8_0 layer in %s to decode with; decoding in float", self.name, self.gguf)
             settings["weights"] = "float"
             del settings["q8_0_matmul"]
             return
-        matmuls = [getattr(module, "packed_matmul", None) for module in model.modules()]
-        q8_0 = [matmul for matmul in matmuls if matmul is not None and not isinstance(matmul, Q4Matmul)]
-        if not all(isinstance(matmul, BFloat16TilesMatmul) for matmul in q8_0):
-            settings["q8_0_matmul"] = "int8"
+        took_tiles = any(isinstance(getattr(m, "packed_matmul", None), BFloat16TilesMatmul) for m in model.modules())
+        settings["q8_0_matmul"] = "bfloat16 tiles" if took_tiles else "int8"
 
     def _target_device(self) -> str:
         """The device the model is (or will be) on: the one given, else CUDA when present, else the CPU."""
@@ -831,10 +829,11 @@ def cpu_has_bfloat16_tiles() -> bool:
 
 
 def resolve_q8_0_matmul(dtype: str) -> str:
-    """How a packed model's Q8_0 layers (SmolLM2's output layer) multiply: ``bfloat16 tiles`` (their weight in
-    bfloat16 through the matrix units, :func:`~aloekit.agents.backends.packed.bfloat16_tiles_matmul`) for a
-    bfloat16 model on a CPU with AMX tiles, ``int8`` (torch's int8 kernel) otherwise. Their results differ
-    in the last bits, so a cached answer is served only to the same."""
+    """How a packed model's Q8_0 layers (SmolLM2's output layer) are expected to multiply before it loads:
+    ``bfloat16 tiles`` (their weight in bfloat16 through the matrix units,
+    :func:`~aloekit.agents.backends.packed.bfloat16_tiles_matmul`) for a bfloat16 model on a CPU with AMX
+    tiles, ``int8`` (torch's int8 kernel) otherwise; the load's probe may still refuse the tiles (torch
+    2.11). Their results differ in the last bits, so a cached answer is served only to the same."""
     return "bfloat16 tiles" if dtype == "bfloat16" and cpu_has_bfloat16_tiles() else "int8"
 
 
