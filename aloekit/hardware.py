@@ -97,9 +97,8 @@ def run_defaults(
     """For a run whose roles use ``specs``: the config with in-process backends sized to the hardware, the
     conversations to keep in flight (the hardware's default where nothing set them and every role runs in this
     process), and the ``hardware`` record for the run config (None when no role runs in this process), with
-    the engine, dtype and weights each in-process spec will use (and how packed weights multiply their Q8_0
-    layers), and which files it answers with (``files``:
-    ``TransformersChatClient.weights_identity``)."""
+    the engine, dtype and weights each in-process spec will use, how packed weights will multiply their Q8_0
+    layers, and which files it answers with (``files``: ``TransformersChatClient.weights_identity``)."""
     from aloekit.agents.backends.local import resolve_dtype, resolve_engine, resolve_q8_0_matmul, resolve_weights
 
     specs = list(specs)
