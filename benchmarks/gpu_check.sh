@@ -6,9 +6,20 @@
 #   bash benchmarks/gpu_check.sh            # from the repository root, aloekit installed
 #
 # PYTHON picks the interpreter (default python3), GPU_CHECK_OUT the folder for the log and outputs
-# (default ./gpu-check; $OUT when set). Each step has its own time limit; a failed step is reported in the
-# table and the rest still run. Exit status: non-zero if any step failed.
+# (default ./gpu-check; $OUT when set), GPU_CHECK_STEPS the steps to run (names separated by spaces or
+# commas; default all of them: tests engine simulate train_sft grpo eval train_dpo), so that a machine lent
+# for a few minutes a call can run them over several calls. Each step has its own time limit (930 s in
+# all); a failed step is reported in the table and the rest still run. Exit status: 2 for an unknown step
+# name (nothing run), else non-zero if any step failed.
 set -u
+ALL_STEPS="tests engine simulate train_sft grpo eval train_dpo"
+STEPS=" $(echo "${GPU_CHECK_STEPS:-$ALL_STEPS}" | tr ',' ' ') "
+for name in $STEPS; do
+  case " $ALL_STEPS " in
+    *" $name "*) ;;
+    *) echo "gpu_check.sh: GPU_CHECK_STEPS: unknown step '$name' (steps: $ALL_STEPS)" >&2; exit 2 ;;
+  esac
+done
 PY=${PYTHON:-python3}
 OUTDIR=${GPU_CHECK_OUT:-${OUT:-gpu-check}}
 WORK=$(mktemp -d)
@@ -20,8 +31,9 @@ export PYTHONUNBUFFERED=1
 ROWS=()
 FAILED=0
 
-step() {  # step NAME LIMIT_S COMMAND...: run, log, time, record the result line
+step() {  # step NAME LIMIT_S COMMAND...: run, log, time, record the result line (only the steps asked)
   local name=$1 limit=$2; shift 2
+  case $STEPS in *" $name "*) ;; *) return 0 ;; esac
   echo "=== $name: $*" | tee -a "$LOG"
   local started=$SECONDS
   timeout "$limit" "$@" > "$WORK/$name.out" 2> "$WORK/$name.err"
@@ -34,7 +46,8 @@ step() {  # step NAME LIMIT_S COMMAND...: run, log, time, record the result line
 summary_of() {  # the one number each step is run for, read from its output
   case $1 in
     tests) grep -E "passed|failed|error" "$WORK/tests.out" | tail -n 1 ;;
-    engine) grep -E "^ +(1|64) \||64 concurrent / single" "$WORK/engine.out" | tr -s ' ' | paste -sd ';' ;;
+    engine) grep -E "^ +(1|64) \||64 concurrent / single" "$WORK/engine.out" | tr -s ' ' \
+      | sed -E 's/^ ?([0-9]+) \| /\1 concurrent: /; s/ \| / \/ /g' | paste -sd ';' ;;  # no "|" in the table
     simulate) "$PY" - "$WORK/simulate.out" <<'PYEOF'
 import json, sys
 text = open(sys.argv[1]).read()
