@@ -84,6 +84,10 @@ def apply_backend_defaults(config: AloeConfig, specs: Iterable[str], hardware: H
     return config.model_copy(update={"backends": backends})
 
 
+HARDWARE_ENTRIES = {"engine": "engines", "dtype": "dtypes", "weights": "weights", "q8_0_matmul": "q8_0_matmuls"}
+"""An in-process model's compute setting -> the run config's ``hardware`` entry that records it per spec."""
+
+
 def recorded_files(run_config: dict[str, Any]) -> dict[str, str]:
     """Which files each in-process spec of a run answered with (its ``hardware.files``; {} when none)."""
     hardware = run_config.get("hardware")
@@ -99,7 +103,7 @@ def run_defaults(
     process), and the ``hardware`` record for the run config (None when no role runs in this process), with
     the engine, dtype and weights each in-process spec will use, how packed weights will multiply their Q8_0
     layers, and which files it answers with (``files``: ``TransformersChatClient.weights_identity``)."""
-    from aloekit.agents.backends.local import resolve_dtype, resolve_engine, resolve_q8_0_matmul, resolve_weights
+    from aloekit.agents.backends.local import resolve_compute
 
     specs = list(specs)
     local = in_process(specs)
@@ -110,13 +114,11 @@ def run_defaults(
     if not concurrency_given and hardware.conversations is not None and len(local) == len(specs):
         concurrency = hardware.conversations
     settings = {spec: config.backend_settings(spec) for spec in local}
-    engines = {spec: resolve_engine(s.engine, hardware.device, quiet=True) for spec, s in settings.items()}
-    dtypes = {spec: resolve_dtype(s.dtype, hardware.device) for spec, s in settings.items()}
-    weights = {spec: resolve_weights(s.weights, hardware.device, dtypes[spec], engines[spec],
-                                     gguf=parse_spec(spec).prefix == "local", quiet=True)
-               for spec, s in settings.items()}  # fmt: skip
-    q8_0_matmuls = {spec: resolve_q8_0_matmul(dtypes[spec]) for spec in local if weights[spec] == "packed"}
+    computed = {spec: resolve_compute(s.engine, s.dtype, s.weights, hardware.device,
+                                      gguf=parse_spec(spec).prefix == "local", quiet=True)
+                for spec, s in settings.items()}  # fmt: skip
+    entries = {name: {spec: c[setting] for spec, c in computed.items() if setting in c}
+               for setting, name in HARDWARE_ENTRIES.items()}  # fmt: skip
     files = BackendPool(config).files(local)
-    record = {**hardware.record(), "conversations": concurrency, "engines": engines, "dtypes": dtypes,
-              "weights": weights, "q8_0_matmuls": q8_0_matmuls, "files": files}  # fmt: skip
+    record = {**hardware.record(), "conversations": concurrency, **entries, "files": files}
     return config, concurrency, record

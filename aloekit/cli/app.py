@@ -33,6 +33,7 @@ from aloekit.agents.backends import BackendPool, TransformersChatClient
 from aloekit.config import MAX_SEED, AloeConfig, one_line
 from aloekit.cpu_thread import run_off_loop
 from aloekit.errors import AloeError, Terminated, first_leaf, run_async, stop_signals
+from aloekit.hardware import HARDWARE_ENTRIES
 from aloekit.limits import MAX_CONCURRENCY, MAX_CONVERSATIONS, MAX_TURNS
 from aloekit.secrets import RedactingFilter, redact, redacted_output, register_url_secrets
 from aloekit.serialize import to_json
@@ -500,10 +501,6 @@ async def ensure_loaded(app: App, pool: BackendPool, spec: str) -> None:
     if isinstance(inner, TransformersChatClient) and not inner.loaded:
         with app.console.status(redact(f"loading {spec} (the first use converts the model, later loads take seconds)")):
             await run_off_loop(inner, inner.load)
-
-
-HARDWARE_ENTRIES = {"engine": "engines", "dtype": "dtypes", "weights": "weights", "q8_0_matmul": "q8_0_matmuls"}
-"""A loaded model's compute setting -> the run config's ``hardware`` entry that records it per spec."""
 
 
 def record_loaded_settings(store: Store, run_id: str, pool: BackendPool, specs: Iterable[str]) -> None:

@@ -469,13 +469,9 @@ class TransformersChatClient(ChatCompletionClient):
         return self._identity
 
     def _resolved(self, quiet: bool) -> dict[str, str]:
-        """What ``engine``, ``dtype`` and ``weights`` resolve to on the target device, and ``q8_0_matmul`` for
-        packed weights."""
-        device = self._target_device()
-        dtype, engine = resolve_dtype(self.dtype, device), resolve_engine(self.engine, device, quiet)
-        weights = resolve_weights(self.weights, device, dtype, engine, self.gguf is not None, quiet)
-        resolved = {"engine": engine, "dtype": dtype, "weights": weights}
-        return resolved | ({"q8_0_matmul": resolve_q8_0_matmul(dtype)} if weights == "packed" else {})
+        """What this model's settings resolve to on the target device (:func:`resolve_compute`)."""
+        device, gguf = self._target_device(), self.gguf is not None
+        return resolve_compute(self.engine, self.dtype, self.weights, device, gguf, quiet)
 
     def _pack(self, model: Any, settings: dict[str, str]) -> None:
         """Pack ``model``'s layers with the GGUF's blocks (:mod:`~aloekit.agents.backends.packed`) for computing in
@@ -826,6 +822,18 @@ def cpu_has_bfloat16_tiles() -> bool:
 
     probe = getattr(torch.cpu, "_is_amx_tile_supported", None)  # private, present since torch 2.3
     return bool(probe()) if probe is not None else False
+
+
+def resolve_compute(
+    engine: str, dtype: str, weights: str, device: str, gguf: bool, quiet: bool = False
+) -> dict[str, str]:
+    """What an in-process model's ``engine``, ``dtype`` and ``weights`` settings resolve to on ``device`` (for a
+    model converted from a ``gguf`` or not), and for packed weights how their Q8_0 layers are expected to
+    multiply (``q8_0_matmul``): its compute settings before it loads."""
+    dtype, engine = resolve_dtype(dtype, device), resolve_engine(engine, device, quiet)
+    weights = resolve_weights(weights, device, dtype, engine, gguf, quiet)
+    resolved = {"engine": engine, "dtype": dtype, "weights": weights}
+    return resolved | ({"q8_0_matmul": resolve_q8_0_matmul(dtype)} if weights == "packed" else {})
 
 
 def resolve_q8_0_matmul(dtype: str) -> str:
