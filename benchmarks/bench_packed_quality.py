@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from aloekit.agents.backends import packed
-from aloekit.agents.backends.local import converted_model_dir, cpu_has_bfloat16_tiles, find_smollm2_gguf
+from aloekit.agents.backends.local import converted_model_dir, find_smollm2_gguf, resolve_q8_0_matmul
 
 TOPICS = ["running", "coffee", "houseplants", "chess", "hiking", "baking bread", "jazz", "sailing", "tax forms",
           "a job interview", "sleep", "learning Spanish"]  # fmt: skip
@@ -51,7 +51,8 @@ def main() -> None:
     blocks = packed.cached_gguf_blocks(packed_model, gguf, folder)
     layers = packed.pack_linears(packed_model, blocks)
     packed_half = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.bfloat16).eval()  # as aloekit loads it
-    packed.pack_linears(packed_half, blocks, tiles=cpu_has_bfloat16_tiles())  # its output layer: bfloat16 on AMX
+    tiles = resolve_q8_0_matmul("bfloat16") == "bfloat16 tiles"  # as aloekit decides it: its output layer on AMX
+    packed.pack_linears(packed_half, blocks, tiles=tiles)
     half = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.bfloat16).eval()
     models = {"packed": packed_model, "packed bfloat16": packed_half, "bfloat16": half}
     same: dict[str, list[bool]] = {name: [] for name in models}

@@ -89,7 +89,7 @@ def _packed_llama(hidden: int, heads: int, kv_heads: int, intermediate: int, dty
                        f"{name}.minimums": -rng.random((rows, groups)).astype(np.float32) / 8}  # fmt: skip
     codes, row_scales = packed.per_row_int8(model.lm_head.weight.detach().numpy())
     arrays |= {"lm_head.int8": codes, "lm_head.row_scales": row_scales}
-    tiles = dtype == torch.bfloat16 and local.cpu_has_bfloat16_tiles()
+    tiles = local.resolve_q8_0_matmul(str(dtype).removeprefix("torch.")) == "bfloat16 tiles"  # as aloekit decides
     assert packed.pack_linears(model, arrays, tiles=tiles) == 7 * 2 + 1
     local.cast_parameters(model, dtype)
     return model

@@ -71,7 +71,10 @@ def _one_token_sdpa() -> tuple[Callable[..., bool], Callable[..., Any] | None, C
         return None
     if len(inspect.signature(uses_gqa).parameters) == 2:  # early 5.x releases decide from the mask and keys alone
         decide = uses_gqa
-        uses_gqa = functools.wraps(decide)(lambda mask, keys, values: decide(mask, keys))
+
+        def uses_gqa(mask: Any, keys: Any, values: Any) -> bool:
+            return decide(mask, keys)
+
     return uses_gqa, getattr(sdpa_attention, "pack_gqa", None), repeat_kv
 
 
