@@ -30,7 +30,7 @@ from aloekit.graphs.simulate import MAX_TURNS, RoleConfig
 from aloekit.personas.models import PersonaPair
 from aloekit.secrets import redact
 from aloekit.training.environment import SimulatedUserEnv
-from aloekit.training.train import LoraSettings, mixed_precision, precision_args
+from aloekit.training.train import LoraSettings, checkpointing_args, mixed_precision, precision_args
 
 T = TypeVar("T")
 ROLLOUT_STATE = "aloekit_rollout.json"
@@ -232,7 +232,7 @@ def grpo_args(settings: GRPOSettings) -> Any:
         "save_strategy": "no",
         "report_to": "none",
         "use_cpu": not cuda,
-        "gradient_checkpointing": cuda,
+        **checkpointing_args(cuda, None, settings.trl),
         **precision_args(cuda, settings.trl),
         "shuffle_dataset": False,
     }

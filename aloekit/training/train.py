@@ -158,6 +158,18 @@ def precision_args(cuda: bool, trl: Mapping[str, Any]) -> dict[str, bool]:
     return {"bf16": cpu_has_bf16_kernels()}
 
 
+def checkpointing_args(enabled: bool, options: dict[str, Any] | None, trl: Mapping[str, Any]) -> dict[str, Any]:
+    """trl's fields for gradient (activation) checkpointing, ``enabled`` with ``options`` (None: trl's own),
+    under the names this transformers reads: ``activation_checkpointing`` and ``activation_checkpointing_kwargs``
+    in later 5.x releases (5.24 has them, 5.17 not), whose ``gradient_checkpointing*`` are deprecated aliases
+    that warn; the old names before. Neither where ``trl`` sets one under either name: the user's stands."""
+    from transformers import TrainingArguments
+
+    name = "activation" if "activation_checkpointing" in TrainingArguments.__dataclass_fields__ else "gradient"
+    return {f"{name}_{field}": value for field, value in (("checkpointing", enabled), ("checkpointing_kwargs", options))
+            if value is not None and not {f"gradient_{field}", f"activation_{field}"} & set(trl)}  # fmt: skip
+
+
 def cpu_has_bf16_kernels() -> bool:
     """Whether torch multiplies bf16 matrices with oneDNN on this CPU, as torch decides it (AVX-512,
     AVX-NE-CONVERT or Arm's bf16); False on a torch built without oneDNN or with it switched off."""
@@ -587,8 +599,7 @@ def trl_args(config: TrainConfig, has_eval: bool, layers: list[tuple[str, Any]] 
         # trl turns gradient checkpointing on by default; on CPU it costs 15-25% and saves nothing we need.
         # On CUDA it lets larger batches fit; non-reentrant checkpointing passes gradients to LoRA weights
         # even though the frozen base's inputs need none (build_trainer also enables input gradients).
-        "gradient_checkpointing": cuda,
-        "gradient_checkpointing_kwargs": {"use_reentrant": False},
+        **checkpointing_args(cuda, {"use_reentrant": False}, config.trl),
         **batch_args(config, cuda),
         **precision_args(cuda, config.trl),
         "save_strategy": "no",

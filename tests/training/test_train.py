@@ -183,6 +183,47 @@ def test_cpu_trains_in_bf16_only_where_onednn_has_bf16_kernels(monkeypatch, tmp_
     assert [(a.fp16, a.bf16) for a in fp16] == [(True, False)] * 2
 
 
+def test_checkpointing_is_set_under_the_name_transformers_reads_without_a_deprecation_warning(monkeypatch, tmp_path):
+    """Later transformers 5 releases renamed gradient_checkpointing* to activation_checkpointing*; the old names
+    warn (and go in 6). On CPU trl's configs do not checkpoint (CUDA's are not built here: they need a device);
+    SFT/DPO ask for non-reentrant checkpointing either way."""
+    import warnings
+
+    from transformers import TrainingArguments
+
+    from aloekit.training.grpo import GRPOSettings, grpo_args
+    from aloekit.training.train import trl_args
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    renamed = "activation_checkpointing" in TrainingArguments.__dataclass_fields__
+    config = build_train_config("sft", data="d.jsonl", base="local:smollm2", out=tmp_path, trl={"bf16": False})
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*checkpointing.* is deprecated", category=FutureWarning)
+        sft, grpo = trl_args(config, has_eval=False), grpo_args(GRPOSettings(out=tmp_path, trl={"bf16": False}))
+    assert sft.gradient_checkpointing is False and grpo.gradient_checkpointing is False
+    assert sft.gradient_checkpointing_kwargs == {"use_reentrant": False}
+    if renamed:
+        assert sft.activation_checkpointing is False and sft.activation_checkpointing_kwargs == {"use_reentrant": False}
+
+
+def test_the_users_checkpointing_under_either_name_stands():
+    from transformers import TrainingArguments
+
+    from aloekit.training.train import checkpointing_args
+
+    name = "activation" if "activation_checkpointing" in TrainingArguments.__dataclass_fields__ else "gradient"
+    ours = {f"{name}_checkpointing": True, f"{name}_checkpointing_kwargs": {"use_reentrant": False}}
+    assert checkpointing_args(True, {"use_reentrant": False}, {}) == ours
+    assert checkpointing_args(True, None, {}) == {f"{name}_checkpointing": True}
+    for spelling in ("gradient", "activation"):
+        assert checkpointing_args(True, {"use_reentrant": False}, {f"{spelling}_checkpointing": False}) == {
+            f"{name}_checkpointing_kwargs": {"use_reentrant": False}
+        }
+        assert checkpointing_args(True, {"a": 1}, {f"{spelling}_checkpointing_kwargs": {}}) == {
+            f"{name}_checkpointing": True
+        }
+
+
 def test_cpu_bf16_kernels_are_asked_of_torch_only_when_onednn_is_on(monkeypatch):
     monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)
     assert cpu_has_bf16_kernels() is True
