@@ -179,6 +179,7 @@ def test_only_generate_s_decoding_steps_take_it_and_only_within_the_block(monkey
     assert torch.equal(output, reference) and calls == [(rows, 1)] * 4  # the prompt's pass made the first token
 
 
+@pytest.mark.filterwarnings("ignore:`past_key_values` is deprecated:FutureWarning")
 def test_only_a_dynamic_cache_of_full_attention_layers_and_its_mask_are_taken():
     from transformers import StaticCache
 
@@ -198,6 +199,7 @@ def test_only_a_dynamic_cache_of_full_attention_layers_and_its_mask_are_taken():
     assert not step.takes(call | {"cache_position": torch.tensor([5, 6])})
 
 
+@pytest.mark.filterwarnings("ignore:`past_key_values` is deprecated:FutureWarning")
 def test_a_release_that_decides_grouped_attention_from_the_mask_and_keys_alone_is_followed(monkeypatch):
     """transformers 5.0's ``use_gqa_in_sdpa`` takes the mask and the keys; later ones the values too."""
     from transformers.integrations import sdpa_attention
