@@ -278,6 +278,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="also require SPEC (default: transformers for continuous batching; '' none)")  # fmt: skip
     parser.add_argument("--pip-arg", action="append", default=[], help="an option for pip (repeat for several)")
     args = parser.parse_args(argv)
+    args.out = args.out.absolute()
     sys.path.insert(0, str(ROOT))
     from aloekit.agents.backends.continuous import MIN_TRANSFORMERS
     from aloekit.agents.backends.local import find_smollm2_gguf
@@ -326,7 +327,8 @@ def main(argv: list[str] | None = None) -> int:
     for number in range(1, parts + 1):
         folders = ([args.out / "wheels"] if number == 1 else []) + [args.out / f"gguf-{number}"]
         size = sum(f.stat().st_size for folder in folders for f in folder.iterdir()) / 2**20
-        print(f"call {number}: carry {' '.join(str(f) for f in folders)} ({size:.1f} MiB), run its setup.sh")
+        named = " ".join(str(f.relative_to(ROOT) if f.is_relative_to(ROOT) else f) for f in folders)  # as carried
+        print(f"call {number}: carry {named} ({size:.1f} MiB), run its setup.sh")
     print("then: export the ALOE_SMOLLM2_GGUF it prints and run benchmarks/gpu_check.sh with PYTHONPATH=$PWD")
     return 0
 

@@ -120,6 +120,7 @@ def _bundle(
     monkeypatch.setenv("PIP_CONFIG_FILE", os.devnull)
     monkeypatch.setenv("ALOE_SMOLLM2_GGUF", str(model))
     monkeypatch.setattr(gpu_bundle, "requirements", lambda skip: ["app-core", "old>=1", "heavy"])
+    monkeypatch.setattr(gpu_bundle, "ROOT", tmp_path)  # the repository, whose folders a call carries
     out = tmp_path / "bundle"
     code = gpu_bundle.main(["--have", str(tmp_path / "have.txt"), "--out", str(out), "--python-version", HERE,
                             "--call-mib", "2", "--fallback-kib", "8", "--carry", "forced", "--pip-arg=--no-index",
@@ -143,10 +144,13 @@ def _setup(folders: list[Path], tmp_path: Path, call: str) -> subprocess.Complet
                           env=env, timeout=60)  # fmt: skip
 
 
-def _calls(stdout: str) -> list[list[Path]]:
-    """The folders each call carries, from the bundle's output (``call N: carry A B (x MiB), ...``)."""
+def _calls(stdout: str, root: Path) -> list[list[Path]]:
+    """The folders each call carries, from the bundle's output (``call N: carry A B (x MiB), ...``, the folders
+    named from the repository ``root``, as a call's ``carry`` takes them)."""
     lines = [line for line in stdout.splitlines() if line.startswith("call ")]
-    return [[Path(word) for word in line.split(": carry ")[1].split(" (")[0].split()] for line in lines]
+    named = [line.split(": carry ")[1].split(" (")[0].split() for line in lines]
+    assert all(not Path(folder).is_absolute() for folders in named for folder in folders), lines
+    return [[root / folder for folder in folders] for folders in named]
 
 
 def test_the_bundle_carries_what_the_machine_lacks_and_joins_the_model_once_all_of_it_has_come(
@@ -162,7 +166,7 @@ def test_the_bundle_carries_what_the_machine_lacks_and_joins_the_model_once_all_
                       f"transformers-{MIN_TRANSFORMERS}", "unknown-1.0"]  # fmt: skip
     requirements = (out / "wheels" / "requirements.txt").read_text()
     assert requirements == f"app-core\nold>=1\nheavy\ntransformers>={MIN_TRANSFORMERS}\nforced==1.0\n"
-    calls = _calls(stdout)
+    calls = _calls(stdout, tmp_path)
     assert calls[0] == [out / "wheels", out / "gguf-1"] and calls[1:] == [[out / f"gguf-{n}"] for n in (2, 3)]
     for folders in calls:  # the setup.sh in each folder included
         assert sum(f.stat().st_size for folder in folders for f in folder.iterdir()) <= 2 * MIB
@@ -190,7 +194,7 @@ def test_a_damaged_part_is_refused_and_leaves_no_model(tmp_path, monkeypatch, ca
     assert code == 0, stderr
     part = next((out / "gguf-2").glob("*.part-2"))
     part.write_bytes(part.read_bytes()[:-1] + b"?")
-    *earlier, final = _calls(stdout)
+    *earlier, final = _calls(stdout, tmp_path)
     for number, folders in enumerate(earlier, 1):
         assert _setup(folders, tmp_path, f"call-{number}").returncode == 0
     refused = _setup(final, tmp_path, "final")
