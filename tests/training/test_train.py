@@ -206,12 +206,19 @@ def test_checkpointing_is_set_under_the_name_transformers_reads_without_a_deprec
         assert sft.activation_checkpointing is False and sft.activation_checkpointing_kwargs == {"use_reentrant": False}
 
 
-def test_the_users_checkpointing_under_either_name_stands():
+@pytest.mark.parametrize("name", ["activation", "gradient"])
+def test_the_users_checkpointing_under_either_name_stands(monkeypatch, name):
+    """Ours goes under the name the installed TrainingArguments has (``activation_*`` in later releases,
+    ``gradient_*`` before), each release played here; a field the user set under either name is left alone."""
     from transformers import TrainingArguments
 
     from aloekit.training.train import checkpointing_args
 
-    name = "activation" if "activation_checkpointing" in TrainingArguments.__dataclass_fields__ else "gradient"
+    fields = {key: value for key, value in TrainingArguments.__dataclass_fields__.items()
+              if not key.startswith("activation_checkpointing")}  # fmt: skip
+    if name == "activation":
+        fields |= {"activation_checkpointing": None, "activation_checkpointing_kwargs": None}
+    monkeypatch.setattr(TrainingArguments, "__dataclass_fields__", fields)
     ours = {f"{name}_checkpointing": True, f"{name}_checkpointing_kwargs": {"use_reentrant": False}}
     assert checkpointing_args(True, {"use_reentrant": False}, {}) == ours
     assert checkpointing_args(True, None, {}) == {f"{name}_checkpointing": True}
