@@ -41,6 +41,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from packaging.markers import default_environment
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
@@ -186,8 +187,6 @@ def needed(
     """The packages of ``installs`` that ``wanted`` needs other than through a package in ``skip`` (whose own
     needs the machine's build of it meets), name -> (version, its wheel's URL), following each package's
     requirements, extras and markers as on an x86-64 Linux CPython ``python_version``."""
-    from packaging.markers import default_environment
-
     environment = {**default_environment(), "python_version": python_version, "sys_platform": "linux",
                    "python_full_version": f"{python_version}.0", "platform_system": "Linux", "os_name": "posix",
                    "platform_machine": "x86_64", "implementation_name": "cpython",
