@@ -84,7 +84,13 @@ def apply_backend_defaults(config: AloeConfig, specs: Iterable[str], hardware: H
     return config.model_copy(update={"backends": backends})
 
 
-HARDWARE_ENTRIES = {"engine": "engines", "dtype": "dtypes", "weights": "weights", "q8_0_matmul": "q8_0_matmuls"}
+HARDWARE_ENTRIES = {
+    "engine": "engines",
+    "dtype": "dtypes",
+    "weights": "weights",
+    "q4_1_matmul": "q4_1_matmuls",
+    "q8_0_matmul": "q8_0_matmuls",
+}
 """An in-process model's compute setting -> the run config's ``hardware`` entry that records it per spec."""
 
 
@@ -101,8 +107,8 @@ def run_defaults(
     """For a run whose roles use ``specs``: the config with in-process backends sized to the hardware, the
     conversations to keep in flight (the hardware's default where nothing set them and every role runs in this
     process), and the ``hardware`` record for the run config (None when no role runs in this process), with
-    the engine, dtype and weights each in-process spec will use, how packed weights will multiply their Q8_0
-    layers, and which files it answers with (``files``: ``TransformersChatClient.weights_identity``)."""
+    the engine, dtype and weights each in-process spec will use, how packed weights will multiply their Q4_1
+    and Q8_0 layers, and which files it answers with (``files``: ``TransformersChatClient.weights_identity``)."""
     from aloekit.agents.backends.local import resolve_compute
 
     specs = list(specs)

@@ -8,7 +8,9 @@ decoding with the converted float weights and with the GGUF's blocks; ``--round-
 engine with finished rows leaving its batch every 8 tokens and (0) with one ``generate`` call per batch,
 which keeps every row to the end; ``--kv-cache growing,dynamic`` it with aloekit's KV cache that appends in
 place and with transformers' ``DynamicCache``, which copies itself every step; ``--decode-step
-plain,transformers`` it with aloekit's plain decoding step and with transformers' modules. ``--preamble-words 450
+plain,transformers`` it with aloekit's plain decoding step and with transformers' modules; ``--q4-1-matmul "int8
+dot,int4"`` its packed Q4_1 layers through the compiled int8 dot kernel and through torch's int4 kernel (swapped
+on the loaded model; default ``auto``: as aloekit chooses, with nothing swapped). ``--preamble-words 450
 --temperature 0.7 --max-tokens 256`` makes the chats look like a simulation's: long prompts, sampled
 (seeded) replies of varied length.
 
@@ -33,6 +35,7 @@ from aloekit.agents.backends import BackendPool, from_dicts, local
 from aloekit.agents.backends.decode_step import plain_decoding_steps
 from aloekit.agents.backends.kvcache import growing_cache
 from aloekit.agents.backends.local import resolve_dtype
+from aloekit.agents.backends.q4_1_dot import q4_1_dot_missing
 from aloekit.config import AloeConfig
 from aloekit.cpu_thread import call_on_cpu_thread
 
@@ -62,14 +65,15 @@ async def aloekit_rates(
     engine: str = "auto",
     dtype: str = "auto",
     weights: str = "auto",
-    variants: Sequence[tuple[int, str, str]] = ((local.ROUND_TOKENS, "growing", "plain"),),
+    variants: Sequence[tuple[int, str, str, str]] = ((local.ROUND_TOKENS, "growing", "plain", "auto"),),
     repeats: int = 1,
     temperature: float = 0.0,
     preamble_words: int = 0,
 ) -> tuple[list[list[float]], dict[str, str]]:
     """Tokens/s of ``n`` concurrent chats through aloekit's backend for ``spec``, for each of the static engine's
     ``variants`` (tokens per ``generate`` call, 0: one call per batch; the KV cache, ``growing`` or
-    ``dynamic``; the decoding step, ``plain`` or ``transformers``) and each ``n`` in ``levels``: the median
+    ``dynamic``; the decoding step, ``plain`` or ``transformers``; the packed Q4_1 layers' kernel, ``int8 dot``,
+    ``int4`` or ``auto``, as loaded) and each ``n`` in ``levels``: the median
     of ``repeats``, the variants taking turns on one loaded model in alternating order, so the machine's
     changing load falls on them alike (a warm-up at the highest concurrency first: the first load and
     warm-up are not timed); and the engine, dtype and weights the model ran with (where asked ones fell
@@ -93,11 +97,15 @@ async def aloekit_rates(
         return sum(r.usage.completion_tokens for r in results) / (time.perf_counter() - started)
 
     await rate(top, 8)  # loads the model and warms up
+    # built on the CPU thread: a torch call on another thread would give OpenMP a second team (aloekit.cpu_thread)
+    kernels = call_on_cpu_thread(q4_1_kernels, pool.inner(spec)) if any(v[3] != "auto" for v in variants) else {}
     taken: dict[tuple[tuple[int, str, str], int], list[float]] = {}
     for n in levels:
         for repeat in range(repeats):
             for variant in variants if repeat % 2 == 0 else variants[::-1]:  # the first of a turn measured faster
-                tokens, cache, step = variant
+                tokens, cache, step, kernel = variant
+                for module, matmul in kernels.get(kernel, {}).items():
+                    module.packed_matmul = matmul
                 local.ROUND_TOKENS = tokens or 10**9
                 local.growing_cache = growing_cache if cache == "growing" else dynamic_cache
                 local.plain_decoding_steps = plain_decoding_steps if step == "plain" else transformers_steps
@@ -106,6 +114,20 @@ async def aloekit_rates(
     compute = client.compute_settings()
     await pool.aclose()
     return rates, compute
+
+
+def q4_1_kernels(client: Any) -> dict[str, dict[Any, Any]]:
+    """For each Q4_1 kernel (``int4``; ``int8 dot`` where this process has it), the matmul of each packed Q4_1
+    layer of ``client``'s loaded model through it, from the blocks cached beside the model."""
+    from aloekit.agents.backends.packed import _packed_class, _q4_matmul, cached_gguf_blocks
+    from aloekit.agents.backends.q4_1_dot import Q4_1DotMatmul, q4_1_dot_missing
+
+    blocks = cached_gguf_blocks(client.model, client.gguf, client._path)
+    kinds = {"int4": _q4_matmul} | ({"int8 dot": Q4_1DotMatmul.from_blocks} if q4_1_dot_missing() is None else {})
+    layers = {module: tuple(blocks[f"{name}.{part}"] for part in ("codes", "scales", "minimums"))
+              for name, module in client.model.named_modules()
+              if type(module) is _packed_class() and f"{name}.codes" in blocks}  # fmt: skip
+    return {kind: {module: make(*arrays) for module, arrays in layers.items()} for kind, make in kinds.items()}
 
 
 def dynamic_cache(config: Any, room: int) -> Any:
@@ -141,10 +163,10 @@ def continuous_rate(model: Any, tokenizer: Any, n: int, max_tokens: int) -> floa
 
 def column_label(
     engine: str, weights: str, ran: dict[str, str], round_tokens: int | None = None, kv_cache: str | None = None,
-    decode_step: str | None = None,
+    decode_step: str | None = None, q4_1_matmul: str | None = None,
 ) -> str:  # fmt: skip
     """The engine (and weights, where asked) the model ran with, ``(asked X)`` after one that fell back, and
-    the static engine's rounds, KV cache and decoding step where several were asked."""
+    the static engine's rounds, KV cache, decoding step and Q4_1 kernel where several were asked."""
 
     def shown(asked: str, key: str) -> str:
         got = ran.get(key, asked)
@@ -157,6 +179,8 @@ def column_label(
         label += f", {kv_cache} cache"
     if decode_step is not None and ran.get("engine") == "static":
         label += f", {decode_step} steps"
+    if q4_1_matmul is not None and ran.get("weights") == "packed":  # auto: the kernel aloekit chose
+        label += f", {ran.get('q4_1_matmul', '?') if q4_1_matmul == 'auto' else q4_1_matmul} Q4_1"
     return label
 
 
@@ -178,6 +202,8 @@ def main() -> None:
     parser.add_argument("--kv-cache", default="growing", help="comma-separated: growing, dynamic (static engine)")
     parser.add_argument("--decode-step", default="plain",
                         help="comma-separated: plain, transformers (static engine)")  # fmt: skip
+    parser.add_argument("--q4-1-matmul", default="auto",
+                        help="comma-separated: auto, int8 dot, int4 (packed weights' Q4_1 layers)")  # fmt: skip
     parser.add_argument("--repeats", type=int, default=1, help="measurements per figure (the median is shown)")
     args = parser.parse_args()
     levels = [int(n) for n in args.concurrency.split(",")]
@@ -194,9 +220,12 @@ def main() -> None:
 
     caches = listed("--kv-cache", args.kv_cache, ("growing", "dynamic"))
     steps = listed("--decode-step", args.decode_step, ("plain", "transformers"))
-    static_variants = list(product(rounds, caches, steps))
+    kernels = listed("--q4-1-matmul", args.q4_1_matmul, ("auto", "int8 dot", "int4"))
+    if "int8 dot" in kernels and (missing := q4_1_dot_missing()):
+        parser.error(f"--q4-1-matmul: no int8 dot kernel here: {missing}")
+    static_variants = list(product(rounds, caches, steps, kernels))
     workload = {"temperature": args.temperature, "preamble_words": args.preamble_words}
-    columns: list[tuple[str, str, tuple[int, str, str]]] = []
+    columns: list[tuple[str, str, tuple[int, str, str, str]]] = []
     measured: list[tuple[list[float], dict[str, str]]] = []
     for engine in args.engines.split(","):
         for weights in args.weights.split(","):
@@ -226,8 +255,8 @@ def main() -> None:
     # Columns say what the model ran with: an engine or weights that fell back (continuous batching needs
     # transformers >= 5.19, packed weights a CPU) must not pass for the one asked.
     labels = [column_label(e, w, compute, r if len(rounds) > 1 else None, c if len(caches) > 1 else None,
-                           s if len(steps) > 1 else None)
-              for (e, w, (r, c, s)), (_, compute) in zip(columns, measured, strict=True)]  # fmt: skip
+                           s if len(steps) > 1 else None, k if len(kernels) > 1 else None)
+              for (e, w, (r, c, s, k)), (_, compute) in zip(columns, measured, strict=True)]  # fmt: skip
     headers = [f"aloekit {c}" for c in labels] + ([f"generate_batch ({args.attention})"] if args.raw else [])
     widths = [max(22, len(h)) for h in headers]
     print("concurrent | " + " | ".join(f"{h:>{w}}" for h, w in zip(headers, widths, strict=True)))

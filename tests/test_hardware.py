@@ -60,11 +60,16 @@ def test_the_embedded_model_records_packed_weights_on_cpu(monkeypatch, tiny_mode
         monkeypatch.setattr(local_backend, "cpu_has_bfloat16_tiles", lambda tiles=tiles: tiles)
         record = run_defaults(AloeConfig(), ["local:smollm2"], 8, False)[2]
         assert record["q8_0_matmuls"] == {"local:smollm2": q8_0}
+    for missing, q4_1 in ((None, "int8 dot"), ("no compiler", "int4")):  # the compiled kernel, or torch's int4 one
+        monkeypatch.setattr(local_backend, "q4_1_dot_missing", lambda missing=missing: missing)
+        record = run_defaults(AloeConfig(), ["local:smollm2"], 8, False)[2]
+        assert record["q4_1_matmuls"] == {"local:smollm2": q4_1}
     folder = f"hf:{tiny_model_dir}"  # a transformers folder has no GGUF blocks to decode with
     assert run_defaults(AloeConfig(), [folder], 8, False)[2]["weights"] == {folder: "float"}
     chosen = AloeConfig(backend={"weights": "float"})
     assert run_defaults(chosen, ["local:smollm2"], 8, False)[2]["weights"] == {"local:smollm2": "float"}
     assert run_defaults(chosen, ["local:smollm2"], 8, False)[2]["q8_0_matmuls"] == {}
+    assert run_defaults(chosen, ["local:smollm2"], 8, False)[2]["q4_1_matmuls"] == {}
     monkeypatch.setattr(hardware, "detect", lambda: GPU)
     assert run_defaults(AloeConfig(), ["local:smollm2"], 8, False)[2]["weights"] == {"local:smollm2": "float"}
 
@@ -80,6 +85,7 @@ def test_the_run_config_records_what_a_model_loaded_with(monkeypatch, tiny_model
     monkeypatch.setattr(hardware, "detect", lambda: CPU)
     monkeypatch.setattr(local_backend, "cpu_has_bfloat16_tiles", lambda: False)  # as CPU says: float32
     monkeypatch.setattr(local_backend, "packed_kernels_missing", lambda: None)
+    monkeypatch.setattr(local_backend, "q4_1_dot_missing", lambda: None)
     monkeypatch.setattr(local_backend, "cached_gguf_blocks", unreadable)
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test")  # the server's client is built, never called
     fell_back, unloaded, server = "local:fell-back", "local:unloaded", "openai:gpt-4o-mini"
@@ -87,7 +93,8 @@ def test_the_run_config_records_what_a_model_loaded_with(monkeypatch, tiny_model
                for spec in (fell_back, unloaded)}  # fmt: skip
     clients[fell_back].load()  # its blocks cannot be read: it decodes in float under weights = "auto"
     predicted = {"engines": {s: "static" for s in clients}, "dtypes": {s: "float32" for s in clients},
-                 "weights": {s: "packed" for s in clients}, "q8_0_matmuls": {s: "int8" for s in clients}}  # fmt: skip
+                 "weights": {s: "packed" for s in clients}, "q8_0_matmuls": {s: "int8" for s in clients},
+                 "q4_1_matmuls": {s: "int8 dot" for s in clients}}  # fmt: skip
     store = Store(tmp_path / "aloe.db")
     run_id = store.start_run("aloe simulate", {"hardware": {**CPU.record(), **predicted}})
     pool = BackendPool(AloeConfig())
@@ -96,6 +103,7 @@ def test_the_run_config_records_what_a_model_loaded_with(monkeypatch, tiny_model
     recorded = json.loads(store.get_run(run_id)["config"])["hardware"]
     assert recorded["weights"] == {fell_back: "float", unloaded: "packed"}  # an unloaded model keeps the prediction
     assert recorded["q8_0_matmuls"] == {unloaded: "int8"}  # float weights have no Q8_0 matmul
+    assert recorded["q4_1_matmuls"] == {unloaded: "int8 dot"}  # nor a Q4_1 one
     assert recorded["engines"] == predicted["engines"] and recorded["dtypes"] == predicted["dtypes"]
     assert recorded["device"] == "cpu"
     nothing_in_process = store.start_run("aloe simulate", {"hardware": None})

@@ -16,6 +16,7 @@ from aloekit.agents.backends import decode_step, from_dicts, local, packed
 from aloekit.agents.backends.decode_step import plain_decoding_steps, plain_step
 from aloekit.agents.backends.kvcache import growing_cache
 from aloekit.agents.backends.local import TransformersChatClient
+from aloekit.agents.backends.q4_1_dot import q4_1_dot_missing
 
 
 def _llama(kv_heads: int = 2, dtype: torch.dtype = torch.float32, **config: object) -> LlamaForCausalLM:
@@ -76,9 +77,12 @@ def test_logits_equal_transformers_bit_for_bit(kv_heads, dtype, rows, padded, ca
     assert _equal(transformers_logits, plain_logits)
 
 
-def _packed_llama(hidden: int, heads: int, kv_heads: int, intermediate: int, dtype: torch.dtype) -> LlamaForCausalLM:
-    """A tiny Llama whose linear layers decode with random Q4_1 blocks, the output layer with int8 codes (in
-    bfloat16 on a CPU with AMX tiles: its own weight through them), packed then cast as aloekit loads it."""
+def _packed_llama(
+    hidden: int, heads: int, kv_heads: int, intermediate: int, dtype: torch.dtype, q4_1_dot: bool = False
+) -> LlamaForCausalLM:
+    """A tiny Llama whose linear layers decode with random Q4_1 blocks (through torch's int4 kernel, or with
+    ``q4_1_dot`` the compiled int8 dot one), the output layer with int8 codes (in bfloat16 on a CPU with AMX
+    tiles: its own weight through them), packed then cast as aloekit loads it."""
     model = _llama(kv_heads, hidden_size=hidden, num_attention_heads=heads, intermediate_size=intermediate)
     rng, arrays = np.random.default_rng(0), {}
     for name, module in model.named_modules():
@@ -90,7 +94,7 @@ def _packed_llama(hidden: int, heads: int, kv_heads: int, intermediate: int, dty
     codes, row_scales = packed.per_row_int8(model.lm_head.weight.detach().numpy())
     arrays |= {"lm_head.int8": codes, "lm_head.row_scales": row_scales}
     tiles = local.resolve_q8_0_matmul(str(dtype).removeprefix("torch.")) == "bfloat16 tiles"  # as aloekit decides
-    assert packed.pack_linears(model, arrays, tiles=tiles) == 7 * 2 + 1
+    assert packed.pack_linears(model, arrays, tiles=tiles, q4_1_dot=q4_1_dot) == 7 * 2 + 1
     local.cast_parameters(model, dtype)
     return model
 
@@ -103,14 +107,18 @@ def _packed_llama(hidden: int, heads: int, kv_heads: int, intermediate: int, dty
     [((128, 2, 1, 128), True),  # q/k/v rows 128/64/64, gate/up 128/128: whole blocks of torch's int4 layout
      ((64, 4, 2, 96), None)],  # k rows 32, gate rows 96: joined only where the layout allows, else one call each
 )  # fmt: skip
-def test_packed_layers_equal_transformers_bit_for_bit(sizes, joined, dtype):
-    model, encoded = _packed_llama(*sizes, dtype=dtype), _prompts(4, True)
+@pytest.mark.parametrize(
+    "q4_1_dot",
+    [False, pytest.param(True, marks=pytest.mark.skipif(q4_1_dot_missing() is not None, reason="no kernel"))],
+)
+def test_packed_layers_equal_transformers_bit_for_bit(sizes, joined, dtype, q4_1_dot):
+    model, encoded = _packed_llama(*sizes, dtype=dtype, q4_1_dot=q4_1_dot), _prompts(4, True)
     plain = _step_logits(model, encoded, CACHES["growing"], 5, plain=True)
     assert _equal(_step_logits(model, encoded, CACHES["growing"], 5, plain=False), plain)
     if dtype == torch.bfloat16 and local.cpu_has_bfloat16_tiles():  # the output layer took the tiles
         x, head = torch.randn(3, model.config.hidden_size).bfloat16(), model.lm_head
         assert torch.equal(head.packed_matmul(x), torch.nn.functional.linear(x, head.weight))
-    if joined:  # one kernel call for q/k/v and one for gate/up, kept on their modules
+    if joined or q4_1_dot:  # one kernel call for q/k/v and one for gate/up, kept on their modules (int8 dot: any)
         layer = model.model.layers[0]
         assert layer.self_attn._joined_matmul[1] is not None and layer.mlp._joined_matmul[1] is not None
 

@@ -13,6 +13,7 @@ from gguf.quants import dequantize, quantize
 
 from aloekit.agents.backends import local, packed
 from aloekit.agents.backends.local import resolve_weights
+from aloekit.agents.backends.q4_1_dot import Q4_1DotMatmul, q4_1_dot_missing
 
 needs_kernels = pytest.mark.skipif(
     packed.packed_kernels_missing() is not None, reason=f"no packed kernels: {packed.packed_kernels_missing()}"
@@ -236,7 +237,10 @@ def _decoded_logits(model, prompt_ids: torch.Tensor, tokens: list[int]) -> torch
 @needs_kernels
 @pytest.mark.integration
 @pytest.mark.filterwarnings("ignore:`past_key_values` is deprecated:FutureWarning")
-def test_smollm2_decodes_with_its_own_gguf_blocks():
+@pytest.mark.parametrize(
+    "q4_1_dot", [False, pytest.param(True, marks=pytest.mark.skipif(q4_1_dot_missing() is not None, reason="no dot"))]
+)
+def test_smollm2_decodes_with_its_own_gguf_blocks(q4_1_dot):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     gguf = local.find_smollm2_gguf()
@@ -254,7 +258,7 @@ def test_smollm2_decodes_with_its_own_gguf_blocks():
     with torch.inference_mode():
         reply = model.generate(ids, max_new_tokens=24, do_sample=False)[0, ids.shape[1] :].tolist()
         float_logits = _decoded_logits(model, ids, reply)
-        assert packed.pack_linears(model, arrays) == 211
+        assert packed.pack_linears(model, arrays, q4_1_dot=q4_1_dot) == 211
         packed_logits = _decoded_logits(model, ids, reply)
     agreement = (float_logits.argmax(-1) == packed_logits.argmax(-1)).float().mean()
     divergence = torch.nn.functional.kl_div(packed_logits.log_softmax(-1), float_logits.log_softmax(-1),
@@ -310,6 +314,10 @@ async def test_local_smollm2_decodes_packed_in_bfloat16():
         assert tiles == local.cpu_has_bfloat16_tiles()
     assert torch.equal(head.packed_matmul(x), torch.nn.functional.linear(x, head.weight) if tiles else int8(x))
     assert client.compute_settings()["q8_0_matmul"] == ("bfloat16 tiles" if tiles else "int8")
+    # the Q4_1 layers: the compiled int8 dot kernel where this process has it, else torch's int4 kernel
+    dot = q4_1_dot_missing() is None
+    assert type(model.model.layers[0].mlp.up_proj.packed_matmul) is (Q4_1DotMatmul if dot else packed.Q4Matmul)
+    assert client.compute_settings()["q4_1_matmul"] == ("int8 dot" if dot else "int4")
 
 
 @needs_kernels
@@ -378,31 +386,35 @@ def test_unreadable_blocks_decode_in_float_unless_packed_was_asked(monkeypatch, 
      ("bfloat16", False, True, False, "int8"), ("float32", True, True, False, "int8"),
      ("bfloat16", True, None, True, "int8")],  # None: the file has no Q8_0 layer, so none takes the tiles
 )  # fmt: skip
-def test_the_output_layer_takes_the_tiles_for_bfloat16_on_a_cpu_with_them(
-    monkeypatch, tiny_model_dir, tmp_path, dtype, cpu_tiles, tiles_work, asked, q8_0_matmul
+@pytest.mark.parametrize(("dot_missing", "q4_1_matmul"), [(None, "int8 dot"), ("no compiler", "int4")])
+def test_the_compute_settings_say_which_kernels_the_packed_layers_took(
+    monkeypatch, tiny_model_dir, tmp_path, dtype, cpu_tiles, tiles_work, asked, q8_0_matmul, dot_missing, q4_1_matmul
 ):
     """Asked for a bfloat16 model on a CPU with AMX tiles; the compute settings (which the response cache keys
-    on and the run config records) say which matmul the Q8_0 layers took: int8 where the tiles fell back."""
+    on and the run config records) say which matmul the Q8_0 layers took (int8 where the tiles fell back), and
+    the Q4_1 layers' kernel: the compiled int8 dot one where this process has it, else torch's int4 one."""
     from aloekit.agents.backends import TransformersChatClient
 
-    asked_tiles = []
+    asked_tiles, asked_dot = [], []
 
-    def pack(model, arrays, skip, tiles):
+    def pack(model, arrays, skip, tiles, q4_1_dot):
         asked_tiles.append(tiles)
+        asked_dot.append(q4_1_dot)
         model.model.layers[0].mlp.up_proj.packed_matmul = packed.Q4Matmul(None, None)
         if tiles_work is not None:
             model.lm_head.packed_matmul = packed.BFloat16TilesMatmul(None) if tiles and tiles_work else len  # or int8
         return 1 if tiles_work is None else 2
 
     monkeypatch.setattr(local, "packed_kernels_missing", lambda: None)
+    monkeypatch.setattr(local, "q4_1_dot_missing", lambda: dot_missing)
     monkeypatch.setattr(local, "cpu_has_bfloat16_tiles", lambda: cpu_tiles)
     monkeypatch.setattr(local, "cached_gguf_blocks", lambda model, gguf, folder: {"lm_head.int8": None})
     monkeypatch.setattr(local, "pack_linears", pack)
     client = TransformersChatClient(tiny_model_dir, device="cpu", gguf=tmp_path / "x.gguf", dtype=dtype)
-    settings = {"engine": "static", "dtype": dtype, "weights": "packed"}
+    settings = {"engine": "static", "dtype": dtype, "weights": "packed", "q4_1_matmul": q4_1_matmul}
     assert client.compute_settings() == settings | {"q8_0_matmul": "bfloat16 tiles" if asked else "int8"}  # predicted
     client.load()
-    assert asked_tiles == [asked]
+    assert asked_tiles == [asked] and asked_dot == [dot_missing is None]
     assert client.compute_settings() == settings | {"q8_0_matmul": q8_0_matmul}
 
 

@@ -116,17 +116,19 @@ def _linear(module: Any) -> Callable[[Any], Any]:
 
 def _joined(owner: Any, modules: list[Any]) -> Callable[[Any], Any]:
     """``x`` [rows, features] through each of ``modules`` (which take the same input), their outputs side by
-    side: one int4 kernel call where each is packed so and the kernel's layout allows joining them (kept on
+    side: one kernel call where each is packed with the same kind of Q4_1 kernel and it can join them (kept on
     ``owner`` while the same packed weights are there), else one call each."""
     import torch
 
-    from aloekit.agents.backends.packed import Q4Matmul, _packed_class, in_bfloat16
+    from aloekit.agents.backends.packed import Q4_1DotMatmul, Q4Matmul, _packed_class, in_bfloat16
 
     matmuls = [getattr(module, "packed_matmul", None) for module in modules]
-    if all(type(m) is _packed_class() and isinstance(k, Q4Matmul) for m, k in zip(modules, matmuls, strict=True)):
+    kinds = {type(m) for m in matmuls}
+    packed = all(type(m) is _packed_class() for m in modules)
+    if packed and len(kinds) == 1 and (kind := kinds.pop()) in (Q4Matmul, Q4_1DotMatmul):
         kept = owner.__dict__.get("_joined_matmul")
-        if kept is None or kept[0] != matmuls:  # Q4Matmul compares by identity: the same packed weights
-            kept = owner._joined_matmul = (matmuls, Q4Matmul.joined(matmuls))
+        if kept is None or kept[0] != matmuls:  # the matmuls compare by identity: the same packed weights
+            kept = owner._joined_matmul = (matmuls, kind.joined(matmuls))
         if (joined := kept[1]) is not None:
             return lambda x: in_bfloat16(joined, x)
     each = list(map(_linear, modules))

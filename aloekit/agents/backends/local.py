@@ -49,6 +49,7 @@ from aloekit.agents.backends.packed import (
     pack_linears,
     packed_kernels_missing,
 )
+from aloekit.agents.backends.q4_1_dot import q4_1_dot_missing
 from aloekit.agents.backends.registry import BackendSpec, register_backend
 from aloekit.config import BackendSettings
 from aloekit.cpu_thread import call_on_cpu_thread, on_cpu_thread, run_off_loop
@@ -335,6 +336,8 @@ class TransformersChatClient(ChatCompletionClient):
         """``auto``, ``packed`` or ``float`` until the model loads; then what its decoding steps use."""
         self.q8_0_matmul: str | None = None
         """Once loaded with packed weights, how their Q8_0 layers multiply (:func:`resolve_q8_0_matmul`)."""
+        self.q4_1_matmul: str | None = None
+        """Once loaded with packed weights, how their Q4_1 layers multiply (:func:`resolve_q4_1_matmul`)."""
         self.gguf = gguf
         """The GGUF the model was converted from, whose blocks ``packed`` weights are."""
         self._continuous: ContinuousEngine | None = None
@@ -438,16 +441,17 @@ class TransformersChatClient(ChatCompletionClient):
                     )
             self.model, self.device, self.engine, self._continuous = model, device, engine, continuous
             self.dtype, self.weights = settings["dtype"], settings["weights"]
-            self.q8_0_matmul = settings.get("q8_0_matmul")
+            self.q8_0_matmul, self.q4_1_matmul = settings.get("q8_0_matmul"), settings.get("q4_1_matmul")
 
     def compute_settings(self) -> dict[str, str]:
-        """The engine, dtype and weights this model computes with, and for packed weights how their Q8_0 layers
-        multiply (those in use once loaded, else those it will resolve to): a cached answer is served only to
-        the same (``ManagedClient``'s cache key)."""
+        """The engine, dtype and weights this model computes with, and for packed weights how their Q4_1 and Q8_0
+        layers multiply (those in use once loaded, else those it will resolve to): a cached answer is served only
+        to the same (``ManagedClient``'s cache key)."""
         if self.model is None:
             return self._resolved(quiet=True)
         loaded = {"engine": self.engine, "dtype": self.dtype, "weights": self.weights}
-        return loaded | ({"q8_0_matmul": self.q8_0_matmul} if self.q8_0_matmul is not None else {})
+        packed = {"q4_1_matmul": self.q4_1_matmul, "q8_0_matmul": self.q8_0_matmul}
+        return loaded | {key: value for key, value in packed.items() if value is not None}
 
     def weights_identity(self) -> str:
         """Which weights answer (the response cache, judge audits and resumes compare it): the content of the
@@ -478,8 +482,8 @@ class TransformersChatClient(ChatCompletionClient):
         ``settings["dtype"]``, leaving float the layers an adapter trains in full (its ``modules_to_save``), and
         make ``settings`` say what was done: ``float`` weights where none could be packed, ``bfloat16 tiles``
         where a Q8_0 layer took them, else ``int8`` (the tiles' probe refused them, as with torch 2.11, or
-        the file has no Q8_0 layer). Under ``auto`` a file without usable blocks, or one that cannot be read,
-        decodes in float quietly."""
+        the file has no Q8_0 layer); Q4_1 layers take the kernel ``settings["q4_1_matmul"]`` names. Under
+        ``auto`` a file without usable blocks, or one that cannot be read, decodes in float quietly."""
         assert self.gguf is not None and self._path is not None
         saved = read_json_file(self.adapter_path / ADAPTER_CONFIG, self.name) if self.adapter_path else {}
         try:
@@ -492,12 +496,13 @@ class TransformersChatClient(ChatCompletionClient):
             blocks = None
         tiles = settings["q8_0_matmul"] == "bfloat16 tiles"
         skip = tuple(saved.get("modules_to_save") or ())
-        if blocks is None or not pack_linears(model, blocks, skip=skip, tiles=tiles):
+        q4_1_dot = settings["q4_1_matmul"] == "int8 dot"
+        if blocks is None or not pack_linears(model, blocks, skip=skip, tiles=tiles, q4_1_dot=q4_1_dot):
             if blocks is not None:
                 log = logger.warning if self.weights == "packed" else logger.info
                 log("%s: no Q4_1 or Q8_0 layer in %s to decode with; decoding in float", self.name, self.gguf)
             settings["weights"] = "float"
-            del settings["q8_0_matmul"]
+            del settings["q8_0_matmul"], settings["q4_1_matmul"]
             return
         took_tiles = any(isinstance(getattr(m, "packed_matmul", None), BFloat16TilesMatmul) for m in model.modules())
         settings["q8_0_matmul"] = "bfloat16 tiles" if took_tiles else "int8"
@@ -828,12 +833,26 @@ def resolve_compute(
     engine: str, dtype: str, weights: str, device: str, gguf: bool, quiet: bool = False
 ) -> dict[str, str]:
     """What an in-process model's ``engine``, ``dtype`` and ``weights`` settings resolve to on ``device`` (for a
-    model converted from a ``gguf`` or not), and for packed weights how their Q8_0 layers are expected to
-    multiply (``q8_0_matmul``): its compute settings before it loads."""
+    model converted from a ``gguf`` or not), and for packed weights how their Q4_1 and Q8_0 layers are expected
+    to multiply (``q4_1_matmul``, ``q8_0_matmul``): its compute settings before it loads."""
     dtype, engine = resolve_dtype(dtype, device), resolve_engine(engine, device, quiet)
     weights = resolve_weights(weights, device, dtype, engine, gguf, quiet)
     resolved = {"engine": engine, "dtype": dtype, "weights": weights}
-    return resolved | ({"q8_0_matmul": resolve_q8_0_matmul(dtype)} if weights == "packed" else {})
+    if weights != "packed":
+        return resolved
+    return resolved | {"q4_1_matmul": resolve_q4_1_matmul(quiet), "q8_0_matmul": resolve_q8_0_matmul(dtype)}
+
+
+def resolve_q4_1_matmul(quiet: bool = False) -> str:
+    """How a packed model's Q4_1 layers (SmolLM2's others) multiply: ``int8 dot`` (their codes against the
+    input rounded to int8, as llama.cpp does, :class:`~aloekit.agents.backends.q4_1_dot.Q4_1DotMatmul`) where
+    this process has that kernel, else ``int4`` (torch's int4 kernel, in bfloat16; why is logged unless
+    ``quiet``). Their results differ, so a cached answer is served only to the same."""
+    if (missing := q4_1_dot_missing()) is None:
+        return "int8 dot"
+    if not quiet:
+        logger.info("Q4_1 layers multiply with torch's int4 kernel: %s", missing)
+    return "int4"
 
 
 def resolve_q8_0_matmul(dtype: str) -> str:

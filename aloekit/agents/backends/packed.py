@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from aloekit.agents.backends.q4_1_dot import Q4_1DotMatmul
 from aloekit.cpu_thread import call_on_cpu_thread
 
 logger = logging.getLogger(__name__)
@@ -262,7 +263,9 @@ def cached_gguf_blocks(model: Any, gguf: Path, folder: Path) -> dict[str, np.nda
     return arrays
 
 
-def pack_linears(model: Any, arrays: dict[str, np.ndarray], skip: tuple[str, ...] = (), tiles: bool = False) -> int:
+def pack_linears(
+    model: Any, arrays: dict[str, np.ndarray], skip: tuple[str, ...] = (), tiles: bool = False, q4_1_dot: bool = False
+) -> int:
     """Send the decoding steps of each layer named in ``arrays`` through its packed kernel; returns how many.
     A layer whose shape the kernels refuse (the int4 one wants rows in multiples of 16) or whose arrays are
     not its shape (a cache left by another model) stays float, as does one named in ``skip`` or ending in
@@ -270,7 +273,9 @@ def pack_linears(model: Any, arrays: dict[str, np.ndarray], skip: tuple[str, ...
     the packed blocks are not). With ``tiles`` (a bfloat16 model on a CPU with AMX tiles), a Q8_0 layer
     decodes with its own weight in bfloat16, reordered for the tiles (:func:`bfloat16_tiles_matmul`), instead
     of the int8 kernel, whose time grows with the rows. SmolLM2's output layer alone: 1.44 against 1.04 ms for
-    one row, 1.51 against 3.55 for 8; a whole decoding step: within 2% for one row, 10-14% faster for 8."""
+    one row, 1.51 against 3.55 for 8; a whole decoding step: within 2% for one row, 10-14% faster for 8. With
+    ``q4_1_dot`` (where :func:`~aloekit.agents.backends.q4_1_dot.q4_1_dot_missing` is None), a Q4_1 layer
+    multiplies through :class:`~aloekit.agents.backends.q4_1_dot.Q4_1DotMatmul` instead of torch's int4 kernel."""
     import torch
 
     packed = 0
@@ -279,7 +284,8 @@ def pack_linears(model: Any, arrays: dict[str, np.ndarray], skip: tuple[str, ...
             continue
         try:
             if f"{name}.codes" in arrays:
-                matmul = _q4_matmul(arrays[f"{name}.codes"], arrays[f"{name}.scales"], arrays[f"{name}.minimums"])
+                blocks = arrays[f"{name}.codes"], arrays[f"{name}.scales"], arrays[f"{name}.minimums"]
+                matmul = Q4_1DotMatmul.from_blocks(*blocks) if q4_1_dot else _q4_matmul(*blocks)
             elif f"{name}.int8" in arrays:
                 matmul = bfloat16_tiles_matmul(module.weight) if tiles else None
                 if matmul is None:

@@ -1,0 +1,122 @@
+/* x @ W.T for a Q4_1 weight W, as llama.cpp multiplies one: each row of x is rounded to int8 codes per block of
+ * 32 inputs (one float scale per block, llama.cpp's Q8_1), the codes meet W's 4-bit codes in integer dot
+ * products (AVX-512 VNNI), and each block's integer sum is scaled in float32. aloekit compiles this file on first
+ * use (aloekit/agents/backends/q4_1_dot.py); torch ships no such kernel for CPUs.
+ *
+ * W (N outputs, K inputs) is stored in groups of 16 outputs: for group g and block b, 256 bytes in which byte t
+ * of lane c (0..15) of 64-byte chunk i holds W's codes for inputs 8i + t (low nibble) and 8i + 4 + t (high
+ * nibble) of output 16g + c, so the chunk's low (high) nibbles are the multiplicands of VPDPBUSD against the
+ * four codes of x at inputs 8i..8i+3 (8i+4..8i+7); and the block's float16 scales and minimums, 16 each.
+ * Every output is computed from its own row of x alone, in a fixed order, so a row's result is the same alone
+ * and in any batch. x and the result are bfloat16. */
+#include <immintrin.h>
+#include <omp.h>
+#include <stdint.h>
+#include <stdlib.h>
+
+#define KERNEL __attribute__((target("avx512f,avx512bw,avx512vnni,f16c,fma")))
+#define MAX_ROWS 8 /* rows multiplied together: their accumulators and the weights' 8 registers fit in 32 */
+
+int q4_1_dot_supported(void)
+{
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw")
+        && __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("f16c") && __builtin_cpu_supports("fma");
+}
+
+/* Each row's blocks of x as int8 codes (round to nearest even of x * 127 / max|x|), their scales (max|x| / 127)
+ * and scale * sum of codes (what the minimums multiply). */
+KERNEL static void quantize(int rows, int k, const uint16_t *x, int8_t *codes, float *scales, float *sums)
+{
+    int blocks = k / 32;
+    for (int r = 0; r < rows; r++)
+        for (int b = 0; b < blocks; b++) {
+            size_t at = (size_t)r * k + (size_t)b * 32;
+            __m512 v[2];
+            for (int h = 0; h < 2; h++) {
+                __m256i raw = _mm256_loadu_si256((const __m256i *)(x + at + 16 * h));
+                v[h] = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
+            }
+            float most = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(v[0]), _mm512_abs_ps(v[1])));
+            __m512 inverse = _mm512_set1_ps(most > 0 ? 127.0f / most : 0.0f);
+            __m512i q0 = _mm512_cvtps_epi32(_mm512_mul_ps(v[0], inverse));
+            __m512i q1 = _mm512_cvtps_epi32(_mm512_mul_ps(v[1], inverse));
+            _mm_storeu_si128((__m128i *)(codes + at), _mm512_cvtsepi32_epi8(q0));
+            _mm_storeu_si128((__m128i *)(codes + at + 16), _mm512_cvtsepi32_epi8(q1));
+            float scale = most / 127.0f;
+            scales[r * blocks + b] = scale;
+            sums[r * blocks + b] = scale * (float)_mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1));
+        }
+}
+
+/* float32 -> bfloat16, rounding to nearest even as torch does. */
+KERNEL static inline void store_bfloat16(uint16_t *out, __m512 v)
+{
+    __m512i bits = _mm512_castps_si512(v);
+    __m512i odd = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
+    bits = _mm512_add_epi32(bits, _mm512_add_epi32(odd, _mm512_set1_epi32(0x7FFF)));
+    _mm256_storeu_si256((__m256i *)out, _mm512_cvtepi32_epi16(_mm512_srli_epi32(bits, 16)));
+}
+
+/* Outputs 16g..16g+15 of `rows` rows (a constant where inlined, so the loops unroll into registers). */
+KERNEL static inline __attribute__((always_inline)) void group(
+    int rows, int g, int blocks, int k, int n, const int8_t *codes, const float *scales, const float *sums,
+    const uint8_t *w, const uint16_t *w_scales, const uint16_t *w_minimums, uint16_t *out)
+{
+    __m512 acc[MAX_ROWS];
+    for (int r = 0; r < rows; r++) acc[r] = _mm512_setzero_ps();
+    const __m512i low = _mm512_set1_epi8(0x0F);
+    const uint8_t *wg = w + (size_t)g * blocks * 256;
+    const uint16_t *sg = w_scales + (size_t)g * blocks * 16, *mg = w_minimums + (size_t)g * blocks * 16;
+    for (int b = 0; b < blocks; b++) {
+        __m512i wv[8];
+        for (int i = 0; i < 4; i++) {
+            __m512i both = _mm512_loadu_si512(wg + (size_t)b * 256 + i * 64);
+            wv[2 * i] = _mm512_and_si512(both, low);
+            wv[2 * i + 1] = _mm512_and_si512(_mm512_srli_epi16(both, 4), low);
+        }
+        __m512 scale = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(sg + (size_t)b * 16)));
+        __m512 minimum = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(mg + (size_t)b * 16)));
+        for (int r = 0; r < rows; r++) {
+            const int32_t *xr = (const int32_t *)(codes + (size_t)r * k + (size_t)b * 32);
+            __m512i dot = _mm512_setzero_si512();
+            for (int j = 0; j < 8; j++) dot = _mm512_dpbusd_epi32(dot, wv[j], _mm512_set1_epi32(xr[j]));
+            __m512 both_scales = _mm512_mul_ps(scale, _mm512_set1_ps(scales[r * blocks + b]));
+            acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), both_scales, acc[r]);
+            acc[r] = _mm512_fmadd_ps(minimum, _mm512_set1_ps(sums[r * blocks + b]), acc[r]);
+        }
+    }
+    for (int r = 0; r < rows; r++) store_bfloat16(out + (size_t)r * n + (size_t)g * 16, acc[r]);
+}
+
+#define ROWS(R) \
+    case R: \
+        for (int g = first; g < last; g++) group(R, g, blocks, k, n, c, s, u, w, w_scales, w_minimums, o); \
+        break;
+
+/* out [rows, n] = x [rows, k] @ W.T over `threads` OpenMP threads (torch's team: the same runtime); 0, or 1
+ * where memory for the codes could not be had. */
+KERNEL int q4_1_dot_matmul(int rows, int k, int n, const uint16_t *x, const uint8_t *w, const uint16_t *w_scales,
+                           const uint16_t *w_minimums, uint16_t *out, int threads)
+{
+    int blocks = k / 32, groups = n / 16;
+    int8_t *codes = malloc((size_t)rows * k + 2 * sizeof(float) * (size_t)rows * blocks);
+    if (codes == NULL) return 1;
+    float *scales = (float *)(codes + (size_t)rows * k), *sums = scales + (size_t)rows * blocks;
+    quantize(rows, k, x, codes, scales, sums);
+#pragma omp parallel num_threads(threads)
+    {
+        int t = omp_get_thread_num(), team = omp_get_num_threads();
+        int first = (int)((long)groups * t / team), last = (int)((long)groups * (t + 1) / team);
+        for (int r0 = 0; r0 < rows; r0 += MAX_ROWS) {
+            const int8_t *c = codes + (size_t)r0 * k;
+            const float *s = scales + (size_t)r0 * blocks, *u = sums + (size_t)r0 * blocks;
+            uint16_t *o = out + (size_t)r0 * n;
+            switch (rows - r0 < MAX_ROWS ? rows - r0 : MAX_ROWS) {
+                ROWS(1) ROWS(2) ROWS(3) ROWS(4) ROWS(5) ROWS(6) ROWS(7) ROWS(8)
+            }
+        }
+    }
+    free(codes);
+    return 0;
+}
