@@ -77,6 +77,16 @@ def test_a_row_is_the_same_alone_and_in_any_batch():
 
 
 @needs_dot
+def test_a_nan_input_makes_its_row_nan_and_no_other():
+    """A float product carries a NaN through; rounding to int8 must not turn it into a number."""
+    matmul, x = Q4_1DotMatmul.from_blocks(*_blocks(32, 64)[:3]), _input(3, 64)
+    poisoned = x.clone()
+    poisoned[1, 40] = float("nan")
+    out = matmul(poisoned)
+    assert out[1].isnan().all() and torch.equal(out[[0, 2]], matmul(x)[[0, 2]])
+
+
+@needs_dot
 def test_a_joined_product_equals_its_parts_bit_for_bit():
     parts = [Q4_1DotMatmul.from_blocks(*_blocks(n, 64, seed=n)[:3]) for n in (64, 16, 32)]
     joined, x = Q4_1DotMatmul.joined(parts), _input(5, 64)
@@ -95,6 +105,15 @@ def test_shapes_the_kernel_refuses_leave_a_layer_float():
     net = torch.nn.Sequential(torch.nn.Linear(32, 8, bias=False))
     arrays = {"0.codes": codes, "0.scales": scales, "0.minimums": minimums}
     assert packed.pack_linears(net, arrays, q4_1_dot=True) == 0
+
+
+def test_without_the_kernel_a_layer_asked_for_it_stays_float(monkeypatch, fresh_library):
+    monkeypatch.setenv("CC", "false")
+    codes, scales, minimums, _ = _blocks(16, 32)
+    with pytest.raises(RuntimeError, match="no int8 dot kernel: could not compile"):
+        Q4_1DotMatmul.from_blocks(codes, scales, minimums)
+    net = torch.nn.Sequential(torch.nn.Linear(32, 16, bias=False))
+    assert packed.pack_linears(net, {"0.codes": codes, "0.scales": scales, "0.minimums": minimums}, q4_1_dot=True) == 0
 
 
 @needs_dot

@@ -10,6 +10,7 @@
  * Every output is computed from its own row of x alone, in a fixed order, so a row's result is the same alone
  * and in any batch. x and the result are bfloat16. */
 #include <immintrin.h>
+#include <math.h>
 #include <omp.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -38,6 +39,8 @@ KERNEL static void quantize(int rows, int k, const uint16_t *x, int8_t *codes, f
                 v[h] = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
             }
             float most = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(v[0]), _mm512_abs_ps(v[1])));
+            if (_mm512_cmp_ps_mask(v[0], v[0], _CMP_UNORD_Q) | _mm512_cmp_ps_mask(v[1], v[1], _CMP_UNORD_Q))
+                most = NAN; /* max drops NaNs: a NaN input must make the row's results NaN, as a float product's */
             __m512 inverse = _mm512_set1_ps(most > 0 ? 127.0f / most : 0.0f);
             __m512i q0 = _mm512_cvtps_epi32(_mm512_mul_ps(v[0], inverse));
             __m512i q1 = _mm512_cvtps_epi32(_mm512_mul_ps(v[1], inverse));

@@ -129,8 +129,11 @@ class Q4_1DotMatmul:
 
     def __init__(self, packed: Any, scales: Any, minimums: Any, library: Any = None) -> None:
         self.packed, self.scales, self.minimums = packed, scales, minimums
-        self.outputs = packed.shape[0] * OUTPUTS_PER_GROUP
+        self.outputs, self.inputs = packed.shape[0] * OUTPUTS_PER_GROUP, packed.shape[1] * GROUP
         self.library = library if library is not None else _library()[0]
+        if self.library is None:  # a RuntimeError, as torch's kernels raise: pack_linears leaves the layer float
+            raise RuntimeError(f"no int8 dot kernel: {q4_1_dot_missing()}")
+        self._weights = (packed.data_ptr(), scales.data_ptr(), minimums.data_ptr())  # a decoding step's 120 calls
 
     @classmethod
     def from_blocks(
@@ -157,15 +160,14 @@ class Q4_1DotMatmul:
     def __call__(self, x: Any) -> Any:
         import torch
 
-        x = x.to(torch.bfloat16).contiguous()
+        if x.dtype != torch.bfloat16 or not x.is_contiguous():
+            x = x.to(torch.bfloat16).contiguous()
         rows, k = x.shape
+        if k != self.inputs:
+            raise RuntimeError(f"the input has {k} features, the weight {self.inputs}")
         out = torch.empty(rows, self.outputs, dtype=torch.bfloat16)
-        if rows == 0:
-            return out
-        if k != self.packed.shape[1] * GROUP:
-            raise RuntimeError(f"the input has {k} features, the weight {self.packed.shape[1] * GROUP}")
-        pointers = (t.data_ptr() for t in (x, self.packed, self.scales, self.minimums, out))
-        if self.library.q4_1_dot_matmul(rows, k, self.outputs, *pointers, torch.get_num_threads()):
+        pointers = (x.data_ptr(), *self._weights, out.data_ptr())
+        if rows and self.library.q4_1_dot_matmul(rows, k, self.outputs, *pointers, torch.get_num_threads()):
             raise MemoryError("the int8 dot kernel could not allocate its input codes")
         return out
 
