@@ -8,9 +8,10 @@ decoding with the converted float weights and with the GGUF's blocks; ``--round-
 engine with finished rows leaving its batch every 8 tokens and (0) with one ``generate`` call per batch,
 which keeps every row to the end; ``--kv-cache growing,dynamic`` it with aloekit's KV cache that appends in
 place and with transformers' ``DynamicCache``, which copies itself every step; ``--decode-step
-plain,transformers`` it with aloekit's plain decoding step and with transformers' modules; ``--q4-1-matmul "int8
-dot,int4"`` its packed Q4_1 layers through the compiled int8 dot kernel and through torch's int4 kernel (swapped
-on the loaded model; default ``auto``: as aloekit chooses, with nothing swapped). ``--preamble-words 450
+plain,transformers`` it with aloekit's plain decoding step and with transformers' modules; ``--kernels "int8
+dot,torch"`` its packed layers through the compiled int8 dot kernel and through torch's (int4 for Q4_1, and for
+the Q8_0 output layer the AMX tiles where aloekit would take them, else int8), swapped on the loaded model
+(default ``auto``: as aloekit chose, nothing swapped). ``--preamble-words 450
 --temperature 0.7 --max-tokens 256`` makes the chats look like a simulation's: long prompts, sampled
 (seeded) replies of varied length.
 
@@ -33,9 +34,10 @@ from typing import Any
 
 from aloekit.agents.backends import BackendPool, from_dicts, local
 from aloekit.agents.backends.decode_step import plain_decoding_steps
+from aloekit.agents.backends.int8_dot import int8_dot_missing
 from aloekit.agents.backends.kvcache import growing_cache
-from aloekit.agents.backends.local import resolve_dtype
-from aloekit.agents.backends.q4_1_dot import q4_1_dot_missing
+from aloekit.agents.backends.local import cpu_has_bfloat16_tiles, resolve_dtype
+from aloekit.agents.backends.packed import cached_gguf_blocks
 from aloekit.config import AloeConfig
 from aloekit.cpu_thread import call_on_cpu_thread
 
@@ -72,8 +74,8 @@ async def aloekit_rates(
 ) -> tuple[list[list[float]], dict[str, str]]:
     """Tokens/s of ``n`` concurrent chats through aloekit's backend for ``spec``, for each of the static engine's
     ``variants`` (tokens per ``generate`` call, 0: one call per batch; the KV cache, ``growing`` or
-    ``dynamic``; the decoding step, ``plain`` or ``transformers``; the packed Q4_1 layers' kernel, ``int8 dot``,
-    ``int4`` or ``auto``, as loaded) and each ``n`` in ``levels``: the median
+    ``dynamic``; the decoding step, ``plain`` or ``transformers``; the packed layers' kernels, ``int8 dot``,
+    ``torch`` or ``auto``, as loaded) and each ``n`` in ``levels``: the median
     of ``repeats``, the variants taking turns on one loaded model in alternating order, so the machine's
     changing load falls on them alike (a warm-up at the highest concurrency first: the first load and
     warm-up are not timed); and the engine, dtype and weights the model ran with (where asked ones fell
@@ -98,7 +100,7 @@ async def aloekit_rates(
 
     await rate(top, 8)  # loads the model and warms up
     # built on the CPU thread: a torch call on another thread would give OpenMP a second team (aloekit.cpu_thread)
-    kernels = call_on_cpu_thread(q4_1_kernels, pool.inner(spec)) if any(v[3] != "auto" for v in variants) else {}
+    kernels = call_on_cpu_thread(packed_kernels, pool.inner(spec)) if any(v[3] != "auto" for v in variants) else {}
     taken: dict[tuple[tuple[int, str, str], int], list[float]] = {}
     for n in levels:
         for repeat in range(repeats):
@@ -116,18 +118,35 @@ async def aloekit_rates(
     return rates, compute
 
 
-def q4_1_kernels(client: Any) -> dict[str, dict[Any, Any]]:
-    """For each Q4_1 kernel (``int4``; ``int8 dot`` where this process has it), the matmul of each packed Q4_1
-    layer of ``client``'s loaded model through it, from the blocks cached beside the model."""
-    from aloekit.agents.backends.packed import _packed_class, _q4_matmul, cached_gguf_blocks
-    from aloekit.agents.backends.q4_1_dot import Q4_1DotMatmul, q4_1_dot_missing
+def packed_kernels(client: Any) -> dict[str, dict[Any, Any]]:
+    """For each kind of kernel (``torch``; ``int8 dot`` where this process has it), the matmul of each packed
+    layer of ``client``'s loaded model through it, from the blocks cached beside the model: torch's are its int4
+    kernel for Q4_1 layers and, for Q8_0 ones, the AMX tiles for a bfloat16 model on a CPU with them (where their
+    probe accepts them), else its int8 kernel."""
+    import torch
+
+    from aloekit.agents.backends.int8_dot import Int8DotMatmul, int8_dot_missing
+    from aloekit.agents.backends.packed import _packed_class, _q4_matmul, _q8_matmul, bfloat16_tiles_matmul
 
     blocks = cached_gguf_blocks(client.model, client.gguf, client._path)
-    kinds = {"int4": _q4_matmul} | ({"int8 dot": Q4_1DotMatmul.from_blocks} if q4_1_dot_missing() is None else {})
-    layers = {module: tuple(blocks[f"{name}.{part}"] for part in ("codes", "scales", "minimums"))
-              for name, module in client.model.named_modules()
-              if type(module) is _packed_class() and f"{name}.codes" in blocks}  # fmt: skip
-    return {kind: {module: make(*arrays) for module, arrays in layers.items()} for kind, make in kinds.items()}
+    tiles = client.model.dtype == torch.bfloat16 and cpu_has_bfloat16_tiles()
+    dot = int8_dot_missing() is None
+    kernels: dict[str, dict[Any, Any]] = {"torch": {}} | ({"int8 dot": {}} if dot else {})
+    for name, module in client.model.named_modules():
+        if type(module) is not _packed_class():
+            continue
+        if f"{name}.codes" in blocks:
+            q4_1 = tuple(blocks[f"{name}.{part}"] for part in ("codes", "scales", "minimums"))
+            kernels["torch"][module] = _q4_matmul(*q4_1)
+            if dot:
+                kernels["int8 dot"][module] = Int8DotMatmul.q4_1(*q4_1)
+        elif f"{name}.int8" in blocks:
+            tiled = bfloat16_tiles_matmul(module.weight) if tiles else None
+            kernels["torch"][module] = tiled or _q8_matmul(blocks[f"{name}.int8"], blocks[f"{name}.row_scales"])
+            if dot:
+                q8_0 = blocks[f"{name}.q8_0_codes"], blocks[f"{name}.q8_0_scales"]
+                kernels["int8 dot"][module] = Int8DotMatmul.q8_0(*q8_0)
+    return kernels
 
 
 def dynamic_cache(config: Any, room: int) -> Any:
@@ -163,10 +182,10 @@ def continuous_rate(model: Any, tokenizer: Any, n: int, max_tokens: int) -> floa
 
 def column_label(
     engine: str, weights: str, ran: dict[str, str], round_tokens: int | None = None, kv_cache: str | None = None,
-    decode_step: str | None = None, q4_1_matmul: str | None = None,
+    decode_step: str | None = None, kernels: str | None = None,
 ) -> str:  # fmt: skip
     """The engine (and weights, where asked) the model ran with, ``(asked X)`` after one that fell back, and
-    the static engine's rounds, KV cache, decoding step and Q4_1 kernel where several were asked."""
+    the static engine's rounds, KV cache, decoding step and packed layers' kernels where several were asked."""
 
     def shown(asked: str, key: str) -> str:
         got = ran.get(key, asked)
@@ -179,8 +198,8 @@ def column_label(
         label += f", {kv_cache} cache"
     if decode_step is not None and ran.get("engine") == "static":
         label += f", {decode_step} steps"
-    if q4_1_matmul is not None and ran.get("weights") == "packed":  # auto: the kernel aloekit chose
-        label += f", {ran.get('q4_1_matmul', '?') if q4_1_matmul == 'auto' else q4_1_matmul} Q4_1"
+    if kernels is not None and ran.get("weights") == "packed":  # auto: the Q4_1 kernel aloekit chose
+        label += f", {ran.get('q4_1_matmul', '?') if kernels == 'auto' else kernels} kernels"
     return label
 
 
@@ -202,8 +221,8 @@ def main() -> None:
     parser.add_argument("--kv-cache", default="growing", help="comma-separated: growing, dynamic (static engine)")
     parser.add_argument("--decode-step", default="plain",
                         help="comma-separated: plain, transformers (static engine)")  # fmt: skip
-    parser.add_argument("--q4-1-matmul", default="auto",
-                        help="comma-separated: auto, int8 dot, int4 (packed weights' Q4_1 layers)")  # fmt: skip
+    parser.add_argument("--kernels", default="auto",
+                        help="comma-separated: auto, int8 dot, torch (packed weights' kernels)")  # fmt: skip
     parser.add_argument("--repeats", type=int, default=1, help="measurements per figure (the median is shown)")
     args = parser.parse_args()
     levels = [int(n) for n in args.concurrency.split(",")]
@@ -220,9 +239,9 @@ def main() -> None:
 
     caches = listed("--kv-cache", args.kv_cache, ("growing", "dynamic"))
     steps = listed("--decode-step", args.decode_step, ("plain", "transformers"))
-    kernels = listed("--q4-1-matmul", args.q4_1_matmul, ("auto", "int8 dot", "int4"))
-    if "int8 dot" in kernels and (missing := q4_1_dot_missing()):
-        parser.error(f"--q4-1-matmul: no int8 dot kernel here: {missing}")
+    kernels = listed("--kernels", args.kernels, ("auto", "int8 dot", "torch"))
+    if "int8 dot" in kernels and (missing := int8_dot_missing()):
+        parser.error(f"--kernels: no int8 dot kernel here: {missing}")
     static_variants = list(product(rounds, caches, steps, kernels))
     workload = {"temperature": args.temperature, "preamble_words": args.preamble_words}
     columns: list[tuple[str, str, tuple[int, str, str, str]]] = []

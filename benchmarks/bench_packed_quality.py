@@ -1,13 +1,13 @@
 """How closely ``local:smollm2`` decoding with packed GGUF blocks follows the float32 weights it replaces.
 
-For each of 12 prompts the float model writes a greedy reply; then the packed model, the packed model in
-bfloat16 (the default on a CPU with AMX tiles) as aloekit loads it (its Q4_1 layers through the int8 dot kernel
-where this process has it), the same with torch's int4 kernel and, for scale, the model loaded as bfloat16
-decode the same tokens one at a time, and each step's next-token distribution is compared with the float
-model's: how often the greedy token is the same, and the mean KL divergence (nats). The packed weights are the
-GGUF's own, so the difference is bfloat16 arithmetic (the int8 dot kernel: inputs rounded to int8 per block of
-32, as llama.cpp's) plus the output layer's int8 re-rounding (on a CPU with AMX tiles, the packed bfloat16
-model's output layer uses its bfloat16 weight instead, as aloekit's does).
+For each of 12 prompts the float model writes a greedy reply; then the packed model (torch's kernels), the packed
+model in bfloat16 (the default on a CPU with AMX tiles) through the int8 dot kernel (aloekit's default where
+this process has it) and through torch's kernels and, for scale, the model loaded as bfloat16 decode the same
+tokens one at a time, and each step's next-token distribution is compared with the float model's: how often the
+greedy token is the same, and the mean KL divergence (nats). The packed weights are the GGUF's own, so the
+difference is the int8 dot kernel's inputs rounded to int8 per block of 32 (as llama.cpp's), or torch's
+bfloat16 arithmetic plus the output layer's int8 re-rounding (on a CPU with AMX tiles, its bfloat16 weight
+instead, as aloekit takes it without the int8 dot kernel).
 
 Run: ``.venv/bin/python benchmarks/bench_packed_quality.py`` (about three minutes on 2 cores).
 """
@@ -22,12 +22,8 @@ from typing import Any
 import torch
 
 from aloekit.agents.backends import packed
-from aloekit.agents.backends.local import (
-    converted_model_dir,
-    find_smollm2_gguf,
-    resolve_q4_1_matmul,
-    resolve_q8_0_matmul,
-)
+from aloekit.agents.backends.int8_dot import int8_dot_missing
+from aloekit.agents.backends.local import converted_model_dir, cpu_has_bfloat16_tiles, find_smollm2_gguf
 
 TOPICS = ["running", "coffee", "houseplants", "chess", "hiking", "baking bread", "jazz", "sailing", "tax forms",
           "a job interview", "sleep", "learning Spanish"]  # fmt: skip
@@ -57,13 +53,12 @@ def main() -> None:
     packed_model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
     blocks = packed.cached_gguf_blocks(packed_model, gguf, folder)
     layers = packed.pack_linears(packed_model, blocks)
-    tiles = resolve_q8_0_matmul("bfloat16") == "bfloat16 tiles"  # as aloekit decides it: its output layer on AMX
-    kernels = {resolve_q4_1_matmul(), "int4"}  # as aloekit decides it, and torch's int4 kernel
     models = {"packed": packed_model}
-    for kernel in sorted(kernels):
+    for kernels in ["int8 dot", "torch"] if int8_dot_missing() is None else ["torch"]:
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.bfloat16).eval()  # as aloekit loads it
-        packed.pack_linears(model, blocks, tiles=tiles, q4_1_dot=kernel == "int8 dot")
-        models[f"packed bfloat16, {kernel}"] = model
+        # without the int8 dot kernel, as aloekit decides it: the output layer on AMX where the CPU has them
+        packed.pack_linears(model, blocks, tiles=cpu_has_bfloat16_tiles(), int8_dot=kernels == "int8 dot")
+        models[f"packed bfloat16, {kernels}"] = model
     models["bfloat16"] = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.bfloat16).eval()
     same: dict[str, list[bool]] = {name: [] for name in models}
     divergence: dict[str, list[float]] = {name: [] for name in models}
@@ -81,7 +76,7 @@ def main() -> None:
                 divergence[name] += kl.tolist()
     print(f"local:smollm2, {len(TOPICS)} greedy replies x {args.tokens} tokens against float32; {layers} layers packed")
     for name in same:
-        print(f"{name:>25}: same greedy token at {statistics.mean(same[name]):.1%} of {len(same[name])} steps, "
+        print(f"{name:>26}: same greedy token at {statistics.mean(same[name]):.1%} of {len(same[name])} steps, "
               f"mean KL {statistics.mean(divergence[name]):.4f}, max {max(divergence[name]):.3f}")  # fmt: skip
 
 

@@ -22,11 +22,11 @@ def test_columns_name_what_ran_and_what_fell_back():
     # and which decoding step, where both were asked
     plain = column_label("static", "auto", {"engine": "static"}, None, None, "plain")
     assert plain == "static, plain steps"
-    # and which Q4_1 kernel packed weights took, where several were asked (auto: the one aloekit chose)
+    # and which kernels packed weights took, where several were asked (auto: the ones aloekit chose)
     ran = {"engine": "static", "weights": "packed", "q4_1_matmul": "int8 dot"}
-    assert column_label("static", "packed", ran, q4_1_matmul="int4") == "static, packed, int4 Q4_1"
-    assert column_label("static", "packed", ran, q4_1_matmul="auto") == "static, packed, int8 dot Q4_1"
-    assert column_label("static", "float", {**ran, "weights": "float"}, q4_1_matmul="int4") == "static, float"
+    assert column_label("static", "packed", ran, kernels="torch") == "static, packed, torch kernels"
+    assert column_label("static", "packed", ran, kernels="auto") == "static, packed, int8 dot kernels"
+    assert column_label("static", "float", {**ran, "weights": "float"}, kernels="torch") == "static, float"
 
 
 async def test_a_single_stream_answers_eight_chats_one_after_another(scripted):

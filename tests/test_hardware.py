@@ -56,14 +56,13 @@ def test_the_embedded_model_records_packed_weights_on_cpu(monkeypatch, tiny_mode
     monkeypatch.setattr(hardware, "detect", lambda: CPU)
     monkeypatch.setattr(local_backend, "packed_kernels_missing", lambda: None)
     assert run_defaults(AloeConfig(), ["local:smollm2"], 8, False)[2]["weights"] == {"local:smollm2": "packed"}
-    for tiles, q8_0 in ((False, "int8"), (True, "bfloat16 tiles")):  # AMX: bfloat16, its output layer on the tiles
+    # the compiled int8 dot kernel for both, or torch's int4 kernel and (AMX: bfloat16) the tiles or int8
+    for missing, tiles, q4_1, q8_0 in ((None, True, "int8 dot", "int8 dot"), ("no cc", False, "int4", "int8"),
+                                       ("no cc", True, "int4", "bfloat16 tiles")):  # fmt: skip
+        monkeypatch.setattr(local_backend, "int8_dot_missing", lambda missing=missing: missing)
         monkeypatch.setattr(local_backend, "cpu_has_bfloat16_tiles", lambda tiles=tiles: tiles)
         record = run_defaults(AloeConfig(), ["local:smollm2"], 8, False)[2]
-        assert record["q8_0_matmuls"] == {"local:smollm2": q8_0}
-    for missing, q4_1 in ((None, "int8 dot"), ("no compiler", "int4")):  # the compiled kernel, or torch's int4 one
-        monkeypatch.setattr(local_backend, "q4_1_dot_missing", lambda missing=missing: missing)
-        record = run_defaults(AloeConfig(), ["local:smollm2"], 8, False)[2]
-        assert record["q4_1_matmuls"] == {"local:smollm2": q4_1}
+        assert record["q4_1_matmuls"] == {"local:smollm2": q4_1} and record["q8_0_matmuls"] == {"local:smollm2": q8_0}
     folder = f"hf:{tiny_model_dir}"  # a transformers folder has no GGUF blocks to decode with
     assert run_defaults(AloeConfig(), [folder], 8, False)[2]["weights"] == {folder: "float"}
     chosen = AloeConfig(backend={"weights": "float"})
@@ -85,7 +84,7 @@ def test_the_run_config_records_what_a_model_loaded_with(monkeypatch, tiny_model
     monkeypatch.setattr(hardware, "detect", lambda: CPU)
     monkeypatch.setattr(local_backend, "cpu_has_bfloat16_tiles", lambda: False)  # as CPU says: float32
     monkeypatch.setattr(local_backend, "packed_kernels_missing", lambda: None)
-    monkeypatch.setattr(local_backend, "q4_1_dot_missing", lambda: None)
+    monkeypatch.setattr(local_backend, "int8_dot_missing", lambda: None)
     monkeypatch.setattr(local_backend, "cached_gguf_blocks", unreadable)
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test")  # the server's client is built, never called
     fell_back, unloaded, server = "local:fell-back", "local:unloaded", "openai:gpt-4o-mini"

@@ -133,19 +133,20 @@ async def test_an_in_process_model_computing_differently_is_not_served_the_store
     assert pool.client("openai:http://127.0.0.1:9/v1#m").compute_settings() == {}
 
 
-def test_packed_weights_key_their_answers_on_how_their_q8_0_layers_multiply(monkeypatch, tiny_model_dir):
-    """The tiles and the int8 kernel differ in the last bits: an answer from one is not served to the other."""
+def test_packed_weights_key_their_answers_on_how_their_layers_multiply(monkeypatch, tiny_model_dir):
+    """The int8 dot kernel, the tiles and torch's kernels differ: an answer from one is not served to another."""
     from aloekit.agents.backends import local
 
     monkeypatch.setattr(local, "packed_kernels_missing", lambda: None)
     keys = set()
-    for tiles in (True, False):
+    for dot_missing, tiles in ((None, True), ("no cc", True), ("no cc", False)):
+        monkeypatch.setattr(local, "int8_dot_missing", lambda dot_missing=dot_missing: dot_missing)
         monkeypatch.setattr(local, "cpu_has_bfloat16_tiles", lambda tiles=tiles: tiles)
         client = local.TransformersChatClient(tiny_model_dir, device="cpu", gguf=tiny_model_dir, dtype="bfloat16")
         managed = BackendPool(AloeConfig()).client(f"hf:{tiny_model_dir}")
         monkeypatch.setattr(managed, "inner", client)
         keys.add(cache_key("local:x", to_dicts(HI), {"temperature": 0}, managed._cache_compute()))
-    assert len(keys) == 2
+    assert len(keys) == 3
 
 
 async def test_a_model_or_adapter_replaced_in_place_is_not_served_its_predecessor_s_answers(tmp_path, tiny_model_dir):

@@ -14,9 +14,9 @@ from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM, Qwen2Confi
 
 from aloekit.agents.backends import decode_step, from_dicts, local, packed
 from aloekit.agents.backends.decode_step import plain_decoding_steps, plain_step
+from aloekit.agents.backends.int8_dot import Int8DotMatmul, int8_dot_missing
 from aloekit.agents.backends.kvcache import growing_cache
 from aloekit.agents.backends.local import TransformersChatClient
-from aloekit.agents.backends.q4_1_dot import q4_1_dot_missing
 
 
 def _llama(kv_heads: int = 2, dtype: torch.dtype = torch.float32, **config: object) -> LlamaForCausalLM:
@@ -78,11 +78,11 @@ def test_logits_equal_transformers_bit_for_bit(kv_heads, dtype, rows, padded, ca
 
 
 def _packed_llama(
-    hidden: int, heads: int, kv_heads: int, intermediate: int, dtype: torch.dtype, q4_1_dot: bool = False
+    hidden: int, heads: int, kv_heads: int, intermediate: int, dtype: torch.dtype, int8_dot: bool = False
 ) -> LlamaForCausalLM:
-    """A tiny Llama whose linear layers decode with random Q4_1 blocks (through torch's int4 kernel, or with
-    ``q4_1_dot`` the compiled int8 dot one), the output layer with int8 codes (in bfloat16 on a CPU with AMX
-    tiles: its own weight through them), packed then cast as aloekit loads it."""
+    """A tiny Llama whose linear layers decode with random Q4_1 blocks and its output layer with random Q8_0 ones,
+    through the compiled int8 dot kernel with ``int8_dot``, else through torch's int4 kernel and int8 codes (in
+    bfloat16 on a CPU with AMX tiles: its own weight through them), packed then cast as aloekit loads it."""
     model = _llama(kv_heads, hidden_size=hidden, num_attention_heads=heads, intermediate_size=intermediate)
     rng, arrays = np.random.default_rng(0), {}
     for name, module in model.named_modules():
@@ -92,9 +92,14 @@ def _packed_llama(
                        f"{name}.scales": rng.random((rows, groups)).astype(np.float32) / 8,
                        f"{name}.minimums": -rng.random((rows, groups)).astype(np.float32) / 8}  # fmt: skip
     codes, row_scales = packed.per_row_int8(model.lm_head.weight.detach().numpy())
-    arrays |= {"lm_head.int8": codes, "lm_head.row_scales": row_scales}
-    tiles = local.resolve_q8_0_matmul(str(dtype).removeprefix("torch.")) == "bfloat16 tiles"  # as aloekit decides
-    assert packed.pack_linears(model, arrays, tiles=tiles, q4_1_dot=q4_1_dot) == 7 * 2 + 1
+    arrays |= {
+        "lm_head.int8": codes,
+        "lm_head.row_scales": row_scales,
+        "lm_head.q8_0_codes": rng.integers(-127, 128, codes.shape).astype(np.int8),
+        "lm_head.q8_0_scales": rng.random((codes.shape[0], codes.shape[1] // 32)).astype(np.float32) / 64,
+    }
+    tiles = dtype == torch.bfloat16 and local.cpu_has_bfloat16_tiles()  # as aloekit decides without int8 dot
+    assert packed.pack_linears(model, arrays, tiles=tiles, int8_dot=int8_dot) == 7 * 2 + 1
     local.cast_parameters(model, dtype)
     return model
 
@@ -108,17 +113,19 @@ def _packed_llama(
      ((64, 4, 2, 96), None)],  # k rows 32, gate rows 96: joined only where the layout allows, else one call each
 )  # fmt: skip
 @pytest.mark.parametrize(
-    "q4_1_dot",
-    [False, pytest.param(True, marks=pytest.mark.skipif(q4_1_dot_missing() is not None, reason="no kernel"))],
+    "int8_dot",
+    [False, pytest.param(True, marks=pytest.mark.skipif(int8_dot_missing() is not None, reason="no kernel"))],
 )
-def test_packed_layers_equal_transformers_bit_for_bit(sizes, joined, dtype, q4_1_dot):
-    model, encoded = _packed_llama(*sizes, dtype=dtype, q4_1_dot=q4_1_dot), _prompts(4, True)
+def test_packed_layers_equal_transformers_bit_for_bit(sizes, joined, dtype, int8_dot):
+    model, encoded = _packed_llama(*sizes, dtype=dtype, int8_dot=int8_dot), _prompts(4, True)
     plain = _step_logits(model, encoded, CACHES["growing"], 5, plain=True)
     assert _equal(_step_logits(model, encoded, CACHES["growing"], 5, plain=False), plain)
-    if dtype == torch.bfloat16 and local.cpu_has_bfloat16_tiles():  # the output layer took the tiles
-        x, head = torch.randn(3, model.config.hidden_size).bfloat16(), model.lm_head
+    x, head = torch.randn(3, model.config.hidden_size).bfloat16(), model.lm_head
+    if int8_dot:  # the output layer took the int8 dot kernel, its Q8_0 codes
+        assert isinstance(head.packed_matmul, Int8DotMatmul) and head.packed_matmul.bits == 8
+    elif dtype == torch.bfloat16 and local.cpu_has_bfloat16_tiles():  # the output layer took the tiles
         assert torch.equal(head.packed_matmul(x), torch.nn.functional.linear(x, head.weight))
-    if joined or q4_1_dot:  # one kernel call for q/k/v and one for gate/up, kept on their modules (int8 dot: any)
+    if joined or int8_dot:  # one kernel call for q/k/v and one for gate/up, kept on their modules (int8 dot: any)
         layer = model.model.layers[0]
         assert layer.self_attn._joined_matmul[1] is not None and layer.mlp._joined_matmul[1] is not None
 

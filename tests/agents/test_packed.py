@@ -12,8 +12,8 @@ from gguf import GGMLQuantizationType
 from gguf.quants import dequantize, quantize
 
 from aloekit.agents.backends import local, packed
+from aloekit.agents.backends.int8_dot import Int8DotMatmul, int8_dot_missing
 from aloekit.agents.backends.local import resolve_weights
-from aloekit.agents.backends.q4_1_dot import Q4_1DotMatmul, q4_1_dot_missing
 
 needs_kernels = pytest.mark.skipif(
     packed.packed_kernels_missing() is not None, reason=f"no packed kernels: {packed.packed_kernels_missing()}"
@@ -219,6 +219,20 @@ def test_blocks_still_serve_a_load_when_the_cache_cannot_be_written(monkeypatch,
     assert (packed.cached_gguf_blocks(None, tmp_path / "x.gguf", read_only)["layer.int8"] == 1).all()
 
 
+def test_a_cache_written_before_the_q8_0_blocks_is_matched_again_and_removed(monkeypatch, tmp_path):
+    """The first cache had no Q8_0 blocks, which the int8 dot kernel takes: its blocks are not read, and the file
+    goes once the new one is written."""
+    folder = tmp_path / "model"
+    folder.mkdir()
+    old = folder / packed.OLD_CACHE_NAMES[0]
+    old.write_bytes(b"an earlier cache")
+    assert not packed.blocks_cached(folder)  # the model loads as float32 to be matched again
+    matched = {"lm_head.int8": np.ones((16, 32), np.int8), "lm_head.q8_0_codes": np.ones((16, 32), np.int8)}
+    monkeypatch.setattr(packed, "match_gguf_blocks", lambda model, gguf: matched)
+    assert packed.cached_gguf_blocks(None, tmp_path / "x.gguf", folder).keys() == matched.keys()
+    assert packed.blocks_cached(folder) and not old.exists()
+
+
 @needs_kernels
 def test_kernels_are_found_on_this_torch():
     assert packed.packed_kernels_missing() is None
@@ -238,9 +252,9 @@ def _decoded_logits(model, prompt_ids: torch.Tensor, tokens: list[int]) -> torch
 @pytest.mark.integration
 @pytest.mark.filterwarnings("ignore:`past_key_values` is deprecated:FutureWarning")
 @pytest.mark.parametrize(
-    "q4_1_dot", [False, pytest.param(True, marks=pytest.mark.skipif(q4_1_dot_missing() is not None, reason="no dot"))]
+    "int8_dot", [False, pytest.param(True, marks=pytest.mark.skipif(int8_dot_missing() is not None, reason="no dot"))]
 )
-def test_smollm2_decodes_with_its_own_gguf_blocks(q4_1_dot):
+def test_smollm2_decodes_with_its_own_gguf_blocks(int8_dot):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     gguf = local.find_smollm2_gguf()
@@ -251,6 +265,10 @@ def test_smollm2_decodes_with_its_own_gguf_blocks(q4_1_dot):
     # Every linear layer found in the file: 30 blocks x 7 Q4_1 layers, and the Q8_0 output layer.
     assert sum(k.endswith(".codes") for k in arrays) == 210
     assert [k for k in arrays if k.endswith(".int8")] == ["lm_head.int8"]
+    # and the output layer's own Q8_0 blocks, which are its float weight bit for bit
+    codes, scales = arrays["lm_head.q8_0_codes"], arrays["lm_head.q8_0_scales"]
+    rebuilt = codes.reshape(len(codes), -1, 32).astype(np.float32) * scales[..., None]
+    assert np.array_equal(rebuilt.reshape(codes.shape), model.lm_head.weight.detach().numpy())
     assert packed.cached_gguf_blocks(model, gguf, folder).keys() == arrays.keys()  # read back from the cache
     chat = [{"role": "user", "content": "Give me a tip about chess."}]
     prompt = tokenizer.apply_chat_template(chat, add_generation_prompt=True, return_tensors="pt", return_dict=True)
@@ -258,7 +276,8 @@ def test_smollm2_decodes_with_its_own_gguf_blocks(q4_1_dot):
     with torch.inference_mode():
         reply = model.generate(ids, max_new_tokens=24, do_sample=False)[0, ids.shape[1] :].tolist()
         float_logits = _decoded_logits(model, ids, reply)
-        assert packed.pack_linears(model, arrays, q4_1_dot=q4_1_dot) == 211
+        assert packed.pack_linears(model, arrays, int8_dot=int8_dot) == 211
+        assert isinstance(model.lm_head.packed_matmul, Int8DotMatmul) == int8_dot
         packed_logits = _decoded_logits(model, ids, reply)
     agreement = (float_logits.argmax(-1) == packed_logits.argmax(-1)).float().mean()
     divergence = torch.nn.functional.kl_div(packed_logits.log_softmax(-1), float_logits.log_softmax(-1),
@@ -309,15 +328,20 @@ async def test_local_smollm2_decodes_packed_in_bfloat16():
     int8 = packed._q8_matmul(blocks["lm_head.int8"], blocks["lm_head.row_scales"])
     # the Q8_0 output layer: its own bfloat16 weight where the CPU has AMX tiles and the probe found them equal
     # to linear row by row in any batch (torch 2.13), else the int8 kernel; the compute settings say which
+    # the Q4_1 layers: the compiled int8 dot kernel where this process has it, else torch's int4 kernel
+    dot = int8_dot_missing() is None
+    assert type(model.model.layers[0].mlp.up_proj.packed_matmul) is (Int8DotMatmul if dot else packed.Q4Matmul)
+    assert client.compute_settings()["q4_1_matmul"] == ("int8 dot" if dot else "int4")
+    if dot:  # the Q8_0 output layer too, with its own blocks: the same as the kernel on the file's codes
+        codes, scales = blocks["lm_head.q8_0_codes"], blocks["lm_head.q8_0_scales"]
+        assert torch.equal(head.packed_matmul(x), Int8DotMatmul.q8_0(codes, scales)(x))
+        assert client.compute_settings()["q8_0_matmul"] == "int8 dot"
+        return
     tiles = isinstance(head.packed_matmul, packed.BFloat16TilesMatmul)
     if not _torch_before("2.13"):
         assert tiles == local.cpu_has_bfloat16_tiles()
     assert torch.equal(head.packed_matmul(x), torch.nn.functional.linear(x, head.weight) if tiles else int8(x))
     assert client.compute_settings()["q8_0_matmul"] == ("bfloat16 tiles" if tiles else "int8")
-    # the Q4_1 layers: the compiled int8 dot kernel where this process has it, else torch's int4 kernel
-    dot = q4_1_dot_missing() is None
-    assert type(model.model.layers[0].mlp.up_proj.packed_matmul) is (Q4_1DotMatmul if dot else packed.Q4Matmul)
-    assert client.compute_settings()["q4_1_matmul"] == ("int8 dot" if dot else "int4")
 
 
 @needs_kernels
@@ -381,40 +405,45 @@ def test_unreadable_blocks_decode_in_float_unless_packed_was_asked(monkeypatch, 
 
 
 @pytest.mark.parametrize(
-    ("dtype", "cpu_tiles", "tiles_work", "asked", "q8_0_matmul"),
-    [("bfloat16", True, True, True, "bfloat16 tiles"), ("bfloat16", True, False, True, "int8"),
-     ("bfloat16", False, True, False, "int8"), ("float32", True, True, False, "int8"),
-     ("bfloat16", True, None, True, "int8")],  # None: the file has no Q8_0 layer, so none takes the tiles
+    ("dtype", "cpu_tiles", "dot_missing", "head", "predicted", "q8_0_matmul"),
+    [("bfloat16", True, None, "int8 dot", "int8 dot", "int8 dot"),
+     ("bfloat16", True, None, "int8", "int8 dot", "int8"),  # the cache had no Q8_0 blocks: torch's int8 kernel
+     ("bfloat16", True, None, None, "int8 dot", "int8 dot"),  # None: the file has no Q8_0 layer
+     ("bfloat16", True, "no cc", "bfloat16 tiles", "bfloat16 tiles", "bfloat16 tiles"),
+     ("bfloat16", True, "no cc", "int8", "bfloat16 tiles", "int8"),  # the tiles' probe refused them
+     ("bfloat16", False, "no cc", "int8", "int8", "int8"), ("float32", True, "no cc", "int8", "int8", "int8"),
+     ("bfloat16", True, "no cc", None, "bfloat16 tiles", "int8")],
 )  # fmt: skip
-@pytest.mark.parametrize(("dot_missing", "q4_1_matmul"), [(None, "int8 dot"), ("no compiler", "int4")])
 def test_the_compute_settings_say_which_kernels_the_packed_layers_took(
-    monkeypatch, tiny_model_dir, tmp_path, dtype, cpu_tiles, tiles_work, asked, q8_0_matmul, dot_missing, q4_1_matmul
+    monkeypatch, tiny_model_dir, tmp_path, dtype, cpu_tiles, dot_missing, head, predicted, q8_0_matmul
 ):
-    """Asked for a bfloat16 model on a CPU with AMX tiles; the compute settings (which the response cache keys
-    on and the run config records) say which matmul the Q8_0 layers took (int8 where the tiles fell back), and
-    the Q4_1 layers' kernel: the compiled int8 dot one where this process has it, else torch's int4 one."""
+    """The compute settings (which the response cache keys on and the run config records) predict the packed
+    layers' kernels before the load and say after it which they took: the compiled int8 dot kernel for Q4_1
+    and Q8_0 layers where this process has it, else torch's int4 kernel, and for the Q8_0 layers the AMX tiles
+    (a bfloat16 model on a CPU with them) or torch's int8 kernel where the tiles fell back."""
     from aloekit.agents.backends import TransformersChatClient
 
-    asked_tiles, asked_dot = [], []
+    asked = []
+    took = {"int8 dot": object.__new__(Int8DotMatmul), "bfloat16 tiles": packed.BFloat16TilesMatmul(None), "int8": len}
 
-    def pack(model, arrays, skip, tiles, q4_1_dot):
-        asked_tiles.append(tiles)
-        asked_dot.append(q4_1_dot)
+    def pack(model, arrays, skip, tiles, int8_dot):
+        asked.append((tiles, int8_dot))
         model.model.layers[0].mlp.up_proj.packed_matmul = packed.Q4Matmul(None, None)
-        if tiles_work is not None:
-            model.lm_head.packed_matmul = packed.BFloat16TilesMatmul(None) if tiles and tiles_work else len  # or int8
-        return 1 if tiles_work is None else 2
+        if head is not None:
+            model.lm_head.packed_matmul = took[head]
+        return 1 if head is None else 2
 
     monkeypatch.setattr(local, "packed_kernels_missing", lambda: None)
-    monkeypatch.setattr(local, "q4_1_dot_missing", lambda: dot_missing)
+    monkeypatch.setattr(local, "int8_dot_missing", lambda: dot_missing)
     monkeypatch.setattr(local, "cpu_has_bfloat16_tiles", lambda: cpu_tiles)
     monkeypatch.setattr(local, "cached_gguf_blocks", lambda model, gguf, folder: {"lm_head.int8": None})
     monkeypatch.setattr(local, "pack_linears", pack)
     client = TransformersChatClient(tiny_model_dir, device="cpu", gguf=tmp_path / "x.gguf", dtype=dtype)
-    settings = {"engine": "static", "dtype": dtype, "weights": "packed", "q4_1_matmul": q4_1_matmul}
-    assert client.compute_settings() == settings | {"q8_0_matmul": "bfloat16 tiles" if asked else "int8"}  # predicted
+    q4_1 = "int8 dot" if dot_missing is None else "int4"
+    settings = {"engine": "static", "dtype": dtype, "weights": "packed", "q4_1_matmul": q4_1}
+    assert client.compute_settings() == settings | {"q8_0_matmul": predicted}
     client.load()
-    assert asked_tiles == [asked] and asked_dot == [dot_missing is None]
+    assert asked == [(predicted == "bfloat16 tiles", dot_missing is None)]
     assert client.compute_settings() == settings | {"q8_0_matmul": q8_0_matmul}
 
 

@@ -120,12 +120,12 @@ def _joined(owner: Any, modules: list[Any]) -> Callable[[Any], Any]:
     ``owner`` while the same packed weights are there), else one call each."""
     import torch
 
-    from aloekit.agents.backends.packed import Q4_1DotMatmul, Q4Matmul, _packed_class, in_bfloat16
+    from aloekit.agents.backends.packed import Int8DotMatmul, Q4Matmul, _packed_class, in_bfloat16
 
     matmuls = [getattr(module, "packed_matmul", None) for module in modules]
     kinds = {type(m) for m in matmuls}
     packed = all(type(m) is _packed_class() for m in modules)
-    if packed and len(kinds) == 1 and (kind := kinds.pop()) in (Q4Matmul, Q4_1DotMatmul):
+    if packed and len(kinds) == 1 and (kind := kinds.pop()) in (Q4Matmul, Int8DotMatmul):
         kept = owner.__dict__.get("_joined_matmul")
         if kept is None or kept[0] != matmuls:  # the matmuls compare by identity: the same packed weights
             kept = owner._joined_matmul = (matmuls, kind.joined(matmuls))

@@ -39,6 +39,7 @@ from aloekit.agents.backends.continuous import ContinuousEngine, EngineTimeout, 
 from aloekit.agents.backends.decode_step import base_model, plain_decoding_steps
 from aloekit.agents.backends.digests import DIGEST_HEX, file_digest, folder_digest
 from aloekit.agents.backends.files import read_json_file
+from aloekit.agents.backends.int8_dot import Int8DotMatmul, int8_dot_missing
 from aloekit.agents.backends.kvcache import growing_cache
 from aloekit.agents.backends.managed import GenerationTimeout
 from aloekit.agents.backends.messages import conform, to_dicts
@@ -49,7 +50,6 @@ from aloekit.agents.backends.packed import (
     pack_linears,
     packed_kernels_missing,
 )
-from aloekit.agents.backends.q4_1_dot import q4_1_dot_missing
 from aloekit.agents.backends.registry import BackendSpec, register_backend
 from aloekit.config import BackendSettings
 from aloekit.cpu_thread import call_on_cpu_thread, on_cpu_thread, run_off_loop
@@ -482,8 +482,8 @@ class TransformersChatClient(ChatCompletionClient):
         ``settings["dtype"]``, leaving float the layers an adapter trains in full (its ``modules_to_save``), and
         make ``settings`` say what was done: ``float`` weights where none could be packed, ``bfloat16 tiles``
         where a Q8_0 layer took them, else ``int8`` (the tiles' probe refused them, as with torch 2.11, or
-        the file has no Q8_0 layer); Q4_1 layers take the kernel ``settings["q4_1_matmul"]`` names. Under
-        ``auto`` a file without usable blocks, or one that cannot be read, decodes in float quietly."""
+        the file has no Q8_0 layer), or ``int8 dot``; Q4_1 layers take the kernel ``settings["q4_1_matmul"]``
+        names. Under ``auto`` a file without usable blocks, or one that cannot be read, decodes in float quietly."""
         assert self.gguf is not None and self._path is not None
         saved = read_json_file(self.adapter_path / ADAPTER_CONFIG, self.name) if self.adapter_path else {}
         try:
@@ -496,16 +496,18 @@ class TransformersChatClient(ChatCompletionClient):
             blocks = None
         tiles = settings["q8_0_matmul"] == "bfloat16 tiles"
         skip = tuple(saved.get("modules_to_save") or ())
-        q4_1_dot = settings["q4_1_matmul"] == "int8 dot"
-        if blocks is None or not pack_linears(model, blocks, skip=skip, tiles=tiles, q4_1_dot=q4_1_dot):
+        int8_dot = settings["q4_1_matmul"] == "int8 dot"
+        if blocks is None or not pack_linears(model, blocks, skip=skip, tiles=tiles, int8_dot=int8_dot):
             if blocks is not None:
                 log = logger.warning if self.weights == "packed" else logger.info
                 log("%s: no Q4_1 or Q8_0 layer in %s to decode with; decoding in float", self.name, self.gguf)
             settings["weights"] = "float"
             del settings["q8_0_matmul"], settings["q4_1_matmul"]
             return
-        took_tiles = any(isinstance(getattr(m, "packed_matmul", None), BFloat16TilesMatmul) for m in model.modules())
-        settings["q8_0_matmul"] = "bfloat16 tiles" if took_tiles else "int8"
+        q8_0 = {type(m.packed_matmul) for name, m in model.named_modules()
+                if f"{name}.int8" in blocks and hasattr(m, "packed_matmul")}  # fmt: skip
+        settings["q8_0_matmul"] = ("int8 dot" if Int8DotMatmul in q8_0 or int8_dot and not q8_0
+                                   else "bfloat16 tiles" if BFloat16TilesMatmul in q8_0 else "int8")  # fmt: skip
 
     def _target_device(self) -> str:
         """The device the model is (or will be) on: the one given, else CUDA when present, else the CPU."""
@@ -845,10 +847,10 @@ def resolve_compute(
 
 def resolve_q4_1_matmul(quiet: bool = False) -> str:
     """How a packed model's Q4_1 layers (SmolLM2's others) multiply: ``int8 dot`` (their codes against the
-    input rounded to int8, as llama.cpp does, :class:`~aloekit.agents.backends.q4_1_dot.Q4_1DotMatmul`) where
+    input rounded to int8, as llama.cpp does, :class:`~aloekit.agents.backends.int8_dot.Int8DotMatmul`) where
     this process has that kernel, else ``int4`` (torch's int4 kernel, in bfloat16; why is logged unless
     ``quiet``). Their results differ, so a cached answer is served only to the same."""
-    if (missing := q4_1_dot_missing()) is None:
+    if (missing := int8_dot_missing()) is None:
         return "int8 dot"
     if not quiet:
         logger.info("Q4_1 layers multiply with torch's int4 kernel: %s", missing)
@@ -857,10 +859,13 @@ def resolve_q4_1_matmul(quiet: bool = False) -> str:
 
 def resolve_q8_0_matmul(dtype: str) -> str:
     """How a packed model's Q8_0 layers (SmolLM2's output layer) are expected to multiply before it loads:
-    ``bfloat16 tiles`` (their weight in bfloat16 through the matrix units,
-    :func:`~aloekit.agents.backends.packed.bfloat16_tiles_matmul`) for a bfloat16 model on a CPU with AMX
-    tiles, ``int8`` (torch's int8 kernel) otherwise; the load's probe may still refuse the tiles (torch
-    2.11). Their results differ in the last bits, so a cached answer is served only to the same."""
+    ``int8 dot`` (their own blocks against the input rounded to int8, as the Q4_1 layers under
+    :func:`resolve_q4_1_matmul`) where this process has that kernel; else ``bfloat16 tiles`` (their weight in
+    bfloat16 through the matrix units, :func:`~aloekit.agents.backends.packed.bfloat16_tiles_matmul`) for a
+    bfloat16 model on a CPU with AMX tiles, ``int8`` (torch's int8 kernel) otherwise; the load's probe may still
+    refuse the tiles (torch 2.11). Their results differ, so a cached answer is served only to the same."""
+    if int8_dot_missing() is None:
+        return "int8 dot"
     return "bfloat16 tiles" if dtype == "bfloat16" and cpu_has_bfloat16_tiles() else "int8"
 
 

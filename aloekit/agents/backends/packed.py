@@ -1,13 +1,15 @@
-"""Decode with a GGUF's own quantized blocks on a CPU, as llama.cpp does, through torch's int4/int8 kernels.
+"""Decode with a GGUF's own quantized blocks on a CPU, as llama.cpp does.
 
 Decoding one token reads every weight once, so on a CPU it is bound by memory bandwidth: the float32 weights
-that ``local:`` models are converted to are 540 MB a step for SmolLM2-135M, its GGUF's blocks 94 MB. Each
-linear layer stored as Q4_1 (32 weights sharing a float16 scale and minimum) runs through torch's grouped
-int4 kernel with exactly those codes (scales and minimums rounded to bfloat16); the Q8_0 output layer (32
-signed bytes sharing a scale) through torch's int8 kernel, its codes rounded again to one scale per row
-(that kernel has no groups); or, for a bfloat16 model on a CPU with AMX tiles, through oneDNN with its own
-bfloat16 weight reordered for the tiles: it reads twice the bytes, so it is slower for one row, but the
-int8 kernel's time grows with the rows. All multiply in bfloat16. Only one-token-per-row inputs take them:
+that ``local:`` models are converted to are 540 MB a step for SmolLM2-135M, its GGUF's blocks 94 MB. Where this
+process has the compiled int8 dot kernel (:mod:`~aloekit.agents.backends.int8_dot`), each linear layer stored as
+Q4_1 (32 weights sharing a float16 scale and minimum) or Q8_0 (32 signed bytes sharing a scale) multiplies as
+llama.cpp multiplies it: its input rows rounded to int8 per block, integer dot products with exactly the file's
+codes. Elsewhere a Q4_1 layer runs through torch's grouped int4 kernel with exactly those codes (scales and
+minimums rounded to bfloat16); the Q8_0 output layer through torch's int8 kernel, its codes rounded again to
+one scale per row (that kernel has no groups); or, for a bfloat16 model on a CPU with AMX tiles, through oneDNN
+with its own bfloat16 weight reordered for the tiles: it reads twice the bytes, so it is slower for one row, but
+the int8 kernel's time grows with the rows. Those multiply in bfloat16. Only one-token-per-row inputs take them:
 decoding steps, and the output layer on a prompt's last position (``logits_to_keep=1``: a reply's first token, a
 guided choice); the rest of a prompt keeps the float weights, where float BLAS is faster, and a reply
 decodes alike whatever batch it is in. The blocks are matched to the layers once, bit for bit against the
@@ -26,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from aloekit.agents.backends.q4_1_dot import Q4_1DotMatmul
+from aloekit.agents.backends.int8_dot import Int8DotMatmul
 from aloekit.cpu_thread import call_on_cpu_thread
 
 logger = logging.getLogger(__name__)
@@ -34,7 +36,10 @@ logger = logging.getLogger(__name__)
 GROUP = 32
 """Weights per GGUF block (Q4_1 and Q8_0): torch's int4 kernel groups them the same way."""
 Q4_1_BYTES, Q8_0_BYTES = 20, 34
-CACHE_NAME = "packed-blocks.safetensors"
+CACHE_NAME = "packed-blocks-2.safetensors"
+"""The file of matched blocks beside a converted model; ``-2``: with each Q8_0 layer's own blocks too (the int8
+dot kernel takes them), so a cache written before, without them, is matched again and then removed."""
+OLD_CACHE_NAMES = ("packed-blocks.safetensors",)
 
 
 @functools.cache
@@ -184,13 +189,20 @@ def _q4_1_blocks(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return codes, scales, minimums
 
 
+def _q8_0_blocks(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Q8_0 bytes [N, K/32 * 34] as (codes int8 [N, K], scales float32 [N, K/32])."""
+    blocks = raw.reshape(raw.shape[0], -1, Q8_0_BYTES)
+    scales = blocks[..., 0:2].copy().view(np.float16)[..., 0].astype(np.float32)
+    return blocks[..., 2:].copy().view(np.int8).reshape(raw.shape[0], -1), scales
+
+
 def _dequantized(kind: str, raw: np.ndarray) -> np.ndarray:
     """A Q4_1 or Q8_0 tensor as float32 [N, K], computed as transformers' GGUF loader (gguf-py) does, so that
     equal weights compare equal bit for bit."""
     if kind == "Q8_0":
-        blocks = raw.reshape(raw.shape[0], -1, Q8_0_BYTES)
-        scales = blocks[..., 0:2].copy().view(np.float16).astype(np.float32)
-        return (blocks[..., 2:].copy().view(np.int8).astype(np.float32) * scales).reshape(raw.shape[0], -1)
+        codes, scales = _q8_0_blocks(raw)
+        blocks = codes.reshape(raw.shape[0], -1, GROUP).astype(np.float32) * scales[..., None]
+        return blocks.reshape(raw.shape[0], -1)
     codes, scales, minimums = _q4_1_blocks(raw)
     return np.repeat(scales, GROUP, axis=1) * codes.astype(np.float32) + np.repeat(minimums, GROUP, axis=1)
 
@@ -207,8 +219,9 @@ def _row_order(dequantized: np.ndarray, weight: np.ndarray) -> np.ndarray | None
 
 def match_gguf_blocks(model: Any, gguf: Path) -> dict[str, np.ndarray]:
     """For each linear layer of ``model`` whose float weight is exactly a Q4_1 or Q8_0 tensor of ``gguf``, the
-    arrays its packed kernel needs, keyed ``LAYER.codes/scales/minimums`` (Q4_1, in the layer's row order)
-    or ``LAYER.int8/row_scales`` (Q8_0). A layer matching no tensor is left out (it stays float)."""
+    arrays its packed kernels need, in the layer's row order, keyed ``LAYER.codes/scales/minimums`` (Q4_1) or
+    ``LAYER.q8_0_codes/q8_0_scales`` (Q8_0's blocks) and ``LAYER.int8/row_scales`` (their codes rounded again
+    to one scale per row, for torch's int8 kernel). A layer matching no tensor is left out (it stays float)."""
     import torch
     from gguf import GGUFReader
 
@@ -233,8 +246,10 @@ def match_gguf_blocks(model: Any, gguf: Path) -> dict[str, np.ndarray]:
             arrays |= {f"{name}.codes": codes[order], f"{name}.scales": scales[order],
                        f"{name}.minimums": minimums[order]}  # fmt: skip
         else:
-            codes, row_scales = per_row_int8(weight)
-            arrays |= {f"{name}.int8": codes, f"{name}.row_scales": row_scales}
+            codes, scales = _q8_0_blocks(raw)
+            row_codes, row_scales = per_row_int8(weight)
+            arrays |= {f"{name}.q8_0_codes": codes[order], f"{name}.q8_0_scales": scales[order],
+                       f"{name}.int8": row_codes, f"{name}.row_scales": row_scales}  # fmt: skip
     return arrays
 
 
@@ -260,13 +275,15 @@ def cached_gguf_blocks(model: Any, gguf: Path, folder: Path) -> dict[str, np.nda
             os.replace(tmp, path)
         finally:
             Path(tmp).unlink(missing_ok=True)
+        for old in OLD_CACHE_NAMES:  # superseded: it would only take room
+            (folder / old).unlink(missing_ok=True)
     except OSError as exc:  # a read-only or full cache: the blocks still serve this load
         logger.warning("could not cache the packed blocks in %s: %s", folder, exc)
     return arrays
 
 
 def pack_linears(
-    model: Any, arrays: dict[str, np.ndarray], skip: tuple[str, ...] = (), tiles: bool = False, q4_1_dot: bool = False
+    model: Any, arrays: dict[str, np.ndarray], skip: tuple[str, ...] = (), tiles: bool = False, int8_dot: bool = False
 ) -> int:
     """Send the decoding steps of each layer named in ``arrays`` through its packed kernel; returns how many.
     A layer whose shape the kernels refuse (the int4 one wants rows in multiples of 16) or whose arrays are
@@ -276,8 +293,10 @@ def pack_linears(
     decodes with its own weight in bfloat16, reordered for the tiles (:func:`bfloat16_tiles_matmul`), instead
     of the int8 kernel, whose time grows with the rows. SmolLM2's output layer alone: 1.44 against 1.04 ms for
     one row, 1.51 against 3.55 for 8; a whole decoding step: within 2% for one row, 10-14% faster for 8. With
-    ``q4_1_dot`` (where :func:`~aloekit.agents.backends.q4_1_dot.q4_1_dot_missing` is None), a Q4_1 layer
-    multiplies through :class:`~aloekit.agents.backends.q4_1_dot.Q4_1DotMatmul` instead of torch's int4 kernel."""
+    ``int8_dot`` (where :func:`~aloekit.agents.backends.int8_dot.int8_dot_missing` is None), a Q4_1 layer, and
+    a Q8_0 layer whose own blocks are in ``arrays``, multiply through
+    :class:`~aloekit.agents.backends.int8_dot.Int8DotMatmul` instead (faster than either for SmolLM2's output
+    layer: single streams 1.2x as fast in a whole step, README, Hardware defaults)."""
     import torch
 
     packed = 0
@@ -287,7 +306,9 @@ def pack_linears(
         try:
             if f"{name}.codes" in arrays:
                 blocks = arrays[f"{name}.codes"], arrays[f"{name}.scales"], arrays[f"{name}.minimums"]
-                matmul = Q4_1DotMatmul.from_blocks(*blocks) if q4_1_dot else _q4_matmul(*blocks)
+                matmul = Int8DotMatmul.q4_1(*blocks) if int8_dot else _q4_matmul(*blocks)
+            elif int8_dot and f"{name}.q8_0_codes" in arrays:
+                matmul = Int8DotMatmul.q8_0(arrays[f"{name}.q8_0_codes"], arrays[f"{name}.q8_0_scales"])
             elif f"{name}.int8" in arrays:
                 matmul = bfloat16_tiles_matmul(module.weight) if tiles else None
                 if matmul is None:
