@@ -106,8 +106,8 @@ async def aloekit_rates(
         for repeat in range(repeats):
             for variant in variants if repeat % 2 == 0 else variants[::-1]:  # the first of a turn measured faster
                 tokens, cache, step, kernel = variant
-                for module, matmul in kernels.get(kernel, {}).items():
-                    module.packed_matmul = matmul
+                for owner, field, value in kernels.get(kernel, []):
+                    setattr(owner, field, value)
                 local.ROUND_TOKENS = tokens or 10**9
                 local.growing_cache = growing_cache if cache == "growing" else dynamic_cache
                 local.plain_decoding_steps = plain_decoding_steps if step == "plain" else transformers_steps
@@ -118,34 +118,43 @@ async def aloekit_rates(
     return rates, compute
 
 
-def packed_kernels(client: Any) -> dict[str, dict[Any, Any]]:
-    """For each kind of kernel (``torch``; ``int8 dot`` where this process has it), the matmul of each packed
-    layer of ``client``'s loaded model through it, from the blocks cached beside the model: torch's are its int4
-    kernel for Q4_1 layers and, for Q8_0 ones, the AMX tiles for a bfloat16 model on a CPU with them (where their
-    probe accepts them), else its int8 kernel."""
+def packed_kernels(client: Any) -> dict[str, list[tuple[Any, str, Any]]]:
+    """For each kind of kernel (``torch``; ``int8 dot`` where this process has it), the attributes to set on
+    ``client``'s loaded model so that each packed layer multiplies through it (``packed_matmul``), from the blocks
+    cached beside the model, with the joined q/k/v and gate/up products the plain step keeps (``_joined_matmul``:
+    made here once, not again at each switch). torch's are its int4 kernel for Q4_1 layers and, for Q8_0 ones, the
+    AMX tiles for a bfloat16 model on a CPU with them (where their probe accepts them), else its int8 kernel."""
     import torch
 
     from aloekit.agents.backends.int8_dot import Int8DotMatmul, int8_dot_missing
-    from aloekit.agents.backends.packed import _packed_class, _q4_matmul, _q8_matmul, bfloat16_tiles_matmul
+    from aloekit.agents.backends.packed import Q4Matmul, _q4_matmul, _q8_matmul, bfloat16_tiles_matmul
 
-    blocks = cached_gguf_blocks(client.model, client.gguf, client._path)
-    tiles = client.model.dtype == torch.bfloat16 and cpu_has_bfloat16_tiles()
-    dot = int8_dot_missing() is None
-    kernels: dict[str, dict[Any, Any]] = {"torch": {}} | ({"int8 dot": {}} if dot else {})
-    for name, module in client.model.named_modules():
-        if type(module) is not _packed_class():
-            continue
+    model, blocks = client.model, cached_gguf_blocks(client.model, client.gguf, client._path)
+    tiles = model.dtype == torch.bfloat16 and cpu_has_bfloat16_tiles()
+    matmuls: dict[str, dict[Any, Any]] = {"torch": {}} | ({"int8 dot": {}} if int8_dot_missing() is None else {})
+    for name, module in model.named_modules():
         if f"{name}.codes" in blocks:
             q4_1 = tuple(blocks[f"{name}.{part}"] for part in ("codes", "scales", "minimums"))
-            kernels["torch"][module] = _q4_matmul(*q4_1)
-            if dot:
-                kernels["int8 dot"][module] = Int8DotMatmul.q4_1(*q4_1)
-        elif f"{name}.int8" in blocks:
+            matmuls["torch"][module] = _q4_matmul(*q4_1)
+            if "int8 dot" in matmuls:
+                matmuls["int8 dot"][module] = Int8DotMatmul.q4_1(*q4_1)
+        elif f"{name}.int8" in blocks and hasattr(module, "packed_matmul"):
             tiled = bfloat16_tiles_matmul(module.weight) if tiles else None
-            kernels["torch"][module] = tiled or _q8_matmul(blocks[f"{name}.int8"], blocks[f"{name}.row_scales"])
-            if dot:
+            matmuls["torch"][module] = tiled or _q8_matmul(blocks[f"{name}.int8"], blocks[f"{name}.row_scales"])
+            if "int8 dot" in matmuls:
                 q8_0 = blocks[f"{name}.q8_0_codes"], blocks[f"{name}.q8_0_scales"]
-                kernels["int8 dot"][module] = Int8DotMatmul.q8_0(*q8_0)
+                matmuls["int8 dot"][module] = Int8DotMatmul.q8_0(*q8_0)
+    kernels: dict[str, list[tuple[Any, str, Any]]] = {}
+    for kind, chosen in matmuls.items():
+        kernels[kind] = [(module, "packed_matmul", matmul) for module, matmul in chosen.items()]
+        joining = Int8DotMatmul if kind == "int8 dot" else Q4Matmul
+        for layer in model.model.layers:
+            for owner, parts in (
+                (layer.self_attn, ("q_proj", "k_proj", "v_proj")),
+                (layer.mlp, ("gate_proj", "up_proj")),
+            ):
+                joined = [chosen[getattr(owner, part)] for part in parts]
+                kernels[kind].append((owner, "_joined_matmul", (joined, joining.joined(joined))))
     return kernels
 
 
