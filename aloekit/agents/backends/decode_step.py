@@ -120,7 +120,8 @@ def _joined(owner: Any, modules: list[Any]) -> Callable[[Any], Any]:
     ``owner`` while the same packed weights are there), else one call each."""
     import torch
 
-    from aloekit.agents.backends.packed import Int8DotMatmul, Q4Matmul, _packed_class, in_bfloat16
+    from aloekit.agents.backends.int8_dot import Int8DotMatmul
+    from aloekit.agents.backends.packed import Q4Matmul, _packed_class, in_bfloat16
 
     matmuls = [getattr(module, "packed_matmul", None) for module in modules]
     kinds = {type(m) for m in matmuls}

@@ -1,14 +1,14 @@
 """Q4_1 and Q8_0 layers multiplied as llama.cpp multiplies them: int8 inputs, integer dot products (AVX-512 VNNI).
 
 torch's int4 kernel (``_weight_int4pack_mm_for_cpu``) turns the 4-bit codes back into floats for every 4 rows
-of the input, so its time grows with the rows: on 2 cores, SmolLM2's 120 Q4_1 products of 8 rows took 14-16 ms
-against 5 for one. llama.cpp rounds each input row to int8 per block of 32 and meets the codes in integer dot
-products; :file:`int8_dot.c` does that with VPDPBUSD, 7-8 ms for the same 8 rows (README, Hardware defaults),
-and with the file's own Q8_0 blocks for the output layer. torch ships no such kernel for CPUs and torchao's are
-not in its PyPI wheel, so aloekit compiles that file with the system's C compiler (``$CC``, else ``cc``) on
-first use, into the cache folder, and loads it with ``ctypes``. Where there is no compiler, no AVX-512 VNNI,
-no Linux on x86-64, or the compiled kernel fails its check, :func:`int8_dot_missing` says why and packed weights
-keep torch's kernels.
+of the input, so its time grows with the rows. llama.cpp rounds each input row to int8 per block of 32 and meets
+the codes in integer dot products; :file:`int8_dot.c` does that with VPDPBUSD, for Q4_1 layers and (with the
+file's own blocks) the Q8_0 output layer: on 2 cores a SmolLM2 decoding step's packed products took 8.4 ms for
+8 rows against 16.4 through torch's kernels (``benchmarks/bench_int8_dot.py``). torch ships no such kernel for
+CPUs and torchao's are not in its PyPI wheel, so aloekit compiles that file with the system's C compiler
+(``$CC``, else ``cc``) on first use, into the cache folder, and loads it with ``ctypes``. Where there is no
+compiler, no AVX-512 VNNI, no Linux on x86-64, or the compiled kernel fails its check, :func:`int8_dot_missing`
+says why and packed weights keep torch's kernels.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from __future__ import annotations
 import ctypes
 import functools
 import hashlib
-import logging
 import os
 import platform
 import shlex
@@ -28,8 +27,6 @@ from typing import Any
 import numpy as np
 
 from aloekit.cpu_thread import call_on_cpu_thread
-
-logger = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("int8_dot.c")
 GROUP, OUTPUTS_PER_GROUP = 32, 16

@@ -846,10 +846,11 @@ def resolve_compute(
 
 
 def resolve_q4_1_matmul(quiet: bool = False) -> str:
-    """How a packed model's Q4_1 layers (SmolLM2's others) multiply: ``int8 dot`` (their codes against the
-    input rounded to int8, as llama.cpp does, :class:`~aloekit.agents.backends.int8_dot.Int8DotMatmul`) where
-    this process has that kernel, else ``int4`` (torch's int4 kernel, in bfloat16; why is logged unless
-    ``quiet``). Their results differ, so a cached answer is served only to the same."""
+    """How a packed model's Q4_1 layers (all of SmolLM2's but its output layer) multiply: ``int8 dot`` (their
+    codes against the input rounded to int8, as llama.cpp does:
+    :class:`~aloekit.agents.backends.int8_dot.Int8DotMatmul`) where this process has that kernel, else ``int4``
+    (torch's int4 kernel, in bfloat16; why is logged unless ``quiet``). Their results differ, so a cached answer
+    is served only to the same."""
     if (missing := int8_dot_missing()) is None:
         return "int8 dot"
     if not quiet:
