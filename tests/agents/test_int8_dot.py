@@ -160,8 +160,10 @@ def test_pack_linears_takes_the_kernel_when_asked():
 @needs_dot
 def test_the_compiled_kernel_is_kept_and_found_again(monkeypatch, tmp_path, fresh_library):
     monkeypatch.setenv(local.CACHE_ENV, str(tmp_path))
+    (tmp_path / "kernels").mkdir()
+    (tmp_path / "kernels" / "int8_dot-0123456789abcdef.so").write_bytes(b"an earlier source's")
     assert int8_dot_missing() is None
-    (kept,) = (tmp_path / "kernels").iterdir()  # the library alone: no half-written file or scratch folder
+    (kept,) = (tmp_path / "kernels").iterdir()  # the library alone: no earlier one, half-written file or scratch
     assert kept.suffix == ".so" and kept.name.startswith("int8_dot-")
     written = kept.stat().st_mtime_ns
     int8_dot._library.cache_clear()

@@ -67,8 +67,8 @@ def _library() -> tuple[Any, str | None]:
 
 def _compiled(compiler: list[str], name: str) -> Any:
     """The kernel compiled by ``compiler`` and loaded: kept in the cache folder under ``name`` (written beside
-    its place and renamed, so a concurrent process never loads half a file), or, where that folder cannot be
-    written, in a temporary folder removed once loaded."""
+    its place and renamed, so a concurrent process never loads half a file; earlier ones removed), or, where that
+    folder cannot be written, in a temporary folder removed once loaded."""
     from aloekit.agents.backends.local import cache_dir
 
     folder = cache_dir() / "kernels"
@@ -86,6 +86,9 @@ def _compiled(compiler: list[str], name: str) -> Any:
         if Path(scratch).parent == folder:
             os.replace(built, folder / name)
             built = folder / name
+            for stale in folder.glob("int8_dot-*.so"):  # an earlier source's or compiler's: a process using one
+                if stale.name != name:  # keeps its mapping
+                    stale.unlink(missing_ok=True)
         return ctypes.CDLL(str(built))  # a loaded library outlives its file
 
 
