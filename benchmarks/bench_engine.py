@@ -120,32 +120,22 @@ async def aloekit_rates(
 
 def packed_kernels(client: Any) -> dict[str, list[tuple[Any, str, Any]]]:
     """For each kind of kernel (``torch``; ``int8 dot`` where this process has it), the attributes to set on
-    ``client``'s loaded model so that each packed layer multiplies through it (``packed_matmul``), from the blocks
-    cached beside the model, with the joined q/k/v and gate/up products the plain step keeps (``_joined_matmul``:
-    made here once, not again at each switch). torch's are its int4 kernel for Q4_1 layers and, for Q8_0 ones, the
-    AMX tiles for a bfloat16 model on a CPU with them (where their probe accepts them), else its int8 kernel."""
+    ``client``'s loaded model so that each packed layer multiplies through it (``packed_matmul``, chosen as a load
+    chooses it: :func:`~aloekit.agents.backends.packed.layer_matmul`), from the blocks cached beside the model,
+    with the joined q/k/v and gate/up products the plain step keeps (``_joined_matmul``: made here once, not again
+    at each switch)."""
     import torch
 
-    from aloekit.agents.backends.int8_dot import Int8DotMatmul, int8_dot_missing
-    from aloekit.agents.backends.packed import Q4Matmul, _q4_matmul, _q8_matmul, bfloat16_tiles_matmul
+    from aloekit.agents.backends.int8_dot import Int8DotMatmul
+    from aloekit.agents.backends.packed import Q4Matmul, layer_matmul
 
     model, blocks = client.model, cached_gguf_blocks(client.model, client.gguf, client._path)
     tiles = model.dtype == torch.bfloat16 and cpu_has_bfloat16_tiles()
-    matmuls: dict[str, dict[Any, Any]] = {"torch": {}} | ({"int8 dot": {}} if int8_dot_missing() is None else {})
-    for name, module in model.named_modules():
-        if f"{name}.codes" in blocks:
-            q4_1 = tuple(blocks[f"{name}.{part}"] for part in ("codes", "scales", "minimums"))
-            matmuls["torch"][module] = _q4_matmul(*q4_1)
-            if "int8 dot" in matmuls:
-                matmuls["int8 dot"][module] = Int8DotMatmul.q4_1(*q4_1)
-        elif f"{name}.int8" in blocks and hasattr(module, "packed_matmul"):
-            tiled = bfloat16_tiles_matmul(module.weight) if tiles else None
-            matmuls["torch"][module] = tiled or _q8_matmul(blocks[f"{name}.int8"], blocks[f"{name}.row_scales"])
-            if "int8 dot" in matmuls:
-                q8_0 = blocks[f"{name}.q8_0_codes"], blocks[f"{name}.q8_0_scales"]
-                matmuls["int8 dot"][module] = Int8DotMatmul.q8_0(*q8_0)
+    kinds = ["torch"] + (["int8 dot"] if int8_dot_missing() is None else [])
     kernels: dict[str, list[tuple[Any, str, Any]]] = {}
-    for kind, chosen in matmuls.items():
+    for kind in kinds:
+        chosen = {module: layer_matmul(name, module, blocks, tiles, int8_dot=kind == "int8 dot")
+                  for name, module in model.named_modules() if hasattr(module, "packed_matmul")}  # fmt: skip
         kernels[kind] = [(module, "packed_matmul", matmul) for module, matmul in chosen.items()]
         joining = Int8DotMatmul if kind == "int8 dot" else Q4Matmul
         for layer in model.model.layers:

@@ -17,7 +17,7 @@ import numpy as np
 
 from aloekit.agents.backends.int8_dot import Int8DotMatmul, int8_dot_missing
 from aloekit.agents.backends.local import cpu_has_bfloat16_tiles
-from aloekit.agents.backends.packed import _q4_matmul, _q8_matmul, bfloat16_tiles_matmul, per_row_int8
+from aloekit.agents.backends.packed import Q8Matmul, _q4_matmul, bfloat16_tiles_matmul, per_row_int8
 from aloekit.cpu_thread import call_on_cpu_thread
 
 LAYERS = 30
@@ -51,9 +51,8 @@ def measure(rows_list: list[int], repeats: int) -> dict[int, tuple[float, float]
     codes = rng.integers(-127, 128, OUTPUT_LAYER).astype(np.int8)
     scales = rng.uniform(0.001, 0.01, (outputs, features // 32)).astype(np.float16).astype(np.float32)
     weight = (codes.reshape(outputs, -1, 32) * scales[..., None]).reshape(OUTPUT_LAYER)
-    torch_head = (bfloat16_tiles_matmul(torch.from_numpy(weight)) if cpu_has_bfloat16_tiles() else None) or _q8_matmul(
-        *per_row_int8(weight)
-    )
+    tiles = bfloat16_tiles_matmul(torch.from_numpy(weight)) if cpu_has_bfloat16_tiles() else None
+    torch_head = tiles or Q8Matmul.from_codes(*per_row_int8(weight))
     kernels["int8 dot"].append((Int8DotMatmul.q8_0(codes, scales), features))
     kernels["torch"].append((torch_head, features))
     results = {}

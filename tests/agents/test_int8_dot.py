@@ -132,13 +132,31 @@ def test_shapes_the_kernel_refuses_leave_a_layer_float():
     assert packed.pack_linears(net, arrays, int8_dot=True) == 0
 
 
-def test_without_the_kernel_a_layer_asked_for_it_stays_float(monkeypatch, fresh_library):
+@needs_dot
+def test_a_q8_0_layer_the_kernel_refuses_takes_torch_s_int8_kernel():
+    """24 outputs are no multiple of 16: the int8 dot kernel refuses the layer, torch's int8 kernel takes it, and
+    the settings say so."""
+    weight = np.random.default_rng(0).normal(size=(24, 64)).astype(np.float32)
+    raw = quantize(weight, Q8_0)
+    q8_0_codes, q8_0_scales = packed._q8_0_blocks(raw)
+    row_codes, row_scales = packed.per_row_int8(dequantize(raw, Q8_0))
+    net = torch.nn.Sequential(torch.nn.Linear(64, 24, bias=False))
+    arrays = {"0.q8_0_codes": q8_0_codes, "0.q8_0_scales": q8_0_scales, "0.int8": row_codes, "0.row_scales": row_scales}
+    assert packed.pack_linears(net, arrays, int8_dot=True) == 1
+    assert isinstance(net[0].packed_matmul, packed.Q8Matmul)
+    assert packed.kernels_taken(net, arrays) == {"q8_0_matmul": "int8"}
+
+
+def test_without_the_kernel_a_layer_asked_for_it_stays_float(monkeypatch, tmp_path, fresh_library):
+    monkeypatch.setenv(local.CACHE_ENV, str(tmp_path))
     monkeypatch.setenv("CC", "false")
     codes, scales, minimums, _ = _blocks(16, 32)
     with pytest.raises(RuntimeError, match="no int8 dot kernel: could not compile"):
         Int8DotMatmul.q4_1(codes, scales, minimums)
     net = torch.nn.Sequential(torch.nn.Linear(32, 16, bias=False))
-    assert packed.pack_linears(net, {"0.codes": codes, "0.scales": scales, "0.minimums": minimums}, int8_dot=True) == 0
+    arrays = {"0.codes": codes, "0.scales": scales, "0.minimums": minimums}
+    assert packed.pack_linears(net, arrays, int8_dot=True) == 1  # torch's int4 kernel instead
+    assert packed.kernels_taken(net, arrays) == {"q4_1_matmul": "int4"}
 
 
 @needs_dot

@@ -51,7 +51,7 @@ def test_packed_kernels_multiply_as_the_float_weights():
     assert _relative_error(packed._q4_matmul(*packed._q4_1_blocks(raw))(x.bfloat16()), reference) < 0.01
     weight = dequantize(quantize(_weight(), Q8_0), Q8_0)
     reference = x @ torch.from_numpy(weight).T
-    assert _relative_error(packed._q8_matmul(*packed.per_row_int8(weight))(x.bfloat16()), reference) < 0.01
+    assert _relative_error(packed.Q8Matmul.from_codes(*packed.per_row_int8(weight))(x.bfloat16()), reference) < 0.01
 
 
 def _torch_before(version: str) -> bool:
@@ -94,10 +94,10 @@ def test_a_q8_0_layer_decodes_through_the_tiles_only_when_asked(monkeypatch, til
     if tiles and on_tiles:
         assert torch.equal(net(x), torch.nn.functional.linear(x, net[0].weight))  # its own weight
     else:
-        assert torch.equal(net(x)[:, 0], packed._q8_matmul(codes, row_scales)(x[:, 0]))  # the int8 kernel
+        assert torch.equal(net(x)[:, 0], packed.Q8Matmul.from_codes(codes, row_scales)(x[:, 0]))  # the int8 kernel
     monkeypatch.setattr(packed, "bfloat16_tiles_matmul", lambda weight: None)  # no oneDNN path: int8 again
     assert packed.pack_linears(net, {"0.int8": codes, "0.row_scales": row_scales}, tiles=tiles) == 1
-    assert torch.equal(net(x)[:, 0], packed._q8_matmul(codes, row_scales)(x[:, 0]))
+    assert torch.equal(net(x)[:, 0], packed.Q8Matmul.from_codes(codes, row_scales)(x[:, 0]))
 
 
 def test_only_decoding_steps_take_the_packed_kernel():
@@ -325,7 +325,7 @@ async def test_local_smollm2_decodes_packed_in_bfloat16():
     assert model.model.rotary_emb.inv_freq.dtype == torch.float32  # buffers as from_pretrained leaves them
     x, head = torch.randn(3, 576).bfloat16(), model.lm_head
     blocks = packed.cached_gguf_blocks(model, local.find_smollm2_gguf(), client._path)  # read back from the cache
-    int8 = packed._q8_matmul(blocks["lm_head.int8"], blocks["lm_head.row_scales"])
+    int8 = packed.Q8Matmul.from_codes(blocks["lm_head.int8"], blocks["lm_head.row_scales"])
     # the Q8_0 output layer: its own bfloat16 weight where the CPU has AMX tiles and the probe found them equal
     # to linear row by row in any batch (torch 2.13), else the int8 kernel; the compute settings say which
     # the Q4_1 layers: the compiled int8 dot kernel where this process has it, else torch's int4 kernel
@@ -407,12 +407,13 @@ def test_unreadable_blocks_decode_in_float_unless_packed_was_asked(monkeypatch, 
 @pytest.mark.parametrize(
     ("dtype", "cpu_tiles", "dot_missing", "head", "predicted", "q8_0_matmul"),
     [("bfloat16", True, None, "int8 dot", "int8 dot", "int8 dot"),
-     ("bfloat16", True, None, "int8", "int8 dot", "int8"),  # the cache had no Q8_0 blocks: torch's int8 kernel
+     ("bfloat16", True, None, "bfloat16 tiles", "int8 dot", "bfloat16 tiles"),  # the int8 dot kernel refused it
+     ("bfloat16", False, None, "int8", "int8 dot", "int8"),  # the cache had no Q8_0 blocks: torch's int8 kernel
      ("bfloat16", True, None, None, "int8 dot", "int8 dot"),  # None: the file has no Q8_0 layer
      ("bfloat16", True, "no cc", "bfloat16 tiles", "bfloat16 tiles", "bfloat16 tiles"),
      ("bfloat16", True, "no cc", "int8", "bfloat16 tiles", "int8"),  # the tiles' probe refused them
      ("bfloat16", False, "no cc", "int8", "int8", "int8"), ("float32", True, "no cc", "int8", "int8", "int8"),
-     ("bfloat16", True, "no cc", None, "bfloat16 tiles", "int8")],
+     ("bfloat16", True, "no cc", None, "bfloat16 tiles", "bfloat16 tiles")],
 )  # fmt: skip
 def test_the_compute_settings_say_which_kernels_the_packed_layers_took(
     monkeypatch, tiny_model_dir, tmp_path, dtype, cpu_tiles, dot_missing, head, predicted, q8_0_matmul
@@ -420,15 +421,18 @@ def test_the_compute_settings_say_which_kernels_the_packed_layers_took(
     """The compute settings (which the response cache keys on and the run config records) predict the packed
     layers' kernels before the load and say after it which they took: the compiled int8 dot kernel for Q4_1
     and Q8_0 layers where this process has it, else torch's int4 kernel, and for the Q8_0 layers the AMX tiles
-    (a bfloat16 model on a CPU with them) or torch's int8 kernel where the tiles fell back."""
+    (a bfloat16 model on a CPU with them) or torch's int8 kernel where a kernel before them refused the layer; a
+    kind of layer the file lacks keeps the prediction."""
     from aloekit.agents.backends import TransformersChatClient
 
     asked = []
-    took = {"int8 dot": object.__new__(Int8DotMatmul), "bfloat16 tiles": packed.BFloat16TilesMatmul(None), "int8": len}
+    took = {"int8 dot": object.__new__(Int8DotMatmul), "bfloat16 tiles": packed.BFloat16TilesMatmul(None),
+            "int8": packed.Q8Matmul(None, None)}  # fmt: skip
 
     def pack(model, arrays, skip, tiles, int8_dot):
         asked.append((tiles, int8_dot))
-        model.model.layers[0].mlp.up_proj.packed_matmul = packed.Q4Matmul(None, None)
+        up = object.__new__(Int8DotMatmul) if int8_dot else packed.Q4Matmul(None, None)
+        model.model.layers[0].mlp.up_proj.packed_matmul = up
         if head is not None:
             model.lm_head.packed_matmul = took[head]
         return 1 if head is None else 2
@@ -436,15 +440,27 @@ def test_the_compute_settings_say_which_kernels_the_packed_layers_took(
     monkeypatch.setattr(local, "packed_kernels_missing", lambda: None)
     monkeypatch.setattr(local, "int8_dot_missing", lambda: dot_missing)
     monkeypatch.setattr(local, "cpu_has_bfloat16_tiles", lambda: cpu_tiles)
-    monkeypatch.setattr(local, "cached_gguf_blocks", lambda model, gguf, folder: {"lm_head.int8": None})
+    blocks = {"lm_head.int8": None, "model.layers.0.mlp.up_proj.codes": None}
+    monkeypatch.setattr(local, "cached_gguf_blocks", lambda model, gguf, folder: blocks)
     monkeypatch.setattr(local, "pack_linears", pack)
     client = TransformersChatClient(tiny_model_dir, device="cpu", gguf=tmp_path / "x.gguf", dtype=dtype)
     q4_1 = "int8 dot" if dot_missing is None else "int4"
     settings = {"engine": "static", "dtype": dtype, "weights": "packed", "q4_1_matmul": q4_1}
     assert client.compute_settings() == settings | {"q8_0_matmul": predicted}
     client.load()
-    assert asked == [(predicted == "bfloat16 tiles", dot_missing is None)]
+    assert asked == [(dtype == "bfloat16" and cpu_tiles, dot_missing is None)]
     assert client.compute_settings() == settings | {"q8_0_matmul": q8_0_matmul}
+
+
+def test_kernels_taken_names_each_kind_s_kernels():
+    """Layers of one kind on several kernels are all named, so the settings never claim one kernel for all."""
+    net = torch.nn.Sequential(*(torch.nn.Linear(4, 4) for _ in range(4)))
+    dot = object.__new__(Int8DotMatmul)
+    for layer, matmul in zip(net, (packed.Q4Matmul(None, None), dot, packed.Q8Matmul(None, None), dot), strict=True):
+        layer.packed_matmul = matmul
+    arrays = {"0.codes": None, "1.codes": None, "2.int8": None}  # layer 3 has no blocks: not counted
+    assert packed.kernels_taken(net, arrays) == {"q4_1_matmul": "int4 + int8 dot", "q8_0_matmul": "int8"}
+    assert packed.kernels_taken(torch.nn.Sequential(torch.nn.Linear(4, 4)), arrays) == {}
 
 
 @pytest.mark.parametrize("cached", [False, True])

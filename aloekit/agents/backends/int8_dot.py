@@ -135,6 +135,8 @@ class Int8DotMatmul:
     [rows, K], the result bfloat16 [rows, N]. Holds the codes in the kernel's layout (:file:`int8_dot.c`) and the
     float16 scales (and Q4_1's minimums)."""
 
+    kernel = "int8 dot"
+
     def __init__(self, bits: int, packed: Any, scales: Any, minimums: Any = None, library: Any = None) -> None:
         self.bits, self.packed, self.scales, self.minimums = bits, packed, scales, minimums
         self.outputs, self.inputs = scales.shape[0] * OUTPUTS_PER_GROUP, scales.shape[1] * GROUP

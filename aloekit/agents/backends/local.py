@@ -39,14 +39,14 @@ from aloekit.agents.backends.continuous import ContinuousEngine, EngineTimeout, 
 from aloekit.agents.backends.decode_step import base_model, plain_decoding_steps
 from aloekit.agents.backends.digests import DIGEST_HEX, file_digest, folder_digest
 from aloekit.agents.backends.files import read_json_file
-from aloekit.agents.backends.int8_dot import Int8DotMatmul, int8_dot_missing
+from aloekit.agents.backends.int8_dot import int8_dot_missing
 from aloekit.agents.backends.kvcache import growing_cache
 from aloekit.agents.backends.managed import GenerationTimeout
 from aloekit.agents.backends.messages import conform, to_dicts
 from aloekit.agents.backends.packed import (
-    BFloat16TilesMatmul,
     blocks_cached,
     cached_gguf_blocks,
+    kernels_taken,
     pack_linears,
     packed_kernels_missing,
 )
@@ -480,10 +480,11 @@ class TransformersChatClient(ChatCompletionClient):
     def _pack(self, model: Any, settings: dict[str, str]) -> None:
         """Pack ``model``'s layers with the GGUF's blocks (:mod:`~aloekit.agents.backends.packed`) for computing in
         ``settings["dtype"]``, leaving float the layers an adapter trains in full (its ``modules_to_save``), and
-        make ``settings`` say what was done: ``float`` weights where none could be packed, ``bfloat16 tiles``
-        where a Q8_0 layer took them, else ``int8`` (the tiles' probe refused them, as with torch 2.11, or
-        the file has no Q8_0 layer), or ``int8 dot``; Q4_1 layers take the kernel ``settings["q4_1_matmul"]``
-        names. Under ``auto`` a file without usable blocks, or one that cannot be read, decodes in float quietly."""
+        make ``settings`` say what was done: ``float`` weights where none could be packed, else the kernels the
+        layers took (:func:`~aloekit.agents.backends.packed.layer_matmul`: the int8 dot kernel where
+        ``settings["q4_1_matmul"]`` names it, and for a Q8_0 layer the tiles before torch's int8 kernel for a
+        bfloat16 model on a CPU with them; each layer takes the first that accepts it). Under ``auto`` a file
+        without usable blocks, or one that cannot be read, decodes in float quietly."""
         assert self.gguf is not None and self._path is not None
         saved = read_json_file(self.adapter_path / ADAPTER_CONFIG, self.name) if self.adapter_path else {}
         try:
@@ -494,7 +495,7 @@ class TransformersChatClient(ChatCompletionClient):
                 raise
             logger.info("%s: decoding in float", self.name, exc_info=True)
             blocks = None
-        tiles = settings["q8_0_matmul"] == "bfloat16 tiles"
+        tiles = settings["dtype"] == "bfloat16" and cpu_has_bfloat16_tiles()
         skip = tuple(saved.get("modules_to_save") or ())
         int8_dot = settings["q4_1_matmul"] == "int8 dot"
         if blocks is None or not pack_linears(model, blocks, skip=skip, tiles=tiles, int8_dot=int8_dot):
@@ -504,10 +505,7 @@ class TransformersChatClient(ChatCompletionClient):
             settings["weights"] = "float"
             del settings["q8_0_matmul"], settings["q4_1_matmul"]
             return
-        q8_0 = {type(m.packed_matmul) for name, m in model.named_modules()
-                if f"{name}.int8" in blocks and hasattr(m, "packed_matmul")}  # fmt: skip
-        settings["q8_0_matmul"] = ("int8 dot" if Int8DotMatmul in q8_0 or int8_dot and not q8_0
-                                   else "bfloat16 tiles" if BFloat16TilesMatmul in q8_0 else "int8")  # fmt: skip
+        settings.update(kernels_taken(model, blocks))  # a layer a kernel refused took the next one
 
     def _target_device(self) -> str:
         """The device the model is (or will be) on: the one given, else CUDA when present, else the CPU."""

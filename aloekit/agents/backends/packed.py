@@ -60,7 +60,7 @@ def _probe_packed_kernels() -> str | None:
     try:
         ones = np.ones((rows, 1), np.float32)
         _q4_matmul(np.zeros((rows, GROUP), np.uint8), ones, ones)(x)
-        _q8_matmul(np.ones((rows, GROUP), np.int8), np.ones(rows, np.float32))(x)
+        Q8Matmul.from_codes(np.ones((rows, GROUP), np.int8), np.ones(rows, np.float32))(x)
     except (RuntimeError, NotImplementedError) as exc:
         detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         return f"torch's CPU int4/int8 kernels failed: {detail}"
@@ -97,6 +97,8 @@ def in_bfloat16(matmul: Callable[[Any], Any], x: Any) -> Any:
 class Q4Matmul:
     """torch's int4 kernel over one packed weight ([N, K/2] codes, [K/32, N, 2] bfloat16 scales and zeros)."""
 
+    kernel = "int4"
+
     def __init__(self, packed: Any, scale_zero: Any) -> None:
         self.packed, self.scale_zero = packed, scale_zero
 
@@ -118,12 +120,25 @@ class Q4Matmul:
         return joined if torch.equal(joined(probe), torch.cat([p(probe) for p in parts], dim=-1)) else None
 
 
-def _q8_matmul(codes: np.ndarray, row_scales: np.ndarray) -> Callable[[Any], Any]:
-    """``x @ W.T`` for ``W = row_scale * code``: codes int8 [N, K], row scales [N]."""
-    import torch
+class Q8Matmul:
+    """torch's int8 kernel over one weight ``W = row_scale * code``: codes int8 [N, K], row scales bfloat16 [N]."""
 
-    codes_t, scales_bf16 = torch.from_numpy(codes), torch.from_numpy(row_scales).to(torch.bfloat16)
-    return lambda x: torch.ops.aten._weight_int8pack_mm(x, codes_t, scales_bf16)
+    kernel = "int8"
+
+    def __init__(self, codes: Any, row_scales: Any) -> None:
+        self.codes, self.row_scales = codes, row_scales
+
+    @classmethod
+    def from_codes(cls, codes: np.ndarray, row_scales: np.ndarray) -> Q8Matmul:
+        """From numpy codes [N, K] and float32 row scales [N]."""
+        import torch
+
+        return cls(torch.from_numpy(codes), torch.from_numpy(row_scales).to(torch.bfloat16))
+
+    def __call__(self, x: Any) -> Any:
+        import torch
+
+        return torch.ops.aten._weight_int8pack_mm(x, self.codes, self.row_scales)
 
 
 TILES_ROWS, TILES_MIN_INPUTS = 32, 64
@@ -135,6 +150,8 @@ many rows share its batch."""
 class BFloat16TilesMatmul:
     """``x @ W.T`` for a bfloat16 ``W`` reordered once for the CPU's matrix units, :data:`TILES_ROWS` rows per
     oneDNN call (:func:`bfloat16_tiles_matmul` makes and checks one)."""
+
+    kernel = "bfloat16 tiles"
 
     def __init__(self, reordered: Any) -> None:
         self.reordered = reordered
@@ -285,47 +302,75 @@ def cached_gguf_blocks(model: Any, gguf: Path, folder: Path) -> dict[str, np.nda
 def pack_linears(
     model: Any, arrays: dict[str, np.ndarray], skip: tuple[str, ...] = (), tiles: bool = False, int8_dot: bool = False
 ) -> int:
-    """Send the decoding steps of each layer named in ``arrays`` through its packed kernel; returns how many.
-    A layer whose shape the kernels refuse (the int4 one wants rows in multiples of 16) or whose arrays are
-    not its shape (a cache left by another model) stays float, as does one named in ``skip`` or ending in
-    ``.NAME`` for a NAME there (an adapter's ``modules_to_save``: peft trains a copy of those, whose weights
-    the packed blocks are not). With ``tiles`` (a bfloat16 model on a CPU with AMX tiles), a Q8_0 layer
-    decodes with its own weight in bfloat16, reordered for the tiles (:func:`bfloat16_tiles_matmul`), instead
-    of the int8 kernel, whose time grows with the rows. SmolLM2's output layer alone: 1.44 against 1.04 ms for
-    one row, 1.51 against 3.55 for 8; a whole decoding step: within 2% for one row, 10-14% faster for 8. With
-    ``int8_dot`` (where :func:`~aloekit.agents.backends.int8_dot.int8_dot_missing` is None), a Q4_1 layer, and
-    a Q8_0 layer whose own blocks are in ``arrays``, multiply through
-    :class:`~aloekit.agents.backends.int8_dot.Int8DotMatmul` instead (faster than either for SmolLM2's output
-    layer: single streams 1.2x as fast in a whole step, README, Hardware defaults)."""
-    import torch
-
+    """Send the decoding steps of each layer named in ``arrays`` through its packed kernel
+    (:func:`layer_matmul`); returns how many. A layer no kernel takes stays float, as does one named in ``skip``
+    or ending in ``.NAME`` for a NAME there (an adapter's ``modules_to_save``: peft trains a copy of those, whose
+    weights the packed blocks are not)."""
     packed = 0
     for name, module in model.named_modules():
         if any(name == kept or name.endswith(f".{kept}") for kept in skip):
             continue
+        if (matmul := layer_matmul(name, module, arrays, tiles, int8_dot)) is not None:
+            module.__class__, module.packed_matmul = _packed_class(), matmul
+            packed += 1
+    return packed
+
+
+def layer_matmul(
+    name: str, module: Any, arrays: dict[str, np.ndarray], tiles: bool = False, int8_dot: bool = False
+) -> Callable[[Any], Any] | None:
+    """The kernel layer ``name`` decodes with: the first of its kernels that takes its shape and gives its
+    outputs, None where it has no blocks in ``arrays`` or every kernel refuses it (the int4 one wants outputs in
+    multiples of 16; a cache left by another model holds other shapes). A Q4_1 layer: the int8 dot kernel
+    (where ``int8_dot``: :func:`~aloekit.agents.backends.int8_dot.int8_dot_missing` is None), else torch's int4
+    kernel. A Q8_0 layer: the int8 dot kernel on its own blocks (where ``int8_dot`` and they are in
+    ``arrays``); with ``tiles`` (a bfloat16 model on a CPU with AMX tiles), its own weight in bfloat16 reordered
+    for the tiles (:func:`bfloat16_tiles_matmul`), as the int8 kernel's time grows with the rows (SmolLM2's
+    output layer: 1.44 against 1.04 ms for one row, 1.51 against 3.55 for 8; a whole decoding step within 2%
+    for one row, 10-14% faster for 8); else torch's int8 kernel."""
+    import torch
+
+    kernels: list[tuple[str, Callable[[], Any]]] = []
+    if f"{name}.codes" in arrays:
+        q4_1 = arrays[f"{name}.codes"], arrays[f"{name}.scales"], arrays[f"{name}.minimums"]
+        if int8_dot:
+            kernels.append(("the int8 dot kernel", lambda: Int8DotMatmul.q4_1(*q4_1)))
+        kernels.append(("the int4 kernel", lambda: _q4_matmul(*q4_1)))
+    elif f"{name}.int8" in arrays:
+        if int8_dot and f"{name}.q8_0_codes" in arrays:
+            q8_0 = arrays[f"{name}.q8_0_codes"], arrays[f"{name}.q8_0_scales"]
+            kernels.append(("the int8 dot kernel", lambda: Int8DotMatmul.q8_0(*q8_0)))
+        if tiles:
+            kernels.append(("the bfloat16 tiles", lambda: bfloat16_tiles_matmul(module.weight)))
+        kernels.append(("the int8 kernel", lambda: Q8Matmul.from_codes(arrays[f"{name}.int8"],
+                                                                         arrays[f"{name}.row_scales"])))  # fmt: skip
+    for kernel, make in kernels:
         try:
-            if f"{name}.codes" in arrays:
-                blocks = arrays[f"{name}.codes"], arrays[f"{name}.scales"], arrays[f"{name}.minimums"]
-                matmul = Int8DotMatmul.q4_1(*blocks) if int8_dot else _q4_matmul(*blocks)
-            elif int8_dot and f"{name}.q8_0_codes" in arrays:
-                matmul = Int8DotMatmul.q8_0(arrays[f"{name}.q8_0_codes"], arrays[f"{name}.q8_0_scales"])
-            elif f"{name}.int8" in arrays:
-                matmul = bfloat16_tiles_matmul(module.weight) if tiles else None
-                if matmul is None:
-                    if tiles:
-                        logger.info("%s decodes with the int8 kernel: no oneDNN bfloat16 path equal to linear", name)
-                    matmul = _q8_matmul(arrays[f"{name}.int8"], arrays[f"{name}.row_scales"])
-            else:
-                continue
+            if (matmul := make()) is None:
+                raise RuntimeError("no oneDNN bfloat16 path equal to linear")
             out = matmul(torch.zeros(1, module.in_features, dtype=torch.bfloat16))
             if out.shape[-1] != module.out_features:
                 raise RuntimeError(f"{out.shape[-1]} outputs, not {module.out_features}")
+            return matmul
         except RuntimeError as exc:
-            logger.info("%s stays float: %s", name, str(exc).strip().splitlines()[0] if str(exc).strip() else exc)
+            logger.info("%s: not %s: %s", name, kernel, str(exc).strip().splitlines()[0] if str(exc).strip() else exc)
+    if kernels:
+        logger.info("%s stays float: no packed kernel takes it", name)
+    return None
+
+
+def kernels_taken(model: Any, arrays: dict[str, np.ndarray]) -> dict[str, str]:
+    """Which kernels ``model``'s packed layers took, as the compute settings name them: ``q4_1_matmul`` for the
+    layers with Q4_1 blocks in ``arrays``, ``q8_0_matmul`` for those with Q8_0 ones (several joined by `` + ``;
+    a kind with no packed layer is left out)."""
+    taken: dict[str, set[str]] = {}
+    for name, module in model.named_modules():
+        if (matmul := getattr(module, "packed_matmul", None)) is None:
             continue
-        module.__class__, module.packed_matmul = _packed_class(), matmul
-        packed += 1
-    return packed
+        kind = "q4_1_matmul" if f"{name}.codes" in arrays else "q8_0_matmul" if f"{name}.int8" in arrays else None
+        if kind:
+            taken.setdefault(kind, set()).add(matmul.kernel)
+    return {kind: " + ".join(sorted(names)) for kind, names in taken.items()}
 
 
 @functools.cache
