@@ -4,6 +4,10 @@ joined products, the shapes it refuses, its compiled file cached, and torch's ke
 from __future__ import annotations
 
 import ctypes
+import os
+import shutil
+import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
@@ -97,11 +101,12 @@ def test_a_row_is_the_same_alone_and_in_any_batch(kind):
 
 @needs_dot
 @pytest.mark.parametrize("kind", KINDS)
-def test_a_nan_input_makes_its_row_nan_and_no_other(kind):
-    """A float product carries a NaN through; rounding to int8 must not turn it into a number."""
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
+def test_a_nan_or_infinite_input_makes_its_row_nan_and_no_other(kind, value):
+    """A float product carries a NaN or an infinity through; rounding to int8 must not turn it into a number."""
     matmul, x = _weight(kind, 32, 64)[0], _input(3, 64)
     poisoned = x.clone()
-    poisoned[1, 40] = float("nan")
+    poisoned[1, 40] = value
     out = matmul(poisoned)
     assert out[1].isnan().all() and torch.equal(out[[0, 2]], matmul(x)[[0, 2]])
 
@@ -177,17 +182,51 @@ def test_pack_linears_takes_the_kernel_when_asked():
 
 @needs_dot
 def test_the_compiled_kernel_is_kept_and_found_again(monkeypatch, tmp_path, fresh_library):
+    """Compiled once into the cache folder; found again, marked used; other kernels removed only once unused for
+    a month (another source's or compiler's, which a process sharing the cache may be using)."""
     monkeypatch.setenv(local.CACHE_ENV, str(tmp_path))
-    (tmp_path / "kernels").mkdir()
-    (tmp_path / "kernels" / "int8_dot-0123456789abcdef.so").write_bytes(b"an earlier source's")
+    folder, month_ago = tmp_path / "kernels", time.time() - int8_dot.UNUSED_S - 60
+    folder.mkdir()
+    for name in ("int8_dot-0000000000000000.so", "int8_dot-1111111111111111.so"):
+        (folder / name).write_bytes(b"another source's")
+    os.utime(folder / "int8_dot-0000000000000000.so", (month_ago, month_ago))
     assert int8_dot_missing() is None
-    (kept,) = (tmp_path / "kernels").iterdir()  # the library alone: no earlier one, half-written file or scratch
-    assert kept.suffix == ".so" and kept.name.startswith("int8_dot-")
-    written = kept.stat().st_mtime_ns
+    kept = {path.name for path in folder.iterdir()}  # no half-written file or scratch folder either
+    assert "int8_dot-0000000000000000.so" not in kept and "int8_dot-1111111111111111.so" in kept and len(kept) == 2
+    (ours,) = kept - {"int8_dot-1111111111111111.so"}
+    written = (folder / ours).stat().st_ino
+    os.utime(folder / ours, (month_ago, month_ago))
     int8_dot._library.cache_clear()
     compiled = []
     monkeypatch.setattr(int8_dot.subprocess, "run", lambda *a, **k: compiled.append(a))
-    assert int8_dot_missing() is None and not compiled and kept.stat().st_mtime_ns == written
+    assert int8_dot_missing() is None and not compiled
+    assert (folder / ours).stat().st_ino == written and (folder / ours).stat().st_mtime > month_ago + 60
+
+
+@needs_dot
+def test_a_cached_kernel_that_cannot_be_loaded_is_compiled_again(monkeypatch, tmp_path, fresh_library):
+    monkeypatch.setenv(local.CACHE_ENV, str(tmp_path))
+    monkeypatch.delenv("CC", raising=False)
+    ours = tmp_path / "kernels" / int8_dot.kernel_name(["cc"])
+    ours.parent.mkdir()
+    ours.write_bytes(b"damaged")
+    assert int8_dot_missing() is None and ours.read_bytes()[:4] == b"\x7fELF"
+
+
+@needs_dot
+def test_the_kernel_runs_on_torch_s_openmp_runtime():
+    """One OpenMP runtime in the process (torch's), so the kernel's threads are torch's team, not a second pool."""
+    assert len(int8_dot._openmp_runtimes()) == 1
+
+
+def test_a_compiler_s_first_error_line_is_the_reason():
+    said = "/x/int8_dot.c: In function 'quantize':\n/x/int8_dot.c:40:5: error: unknown type\n   40 | foo\n"
+    assert int8_dot._compile_error(subprocess.CalledProcessError(1, ["cc"], stderr=said)) == (
+        "/x/int8_dot.c:40:5: error: unknown type"
+    )
+    assert int8_dot._compile_error(subprocess.TimeoutExpired(["cc", "/x"], 300, stderr=b"")) == "no result after 300 s"
+    assert int8_dot._compile_error(subprocess.TimeoutExpired(["cc"], 300, stderr=b"cc1: error: x\n")) == "cc1: error: x"
+    assert int8_dot._compile_error(subprocess.CalledProcessError(1, ["cc"], stderr="")) == "exit status 1"
 
 
 @needs_dot
@@ -206,6 +245,8 @@ def test_an_unwritable_cache_compiles_in_a_temporary_folder(monkeypatch, tmp_pat
      ("missing", r"could not compile int8_dot\.c with no-such-cc-here: .*No such file.*"),
      ("platform", "the int8 dot kernel is for Linux on x86-64, not Darwin on arm64"),
      ("cpu", "this CPU lacks AVX-512 VNNI"),
+     ("load", r"could not load the compiled int8_dot\.c: libgomp\.so\.1: cannot open shared object file"),
+     ("openmp", r"the compiled kernel loaded an OpenMP runtime torch does not use \(libomp\.so\.5\)"),
      ("check", "the compiled int8 dot kernel failed its check: its results are not the reference's")],
 )  # fmt: skip
 def test_where_the_kernel_cannot_run_packed_layers_keep_torch_s_kernel(
@@ -219,6 +260,15 @@ def test_where_the_kernel_cannot_run_packed_layers_keep_torch_s_kernel(
     elif setting == "platform":
         monkeypatch.setattr(int8_dot.platform, "system", lambda: "Darwin")
         monkeypatch.setattr(int8_dot.platform, "machine", lambda: "arm64")
+    elif setting in ("load", "openmp"):
+        if shutil.which("cc") is None:
+            pytest.skip("needs a C compiler")
+        if setting == "load":
+            monkeypatch.setattr(int8_dot, "_load", lambda path: (_ for _ in ()).throw(
+                int8_dot._NotLoaded("libgomp.so.1: cannot open shared object file")))  # fmt: skip
+        else:
+            mapped = iter([{"/torch/lib/libgomp.so.1"}, {"/torch/lib/libgomp.so.1", "/usr/lib/libomp.so.5"}])
+            monkeypatch.setattr(int8_dot, "_openmp_runtimes", lambda: next(mapped))
     elif setting == "cpu":
         if int8_dot_missing() is not None:
             pytest.skip(f"needs the kernel compiled: {int8_dot_missing()}")

@@ -16,9 +16,18 @@
 #include <omp.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 
 #define KERNEL __attribute__((target("avx512f,avx512bw,avx512vnni,f16c,fma")))
 #define MAX_ROWS 8 /* rows multiplied together: their accumulators and the weights' 8 registers fit in 32 */
+
+/* Four of x's int8 codes as one int32, broadcast against a register of weights by VPDPBUSD. */
+static inline int32_t four_codes(const int8_t *codes)
+{
+    int32_t word;
+    memcpy(&word, codes, sizeof word);
+    return word;
+}
 
 int int8_dot_supported(void)
 {
@@ -42,8 +51,9 @@ KERNEL static void quantize(int rows, int k, const uint16_t *x, int8_t *codes, f
                 v[h] = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
             }
             float most = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(v[0]), _mm512_abs_ps(v[1])));
-            if (_mm512_cmp_ps_mask(v[0], v[0], _CMP_UNORD_Q) | _mm512_cmp_ps_mask(v[1], v[1], _CMP_UNORD_Q))
-                most = NAN; /* max drops NaNs: a NaN input must make the row's results NaN, as a float product's */
+            if (_mm512_cmp_ps_mask(v[0], v[0], _CMP_UNORD_Q) | _mm512_cmp_ps_mask(v[1], v[1], _CMP_UNORD_Q)
+                || isinf(most))
+                most = NAN; /* int8 codes hold no NaN or infinity (max drops NaNs): the row's results become NaN */
             __m512 inverse = _mm512_set1_ps(most > 0 ? 127.0f / most : 0.0f);
             __m512i q0 = _mm512_cvtps_epi32(_mm512_mul_ps(v[0], inverse));
             __m512i q1 = _mm512_cvtps_epi32(_mm512_mul_ps(v[1], inverse));
@@ -86,9 +96,10 @@ KERNEL static inline __attribute__((always_inline)) void group4(
         __m512 scale = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(sg + (size_t)b * 16)));
         __m512 minimum = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(mg + (size_t)b * 16)));
         for (int r = 0; r < rows; r++) {
-            const int32_t *xr = (const int32_t *)(codes + (size_t)r * k + (size_t)b * 32);
+            const int8_t *xr = codes + (size_t)r * k + (size_t)b * 32;
             __m512i dot = _mm512_setzero_si512();
-            for (int j = 0; j < 8; j++) dot = _mm512_dpbusd_epi32(dot, wv[j], _mm512_set1_epi32(xr[j]));
+            for (int j = 0; j < 8; j++)
+                dot = _mm512_dpbusd_epi32(dot, wv[j], _mm512_set1_epi32(four_codes(xr + 4 * j)));
             __m512 both_scales = _mm512_mul_ps(scale, _mm512_set1_ps(scales[r * blocks + b]));
             acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), both_scales, acc[r]);
             acc[r] = _mm512_fmadd_ps(minimum, _mm512_set1_ps(sums[r * blocks + b]), acc[r]);
@@ -111,9 +122,10 @@ KERNEL static inline __attribute__((always_inline)) void group8(
         for (int j = 0; j < 8; j++) wv[j] = _mm512_loadu_si512(wg + (size_t)b * 512 + j * 64);
         __m512 scale = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(sg + (size_t)b * 16)));
         for (int r = 0; r < rows; r++) {
-            const int32_t *xr = (const int32_t *)(codes + (size_t)r * k + (size_t)b * 32);
+            const int8_t *xr = codes + (size_t)r * k + (size_t)b * 32;
             __m512i dot = _mm512_setzero_si512();
-            for (int j = 0; j < 8; j++) dot = _mm512_dpbusd_epi32(dot, wv[j], _mm512_set1_epi32(xr[j]));
+            for (int j = 0; j < 8; j++)
+                dot = _mm512_dpbusd_epi32(dot, wv[j], _mm512_set1_epi32(four_codes(xr + 4 * j)));
             dot = _mm512_sub_epi32(dot, _mm512_set1_epi32(128 * code_sums[r * blocks + b]));
             __m512 both_scales = _mm512_mul_ps(scale, _mm512_set1_ps(scales[r * blocks + b]));
             acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), both_scales, acc[r]);

@@ -13,14 +13,17 @@ says why and packed weights keep torch's kernels.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import hashlib
 import os
 import platform
+import re
 import shlex
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +32,7 @@ import numpy as np
 from aloekit.cpu_thread import call_on_cpu_thread
 
 SOURCE = Path(__file__).with_name("int8_dot.c")
-GROUP, OUTPUTS_PER_GROUP = 32, 16
+BLOCK, OUTPUTS_PER_GROUP = 32, 16
 """Inputs per Q4_1 or Q8_0 block; outputs the kernel computes together (a product's outputs come in multiples of
 it)."""
 
@@ -37,6 +40,12 @@ it)."""
 def int8_dot_missing() -> str | None:
     """Why this process cannot multiply packed layers with :class:`Int8DotMatmul` (None when it can)."""
     return _library()[1]
+
+
+FLAGS = ("-O3", "-fopenmp", "-shared", "-fPIC")
+UNUSED_S = 30 * 86400
+"""A compiled kernel no process has loaded for this long (another source's or compiler's) is removed."""
+OPENMP_RUNTIME = re.compile(r"/lib(?:g|i)?omp[^/]*\.so")
 
 
 @functools.cache
@@ -47,14 +56,16 @@ def _library() -> tuple[Any, str | None]:
     import torch  # first: the kernel's OpenMP is then torch's own libgomp, already loaded, so one thread team
 
     compiler = shlex.split(os.environ.get("CC") or "cc")
-    source = SOURCE.read_bytes()
-    name = f"int8_dot-{hashlib.sha256(source + repr(compiler).encode()).hexdigest()[:16]}.so"
+    runtimes = _openmp_runtimes()
     try:
-        library = _compiled(compiler, name)
+        library = _compiled(compiler, kernel_name(compiler))
     except (OSError, subprocess.SubprocessError) as exc:
-        said = (getattr(exc, "stderr", None) or "").strip().splitlines()
-        detail = said[0] if said else f"exit status {exc.returncode}" if hasattr(exc, "returncode") else str(exc)
-        return None, f"could not compile {SOURCE.name} with {shlex.join(compiler)}: {detail}"
+        return None, f"could not compile {SOURCE.name} with {shlex.join(compiler)}: {_compile_error(exc)}"
+    except _NotLoaded as exc:
+        return None, f"could not load the compiled {SOURCE.name}: {exc}"
+    if added := _openmp_runtimes() - runtimes:  # two thread pools would fight over the cores
+        names = ", ".join(sorted(Path(path).name for path in added))
+        return None, f"the compiled kernel loaded an OpenMP runtime torch does not use ({names})"
     if not library.int8_dot_supported():
         return None, "this CPU lacks AVX-512 VNNI"
     int_, pointer = ctypes.c_int, ctypes.c_void_p
@@ -65,15 +76,36 @@ def _library() -> tuple[Any, str | None]:
     return library, None
 
 
+def kernel_name(compiler: list[str]) -> str:
+    """The compiled kernel's file name: a hash of the source, the compiler and its flags."""
+    return f"int8_dot-{hashlib.sha256(SOURCE.read_bytes() + repr([*compiler, *FLAGS]).encode()).hexdigest()[:16]}.so"
+
+
+class _NotLoaded(Exception):
+    """The compiled kernel was there but could not be loaded."""
+
+
+def _load(path: Path) -> Any:
+    """The library at ``path``, loaded (:class:`_NotLoaded` where it cannot be)."""
+    try:
+        return ctypes.CDLL(str(path))
+    except OSError as exc:
+        raise _NotLoaded(str(exc)) from None
+
+
 def _compiled(compiler: list[str], name: str) -> Any:
     """The kernel compiled by ``compiler`` and loaded: kept in the cache folder under ``name`` (written beside
-    its place and renamed, so a concurrent process never loads half a file; earlier ones removed), or, where that
-    folder cannot be written, in a temporary folder removed once loaded."""
+    its place and renamed, so a concurrent process never loads half a file), or, where that folder cannot be
+    written, in a temporary folder removed once loaded."""
     from aloekit.agents.backends.local import cache_dir
 
     folder = cache_dir() / "kernels"
     if (folder / name).is_file():
-        return ctypes.CDLL(str(folder / name))
+        with contextlib.suppress(OSError, _NotLoaded):  # removed since, or unreadable: compiled again below
+            library = _load(folder / name)
+            with contextlib.suppress(OSError):
+                os.utime(folder / name)  # in use: see UNUSED_S
+            return library
     try:
         folder.mkdir(parents=True, exist_ok=True)
         place = tempfile.TemporaryDirectory(dir=folder, prefix=".compiling-")
@@ -81,15 +113,43 @@ def _compiled(compiler: list[str], name: str) -> Any:
         place = tempfile.TemporaryDirectory(prefix="aloekit-kernel-")
     with place as scratch:
         built = Path(scratch) / name
-        command = [*compiler, "-O3", "-fopenmp", "-shared", "-fPIC", str(SOURCE), "-o", str(built)]
+        command = [*compiler, *FLAGS, str(SOURCE), "-o", str(built)]
         subprocess.run(command, capture_output=True, text=True, check=True, timeout=300)
         if Path(scratch).parent == folder:
             os.replace(built, folder / name)
             built = folder / name
-            for stale in folder.glob("int8_dot-*.so"):  # an earlier source's or compiler's: a process using one
-                if stale.name != name:  # keeps its mapping
-                    stale.unlink(missing_ok=True)
-        return ctypes.CDLL(str(built))  # a loaded library outlives its file
+            _remove_unused(folder, name)
+        return _load(built)  # a loaded library outlives its file
+
+
+def _remove_unused(folder: Path, name: str) -> None:
+    """Remove the kernels in ``folder`` other than ``name`` that no process has loaded for :data:`UNUSED_S`."""
+    for other in folder.glob("int8_dot-*.so"):
+        with contextlib.suppress(OSError):  # another process may remove it first
+            if other.name != name and time.time() - other.stat().st_mtime > UNUSED_S:
+                other.unlink()
+
+
+def _compile_error(exc: BaseException) -> str:
+    """The line that says why the compiler failed: its first error, else how it ended."""
+    said = getattr(exc, "stderr", None) or ""
+    lines = (said.decode(errors="replace") if isinstance(said, bytes) else said).strip().splitlines()
+    if line := next((line for line in lines if "error" in line.lower()), lines[0] if lines else ""):
+        return line.strip()
+    if isinstance(exc, subprocess.TimeoutExpired):
+        return f"no result after {exc.timeout:.0f} s"
+    if isinstance(exc, subprocess.CalledProcessError):
+        return f"exit status {exc.returncode}"
+    return getattr(exc, "strerror", None) or str(exc)
+
+
+def _openmp_runtimes() -> set[str]:
+    """The OpenMP runtime libraries mapped into this process."""
+    try:
+        maps = Path("/proc/self/maps").read_text()
+    except OSError:
+        return set()
+    return {line.split(maxsplit=5)[-1] for line in maps.splitlines() if OPENMP_RUNTIME.search(line)}
 
 
 def _check(library: Any, torch: Any) -> str | None:
@@ -118,12 +178,12 @@ def reference_matmul(
     0..15; Q8_0: codes -128..127, no minimum; codes [N, K], scales and minimums [N, K/32]) block by block, float32
     sums (in another order than the kernel's)."""
     rows, k = x.shape
-    blocks = x.reshape(rows, k // GROUP, GROUP).astype(np.float32)
+    blocks = x.reshape(rows, k // BLOCK, BLOCK).astype(np.float32)
     most = np.abs(blocks).max(axis=-1)
     inverse = np.divide(np.float32(127), most, out=np.zeros_like(most), where=most > 0)
     x_codes = np.rint(blocks * inverse[..., None]).astype(np.int32)
     x_scales = most / np.float32(127)
-    w_codes = codes.reshape(codes.shape[0], k // GROUP, GROUP).astype(np.int32)
+    w_codes = codes.reshape(codes.shape[0], k // BLOCK, BLOCK).astype(np.int32)
     out = np.einsum("rbk,nbk->rnb", x_codes, w_codes).astype(np.float32) * scales[None] * x_scales[:, None]
     if minimums is not None:
         out += minimums[None] * (x_scales * x_codes.sum(-1))[:, None]
@@ -139,7 +199,7 @@ class Int8DotMatmul:
 
     def __init__(self, bits: int, packed: Any, scales: Any, minimums: Any = None, library: Any = None) -> None:
         self.bits, self.packed, self.scales, self.minimums = bits, packed, scales, minimums
-        self.outputs, self.inputs = scales.shape[0] * OUTPUTS_PER_GROUP, scales.shape[1] * GROUP
+        self.outputs, self.inputs = scales.shape[0] * OUTPUTS_PER_GROUP, scales.shape[1] * BLOCK
         self.library = library if library is not None else _library()[0]
         if self.library is None:  # a RuntimeError, as torch's kernels raise: pack_linears leaves the layer float
             raise RuntimeError(f"no int8 dot kernel: {int8_dot_missing()}")
@@ -147,13 +207,13 @@ class Int8DotMatmul:
         self._weights = (packed.data_ptr(), scales.data_ptr(), minimums.data_ptr() if minimums is not None else 0)
 
     @staticmethod
-    def _grouped(codes: np.ndarray) -> tuple[int, int]:
+    def _groups_and_blocks(codes: np.ndarray) -> tuple[int, int]:
         """``codes``' groups of outputs and blocks of inputs; a RuntimeError (as torch's kernels raise for shapes
         they refuse) where outputs are not a multiple of 16 or inputs of 32."""
         n, k = codes.shape
-        if n % OUTPUTS_PER_GROUP or k % GROUP:
+        if n % OUTPUTS_PER_GROUP or k % BLOCK:
             raise RuntimeError(f"the int8 dot kernel wants outputs in multiples of 16 and inputs of 32, not {n}x{k}")
-        return n // OUTPUTS_PER_GROUP, k // GROUP
+        return n // OUTPUTS_PER_GROUP, k // BLOCK
 
     @staticmethod
     def _per_group(values: np.ndarray, groups: int, blocks: int) -> Any:
@@ -168,7 +228,7 @@ class Int8DotMatmul:
         """From a Q4_1 weight's codes [N, K] (0..15), scales and minimums [N, K/32] (float16 values)."""
         import torch
 
-        groups, blocks = cls._grouped(codes)
+        groups, blocks = cls._groups_and_blocks(codes)
         # [group, lane, block, chunk, nibble, t] -> [group, block, chunk, lane, t, nibble]: input 8 chunk + 4 nibble + t
         split = codes.reshape(groups, OUTPUTS_PER_GROUP, blocks, 4, 2, 4).transpose(0, 2, 3, 1, 5, 4)
         packed = (split[..., 0] | split[..., 1] << 4).astype(np.uint8).reshape(groups, blocks, 256)
@@ -180,7 +240,7 @@ class Int8DotMatmul:
         """From a Q8_0 weight's codes [N, K] (int8) and scales [N, K/32] (float16 values)."""
         import torch
 
-        groups, blocks = cls._grouped(codes)
+        groups, blocks = cls._groups_and_blocks(codes)
         # [group, lane, block, chunk, t] -> [group, block, chunk, lane, t]: input 4 chunk + t; unsigned, plus 128
         split = codes.reshape(groups, OUTPUTS_PER_GROUP, blocks, 8, 4).transpose(0, 2, 3, 1, 4)
         packed = (split.astype(np.int16) + 128).astype(np.uint8).reshape(groups, blocks, 512)
