@@ -7,8 +7,8 @@ file's own blocks) the Q8_0 output layer: on 2 cores a SmolLM2 decoding step's p
 8 rows against 16.4 through torch's kernels (``benchmarks/bench_int8_dot.py``). torch ships no such kernel for
 CPUs and torchao's are not in its PyPI wheel, so aloekit compiles that file with the system's C compiler
 (``$CC``, else ``cc``) on first use, into the cache folder, and loads it with ``ctypes``. Where there is no
-compiler, no AVX-512 VNNI, no Linux on x86-64, or the compiled kernel fails its check, :func:`int8_dot_missing`
-says why and packed weights keep torch's kernels.
+compiler, no AVX-512 VNNI, no Linux on x86-64, or the compiled kernel would bring a second OpenMP runtime or
+fails its check, :func:`int8_dot_missing` says why and packed weights keep torch's kernels.
 """
 
 from __future__ import annotations
