@@ -466,6 +466,41 @@ class Store:
         rows = self.conn.execute("SELECT run_id, host, pid, heartbeat_at FROM run_leases").fetchall()
         return [run_id for run_id, host, pid, beat in rows if now - beat < stale_s and _alive(host, pid)]
 
+    def abandoned_runs(self, stale_s: float = LEASE_STALE_S) -> dict[str, str]:
+        """Runs still ``running`` whose process ended without ending them (SIGKILL, out of memory, a full disk:
+        their lease holder is gone from this host, or silent for ``stale_s`` on another), each with why. A holder
+        alive on this host is never taken for gone, however late its heartbeat (:meth:`take_lease` is less
+        strict: a ``--resume`` may take over a silent lease, but only a process's end ends its run)."""
+        now, here, abandoned = time.time(), socket.gethostname(), {}
+        rows = self.conn.execute(
+            "SELECT l.run_id, l.host, l.pid, l.heartbeat_at FROM run_leases l JOIN runs r ON r.id = l.run_id "
+            "WHERE r.status = 'running'"
+        ).fetchall()
+        for run_id, host, pid, beat in rows:
+            if _alive(host, pid) if host == here else now - beat < stale_s:
+                continue
+            last = datetime.fromtimestamp(beat, UTC).isoformat(timespec="seconds")
+            abandoned[run_id] = (f"its process ({pid} on {host}) ended without ending the run, last seen "
+                                 f"{last} (killed, out of memory, a full disk or a lost machine); --resume "
+                                 "continues it")  # fmt: skip
+        return abandoned
+
+    def end_abandoned_runs(self) -> list[str]:
+        """Mark the :meth:`abandoned_runs` ``interrupted`` with why, their conversations in progress
+        ``incomplete``, as their process would have; returns their ids."""
+        if not self.abandoned_runs():  # the common case reads only, never waiting for the write lock
+            return []
+        with self.transaction() as conn:  # checked again under the lock: a --resume may have taken one over
+            abandoned = self.abandoned_runs()
+            for run_id, reason in abandoned.items():
+                conn.execute("UPDATE runs SET status = 'interrupted', ended_at = ?, error = ? WHERE id = ?",
+                             [utcnow(), reason, run_id])  # fmt: skip
+                conn.execute(
+                    "UPDATE conversations SET status = 'incomplete' WHERE run_id = ? AND status = 'running'", [run_id]
+                )
+                conn.execute("DELETE FROM run_leases WHERE run_id = ?", [run_id])
+        return list(abandoned)
+
     def delete_run(self, run_id: str) -> None:
         """Remove a run with its conversations, turns, tree nodes, call log and audits (texts stay for gc)."""
         if self.get_run(run_id) is None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import sqlite3
 import sys
 from typing import Any
 
@@ -64,6 +66,8 @@ def _on_terminal() -> bool:
 @pass_app
 def runs_list(app: App, limit: int) -> None:
     """Show the newest runs with status, calls and tokens."""
+    with contextlib.suppress(sqlite3.OperationalError):  # a read-only or busy database: listed as stored
+        app.store.end_abandoned_runs()
     rows = app.store.list_runs(limit)
     if app.as_json:
         app.emit_json([{**r, "config": json.loads(r["config"]), "versions": json.loads(r["versions"])} for r in rows])

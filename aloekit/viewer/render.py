@@ -100,10 +100,12 @@ RUN_KINDS = {"eval_resolved": "evaluation", "simulation_resolved": "simulation",
 def runs_page(store: Store) -> tuple[str, str]:
     """All runs: command, status, start, conversation counts, backends per role, tokens."""
     counts: dict[str, dict[str, int]] = {}
+    abandoned = store.abandoned_runs()
     for run_id, status, n in store.conn.execute("SELECT run_id, status, COUNT(*) FROM conversations GROUP BY 1, 2"):
-        counts.setdefault(run_id, {})[status] = n
+        shown = _settled(status, run_id in abandoned)
+        counts.setdefault(run_id, {})[shown] = counts.get(run_id, {}).get(shown, 0) + n
     rows = []
-    for run in store.list_runs(limit=500):
+    for run in (_as_ended(run, abandoned) for run in store.list_runs(limit=500)):
         config = stored_config(run["config"])
         kind = next((name for key, name in RUN_KINDS.items() if key in config), "")
         backends = "<br>".join(f"{esc(k)}: <code>{esc(v)}</code>" for k, v in _backends(config).items())
@@ -125,6 +127,8 @@ def run_page(store: Store, run_id: str) -> tuple[str, str] | None:
     run = store.get_run(run_id)
     if run is None:
         return None
+    abandoned = store.abandoned_runs()
+    run = _as_ended(run, abandoned)
     trees = TreeStore(store)
     config = stored_config(run["config"])
     rows = []
@@ -141,7 +145,8 @@ def run_page(store: Store, run_id: str) -> tuple[str, str] | None:
         rows.append(
             f'<tr><td class="id"><a href="/trees/{esc(c.id)}">{esc(c.id)}</a></td><td>{esc(_short(c.persona.profile.text, 90))}'
             f'<br><span class="muted">{esc(_short(c.persona.personality.text, 90))}</span></td>'
-            f"<td>{c.turns_done}/{c.max_turns}</td><td>{esc(c.status)}{_error_html({'error': c.error})}</td>"
+            f"<td>{c.turns_done}/{c.max_turns}</td><td>{esc(_settled(c.status, run_id in abandoned))}"
+            f"{_error_html({'error': c.error})}</td>"
             f"<td>{preferred}</td><td>{rejected}</td><td>{esc(flip)}</td></tr>"
         )
     eval_link = (
@@ -155,6 +160,17 @@ def run_page(store: Store, run_id: str) -> tuple[str, str] | None:
             "<table id=\"conversations\"><tr><th>conversation</th><th>persona</th><th>turns</th><th>status</th>"
             "<th>preferred</th><th>rejected</th><th>judge flip rate</th></tr>" + "".join(rows) + "</table>")  # fmt: skip
     return page(f"run {run_id}", body)
+
+
+def _as_ended(run: dict[str, Any], abandoned: dict[str, str]) -> dict[str, Any]:
+    """``run`` as ``aloe runs list`` records it once its process is gone without ending it (the viewer only
+    reads): ``interrupted``, with why (:meth:`~aloekit.store.Store.abandoned_runs`)."""
+    return {**run, "status": "interrupted", "error": abandoned[run["id"]]} if run["id"] in abandoned else run
+
+
+def _settled(status: str, abandoned: bool) -> str:
+    """A conversation's status, ``incomplete`` where it was in progress in an abandoned run (see :func:`_as_ended`)."""
+    return "incomplete" if abandoned and status == "running" else status
 
 
 def _error_html(row: dict[str, Any], element_id: str = "") -> str:
@@ -428,7 +444,7 @@ def eval_page(store: Store, run_id: str) -> tuple[str, str] | None:
             f"{esc(_short(c.persona.profile.text, 80))}</summary><table><tr><th>k</th><th>user</th><th>model</th>"
             f"<th>score</th></tr>{lines}</table></details>"
         )
-    run = store.get_run(run_id) or {}
+    run = _as_ended(store.get_run(run_id) or {"id": run_id}, store.abandoned_runs())
     body = (f"<h1>Evaluation {esc(run_id)}</h1><p>model <code>{esc(config.model)}</code>, judge "
             f"<code>{esc(config.judge.backend)}</code> &middot; {esc(run.get('status'))}</p>{_error_html(run)}{svg}<h2>Metrics</h2>{metrics}<h2>AL(k)</h2>"
             f"<table><tr><th>k</th><th>AL(k) [95% CI]</th><th>scored</th></tr>{per_turn}</table>"

@@ -17,8 +17,10 @@ import pytest
 from click.testing import CliRunner
 
 from aloekit.cli import cli
+from aloekit.graphs import TreeStore
 from aloekit.store import Store
 from aloekit.testing import StubOpenAIServer, role_aware_reply
+from tests.graphs.scripted import PERSONA
 from tests.helpers import count_rows, wait_for
 
 DEADLINE_S = 300  # generous: a loaded 2-core machine may take long to start a process
@@ -82,6 +84,33 @@ def test_sigterm_marks_the_run_interrupted_and_resume_finishes_it(tmp_path, comm
 
 
 @pytest.mark.slow
+def test_a_sigkilled_run_is_listed_interrupted_with_why_and_resume_finishes_it(tmp_path):
+    """SIGKILL (or running out of memory, or a full disk) gives the process no chance to end its run: the next
+    `aloe runs list` finds its lease holder gone and records the run ``interrupted``, as the process would have."""
+    with StubOpenAIServer(respond=role_aware_reply, latency_s=0.1) as server:
+        proc = aloe(tmp_path, "simulate", "--conversations", "4", "--turns", "3", "--concurrency", "2", "--role",
+                    f"all={server.spec()}")  # fmt: skip
+        wait_for(lambda: saved(tmp_path, "turns") > 0, "a turn was saved", proc)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=DEADLINE_S)
+        run_id, status, _ = run_row(tmp_path)
+        assert status == "running" and query(tmp_path, "SELECT 1 FROM run_leases")  # as the process left them
+        listed = aloe(tmp_path, "--json", "runs", "list")
+        out, err = listed.communicate(timeout=DEADLINE_S)
+        assert listed.returncode == 0, err
+        (run,) = json.loads(out)
+        assert run["status"] == "interrupted" and run["ended_at"]
+        assert run["error"].startswith(f"its process ({proc.pid} on ") and "--resume continues it" in run["error"]
+        assert not query(tmp_path, f"SELECT 1 FROM conversations WHERE run_id = '{run_id}' AND status = 'running'")
+        assert not query(tmp_path, "SELECT 1 FROM run_leases")
+        resumed = aloe(tmp_path, "--json", "simulate", "--resume", run_id)
+        out, err = resumed.communicate(timeout=DEADLINE_S)
+        assert resumed.returncode == 0, err
+        assert json.loads(out)["statuses"] == {"complete": 4}
+        assert run_row(tmp_path)[1:] == ("completed", None)
+
+
+@pytest.mark.slow
 def test_under_nohup_a_hangup_does_not_stop_the_run(tmp_path):
     # nohup starts the command with SIGHUP ignored, so that it outlives its terminal: aloekit keeps it so.
     with StubOpenAIServer(respond=role_aware_reply, latency_s=0.1) as server:
@@ -133,6 +162,38 @@ def test_a_sigkilled_holder_does_not_block_a_resume(tmp_path):
 
     with RunLease(store, run_id) as lease:  # the holder's pid is gone: taken over at once
         assert store.conn.execute("SELECT owner FROM run_leases").fetchone()[0] == lease.owner
+
+
+@pytest.mark.parametrize(
+    ("host", "pid", "silent_s", "abandoned"),
+    [("here", "dead", 0, True), ("here", "mine", 0, False), ("here", "mine", 120, False),
+     ("elsewhere", 1, 0, False), ("elsewhere", 1, 120, True)],
+)  # fmt: skip
+def test_a_run_whose_lease_holder_is_gone_is_ended_interrupted(tmp_path, host, pid, silent_s, abandoned):
+    """Gone: a pid that no longer exists on this host, or no heartbeat for a minute from another host (whose pids
+    cannot be checked); a live holder here is never taken for gone, however long its heartbeat waits."""
+    import socket
+
+    store = Store(tmp_path / "aloe.db")
+    run_id, started = store.start_run("test", {}, 0), store.start_run("just started: no lease yet", {}, 0)
+    trees = TreeStore(store)
+    for run in (run_id, started):
+        trees.set_status(trees.create_conversations(run, [PERSONA], 2)[0], "running")
+    if pid == "dead":
+        dead = subprocess.Popen([sys.executable, "-c", "pass"])
+        dead.wait()
+        pid = dead.pid
+    holder = (socket.gethostname() if host == "here" else "another-host", os.getpid() if pid == "mine" else pid)
+    store.conn.execute("INSERT INTO run_leases VALUES (?, 'someone', ?, ?, ?)",
+                       [run_id, *holder, time.time() - silent_s])  # fmt: skip
+    assert list(store.abandoned_runs()) == ([run_id] if abandoned else [])
+    assert store.end_abandoned_runs() == ([run_id] if abandoned else [])
+    statuses = dict(store.conn.execute("SELECT id, status FROM runs").fetchall())
+    assert statuses == {run_id: "interrupted" if abandoned else "running", started: "running"}
+    conversations = dict(store.conn.execute("SELECT run_id, status FROM conversations").fetchall())
+    assert conversations == {run_id: "incomplete" if abandoned else "running", started: "running"}
+    assert bool(query(tmp_path, "SELECT 1 FROM run_leases")) is not abandoned
+    assert store.end_abandoned_runs() == []  # once
 
 
 @pytest.mark.parametrize("command", ["simulate", "eval"])
