@@ -421,7 +421,7 @@ class Store:
             row = conn.execute("SELECT owner, host, pid, heartbeat_at FROM run_leases WHERE run_id = ?", [run_id])
             held = row.fetchone()
             now = time.time()
-            if held and held[0] != owner and now - held[3] < stale_s and _alive(held[1], held[2]):
+            if held and held[0] != owner and now - held[3] < stale_s and _alive(held[1], held[2], held[3]):
                 raise StoreError(
                     f"run {run_id} is being worked on by process {held[2]} on {held[1]} (alive {now - held[3]:.0f}s "
                     "ago); wait for it to end or stop it, then resume"
@@ -464,7 +464,7 @@ class Store:
         """Runs a live process is working on now (a fresh lease held by a process that exists)."""
         now = time.time()
         rows = self.conn.execute("SELECT run_id, host, pid, heartbeat_at FROM run_leases").fetchall()
-        return [run_id for run_id, host, pid, beat in rows if now - beat < stale_s and _alive(host, pid)]
+        return [run_id for run_id, host, pid, beat in rows if now - beat < stale_s and _alive(host, pid, beat)]
 
     def abandoned_runs(self, stale_s: float = LEASE_STALE_S) -> dict[str, str]:
         """Runs still ``running`` whose process ended without ending them (SIGKILL, out of memory, a full disk:
@@ -477,28 +477,28 @@ class Store:
             "WHERE r.status = 'running'"
         ).fetchall()
         for run_id, host, pid, beat in rows:
-            if _alive(host, pid) if host == here else now - beat < stale_s:
-                continue
             last = datetime.fromtimestamp(beat, UTC).isoformat(timespec="seconds")
-            abandoned[run_id] = (f"its process ({pid} on {host}) ended without ending the run, last seen "
-                                 f"{last} (killed, out of memory, a full disk or a lost machine); --resume "
-                                 "continues it")  # fmt: skip
+            if host == here and not _alive(host, pid, beat):
+                gone = f"its process ({pid} on {host}) ended without ending the run, last seen {last}"
+            elif host != here and now - beat >= stale_s:
+                gone = f"its process ({pid} on {host}) has not been heard from since {last}"
+            else:
+                continue
+            abandoned[run_id] = f"{gone} (killed, out of memory, a full disk or a lost machine); --resume continues it"
         return abandoned
 
-    def end_abandoned_runs(self) -> list[str]:
+    def end_abandoned_runs(self, stale_s: float = LEASE_STALE_S) -> list[str]:
         """Mark the :meth:`abandoned_runs` ``interrupted`` with why, their conversations in progress
-        ``incomplete``, as their process would have; returns their ids."""
-        if not self.abandoned_runs():  # the common case reads only, never waiting for the write lock
+        ``incomplete``, as their process would have; returns their ids. Their lease rows stay: should a holder
+        taken for gone be alive after all, a ``--resume`` still cannot take its run over while it beats."""
+        if not self.abandoned_runs(stale_s):  # the common case reads only, never waiting for the write lock
             return []
         with self.transaction() as conn:  # checked again under the lock: a --resume may have taken one over
-            abandoned = self.abandoned_runs()
+            abandoned = self.abandoned_runs(stale_s)
             for run_id, reason in abandoned.items():
                 conn.execute("UPDATE runs SET status = 'interrupted', ended_at = ?, error = ? WHERE id = ?",
                              [utcnow(), reason, run_id])  # fmt: skip
-                conn.execute(
-                    "UPDATE conversations SET status = 'incomplete' WHERE run_id = ? AND status = 'running'", [run_id]
-                )
-                conn.execute("DELETE FROM run_leases WHERE run_id = ?", [run_id])
+                self.settle_conversations(run_id)
         return list(abandoned)
 
     def delete_run(self, run_id: str) -> None:
@@ -619,8 +619,9 @@ def _redacted(row: Mapping[str, Any]) -> dict[str, Any]:
     return {key: redact(value) if isinstance(value, str) else value for key, value in row.items()}
 
 
-def _alive(host: str, pid: int) -> bool:
-    """Whether the lease holder may still run: a process on another host is assumed alive until stale."""
+def _alive(host: str, pid: int, last_beat: float | None = None) -> bool:
+    """Whether the lease holder may still run: a process on another host is assumed alive until stale; here,
+    ``pid`` must exist, not as a zombie, and (given its ``last_beat``) not started after it (a reused pid)."""
     if host != socket.gethostname():
         return True
     try:
@@ -628,8 +629,15 @@ def _alive(host: str, pid: int) -> bool:
     except ProcessLookupError:
         return False
     except PermissionError:
+        pass
+    try:  # Linux: the state and start time of the process now holding that pid
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        boot = next(float(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
+                    if line.startswith("btime "))  # fmt: skip
+        started = boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError, StopIteration):
         return True
-    return True
+    return fields[0] != "Z" and (last_beat is None or started <= last_beat + 2)  # btime is whole seconds
 
 
 class RunLease:

@@ -102,7 +102,7 @@ def test_a_sigkilled_run_is_listed_interrupted_with_why_and_resume_finishes_it(t
         assert run["status"] == "interrupted" and run["ended_at"]
         assert run["error"].startswith(f"its process ({proc.pid} on ") and "--resume continues it" in run["error"]
         assert not query(tmp_path, f"SELECT 1 FROM conversations WHERE run_id = '{run_id}' AND status = 'running'")
-        assert not query(tmp_path, "SELECT 1 FROM run_leases")
+        assert query(tmp_path, "SELECT pid FROM run_leases") == [(proc.pid,)]  # a resume replaces it
         resumed = aloe(tmp_path, "--json", "simulate", "--resume", run_id)
         out, err = resumed.communicate(timeout=DEADLINE_S)
         assert resumed.returncode == 0, err
@@ -166,12 +166,14 @@ def test_a_sigkilled_holder_does_not_block_a_resume(tmp_path):
 
 @pytest.mark.parametrize(
     ("host", "pid", "silent_s", "abandoned"),
-    [("here", "dead", 0, True), ("here", "mine", 0, False), ("here", "mine", 120, False),
-     ("elsewhere", 1, 0, False), ("elsewhere", 1, 120, True)],
+    [("here", "dead", 0, True), ("here", "mine", 0, False), ("here", "mine", 2, False),
+     ("here", "mine", 10**6, True),  # a heartbeat from before this process started: the pid was reused
+     ("elsewhere", 1, 0, False), ("elsewhere", 1, 2, True)],
 )  # fmt: skip
 def test_a_run_whose_lease_holder_is_gone_is_ended_interrupted(tmp_path, host, pid, silent_s, abandoned):
-    """Gone: a pid that no longer exists on this host, or no heartbeat for a minute from another host (whose pids
-    cannot be checked); a live holder here is never taken for gone, however long its heartbeat waits."""
+    """Gone: a pid that no longer exists on this host (or now names a process started after the last heartbeat),
+    or no heartbeat for ``stale_s`` (here 1 s) from another host, whose pids cannot be checked; a live holder
+    here is never taken for gone, however late its heartbeat. The lease row stays, guarding the run."""
     import socket
 
     store = Store(tmp_path / "aloe.db")
@@ -186,14 +188,25 @@ def test_a_run_whose_lease_holder_is_gone_is_ended_interrupted(tmp_path, host, p
     holder = (socket.gethostname() if host == "here" else "another-host", os.getpid() if pid == "mine" else pid)
     store.conn.execute("INSERT INTO run_leases VALUES (?, 'someone', ?, ?, ?)",
                        [run_id, *holder, time.time() - silent_s])  # fmt: skip
-    assert list(store.abandoned_runs()) == ([run_id] if abandoned else [])
-    assert store.end_abandoned_runs() == ([run_id] if abandoned else [])
+    assert list(store.abandoned_runs(stale_s=1)) == ([run_id] if abandoned else [])
+    assert store.end_abandoned_runs(stale_s=1) == ([run_id] if abandoned else [])
     statuses = dict(store.conn.execute("SELECT id, status FROM runs").fetchall())
     assert statuses == {run_id: "interrupted" if abandoned else "running", started: "running"}
     conversations = dict(store.conn.execute("SELECT run_id, status FROM conversations").fetchall())
     assert conversations == {run_id: "incomplete" if abandoned else "running", started: "running"}
-    assert bool(query(tmp_path, "SELECT 1 FROM run_leases")) is not abandoned
-    assert store.end_abandoned_runs() == []  # once
+    assert store.end_abandoned_runs(stale_s=1) == []  # once
+    assert query(tmp_path, "SELECT run_id FROM run_leases") == [(run_id,)]
+
+
+def test_a_run_taken_over_before_the_write_lock_is_left_running(tmp_path, monkeypatch):
+    """Found abandoned, then resumed by another process before this one held the write lock: checked again
+    under the lock, it is left alone."""
+    store = Store(tmp_path / "aloe.db")
+    run_id = store.start_run("test", {}, 0)
+    found = iter([{run_id: "gone"}, {}])
+    monkeypatch.setattr(store, "abandoned_runs", lambda stale_s: next(found))
+    assert store.end_abandoned_runs() == []
+    assert store.get_run(run_id)["status"] == "running"
 
 
 @pytest.mark.parametrize("command", ["simulate", "eval"])
