@@ -137,14 +137,15 @@ def packed_kernels(client: Any) -> dict[str, list[tuple[Any, str, Any]]]:
         chosen = {module: layer_matmul(name, module, blocks, tiles, int8_dot=kind == "int8 dot")
                   for name, module in model.named_modules() if hasattr(module, "packed_matmul")}  # fmt: skip
         kernels[kind] = [(module, "packed_matmul", matmul) for module, matmul in chosen.items()]
-        joining = Int8DotMatmul if kind == "int8 dot" else Q4Matmul
         for layer in model.model.layers:
             for owner, parts in (
                 (layer.self_attn, ("q_proj", "k_proj", "v_proj")),
                 (layer.mlp, ("gate_proj", "up_proj")),
             ):
                 joined = [chosen[getattr(owner, part)] for part in parts]
-                kernels[kind].append((owner, "_joined_matmul", (joined, joining.joined(joined))))
+                joining = {type(part) for part in joined}  # as the plain step joins: parts of one kernel only
+                product = joining.pop().joined(joined) if joining in ({Int8DotMatmul}, {Q4Matmul}) else None
+                kernels[kind].append((owner, "_joined_matmul", (joined, product)))
     return kernels
 
 

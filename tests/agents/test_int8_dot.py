@@ -113,6 +113,18 @@ def test_a_nan_or_infinite_input_makes_its_row_nan_and_no_other(kind, value):
 
 @needs_dot
 @pytest.mark.parametrize("kind", KINDS)
+def test_a_block_of_tiny_inputs_gives_tiny_results_not_overflowed_codes(kind):
+    """127 / max|x| overflows for subnormal inputs; the kernel and its reference round such a block to zeros."""
+    matmul, blocks, _ = _weight(kind, 32, 64)
+    x = _input(2, 64)
+    x[0], x[0, :32] = 0, 1e-38  # a subnormal float32; bfloat16 has its exponent range
+    out = matmul(x)
+    assert torch.equal(out[0], torch.zeros(32, dtype=torch.bfloat16)) and torch.equal(out[1], matmul(x[1:])[0])
+    assert np.allclose(out.float().numpy(), reference_matmul(x.float().numpy(), *blocks), rtol=1e-2, atol=1e-3)
+
+
+@needs_dot
+@pytest.mark.parametrize("kind", KINDS)
 def test_a_joined_product_equals_its_parts_bit_for_bit(kind):
     parts = [_weight(kind, n, 64, seed=n)[0] for n in (64, 16, 32)]
     joined, x = Int8DotMatmul.joined(parts), _input(5, 64)
@@ -138,18 +150,27 @@ def test_shapes_the_kernel_refuses_leave_a_layer_float():
 
 
 @needs_dot
-def test_a_q8_0_layer_the_kernel_refuses_takes_torch_s_int8_kernel():
-    """24 outputs are no multiple of 16: the int8 dot kernel refuses the layer, torch's int8 kernel takes it, and
-    the settings say so."""
+@pytest.mark.parametrize(("tiles", "taken"), [(None, "int8"), ("refused", "int8"), ("taken", "bfloat16 tiles")])
+def test_a_q8_0_layer_the_kernel_refuses_takes_the_next_kernel(monkeypatch, tiles, taken):
+    """24 outputs are no multiple of 16: the int8 dot kernel refuses the layer, the AMX tiles take it where asked
+    for and their probe accepts them, else torch's int8 kernel; the settings say which."""
+
+    class Tiles:
+        kernel = "bfloat16 tiles"
+
+        def __call__(self, x):
+            return torch.zeros(len(x), 24, dtype=torch.bfloat16)
+
+    monkeypatch.setattr(packed, "bfloat16_tiles_matmul", lambda weight: Tiles() if tiles == "taken" else None)
     weight = np.random.default_rng(0).normal(size=(24, 64)).astype(np.float32)
     raw = quantize(weight, Q8_0)
     q8_0_codes, q8_0_scales = packed._q8_0_blocks(raw)
     row_codes, row_scales = packed.per_row_int8(dequantize(raw, Q8_0))
     net = torch.nn.Sequential(torch.nn.Linear(64, 24, bias=False))
     arrays = {"0.q8_0_codes": q8_0_codes, "0.q8_0_scales": q8_0_scales, "0.int8": row_codes, "0.row_scales": row_scales}
-    assert packed.pack_linears(net, arrays, int8_dot=True) == 1
-    assert isinstance(net[0].packed_matmul, packed.Q8Matmul)
-    assert packed.kernels_taken(net, arrays) == {"q8_0_matmul": "int8"}
+    assert packed.pack_linears(net, arrays, tiles=tiles is not None, int8_dot=True) == 1
+    assert net[0].packed_matmul.kernel == taken
+    assert packed.kernels_taken(net, arrays) == {"q8_0_matmul": taken}
 
 
 def test_without_the_kernel_a_layer_asked_for_it_stays_float(monkeypatch, tmp_path, fresh_library):
@@ -213,6 +234,14 @@ def test_a_cached_kernel_that_cannot_be_loaded_is_compiled_again(monkeypatch, tm
     assert int8_dot_missing() is None and ours.read_bytes()[:4] == b"\x7fELF"
 
 
+def test_openmp_runtimes_are_recognised_in_the_process_map():
+    line = "7f1-7f2 r-xp 00000000 08:01 1234 {}".format
+    mapped = ["/venv/torch/lib/libgomp.so.1", "/x/libgomp-a34b3233.so.1", "/opt/intel/libiomp5.so", "/lib/libomp.so.5"]
+    assert all(int8_dot.OPENMP_RUNTIME.search(line(path)) for path in mapped)
+    others = ["/usr/lib/libgompish/libc.so.6", "/x/libtorch_cpu.so"]
+    assert not any(int8_dot.OPENMP_RUNTIME.search(line(path)) for path in others)
+
+
 @needs_dot
 def test_the_kernel_runs_on_torch_s_openmp_runtime():
     """One OpenMP runtime in the process (torch's), so the kernel's threads are torch's team, not a second pool."""
@@ -220,9 +249,10 @@ def test_the_kernel_runs_on_torch_s_openmp_runtime():
 
 
 def test_a_compiler_s_first_error_line_is_the_reason():
-    said = "/x/int8_dot.c: In function 'quantize':\n/x/int8_dot.c:40:5: error: unknown type\n   40 | foo\n"
+    said = ("/home/terror/int8_dot.c: In function 'quantize':\n/home/terror/int8_dot.c:3:1: warning: -Werror-ish\n"
+            "/home/terror/int8_dot.c:40:5: error: unknown type\n   40 | foo\n")  # fmt: skip
     assert int8_dot._compile_error(subprocess.CalledProcessError(1, ["cc"], stderr=said)) == (
-        "/x/int8_dot.c:40:5: error: unknown type"
+        "/home/terror/int8_dot.c:40:5: error: unknown type"
     )
     assert int8_dot._compile_error(subprocess.TimeoutExpired(["cc", "/x"], 300, stderr=b"")) == "no result after 300 s"
     assert int8_dot._compile_error(subprocess.TimeoutExpired(["cc"], 300, stderr=b"cc1: error: x\n")) == "cc1: error: x"

@@ -11,6 +11,7 @@
  * side unsigned; the 128s are taken off the integer sum, exactly), and the block's float16 scales.
  * Every output is computed from its own row of x alone, in a fixed order, so a row's result is the same alone
  * and in any batch. x and the result are bfloat16. */
+#include <float.h>
 #include <immintrin.h>
 #include <math.h>
 #include <omp.h>
@@ -54,7 +55,8 @@ KERNEL static void quantize(int rows, int k, const uint16_t *x, int8_t *codes, f
             if (_mm512_cmp_ps_mask(v[0], v[0], _CMP_UNORD_Q) | _mm512_cmp_ps_mask(v[1], v[1], _CMP_UNORD_Q)
                 || isinf(most))
                 most = NAN; /* int8 codes hold no NaN or infinity (max drops NaNs): the row's results become NaN */
-            __m512 inverse = _mm512_set1_ps(most > 0 ? 127.0f / most : 0.0f);
+            /* 127 / most overflows for a block of tiny (subnormal) inputs: its codes are then 0 */
+            __m512 inverse = _mm512_set1_ps(most > 127.0f / FLT_MAX ? 127.0f / most : 0.0f);
             __m512i q0 = _mm512_cvtps_epi32(_mm512_mul_ps(v[0], inverse));
             __m512i q1 = _mm512_cvtps_epi32(_mm512_mul_ps(v[1], inverse));
             _mm_storeu_si128((__m128i *)(codes + at), _mm512_cvtsepi32_epi8(q0));

@@ -35,17 +35,21 @@ SOURCE = Path(__file__).with_name("int8_dot.c")
 BLOCK, OUTPUTS_PER_GROUP = 32, 16
 """Inputs per Q4_1 or Q8_0 block; outputs the kernel computes together (a product's outputs come in multiples of
 it)."""
+FLAGS = ("-O3", "-fopenmp", "-shared", "-fPIC")
+UNUSED_S = 30 * 86400
+"""A compiled kernel no process has loaded for this long (another source's or compiler's) is removed when the
+next one is compiled into its folder."""
+OPENMP_RUNTIME = re.compile(r"/lib(?:g|i)?omp[^/]*\.so")
+"""A path in ``/proc/self/maps`` of an OpenMP runtime: GNU's (torch's, perhaps renamed by a wheel), Intel's, LLVM's."""
+TINIEST_MAXIMUM = np.float32(127) / np.finfo(np.float32).max
+"""A block whose largest magnitude is this or less (127 / it would overflow) rounds to zero codes."""
+COMPILER_ERROR = re.compile(r"(?:^|: )(?:fatal )?error: ")
+"""Where a compiler's line says its error (gcc's and clang's ``file:line:column: error: ...``)."""
 
 
 def int8_dot_missing() -> str | None:
     """Why this process cannot multiply packed layers with :class:`Int8DotMatmul` (None when it can)."""
     return _library()[1]
-
-
-FLAGS = ("-O3", "-fopenmp", "-shared", "-fPIC")
-UNUSED_S = 30 * 86400
-"""A compiled kernel no process has loaded for this long (another source's or compiler's) is removed."""
-OPENMP_RUNTIME = re.compile(r"/lib(?:g|i)?omp[^/]*\.so")
 
 
 @functools.cache
@@ -134,7 +138,7 @@ def _compile_error(exc: BaseException) -> str:
     """The line that says why the compiler failed: its first error, else how it ended."""
     said = getattr(exc, "stderr", None) or ""
     lines = (said.decode(errors="replace") if isinstance(said, bytes) else said).strip().splitlines()
-    if line := next((line for line in lines if "error" in line.lower()), lines[0] if lines else ""):
+    if line := next((line for line in lines if COMPILER_ERROR.search(line)), lines[0] if lines else ""):
         return line.strip()
     if isinstance(exc, subprocess.TimeoutExpired):
         return f"no result after {exc.timeout:.0f} s"
@@ -180,7 +184,7 @@ def reference_matmul(
     rows, k = x.shape
     blocks = x.reshape(rows, k // BLOCK, BLOCK).astype(np.float32)
     most = np.abs(blocks).max(axis=-1)
-    inverse = np.divide(np.float32(127), most, out=np.zeros_like(most), where=most > 0)
+    inverse = np.divide(np.float32(127), most, out=np.zeros_like(most), where=most > TINIEST_MAXIMUM)
     x_codes = np.rint(blocks * inverse[..., None]).astype(np.int32)
     x_scales = most / np.float32(127)
     w_codes = codes.reshape(codes.shape[0], k // BLOCK, BLOCK).astype(np.int32)

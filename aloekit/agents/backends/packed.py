@@ -24,7 +24,7 @@ import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -40,6 +40,15 @@ CACHE_NAME = "packed-blocks-2.safetensors"
 """The file of matched blocks beside a converted model; ``-2``: with each Q8_0 layer's own blocks too (the int8
 dot kernel takes them), so a cache written before, without them, is matched again and then removed."""
 OLD_CACHE_NAMES = ("packed-blocks.safetensors",)
+
+
+class PackedMatmul(Protocol):
+    """``x @ W.T`` for one packed weight ``W``: ``x`` bfloat16 [rows, K], the result bfloat16 [rows, N]."""
+
+    kernel: str
+    """What the compute settings call it: ``int8 dot``, ``int4``, ``bfloat16 tiles`` or ``int8``."""
+
+    def __call__(self, x: Any) -> Any: ...
 
 
 @functools.cache
@@ -318,7 +327,7 @@ def pack_linears(
 
 def layer_matmul(
     name: str, module: Any, arrays: dict[str, np.ndarray], tiles: bool = False, int8_dot: bool = False
-) -> Callable[[Any], Any] | None:
+) -> PackedMatmul | None:
     """The kernel layer ``name`` decodes with: the first of its kernels that takes its shape and gives its
     outputs, None where it has no blocks in ``arrays`` or every kernel refuses it (the int4 one wants outputs in
     multiples of 16; a cache left by another model holds other shapes). A Q4_1 layer: the int8 dot kernel
@@ -330,7 +339,7 @@ def layer_matmul(
     for one row, 10-14% faster for 8); else torch's int8 kernel."""
     import torch
 
-    kernels: list[tuple[str, Callable[[], Any]]] = []
+    kernels: list[tuple[str, Callable[[], PackedMatmul | None]]] = []
     if f"{name}.codes" in arrays:
         q4_1 = arrays[f"{name}.codes"], arrays[f"{name}.scales"], arrays[f"{name}.minimums"]
         if int8_dot:
