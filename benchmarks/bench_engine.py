@@ -36,7 +36,7 @@ from aloekit.agents.backends import BackendPool, from_dicts, local
 from aloekit.agents.backends.decode_step import plain_decoding_steps
 from aloekit.agents.backends.int8_dot import int8_dot_missing
 from aloekit.agents.backends.kvcache import growing_cache
-from aloekit.agents.backends.local import cpu_has_bfloat16_tiles, resolve_dtype
+from aloekit.agents.backends.local import bfloat16_tiles_wanted, resolve_dtype
 from aloekit.agents.backends.packed import cached_gguf_blocks
 from aloekit.config import AloeConfig
 from aloekit.cpu_thread import call_on_cpu_thread
@@ -124,13 +124,10 @@ def packed_kernels(client: Any) -> dict[str, list[tuple[Any, str, Any]]]:
     chooses it: :func:`~aloekit.agents.backends.packed.layer_matmul`), from the blocks cached beside the model,
     with the joined q/k/v and gate/up products the plain step keeps (``_joined_matmul``: made here once, not again
     at each switch)."""
-    import torch
-
-    from aloekit.agents.backends.int8_dot import Int8DotMatmul
-    from aloekit.agents.backends.packed import Q4Matmul, layer_matmul
+    from aloekit.agents.backends.packed import joined_product, layer_matmul
 
     model, blocks = client.model, cached_gguf_blocks(client.model, client.gguf, client._path)
-    tiles = model.dtype == torch.bfloat16 and cpu_has_bfloat16_tiles()
+    tiles = bfloat16_tiles_wanted(client.compute_settings()["dtype"])
     kinds = ["torch"] + (["int8 dot"] if int8_dot_missing() is None else [])
     kernels: dict[str, list[tuple[Any, str, Any]]] = {}
     for kind in kinds:
@@ -143,9 +140,7 @@ def packed_kernels(client: Any) -> dict[str, list[tuple[Any, str, Any]]]:
                 (layer.mlp, ("gate_proj", "up_proj")),
             ):
                 joined = [chosen[getattr(owner, part)] for part in parts]
-                joining = {type(part) for part in joined}  # as the plain step joins: parts of one kernel only
-                product = joining.pop().joined(joined) if joining in ({Int8DotMatmul}, {Q4Matmul}) else None
-                kernels[kind].append((owner, "_joined_matmul", (joined, product)))
+                kernels[kind].append((owner, "_joined_matmul", (joined, joined_product(joined))))
     return kernels
 
 

@@ -232,3 +232,20 @@ class ThreadHopRecorder(concurrent.futures.ThreadPoolExecutor):
         inner = [c.cell_contents for c in getattr(job, "__closure__", None) or () if callable(c.cell_contents)]
         self.jobs.append(getattr(inner[0] if inner else job, "__qualname__", repr(job)))
         return super().submit(fn, *args, **kwargs)
+
+
+def hold_lease(store, run_id: str, pid: int | None = None, host: str | None = None, beat: float | None = None) -> int:
+    """Write ``run_id``'s lease row as a holder would: ``pid`` (default: a process that has ended) on ``host``
+    (default: this one), last heartbeat at ``beat`` (default: now); returns the pid."""
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    if pid is None:
+        ended = subprocess.Popen([sys.executable, "-c", "pass"])
+        ended.wait()
+        pid = ended.pid
+    store.conn.execute("INSERT INTO run_leases VALUES (?, 'someone', ?, ?, ?)",
+                       [run_id, host or socket.gethostname(), pid, time.time() if beat is None else beat])  # fmt: skip
+    return pid

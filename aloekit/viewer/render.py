@@ -102,8 +102,8 @@ def runs_page(store: Store) -> tuple[str, str]:
     counts: dict[str, dict[str, int]] = {}
     abandoned = store.abandoned_runs()
     for run_id, status, n in store.conn.execute("SELECT run_id, status, COUNT(*) FROM conversations GROUP BY 1, 2"):
-        shown = _settled(status, run_id in abandoned)
-        counts.setdefault(run_id, {})[shown] = counts.get(run_id, {}).get(shown, 0) + n
+        run_counts, shown = counts.setdefault(run_id, {}), _settled(status, run_id in abandoned)
+        run_counts[shown] = run_counts.get(shown, 0) + n  # a settled "running" joins "incomplete"
     rows = []
     for run in (_as_ended(run, abandoned) for run in store.list_runs(limit=500)):
         config = stored_config(run["config"])

@@ -294,8 +294,11 @@ def test_where_the_kernel_cannot_run_packed_layers_keep_torch_s_kernel(
         if shutil.which("cc") is None:
             pytest.skip("needs a C compiler")
         if setting == "load":
-            monkeypatch.setattr(int8_dot, "_load", lambda path: (_ for _ in ()).throw(
-                int8_dot._NotLoaded("libgomp.so.1: cannot open shared object file")))  # fmt: skip
+
+            def unloadable(path: Path) -> None:
+                raise int8_dot._NotLoaded("libgomp.so.1: cannot open shared object file")
+
+            monkeypatch.setattr(int8_dot, "_load", unloadable)
         else:
             mapped = iter([{"/torch/lib/libgomp.so.1"}, {"/torch/lib/libgomp.so.1", "/usr/lib/libomp.so.5"}])
             monkeypatch.setattr(int8_dot, "_openmp_runtimes", lambda: next(mapped))

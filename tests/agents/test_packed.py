@@ -147,6 +147,18 @@ def test_joined_int4_matmuls_equal_their_parts_or_are_refused(rows):
 
 
 @needs_kernels
+def test_only_matmuls_of_one_joining_kind_are_joined():
+    """What the plain step and bench_engine join: one kind that joins (a layer a kernel refused took another)."""
+    rng = np.random.default_rng(0)
+    q4 = [packed._q4_matmul(rng.integers(0, 16, (64, 64)).astype(np.uint8), np.ones((64, 2), np.float32),
+                            np.zeros((64, 2), np.float32)) for _ in range(2)]  # fmt: skip
+    q8 = packed.Q8Matmul.from_codes(np.ones((64, 64), np.int8), np.ones(64, np.float32))
+    x = torch.randn(3, 64).bfloat16()
+    assert torch.equal(packed.joined_product(q4)(x), torch.cat([part(x) for part in q4], dim=-1))
+    assert packed.joined_product([q4[0], q8]) is None and packed.joined_product([q8, q8]) is None
+
+
+@needs_kernels
 def test_a_layer_the_kernels_refuse_stays_float():
     codes, scales, minimums = packed._q4_1_blocks(quantize(_weight(8, 32), Q4_1))  # 8 rows: int4 wants 16s
     net = torch.nn.Sequential(torch.nn.Linear(32, 8, bias=False))

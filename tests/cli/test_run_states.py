@@ -21,7 +21,7 @@ from aloekit.graphs import TreeStore
 from aloekit.store import Store
 from aloekit.testing import StubOpenAIServer, role_aware_reply
 from tests.graphs.scripted import PERSONA
-from tests.helpers import count_rows, wait_for
+from tests.helpers import count_rows, hold_lease, wait_for
 
 DEADLINE_S = 300  # generous: a loaded 2-core machine may take long to start a process
 
@@ -154,10 +154,7 @@ def test_two_resumes_of_one_run_one_wins_the_other_gets_a_clear_error(tmp_path):
 def test_a_sigkilled_holder_does_not_block_a_resume(tmp_path):
     store = Store(tmp_path / "aloe.db")
     run_id = store.start_run("test", {}, 0)
-    dead = subprocess.Popen([sys.executable, "-c", "pass"])
-    dead.wait()
-    store.conn.execute("INSERT INTO run_leases VALUES (?, 'someone', ?, ?, ?)",
-                       [run_id, __import__("socket").gethostname(), dead.pid, time.time()])  # fmt: skip
+    hold_lease(store, run_id)  # by a process that has ended
     from aloekit.store import RunLease
 
     with RunLease(store, run_id) as lease:  # the holder's pid is gone: taken over at once
@@ -174,20 +171,13 @@ def test_a_run_whose_lease_holder_is_gone_is_ended_interrupted(tmp_path, host, p
     """Gone: a pid that no longer exists on this host (or now names a process started after the last heartbeat),
     or no heartbeat for ``stale_s`` (here 1 s) from another host, whose pids cannot be checked; a live holder
     here is never taken for gone, however late its heartbeat. The lease row stays, guarding the run."""
-    import socket
-
     store = Store(tmp_path / "aloe.db")
     run_id, started = store.start_run("test", {}, 0), store.start_run("just started: no lease yet", {}, 0)
     trees = TreeStore(store)
     for run in (run_id, started):
         trees.set_status(trees.create_conversations(run, [PERSONA], 2)[0], "running")
-    if pid == "dead":
-        dead = subprocess.Popen([sys.executable, "-c", "pass"])
-        dead.wait()
-        pid = dead.pid
-    holder = (socket.gethostname() if host == "here" else "another-host", os.getpid() if pid == "mine" else pid)
-    store.conn.execute("INSERT INTO run_leases VALUES (?, 'someone', ?, ?, ?)",
-                       [run_id, *holder, time.time() - silent_s])  # fmt: skip
+    holder = {"dead": None, "mine": os.getpid()}.get(pid, pid)
+    hold_lease(store, run_id, holder, None if host == "here" else "another-host", time.time() - silent_s)
     assert list(store.abandoned_runs(stale_s=1)) == ([run_id] if abandoned else [])
     assert store.end_abandoned_runs(stale_s=1) == ([run_id] if abandoned else [])
     statuses = dict(store.conn.execute("SELECT id, status FROM runs").fetchall())

@@ -15,6 +15,7 @@ from aloekit.graphs.records import CandidateRecord, TurnRecord
 from aloekit.store import Store
 from aloekit.viewer.render import run_page, runs_page, tree_page
 from tests.graphs.scripted import PERSONA
+from tests.helpers import hold_lease
 
 PAYLOAD = '<script>window.__pwned=1</script><img src=x onerror="alert(1)">'
 PROMPT = "You are a helpful assistant.\nKeep it short.\n\nUser: hi"
@@ -147,22 +148,14 @@ def test_the_runs_page_names_every_kind_of_run_and_its_backends(tmp_path):
 def test_a_run_whose_process_died_shows_interrupted_with_why_and_the_database_is_left_as_is(tmp_path):
     """The viewer only reads: a run left ``running`` by a SIGKILLed process is shown as ``aloe runs list`` would
     record it."""
-    import socket
-    import subprocess
-    import sys
-    import time
-
     store = Store(tmp_path / "aloe.db")
     run = store.start_run("aloe simulate", {}, 0)
     [cid] = TreeStore(store).create_conversations(run, [PERSONA], 4)
     TreeStore(store).set_status(cid, "running")
-    dead = subprocess.Popen([sys.executable, "-c", "pass"])
-    dead.wait()
-    store.conn.execute("INSERT INTO run_leases VALUES (?, 'someone', ?, ?, ?)",
-                       [run, socket.gethostname(), dead.pid, time.time()])  # fmt: skip
+    dead = hold_lease(store, run)  # by a process that has ended
     index, page = runs_page(store)[0], run_page(store, run)[0]
     for html in (index, page):
-        assert "interrupted" in html and f"its process ({dead.pid} on" in text_of(html)
+        assert "interrupted" in html and f"its process ({dead} on" in text_of(html)
     assert "1 incomplete" in index and "<td>0/4</td><td>incomplete" in page
     assert store.conn.execute("SELECT status FROM runs").fetchone()[0] == "running"
     assert store.conn.execute("SELECT status FROM conversations").fetchone()[0] == "running"

@@ -120,16 +120,13 @@ def _joined(owner: Any, modules: list[Any]) -> Callable[[Any], Any]:
     ``owner`` while the same packed weights are there), else one call each."""
     import torch
 
-    from aloekit.agents.backends.int8_dot import Int8DotMatmul
-    from aloekit.agents.backends.packed import Q4Matmul, _packed_class, in_bfloat16
+    from aloekit.agents.backends.packed import _packed_class, in_bfloat16, joined_product
 
     matmuls = [getattr(module, "packed_matmul", None) for module in modules]
-    kinds = {type(m) for m in matmuls}
-    packed = all(type(m) is _packed_class() for m in modules)
-    if packed and len(kinds) == 1 and (kind := kinds.pop()) in (Q4Matmul, Int8DotMatmul):
+    if all(type(m) is _packed_class() for m in modules):
         kept = owner.__dict__.get("_joined_matmul")
         if kept is None or kept[0] != matmuls:  # the matmuls compare by identity: the same packed weights
-            kept = owner._joined_matmul = (matmuls, kind.joined(matmuls))
+            kept = owner._joined_matmul = (matmuls, joined_product(matmuls))
         if (joined := kept[1]) is not None:
             return lambda x: in_bfloat16(joined, x)
     each = list(map(_linear, modules))

@@ -495,7 +495,7 @@ class TransformersChatClient(ChatCompletionClient):
                 raise
             logger.info("%s: decoding in float", self.name, exc_info=True)
             blocks = None
-        tiles = settings["dtype"] == "bfloat16" and cpu_has_bfloat16_tiles()
+        tiles = bfloat16_tiles_wanted(settings["dtype"])
         skip = tuple(saved.get("modules_to_save") or ())
         int8_dot = settings["q4_1_matmul"] == "int8 dot"
         if blocks is None or not pack_linears(model, blocks, skip=skip, tiles=tiles, int8_dot=int8_dot):
@@ -865,7 +865,13 @@ def resolve_q8_0_matmul(dtype: str) -> str:
     refuse the tiles (torch 2.11). Their results differ, so a cached answer is served only to the same."""
     if int8_dot_missing() is None:
         return "int8 dot"
-    return "bfloat16 tiles" if dtype == "bfloat16" and cpu_has_bfloat16_tiles() else "int8"
+    return "bfloat16 tiles" if bfloat16_tiles_wanted(dtype) else "int8"
+
+
+def bfloat16_tiles_wanted(dtype: str) -> bool:
+    """Whether a packed model computing in ``dtype`` tries the AMX tiles for its Q8_0 layers (a bfloat16 model on
+    a CPU with them) before torch's int8 kernel."""
+    return dtype == "bfloat16" and cpu_has_bfloat16_tiles()
 
 
 def cast_parameters(model: Any, dtype: Any) -> None:

@@ -129,6 +129,15 @@ class Q4Matmul:
         return joined if torch.equal(joined(probe), torch.cat([p(probe) for p in parts], dim=-1)) else None
 
 
+def joined_product(matmuls: list[Any]) -> Any | None:
+    """One product for packed matmuls that multiply the same input, their outputs side by side: where all are of
+    one kind that joins (torch's int4 kernel, the int8 dot kernel) and it can join them; else None."""
+    kinds = {type(matmul) for matmul in matmuls}
+    if len(kinds) == 1 and (kind := kinds.pop()) in (Q4Matmul, Int8DotMatmul):
+        return kind.joined(matmuls)
+    return None
+
+
 class Q8Matmul:
     """torch's int8 kernel over one weight ``W = row_scale * code``: codes int8 [N, K], row scales bfloat16 [N]."""
 
