@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from aloekit.errors import AloeError, ConfigError
+from aloekit.limits import SQLITE_INT_MAX, SQLITE_INT_MIN
 from aloekit.secrets import register_url_secrets
 
 ENV_PREFIX = "ALOE_"
@@ -63,7 +64,7 @@ class GenerationOptions(Settings):
     """Upper bound on generated tokens."""
     top_p: float | None = Field(default=None, gt=0, le=1)
     """Nucleus sampling mass."""
-    seed: int | None = None
+    seed: int | None = Field(default=None, ge=SQLITE_INT_MIN, le=SQLITE_INT_MAX)
     """Sampling seed; a seeded call is reproducible and therefore cacheable."""
     stop: list[str] | None = None
     """Strings at which generation stops (the stop string is not returned)."""

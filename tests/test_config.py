@@ -34,6 +34,7 @@ def test_yaml(tmp_path):
         ("c.toml", "sed = 1\n", r"c.toml: field sed: Extra inputs are not permitted"),
         ("c.toml", "[backend]\ntimeout_s = 'slow'\n", r"field backend.timeout_s"),
         ("c.yaml", "backends:\n  local:smollm2: {bogus: 1}\n", r"backends\['local:smollm2'\]: field bogus"),
+        ("c.toml", "[generation]\nseed = 18446744073709551616\n", r"field generation.seed: .*less than or equal"),
         ("c.json", "{}", "unknown format '.json'"),
         ("c.yaml", "- 1\n", "top level must be a table"),
     ],

@@ -14,10 +14,21 @@ import numpy as np
 
 N_BOOT = 1000
 """Bootstrap resamples behind every interval aloekit shows (viewer, ``aloe report``, ``aloe compare``)."""
+FLAT = 1e-9
+"""A curve whose values span no more than this is flat: expected scores are sums of products, so a curve
+whose means are equal can differ in the last bits (2.2 against 2.1999999999999997)."""
+MIN_PERSONAS_FOR_CI = 2
+"""Fewer personas than this give no interval: one persona's resamples are all itself, a zero-width band."""
 
 # scores[persona_id][k] is the judge's 1-5 score of the model's reply at turn k (1-based; a fraction with
 # expected scores), or None when the judge's answer was unusable (unscored: excluded, and counted).
 Scores = Mapping[str, Mapping[int, float | None]]
+
+
+def bootstrap_rng(seed: int) -> np.random.Generator:
+    """The resampling generator for a run's seed; a negative seed (runs allow them) is taken modulo 2^64, since
+    numpy's take none."""
+    return np.random.default_rng(seed % 2**64)
 
 
 @dataclass
@@ -30,8 +41,8 @@ class LineFit:
 
 
 def fit_line(values: list[float]) -> LineFit:
-    """Closed-form least squares over k = 1..K (NaN points skipped). A perfectly flat curve is fitted
-    exactly (slope 0, R2 1); fewer than two points give NaN: no slope can be measured."""
+    """Closed-form least squares over k = 1..K (NaN points skipped). A flat curve (within :data:`FLAT`) is
+    fitted exactly (slope 0, R2 1); fewer than two points give NaN: no slope can be measured."""
     k = np.arange(1, len(values) + 1, dtype=float)
     y = np.asarray(values, dtype=float)
     mask = ~np.isnan(y)
@@ -39,23 +50,25 @@ def fit_line(values: list[float]) -> LineFit:
     if len(y) < 2:
         return LineFit(slope=math.nan, intercept=math.nan, r2=math.nan)
     k_bar, y_bar = k.mean(), y.mean()
+    if np.ptp(y) <= FLAT:
+        return LineFit(slope=0.0, intercept=float(y_bar), r2=1.0)
     slope = float(((k - k_bar) * (y - y_bar)).sum() / ((k - k_bar) ** 2).sum())
     intercept = float(y_bar - slope * k_bar)
     ss_tot = float(((y - y_bar) ** 2).sum())
     ss_res = float(((y - (slope * k + intercept)) ** 2).sum())
-    r2 = 1.0 if ss_tot == 0 else 1.0 - ss_res / ss_tot
+    r2 = 1.0 - ss_res / ss_tot
     return LineFit(slope, intercept, r2)
 
 
 def normalize(values: list[float], method: str = "minmax") -> list[float]:
-    """Min-max normalise a curve over its own range; a flat curve (max = min) maps to all zeros."""
+    """Min-max normalise a curve over its own range; a flat curve (within :data:`FLAT`) maps to all zeros."""
     if method != "minmax":
         raise ValueError(f"unknown normalisation {method!r} (supported: minmax)")
     y = np.asarray(values, dtype=float)
     if np.isnan(y).all():
         return [math.nan] * len(y)
     lo, hi = np.nanmin(y), np.nanmax(y)
-    if hi == lo:
+    if hi - lo <= FLAT:
         return [0.0 if not math.isnan(v) else math.nan for v in y]
     return [float(v) for v in (y - lo) / (hi - lo)]
 
@@ -128,13 +141,14 @@ def _percentile_interval(value: float, samples: list[float]) -> Interval:
 
 
 def bootstrap(scores: Scores, turns: int, n_boot: int = N_BOOT, seed: int = 0) -> BootstrapCIs:
-    """Resample personas with replacement ``n_boot`` times; percentile intervals."""
+    """Resample personas with replacement ``n_boot`` times; percentile intervals (none for fewer than
+    :data:`MIN_PERSONAS_FOR_CI` personas)."""
     ids = sorted(scores)
     point = compute_metrics(scores, turns)
-    rng = np.random.default_rng(seed)
+    rng = bootstrap_rng(seed)
     samples: dict[str, list[float]] = {"avg": [], "ir": [], "r2": [], "n_ir": []}
     als: list[list[float]] = [[] for _ in range(turns)]
-    for _ in range(n_boot if ids else 0):
+    for _ in range(n_boot if len(ids) >= MIN_PERSONAS_FOR_CI else 0):
         sample = {f"{i}:{pid}": scores[pid] for i, pid in enumerate(rng.choice(ids, size=len(ids), replace=True))}
         m = compute_metrics(sample, turns)
         for name, values in samples.items():
@@ -239,22 +253,28 @@ def persona_means(scores: Scores, turns_by_persona: Mapping[str, set[int]]) -> d
 
 
 def compare(a: Scores, b: Scores, turns: int, n_boot: int = N_BOOT, seed: int = 0, alpha: float = 0.05) -> Comparison:
-    """Paired comparison of B - A on shared personas over turns 1..``turns``.
+    """Paired comparison of B - A on shared personas over turns 1..``turns``, on the (persona, turn) cells
+    both runs scored: a turn one run left unscored is left out of both, so it cannot pass for a difference.
 
-    Paired-bootstrap CIs for AVG, IR and each AL(k); a Wilcoxon signed-rank test on per-persona means
-    taken over exactly the turns both runs scored; a signed-rank test per turn, Holm-adjusted across turns.
+    Paired-bootstrap CIs for AVG, IR and each AL(k) (none for fewer than :data:`MIN_PERSONAS_FOR_CI`
+    personas); a Wilcoxon signed-rank test on per-persona means over those cells; a signed-rank test per
+    turn, Holm-adjusted across turns.
     """
     common = sorted(set(a) & set(b))
     if not common:
         raise ValueError("the two runs share no personas")
-    rng = np.random.default_rng(seed)
+    compared = {pid: {k for k in range(1, turns + 1) if a[pid].get(k) is not None and b[pid].get(k) is not None}
+                for pid in common}  # fmt: skip
+    a = {pid: {k: a[pid][k] for k in compared[pid]} for pid in common}
+    b = {pid: {k: b[pid][k] for k in compared[pid]} for pid in common}
+    rng = bootstrap_rng(seed)
 
     def stat(scores: Scores, ids: list[str]) -> Metrics:
         return compute_metrics({f"{i}:{pid}": scores[pid] for i, pid in enumerate(ids)}, turns)
 
     base_a, base_b = stat(a, common), stat(b, common)
     avg_d, ir_d, al_d = [], [], [[] for _ in range(turns)]
-    for _ in range(n_boot):
+    for _ in range(n_boot if len(common) >= MIN_PERSONAS_FOR_CI else 0):
         ids = list(rng.choice(common, size=len(common), replace=True))
         ma, mb = stat(a, ids), stat(b, ids)
         avg_d.append(mb.avg - ma.avg)
@@ -263,10 +283,6 @@ def compare(a: Scores, b: Scores, turns: int, n_boot: int = N_BOOT, seed: int = 
             al_d[k].append(mb.al[k] - ma.al[k])
     al_diff = [_percentile_interval(base_b.al[k] - base_a.al[k], al_d[k]) for k in range(turns)]
 
-    def both(pid: str, k: int) -> bool:
-        return a[pid].get(k) is not None and b[pid].get(k) is not None
-
-    compared = {pid: {k for k in range(1, turns + 1) if both(pid, k)} for pid in common}
     means_a, means_b = persona_means(a, compared), persona_means(b, compared)
     paired = [means_b[p] - means_a[p] for p in common if p in means_a and p in means_b]
     statistic, p_value = signed_rank(paired)

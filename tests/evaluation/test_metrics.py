@@ -25,6 +25,15 @@ def test_flat_curve_is_defined():
     assert m.n_al == [0.0, 0.0, 0.0] and m.n_ir == 0.0 and m.n_r2 == m.r2  # min = max: no division by zero
 
 
+def test_a_curve_flat_but_for_rounding_is_flat():
+    # The three AL(k) are all 2.2, but the last is computed as 2.1999999999999997: exact tests gave
+    # R2 0, N-AL [1, 1, 0] and N-IR -0.5.
+    scores = {"a": {1: 2.2, 2: 2.2, 3: 1.1}, "b": {1: 2.2, 2: 2.2, 3: 2.2}, "c": {1: 2.2, 2: 2.2, 3: 3.3}}
+    m = compute_metrics(scores, 3)
+    assert m.al[2] != m.al[0]  # the rounding this test is about
+    assert (m.ir, m.r2) == (0.0, 1.0) and m.n_al == [0.0, 0.0, 0.0] and (m.n_ir, m.n_r2) == (0.0, 1.0)
+
+
 def test_noisy_curve_by_hand():
     # k = 1..4, AL = 2, 4, 3, 5: slope = 4 / 5 = 0.8, intercept = 3.5 - 0.8 * 2.5 = 1.5,
     # fitted 2.3, 3.1, 3.9, 4.7, SSres = 1.8, SStot = 5, R2 = 0.64.
@@ -62,6 +71,23 @@ def test_bootstrap_intervals():
     assert bootstrap(scores, 3, n_boot=300, seed=1) == cis  # seeded
     same = bootstrap({f"p{i}": {1: 3, 2: 3} for i in range(5)}, 2, n_boot=50)
     assert (same.avg.low, same.avg.high) == (3.0, 3.0)
+
+
+def test_a_negative_run_seed_resamples_reproducibly():
+    # Runs allow seeds down to SQLite's smallest integer; numpy's generators take none below 0.
+    scores = {f"p{i}": {1: 1 + i % 5, 2: 2 + i % 4} for i in range(6)}
+    cis = bootstrap(scores, 2, n_boot=50, seed=-3)
+    assert cis == bootstrap(scores, 2, n_boot=50, seed=-3) and cis != bootstrap(scores, 2, n_boot=50, seed=3)
+    assert compare(scores, scores, 2, n_boot=20, seed=-(2**63)).avg_diff.value == 0.0
+
+
+def test_one_persona_gives_no_interval():
+    # Its every resample is itself: a zero-width band would read as certainty.
+    cis = bootstrap({"p": {1: 1, 2: 3}}, 2, n_boot=50)
+    assert (cis.avg.value, cis.ir.value) == (2.0, 2.0)
+    assert format_interval(cis.avg) == "2.000 [n/a, n/a]" and all(math.isnan(ci.low) for ci in cis.al)
+    c = compare({"p": {1: 1, 2: 3}}, {"p": {1: 2, 2: 5}}, 2, n_boot=50)
+    assert c.avg_diff.value == 1.5 and math.isnan(c.avg_diff.low) and math.isnan(c.ir_diff.high)
 
 
 def test_paired_comparison():
@@ -111,6 +137,17 @@ def test_wilcoxon_uses_only_the_turns_compared():
     b["p0"][2] = None
     c = compare(a, b, 2, n_boot=50)
     assert c.turn_n == [6, 5] and c.wilcoxon_n == 6
+
+
+def test_a_turn_one_run_left_unscored_is_no_difference():
+    # Every score both runs gave is the same; B left p's second turn unscored. Before, A's 5 there still
+    # counted for A alone: AVG difference -0.583, IR and AL(2) differences -1.17.
+    a = {"p": {1: 1, 2: 5}, "q": {1: 1, 2: 1}, "r": {1: 2, 2: 2}}
+    b = {**a, "p": {1: 1, 2: None}}
+    c = compare(a, b, 2, n_boot=100)
+    assert (c.avg_diff.value, c.avg_diff.low, c.avg_diff.high) == (0.0, 0.0, 0.0)
+    assert c.ir_diff.value == 0.0 and [d.value for d in c.al_diff] == [0.0, 0.0]
+    assert c.turn_n == [3, 2] and c.wilcoxon_p == 1.0
 
 
 def test_per_turn_tests_are_holm_corrected():
