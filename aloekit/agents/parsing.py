@@ -54,6 +54,8 @@ _SCORE_RANGE = re.compile(
     r"\b\d+(?:\.\d+)?\s*(?:-|\u2013|\bto\b|\bor\b|\band\b)\s*\d+(?:\.\d+)?\b"
     r"|\b(?:one|two|three|four|five)\s+(?:to|or|and)\s+(?:one|two|three|four|five)\b"
 )
+# A score answer that hedges ("a 2, maybe 3", "not sure, 4", "it depends; score 3") asserts no one score.
+_SCORE_HEDGE = re.compile(r"\b(?:maybe|perhaps|possibly|depends|unsure|unclear|undecided|not sure)\b")
 _SCORE_LABELLED = re.compile(
     r"\b(?:scores?|scored|ratings?|rates?|rated|grades?|gives?|gave|giving|assigns?)\b[^\d\n.!?;]{0,24}?"
     r"(?<![\w.])(-?\d+(?:\.\d+)?)(?![\w]|\.\d)"
@@ -162,23 +164,29 @@ def parse_letter_verdict(text: str, n_candidates: int) -> int | None:
 def parse_score(text: str, low: int = 1, high: int = 5) -> int | None:
     """A score from '4', '4.', 'Score: 4', '4/5', 'I would rate this a 4.' or ``{"score": 4}``, else None.
 
-    None for a negated score ('not a 5'), a range ('3-4', 'between 3 and 4'), another scale ('5/10'), a
-    negative or fractional number, a number outside ``low``..``high``, or two different numbers.
+    None for a negated score ('not a 5'), a hedge ('2, maybe 3'), a range ('3-4', 'between 3 and 4'),
+    another scale ('5/10'), a negative or fractional number, a number outside ``low``..``high``, or two
+    different numbers, however labelled ('4 out of 5 would be generous; 2', an echoed 'rate from 1 ... to 5').
     """
     if (inner := _json_value(text)) is not None:
         return parse_score(inner, low, high) if inner else None
     lowered = _SCALE.sub(lambda m: " " * len(m.group()), _clean(text).lower())
-    if not lowered.strip() or _SCORE_RANGE.search(lowered):
+    if not lowered.strip() or _SCORE_RANGE.search(lowered) or _SCORE_HEDGE.search(lowered):
         return None
     fractions = list(_FRACTION.finditer(lowered))
     labelled: list[tuple[int | None, int]] = [
         (_as_int(m.group(1)) if int(m.group(2)) == high else None, m.start()) for m in fractions
     ]
     spans = [m.span() for m in fractions]
-    labelled += [(_as_int(m.group(1)), m.start(1)) for m in _SCORE_LABELLED.finditer(lowered)
-                 if _outside(spans, m)]  # fmt: skip
+    said = [m for m in _SCORE_LABELLED.finditer(lowered) if _outside(spans, m)]
+    labelled += [(_as_int(m.group(1)), m.start(1)) for m in said]
     if labelled:
-        return _single(labelled, lowered, low, high)
+        # Beside a labelled score, a bare number conflicts only if it could be a score ("Score: 4, not 2");
+        # "Score: 4 (she is 30)" keeps its label.
+        spans += [m.span() for m in said]
+        bare = [(_as_int(m.group()), m.start()) for m in _NUMBER.finditer(lowered) if _outside(spans, m)]
+        others = [(value, start) for value, start in bare if value is not None and low <= value <= high]
+        return _single(labelled + others, lowered, low, high)
     numbers = [(_as_int(m.group()), m.start()) for m in _NUMBER.finditer(lowered)]
     if (word := lowered.strip(" .!")) in _WORD_NUMBERS:
         numbers.append((_WORD_NUMBERS[word], 0))

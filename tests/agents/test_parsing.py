@@ -145,6 +145,17 @@ SCORES = [
     ("", None),
     ("1-5", None),
     ("It deserves 4, maybe 3", None),
+    # hedged or contradicted beside a label: once read as the labelled score
+    ("I give it a 2, maybe 3", None),
+    ("Score: 4, or maybe 5", None),
+    ("Rating: 2 (maybe 3)", None),
+    ("4 out of 5 would be too generous; 2", None),
+    ("It depends; score 3", None),
+    ("not sure, 4", None),
+    ("Score: 4, not 2", None),
+    ("Rate the reply from 1 (not tailored to this person at all) to 5 (perfectly tailored)", None),
+    ("I rate it 4/5.", 4),
+    ("Score: 4 (perhaps the best of the three replies)", None),
     ('{"score": 4, "rating": 3}', None),
 ]
 
