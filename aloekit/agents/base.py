@@ -21,7 +21,7 @@ from autogen_core.models import ChatCompletionClient
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from aloekit.agents.backends.messages import alternation_error, conform, from_dicts
-from aloekit.agents.parsing import option_distribution
+from aloekit.agents.parsing import option_probabilities, renormalised
 from aloekit.config import GenerationOptions
 from aloekit.errors import AloeError, ConfigError
 from aloekit.personas.models import Persona, PersonaPair
@@ -77,6 +77,9 @@ class CallRecord(BaseModel):
     cached: bool = False
     distribution: dict[str, float] | None = None
     """For a constrained answer: P(option) from the first token's logprobs, renormalised over the options."""
+    option_share: float | None = None
+    """For a constrained answer: the options' share of the first token's probability before renormalising
+    (1 where the backend gave the options alone; small where the model wanted to say something else)."""
 
 
 @dataclass
@@ -188,8 +191,8 @@ class PromptRole:
         Given the ``view``, a sampled call without a configured seed gets one derived from (seed,
         conversation index, turn, role), so a rerun with the same seed draws the same samples.
         ``choices`` constrains the answer to one of them (``guided_choice``); with ``logprobs`` the first
-        token's distribution over them is asked for too and recorded as the call's ``distribution``
-        (such calls are never served from the cache, which keeps no logprobs).
+        token's distribution over them is asked for too and recorded as the call's ``distribution`` and
+        ``option_share`` (such calls are never served from the cache, which keeps no logprobs).
         """
         messages = conform(messages)
         options = {**self.generation, **overrides}
@@ -202,6 +205,7 @@ class PromptRole:
         started = time.monotonic()
         result = await self.client.create(from_dicts(messages), extra_create_args=options)
         raw = result.content if isinstance(result.content, str) else str(result.content)
+        probabilities = option_probabilities(result.logprobs, choices) if choices and logprobs else None
         return CallRecord(
             backend=self.backend,
             messages=messages,
@@ -210,7 +214,8 @@ class PromptRole:
             completion_tokens=result.usage.completion_tokens,
             latency_s=round(time.monotonic() - started, 4),
             cached=result.cached,
-            distribution=option_distribution(result.logprobs, choices) if choices and logprobs else None,
+            distribution=renormalised(probabilities) if probabilities else None,
+            option_share=round(sum(probabilities.values()), 6) if probabilities else None,
         )
 
     async def __call__(self, view: RoleView) -> RoleOutput:

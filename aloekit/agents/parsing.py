@@ -6,7 +6,7 @@ asked once more, then the turn is counted as unlabelled or unscored. A lenient p
 turns a judge's nonsense into training labels.
 
 With ``score_mode = "expected"`` a judge's answer is read from its next-token distribution instead
-(:func:`option_distribution`): the probability-weighted mean of the allowed answers (G-Eval).
+(:func:`option_probabilities`): the probability-weighted mean of the allowed answers (G-Eval).
 """
 
 from __future__ import annotations
@@ -196,36 +196,43 @@ def parse_score(text: str, low: int = 1, high: int = 5) -> int | None:
 # Probability-weighted answers ----------------------------------------------------------------------------
 
 
-def option_distribution(logprobs: Sequence[Any] | None, options: Sequence[str]) -> dict[str, float] | None:
-    """P(option) from the first generated token's ``top_logprobs``, renormalised over ``options``.
+def option_probabilities(logprobs: Sequence[Any] | None, options: Sequence[str]) -> dict[str, float] | None:
+    """P(option) from the first generated token's ``top_logprobs``, as the model gave them (not renormalised).
 
     ``logprobs`` is autogen's ``CreateResult.logprobs``; tokens are read from their UTF-8 ``bytes``
     (autogen keeps only those for the alternatives). Tokens equal to an option once whitespace is
-    stripped (letters: case-insensitively) add to it. None when no option appears at all.
+    stripped (letters: case-insensitively) add to it. None when there are no logprobs, when the token the
+    model chose is no option (it did not answer with one: a sliver of probability on the options, "5" at
+    0.001 beside "Sorry" at 0.999, would otherwise make the whole answer), or when no option appears.
     """
     if not logprobs:
         return None
     first = logprobs[0]
     alternatives = list(getattr(first, "top_logprobs", None) or [])
     token = getattr(first, "token", None)
+    canonical = {_canon(o): o for o in options}
+    if token is None or _canon(token) not in canonical:
+        return None
     pairs: list[tuple[str, float]] = []
     for alt in alternatives:
         raw = getattr(alt, "bytes", None)
         text = bytes(raw).decode("utf-8", errors="replace") if raw else getattr(alt, "token", None)
         if text is not None:
             pairs.append((text, float(alt.logprob)))
-    if not pairs and token is not None:  # no alternatives returned: the chosen token alone
+    if not pairs:  # no alternatives returned: the chosen token alone
         pairs.append((token, float(first.logprob)))
-    canonical = {_canon(o): o for o in options}
     mass = dict.fromkeys(options, 0.0)
     for text, logprob in pairs:
         option = canonical.get(_canon(text))
         if option is not None and math.isfinite(logprob):
             mass[option] += math.exp(logprob)
-    total = sum(mass.values())
-    if total <= 0:
-        return None
-    return {option: p / total for option, p in mass.items()}
+    return mass if sum(mass.values()) > 0 else None
+
+
+def renormalised(probabilities: Mapping[str, float]) -> dict[str, float]:
+    """``probabilities`` divided by their sum: the distribution of a choice made among these options alone."""
+    total = sum(probabilities.values())
+    return {option: p / total for option, p in probabilities.items()}
 
 
 def _canon(text: str) -> str:

@@ -49,6 +49,8 @@ class Score(BaseModel):
     ``similarity``: the ``persona_similarity`` judge's embedding rank (no model call)."""
     distribution: dict[str, float] | None = None
     """``expected`` mode: P(score) for 1..5, renormalised over the five options."""
+    option_share: float | None = None
+    """``expected`` mode: the five options' share of the first token's probability before renormalising."""
 
 
 ScoreMode = Literal["auto", "text", "expected"]
@@ -121,7 +123,8 @@ class AlignmentScorer(PromptRole):
             calls.append(await self.complete(strict, view, choices=self.choices, logprobs=expected))
             score = self._read(calls[-1])
         value = Score(score=score, raw=[c.raw for c in calls], retried=len(calls) > 1, prompt_hash=prompt_hash,
-                      mode=self.score_mode, distribution=calls[-1].distribution)  # fmt: skip
+                      mode=self.score_mode, distribution=calls[-1].distribution,
+                      option_share=calls[-1].option_share)  # fmt: skip
         return RoleOutput(text=calls[-1].raw.strip(), value=value, calls=calls)
 
 

@@ -68,11 +68,11 @@ def eval_command(
     from aloekit.evaluation import EvalConfig, create_eval_conversations, plan_eval_conversations, run_evaluation
     from aloekit.evaluation.audit import audit_notice
     from aloekit.evaluation.report import (
-        EXPECTED_SCORES_NOTE,
-        SIMILARITY_SCORES_NOTE,
         eval_config,
         format_value,
+        option_share_line,
         run_results,
+        score_notes,
         second_judge_line,
     )
     from aloekit.hardware import run_defaults
@@ -133,6 +133,7 @@ def eval_command(
         "run_id": run_id, "statuses": summary.statuses, "turns_saved": summary.turns_saved, "unscored": m.unscored,
         "avg": m.avg, "ir": m.ir, "r2": m.r2, "al": m.al, "scored": m.scored, "failures": summary.failures,
         "judge_audit": results["audit_id"], "score_modes": results["score_modes"],
+        "option_share": results["option_share"],
         "second_judge": None if results["second"] is None else {
             "kind": results["second"]["kind"], "avg": results["second"]["metrics"].avg,
             "ir": results["second"]["metrics"].ir, "agreement": results["second"]["agreement"]},
@@ -146,10 +147,9 @@ def eval_command(
                + " ".join(f"{format_value(v, 2)} (n={n})" for v, n in zip(m.al, m.scored, strict=True)))  # fmt: skip
     if line := second_judge_line(results):
         click.echo(line)
-    notes = {"expected": EXPECTED_SCORES_NOTE, "similarity": SIMILARITY_SCORES_NOTE}
-    for mode in results["score_modes"]:
-        if mode in notes:
-            click.echo(notes[mode])
+    for line in [*score_notes(results), option_share_line(results)]:
+        if line:
+            click.echo(line)
     for failure in summary.failures:
         click.echo(f"  failed: {failure}")
     if not summary.finished:

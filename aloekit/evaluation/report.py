@@ -104,7 +104,29 @@ def run_results(store: Store, run_id: str, n_boot: int = N_BOOT) -> dict[str, An
                   "audit": audited[1] if audited else None}  # fmt: skip
     return {"run_id": run_id, "config": config, "scores": scores, "turns": turns, "metrics": metrics, "cis": cis,
             "statuses": evals.trees.status_counts(run_id), "audit_id": audit_id, "audit": audit,
-            "score_modes": evals.score_modes(run_id), "second": second, "files": files}  # fmt: skip
+            "score_modes": evals.score_modes(run_id), "option_share": share_summary(evals.option_shares(run_id)),
+            "second": second, "files": files}  # fmt: skip
+
+
+def share_summary(shares: list[float]) -> dict[str, Any] | None:
+    """Mean and lowest option share over a run's expected scores (None where it has none)."""
+    return {"mean": sum(shares) / len(shares), "min": min(shares), "n": len(shares)} if shares else None
+
+
+def option_share_line(result: dict[str, Any]) -> str | None:
+    """What the judge's option shares say about its expected scores, if the run has any."""
+    share = result.get("option_share")
+    if share is None:
+        return None
+    return (f"The five scores held on average {share['mean']:.0%} (lowest {share['min']:.0%}) of the judge's "
+            f"first-token probability over {share['n']} replies; the rest went to other tokens, so each score "
+            "is the judge's preference among 1-5 when made to pick one.")  # fmt: skip
+
+
+def score_notes(result: dict[str, Any]) -> list[str]:
+    """What a run's scores are, in words (expected values, similarity ranks); none for text scores."""
+    notes = {"expected": EXPECTED_SCORES_NOTE, "similarity": SIMILARITY_SCORES_NOTE}
+    return [notes[mode] for mode in result["score_modes"] if mode in notes]
 
 
 def judge_agreement(first: Scores, second: Scores) -> dict[str, Any]:
@@ -222,7 +244,9 @@ def write_report(store: Store, run_ids: list[str], out: Path, note: str | None =
             "run_id": r["run_id"], "model": config.model, "mode": config.mode, "baseline": config.baseline,
             "user_backend": config.user.backend if config.mode == "live" else f"replay of {config.replay_run}",
             "judge_backend": config.judge.backend, "personas": len(r["scores"]), "turns": r["turns"],
-            "statuses": r["statuses"], "metrics": asdict(m), "ci": asdict(r["cis"]),
+            "statuses": r["statuses"], "score_modes": r["score_modes"], "option_share": r["option_share"],
+            "judge_kind": config.judge.kind, "metrics": asdict(m), "ci": asdict(r["cis"]),
+            "ci_method": f"95% percentile bootstrap, personas resampled {N_BOOT} times, seed {config.seed}",
             "judge_audit": {"id": r["audit_id"], "passed": r["audit"].passed, "summary": r["audit"].summary_line()}
             if r["audit"] else None,
             "second_judge": {"kind": r["second"]["kind"], "metrics": asdict(r["second"]["metrics"]),
@@ -246,10 +270,8 @@ def write_report(store: Store, run_ids: list[str], out: Path, note: str | None =
         )
     lines += ["", "## What the judge's audit means for these numbers", ""]
     lines += [f"- {sentence}" for sentence in dict.fromkeys(audit_sentence(r) for r in results)]  # once per judge
-    if any("expected" in r["score_modes"] for r in results):
-        lines.append(f"- {EXPECTED_SCORES_NOTE}")
-    if any("similarity" in r["score_modes"] for r in results):
-        lines.append(f"- {SIMILARITY_SCORES_NOTE}")
+    lines += [f"- {note_line}" for note_line in dict.fromkeys(n for r in results for n in score_notes(r))]
+    lines += [f"- {r['run_id']}: {line}" for r in results if (line := option_share_line(r))]
     second_lines = [f"- {r['run_id']}: {line}" for r in results if (line := second_judge_line(r))]
     if second_lines:
         lines += ["", "## Second judge (an independent metric; the table above is the judge's)", "", *second_lines]

@@ -374,6 +374,15 @@ class EvalStore:
                 out.setdefault(PersonaPair.model_validate_json(persona).id, {})[turn] = score
         return out
 
+    def option_shares(self, run_id: str) -> list[float]:
+        """Per reply scored in ``expected`` mode, the five options' share of the judge's first-token probability."""
+        rows = self.store.db.execute(
+            "SELECT json_extract(e.record, '$.score.option_share') FROM eval_turns e "
+            "JOIN conversations c ON c.id = e.conversation_id WHERE c.run_id = ? "
+            "AND json_extract(e.record, '$.score.option_share') IS NOT NULL", [run_id]
+        ).fetchall()  # fmt: skip
+        return [float(share) for (share,) in rows]
+
     def score_modes(self, run_id: str) -> list[str]:
         """How the run's scores were read (``text``, ``expected``), from its saved turns."""
         rows = self.store.db.execute(

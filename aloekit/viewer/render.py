@@ -271,8 +271,10 @@ def _calls_html(calls: Any) -> str:
             f'<div class="text">{esc(m.get("content") if isinstance(m, dict) else m)}</div></div>'
             for m in messages
         )
-        distribution = (f'<div class="muted">P(option): {esc(json.dumps(call["distribution"], ensure_ascii=False))}</div>'
-                        if call.get("distribution") else "")  # fmt: skip
+        held = call.get("option_share")
+        share = f" (the options held {held:.0%} of it)" if isinstance(held, int | float) else ""
+        distribution = (f'<div class="muted">P(option): {esc(json.dumps(call["distribution"], ensure_ascii=False))}'
+                        f"{esc(share)}</div>" if call.get("distribution") else "")  # fmt: skip
         parts.append(f'<div class="call"><div class="muted">{esc(" · ".join(meta))}</div>{texts}'
                      f'<div class="msg reply"><b>answer</b><div class="text">{esc(call.get("raw"))}</div></div>'
                      f"{distribution}</div>")  # fmt: skip
@@ -413,7 +415,7 @@ def eval_data(store: Store, run_id: str) -> dict[str, Any] | None:
 
 def eval_page(store: Store, run_id: str) -> tuple[str, str] | None:
     """An evaluation run: AL(k) curve, metrics with CIs, and each persona's transcript with its scores."""
-    from aloekit.evaluation.report import audit_sentence, format_interval, format_value
+    from aloekit.evaluation.report import audit_sentence, format_interval, format_value, option_share_line, score_notes
     from aloekit.evaluation.task import EvalStore
 
     result = eval_data(store, run_id)
@@ -426,7 +428,9 @@ def eval_page(store: Store, run_id: str) -> tuple[str, str] | None:
                f"<td>{esc(format_interval(cis.ir))}</td><td>{esc(format_interval(cis.r2))}</td><td>{esc(format_interval(cis.n_ir))}</td>"
                f"<td>{esc(format_value(m.n_r2))}</td><td>{m.unscored}</td>"
                f"<td>{esc(config.mode)}, {esc(config.baseline)}</td></tr></table>"
-               f'<p id="judge-audit" class="persona">{esc(audit_sentence(result))}</p>')  # fmt: skip
+               f'<p id="judge-audit" class="persona">{esc(audit_sentence(result))}</p>'
+               + "".join(f'<p class="persona score-note">{esc(line)}</p>'
+                         for line in [*score_notes(result), option_share_line(result)] if line))  # fmt: skip
     per_turn = "".join(
         f"<tr><td>{k + 1}</td><td>{esc(format_interval(cis.al[k]))}</td><td>{m.scored[k]}</td></tr>"
         for k in range(len(m.al))

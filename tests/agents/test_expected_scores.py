@@ -26,8 +26,17 @@ async def test_expected_score_from_a_scripted_distribution(scripted):
     assert out.value.score == pytest.approx(1 * 0.5 + 2 * 0.1 + 5 * 0.4)
     assert out.value.mode == "expected" and out.value.distribution["5"] == pytest.approx(0.4)
     assert out.calls[0].distribution == out.value.distribution and not out.value.retried
+    assert out.value.option_share == pytest.approx(1.0) == out.calls[0].option_share  # "Score" is no option
     options = client.calls[0][1]
     assert options["guided_choice"] == ["1", "2", "3", "4", "5"] and options["logprobs"] and options["top_logprobs"]
+
+
+async def test_an_answer_that_is_no_score_is_unscored_whatever_the_options_held(scripted):
+    # The judge said "Sorry": its 0.001 on "5" once became a score of 5.0.
+    client = ScriptedClient(lambda m, o: ("Sorry", {"Sorry": 0.999, "5": 0.001}))
+    scorer = AlignmentScorer("judge", BackendPool().client(scripted("sorry", client)), score_mode="expected")
+    out = await scorer(VIEW)
+    assert out.value.score is None and out.value.retried and out.value.option_share is None
 
 
 async def test_expected_score_without_logprobs_is_unscored(scripted):
@@ -42,7 +51,7 @@ async def test_expected_score_from_a_server_returning_top_logprobs():
         scorer = AlignmentScorer("judge", BackendPool().client(server.spec()), score_mode="expected")
         out = await scorer(VIEW)
         body = server.requests[-1]
-    assert out.value.score == pytest.approx(0.2 * 1 + 0.5 * 4 + 0.3 * 5)
+    assert out.value.score == pytest.approx(0.2 * 1 + 0.5 * 4 + 0.3 * 5) and out.value.option_share == 1.0
     assert body["logprobs"] is True and body["top_logprobs"] == 20
     assert body["guided_choice"] == ["1", "2", "3", "4", "5"]  # vLLM's request field, top level of the body
 
@@ -90,7 +99,7 @@ async def test_in_process_expected_score_is_a_weighted_mean(tiny_model_dir, scri
     scorer = AlignmentScorer("judge", pool.client(f"hf:{tiny_model_dir}"), score_mode="expected")
     out = await scorer(VIEW)
     assert out.value.distribution is not None and sum(out.value.distribution.values()) == pytest.approx(1.0)
-    assert 1 <= out.value.score <= 5
+    assert 1 <= out.value.score <= 5 and 0 < out.value.option_share < 1  # five tokens of the whole vocabulary
 
 
 async def test_auto_score_mode_is_expected_in_process_and_text_elsewhere(tiny_model_dir):

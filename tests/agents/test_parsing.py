@@ -7,7 +7,7 @@ import math
 import pytest
 from autogen_core.models import ChatCompletionTokenLogprob, TopLogprob
 
-from aloekit.agents.parsing import expected_value, option_distribution, parse_score, parse_verdict
+from aloekit.agents.parsing import expected_value, option_probabilities, parse_score, parse_verdict, renormalised
 
 # (text, candidates, labels, expected): the cases found in issue 11 first, then the rest of the class.
 VERDICTS = [
@@ -179,8 +179,14 @@ def _logprobs(chosen: str, alternatives: dict[str, float]) -> list[ChatCompletio
     return [ChatCompletionTokenLogprob(token=chosen, logprob=math.log(alternatives[chosen]), top_logprobs=tops)]
 
 
+def option_distribution(logprobs, options):
+    probabilities = option_probabilities(logprobs, options)
+    return None if probabilities is None else renormalised(probabilities)
+
+
 def test_option_distribution_sums_token_variants_and_renormalises():
     logprobs = _logprobs("4", {"4": 0.4, " 4": 0.1, "5": 0.25, "Score": 0.2, "1": 0.05})
+    assert sum(option_probabilities(logprobs, ["1", "2", "3", "4", "5"]).values()) == pytest.approx(0.8)
     dist = option_distribution(logprobs, ["1", "2", "3", "4", "5"])
     assert dist is not None
     assert dist["4"] == pytest.approx(0.5 / 0.8) and dist["2"] == 0.0
@@ -191,6 +197,15 @@ def test_option_distribution_sums_token_variants_and_renormalises():
 def test_option_distribution_is_none_when_no_option_appears():
     assert option_distribution(_logprobs("Hello", {"Hello": 0.9, "Hi": 0.1}), ["1", "2"]) is None
     assert option_distribution(None, ["1", "2"]) is None
+
+
+def test_a_sliver_on_the_options_is_no_answer():
+    # The model answered "Sorry": its 0.001 on "5" once made a score of 5.0.
+    assert option_distribution(_logprobs("Sorry", {"Sorry": 0.999, "5": 0.001}), ["1", "2", "3", "4", "5"]) is None
+    assert option_distribution(_logprobs(" 5", {" 5": 0.6, "Sorry": 0.3, "4": 0.1}), ["4", "5"]) == {
+        "4": pytest.approx(0.1 / 0.7),
+        "5": pytest.approx(0.6 / 0.7),
+    }
 
 
 def test_letter_options_match_case_insensitively():

@@ -1,6 +1,8 @@
 import json
 import shutil
 
+import pytest
+
 from aloekit.testing import StubOpenAIServer, role_aware_reply
 
 
@@ -84,3 +86,33 @@ def test_an_eval_is_not_resumed_with_a_model_whose_files_changed(run_aloe, tiny_
         resumed = run_aloe("eval", "--resume", run_id)
     assert resumed.returncode == 1 and resumed.stderr.startswith(f"error: run {run_id}: the files of hf:{folder} "
                                                                  "changed since it started")  # fmt: skip
+
+
+def test_expected_scores_say_what_they_are_everywhere(run_aloe, tmp_path):
+    # A server judge made to read expected scores: its answer "4" holds 0.4 of the first token, "5" 0.2, and
+    # "Sorry" 0.4 goes to no option. Every output says the options held 60% and what that means.
+    def reply(messages):
+        return "4" if messages[-1]["content"].rstrip().endswith("Score (1-5):") else role_aware_reply(messages)
+
+    def judge_distribution(messages):
+        return {"4": 0.4, "Sorry": 0.4, "5": 0.2}
+
+    (tmp_path / "aloe.toml").write_text('[evaluation.judge]\noptions = { score_mode = "expected" }\n')
+    with StubOpenAIServer(respond=reply, distribution=judge_distribution) as server:
+        spec = server.spec()
+        proc = run_aloe("--json", "--config", "aloe.toml", "eval", "--model", spec, "--role", f"user={spec}",
+                        "--role", f"judge={spec}", "--personas", "2", "--turns", "1")  # fmt: skip
+    result = json.loads(proc.stdout)
+    assert result["score_modes"] == ["expected"] and result["avg"] == pytest.approx((4 * 0.4 + 5 * 0.2) / 0.6, abs=1e-6)
+    assert result["option_share"] == {"mean": 0.6, "min": 0.6, "n": 2}
+    assert run_aloe("report", result["run_id"], "--out", "rep").returncode == 0
+    line = f"{result['run_id']}: The five scores held on average 60% (lowest 60%) of the judge's first-token"
+    assert line in (tmp_path / "rep" / "report.md").read_text()
+    run = json.loads((tmp_path / "rep" / "summary.json").read_text())["runs"][0]
+    assert run["score_modes"] == ["expected"] and run["option_share"]["mean"] == 0.6
+    assert run["judge_kind"] == "alignment_scorer" and run["ci_method"].startswith("95% percentile bootstrap")
+    from aloekit.store import Store
+    from aloekit.viewer.render import eval_page
+
+    page, _ = eval_page(Store(tmp_path / "aloe.db"), result["run_id"])
+    assert "Scores are expected values" in page and "held on average 60% (lowest 60%)" in page
