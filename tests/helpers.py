@@ -123,7 +123,9 @@ def build_tiny_chat_model(path: Path, seed: int = 0, extra_words: tuple[str, ...
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
     specials = ["<unk>", "<pad>", "<|im_start|>", "<|im_end|>"]
-    vocab = {token: i for i, token in enumerate(specials + WORDS + list(extra_words))}
+    # The judges' options (scores 1-5, labels A-E) come last, so the words keep their ids.
+    labels = [*"12345", *"ABCDE"]
+    vocab = {token: i for i, token in enumerate(specials + WORDS + list(extra_words) + labels)}
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     tok.decoder = decoders.WordPiece(prefix="##")  # joins words with spaces

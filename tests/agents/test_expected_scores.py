@@ -8,6 +8,7 @@ import pytest
 
 from aloekit.agents import RoleView
 from aloekit.agents.backends import BackendPool, TransformersChatClient, from_dicts
+from aloekit.agents.backends.local import choice_tokens
 from aloekit.agents.backends.openai import translate_create_args
 from aloekit.agents.scorer import AlignmentScorer
 from aloekit.errors import BackendError
@@ -143,3 +144,52 @@ async def test_no_repetition_penalty_unless_asked(tiny_model_dir):
     await client.create(_msgs("hello"), extra_create_args={"max_tokens": 2})
     await client.create(_msgs("hello"), extra_create_args={"max_tokens": 2, "repetition_penalty": 1.3})
     assert "repetition_penalty" not in seen[0] and seen[1]["repetition_penalty"] == 1.3
+
+
+class SpaceMarkedTokenizer:
+    """A tokenizer as SentencePiece's (Llama 2, Mistral) writes digits: every option starts with one "▁" token."""
+
+    def __init__(self, inner, marker):
+        self.inner, self.marker = inner, marker
+
+    def __call__(self, text, **kwargs):
+        out = self.inner(text, **kwargs)
+        if isinstance(text, str):  # an option; whole prompts are encoded as a list
+            out["input_ids"] = [self.marker, *out["input_ids"]]
+        return out
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+def test_choice_tokens_skip_the_start_all_options_share():
+    def tokenizer(text, add_special_tokens=False):
+        return {"input_ids": [7, 9, ord(text[0]), 1][: 2 + len(text)]}
+
+    assert choice_tokens(tokenizer, ["1", "2", "3"]) == ([7, 9], [ord("1"), ord("2"), ord("3")])
+    assert choice_tokens(tokenizer, ["1"]) == ([], [7])  # one option: its own first token
+    with pytest.raises(BackendError, match=r"guided choice \['1', '1'\]: no token tells the options apart"):
+        choice_tokens(tokenizer, ["1", "1"])
+    tokenizer.unk_token_id = ord("6")  # an option the vocabulary lacks is no answer the model could give
+    with pytest.raises(BackendError, match=r"the tokenizer has no token for \['6'\]"):
+        choice_tokens(tokenizer, ["5", "6"])
+
+
+async def test_in_process_guided_choice_reads_past_a_shared_start(tiny_model_dir):
+    # Read at their shared first token, every option had one log-probability: a constant expected score of 3.
+    import torch
+
+    client = TransformersChatClient(tiny_model_dir)
+    client.load()
+    marker = client.tokenizer("the", add_special_tokens=False)["input_ids"][0]
+    client.tokenizer = SpaceMarkedTokenizer(client.tokenizer, marker)
+    options = {"guided_choice": ["one", "two", "three"], "logprobs": True, "max_tokens": 1}
+    result = await client.create(_msgs("say one two three"), extra_create_args=options)
+    got = [t.logprob for t in result.logprobs[0].top_logprobs]
+    assert len(set(got)) == 3
+    prompt = client.tokenizer.inner([client.render_chat([{"role": "user", "content": "say one two three"}])],
+                                    return_tensors="pt", add_special_tokens=False)["input_ids"]  # fmt: skip
+    with torch.inference_mode():
+        steps = torch.log_softmax(client.model(torch.cat([prompt, torch.tensor([[marker]])], 1)).logits[0].float(), -1)
+    firsts = [client.tokenizer.inner(o, add_special_tokens=False)["input_ids"][0] for o in ("one", "two", "three")]
+    assert got == pytest.approx([(steps[-2, marker] + steps[-1, t]).item() for t in firsts], abs=1e-4)

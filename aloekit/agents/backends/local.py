@@ -277,9 +277,9 @@ class TransformersChatClient(ChatCompletionClient):
     (left-padded) into the next batch, up to ``max_batch_size``: on a CPU, 8 rows cost little more than one.
     A batch decodes :data:`ROUND_TOKENS` tokens per ``generate`` call; finished rows leave between calls.
     ``extra_create_args={"guided_choice": ["1", "2", ...]}`` constrains the answer to one option (as
-    vLLM's guided choice): one forward pass, the option whose first token scores highest; the result's
-    ``logprobs`` carry every option's first-token log-probability, as an OpenAI-compatible server's
-    ``top_logprobs`` would. Generation options are applied as given: no repetition penalty unless
+    vLLM's guided choice): one forward pass, the option whose first own token (:func:`choice_tokens`) scores
+    highest; the result's ``logprobs`` carry every option's log-probability, as an OpenAI-compatible
+    server's ``top_logprobs`` would. Generation options are applied as given: no repetition penalty unless
     a request sets ``repetition_penalty``, so in-process and server backends sample alike.
 
     ``extra_create_args={"timeout_s": 120}`` (default: the ``timeout_s`` given here, None for none) bounds a
@@ -643,15 +643,23 @@ class TransformersChatClient(ChatCompletionClient):
         return batch
 
     def _choose(self, encoded: Any, choices: tuple[str, ...]) -> list[CreateResult]:
-        """Guided choice (as vLLM's ``guided_choice``): the option whose first token the model rates highest,
-        with every option's first-token log-probability (over the whole vocabulary) as ``top_logprobs``."""
+        """Guided choice (as vLLM's ``guided_choice``): the option whose first own token the model rates highest,
+        with every option's log-probability up to that token (over the whole vocabulary) as ``top_logprobs``."""
         import torch
 
-        first_tokens = [self.tokenizer(choice, add_special_tokens=False)["input_ids"][0] for choice in choices]
+        shared, first_tokens = choice_tokens(self.tokenizer, choices)
+        ids, mask = encoded["input_ids"], encoded["attention_mask"]
+        if shared:  # prompts are left-padded, so the shared tokens follow every prompt at once
+            after = torch.tensor([shared] * len(ids), dtype=ids.dtype, device=ids.device)
+            ids, mask = torch.cat([ids, after], dim=1), torch.cat([mask, torch.ones_like(after)], dim=1)
         with torch.inference_mode(), self._model_turn():
-            # logits_to_keep=1: only the last position's logits, not batch x length x vocabulary of them.
-            logits = self.model(**encoded, logits_to_keep=1).logits[:, -1, :]
-            logprobs = torch.log_softmax(logits.float(), dim=-1)[:, first_tokens]
+            # logits_to_keep: only the positions that predict the shared tokens and the options' own, not
+            # batch x length x vocabulary of them.
+            logits = self.model(input_ids=ids, attention_mask=mask, logits_to_keep=len(shared) + 1).logits
+            steps = torch.log_softmax(logits.float(), dim=-1)
+            logprobs = steps[:, -1, first_tokens]
+            for position, token in enumerate(shared):
+                logprobs += steps[:, position, token : token + 1]
         results = []
         for row, values in enumerate(logprobs.tolist()):
             pick = max(range(len(choices)), key=values.__getitem__)
@@ -902,6 +910,26 @@ def resolve_weights(weights: str, device: str, dtype: str, engine: str, gguf: bo
     if weights == "packed" and not quiet:
         logger.warning("packed weights unavailable, decoding in float: %s", why)
     return "float"
+
+
+def choice_tokens(tokenizer: Any, choices: Sequence[str]) -> tuple[list[int], list[int]]:
+    """The tokens every option begins with, and each option's first token after them.
+
+    A SentencePiece tokenizer (Llama 2, Mistral) writes "1" as "▁", "1": read at the first token alone,
+    five scores would be one token and every reply would score 3.0. One option is its own first token.
+    """
+    ids = [tokenizer(choice, add_special_tokens=False)["input_ids"] for choice in choices]
+    unknown = getattr(tokenizer, "unk_token_id", None)
+    if unknown is not None and (missing := [c for c, i in zip(choices, ids, strict=True) if unknown in i]):
+        raise BackendError(f"guided choice: the tokenizer has no token for {missing} (it reads them as unknown)")
+    shared = 0
+    while len(ids) > 1 and all(len(i) > shared for i in ids) and len({i[shared] for i in ids}) == 1:
+        shared += 1
+    firsts = [i[shared] for i in ids if len(i) > shared]
+    if len(set(firsts)) < len(ids):
+        raise BackendError(f"guided choice {list(choices)}: no token tells the options apart after their shared "
+                           f"start; give options that differ in their first word")  # fmt: skip
+    return ids[0][:shared], firsts
 
 
 def _continuous_handles(options: Mapping[str, Any]) -> bool:
