@@ -120,10 +120,10 @@ class BackendSettings(Settings):
     other CPUs, where bfloat16 measured faster for one chat at a time but slower for batches (README,
     Performance)."""
     weights: Literal["auto", "packed", "float"] = "auto"
-    """In-process ``local:`` models: ``packed`` decodes with the GGUF's own 4-bit blocks through torch's CPU
-    int4/int8 kernels (prompts still run in float), about twice as fast on a CPU; ``float`` uses the float32
-    weights the GGUF is converted to. ``auto``: packed on a CPU (float32 or bfloat16, static engine) where
-    torch has the kernels."""
+    """In-process ``local:`` models: ``packed`` decodes with the GGUF's own Q4_1/Q8_0 blocks through aloekit's
+    int8 dot kernel where it compiles and the CPU has AVX-512 VNNI, else torch's CPU int4/int8 kernels
+    (prompts still run in float), about twice as fast on a CPU; ``float`` uses the float32 weights the GGUF is
+    converted to. ``auto``: packed on a CPU (float32 or bfloat16, static engine) where torch has the kernels."""
     kv_cache_fraction: float | None = Field(default=None, gt=0, lt=1)
     """In-process backends, continuous engine: the share of free GPU memory its paged KV cache takes when the
     model loads (None: 0.5). Lower it when training or more in-process models share the GPU."""

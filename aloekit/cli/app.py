@@ -41,7 +41,7 @@ from aloekit.store import RunLease, Store, run_end_state
 
 # Exit statuses shared by every command (the README's table).
 EXIT_OK = 0
-"""Done: every conversation complete, or stopped cleanly by a --max-calls/--max-tokens budget."""
+"""Done: every conversation complete, or stopped cleanly by a --budget-calls/--budget-tokens budget."""
 EXIT_ERROR = 1
 """Bad input, configuration or backend, or an unexpected failure (its traceback goes to a log file)."""
 EXIT_USAGE = 2
@@ -166,8 +166,7 @@ def budget_options(command: Callable[..., Any]) -> Callable[..., Any]:
 def _renamed(value: int | None, old_value: int | None, old: str, new: str) -> int | None:
     if old_value is None:
         return value
-    click.echo(f"warning: {old} is deprecated for a run budget, use {new} ({old} is a reply's limit elsewhere)",
-               err=True)  # fmt: skip
+    click.echo(f"warning: {old} is deprecated for a run budget, use {new}", err=True)
     return value if value is not None else old_value
 
 

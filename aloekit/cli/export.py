@@ -128,11 +128,13 @@ def export(
     names = {*overlapping, *(keys[cid] for cid in overlapping)}  # tree rows keep database ids
     overlap_rows = sum(r["conversation_id"] in names for r in rows)
     if not rows:
-        raise AloeError(
-            f"nothing to export: {len(conversations)} conversations gave no {kind} rows "
-            f"({report.unlabelled_turns} unlabelled turns, {report.identical_pairs} identical pairs, "
-            f"{report.short_conversations} too short)"
-        )
+        why = [f"{report.unlabelled_turns} unlabelled turns", f"{report.identical_pairs} identical pairs",
+               f"{report.short_conversations} too short"]  # fmt: skip
+        if require_agreement:
+            why += [f"{report.disagreeing_turns} where the judge disagreed with itself",
+                    f"{report.one_order_turns} judged in one order only (--require-agreement needs "
+                    "judge_both_orders)"]  # fmt: skip
+        raise AloeError(f"nothing to export: {len(conversations)} conversations gave no {kind} rows ({', '.join(why)})")
     # Every kind splits the same conversations alike; a same-seed rerun's copy (KEY-2) stays beside KEY.
     same = {name: key for c in conversations for key in [trees.key(c)] for name in (c.id, keys[c.id])}
     if val_fraction and is_stream_path(out):  # the split goes beside --out, which a stream has not
@@ -190,6 +192,7 @@ def export(
         "skipped": {
             "unlabelled_turns": report.unlabelled_turns,
             "disagreeing_turns": report.disagreeing_turns,
+            "one_order_turns": report.one_order_turns,
             "identical_pairs": report.identical_pairs,
             "short_conversations": report.short_conversations,
             "cut_conversations": report.cut_conversations,

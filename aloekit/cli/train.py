@@ -112,7 +112,8 @@ def offline_command(method: str, what: str) -> click.Command:
 
     for decorate in reversed(OFFLINE_OPTIONS):
         command = decorate(command)
-    return click.command(method, help=f"{what} The adapter then works as the backend hf:BASE+OUT.")(pass_app(command))
+    usage = f"{what} The adapter then works as the backend BASE+OUT (local:smollm2+OUT, hf:PATH+OUT)."
+    return click.command(method, help=usage)(pass_app(command))
 
 
 def train_offline(

@@ -39,13 +39,15 @@ from aloekit.agents.judge import INVALID, Verdict
 from aloekit.agents.scorer import Score
 from aloekit.config import GenerationOptions, Settings, read_text_file
 from aloekit.errors import AloeError, ConfigError
-from aloekit.evaluation.task import BUILTIN_EVAL_SET, load_eval_personas
-from aloekit.graphs.simulate import MAX_CONCURRENCY, RoleConfig, build_role, offered_options
+from aloekit.evaluation.task import BUILTIN_EVAL_SET, EvalConfig, load_eval_personas
+from aloekit.graphs.simulate import MAX_CONCURRENCY, RoleConfig, SimulationConfig, build_role, offered_options
 from aloekit.limits import SQLITE_INT_MAX, SQLITE_INT_MIN
 from aloekit.personas.models import Persona, PersonaPair
 from aloekit.store import Store, utcnow
 
 Stage = Literal["simulate", "eval"]
+STAGE_JUDGE = {"simulate": SimulationConfig().judge.kind, "eval": EvalConfig.model_fields["judge"].default.kind}
+"""The judge kind each stage's config section holds by default."""
 ProbeKind = Literal["other_persona", "generic"]
 CHANCE = 0.5
 
@@ -503,9 +505,12 @@ def audit_notice(
         none = "no audit of its current files" if store.db["judge_audits"].count_where("judge_key = ?", [key]) else (
             "no audit"
         )  # fmt: skip
+        section = "evaluation" if stage == "eval" else "simulation"
+        # The audit builds the judge from the config's [section.judge]: another kind must be set there.
+        kind = f', with [{section}.judge] kind = "{judge.kind}" in --config' if judge.kind != STAGE_JUDGE[stage] else ""
         text = (
             f"warning: judge {judge.backend} ({judge.kind}) has {none} in {store.path}, so its {what} are "
-            f"unverified (run: aloe judge audit --stage {stage}{flags} --role judge={judge.backend})"
+            f"unverified (run: aloe judge audit --stage {stage}{flags} --role judge={judge.backend}{kind})"
         )
         return AuditNotice(None, text, warning=True)
     audit_id, result = found

@@ -27,6 +27,8 @@ class FlattenReport:
     conversations: int = 0
     unlabelled_turns: int = 0
     disagreeing_turns: int = 0
+    one_order_turns: int = 0
+    """``require_agreement``: turns judged in one order only (no ``judge_both_orders``), so never checked."""
     identical_pairs: int = 0
     short_conversations: int = 0
     cut_conversations: int = 0
@@ -38,8 +40,11 @@ def _keep_turn(record: TurnRecord, require_agreement: bool, report: FlattenRepor
     if not record.labelled:
         report.unlabelled_turns += 1
         return False
-    if require_agreement and record.verdict.agreement is False:
-        report.disagreeing_turns += 1
+    if require_agreement and record.verdict.agreement is not True:  # None: asked once, agreement unknown
+        if record.verdict.agreement is None:
+            report.one_order_turns += 1
+        else:
+            report.disagreeing_turns += 1
         return False
     return True
 

@@ -121,7 +121,12 @@ async def test_an_audit_vouches_only_for_the_files_the_judge_answered_with(scrip
     assert BackendPool(AloeConfig()).files(["openai:http://127.0.0.1:9/v1#m", "scripted:x"]) == {}
     files = judge_files(folder, files)
     notice = audit_notice(store, BackendPool(AloeConfig()), "simulate", folder)
-    assert notice.audit_id is None and "has no audit" in notice.text
+    assert notice.audit_id is None and "has no audit" in notice.text and "kind =" not in notice.text
+    # The audit builds its judge from the config: a judge of another kind (GRPO's, a second judge) says where.
+    similarity = folder.model_copy(update={"kind": "persona_similarity"})
+    assert audit_notice(store, BackendPool(AloeConfig()), "eval", similarity).text.endswith(
+        f'--role judge={folder.backend}, with [evaluation.judge] kind = "persona_similarity" in --config)'
+    )
     save_audit(store, run_id, replace(result, judge_key=judge_key("simulate", folder), judge_files="c" * 16))
     stale = audit_notice(store, BackendPool(AloeConfig()), "simulate", folder)
     assert stale.audit_id is None and stale.warning and "has no audit of its current files" in stale.text

@@ -43,6 +43,10 @@ def test_export_sft_dpo_tree(run_aloe, tmp_path):
     assert offline.returncode == 1 and offline.stderr.startswith("error: --push-to-hub me/data: ")
     assert len(offline.stderr.strip().splitlines()) == 1 and secret not in offline.stderr
     assert (tmp_path / "hub.jsonl").is_file()
+    # The run's judge was asked in one order only: there is no agreement to require, and the export says so.
+    agreed = run_aloe("export", "dpo", "--out", "agreed.jsonl", "--require-agreement")
+    assert agreed.returncode == 1 and "12 judged in one order only (--require-agreement needs judge_both_orders)" in (
+        agreed.stderr)  # fmt: skip
     tree = run_aloe("export", "tree", "--out", "tree.jsonl", "--hf-dataset", "tree_ds")
     assert tree.returncode == 0, tree.stderr
     rows = _read(tmp_path / "tree.jsonl")

@@ -56,6 +56,11 @@ def test_identical_replies_and_disagreement_are_filtered():
     report = FlattenReport()
     rows = dpo_rows({"b": conversation_b()}, require_agreement=True, report=report)
     assert [r["turn"] for r in rows] == [1] and report.disagreeing_turns == 1
+    # A turn judged in one order only has no agreement to require: left out, and counted apart.
+    report = FlattenReport()
+    asked_once = [record("c", 1, "hi", ["hello there", "hey"], preferred=0, continued=0)]
+    assert dpo_rows({"c": asked_once}, require_agreement=True, report=report) == []
+    assert report.one_order_turns == 1 and report.disagreeing_turns == 0
 
 
 def test_more_than_two_candidates_give_a_row_per_rejected_reply():
