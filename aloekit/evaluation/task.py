@@ -34,8 +34,8 @@ from aloekit.graphs.simulate import (
 )
 from aloekit.graphs.storage import Conversation, TreeStore
 from aloekit.graphs.tree import root_id
+from aloekit.personas.io import read_persona_file
 from aloekit.personas.models import Persona, PersonaPair
-from aloekit.personas.pool import load_personas
 from aloekit.store import Store, utcnow
 
 Mode = Literal["live", "replay"]
@@ -80,9 +80,11 @@ def _is_utf8(data: bytes) -> bool:
 
 
 def _read_eval_file(path: Path, kind: Literal["profile", "personality"]) -> list[Persona]:
-    """Every persona of one eval set file; errors the reader does not turn into one line are turned here."""
+    """Every persona of one eval set file; errors the reader does not turn into one line are turned here, and a
+    persona given twice is refused: scores are keyed by persona, so its second conversation's would overwrite
+    the first's."""
     try:
-        personas = load_personas(path, kind)
+        parsed = read_persona_file(path, kind)
     except UnicodeDecodeError:  # the error's offset is into whatever chunk was read: find the line again
         lines = path.read_bytes().split(b"\n")
         line = next((n for n, text in enumerate(lines, start=1) if not _is_utf8(text)), len(lines))
@@ -91,9 +93,17 @@ def _read_eval_file(path: Path, kind: Literal["profile", "personality"]) -> list
         raise EvalSetError(f"{path}: JSON nested too deeply") from None
     except OSError as exc:
         raise EvalSetError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    if not personas:
+    if parsed.bad:
+        raise EvalSetError(parsed.bad[0])
+    first: dict[str, str] = {}
+    for entry in parsed.entries:
+        for persona in entry.personas:
+            if persona.id in first:
+                raise EvalSetError(f"{entry.where}: the same {kind} as on line {first[persona.id]} (each must differ)")
+            first[persona.id] = entry.where.rpartition(":")[2]
+    if not parsed.personas:
         raise EvalSetError(f"{path}: no {kind}s in it")
-    return personas
+    return parsed.personas
 
 
 def load_eval_personas(source: str | Path, n_personalities: int = 5) -> list[PersonaPair]:

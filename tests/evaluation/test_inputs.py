@@ -69,8 +69,10 @@ def test_a_folder_where_an_eval_file_should_be(tmp_path):
         (PROFILES, PERSONALITIES + b"42\n", "personality_eval.jsonl", r":?6:? .*expected a JSON string or object"),
         (b"", PERSONALITIES, "profile_eval.jsonl", "empty|no profiles"),
         (PROFILES, b'"only one"\n', "personality_eval.jsonl", "has 1, the benchmark needs at least 5 personalities"),
+        # Scores are keyed by persona: a repeated one's second conversation would overwrite the first's.
+        (PROFILES + b'"profile  one "\n', PERSONALITIES, "profile_eval.jsonl", r":3: the same profile as on line 1"),
     ],
-    ids=["bytes", "bad-json", "deep", "wrong-shape", "empty", "too-few"],
+    ids=["bytes", "bad-json", "deep", "wrong-shape", "empty", "too-few", "repeated"],
 )
 def test_bad_eval_files_name_file_and_line(tmp_path, profiles, personalities, file, message):
     folder = eval_folder(tmp_path, profiles, personalities)
