@@ -188,3 +188,16 @@ def test_signed_rank_gives_scipys_wilcoxon(differences):
 
     reference = wilcoxon(differences)
     assert signed_rank(differences) == (float(reference.statistic), float(reference.pvalue))
+
+
+def test_a_comparison_too_small_for_any_per_turn_test_says_so():
+    from dataclasses import asdict
+
+    from aloekit.evaluation.report import comparison_lines
+
+    a = {f"p{i}": {1: 2, 2: 2} for i in range(8)}
+    b = {pid: {1: 4, 2: 4} for pid in a}
+    few = comparison_lines(asdict(compare({p: a[p] for p in list(a)[:5]}, b, 2, n_boot=10)))
+    assert "- with at most 5 personas paired at a turn, no per-turn test can reach p < 0.05 (the smallest " \
+           "possible p is 0.0625)" in "\n".join(few)  # fmt: skip
+    assert not any("no per-turn test" in line for line in comparison_lines(asdict(compare(a, b, 2, n_boot=10))))
