@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import logging
 import os
@@ -9,6 +10,7 @@ import re
 import sys
 from collections.abc import Iterable, Iterator
 from typing import Any
+from urllib.parse import unquote
 
 _SECRET_ENV_NAMES: set[str] = {"OPENAI_API_KEY"}
 _MIN_SECRET_LEN = 8  # shorter values are placeholders, and redacting them would mangle ordinary text
@@ -26,14 +28,17 @@ def read_secret(name: str) -> str | None:
 
 
 _SECRET_VALUES: set[str] = set()
-_URL_PASSWORD = re.compile(r"://[^/@:\s]*:([^/@\s]+)@")
+_URL_CREDENTIALS = re.compile(r"://([^/@:\s]*):([^/@\s]+)@")
 
 
 def register_url_secrets(text: str) -> None:
-    """Remember the password of every ``scheme://user:password@`` URL in ``text`` as a secret to redact."""
-    for value in _URL_PASSWORD.findall(text):
-        if len(value) >= _MIN_SECRET_LEN:
-            _SECRET_VALUES.add(value)
+    """Remember the password of every ``scheme://user:password@`` URL in ``text`` as a secret to redact: as
+    written, percent-decoded, and as the HTTP Basic credentials it is sent as (base64 of ``user:password``),
+    which a server's error may echo back."""
+    for user, password in _URL_CREDENTIALS.findall(text):
+        if len(password) >= _MIN_SECRET_LEN:
+            basic = base64.b64encode(f"{unquote(user)}:{unquote(password)}".encode()).decode()
+            _SECRET_VALUES.update({password, unquote(password), basic})
 
 
 def redact(text: str) -> str:

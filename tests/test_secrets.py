@@ -63,3 +63,22 @@ def test_progress_text_is_redacted_before_rich_wraps_it():
     out = io.StringIO()
     App(config=AloeConfig(), console=Console(file=out, width=40)).say(f"chatting with {spec}")
     assert "user:***@" in out.getvalue().replace("\n", "") and key[:20] not in out.getvalue()
+
+
+def test_a_url_key_is_redacted_in_the_forms_it_travels_in(run_aloe, tmp_path):
+    # The user:key@ of a URL goes to the server as HTTP Basic credentials, base64("user:key"), which a
+    # server's error or a reply may echo back; the key may also be percent-encoded in the URL.
+    import base64
+
+    key = "sk-url%2B0123456789SECRET"  # "+" percent-encoded
+    basic = base64.b64encode(b"user:sk-url+0123456789SECRET").decode()
+    echo = f"Incorrect API key provided: Basic {basic} (sk-url+0123456789SECRET)"
+    with StubOpenAIServer(respond=lambda messages: echo) as server:
+        spec = server.spec().replace("://", f"://user:{key}@")
+        simulated = run_aloe("simulate", "--conversations", "1", "--turns", "1", "--role", f"all={spec}")
+        listed = run_aloe("--json", "trees", "list")
+    assert simulated.returncode == 0, simulated.stderr
+    for secret in (key, basic, "sk-url+0123456789SECRET"):
+        assert secret not in simulated.stdout + simulated.stderr + listed.stdout
+        for path in tmp_path.glob("aloe.db*"):
+            assert secret.encode() not in path.read_bytes()
