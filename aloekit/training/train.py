@@ -9,6 +9,8 @@ import json
 import logging
 import math
 import os
+import re
+import tempfile
 import time
 import types
 import typing
@@ -68,6 +70,11 @@ class LoraSettings(Settings):
         names = [value] if isinstance(value, str) else value
         if not names or not all(name.strip() for name in names):
             raise ValueError("name at least one module (or all-linear); an empty name adapts nothing")
+        if isinstance(value, str) and value != "all-linear":  # peft reads one string as a regular expression
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"not a regular expression of module names: {exc}") from None
         return value
 
 
@@ -521,8 +528,13 @@ def check_output_dir(out: Path, overwrite: bool) -> None:
     existing = next((p for p in (out, *out.parents) if p.exists()), None)
     if existing is not None and not existing.is_dir():
         raise ConfigError(f"--out {out}: {existing} is a file, not a folder")
-    if existing is not None and not os.access(existing, os.W_OK | os.X_OK):  # found now, not after training
-        raise ConfigError(f"--out {out}: {existing} is not writable")
+    # Found now, not after training, by a real try: root passes every permission check, yet cannot write in
+    # /proc or /sys.
+    if existing is not None:
+        try:
+            os.rmdir(tempfile.mkdtemp(dir=existing, prefix=".aloe-out-check-"))
+        except OSError as exc:
+            raise ConfigError(f"--out {out}: cannot create a folder in {existing}: {exc.strerror or exc}") from None
     if (out / "adapter_config.json").exists() and not overwrite:
         raise ConfigError(f"{out} already holds an adapter; choose another --out or pass --overwrite")
 
@@ -653,6 +665,7 @@ def lora_model(model: Any, lora: LoraSettings, init_adapter: Path | None) -> tup
     from peft import LoraConfig, PeftModel
 
     if init_adapter is None:
+        check_target_modules(model, lora.target_modules)
         return model, LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
                                  target_modules=lora.target_modules, task_type="CAUSAL_LM")  # fmt: skip
     check_init_adapter(init_adapter)
@@ -661,6 +674,26 @@ def lora_model(model: Any, lora: LoraSettings, init_adapter: Path | None) -> tup
     except Exception as exc:  # a user's adapter that does not fit this base (shapes, modules): say so in one line
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ConfigError(one_line(f"--init-adapter {init_adapter}: cannot load it: {reason}")) from None
+
+
+def check_target_modules(model: Any, target_modules: list[str] | str) -> None:
+    """Refuse ``--target-modules`` naming no module of ``model`` (peft's rules: a list names modules by their
+    last parts, one string is a regular expression of whole names), in one line with the linear layers it has,
+    before trl wraps the model and peft raises in the middle of building the trainer."""
+    import torch
+
+    if target_modules == "all-linear":
+        return
+    modules = [name for name, _ in model.named_modules()]
+    if isinstance(target_modules, str):
+        missing = [] if any(re.fullmatch(target_modules, m) for m in modules) else [target_modules]
+    else:
+        missing = [t for t in target_modules if not any(m == t or m.endswith(f".{t}") for m in modules)]
+    if missing:
+        linear = sorted({m.rpartition(".")[2] for m, module in model.named_modules()
+                         if isinstance(module, torch.nn.Linear)})  # fmt: skip
+        raise ConfigError(f"--target-modules: the base has no module named {', '.join(missing)} (its linear "
+                          f"layers: {', '.join(linear)}, or all-linear)")  # fmt: skip
 
 
 def trainer_batch_size(trainer: Any) -> int:

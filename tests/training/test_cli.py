@@ -91,6 +91,11 @@ def test_train_cli_bad_input_is_one_line_and_trains_nothing(run_aloe, tmp_path, 
         (("--out", "a", "--trl", "learning_rat=1"), "trl.learning_rat (--trl learning_rat=...): not a SFTConfig"),
         (("--out", "afile/sub"), "--out afile/sub: afile is a file, not a folder"),
         (("--out", "a", "--init-adapter", "nope"), "--init-adapter nope: not found"),
+        (
+            ("--out", "a", "--target-modules", "q_proj,bogus_mod"),
+            "--target-modules: the base has no module named "
+            "bogus_mod (its linear layers: down_proj, gate_proj, k_proj, lm_head, o_proj, q_proj, up_proj, v_proj",
+        ),
     ]:
         proc = run_aloe("train", "sft", *base, *args)
         error = proc.stderr.strip().splitlines()[-1]  # a progress line may come first

@@ -1,6 +1,7 @@
 """Bad training input fails in one line naming the file, line, field or flag, before anything is trained."""
 
 import json
+from pathlib import Path
 
 import pytest
 from datasets import Dataset, DatasetDict
@@ -223,7 +224,10 @@ def test_out_that_cannot_be_a_folder(tmp_path):
     with pytest.raises(ConfigError, match=r"^--out .*file.txt/a/b: .*file.txt is a file, not a folder$"):
         check_output_dir(afile / "a" / "b", overwrite=False)
     check_output_dir(tmp_path / "new" / "adapter", overwrite=False)
-    assert not (tmp_path / "new").exists()  # checking writes nothing
+    assert not (tmp_path / "new").exists() and not list(tmp_path.glob(".aloe-*"))  # checking leaves nothing
+    # Where no folder can be made, even by root, whom no permission bit stops (trainers crashed there).
+    with pytest.raises(ConfigError, match=r"^--out /proc/adapter: cannot create a folder in /proc: "):
+        check_output_dir(Path("/proc/adapter"), overwrite=False)
 
 
 def _adapter(folder, config=b'{"peft_type": "LORA"}', weights=True):
@@ -269,3 +273,14 @@ def test_check_train_inputs_fails_before_reading_a_model(tmp_path, tiny_model_di
                          ("openai:gpt-4o-mini", "unsupported base")]:  # fmt: skip
         with pytest.raises(AloeError, match=message):
             check_train_inputs(build_train_config("sft", data=data, base=bad, out=tmp_path / "out"))
+
+
+def test_one_target_modules_string_must_be_a_regular_expression():
+    # peft reads a single string as a regular expression of whole module names.
+    from pydantic import ValidationError
+
+    from aloekit.training.train import LoraSettings
+
+    assert LoraSettings(target_modules=r".*\.(q|v)_proj").target_modules == r".*\.(q|v)_proj"
+    with pytest.raises(ValidationError, match="not a regular expression of module names"):
+        LoraSettings(target_modules="q_proj(")
