@@ -15,7 +15,7 @@ import types
 import typing
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Literal, Protocol
 
 from autogen_core.models import ChatCompletionClient
 from pydantic import BaseModel, TypeAdapter, ValidationError
@@ -89,6 +89,13 @@ class RoleOutput:
     text: str
     value: Any = None
     calls: list[CallRecord] = field(default_factory=list)
+
+
+Answer = Literal["text", "verdict", "score"]
+"""What a role's place in a graph needs from it: text (user, inducer, responders, the model under test), a
+:class:`~aloekit.agents.judge.Verdict` (the simulation's judge) or a :class:`~aloekit.agents.scorer.Score`
+(the eval scorer, GRPO's judge). A role class may say which it gives in ``answers`` (a frozenset of them), so
+a kind put in the wrong place is refused before any call."""
 
 
 class Role(Protocol):

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from aloekit.agents.base import Message, PromptRole, RoleView, register_role
+from typing import ClassVar
+
+from aloekit.agents.base import Answer, Message, PromptRole, RoleView, register_role
 
 INDUCER_SYSTEM_PROMPT = """You read a chat and work out what the user has revealed about themselves so far.
 You are shown the user's true persona only so that you can be accurate: report only what the user's own
@@ -21,6 +23,8 @@ If nothing at all has been revealed, answer: None"""
 @register_role("inducer")
 class Inducer(PromptRole):
     """Sees the transcript and the true persona; its output is the hint the preferred responder gets."""
+
+    answers: ClassVar[frozenset[Answer]] = frozenset({"text"})
 
     system_prompt = INDUCER_SYSTEM_PROMPT
 

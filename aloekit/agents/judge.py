@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import random
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from autogen_core.models import ChatCompletionClient
 from pydantic import BaseModel
 
 from aloekit.agents.base import (
+    Answer,
     CallRecord,
     Message,
     PromptRole,
@@ -98,6 +99,8 @@ class PreferenceJudge(PromptRole):
     always shown first, no retry, and exact-match semantics: the hinted reply wins only when the answer
     is exactly ``first``; any other answer, nonsense included, is a win for the un-hinted reply.
     """
+
+    answers: ClassVar[frozenset[Answer]] = frozenset({"verdict"})
 
     system_prompt = JUDGE_SYSTEM_PROMPT
 

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 from autogen_core.models import ChatCompletionClient
 
-from aloekit.agents.base import Message, PromptRole, RoleView, register_role
+from aloekit.agents.base import Answer, Message, PromptRole, RoleView, register_role
 
 RESPONDER_SYSTEM_PROMPT = """You are chatting with someone as a warm, attentive friend.
 Reply briefly and naturally, in one to three sentences, the way a person would in a chat."""
@@ -21,6 +21,8 @@ Tailor both what you say and how you say it to this person."""
 @register_role("responder")
 class Responder(PromptRole):
     """Replies to the conversation; with ``use_hint`` it also sees the inducer's report (never the persona)."""
+
+    answers: ClassVar[frozenset[Answer]] = frozenset({"text"})
 
     system_prompt = RESPONDER_SYSTEM_PROMPT
 

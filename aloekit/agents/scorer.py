@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel
 
-from aloekit.agents.base import CallRecord, Message, PromptRole, RoleOutput, RoleView, register_role
+from aloekit.agents.base import Answer, CallRecord, Message, PromptRole, RoleOutput, RoleView, register_role
 from aloekit.agents.parsing import expected_value, parse_score
 from aloekit.errors import ConfigError
 
@@ -76,6 +76,8 @@ class AlignmentScorer(PromptRole):
     ``expected`` on a client that always returns them (the in-process backends: there the embedded 135M
     judge answers "1" to nearly every reply, so its text scores would rank nothing), else ``text``.
     """
+
+    answers: ClassVar[frozenset[Answer]] = frozenset({"score"})
 
     system_prompt = SCORER_SYSTEM_PROMPT
 
@@ -177,6 +179,8 @@ class ModelUnderTest(PromptRole):
 
     ``oracle=True`` is the persona-oracle baseline: the same model told the true persona.
     """
+
+    answers: ClassVar[frozenset[Answer]] = frozenset({"text"})
 
     system_prompt = ""
 

@@ -12,11 +12,11 @@ from __future__ import annotations
 import functools
 import hashlib
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
-from aloekit.agents.base import RoleOutput, RoleView, register_role
+from aloekit.agents.base import Answer, RoleOutput, RoleView, register_role
 from aloekit.agents.judge import INVALID, Verdict
 from aloekit.agents.scorer import Score
 from aloekit.cpu_thread import run_off_loop
@@ -52,6 +52,8 @@ class PersonaSimilarity:
     ``embedder``: ``minilm`` (all-MiniLM-L6-v2, shipped), ``st:PATH`` or ``openai:[URL#]MODEL``.
     ``reference``: ``builtin`` or an eval-set folder (profile_eval.jsonl and personality_eval.jsonl).
     """
+
+    answers: ClassVar[frozenset[Answer]] = frozenset({"score", "verdict"})
 
     calls_model = False
     """Its backend and generation options change nothing: an audit of it holds for any of them."""

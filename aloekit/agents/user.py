@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import re
+from typing import ClassVar
 
-from aloekit.agents.base import Message, PromptRole, RoleView, register_role
+from aloekit.agents.base import Answer, Message, PromptRole, RoleView, register_role
 
 USER_SYSTEM_PROMPT = """You are playing a real person in an online chat with a friend. Stay in character the whole time.
 
@@ -28,6 +29,8 @@ _LABEL = re.compile(r"^\s*(?:me|user|you|friend|[A-Z][a-z]+)\s*:\s*")
 @register_role("user_simulator")
 class UserSimulator(PromptRole):
     """Sees the true persona and its own side of the chat; the assistant's replies arrive as the other party."""
+
+    answers: ClassVar[frozenset[Answer]] = frozenset({"text"})
 
     system_prompt = USER_SYSTEM_PROMPT
 

@@ -55,7 +55,7 @@ def judge_audit(
     """Known-answer probes from the eval personas: accuracy with a CI, position flips, invalid answers."""
     from dataclasses import asdict
 
-    from aloekit.evaluation.audit import audit_config, read_labels, run_audit, save_audit
+    from aloekit.evaluation.audit import audit_config, check_audit_roles, read_labels, run_audit, save_audit
     from aloekit.evaluation.task import load_eval_personas
 
     section = app.config.evaluation if stage == "eval" else app.config.simulation
@@ -72,6 +72,7 @@ def judge_audit(
                           paper_exact=paper_exact)  # fmt: skip
     labels = read_labels(labels_path) if labels_path else None
     load_eval_personas(config.eval_set)  # a bad eval set fails here, before the run row
+    check_audit_roles(config)  # and a judge of the wrong kind
 
     async def audit(backends: BackendPool) -> tuple[str, Any]:
         for spec in sorted({config.judge.backend, config.user.backend, config.generator.backend}):

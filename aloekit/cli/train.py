@@ -241,6 +241,7 @@ def grpo_command(
     from aloekit.graphs.simulate import check_role
     from aloekit.personas.pool import PersonaPool
     from aloekit.training.grpo import (
+        ROLE_ANSWERS,
         GRPOSettings,
         build_environments,
         check_resumable,
@@ -274,7 +275,7 @@ def grpo_command(
 
     def check_roles() -> None:
         for name, role in settings.roles.items():
-            check_role(name, role)
+            check_role(name, role, answer=ROLE_ANSWERS[name])
 
     check_run_inputs(app, {role.backend for role in settings.roles.values()}, check_roles)
     probe = BackendPool(app.config)  # builds clients to read the in-process models' files; loads nothing

@@ -40,7 +40,14 @@ from aloekit.agents.scorer import Score
 from aloekit.config import GenerationOptions, Settings, read_text_file
 from aloekit.errors import AloeError, ConfigError
 from aloekit.evaluation.task import BUILTIN_EVAL_SET, EvalConfig, load_eval_personas
-from aloekit.graphs.simulate import MAX_CONCURRENCY, RoleConfig, SimulationConfig, build_role, offered_options
+from aloekit.graphs.simulate import (
+    MAX_CONCURRENCY,
+    RoleConfig,
+    SimulationConfig,
+    build_role,
+    check_role,
+    offered_options,
+)
 from aloekit.limits import SQLITE_INT_MAX, SQLITE_INT_MIN
 from aloekit.personas.models import Persona, PersonaPair
 from aloekit.store import Store, utcnow
@@ -249,9 +256,9 @@ def _other(personas: list[PersonaPair], i: int) -> PersonaPair:
 
 async def build_probes(config: AuditConfig, backends: BackendPool, personas: list[PersonaPair]) -> list[Probe]:
     """Ask the user simulator for each persona's opening message and the generator for the three replies."""
-    user = build_role(backends, "audit_user", config.user)
-    tailored = build_role(backends, "audit_generator", config.generator, oracle=True)
-    generic = build_role(backends, "audit_generator", config.generator)
+    user = build_role(backends, "audit_user", config.user, answer="text")
+    tailored = build_role(backends, "audit_generator", config.generator, answer="text", oracle=True)
+    generic = build_role(backends, "audit_generator", config.generator, answer="text")
     gate = asyncio.Semaphore(config.concurrency)
 
     async def probe(i: int, persona: PersonaPair) -> list[Probe]:
@@ -329,13 +336,25 @@ async def _score_pair(scorer: Any, probe: Probe, seed: int, both_orders: bool = 
     return {"outcomes": [outcome], "scores": scores}
 
 
-def build_judge(config: AuditConfig, backends: BackendPool) -> Any:
-    """The judge as its stage builds it (with ``both_orders``, each verdict already combines both orders)."""
+def _judge_keywords(config: AuditConfig) -> dict[str, Any]:
+    """What the judge answers with at its stage, and the run-level keywords its kind takes."""
     offered = {"paper_exact": config.paper_exact, "both_orders": config.both_orders}
     extra = offered_options(
         "judge", config.judge, offered, {"paper_exact": "--paper-exact", "both_orders": "--judge-both-orders"}
     )
-    return build_role(backends, "judge", config.judge, **extra)
+    return {"answer": "verdict" if config.stage == "simulate" else "score", **extra}
+
+
+def check_audit_roles(config: AuditConfig) -> None:
+    """Validate the judge, user and generator as the audit builds them, before its run row and any call."""
+    check_role("judge", config.judge, **_judge_keywords(config))
+    check_role("audit_user", config.user, answer="text")
+    check_role("audit_generator", config.generator, answer="text", oracle=True)
+
+
+def build_judge(config: AuditConfig, backends: BackendPool) -> Any:
+    """The judge as its stage builds it (with ``both_orders``, each verdict already combines both orders)."""
+    return build_role(backends, "judge", config.judge, **_judge_keywords(config))
 
 
 async def run_audit(

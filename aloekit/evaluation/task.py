@@ -16,7 +16,7 @@ from pydantic import BaseModel, Field, field_validator
 from typing_extensions import TypedDict
 
 from aloekit.agents.backends import BackendPool
-from aloekit.agents.base import CallRecord, Message, Role, RoleView
+from aloekit.agents.base import Answer, CallRecord, Message, Role, RoleView
 from aloekit.agents.scorer import Score
 from aloekit.config import GenerationOptions, Settings, resolve_section
 from aloekit.errors import AloeError, ConfigError
@@ -200,12 +200,12 @@ class EvalConfig(Settings):
 
     def check_roles(self) -> None:
         """Validate the model, scorer and (live mode) user roles without backends or model calls."""
-        check_role("model", self.model_role(), sees_persona=get_baseline(self.baseline).sees_persona)
-        check_role("judge", self.judge)
+        check_role("model", self.model_role(), sees_persona=get_baseline(self.baseline).sees_persona, answer="text")
+        check_role("judge", self.judge, answer="score")
         if self.second_judge is not None:
-            check_role("second_judge", self.second_judge)
+            check_role("second_judge", self.second_judge, answer="score")
         if self.mode == "live":
-            check_role("user", self.user)
+            check_role("user", self.user, answer="text")
 
     def with_backend(self, role: str, spec: str) -> EvalConfig:
         """A copy with ``user`` or ``judge`` on backend ``spec``."""
@@ -313,15 +313,15 @@ def build_eval_graph(roles: EvalRoles) -> Any:
 def build_eval_roles(config: EvalConfig, backends: BackendPool) -> EvalRoles:
     """Instantiate the model under test, the scorer and (live mode) the user simulator."""
 
-    def build(name: str, rc: RoleConfig, **extra: Any) -> Any:
-        return build_role(backends, name, rc, **extra)
+    def build(name: str, rc: RoleConfig, answer: Answer = "text") -> Any:
+        return build_role(backends, name, rc, answer=answer)
 
     return EvalRoles(
         model=build("model", config.model_role()),
-        scorer=build("judge", config.judge),
+        scorer=build("judge", config.judge, "score"),
         user=build("user", config.user) if config.mode == "live" else None,
         model_sees_persona=get_baseline(config.baseline).sees_persona,
-        second_scorer=build("second_judge", config.second_judge) if config.second_judge is not None else None,
+        second_scorer=build("second_judge", config.second_judge, "score") if config.second_judge is not None else None,
     )
 
 

@@ -11,7 +11,7 @@ from autogen_core.models import ChatCompletionClient
 from pydantic import Field, model_validator
 
 from aloekit.agents.backends import BackendPool, parse_spec
-from aloekit.agents.base import RoleFactory, check_prompts, check_role_options, get_role_factory, role_options
+from aloekit.agents.base import Answer, RoleFactory, check_prompts, check_role_options, get_role_factory, role_options
 from aloekit.config import GenerationOptions, Settings, resolve_section
 from aloekit.errors import AloeError, ConfigError
 from aloekit.graphs.generation import Responder as ResponderSlot
@@ -128,8 +128,8 @@ class SimulationConfig(Settings):
     def check_roles(self) -> None:
         """Validate every role as :func:`build_roles` would build it, without backends or model calls: kinds,
         options, option values and templates. Raises a one-line :class:`ConfigError` naming the role."""
-        for name, rc, extra, sees_persona in _role_plan(self):
-            check_role(name, rc, sees_persona=sees_persona, **extra)
+        for name, rc, extra, sees_persona, answer in _role_plan(self):
+            check_role(name, rc, sees_persona=sees_persona, answer=answer, **extra)
 
     def with_backend(self, role: str, spec: str) -> SimulationConfig:
         """A copy with ``role`` (or ``all``) on backend ``spec`` (its syntax and prefix checked)."""
@@ -187,21 +187,43 @@ def _null_client() -> ChatCompletionClient:
     return ReplayChatCompletionClient([])
 
 
-def check_role(name: str, config: RoleConfig, *, sees_persona: bool = True, **extra: Any) -> None:
+def _check_answers(name: str, rc: RoleConfig, factory: RoleFactory, answer: Answer | None) -> None:
+    """Refuse a kind whose class says it answers otherwise than its place in the graph needs (a judge as the
+    user, a user as the judge); a kind that does not say (``answers``), or no ``answer`` asked, passes."""
+    answers = getattr(factory, "answers", None)
+    if answer is not None and answers is not None and answer not in answers:
+        words = {"text": "text", "verdict": "a verdict", "score": "a score"}
+        raise ConfigError(f"role {name!r}: kind {rc.kind} answers with {' or '.join(words[a] for a in sorted(answers))}"
+                          f", but the {name} must answer with {words[answer]}")  # fmt: skip
+
+
+def check_role(
+    name: str, config: RoleConfig, *, sees_persona: bool = True, answer: Answer | None = None, **extra: Any
+) -> None:
     """Validate role ``name`` as :func:`build_role` would build it, with no backend and no model call.
 
-    Checks that ``config.kind`` is registered, that every key of ``config.options`` is a keyword of the
-    kind's factory (any key if it takes ``**kwargs``) with a value of the annotated type, what the role's
-    own ``__init__`` validates, and its templates' placeholders (``sees_persona``: whether the graph shows
-    this role the persona). ``extra`` are the keywords aloekit itself passes. Raises one-line ConfigError.
+    Checks that ``config.kind`` is registered and answers with ``answer`` (when given), that every key of
+    ``config.options`` is a keyword of the kind's factory (any key if it takes ``**kwargs``) with a value of the
+    annotated type, what the role's own ``__init__`` validates, and its templates' placeholders
+    (``sees_persona``: whether the graph shows this role the persona). ``extra`` are the keywords aloekit
+    itself passes. Raises one-line ConfigError.
     """
     factory = _role_factory(name, config)
+    _check_answers(name, config, factory, answer)
     check_role_options(name, config.kind, config.options, provided=extra)
     _construct(factory, name, config, _null_client(), dict(extra), sees_persona)
 
 
-def _build_role(backends: BackendPool, name: str, rc: RoleConfig, extra: dict[str, Any], sees_persona: bool) -> Any:
+def _build_role(
+    backends: BackendPool,
+    name: str,
+    rc: RoleConfig,
+    extra: dict[str, Any],
+    sees_persona: bool,
+    answer: Answer | None,
+) -> Any:
     factory = _role_factory(name, rc)
+    _check_answers(name, rc, factory, answer)
     check_role_options(name, rc.kind, rc.options, provided=extra)  # before a backend client is built
     # An in-process model's own chat template is at hand: the role's prompts are rendered with it now, so
     # a template that rejects them fails here, naming the role, not on the first call of a long run.
@@ -210,12 +232,14 @@ def _build_role(backends: BackendPool, name: str, rc: RoleConfig, extra: dict[st
     return _construct(factory, name, rc, client, extra, sees_persona, chat_template)
 
 
-def build_role(backends: BackendPool, name: str, rc: RoleConfig, **extra: Any) -> Any:
-    """Instantiate the role kind ``rc.kind`` as ``name`` on its backend client (usage is booked under ``name``).
+def build_role(backends: BackendPool, name: str, rc: RoleConfig, *, answer: Answer | None = None, **extra: Any) -> Any:
+    """Instantiate the role kind ``rc.kind`` as ``name`` on its backend client (usage is booked under ``name``);
+    ``answer`` is what its place in the graph needs from it (``text``, a ``verdict``, a ``score``).
 
-    Bad options or templates fail here in one line (:class:`ConfigError`), before any model call.
+    Bad options or templates, or a kind that answers otherwise, fail here in one line (:class:`ConfigError`),
+    before any model call.
     """
-    return _build_role(backends, name, rc, extra, sees_persona=True)
+    return _build_role(backends, name, rc, extra, sees_persona=True, answer=answer)
 
 
 def offered_options(
@@ -240,23 +264,24 @@ def offered_options(
     return out
 
 
-def _role_plan(config: SimulationConfig) -> list[tuple[str, RoleConfig, dict[str, Any], bool]]:
-    """(name, config, run-level keywords, sees the persona) for every role of a simulation, in build order."""
+def _role_plan(config: SimulationConfig) -> list[tuple[str, RoleConfig, dict[str, Any], bool, Answer]]:
+    """(name, config, run-level keywords, sees the persona, what it answers with) for every role of a
+    simulation, in build order."""
     judge = {"paper_exact": config.paper_exact, "both_orders": config.judge_both_orders}
     judge_settings = {"paper_exact": "paper_exact", "both_orders": "judge_both_orders"}
     # Responders never see the persona: only the conversation and, for a hinted one, the inducer's report.
     return [
-        ("user", config.user, {}, True),
-        ("inducer", config.inducer, {}, True),
-        *((r.name, r, offered_options(r.name, r, {"use_hint": r.use_hint}), False) for r in config.responders),
-        ("judge", config.judge, offered_options("judge", config.judge, judge, judge_settings), True),
+        ("user", config.user, {}, True, "text"),
+        ("inducer", config.inducer, {}, True, "text"),
+        *((r.name, r, offered_options(r.name, r, {"use_hint": r.use_hint}), False, "text") for r in config.responders),
+        ("judge", config.judge, offered_options("judge", config.judge, judge, judge_settings), True, "verdict"),
     ]
 
 
 def build_roles(config: SimulationConfig, backends: BackendPool) -> RoleSet:
     """Instantiate every configured role on its backend client."""
-    roles = {name: _build_role(backends, name, rc, extra, sees_persona)
-             for name, rc, extra, sees_persona in _role_plan(config)}  # fmt: skip
+    roles = {name: _build_role(backends, name, rc, extra, sees_persona, answer)
+             for name, rc, extra, sees_persona, answer in _role_plan(config)}  # fmt: skip
     return RoleSet(
         user=roles["user"],
         inducer=roles["inducer"],

@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 
 from pydantic import Field
 
-from aloekit.agents.base import Message
+from aloekit.agents.base import Answer, Message
 from aloekit.config import MAX_SEED, GenerationOptions, Settings, one_line
 from aloekit.errors import AloeError, ConfigError
 from aloekit.graphs.simulate import MAX_TURNS, RoleConfig
@@ -39,6 +39,10 @@ SLOT_PREFIX = "aloekit rollout slot "
 """A dataset row's prompt is a placeholder naming its conversation slot; the real prompt comes from the
 environment when trl generates (a prompt read when the row is fetched would be one step stale: accelerate
 fetches the next batch ahead)."""
+
+
+ROLE_ANSWERS: dict[str, Answer] = {"user": "text", "judge": "score", "profile": "score"}
+"""What each GRPO role answers with: the user's turns, and the rewards' scores."""
 
 
 class GRPOSettings(Settings):
@@ -334,7 +338,7 @@ def build_environments(
     """One environment per slot, sharing the user and judge roles (roles keep no state between calls)."""
     from aloekit.graphs.simulate import build_role
 
-    roles = {name: build_role(backends, name, rc) for name, rc in settings.roles.items()}
+    roles = {name: build_role(backends, name, rc, answer=ROLE_ANSWERS[name]) for name, rc in settings.roles.items()}
     return [SimulatedUserEnv(roles["user"], roles["judge"], max_turns=settings.turns, trees=trees, run_id=run_id,
                              policy_backend=settings.base, profile=roles.get("profile"),
                              profile_weight=settings.profile_weight) for _ in range(settings.personas)]  # fmt: skip
