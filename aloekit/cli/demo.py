@@ -6,7 +6,8 @@ from pathlib import Path
 
 import click
 
-from aloekit.cli.app import App, output_folder, pass_app
+from aloekit.cli.app import App, pass_app
+from aloekit.outputs import output_folder
 
 
 @click.command()

@@ -8,18 +8,9 @@ from typing import Any
 
 import click
 
-from aloekit.cli.app import (
-    TURNS,
-    App,
-    FiniteFloatRange,
-    is_stream_path,
-    jsonl_text,
-    output_file,
-    output_folder,
-    pass_app,
-    write_files,
-)
+from aloekit.cli.app import TURNS, App, FiniteFloatRange, jsonl_text, pass_app
 from aloekit.errors import AloeError
+from aloekit.outputs import is_stream_path, output_file, output_folder, write_files
 from aloekit.secrets import read_secret
 
 

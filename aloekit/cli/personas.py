@@ -19,8 +19,8 @@ from aloekit.cli.app import (
     ensure_loaded,
     pass_app,
     run_recorded,
-    write_whole,
 )
+from aloekit.outputs import write_whole
 
 SIMILARITY = FiniteFloatRange(0, 1, min_open=True)
 POSITIVE_FLOAT = FiniteFloatRange(0, min_open=True)

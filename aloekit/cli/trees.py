@@ -8,8 +8,9 @@ from typing import Any
 
 import click
 
-from aloekit.cli.app import App, pass_app, write_text
+from aloekit.cli.app import App, pass_app
 from aloekit.errors import AloeError
+from aloekit.outputs import write_text
 
 
 @click.group()

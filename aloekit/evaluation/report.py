@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from aloekit.evaluation.metrics import (
 )
 from aloekit.evaluation.task import EvalConfig, EvalStore
 from aloekit.hardware import recorded_files
+from aloekit.outputs import write_files
 from aloekit.serialize import to_json
 from aloekit.store import Store
 
@@ -231,11 +233,6 @@ def write_report(store: Store, run_ids: list[str], out: Path, note: str | None =
             second_table = methods_table(results, judge="second_judge")
         except AloeError:  # different second judges: their numbers are listed per run only
             pass
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        write_plot(results, out / "al_curve.png")
-    except OSError as exc:
-        raise ConfigError(one_line(f"--out {out}: cannot write al_curve.png: {exc.strerror or exc}")) from None
     summary = {"runs": []}
     for r in results:
         config: EvalConfig = r["config"]
@@ -308,11 +305,14 @@ def write_report(store: Store, run_ids: list[str], out: Path, note: str | None =
         summary["second_judge_methods_table"] = second_table
         lines += ["## Every method against the first run, on the second judge", "",
                   *methods_table_lines(second_table), ""]  # fmt: skip
-    for name, text in (("report.md", "\n".join(lines)), ("summary.json", to_json(summary, indent=2, default=str))):
-        try:
-            (out / name).write_text(text, encoding="utf-8")
-        except OSError as exc:
-            raise ConfigError(one_line(f"--out {out}: cannot write {name}: {exc.strerror or exc}")) from None
+    texts = {"report.md": "\n".join(lines), "summary.json": to_json(summary, indent=2, default=str)}
+
+    def text_writer(name: str) -> Callable[[Path], object]:
+        return lambda target: target.write_text(texts[name], encoding="utf-8")
+
+    # All three whole or none: a full disk leaves no half-written file, and an earlier report as it was.
+    write_files([(out / "al_curve.png", "--out", lambda target: write_plot(results, target)),
+                 *((out / name, "--out", text_writer(name)) for name in texts)])  # fmt: skip
     return summary
 
 

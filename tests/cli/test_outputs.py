@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from aloekit.cli.app import write_text, write_whole
 from aloekit.errors import AloeError
+from aloekit.outputs import write_text, write_whole
 
 
 def test_a_failed_write_leaves_no_partial_file_and_the_old_one_as_it_was(tmp_path):
@@ -46,7 +46,7 @@ def test_pipes_are_refused_and_devices_written_directly(tmp_path):
     write_text(Path(os.devnull), "rows\n", "--out")
     assert os.path.exists(os.devnull) and not os.path.isfile(os.devnull)
     # /dev/stdout is a pipe here (captured): written in place, not refused, not replaced.
-    script = "from pathlib import Path\nfrom aloekit.cli.app import write_text\n"
+    script = "from pathlib import Path\nfrom aloekit.outputs import write_text\n"
     script += "write_text(Path('/dev/stdout'), 'rows', 'o')"
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0 and proc.stdout == "rows", proc.stderr
@@ -95,8 +95,8 @@ def test_an_export_without_a_split_removes_an_earlier_ones_validation_file(run_a
 
 
 def test_files_written_together_are_put_in_place_together(tmp_path):
-    from aloekit.cli.app import write_files
     from aloekit.errors import AloeError
+    from aloekit.outputs import write_files
 
     train, val, stale = tmp_path / "a.jsonl", tmp_path / "a.val.jsonl", tmp_path / "old.jsonl"
     for path in (train, val, stale):

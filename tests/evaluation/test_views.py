@@ -64,3 +64,28 @@ def test_every_view_bootstraps_the_same_way(runs):
         run_results(runs["store"], runs["a"], n_boot=300)
     first, again = run_results(runs["store"], runs["a"]), run_results(runs["store"], runs["a"])
     assert _same(asdict(first["cis"]), asdict(again["cis"]))
+
+
+def test_a_report_is_written_whole_or_not_at_all(runs, tmp_path, monkeypatch):
+    # A full disk at the last file once left al_curve.png (0 bytes on a tmpfs) and report.md behind.
+    import errno
+    from pathlib import Path
+
+    from aloekit.errors import AloeError
+
+    write_report(runs["store"], [runs["a"]], tmp_path / "report")
+    before = {p.name: p.read_bytes() for p in (tmp_path / "report").iterdir()}
+    original = Path.write_text
+
+    def full_disk(self, *args, **kwargs):
+        if "summary" in self.name:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "write_text", full_disk)
+    with pytest.raises(AloeError, match=r"^--out .*summary.json: cannot write: No space left on device$"):
+        write_report(runs["store"], [runs["b"]], tmp_path / "report")
+    with pytest.raises(AloeError):
+        write_report(runs["store"], [runs["b"]], tmp_path / "fresh")
+    assert {p.name: p.read_bytes() for p in (tmp_path / "report").iterdir()} == before  # the earlier report, whole
+    assert not list((tmp_path / "fresh").iterdir())
