@@ -337,6 +337,7 @@ BAD_INPUTS: list[tuple[str, list[str]]] = [
     ("eval adapter corrupt", ["eval", "--model", "local:smollm2+adapter"]),
     ("eval replay without run", ["eval", "--model", "local:smollm2", "--mode", "replay"]),
     ("eval replay unknown run", ["eval", "--model", "local:smollm2", "--mode", "replay", "--replay-run", "no-such"]),
+    ("eval replay run in live mode", ["eval", "--model", "local:smollm2", "--replay-run", "no-such"]),
     ("eval eval set missing", ["eval", "--model", "local:smollm2", "--eval-set", "/nonexistent/eval"]),
     ("eval eval set empty", ["eval", "--model", "local:smollm2", "--eval-set", "empty_eval_set"]),
     ("eval personas zero", ["eval", "--model", "local:smollm2", "--personas", "0"]),
