@@ -604,6 +604,16 @@ def stored_config(text: str | None) -> dict[str, Any]:
     return config if isinstance(config, dict) else {}
 
 
+RUN_KINDS = {"eval_resolved": "evaluation", "simulation_resolved": "simulation", "grpo": "online RL (GRPO)",
+             "train": "training", "audit": "judge audit"}  # fmt: skip
+"""What a run did, from the section its stored config holds."""
+
+
+def run_kind(config: Mapping[str, Any]) -> str | None:
+    """What the run whose stored config is ``config`` did (None: another command's, a chat or a check)."""
+    return next((name for key, name in RUN_KINDS.items() if key in config), None)
+
+
 def run_end_state(exc: BaseException) -> tuple[str, str]:
     """How a run that stopped on ``exc`` ended: ``interrupted`` (Ctrl-C, SIGTERM, SIGHUP) or ``failed``, and why
     (one line)."""

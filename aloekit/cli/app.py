@@ -472,10 +472,10 @@ def run_recorded(
 
 def refuse_on_resume(given: dict[str, Any]) -> None:
     """``--resume`` continues a run as it was configured: flags that would change it are an error, not ignored."""
-    changed = [flag for flag, value in given.items() if value not in (None, False, ())]
-    if changed:
-        raise AloeError(f"--resume continues a run as it was configured: {', '.join(changed)} cannot change it "
-                        "(only --concurrency and the budgets apply; start a new run instead)")  # fmt: skip
+    given_flags = [flag for flag, value in given.items() if value not in (None, False, ())]
+    if given_flags:
+        raise AloeError(f"--resume continues a run as it was configured: leave out {', '.join(given_flags)} (only "
+                        "--concurrency and the budgets apply; start a new run to change the others)")  # fmt: skip
 
 
 def refuse_changed_files(store: Store, run_id: str, hardware: dict[str, Any] | None) -> None:

@@ -80,10 +80,10 @@ def eval_command(
     store = app.store
     replayed = None
     if resume_run:
+        base = eval_config(store, resume_run)  # first: an unknown run is the error to name
         refuse_on_resume({"--model": model_spec, "--role": roles, "--mode": mode, "--replay-run": replay_run,
                           "--eval-set": eval_set, "--personas": personas, "--turns": turns, "--baseline": baseline,
                           "--seed": eval_seed})  # fmt: skip
-        base = eval_config(store, resume_run)
         config = base.model_copy(update={"max_calls": max_calls, "max_tokens": max_tokens,
                                          "concurrency": concurrency or base.concurrency})  # fmt: skip
         run_id = resume_run

@@ -102,12 +102,12 @@ def simulate(
     }
     excluded: dict[str, Any] = {}
     if resume_run:
-        refuse_on_resume({"--conversations": conversations, "--turns": turns, "--role": roles,
-                          "--judge-both-orders": judge_both_orders, "--paper-exact": paper_exact, "--seed": sim_seed,
-                          "--eval-set": eval_set, "--allow-eval-personas": allow_eval_personas})  # fmt: skip
         run = store.get_run(resume_run)
         if run is None:
             raise AloeError(f"no run {resume_run!r} in {store.path}")
+        refuse_on_resume({"--conversations": conversations, "--turns": turns, "--role": roles,
+                          "--judge-both-orders": judge_both_orders, "--paper-exact": paper_exact, "--seed": sim_seed,
+                          "--eval-set": eval_set, "--allow-eval-personas": allow_eval_personas})  # fmt: skip
         try:
             stored = json.loads(run["config"]).get("simulation_resolved")
         except (ValueError, AttributeError):  # a damaged row: say so rather than crash

@@ -29,7 +29,7 @@ from aloekit.evaluation.task import EvalConfig, EvalStore
 from aloekit.hardware import recorded_files
 from aloekit.outputs import write_files
 from aloekit.serialize import to_json
-from aloekit.store import Store
+from aloekit.store import Store, run_kind
 
 EXPECTED_SCORES_NOTE = (
     "Scores are expected values (sum of k x P(k) over the judge's next-token distribution on 1-5), "
@@ -53,8 +53,9 @@ def eval_config(store: Store, run_id: str) -> EvalConfig:
         raise AloeError(f"run {run_id}: its stored config is not valid JSON") from None
     resolved = stored.get("eval_resolved") if isinstance(stored, dict) else None
     if resolved is None:
-        started_by = " ".join(str(run.get("command") or "").split()[:2]) or "another command"
-        raise AloeError(one_line(f"run {run_id} is not an evaluation run (it was started by {started_by})"))
+        kind = run_kind(stored) if isinstance(stored, dict) else None
+        what = f"{'an' if kind[0] in 'aeiou' else 'a'} {kind} run" if kind else "another command's run"
+        raise AloeError(f"run {run_id} is not an evaluation run (it is {what})")
     try:
         return EvalConfig.model_validate(resolved)
     except ValidationError as exc:  # stored by an older aloekit, or edited: name the field, not a traceback

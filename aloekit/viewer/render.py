@@ -12,7 +12,7 @@ from typing import Any
 
 from aloekit.graphs.storage import TreeStore
 from aloekit.graphs.tree import ConversationTree
-from aloekit.store import Store, stored_config
+from aloekit.store import Store, run_kind, stored_config
 
 STYLE = """
 body{font:15px/1.45 system-ui,sans-serif;margin:0;color:#1d2330;background:#f6f7fb}
@@ -92,11 +92,6 @@ def _backends(config: dict[str, Any]) -> dict[str, str]:
     return {}
 
 
-RUN_KINDS = {"eval_resolved": "evaluation", "simulation_resolved": "simulation", "grpo": "online RL (GRPO)",
-             "train": "training"}  # fmt: skip
-"""What a run did, from the section its stored config holds."""
-
-
 def runs_page(store: Store) -> tuple[str, str]:
     """All runs: command, status, start, conversation counts, backends per role, tokens."""
     counts: dict[str, dict[str, int]] = {}
@@ -107,7 +102,7 @@ def runs_page(store: Store) -> tuple[str, str]:
     rows = []
     for run in (_as_ended(run, abandoned) for run in store.list_runs(limit=500)):
         config = stored_config(run["config"])
-        kind = next((name for key, name in RUN_KINDS.items() if key in config), "")
+        kind = run_kind(config) or ""
         backends = "<br>".join(f"{esc(k)}: <code>{esc(v)}</code>" for k, v in _backends(config).items())
         status_counts = ", ".join(f"{n} {esc(s)}" for s, n in sorted(counts.get(run["id"], {}).items()))
         rows.append(

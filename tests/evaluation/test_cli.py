@@ -34,6 +34,7 @@ def test_eval_bad_input(run_aloe):
         ((), "eval needs --model SPEC"),
         (("--model", "replay:x.json", "--role", "model=y"), "unknown role 'model'"),
         (("--resume", "nope"), "no run 'nope'"),
+        (("--resume", "nope", "--model", "replay:x.json"), "no run 'nope'"),  # once: "--model cannot change it"
     ]:
         proc = run_aloe("eval", *args)
         assert proc.returncode == 1 and proc.stderr.startswith("error: ") and message in proc.stderr, proc.stderr

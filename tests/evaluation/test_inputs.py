@@ -93,13 +93,16 @@ def store(tmp_path):
 
 
 def test_unknown_or_wrong_kind_of_run(store):
-    simulation = store.start_run("aloe simulate --conversations 2", {"seed": 0}, 0)
+    simulation = store.start_run("aloe --db x.db simulate", {"simulation_resolved": {}, "seed": 0}, 0)
+    chat = store.start_run("aloe chat local:smollm2 hi", {"seed": 0}, 0)
     for read in (eval_config, run_results):
         with pytest.raises(AloeError, match=r"^no run 'nope' in .*aloe.db$") as excinfo:
             read(store, "nope")
         one_line(excinfo)
-        with pytest.raises(AloeError, match=f"^run {simulation} is not an evaluation run .*aloe simulate"):
-            read(store, simulation)
+        with pytest.raises(AloeError, match=rf"^run {simulation} is not an evaluation run \(it is a simulation run\)$"):
+            read(store, simulation)  # once "(it was started by aloe --db)": the command line's first two words
+        with pytest.raises(AloeError, match=rf"^run {chat} is not an evaluation run \(it is another command's run\)$"):
+            read(store, chat)
 
 
 def test_a_stored_eval_config_that_no_longer_validates(store):

@@ -79,6 +79,12 @@ def test_simulate_budget_then_resume(run_aloe, flag):
         assert (deprecated in first.stderr) == (flag == "--max-calls")  # the old spelling still works, with a warning
         result = json.loads(first.stdout)
         assert "complete" not in result["statuses"] or result["statuses"]["complete"] < 2
+        # The run's own settings are not taken again, even unchanged; an unknown run is named first.
+        again = run_aloe("simulate", "--resume", result["run_id"], "--turns", "2")
+        assert again.returncode == 1 and again.stderr.strip() == (
+            "error: --resume continues a run as it was configured: leave out --turns (only --concurrency and the "
+            "budgets apply; start a new run to change the others)")  # fmt: skip
+        assert "no run 'nope'" in run_aloe("simulate", "--resume", "nope", "--turns", "2").stderr
         resumed = json.loads(run_aloe("--json", "simulate", "--resume", result["run_id"]).stdout)
     assert resumed["statuses"] == {"complete": 2}
     assert result["turns_saved"] + resumed["turns_saved"] == 4
