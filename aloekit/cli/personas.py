@@ -127,8 +127,10 @@ def personas_generate(
         temperature=temperature,
         repetition_penalty=repetition_penalty,
     )
-    check_run_inputs(app, [backend_spec])  # before the embedder loads
     pool = PersonaPool(app.store)
+    if seeds is not None and not pool.count(kind):  # the seeds an empty pool starts from: read before the run row
+        pool.check_seed_file(seeds, kind)
+    check_run_inputs(app, [backend_spec])  # before the embedder loads
     embedding_model = get_embedder(embedder)
 
     async def grow(backends: BackendPool) -> Any:

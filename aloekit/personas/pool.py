@@ -155,6 +155,12 @@ class PersonaPool:
             return 0
         return self.import_file(seeds or seed_file(kind), kind).added
 
+    @staticmethod
+    def check_seed_file(path: Path, kind: PersonaKind) -> None:
+        """Refuse a seed file :meth:`ensure_seeds` could not start a pool from, in one line naming it."""
+        if not load_personas(path, kind):
+            raise PersonaFileError(f"{path}: no {kind}s in it")
+
     def embeddings(self, kind: PersonaKind, embedder: Embedder) -> tuple[list[Persona], np.ndarray]:
         """All personas of ``kind`` and their embeddings, computing (and storing) only the missing ones."""
         rows = list(self.store.db["personas"].rows_where("kind = ?", [kind], order_by="rowid"))

@@ -1,5 +1,7 @@
 import json
 
+import pytest
+
 from aloekit.testing import StubOpenAIServer
 
 
@@ -52,3 +54,14 @@ def test_generate_with_a_server_backend(run_aloe):
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(proc.stdout)
     assert summary["start_size"] == 20 and summary["final_size"] == 22 and summary["stop_reason"] == "target reached"
+
+
+@pytest.mark.parametrize(("content", "message"), [(b"", "the file is empty"), (b'"a"\n{bad\n', ":2: invalid JSON"),
+                                                  (b"\xb9\x00\x01", ":1: not UTF-8")])  # fmt: skip
+def test_a_bad_seed_file_is_refused_before_any_run(run_aloe, tmp_path, content, message):
+    # It was read only once the run row existed and the embedder had loaded: each try left a failed run.
+    (tmp_path / "seeds.jsonl").write_bytes(content)
+    proc = run_aloe("personas", "generate", "--kind", "profile", "--target", "5", "--seeds", "seeds.jsonl",
+                    "--backend", "replay:none.json")  # fmt: skip
+    assert proc.returncode == 1 and proc.stderr.startswith("error: seeds.jsonl") and message in proc.stderr
+    assert json.loads(run_aloe("--json", "runs", "list").stdout) == []
