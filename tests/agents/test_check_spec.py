@@ -125,6 +125,11 @@ def test_local_models(fake_gguf, no_model_load, monkeypatch):
     check_spec(f"local:{fake_gguf}")
     one_line_error(SpecError, "local:unknown-model", r"unknown local model 'unknown-model' .*\(known: smollm2")
     one_line_error(BackendError, "local:/no/model.gguf", "SmolLM2 GGUF file not found at /no/model.gguf")
+    junk = fake_gguf.with_name("junk.gguf")  # found only when the model loaded, inside a recorded run
+    junk.write_bytes(b"<html>not a model</html>")
+    one_line_error(
+        BackendError, f"local:{junk}", r"junk.gguf: not a GGUF file \(it does not start with the bytes GGUF\)"
+    )
     monkeypatch.setenv("ALOE_SMOLLM2_GGUF", "/nowhere/model.gguf")
     one_line_error(BackendError, "local:smollm2", "SmolLM2 GGUF file not found at /nowhere/model.gguf")
 

@@ -1012,9 +1012,17 @@ def _smollm2_gguf(spec: BackendSpec, name: str) -> Path:
 
 
 def check_local_spec(spec: BackendSpec, settings: BackendSettings) -> None:
-    """The model is known and its GGUF is installed; the adapter, if any, is a peft adapter folder."""
+    """The model is known and its GGUF is installed and starts as a GGUF file does (read now, 4 bytes, rather
+    than when the model loads inside a recorded run)."""
     name, _ = split_adapter(spec)
-    _smollm2_gguf(spec, name)
+    path = _smollm2_gguf(spec, name)
+    try:
+        with path.open("rb") as file:
+            magic = file.read(4)
+    except OSError as exc:
+        raise BackendError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    if magic != b"GGUF":
+        raise BackendError(f"{path}: not a GGUF file (it does not start with the bytes GGUF)")
 
 
 @register_backend(
