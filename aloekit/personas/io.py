@@ -299,7 +299,8 @@ def iter_persona_file(path: Path | str, kind: PersonaKind | None = None) -> Iter
     """Stream a persona file as entries, bad lines and warnings; the format follows the suffix.
 
     ``.jsonl``/``.ndjson``: one JSON string or object a line; ``.json``: an array; ``.csv``: a ``text``
-    column (and optionally ``kind``); anything else: one text a line. A problem with the file as a whole
+    column (and optionally ``kind``); ``.txt`` or no suffix: one text a line. Another suffix (``.jsnol``, a
+    typo) is refused: read as text, each JSON line would become a persona's text. A problem with the file as a whole
     (missing, a folder, empty, UTF-16, malformed CSV or JSON array, no entries at all) raises
     :class:`PersonaFileError`, naming the file and, where there is one, the line.
     """
@@ -311,8 +312,11 @@ def iter_persona_file(path: Path | str, kind: PersonaKind | None = None) -> Iter
         items = _iter_json(path, kind, path.name)
     elif suffix == ".csv":
         items = _iter_csv(path, kind, path.name)
-    else:
+    elif suffix in (".txt", ""):
         items = _iter_text(path, kind, path.name)
+    else:
+        raise PersonaFileError(f"{path}: unknown format {suffix!r} (use .jsonl, .json, .csv, or .txt or no suffix "
+                               "for one text a line)")  # fmt: skip
     found = False
     for item in items:
         found = found or not isinstance(item, FileWarning)

@@ -108,6 +108,12 @@ def test_deeply_nested_json_array_item(tmp_path, pool):
         ("p.csv", "bio\nx\n", "{path}:1: CSV needs a 'text' column (found ['bio'])"),
         ("p.csv", f'text\n{A}\n"unterminated\n{B}\n', "{path}:3: malformed CSV: unexpected end of data"),
         ("p.csv", 'text\n"a"b\n', "{path}:2: malformed CSV: ',' expected after '\"'"),
+        # A typo in the suffix was read as text, each JSON line a persona's text.
+        (
+            "p.jsnol",
+            '{"text": "x"}\n',
+            "{path}: unknown format '.jsnol' (use .jsonl, .json, .csv, or .txt or no suffix for one text a line)",
+        ),
     ],
 )
 def test_file_level_problems_are_one_line(tmp_path, pool, name, content, message):
