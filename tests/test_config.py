@@ -195,3 +195,38 @@ def test_true_or_false_is_no_number(model):
         assert problems(name), f"{model.__name__}.{name} took true for a number"
     for name in [n for n, f in fields if _types_in(f.annotation) == {bool}]:
         assert problems(name) == [], f"{model.__name__}.{name} refused true"
+
+
+@pytest.mark.parametrize(
+    ("files", "env", "args", "message"),
+    [
+        (
+            {"c.toml": "[simulation]\nconversations = -2\n"},
+            {},
+            ["--config", "c.toml", "simulate"],
+            "error: config file c.toml: field simulation.conversations: Input should be greater than or equal to 1",
+        ),
+        (
+            {},
+            {"ALOE_SIMULATION__TURNS": "0"},
+            ["config", "show", "simulate"],
+            "error: environment variable ALOE_SIMULATION__TURNS: field simulation.turns: Input should be greater "
+            "than or equal to 1",
+        ),
+        (
+            {"e.toml": "[evaluation]\nturns = 2.5\n"},
+            {},
+            ["--config", "e.toml", "eval", "--model", "replay:x.json"],
+            "error: config file e.toml: field evaluation.turns: Input should be a valid integer, got a number with a "
+            "fractional part",
+        ),
+    ],
+    ids=["file", "environment", "eval"],
+)
+def test_a_bad_stage_setting_names_where_it_came_from(run_aloe, tmp_path, files, env, args, message):
+    # The [simulation] and [evaluation] tables are checked when a command reads them; their errors said only
+    # "simulation config" or the class name, while [backend]'s named the file or the variable.
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    proc = run_aloe(*args, env=env)
+    assert proc.returncode == 1 and proc.stderr.strip() == message

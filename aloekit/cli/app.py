@@ -15,7 +15,7 @@ import tempfile
 import threading
 import traceback
 import warnings
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -123,6 +123,20 @@ class App:
             if candidate is not None:
                 return candidate
         return self.config.seed
+
+    def section_error(self, section: str, exc: ValidationError, flags: Mapping[str, Any] = {}) -> AloeError:
+        """One line for a ``[section]`` of the config that does not validate, naming where the bad value came
+        from (a command's flag, an ``ALOE_*`` variable, the config file), as the config's other errors do."""
+        from aloekit.config import config_layers, format_loc, source_of
+
+        err = exc.errors()[0]
+        loc = tuple(err["loc"])
+        if loc and loc[0] in flags:
+            source = f"flag --{str(loc[0]).replace('_', '-')}"
+        else:
+            source = source_of((section, *loc), config_layers(self.config_path)) or "defaults"
+            source = f"config {source}" if source.startswith("file ") else source
+        return AloeError(one_line(f"{source}: field {section}.{format_loc(loc)}: {err['msg']}"))
 
     def progress(self, label: str, note: str) -> Progress:
         """A progress bar on stderr (off with --quiet/--json): label, bar, done/total, note, elapsed."""

@@ -21,6 +21,8 @@ def config_group() -> None:
 @pass_app
 def config_show(app: App, command: str | None) -> None:
     """Every setting (with COMMAND: that command's section, role tables merged) and its source."""
+    from pydantic import ValidationError
+
     from aloekit.evaluation import EvalConfig
     from aloekit.graphs import SimulationConfig
 
@@ -29,11 +31,14 @@ def config_show(app: App, command: str | None) -> None:
     for name in ("simulation", "evaluation"):  # raw tables: shown resolved, for the command that reads them
         if name != section:
             effective.pop(name)
-    if section == "simulation":
-        effective[section] = SimulationConfig.resolve(app.config.simulation).model_dump(mode="json")
-    elif section == "evaluation":
-        resolved = EvalConfig.resolve({"model": "(set by --model)"}, app.config.evaluation)
-        effective[section] = resolved.model_dump(mode="json")
+    try:
+        if section == "simulation":
+            effective[section] = SimulationConfig.resolve(app.config.simulation).model_dump(mode="json")
+        elif section == "evaluation":
+            resolved = EvalConfig.resolve({"model": "(set by --model)"}, app.config.evaluation)
+            effective[section] = resolved.model_dump(mode="json")
+    except ValidationError as exc:
+        raise app.section_error(str(section), exc) from None
     if section:  # a stage's seed: `aloe --seed` wins over the section's own (App.seed_for)
         effective[section]["seed"] = app.seed_for(None, getattr(app.config, section))
     layers = config_layers(app.config_path, app.global_flags)

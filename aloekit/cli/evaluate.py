@@ -64,7 +64,6 @@ def eval_command(
     from pydantic import ValidationError
 
     from aloekit.agents.backends import BackendPool, Budget
-    from aloekit.config import format_loc
     from aloekit.evaluation import EvalConfig, create_eval_conversations, plan_eval_conversations, run_evaluation
     from aloekit.evaluation.audit import audit_notice
     from aloekit.evaluation.report import (
@@ -94,11 +93,11 @@ def eval_command(
                  "personas": personas, "turns": turns, "concurrency": concurrency, "baseline": baseline,
                  "max_calls": max_calls, "max_tokens": max_tokens,
                  "seed": app.seed_for(eval_seed, app.config.evaluation)}  # fmt: skip
+        given = {k: v for k, v in flags.items() if v is not None}
         try:
-            config = EvalConfig.resolve(app.config.evaluation, {k: v for k, v in flags.items() if v is not None})
+            config = EvalConfig.resolve(app.config.evaluation, given)
         except ValidationError as exc:
-            err = exc.errors()[0]
-            raise AloeError(f"eval config: field {format_loc(err['loc'])}: {err['msg']}") from None
+            raise app.section_error("evaluation", exc, given) from None
         config = apply_roles(config, roles)
         plan = plan_eval_conversations(store, config)
 

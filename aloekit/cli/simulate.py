@@ -30,15 +30,13 @@ from aloekit.errors import AloeError
 def _simulation_config(app: App, overrides: dict[str, Any], roles: tuple[str, ...]) -> Any:
     from pydantic import ValidationError
 
-    from aloekit.config import format_loc
     from aloekit.graphs import SimulationConfig
 
     flags = {k: v for k, v in overrides.items() if v is not None}
     try:
         config = SimulationConfig.resolve(app.config.simulation, flags)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        raise AloeError(f"simulation config: field {format_loc(err['loc'])}: {err['msg']}") from None
+        raise app.section_error("simulation", exc, flags) from None
     return apply_roles(config, roles)
 
 

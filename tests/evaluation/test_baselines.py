@@ -86,4 +86,4 @@ def test_the_cli_names_the_bad_baseline(run_aloe):
     proc = run_aloe("eval", "--model", "local:smollm2", "--baseline", "nosuch")
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     (line,) = proc.stderr.strip().splitlines()
-    assert line.startswith("error: eval config: field baseline:") and "unknown baseline 'nosuch'" in line
+    assert line.startswith("error: flag --baseline: field evaluation.baseline:") and "unknown baseline 'nosuch'" in line
