@@ -11,3 +11,5 @@ SQLITE_INT_MIN, SQLITE_INT_MAX = -(2**63), 2**63 - 1
 MAX_BATCH_ROWS = 65_536
 """Rows per device per step (and accumulation steps): far above any device's memory, yet a number the
 trainers' samplers can take (one past ``sys.maxsize`` failed mid-run with an ``islice`` error)."""
+MIN_MAX_LENGTH = 16
+"""The shortest training --max-length: a chat template's own tokens take about this many."""

@@ -284,8 +284,9 @@ class AloeGroup(click.Group):
             more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
             click.echo(f"error: {exc.title}: field {where}: {error_line(first['msg'])}{more}", err=True)
             return EXIT_ERROR
-        except sqlite3.OperationalError as exc:  # locked past the busy timeout, disk full, read-only
-            click.echo(f"error: database: {error_line(str(exc))} (another process may hold it; try again)", err=True)
+        except sqlite3.OperationalError as exc:  # locked past the busy timeout, disk full, read-only, damaged
+            hint = " (another process may hold it; try again)" if "locked" in str(exc) or "busy" in str(exc) else ""
+            click.echo(f"error: database: {error_line(str(exc))}{hint}", err=True)
             return EXIT_ERROR
         except (Terminated, click.Abort, KeyboardInterrupt) as exc:
             signalled = exc if isinstance(exc, Terminated) else exc.__cause__

@@ -24,6 +24,7 @@ from aloekit.cli.app import (
 )
 from aloekit.cpu_thread import as_cpu_thread
 from aloekit.errors import AloeError
+from aloekit.limits import MAX_CONVERSATIONS, MIN_MAX_LENGTH
 
 
 def parse_trl_options(trl_options: tuple[str, ...]) -> dict[str, Any]:
@@ -60,7 +61,11 @@ OFFLINE_OPTIONS = (
     ),
     click.option("--init-adapter", type=click.Path(path_type=Path), help="Continue from this adapter (SFT, then DPO)."),
     click.option("--beta", type=FiniteFloatRange(0, min_open=True), help="DPO beta (default 0.9, the paper's)."),
-    click.option("--max-length", type=COUNT, help="Longest row in tokens; longer rows are dropped and counted."),
+    click.option(
+        "--max-length",
+        type=click.IntRange(MIN_MAX_LENGTH, MAX_CONVERSATIONS),
+        help="Longest row in tokens; longer rows are dropped and counted.",
+    ),  # fmt: skip
     click.option(
         "--batch-size",
         metavar="N|auto",

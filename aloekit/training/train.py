@@ -24,7 +24,7 @@ from pydantic import Field, ValidationError, field_validator
 
 from aloekit.config import MAX_SEED, Settings, format_loc, one_line, read_config_file, read_text_file, source_of
 from aloekit.errors import AloeError, ConfigError
-from aloekit.limits import MAX_BATCH_ROWS
+from aloekit.limits import MAX_BATCH_ROWS, MIN_MAX_LENGTH
 from aloekit.training.data import data_hash
 
 logger = logging.getLogger(__name__)
@@ -46,7 +46,7 @@ FLAGS = {"data": "--data", "base": "--base", "out": "--out", "init_adapter": "--
 # would silently bypass those checks.
 OWNED_TRL_FIELDS = {"max_steps": "max_steps (--max-steps)", "num_train_epochs": "epochs (--epochs)",
                     "seed": "seed (--seed)", "max_length": "max_length (--max-length)",
-                    "beta": "beta (--beta)"}  # fmt: skip
+                    "beta": "beta (--beta)", "output_dir": "out (--out)"}  # fmt: skip
 # trl/transformers accept these and only fail mid-training (a zero batch size, a zero learning rate).
 ROW_COUNT_TRL_FIELDS = ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps")
 POSITIVE_TRL_FIELDS = ("learning_rate", *ROW_COUNT_TRL_FIELDS)
@@ -101,7 +101,7 @@ class TrainConfig(Settings):
     """Seed for trl/transformers (numpy's seed range)."""
     lora: LoraSettings = LoraSettings()
     """LoRA settings."""
-    max_length: int = Field(default=2048, ge=16)
+    max_length: int = Field(default=2048, ge=MIN_MAX_LENGTH)
     """Longest tokenised row; longer rows are dropped and counted, never silently truncated."""
     beta: float = Field(default=0.9, gt=0)
     """DPO temperature (the paper's 0.9)."""
@@ -432,6 +432,10 @@ def validation_path(path: Path) -> Path:
     return path.with_name(f"{path.stem}.val{path.suffix}")
 
 
+BINARY_DATA_SUFFIXES = (".parquet", ".arrow", ".feather", ".gz", ".zip")
+"""Data files that are not JSON lines, refused by name (``aloe export rollouts --format verl`` writes parquet)."""
+
+
 def load_rows(path: Path, method: Method) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """(train, validation) rows from a .jsonl file (and ``NAME.val.jsonl`` beside it) or a ``datasets``
     folder, validated; errors name the file and line."""
@@ -443,6 +447,9 @@ def load_rows(path: Path, method: Method) -> tuple[list[dict[str, Any]], list[di
         if val:
             validate_rows(val, method, f"{path} (validation split)")
         return train, val
+    if path.suffix.lower() in BINARY_DATA_SUFFIXES:  # read as JSON lines, it was "not UTF-8 text"
+        raise TrainingDataError(f"training data {path}: {path.suffix} files are not read; give the .jsonl file "
+                                "`aloe export sft|dpo` writes, or a datasets folder (--hf-dataset)")  # fmt: skip
     train, lines = read_jsonl_rows(path)
     validate_rows(train, method, str(path), lines)
     val_path = validation_path(path)

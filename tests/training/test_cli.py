@@ -91,6 +91,8 @@ def test_train_cli_bad_input_is_one_line_and_trains_nothing(run_aloe, tmp_path, 
         (("--out", "a", "--trl", "learning_rat=1"), "trl.learning_rat (--trl learning_rat=...): not a SFTConfig"),
         (("--out", "afile/sub"), "--out afile/sub: afile is a file, not a folder"),
         (("--out", "a", "--init-adapter", "nope"), "--init-adapter nope: not found"),
+        (("--out", "a", "--trl", 'output_dir="elsewhere"'), "set out (--out) instead"),  # once made a stray folder
+        (("--out", "a", "--max-length", "8"), "'--max-length': 8 is not in the range 16<="),  # a usage error (2)
         (
             ("--out", "a", "--target-modules", "q_proj,bogus_mod"),
             "--target-modules: the base has no module named "
@@ -101,7 +103,7 @@ def test_train_cli_bad_input_is_one_line_and_trains_nothing(run_aloe, tmp_path, 
         error = proc.stderr.strip().splitlines()[-1]  # a progress line may come first
         assert proc.returncode in (1, 2) and error.startswith("error: ") and needle in error, proc.stderr
         assert "Traceback" not in proc.stderr
-    assert not (tmp_path / "a").exists()
+    assert not (tmp_path / "a").exists() and not (tmp_path / "elsewhere").exists()
 
 
 def test_the_usage_line_of_python_m_aloekit_training_works_when_copied(tmp_path):

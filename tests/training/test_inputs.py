@@ -24,6 +24,13 @@ def one_line(excinfo: pytest.ExceptionInfo) -> str:
 # Data files ---------------------------------------------------------------------------------------------
 
 
+def test_a_parquet_file_is_named_not_read_as_text(tmp_path):
+    path = tmp_path / "rollouts.parquet"
+    path.write_bytes(b"PAR1\x15\x04")
+    with pytest.raises(TrainingDataError, match=r"rollouts.parquet: .parquet files are not read; give the .jsonl"):
+        load_rows(path, "sft")
+
+
 @pytest.mark.parametrize(
     ("content", "message"),
     [
