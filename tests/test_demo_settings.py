@@ -24,3 +24,13 @@ def test_demo_user_prompt_shows_the_persona_and_asks_for_a_detail():
     assert all(a.user.options == options for a in demo.audit_configs(scale))
     assert demo.eval_config("local:smollm2", scale).user.options == options
     assert demo.grpo_settings(scale, Path("out"), Path("dpo")).user.options == options
+
+
+def test_demo_refuses_a_db_it_would_not_use(run_aloe, tmp_path):
+    # The demo keeps its runs in DIR/aloe.db: a --db was ignored without a word.
+    proc = run_aloe("--db", "other.db", "demo", "--out", "d")
+    assert (
+        proc.returncode == 1
+        and proc.stderr == "error: --db: aloe demo keeps its runs in its own d/aloe.db; leave --db out\n"
+    )
+    assert not (tmp_path / "d").exists() and not (tmp_path / "other.db").exists()

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from aloekit.cli.app import App, pass_app
+from aloekit.errors import AloeError
 from aloekit.outputs import output_folder
 
 
@@ -18,6 +19,8 @@ def demo(app: App, out: Path, quick: bool) -> None:
     """Run the whole ALOE pipeline on the embedded SmolLM2: personas, trees, training, evaluation, report."""
     from aloekit.demo import run_demo
 
+    if "db" in app.global_flags:  # ignored before, so a user looked for the demo's runs in the wrong file
+        raise AloeError(f"--db: aloe demo keeps its runs in its own {out / 'aloe.db'}; leave --db out")
     result = run_demo(output_folder(out, "--out"), quick=quick, say=app.say if not app.as_json else lambda text: None)
     if app.as_json:
         app.emit_json(result)

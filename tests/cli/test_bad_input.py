@@ -377,6 +377,7 @@ BAD_INPUTS: list[tuple[str, list[str]]] = [
     ("view host unresolvable", ["view", "--host", "no-such-host.invalid", "--allow-remote"]),
     ("demo out is a file", ["demo", "--out", "a_file"]),
     ("demo out under a file", ["demo", "--out", "a_file/demo"]),
+    ("demo with --db", ["--db", "other.db", "demo", "--out", "demo_out"]),
     ("runs limit zero", ["runs", "list", "--limit", "0"]),
     ("runs limit negative", ["runs", "list", "--limit", "-1"]),
 ]
