@@ -108,8 +108,12 @@ def graph() -> None:
 
 
 @graph.command("show")
-def graph_show() -> None:
-    """Print the turn loop as Mermaid."""
+@pass_app
+def graph_show(app: App) -> None:
+    """Print the turn loop as Mermaid (with --json: {"mermaid": ...})."""
+    if app.as_json:
+        app.emit_json({"mermaid": generation_graph_mermaid()})
+        return
     click.echo(generation_graph_mermaid())
 
 

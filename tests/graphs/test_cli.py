@@ -105,6 +105,7 @@ def test_simulate_bad_input_is_one_line(run_aloe):
 
 def test_graph_show_prints_the_state_machine(run_aloe):
     assert run_aloe("graph", "show").stdout.strip() == SNAPSHOT.read_text().strip()
+    assert json.loads(run_aloe("--json", "graph", "show").stdout)["mermaid"].strip() == SNAPSHOT.read_text().strip()
 
 
 def test_custom_role_plugin_from_config(run_aloe, tmp_path):
