@@ -40,7 +40,10 @@ def personas() -> None:
 def personas_import(app: App, files: tuple[Path, ...], kind: str | None, skip_bad: bool) -> None:
     """Import persona FILES (.jsonl strings or objects, .json array, .csv with a text column, .txt lines)."""
     from aloekit.personas import PersonaPool
+    from aloekit.personas.io import check_persona_file
 
+    for path in files:  # all of them, before any is imported: a missing third file once left two imported
+        check_persona_file(path)
     pool = PersonaPool(app.store)
     reports = {}
     for path in files:

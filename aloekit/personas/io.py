@@ -10,7 +10,7 @@ import csv
 import json
 import re
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -295,6 +295,26 @@ def _entry_or_bad(value: Any, where: str, kind: PersonaKind | None, source: str)
         return BadLine(f"{where}: {exc}")
 
 
+def _reader(path: Path) -> Callable[[Path, PersonaKind | None, str], Iterator[Item]]:
+    """The reader of the format ``path``'s suffix names, or :class:`PersonaFileError` for another suffix."""
+    suffix = path.suffix.lower()
+    readers = {".jsonl": _iter_jsonl, ".ndjson": _iter_jsonl, ".json": _iter_json, ".csv": _iter_csv,
+               ".txt": _iter_text, "": _iter_text}  # fmt: skip
+    if suffix not in readers:
+        raise PersonaFileError(f"{path}: unknown format {suffix!r} (use .jsonl, .json, .csv, or .txt or no suffix "
+                               "for one text a line)")  # fmt: skip
+    return readers[suffix]
+
+
+def check_persona_file(path: Path | str) -> None:
+    """Refuse, without reading past its first bytes, a persona file :func:`iter_persona_file` would refuse as a
+    whole: an unknown suffix, missing, a folder, empty, UTF-16 (several files are checked before any is
+    imported)."""
+    path = Path(path)
+    _reader(path)
+    _open_text(path).close()
+
+
 def iter_persona_file(path: Path | str, kind: PersonaKind | None = None) -> Iterator[Item]:
     """Stream a persona file as entries, bad lines and warnings; the format follows the suffix.
 
@@ -305,18 +325,7 @@ def iter_persona_file(path: Path | str, kind: PersonaKind | None = None) -> Iter
     :class:`PersonaFileError`, naming the file and, where there is one, the line.
     """
     path = Path(path)
-    suffix = path.suffix.lower()
-    if suffix in (".jsonl", ".ndjson"):
-        items = _iter_jsonl(path, kind, path.name)
-    elif suffix == ".json":
-        items = _iter_json(path, kind, path.name)
-    elif suffix == ".csv":
-        items = _iter_csv(path, kind, path.name)
-    elif suffix in (".txt", ""):
-        items = _iter_text(path, kind, path.name)
-    else:
-        raise PersonaFileError(f"{path}: unknown format {suffix!r} (use .jsonl, .json, .csv, or .txt or no suffix "
-                               "for one text a line)")  # fmt: skip
+    items = _reader(path)(path, kind, path.name)
     found = False
     for item in items:
         found = found or not isinstance(item, FileWarning)

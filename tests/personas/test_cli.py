@@ -65,3 +65,14 @@ def test_a_bad_seed_file_is_refused_before_any_run(run_aloe, tmp_path, content, 
                     "--backend", "replay:none.json")  # fmt: skip
     assert proc.returncode == 1 and proc.stderr.startswith("error: seeds.jsonl") and message in proc.stderr
     assert json.loads(run_aloe("--json", "runs", "list").stdout) == []
+
+
+def test_several_files_are_all_checked_before_any_is_imported(run_aloe, tmp_path):
+    (tmp_path / "a.txt").write_text("She is a 30-year-old baker who loves jazz.\n")
+    (tmp_path / "b.txt").write_text("He is a 45-year-old pilot who collects stamps.\n")
+    (tmp_path / "empty.txt").write_text("")
+    for last, message in (("missing.txt", "missing.txt: file not found"), ("empty.txt", "empty.txt: the file is empty"),
+                          ("p.jsnol", "p.jsnol: unknown format '.jsnol'")):  # fmt: skip
+        proc = run_aloe("personas", "import", "a.txt", "b.txt", last, "--kind", "profile")
+        assert proc.returncode == 1 and proc.stderr.startswith(f"error: {message}"), proc.stderr
+    assert json.loads(run_aloe("--json", "personas", "list").stdout) == []
