@@ -55,6 +55,8 @@ def judge_audit(
     """Known-answer probes from the eval personas: accuracy with a CI, position flips, invalid answers."""
     from dataclasses import asdict
 
+    from pydantic import ValidationError
+
     from aloekit.evaluation.audit import audit_config, check_audit_roles, read_labels, run_audit, save_audit
     from aloekit.evaluation.task import load_eval_personas
 
@@ -67,9 +69,12 @@ def judge_audit(
         assignments[role.strip()] = spec.strip()
     if stage == "eval" and (judge_both_orders or paper_exact):
         raise AloeError("--judge-both-orders and --paper-exact describe the simulation judge: use --stage simulate")
-    config = audit_config(stage, section, assignments, eval_set=eval_set, personas=personas, concurrency=concurrency,
-                          seed=app.seed_for(audit_seed, section), both_orders=judge_both_orders,
-                          paper_exact=paper_exact)  # fmt: skip
+    try:
+        config = audit_config(stage, section, assignments, eval_set=eval_set, personas=personas,
+                              concurrency=concurrency, seed=app.seed_for(audit_seed, section),
+                              both_orders=judge_both_orders, paper_exact=paper_exact)  # fmt: skip
+    except ValidationError as exc:
+        raise app.section_error("evaluation" if stage == "eval" else "simulation", exc) from None
     labels = read_labels(labels_path) if labels_path else None
     load_eval_personas(config.eval_set)  # a bad eval set fails here, before the run row
     check_audit_roles(config)  # and a judge of the wrong kind

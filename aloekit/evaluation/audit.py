@@ -196,32 +196,28 @@ class AuditResult:
 def audit_config(stage: Stage, section: dict[str, Any], roles: dict[str, str], **settings: Any) -> AuditConfig:
     """The audit of the judge a stage's config section (``[evaluation]`` or ``[simulation]``) builds.
 
-    ``roles`` sets backends (``judge``, ``user``, ``generator``); the generator defaults to the judge's.
+    ``roles`` sets backends (``judge``, ``user``, ``generator``); the generator defaults to the judge's. A
+    section that does not validate raises pydantic's ValidationError, for the caller to name where it came from.
     """
     from pydantic import ValidationError
 
-    from aloekit.evaluation.task import EvalConfig
-    from aloekit.graphs.simulate import SimulationConfig
-
-    where = "evaluation config" if stage == "eval" else "simulation config"
+    if stage == "eval":
+        resolved: Any = EvalConfig.resolve({"model": ""}, section)
+    else:
+        resolved = SimulationConfig.resolve(section)
     try:
-        if stage == "eval":
-            resolved: Any = EvalConfig.resolve({"model": ""}, section)
-        else:
-            resolved = SimulationConfig.resolve(section)
         judge = resolved.judge.model_copy(update={"backend": roles.get("judge", resolved.judge.backend)})
         user = resolved.user.model_copy(update={"backend": roles.get("user", resolved.user.backend)})
         generator = AuditConfig.model_fields["generator"].default.model_copy(
             update={"backend": roles.get("generator", judge.backend)}
         )
-        where = "judge audit"
         fields = {"paper_exact": getattr(resolved, "paper_exact", False),
                   "both_orders": getattr(resolved, "judge_both_orders", False)}  # fmt: skip
         fields |= {k: v for k, v in settings.items() if v is not None}
         return AuditConfig(stage=stage, judge=judge, user=user, generator=generator, **fields)
     except ValidationError as exc:
         err = exc.errors()[0]
-        raise AloeError(f"{where}: field {'.'.join(map(str, err['loc']))}: {err['msg']}") from None
+        raise AloeError(f"judge audit: field {'.'.join(map(str, err['loc']))}: {err['msg']}") from None
 
 
 def _pct(value: float | None) -> str:
