@@ -234,3 +234,18 @@ def test_a_corrupt_model_folder_fails_to_load_in_one_line(tmp_path):
     with pytest.raises(BackendError, match=r"^hf:model: could not load the tokenizer from .*model") as info:
         client.load()
     assert "\n" not in str(info.value)
+
+
+def test_a_librarys_multi_line_error_is_folded_not_cut():
+    # "Couldn't instantiate the backend tokenizer from one of:" was all that reached the user.
+    from aloekit.agents.backends.local import ERROR_DETAIL_CHARS, _one_line_errors
+
+    with pytest.raises(BackendError) as info, _one_line_errors("hf:m: could not load the tokenizer"):
+        raise ValueError(
+            "Couldn't instantiate the backend tokenizer from one of:\n(1) a tokenizers file\n(2) sentencepiece"
+        )
+    assert str(info.value) == ("hf:m: could not load the tokenizer: ValueError: Couldn't instantiate the backend "
+                               "tokenizer from one of: (1) a tokenizers file (2) sentencepiece")  # fmt: skip
+    with pytest.raises(BackendError) as info, _one_line_errors("x"):
+        raise ValueError("y" * 10_000)
+    assert str(info.value) == f"x: ValueError: {'y' * ERROR_DETAIL_CHARS} ..."

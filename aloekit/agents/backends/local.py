@@ -51,7 +51,7 @@ from aloekit.agents.backends.packed import (
     packed_kernels_missing,
 )
 from aloekit.agents.backends.registry import BackendSpec, register_backend
-from aloekit.config import BackendSettings
+from aloekit.config import BackendSettings, one_line
 from aloekit.cpu_thread import call_on_cpu_thread, on_cpu_thread, run_off_loop
 from aloekit.errors import AloeError, BackendError, SpecError
 
@@ -952,6 +952,10 @@ def _takes_system_role(tokenizer: Any) -> bool:
     return True
 
 
+ERROR_DETAIL_CHARS = 400
+"""The most of a library's error message a one-line error quotes."""
+
+
 @contextlib.contextmanager
 def _one_line_errors(what: str) -> Iterator[None]:
     """Turn a library's exception (JSONDecodeError, KeyError, OSError...) into one BackendError line."""
@@ -960,7 +964,9 @@ def _one_line_errors(what: str) -> Iterator[None]:
     except AloeError:
         raise
     except Exception as exc:
-        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        # Folded, not cut at its first line: "Couldn't instantiate the backend tokenizer from one of:" said nothing.
+        detail = one_line(str(exc))
+        detail = detail if len(detail) <= ERROR_DETAIL_CHARS else detail[:ERROR_DETAIL_CHARS] + " ..."
         raise BackendError(f"{what}: {type(exc).__name__}" + (f": {detail}" if detail else "")) from exc
 
 
