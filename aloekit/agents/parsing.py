@@ -54,7 +54,9 @@ _SCORE_RANGE = re.compile(
     r"\b\d+(?:\.\d+)?\s*(?:-|\u2013|\bto\b|\bor\b|\band\b)\s*\d+(?:\.\d+)?\b"
     r"|\b(?:one|two|three|four|five)\s+(?:to|or|and)\s+(?:one|two|three|four|five)\b"
 )
-# A score answer that hedges ("a 2, maybe 3", "not sure, 4", "it depends; score 3") asserts no one score.
+_SENTENCE_END = re.compile(r"[.!?](?=\s|$)|\n")
+# A score that hedges ("a 2, maybe 3", "not sure, 4", "it depends; score 3") asserts no one score; the word
+# counts in the score's own sentence only ("Score: 5. Maybe add more detail next time." is a 5).
 _SCORE_HEDGE = re.compile(r"\b(?:maybe|perhaps|possibly|depends|unsure|unclear|undecided|not sure)\b")
 _SCORE_LABELLED = re.compile(
     r"\b(?:scores?|scored|ratings?|rates?|rated|grades?|gives?|gave|giving|assigns?)\b[^\d\n.!?;]{0,24}?"
@@ -64,6 +66,19 @@ _SCORE_LABELLED = re.compile(
 
 def _clean(text: str) -> str:
     return " ".join(_MARKUP.sub(" ", text).split())
+
+
+def _clean_lines(text: str) -> str:
+    """:func:`_clean`, keeping line breaks: a score's sentence ends at one ("Score: 4" then "Reason: ...")."""
+    return "\n".join(" ".join(line.split()) for line in _MARKUP.sub(" ", text).splitlines() if line.strip())
+
+
+def _sentence(text: str, position: int) -> tuple[int, int]:
+    """The span of the sentence of ``text`` holding ``position``: up to a full stop, ! or ? before a space, or a
+    line break (not a semicolon or comma: "4 out of 5 would be generous; 2" is one answer)."""
+    start = max((m.end() for m in _SENTENCE_END.finditer(text, 0, position)), default=0)
+    end = next((m.start() for m in _SENTENCE_END.finditer(text, position)), len(text))
+    return start, end
 
 
 def _json_value(text: str) -> str | None:
@@ -164,14 +179,16 @@ def parse_letter_verdict(text: str, n_candidates: int) -> int | None:
 def parse_score(text: str, low: int = 1, high: int = 5) -> int | None:
     """A score from '4', '4.', 'Score: 4', '4/5', 'I would rate this a 4.' or ``{"score": 4}``, else None.
 
-    None for a negated score ('not a 5'), a hedge ('2, maybe 3'), a range ('3-4', 'between 3 and 4'),
-    another scale ('5/10'), a negative or fractional number, a number outside ``low``..``high``, or two
-    different numbers, however labelled ('4 out of 5 would be generous; 2', an echoed 'rate from 1 ... to 5').
+    None for a negated score ('not a 5'), a hedge in its sentence ('2, maybe 3'), a range ('3-4', 'between 3
+    and 4'), another scale ('5/10'), a negative or fractional number, a number outside ``low``..``high``, two
+    different labelled numbers, or a number that could be a score in a labelled score's sentence ('4 out of 5
+    would be generous; 2', an echoed 'rate from 1 ... to 5'). Other sentences may explain ('Score: 4. She has
+    2 kids.').
     """
     if (inner := _json_value(text)) is not None:
         return parse_score(inner, low, high) if inner else None
-    lowered = _SCALE.sub(lambda m: " " * len(m.group()), _clean(text).lower())
-    if not lowered.strip() or _SCORE_RANGE.search(lowered) or _SCORE_HEDGE.search(lowered):
+    lowered = _SCALE.sub(lambda m: " " * len(m.group()), _clean_lines(text).lower())
+    if not lowered.strip() or _SCORE_RANGE.search(lowered):
         return None
     fractions = list(_FRACTION.finditer(lowered))
     labelled: list[tuple[int | None, int]] = [
@@ -181,16 +198,20 @@ def parse_score(text: str, low: int = 1, high: int = 5) -> int | None:
     said = [m for m in _SCORE_LABELLED.finditer(lowered) if _outside(spans, m)]
     labelled += [(_as_int(m.group(1)), m.start(1)) for m in said]
     if labelled:
-        # Beside a labelled score, a bare number conflicts only if it could be a score ("Score: 4, not 2");
-        # "Score: 4 (she is 30)" keeps its label.
+        # In a labelled score's sentence, a bare number conflicts if it could be a score ("Score: 4, not 2");
+        # "Score: 4 (she is 30)" keeps its label, and other sentences may explain.
+        held = {_sentence(lowered, start) for _, start in labelled}
         spans += [m.span() for m in said]
         bare = [(_as_int(m.group()), m.start()) for m in _NUMBER.finditer(lowered) if _outside(spans, m)]
-        others = [(value, start) for value, start in bare if value is not None and low <= value <= high]
-        return _single(labelled + others, lowered, low, high)
-    numbers = [(_as_int(m.group()), m.start()) for m in _NUMBER.finditer(lowered)]
-    if (word := lowered.strip(" .!")) in _WORD_NUMBERS:
-        numbers.append((_WORD_NUMBERS[word], 0))
-    return _single(numbers, lowered, low, high)
+        mentions = labelled + [(value, start) for value, start in bare if value is not None and low <= value <= high
+                               and _sentence(lowered, start) in held]  # fmt: skip
+    else:
+        mentions = [(_as_int(m.group()), m.start()) for m in _NUMBER.finditer(lowered)]
+        if (word := lowered.strip(" .!")) in _WORD_NUMBERS:
+            mentions.append((_WORD_NUMBERS[word], 0))
+    if any(_SCORE_HEDGE.search(lowered, *_sentence(lowered, start)) for _, start in mentions):
+        return None
+    return _single(mentions, lowered, low, high)
 
 
 # Probability-weighted answers ----------------------------------------------------------------------------

@@ -156,6 +156,13 @@ SCORES = [
     ("Rate the reply from 1 (not tailored to this person at all) to 5 (perfectly tailored)", None),
     ("I rate it 4/5.", 4),
     ("Score: 4 (perhaps the best of the three replies)", None),
+    # other sentences explain, numbers and hedges included
+    ("Score: 4. She has 2 kids.", 4),
+    ("Score: 4. Turn 3 was better.", 4),
+    ("Score: 4\n\nReason: mentions her 3 children", 4),
+    ("The user is unclear about goals. Score: 4", 4),
+    ("Rating: 5. Maybe add more detail next time.", 5),
+    ("3\n\nMaybe it could be warmer.", 3),
     ('{"score": 4, "rating": 3}', None),
 ]
 
