@@ -120,5 +120,7 @@ class PersonaSimilarity:
         keys = [(s, sim) for s, sim, _ in scored]
         best = max(range(len(keys)), key=keys.__getitem__)
         preferred = INVALID if keys.count(keys[best]) > 1 else best
-        verdict = Verdict(preferred=preferred, order=list(range(len(keys))), raw=raw)
+        # Shown in any order it picks the same reply: it agrees with itself in both (--require-agreement keeps it).
+        verdict = Verdict(preferred=preferred, order=list(range(len(keys))), raw=raw,
+                          agreement=True if preferred != INVALID else None)  # fmt: skip
         return RoleOutput(text="; ".join(raw), value=verdict)

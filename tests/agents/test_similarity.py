@@ -49,8 +49,10 @@ async def test_as_a_preference_judge_it_picks_the_tailored_reply_in_either_order
     for candidates, right in (((TAILORED, GENERIC), 0), ((GENERIC, TAILORED), 1), ((OTHER, TAILORED), 1)):
         out = await judge(view(*candidates))
         assert isinstance(out.value, Verdict) and out.value.preferred == right
+        assert out.value.agreement is True  # order plays no part: --require-agreement keeps its turns
     same = await judge(view(GENERIC, GENERIC))
     assert same.value.preferred == INVALID  # identical candidates: no preference, never a coin flip
+    assert same.value.agreement is None
 
 
 def test_the_other_personas_share_neither_profile_nor_personality(judge):
