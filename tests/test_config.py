@@ -220,8 +220,23 @@ def test_true_or_false_is_no_number(model):
             "error: config file e.toml: field evaluation.turns: Input should be a valid integer, got a number with a "
             "fractional part",
         ),
+        # The stage's seed is passed on as a flag whatever its source: it is the file's unless --seed was typed.
+        (
+            {"s.toml": '[simulation]\nseed = "x"\n'},
+            {},
+            ["--config", "s.toml", "simulate"],
+            "error: config file s.toml: field simulation.seed: Input should be a valid integer, unable to parse string "
+            "as an integer",
+        ),
+        (
+            {},
+            {},
+            ["simulate", "--paper-exact", "--judge-both-orders"],
+            "error: simulation settings: Value error, paper_exact asks once, hinted reply first: it cannot be combined "
+            "with judge_both_orders",
+        ),
     ],
-    ids=["file", "environment", "eval"],
+    ids=["file", "environment", "eval", "seed", "together"],
 )
 def test_a_bad_stage_setting_names_where_it_came_from(run_aloe, tmp_path, files, env, args, message):
     # The [simulation] and [evaluation] tables are checked when a command reads them; their errors said only

@@ -15,7 +15,7 @@ import tempfile
 import threading
 import traceback
 import warnings
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Collection, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -124,19 +124,28 @@ class App:
                 return candidate
         return self.config.seed
 
-    def section_error(self, section: str, exc: ValidationError, flags: Mapping[str, Any] = {}) -> AloeError:
+    def section_error(self, section: str, exc: ValidationError, typed: Collection[str] = ()) -> AloeError:
         """One line for a ``[section]`` of the config that does not validate, naming where the bad value came
-        from (a command's flag, an ``ALOE_*`` variable, the config file), as the config's other errors do."""
+        from (a flag the user ``typed``, an ``ALOE_*`` variable, the config file), as the config's other errors
+        do; an error about the settings together (no one field) names the section alone."""
         from aloekit.config import config_layers, format_loc, source_of
 
         err = exc.errors()[0]
         loc = tuple(err["loc"])
-        if loc and loc[0] in flags:
+        if not loc:
+            return AloeError(one_line(f"{section} settings: {err['msg']}"))
+        if loc[0] in typed:
             source = f"flag --{str(loc[0]).replace('_', '-')}"
         else:
             source = source_of((section, *loc), config_layers(self.config_path)) or "defaults"
             source = f"config {source}" if source.startswith("file ") else source
         return AloeError(one_line(f"{source}: field {section}.{format_loc(loc)}: {err['msg']}"))
+
+    def typed_flags(self, flags: Mapping[str, Any], stage_seed: int | None) -> set[str]:
+        """The settings in a command's ``flags`` that the user typed: ``seed`` only when a --seed was given (else
+        it is the config's own, passed on by :meth:`seed_for`)."""
+        typed = {key for key, value in flags.items() if value is not None and key != "seed"}
+        return typed | ({"seed"} if stage_seed is not None or self.cli_seed is not None else set())
 
     def progress(self, label: str, note: str) -> Progress:
         """A progress bar on stderr (off with --quiet/--json): label, bar, done/total, note, elapsed."""

@@ -97,7 +97,7 @@ def eval_command(
         try:
             config = EvalConfig.resolve(app.config.evaluation, given)
         except ValidationError as exc:
-            raise app.section_error("evaluation", exc, given) from None
+            raise app.section_error("evaluation", exc, app.typed_flags(flags, eval_seed)) from None
         config = apply_roles(config, roles)
         plan = plan_eval_conversations(store, config)
 

@@ -27,7 +27,7 @@ from aloekit.cli.app import (
 from aloekit.errors import AloeError
 
 
-def _simulation_config(app: App, overrides: dict[str, Any], roles: tuple[str, ...]) -> Any:
+def _simulation_config(app: App, overrides: dict[str, Any], roles: tuple[str, ...], typed: set[str]) -> Any:
     from pydantic import ValidationError
 
     from aloekit.graphs import SimulationConfig
@@ -36,7 +36,7 @@ def _simulation_config(app: App, overrides: dict[str, Any], roles: tuple[str, ..
     try:
         config = SimulationConfig.resolve(app.config.simulation, flags)
     except ValidationError as exc:
-        raise app.section_error("simulation", exc, flags) from None
+        raise app.section_error("simulation", exc, typed) from None
     return apply_roles(config, roles)
 
 
@@ -123,7 +123,7 @@ def simulate(
         config = SimulationConfig.model_validate({**base.model_dump(), **resumed})
         run_id = resume_run
     else:
-        config = _simulation_config(app, flags, roles)
+        config = _simulation_config(app, flags, roles, app.typed_flags(flags, sim_seed))
         check_run_inputs(app, config.backend_specs(), config.check_roles)  # before the pool is seeded
         pool = PersonaPool(store)
         for kind in ("profile", "personality"):
