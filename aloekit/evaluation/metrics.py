@@ -141,9 +141,9 @@ def _percentile_interval(value: float, samples: list[float]) -> Interval:
 
 
 def bootstrap(scores: Scores, turns: int, n_boot: int = N_BOOT, seed: int = 0) -> BootstrapCIs:
-    """Resample personas with replacement ``n_boot`` times; percentile intervals (none for fewer than
-    :data:`MIN_PERSONAS_FOR_CI` personas)."""
-    ids = sorted(scores)
+    """Resample the personas scored at some turn with replacement ``n_boot`` times; percentile intervals (none
+    for fewer than :data:`MIN_PERSONAS_FOR_CI` such personas: one scored and one unscored is one)."""
+    ids = sorted(pid for pid, by_turn in scores.items() if any(by_turn.get(k) is not None for k in range(1, turns + 1)))
     point = compute_metrics(scores, turns)
     rng = bootstrap_rng(seed)
     samples: dict[str, list[float]] = {"avg": [], "ir": [], "r2": [], "n_ir": []}
@@ -222,6 +222,7 @@ class Comparison:
     """Run B minus run A on the personas both scored, over turns 1..``turns``."""
 
     personas: int
+    """Shared personas with at least one turn both runs scored."""
     turns: int
     avg_diff: Interval
     ir_diff: Interval
@@ -265,6 +266,10 @@ def compare(a: Scores, b: Scores, turns: int, n_boot: int = N_BOOT, seed: int = 
         raise ValueError("the two runs share no personas")
     compared = {pid: {k for k in range(1, turns + 1) if a[pid].get(k) is not None and b[pid].get(k) is not None}
                 for pid in common}  # fmt: skip
+    compared = {pid: turns_both for pid, turns_both in compared.items() if turns_both}  # others add nothing
+    common = sorted(compared)
+    if not common:
+        raise ValueError("the two runs scored no turn of a shared persona both")
     a = {pid: {k: a[pid][k] for k in compared[pid]} for pid in common}
     b = {pid: {k: b[pid][k] for k in compared[pid]} for pid in common}
     rng = bootstrap_rng(seed)

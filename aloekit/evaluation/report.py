@@ -385,6 +385,9 @@ def comparison_lines(c: dict[str, Any]) -> list[str]:
         f"- turns whose scores differ (per-turn signed-rank test, Holm-adjusted p < {c['alpha']}): {turns}",
     ]
     # A two-sided signed-rank test of n pairs gives p >= 2 / 2^n: with 5 or fewer it can never say "differ".
+    if 0 < (n := c["wilcoxon_n"]) and (smallest := 2 / 2**n) >= c["alpha"]:
+        lines.append(f"- with {n} personas the signed-rank test on their means cannot reach p < {c['alpha']} (the "
+                     f"smallest possible p is {smallest:.4f}): its p says nothing")  # fmt: skip
     if 0 < (most := max(c["turn_n"], default=0)) and (smallest := 2 / 2**most) >= c["alpha"]:
         lines.append(f"- with at most {most} personas paired at a turn, no per-turn test can reach p < {c['alpha']} "
                      f"(the smallest possible p is {smallest:.4f}), so \"none\" above says nothing")  # fmt: skip

@@ -200,4 +200,16 @@ def test_a_comparison_too_small_for_any_per_turn_test_says_so():
     few = comparison_lines(asdict(compare({p: a[p] for p in list(a)[:5]}, b, 2, n_boot=10)))
     assert "- with at most 5 personas paired at a turn, no per-turn test can reach p < 0.05 (the smallest " \
            "possible p is 0.0625)" in "\n".join(few)  # fmt: skip
+    means = "- with 5 personas the signed-rank test on their means cannot reach p < 0.05 (the smallest possible p"
+    assert means in "\n".join(few)
     assert not any("no per-turn test" in line for line in comparison_lines(asdict(compare(a, b, 2, n_boot=10))))
+
+
+def test_a_persona_never_scored_does_not_make_an_interval():
+    # One persona scored and one never: one persona's worth of data, so no interval (it was [3.5, 3.5]).
+    cis = bootstrap({"p1": {1: 3, 2: 4}, "p2": {1: None, 2: None}}, 2, n_boot=50)
+    assert cis.avg.value == 3.5 and math.isnan(cis.avg.low)
+    c = compare({"p1": {1: 3, 2: 4}, "p2": {1: 2, 2: None}}, {"p1": {1: 4, 2: 4}, "p2": {1: None, 2: 5}}, 2, n_boot=50)
+    assert c.personas == 1 and c.avg_diff.value == 0.5 and math.isnan(c.avg_diff.low)
+    with pytest.raises(ValueError, match="scored no turn of a shared persona both"):
+        compare({"p": {1: 3}}, {"p": {1: None}}, 1)
