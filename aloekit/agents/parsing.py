@@ -250,6 +250,12 @@ def option_probabilities(logprobs: Sequence[Any] | None, options: Sequence[str])
     return mass if sum(mass.values()) > 0 else None
 
 
+def option_distribution(logprobs: Sequence[Any] | None, options: Sequence[str]) -> dict[str, float] | None:
+    """:func:`option_probabilities` renormalised over ``options``: the choice among them alone (None as there)."""
+    probabilities = option_probabilities(logprobs, options)
+    return None if probabilities is None else renormalised(probabilities)
+
+
 def renormalised(probabilities: Mapping[str, float]) -> dict[str, float]:
     """``probabilities`` divided by their sum: the distribution of a choice made among these options alone."""
     total = sum(probabilities.values())

@@ -387,7 +387,7 @@ def check_backend_overrides(config: AloeConfig, config_path: Path | None) -> Non
             raise AloeError(one_line(f"{source.removeprefix('file ')}: backends[{spec!r}]: {exc}")) from None
 
 
-# Output paths -----------------------------------------------------------------------------------------
+# Output text ------------------------------------------------------------------------------------------
 
 
 def jsonl_text(rows: list[dict[str, Any]]) -> str:

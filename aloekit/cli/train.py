@@ -290,7 +290,9 @@ def grpo_command(
     for kind in ("profile", "personality"):
         pool.ensure_seeds(kind)
     train_personas = training_personas(pool, settings, settings.conversations)
-    notice = audit_notice(app.store, probe, "eval", settings.judge)
+    judge_table = app.config.evaluation.get("judge")  # what `aloe judge audit --stage eval` would build
+    notice = audit_notice(app.store, probe, "eval", settings.judge,
+                          config_kind=judge_table.get("kind") if isinstance(judge_table, dict) else None)  # fmt: skip
     run_id = app.store.start_run(
         command_line(), {**app.config.model_dump(mode="json"), "grpo": settings.model_dump(mode="json"),
                          "judge_audit": notice.audit_id}, settings.seed,

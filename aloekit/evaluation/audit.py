@@ -507,9 +507,11 @@ def audit_notice(
     judge: RoleConfig,
     paper_exact: bool = False,
     both_orders: bool = False,
+    config_kind: str | None = None,
 ) -> AuditNotice:
     """The line a run prints about the judge it is about to use, from ``backends``: a warning unless it passed
-    an audit (of the same files, for an in-process judge)."""
+    an audit (of the same files, for an in-process judge). ``config_kind``: the judge kind ``aloe judge audit``
+    would build from the config (default: the stage's own), named in the warning where the judge is another."""
     key = judge_key(stage, judge, paper_exact, both_orders)
     found = latest_audit(store, key, judge_files(judge, backends.files([judge.backend])))
     if found is None:
@@ -522,7 +524,8 @@ def audit_notice(
         )  # fmt: skip
         section = "evaluation" if stage == "eval" else "simulation"
         # The audit builds the judge from the config's [section.judge]: another kind must be set there.
-        kind = f', with [{section}.judge] kind = "{judge.kind}" in --config' if judge.kind != STAGE_JUDGE[stage] else ""
+        audited_kind = config_kind or STAGE_JUDGE[stage]
+        kind = f', with [{section}.judge] kind = "{judge.kind}" in --config' if judge.kind != audited_kind else ""
         text = (
             f"warning: judge {judge.backend} ({judge.kind}) has {none} in {store.path}, so its {what} are "
             f"unverified (run: aloe judge audit --stage {stage}{flags} --role judge={judge.backend}{kind})"

@@ -437,7 +437,8 @@ def plan_eval_conversations(store: Store, config: EvalConfig) -> EvalPlan:
         users = [u[: config.turns] for _, u in source]
         return EvalPlan([p for p, _ in source], [len(u) for u in users], users)  # each keeps its own length
     if config.replay_run:  # a live run would ignore it, and the user would be the simulator, not the replay
-        raise AloeError(f"--replay-run {config.replay_run} is for --mode replay; this run is live")
+        raise AloeError(f"replay run {config.replay_run} (--replay-run or [evaluation] replay_run) is for --mode "
+                        "replay; this run is live")  # fmt: skip
     return EvalPlan(load_eval_personas(config.eval_set)[: config.personas], config.turns)
 
 

@@ -191,6 +191,7 @@ def _check_answers(name: str, rc: RoleConfig, factory: RoleFactory, answer: Answ
     """Refuse a kind whose class says it answers otherwise than its place in the graph needs (a judge as the
     user, a user as the judge); a kind that does not say (``answers``), or no ``answer`` asked, passes."""
     answers = getattr(factory, "answers", None)
+    answers = frozenset([answers]) if isinstance(answers, str) else answers  # "score" alone, not its letters
     if answer is not None and answers is not None and answer not in answers:
         words = {"text": "text", "verdict": "a verdict", "score": "a score"}
         raise ConfigError(f"role {name!r}: kind {rc.kind} answers with {' or '.join(words[a] for a in sorted(answers))}"

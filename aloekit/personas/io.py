@@ -296,14 +296,11 @@ def _entry_or_bad(value: Any, where: str, kind: PersonaKind | None, source: str)
 
 
 def _reader(path: Path) -> Callable[[Path, PersonaKind | None, str], Iterator[Item]]:
-    """The reader of the format ``path``'s suffix names, or :class:`PersonaFileError` for another suffix."""
-    suffix = path.suffix.lower()
+    """The reader of the format ``path``'s suffix names (no suffix: one text a line), or
+    :class:`PersonaFileError` for another suffix."""
     readers = {".jsonl": _iter_jsonl, ".ndjson": _iter_jsonl, ".json": _iter_json, ".csv": _iter_csv,
                ".txt": _iter_text, "": _iter_text}  # fmt: skip
-    if suffix not in readers:
-        raise PersonaFileError(f"{path}: unknown format {suffix!r} (use .jsonl, .json, .csv, or .txt or no suffix "
-                               "for one text a line)")  # fmt: skip
-    return readers[suffix]
+    return readers[persona_file_suffix(path) if path.suffix else ""]
 
 
 def check_persona_file(path: Path | str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 import enum
@@ -539,9 +540,11 @@ def check_output_dir(out: Path, overwrite: bool) -> None:
     # /proc or /sys.
     if existing is not None:
         try:
-            os.rmdir(tempfile.mkdtemp(dir=existing, prefix=".aloe-out-check-"))
+            made = tempfile.mkdtemp(dir=existing, prefix=".aloe-out-check-")
         except OSError as exc:
             raise ConfigError(f"--out {out}: cannot create a folder in {existing}: {exc.strerror or exc}") from None
+        with contextlib.suppress(OSError):  # made, so writable: a folder that will not go is no reason to stop
+            os.rmdir(made)
     if (out / "adapter_config.json").exists() and not overwrite:
         raise ConfigError(f"{out} already holds an adapter; choose another --out or pass --overwrite")
 
@@ -697,10 +700,14 @@ def check_target_modules(model: Any, target_modules: list[str] | str) -> None:
     else:
         missing = [t for t in target_modules if not any(m == t or m.endswith(f".{t}") for m in modules)]
     if missing:
-        linear = sorted({m.rpartition(".")[2] for m, module in model.named_modules()
-                         if isinstance(module, torch.nn.Linear)})  # fmt: skip
-        raise ConfigError(f"--target-modules: the base has no module named {', '.join(missing)} (its linear "
-                          f"layers: {', '.join(linear)}, or all-linear)")  # fmt: skip
+        linear = ", ".join(sorted({m.rpartition(".")[2] for m, module in model.named_modules()
+                                   if isinstance(module, torch.nn.Linear)}))  # fmt: skip
+        if isinstance(target_modules, str):
+            raise ConfigError(f"--target-modules (lora.target_modules) {target_modules!r}: one string is a regular "
+                              f"expression and matches no whole module name; give a list of names ({linear}) or "
+                              "all-linear")  # fmt: skip
+        raise ConfigError(f"--target-modules (lora.target_modules): the base has no module named {', '.join(missing)}"
+                          f" (its linear layers: {linear}, or all-linear)")  # fmt: skip
 
 
 def trainer_batch_size(trainer: Any) -> int:

@@ -7,7 +7,13 @@ import math
 import pytest
 from autogen_core.models import ChatCompletionTokenLogprob, TopLogprob
 
-from aloekit.agents.parsing import expected_value, option_probabilities, parse_score, parse_verdict, renormalised
+from aloekit.agents.parsing import (
+    expected_value,
+    option_distribution,
+    option_probabilities,
+    parse_score,
+    parse_verdict,
+)
 
 # (text, candidates, labels, expected): the cases found in issue 11 first, then the rest of the class.
 VERDICTS = [
@@ -184,11 +190,6 @@ def test_the_tables_cover_at_least_sixty_cases():
 def _logprobs(chosen: str, alternatives: dict[str, float]) -> list[ChatCompletionTokenLogprob]:
     tops = [TopLogprob(logprob=math.log(p), bytes=list(t.encode())) for t, p in alternatives.items()]
     return [ChatCompletionTokenLogprob(token=chosen, logprob=math.log(alternatives[chosen]), top_logprobs=tops)]
-
-
-def option_distribution(logprobs, options):
-    probabilities = option_probabilities(logprobs, options)
-    return None if probabilities is None else renormalised(probabilities)
 
 
 def test_option_distribution_sums_token_variants_and_renormalises():

@@ -38,7 +38,7 @@ def test_a_role_of_the_wrong_kind_is_refused_before_the_run(run_aloe, tmp_path, 
     assert json.loads(run_aloe("--json", "runs", "list").stdout) == []
 
 
-def test_persona_similarity_may_judge_both_ways(run_aloe, tmp_path):
+def test_persona_similarity_may_judge_both_ways():
     # It answers with a verdict in a simulation and with a score in an evaluation: refused in neither.
     from aloekit.graphs.simulate import RoleConfig, check_role
 

@@ -127,6 +127,8 @@ async def test_an_audit_vouches_only_for_the_files_the_judge_answered_with(scrip
     assert audit_notice(store, BackendPool(AloeConfig()), "eval", similarity).text.endswith(
         f'--role judge={folder.backend}, with [evaluation.judge] kind = "persona_similarity" in --config)'
     )
+    configured = audit_notice(store, BackendPool(AloeConfig()), "eval", similarity, config_kind="persona_similarity")
+    assert configured.text.endswith(f"--role judge={folder.backend})")  # the config has it already
     save_audit(store, run_id, replace(result, judge_key=judge_key("simulate", folder), judge_files="c" * 16))
     stale = audit_notice(store, BackendPool(AloeConfig()), "simulate", folder)
     assert stale.audit_id is None and stale.warning and "has no audit of its current files" in stale.text

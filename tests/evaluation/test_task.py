@@ -147,7 +147,9 @@ def test_eval_config_errors(tmp_path):
     with pytest.raises(AloeError, match="replay mode needs --replay-run"):
         create_eval_conversations(store, store.start_run("x", {}, 0), EvalConfig(model="x", mode="replay"))
     # A live run ignored a replay run it was given (even one that does not exist), without a word.
-    with pytest.raises(AloeError, match="^--replay-run nope is for --mode replay; this run is live$"):
+    with pytest.raises(
+        AloeError, match=r"^replay run nope \(--replay-run or \[evaluation\] replay_run\) is for --mode"
+    ):
         create_eval_conversations(store, store.start_run("x", {}, 0), EvalConfig(model="x", replay_run="nope"))
     with pytest.raises(AloeError, match="missing profile_eval.jsonl"):
         load_eval_personas(tmp_path)

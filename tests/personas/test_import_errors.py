@@ -112,7 +112,7 @@ def test_deeply_nested_json_array_item(tmp_path, pool):
         (
             "p.jsnol",
             '{"text": "x"}\n',
-            "{path}: unknown format '.jsnol' (use .jsonl, .json, .csv, or .txt or no suffix for one text a line)",
+            "{path}: unknown format '.jsnol' (use .jsonl, .json, .csv or .txt)",
         ),
     ],
 )

@@ -95,7 +95,7 @@ def test_train_cli_bad_input_is_one_line_and_trains_nothing(run_aloe, tmp_path, 
         (("--out", "a", "--max-length", "8"), "'--max-length': 8 is not in the range 16<="),  # a usage error (2)
         (
             ("--out", "a", "--target-modules", "q_proj,bogus_mod"),
-            "--target-modules: the base has no module named "
+            "--target-modules (lora.target_modules): the base has no module named "
             "bogus_mod (its linear layers: down_proj, gate_proj, k_proj, lm_head, o_proj, q_proj, up_proj, v_proj",
         ),
     ]:
