@@ -110,8 +110,7 @@ def eval_command(
         refuse_changed_files(store, run_id, hardware)
     config = config.model_copy(update={"concurrency": in_flight})
     if not resume_run:
-        notice = audit_notice(store, BackendPool(app.config), "eval", config.judge,  # after the spec checks
-                              config_kind=config.judge.kind)  # fmt: skip
+        notice = audit_notice(store, BackendPool(app.config), "eval", config.judge)  # after the spec checks
         run_config = {**app.config.model_dump(mode="json"), "eval_resolved": config.model_dump(mode="json"),
                       "judge_audit": notice.audit_id, "hardware": hardware}  # fmt: skip
         run_id = store.start_run(command_line(), run_config, config.seed)

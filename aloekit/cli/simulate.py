@@ -137,8 +137,9 @@ def simulate(
                 raise
             raise AloeError(f"{exc}, after keeping the {config.eval_set} eval personas out (import more personas, "
                             "or pass --allow-eval-personas)") from None  # fmt: skip
-        notice = audit_notice(store, BackendPool(app.config), "simulate", config.judge, config.paper_exact,
-                              config.judge_both_orders, config_kind=config.judge.kind)  # fmt: skip
+        notice = audit_notice(
+            store, BackendPool(app.config), "simulate", config.judge, config.paper_exact, config.judge_both_orders
+        )
 
     specs = set(config.backend_specs())
     if resume_run:

@@ -240,7 +240,7 @@ def grpo_command(
 
     from aloekit.agents.backends import BackendPool
     from aloekit.config import format_loc, read_config_file, resolve_section
-    from aloekit.evaluation.audit import audit_notice
+    from aloekit.evaluation.audit import audit_notice, config_judge_kind
     from aloekit.evaluation.report import format_value
     from aloekit.graphs import TreeStore
     from aloekit.graphs.simulate import check_role
@@ -290,9 +290,8 @@ def grpo_command(
     for kind in ("profile", "personality"):
         pool.ensure_seeds(kind)
     train_personas = training_personas(pool, settings, settings.conversations)
-    judge_table = app.config.evaluation.get("judge")  # what `aloe judge audit --stage eval` would build
-    notice = audit_notice(app.store, probe, "eval", settings.judge,
-                          config_kind=judge_table.get("kind") if isinstance(judge_table, dict) else None)  # fmt: skip
+    audited = config_judge_kind("eval", app.config.evaluation)  # GRPO's judge is not the config's own
+    notice = audit_notice(app.store, probe, "eval", settings.judge, audited_kind=audited)
     run_id = app.store.start_run(
         command_line(), {**app.config.model_dump(mode="json"), "grpo": settings.model_dump(mode="json"),
                          "judge_audit": notice.audit_id}, settings.seed,

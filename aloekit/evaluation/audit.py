@@ -53,8 +53,6 @@ from aloekit.personas.models import Persona, PersonaPair
 from aloekit.store import Store, utcnow
 
 Stage = Literal["simulate", "eval"]
-STAGE_JUDGE = {"simulate": SimulationConfig().judge.kind, "eval": EvalConfig.model_fields["judge"].default.kind}
-"""The judge kind each stage's config section holds by default."""
 ProbeKind = Literal["other_persona", "generic"]
 CHANCE = 0.5
 
@@ -500,6 +498,14 @@ class AuditNotice:
     warning: bool
 
 
+def config_judge_kind(stage: Stage, section: dict[str, Any]) -> str:
+    """The judge kind ``aloe judge audit --stage STAGE`` builds from the config's ``section`` (``[evaluation]`` or
+    ``[simulation]``): its ``judge.kind``, else the stage's default."""
+    judge = section.get("judge")
+    default = (EvalConfig.model_fields if stage == "eval" else SimulationConfig.model_fields)["judge"].default
+    return str(judge["kind"]) if isinstance(judge, dict) and "kind" in judge else default.kind
+
+
 def audit_notice(
     store: Store,
     backends: BackendPool,
@@ -507,11 +513,12 @@ def audit_notice(
     judge: RoleConfig,
     paper_exact: bool = False,
     both_orders: bool = False,
-    config_kind: str | None = None,
+    audited_kind: str | None = None,
 ) -> AuditNotice:
     """The line a run prints about the judge it is about to use, from ``backends``: a warning unless it passed
-    an audit (of the same files, for an in-process judge). ``config_kind``: the judge kind ``aloe judge audit``
-    would build from the config (default: the stage's own), named in the warning where the judge is another."""
+    an audit (of the same files, for an in-process judge). ``audited_kind``: for a judge that is not the
+    config's own (GRPO's), the kind ``aloe judge audit`` would build from the config (:func:`config_judge_kind`);
+    where it differs, the warning says which kind to set there."""
     key = judge_key(stage, judge, paper_exact, both_orders)
     found = latest_audit(store, key, judge_files(judge, backends.files([judge.backend])))
     if found is None:
@@ -524,8 +531,8 @@ def audit_notice(
         )  # fmt: skip
         section = "evaluation" if stage == "eval" else "simulation"
         # The audit builds the judge from the config's [section.judge]: another kind must be set there.
-        audited_kind = config_kind or STAGE_JUDGE[stage]
-        kind = f', with [{section}.judge] kind = "{judge.kind}" in --config' if judge.kind != audited_kind else ""
+        other = audited_kind is not None and judge.kind != audited_kind
+        kind = f', with [{section}.judge] kind = "{judge.kind}" in --config' if other else ""
         text = (
             f"warning: judge {judge.backend} ({judge.kind}) has {none} in {store.path}, so its {what} are "
             f"unverified (run: aloe judge audit --stage {stage}{flags} --role judge={judge.backend}{kind})"

@@ -198,14 +198,23 @@ class EvalConfig(Settings):
         return RoleConfig(kind=baseline.kind, backend=self.model, generation=self.model_generation,
                           options=dict(baseline.options))  # fmt: skip
 
-    def check_roles(self) -> None:
-        """Validate the model, scorer and (live mode) user roles without backends or model calls."""
-        check_role("model", self.model_role(), sees_persona=get_baseline(self.baseline).sees_persona, answer="text")
-        check_role("judge", self.judge, answer="score")
+    def role_plan(self) -> list[tuple[str, RoleConfig, bool, Answer]]:
+        """(name, config, sees the persona, what it answers with) for the model, the scorer, the second scorer
+        and (live mode) the user simulator."""
+        plan: list[tuple[str, RoleConfig, bool, Answer]] = [
+            ("model", self.model_role(), get_baseline(self.baseline).sees_persona, "text"),
+            ("judge", self.judge, True, "score"),
+        ]
         if self.second_judge is not None:
-            check_role("second_judge", self.second_judge, answer="score")
+            plan.append(("second_judge", self.second_judge, True, "score"))
         if self.mode == "live":
-            check_role("user", self.user, answer="text")
+            plan.append(("user", self.user, True, "text"))
+        return plan
+
+    def check_roles(self) -> None:
+        """Validate every role of :meth:`role_plan` without backends or model calls."""
+        for name, rc, sees_persona, answer in self.role_plan():
+            check_role(name, rc, sees_persona=sees_persona, answer=answer)
 
     def with_backend(self, role: str, spec: str) -> EvalConfig:
         """A copy with ``user`` or ``judge`` on backend ``spec``."""
@@ -311,18 +320,11 @@ def build_eval_graph(roles: EvalRoles) -> Any:
 
 
 def build_eval_roles(config: EvalConfig, backends: BackendPool) -> EvalRoles:
-    """Instantiate the model under test, the scorer and (live mode) the user simulator."""
-
-    def build(name: str, rc: RoleConfig, answer: Answer = "text") -> Any:
-        return build_role(backends, name, rc, answer=answer)
-
-    return EvalRoles(
-        model=build("model", config.model_role()),
-        scorer=build("judge", config.judge, "score"),
-        user=build("user", config.user) if config.mode == "live" else None,
-        model_sees_persona=get_baseline(config.baseline).sees_persona,
-        second_scorer=build("second_judge", config.second_judge, "score") if config.second_judge is not None else None,
-    )
+    """Instantiate the roles of :meth:`EvalConfig.role_plan`."""
+    roles = {name: build_role(backends, name, rc, answer=answer) for name, rc, _, answer in config.role_plan()}
+    return EvalRoles(model=roles["model"], scorer=roles["judge"], user=roles.get("user"),
+                     model_sees_persona=get_baseline(config.baseline).sees_persona,
+                     second_scorer=roles.get("second_judge"))  # fmt: skip
 
 
 class EvalStore:

@@ -15,6 +15,7 @@ from aloekit.config import AloeConfig
 from aloekit.evaluation.audit import (
     AuditConfig,
     audit_notice,
+    config_judge_kind,
     judge_files,
     judge_key,
     latest_audit,
@@ -122,12 +123,15 @@ async def test_an_audit_vouches_only_for_the_files_the_judge_answered_with(scrip
     files = judge_files(folder, files)
     notice = audit_notice(store, BackendPool(AloeConfig()), "simulate", folder)
     assert notice.audit_id is None and "has no audit" in notice.text and "kind =" not in notice.text
-    # The audit builds its judge from the config: a judge of another kind (GRPO's, a second judge) says where.
+    # The audit builds its judge from the config: a judge of another kind (GRPO's) says where to set it.
     similarity = folder.model_copy(update={"kind": "persona_similarity"})
-    assert audit_notice(store, BackendPool(AloeConfig()), "eval", similarity).text.endswith(
+    default = config_judge_kind("eval", {})
+    assert default == "alignment_scorer" and config_judge_kind("simulate", {}) == "preference_judge"
+    assert audit_notice(store, BackendPool(AloeConfig()), "eval", similarity, audited_kind=default).text.endswith(
         f'--role judge={folder.backend}, with [evaluation.judge] kind = "persona_similarity" in --config)'
     )
-    configured = audit_notice(store, BackendPool(AloeConfig()), "eval", similarity, config_kind="persona_similarity")
+    audited = config_judge_kind("eval", {"judge": {"kind": "persona_similarity"}})
+    configured = audit_notice(store, BackendPool(AloeConfig()), "eval", similarity, audited_kind=audited)
     assert configured.text.endswith(f"--role judge={folder.backend})")  # the config has it already
     save_audit(store, run_id, replace(result, judge_key=judge_key("simulate", folder), judge_files="c" * 16))
     stale = audit_notice(store, BackendPool(AloeConfig()), "simulate", folder)
