@@ -629,9 +629,9 @@ def _redacted(row: Mapping[str, Any]) -> dict[str, Any]:
     return {key: redact(value) if isinstance(value, str) else value for key, value in row.items()}
 
 
-def _alive(host: str, pid: int, last_beat: float | None = None) -> bool:
+def _alive(host: str, pid: int, last_beat: float) -> bool:
     """Whether the lease holder may still run: a process on another host is assumed alive until stale; here,
-    ``pid`` must exist, not as a zombie, and (given its ``last_beat``) not started after it (a reused pid)."""
+    ``pid`` must exist, not as a zombie, and not have started after its ``last_beat`` (a reused pid)."""
     if host != socket.gethostname():
         return True
     try:
@@ -647,7 +647,7 @@ def _alive(host: str, pid: int, last_beat: float | None = None) -> bool:
         started = boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")
     except (OSError, IndexError, ValueError, StopIteration):
         return True
-    return fields[0] != "Z" and (last_beat is None or started <= last_beat + 2)  # btime is whole seconds
+    return fields[0] != "Z" and started <= last_beat + 2  # btime is whole seconds
 
 
 class RunLease:

@@ -196,6 +196,12 @@ def signed_rank(differences: list[float]) -> tuple[float | None, float | None]:
     return statistic, exhaustive_signed_rank_p(d)
 
 
+def smallest_signed_rank_p(n: int) -> float:
+    """The smallest p a two-sided signed-rank test of ``n`` differences can give, all of one sign: 2 / 2^n (with 5
+    or fewer, never below 0.05)."""
+    return 2 / 2**n
+
+
 EXHAUSTIVE_SIGNED_RANK = 13
 """Up to this many differences with ties or zeros, scipy's ``wilcoxon`` enumerates all 2^n sign flips."""
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from aloekit.evaluation.metrics import (
     compare,
     compute_metrics,
     holm,
+    smallest_signed_rank_p,
 )
 from aloekit.evaluation.task import EvalConfig, EvalStore
 from aloekit.hardware import recorded_files
@@ -307,13 +307,10 @@ def write_report(store: Store, run_ids: list[str], out: Path, note: str | None =
         lines += ["## Every method against the first run, on the second judge", "",
                   *methods_table_lines(second_table), ""]  # fmt: skip
     texts = {"report.md": "\n".join(lines), "summary.json": to_json(summary, indent=2, default=str)}
-
-    def text_writer(name: str) -> Callable[[Path], object]:
-        return lambda target: target.write_text(texts[name], encoding="utf-8")
-
     # All three whole or none: a full disk leaves no half-written file, and an earlier report as it was.
     write_files([(out / "al_curve.png", "--out", lambda target: write_plot(results, target)),
-                 *((out / name, "--out", text_writer(name)) for name in texts)])  # fmt: skip
+                 *((out / name, "--out", lambda target, text=text: target.write_text(text, encoding="utf-8"))
+                   for name, text in texts.items())])  # fmt: skip
     return summary
 
 
@@ -384,11 +381,10 @@ def comparison_lines(c: dict[str, Any]) -> list[str]:
         f"(n = {c['wilcoxon_n']} personas)",
         f"- turns whose scores differ (per-turn signed-rank test, Holm-adjusted p < {c['alpha']}): {turns}",
     ]
-    # A two-sided signed-rank test of n pairs gives p >= 2 / 2^n: with 5 or fewer it can never say "differ".
-    if 0 < (n := c["wilcoxon_n"]) and (smallest := 2 / 2**n) >= c["alpha"]:
+    if 0 < (n := c["wilcoxon_n"]) and (smallest := smallest_signed_rank_p(n)) >= c["alpha"]:
         lines.append(f"- with {n} personas the signed-rank test on their means cannot reach p < {c['alpha']} (the "
                      f"smallest possible p is {smallest:.4f}): its p says nothing")  # fmt: skip
-    if 0 < (most := max(c["turn_n"], default=0)) and (smallest := 2 / 2**most) >= c["alpha"]:
+    if 0 < (most := max(c["turn_n"], default=0)) and (smallest := smallest_signed_rank_p(most)) >= c["alpha"]:
         lines.append(f"- with at most {most} personas paired at a turn, no per-turn test can reach p < {c['alpha']} "
                      f"(the smallest possible p is {smallest:.4f}), so \"none\" above says nothing")  # fmt: skip
     lines += [

@@ -40,7 +40,10 @@ def test_a_role_of_the_wrong_kind_is_refused_before_the_run(run_aloe, tmp_path, 
 
 def test_persona_similarity_may_judge_both_ways():
     # It answers with a verdict in a simulation and with a score in an evaluation: refused in neither.
+    from aloekit.errors import ConfigError
     from aloekit.graphs.simulate import RoleConfig, check_role
 
     check_role("judge", RoleConfig(kind="persona_similarity"), answer="verdict")
     check_role("judge", RoleConfig(kind="persona_similarity"), answer="score")
+    with pytest.raises(ConfigError, match="kind persona_similarity answers with a score or a verdict, but the user"):
+        check_role("user", RoleConfig(kind="persona_similarity"), answer="text")
